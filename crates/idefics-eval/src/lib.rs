@@ -1,0 +1,1 @@
+//! Benchmark metrics, each computed as its official scorer computes it.
