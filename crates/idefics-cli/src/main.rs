@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 mod forward;
 
 #[derive(Parser)]
-#[command(name = "idefics", version, about = "Idefics2 vision-language models in Rust")]
+#[command(
+    name = "idefics",
+    version,
+    about = "Idefics2 vision-language models in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
