@@ -247,7 +247,27 @@ def logits_f64(model_f32, inputs: dict) -> tuple[torch.Tensor, str]:
 @torch.no_grad()
 def reference(model, inputs: dict, with_f64: bool = True, with_generate: bool = True) -> tuple[dict, dict]:
     """All expected tensors for one case, plus facts for meta.json."""
-    exp = {"logits": forward_logits(model, inputs).float().contiguous()}
+    layer_outs = []
+
+    def grab(_module, _args, output):
+        layer_outs.append((output[0] if isinstance(output, tuple) else output).detach())
+
+    hooks = [layer.register_forward_hook(grab) for layer in model.model.text_model.layers]
+    kw = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    if "pixel_values" in inputs:
+        kw["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        kw["pixel_attention_mask"] = inputs["pixel_attention_mask"]
+    out = model(**kw, output_hidden_states=True)
+    for h in hooks:
+        h.remove()
+    exp = {
+        "logits": out.logits.float().contiguous(),
+        # Debug checkpoints for the text decoder: the merged embeddings (image features scattered into <image>
+        # positions) and the residual stream after each decoder layer (before the final norm).
+        "inputs_embeds": out.hidden_states[0].float().contiguous(),
+        "text_layer_outputs": torch.stack(layer_outs).float().contiguous(),
+    }
+    assert torch.equal(exp["logits"], forward_logits(model, inputs).float())
     info = {}
     cfg = model.config
     if "pixel_values" in inputs:
