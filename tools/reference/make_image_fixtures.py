@@ -143,8 +143,9 @@ def make_files():
     small = Image.fromarray(photo(16, 24, 2))
     for o in range(1, 9):
         save_pil(f"jpeg_exif_orientation_{o}.jpg", small, format="JPEG", quality=95, exif=exif_with_orientation(o))
-    # Large-ish photo for an end-to-end processor case (700 x 1000, smooth so it stays small on disk).
-    save_pil("jpeg_photo_700x1000.jpg", Image.fromarray(photo(700, 1000, 3)), format="JPEG", quality=75)
+    # Large-ish photo for an end-to-end processor case (700 x 1000, smooth so it stays small on disk; PNG so
+    # that decoding is exact: JPEG decoders differ, see decode tests).
+    save_pil("png_photo_700x1000.png", Image.fromarray(photo(700, 1000, 3)), format="PNG", optimize=True)
 
     noise = synthetic_rgb(31, 45, 7)
     alpha = hash_u8(31, 45, 1, 8)[..., 0]
@@ -155,7 +156,11 @@ def make_files():
     save_pil("png_la.png", Image.fromarray(np.dstack([noise[..., 0], alpha]), "LA"), format="PNG")
     pal = Image.fromarray(noise).quantize(colors=37)
     save_pil("png_palette.png", pal, format="PNG")
+    # One transparent colour: Pillow keeps it in info["transparency"] after convert("RGB"), and the image
+    # processor's convert_to_rgb turns every pixel of that colour white.
     save_pil("png_palette_trns.png", pal, format="PNG", transparency=3)
+    save_pil("png_l_trns.png", Image.fromarray(noise[..., 0] // 16 * 16), format="PNG", transparency=48)
+    save_pil("png_rgb_trns.png", Image.fromarray(noise // 64 * 64), format="PNG", transparency=(64, 128, 0))
     save_pil("png_1bit.png", Image.fromarray(noise[..., 0] > 128), format="PNG")
     files["png_interlaced.png"] = png_bytes(noise, 2, 8, interlace=1)
     n16 = (hash_u8(31, 45, 4, 9).astype(np.uint16) << 8) | hash_u8(31, 45, 4, 10).astype(np.uint16)
@@ -175,6 +180,7 @@ def make_files():
     frames = [Image.fromarray(noise).quantize(colors=50), Image.fromarray(255 - noise).quantize(colors=50)]
     save_pil("gif_animated.gif", frames[0], format="GIF", save_all=True, append_images=frames[1:], duration=100)
     save_pil("gif_single.gif", frames[0], format="GIF")
+    save_pil("gif_transparent.gif", frames[0], format="GIF", transparency=5)
 
     save_pil("webp_lossless_rgb.webp", Image.fromarray(noise), format="WEBP", lossless=True)
     save_pil("webp_lossless_rgba.webp", Image.fromarray(np.dstack([noise, alpha]), "RGBA"), format="WEBP", lossless=True)
@@ -300,12 +306,14 @@ def processor_cases():
         add(f"8b_extreme_{s}", [[file_("png_plain_200x8000.png"), file_("png_plain_6000x200.png")]],
             IDEFICS2_8B, "idefics2-8b", split)
         add(f"8b_thin_{s}", [[syn(11, 365, 7), syn(512, 14, 8)]], IDEFICS2_8B, "idefics2-8b", split)
-        add(f"8b_batch_{s}", [[syn(300, 500, 9), syn(20, 30, 10)], [file_("jpeg_photo_700x1000.jpg")]],
+        add(f"8b_batch_{s}", [[syn(300, 500, 9), syn(20, 30, 10)], [file_("png_photo_700x1000.png")]],
             IDEFICS2_8B, "idefics2-8b", split)
         add(f"small_batch_{s}", [[syn(70, 100, 11), syn(5, 300, 12)], [syn(99, 98, 13)], [syn(3, 3, 14)]],
             SMALL, "small", split)
         add(f"small_files_{s}", [[file_("png_rgba.png"), file_("png_palette_trns.png"), file_("jpeg_exif_orientation_6.jpg")],
-                                 [file_("png_l16.png"), file_("gif_animated.gif"), file_("webp_lossless_rgba.webp")]],
+                                 [file_("png_l16.png"), file_("gif_animated.gif"), file_("webp_lossless_rgba.webp")],
+                                 [file_("png_l_trns.png"), file_("png_rgb_trns.png"), file_("gif_transparent.gif"),
+                                  file_("jpeg_baseline_420.jpg"), file_("jpeg_cmyk.jpg")]],
             SMALL, "small", split)
     add("8b_1200x1600_split", [[syn(1200, 1600, 15)]], IDEFICS2_8B, "idefics2-8b", True)
     add("8b_2000x500_split", [[syn(500, 2000, 16)]], IDEFICS2_8B, "idefics2-8b", True)

@@ -3,6 +3,6 @@
 pub mod image;
 
 pub use self::image::{
-    decode_image, decode_image_file, resize, DecodeLimits, Idefics2ImageProcessor, Idefics2ImageProcessorConfig,
-    ImageBatch, ImageError, ResampleFilter, RgbImage,
+    decode_image, decode_image_file, resize, DecodeLimits, Idefics2ImageProcessor,
+    Idefics2ImageProcessorConfig, ImageBatch, ImageError, ResampleFilter, RgbImage,
 };

@@ -4,12 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use idefics_processor::image::{
-    decode_image, decode_image_file, DecodeLimits, Idefics2ImageProcessor, Idefics2ImageProcessorConfig, ImageError,
-    RgbImage,
+    decode_image, decode_image_file, DecodeLimits, Idefics2ImageProcessor,
+    Idefics2ImageProcessorConfig, ImageError, RgbImage,
 };
 
 fn file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/images/files").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/images/files")
+        .join(name)
 }
 
 fn bytes(name: &str) -> Vec<u8> {
@@ -26,24 +28,36 @@ fn error_of(r: Result<RgbImage, ImageError>, needles: &[&str]) -> ImageError {
     let msg = e.to_string();
     assert!(!msg.contains('\n'), "multi-line error: {msg}");
     for n in needles {
-        assert!(msg.to_lowercase().contains(&n.to_lowercase()), "error {msg:?} does not mention {n:?}");
+        assert!(
+            msg.to_lowercase().contains(&n.to_lowercase()),
+            "error {msg:?} does not mention {n:?}"
+        );
     }
     e
 }
 
 fn idefics2_8b() -> Idefics2ImageProcessor {
-    let cfg = Idefics2ImageProcessorConfig { do_image_splitting: true, ..Default::default() };
+    let cfg = Idefics2ImageProcessorConfig {
+        do_image_splitting: true,
+        ..Default::default()
+    };
     Idefics2ImageProcessor::new(cfg).unwrap()
 }
 
 #[test]
 fn empty_data() {
-    assert!(matches!(error_of(decode(&[]), &["empty"]), ImageError::Empty));
+    assert!(matches!(
+        error_of(decode(&[]), &["empty"]),
+        ImageError::Empty
+    ));
 }
 
 #[test]
 fn text_labelled_as_an_image() {
-    error_of(decode(b"this is not an image, just text"), &["unrecognised", "74 68 69 73"]);
+    error_of(
+        decode(b"this is not an image, just text"),
+        &["unrecognised", "74 68 69 73"],
+    );
 }
 
 #[test]
@@ -53,22 +67,34 @@ fn wav_file_in_riff_container() {
 
 #[test]
 fn heic_is_unsupported() {
-    error_of(decode(&bytes("heic_header.heic")), &["unsupported image format", "HEIC"]);
+    error_of(
+        decode(&bytes("heic_header.heic")),
+        &["unsupported image format", "HEIC"],
+    );
 }
 
 #[test]
 fn avif_is_unsupported() {
-    error_of(decode(&bytes("avif_header.avif")), &["unsupported image format", "AVIF"]);
+    error_of(
+        decode(&bytes("avif_header.avif")),
+        &["unsupported image format", "AVIF"],
+    );
 }
 
 #[test]
 fn tiff_is_unsupported() {
-    error_of(decode(&bytes("tiff_rgb.tiff")), &["unsupported image format", "TIFF"]);
+    error_of(
+        decode(&bytes("tiff_rgb.tiff")),
+        &["unsupported image format", "TIFF"],
+    );
 }
 
 #[test]
 fn svg_is_unsupported() {
-    error_of(decode(&bytes("svg_image.svg")), &["unsupported image format", "SVG"]);
+    error_of(
+        decode(&bytes("svg_image.svg")),
+        &["unsupported image format", "SVG"],
+    );
 }
 
 #[test]
@@ -110,28 +136,46 @@ fn corrupt_png_body() {
 
 #[test]
 fn decompression_bomb_header_is_refused_before_decoding() {
-    let e = error_of(decode(&bytes("png_bomb_header.png")), &["100000x100000", "limit"]);
+    let e = error_of(
+        decode(&bytes("png_bomb_header.png")),
+        &["100000x100000", "limit"],
+    );
     assert!(matches!(e, ImageError::TooManyPixels { .. }));
 }
 
 #[test]
 fn pixel_cap_is_configurable() {
-    let limits = DecodeLimits { max_pixels: 1000, ..Default::default() };
+    let limits = DecodeLimits {
+        max_pixels: 1000,
+        ..Default::default()
+    };
     // 45 x 31 = 1395 pixels > 1000.
-    error_of(decode_image(&bytes("png_rgb.png"), &limits), &["1395", "1000"]);
+    error_of(
+        decode_image(&bytes("png_rgb.png"), &limits),
+        &["1395", "1000"],
+    );
     assert!(decode_image(&bytes("png_3x3.png"), &limits).is_ok());
 }
 
 #[test]
 fn byte_cap_is_enforced() {
-    let limits = DecodeLimits { max_bytes: 100, ..Default::default() };
-    error_of(decode_image(&bytes("png_rgb.png"), &limits), &["bytes", "100"]);
+    let limits = DecodeLimits {
+        max_bytes: 100,
+        ..Default::default()
+    };
+    error_of(
+        decode_image(&bytes("png_rgb.png"), &limits),
+        &["bytes", "100"],
+    );
     error_of(decode_image_file(&file("png_rgb.png"), &limits), &["bytes"]);
 }
 
 #[test]
 fn missing_file_names_the_path() {
-    error_of(decode_image_file(&file("does_not_exist.png"), &DecodeLimits::default()), &["does_not_exist.png"]);
+    error_of(
+        decode_image_file(&file("does_not_exist.png"), &DecodeLimits::default()),
+        &["does_not_exist.png"],
+    );
 }
 
 #[test]
@@ -144,8 +188,19 @@ fn one_pixel_image_without_splitting_is_upscaled_to_378() {
 #[test]
 fn one_pixel_image_with_splitting_is_a_clear_error() {
     let img = decode(&bytes("png_1x1.png")).unwrap();
-    let e = idefics2_8b().preprocess(&[vec![img]], Some(true)).unwrap_err();
-    assert!(matches!(e, ImageError::TooSmallToSplit { width: 1, height: 1 }), "{e}");
+    let e = idefics2_8b()
+        .preprocess(&[vec![img]], Some(true))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ImageError::TooSmallToSplit {
+                width: 1,
+                height: 1
+            }
+        ),
+        "{e}"
+    );
     let img = RgbImage::new(50, 1, vec![7; 150]).unwrap();
     assert!(idefics2_8b().preprocess(&[vec![img]], Some(true)).is_err());
 }
@@ -190,12 +245,16 @@ fn zero_sized_rgb_buffer_is_refused() {
 #[test]
 fn samples_without_images_are_all_zero() {
     let img = RgbImage::new(20, 10, vec![255; 600]).unwrap();
-    let out = idefics2_8b().preprocess(&[vec![img], vec![]], Some(false)).unwrap();
+    let out = idefics2_8b()
+        .preprocess(&[vec![img], vec![]], Some(false))
+        .unwrap();
     assert_eq!(out.pixel_values_shape, [2, 1, 3, 378, 378]);
     let half = out.pixel_attention_mask.len() / 2;
     assert!(out.pixel_attention_mask[..half].iter().all(|&v| v == 1));
     assert!(out.pixel_attention_mask[half..].iter().all(|&v| v == 0));
-    assert!(out.pixel_values[out.pixel_values.len() / 2..].iter().all(|&v| v == 0.0));
+    assert!(out.pixel_values[out.pixel_values.len() / 2..]
+        .iter()
+        .all(|&v| v == 0.0));
 }
 
 #[test]
@@ -203,7 +262,11 @@ fn bad_config_files_name_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let e = Idefics2ImageProcessorConfig::from_model_dir(dir.path()).unwrap_err();
     assert!(e.to_string().contains("preprocessor_config.json"), "{e}");
-    std::fs::write(dir.path().join("preprocessor_config.json"), r#"{"size": {"longest_edge": 980}}"#).unwrap();
+    std::fs::write(
+        dir.path().join("preprocessor_config.json"),
+        r#"{"size": {"longest_edge": 980}}"#,
+    )
+    .unwrap();
     let e = Idefics2ImageProcessorConfig::from_model_dir(dir.path()).unwrap_err();
     assert!(e.to_string().contains("size"), "{e}");
     std::fs::write(dir.path().join("preprocessor_config.json"), "{not json").unwrap();
@@ -223,7 +286,14 @@ fn model_dir_with_only_processor_config() {
     .unwrap();
     let cfg = Idefics2ImageProcessorConfig::from_model_dir(dir.path()).unwrap();
     assert!(cfg.do_image_splitting);
-    assert_eq!(idefics_processor::image::read_image_seq_len(dir.path()).unwrap(), Some(64));
-    std::fs::write(dir.path().join("processor_config.json"), r#"{"image_seq_len": -3}"#).unwrap();
+    assert_eq!(
+        idefics_processor::image::read_image_seq_len(dir.path()).unwrap(),
+        Some(64)
+    );
+    std::fs::write(
+        dir.path().join("processor_config.json"),
+        r#"{"image_seq_len": -3}"#,
+    )
+    .unwrap();
     assert!(idefics_processor::image::read_image_seq_len(dir.path()).is_err());
 }

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
-use super::{ImageError, RgbImage};
+use super::{transparency, ImageError, RgbImage};
 
 /// Guards applied before and during decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,10 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { max_pixels: 178_956_970, max_bytes: 256 << 20 }
+        Self {
+            max_pixels: 178_956_970,
+            max_bytes: 256 << 20,
+        }
     }
 }
 
@@ -88,9 +91,15 @@ pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormatKind, ImageError> {
     if starts(b"RIFF") {
         return match bytes.get(8..12) {
             Some(b"WEBP") => Ok(ImageFormatKind::WebP),
-            Some(b"WAVE") => Err(ImageError::UnsupportedFormat { format: "RIFF/WAVE (audio, not an image)" }),
-            Some(b"AVI ") => Err(ImageError::UnsupportedFormat { format: "RIFF/AVI (video, not an image)" }),
-            _ => Err(ImageError::UnsupportedFormat { format: "RIFF container (not WebP)" }),
+            Some(b"WAVE") => Err(ImageError::UnsupportedFormat {
+                format: "RIFF/WAVE (audio, not an image)",
+            }),
+            Some(b"AVI ") => Err(ImageError::UnsupportedFormat {
+                format: "RIFF/AVI (video, not an image)",
+            }),
+            _ => Err(ImageError::UnsupportedFormat {
+                format: "RIFF container (not WebP)",
+            }),
         };
     }
     let unsupported = |format| Err(ImageError::UnsupportedFormat { format });
@@ -103,7 +112,13 @@ pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormatKind, ImageError> {
         if has(b"avif") || has(b"avis") {
             return unsupported("AVIF");
         }
-        if has(b"heic") || has(b"heix") || has(b"hevc") || has(b"heim") || has(b"heis") || has(b"mif1") {
+        if has(b"heic")
+            || has(b"heix")
+            || has(b"hevc")
+            || has(b"heim")
+            || has(b"heis")
+            || has(b"mif1")
+        {
             return unsupported("HEIC/HEIF");
         }
         return unsupported("ISO media (MP4/MOV/HEIF family)");
@@ -130,24 +145,43 @@ pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormatKind, ImageError> {
     if text.contains("<svg") {
         return unsupported("SVG");
     }
-    let head = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+    let head = bytes
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     Err(ImageError::UnknownFormat { head })
 }
 
 /// Reads and decodes an image file (see [`decode_image`]).
 pub fn decode_image_file(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
-    let len = std::fs::metadata(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
     if len > limits.max_bytes as u64 {
-        return Err(ImageError::TooManyBytes { len: len as usize, max: limits.max_bytes });
+        return Err(ImageError::TooManyBytes {
+            len: len as usize,
+            max: limits.max_bytes,
+        });
     }
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     decode_image(&bytes, limits)
 }
 
 /// Decodes JPEG / PNG / WebP / GIF (first frame) / BMP bytes to upright RGB, as transformers' `load_image`.
 pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
     if bytes.len() > limits.max_bytes {
-        return Err(ImageError::TooManyBytes { len: bytes.len(), max: limits.max_bytes });
+        return Err(ImageError::TooManyBytes {
+            len: bytes.len(),
+            max: limits.max_bytes,
+        });
     }
     let kind = sniff_format(bytes)?;
     let format = kind.name();
@@ -164,12 +198,17 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Ima
         });
     }
     if pixels == 0 {
-        return Err(ImageError::ZeroSize { width: width as usize, height: height as usize });
+        return Err(ImageError::ZeroSize {
+            width: width as usize,
+            height: height as usize,
+        });
     }
     let mut image_limits = ::image::Limits::default();
     // Up to 8 bytes per pixel (16-bit RGBA) plus decoder scratch; the pixel cap above is the real guard.
     image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
-    decoder.set_limits(image_limits).map_err(|e| map_err(format, e))?;
+    decoder
+        .set_limits(image_limits)
+        .map_err(|e| map_err(format, e))?;
     // Malformed EXIF must not fail the decode (Pillow would raise in some cases; we keep the pixels as stored).
     let orientation = decoder.orientation().unwrap_or_else(|e| {
         tracing::warn!("ignoring unreadable EXIF orientation in {format} image: {e}");
@@ -178,7 +217,12 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Ima
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| map_err(format, e))?;
     // `ImageOps.exif_transpose`: orientation 2-8 -> the matching flip / rotation, before RGB conversion.
     img.apply_orientation(orientation);
-    to_rgb_like_pillow(img, format)
+    let key = match kind {
+        ImageFormatKind::Png => transparency::png_color_key(bytes),
+        ImageFormatKind::Gif => transparency::gif_color_key(bytes),
+        _ => None,
+    };
+    Ok(to_rgb_like_pillow(img, format)?.with_transparent_color(key))
 }
 
 /// PIL `convert("RGB")` semantics for every pixel layout the enabled decoders produce.
@@ -186,9 +230,17 @@ fn to_rgb_like_pillow(img: DynamicImage, format: &'static str) -> Result<RgbImag
     let (w, h) = (img.width() as usize, img.height() as usize);
     let data: Vec<u8> = match img {
         DynamicImage::ImageRgb8(b) => b.into_raw(),
-        DynamicImage::ImageRgba8(b) => b.as_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        DynamicImage::ImageRgba8(b) => b
+            .as_raw()
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
         DynamicImage::ImageLuma8(b) => b.as_raw().iter().flat_map(|&v| [v, v, v]).collect(),
-        DynamicImage::ImageLumaA8(b) => b.as_raw().chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        DynamicImage::ImageLumaA8(b) => b
+            .as_raw()
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
         // PIL opens 16-bit grey PNGs as "I;16" and converts to RGB by clipping, not scaling.
         DynamicImage::ImageLuma16(b) => b
             .as_raw()
@@ -208,9 +260,11 @@ fn to_rgb_like_pillow(img: DynamicImage, format: &'static str) -> Result<RgbImag
             })
             .collect(),
         DynamicImage::ImageRgb16(b) => b.as_raw().iter().map(|&v| (v >> 8) as u8).collect(),
-        DynamicImage::ImageRgba16(b) => {
-            b.as_raw().chunks_exact(4).flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8]).collect()
-        }
+        DynamicImage::ImageRgba16(b) => b
+            .as_raw()
+            .chunks_exact(4)
+            .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+            .collect(),
         other => {
             return Err(ImageError::UnsupportedFeature {
                 format,
@@ -221,14 +275,28 @@ fn to_rgb_like_pillow(img: DynamicImage, format: &'static str) -> Result<RgbImag
     RgbImage::new(w, h, data)
 }
 
+/// Maps the `image` crate's errors to ours, on one line (some decoder messages end in a newline).
 fn map_err(format: &'static str, e: ::image::ImageError) -> ImageError {
+    let one_line = |m: String| m.split_whitespace().collect::<Vec<_>>().join(" ");
     match e {
-        ::image::ImageError::Limits(l) => ImageError::Decode { format, message: format!("limit exceeded: {l}") },
-        ::image::ImageError::Unsupported(u) => ImageError::UnsupportedFeature { format, message: u.to_string() },
+        ::image::ImageError::Limits(l) => ImageError::Decode {
+            format,
+            message: one_line(format!("limit exceeded: {l}")),
+        },
+        ::image::ImageError::Unsupported(u) => ImageError::UnsupportedFeature {
+            format,
+            message: one_line(u.to_string()),
+        },
         ::image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ImageError::Decode { format, message: "unexpected end of data (truncated file)".into() }
+            ImageError::Decode {
+                format,
+                message: "unexpected end of data (truncated file)".into(),
+            }
         }
-        other => ImageError::Decode { format, message: other.to_string() },
+        other => ImageError::Decode {
+            format,
+            message: one_line(other.to_string()),
+        },
     }
 }
 
@@ -238,10 +306,22 @@ mod tests {
 
     #[test]
     fn sniffs_supported_and_unsupported() {
-        assert_eq!(sniff_format(b"\x89PNG\r\n\x1a\nrest").unwrap(), ImageFormatKind::Png);
-        assert_eq!(sniff_format(b"RIFF\0\0\0\0WEBPVP8 ").unwrap(), ImageFormatKind::WebP);
-        assert!(matches!(sniff_format(b"II*\0abcd"), Err(ImageError::UnsupportedFormat { format: "TIFF" })));
+        assert_eq!(
+            sniff_format(b"\x89PNG\r\n\x1a\nrest").unwrap(),
+            ImageFormatKind::Png
+        );
+        assert_eq!(
+            sniff_format(b"RIFF\0\0\0\0WEBPVP8 ").unwrap(),
+            ImageFormatKind::WebP
+        );
+        assert!(matches!(
+            sniff_format(b"II*\0abcd"),
+            Err(ImageError::UnsupportedFormat { format: "TIFF" })
+        ));
         assert!(matches!(sniff_format(b""), Err(ImageError::Empty)));
-        assert!(matches!(sniff_format(b"hello world"), Err(ImageError::UnknownFormat { .. })));
+        assert!(matches!(
+            sniff_format(b"hello world"),
+            Err(ImageError::UnknownFormat { .. })
+        ));
     }
 }

@@ -20,21 +20,39 @@ pub enum ImageError {
     #[error("unrecognised image data (not JPEG, PNG, WebP, GIF or BMP; first bytes {head})")]
     UnknownFormat { head: String },
     #[error("image is {width}x{height} = {pixels} pixels, more than the limit of {max_pixels} pixels (decompression bomb guard)")]
-    TooManyPixels { width: u64, height: u64, pixels: u64, max_pixels: u64 },
+    TooManyPixels {
+        width: u64,
+        height: u64,
+        pixels: u64,
+        max_pixels: u64,
+    },
     #[error("image has zero width or height ({width}x{height})")]
     ZeroSize { width: usize, height: usize },
     #[error("corrupt or truncated {format} data: {message}")]
-    Decode { format: &'static str, message: String },
+    Decode {
+        format: &'static str,
+        message: String,
+    },
     #[error("unsupported {format} feature: {message}")]
-    UnsupportedFeature { format: &'static str, message: String },
+    UnsupportedFeature {
+        format: &'static str,
+        message: String,
+    },
     #[error("RGB buffer of {len} bytes does not match {width}x{height}x3")]
-    BufferSize { width: usize, height: usize, len: usize },
+    BufferSize {
+        width: usize,
+        height: usize,
+        len: usize,
+    },
     #[error("cannot resize to {width}x{height}: target sides must be at least 1 pixel")]
     ResizeTarget { width: usize, height: usize },
     #[error("image {width}x{height} is too small to split into 4 crops (do_image_splitting needs both sides >= 2 pixels; transformers fails with ZeroDivisionError here)")]
     TooSmallToSplit { width: usize, height: usize },
     #[error("invalid image processor config: {field}: {message}")]
-    Config { field: &'static str, message: String },
+    Config {
+        field: &'static str,
+        message: String,
+    },
     #[error("cannot parse {path}: {message}")]
     ConfigFile { path: PathBuf, message: String },
     #[error("no image processor settings in {dir} (looked for preprocessor_config.json and the `image_processor` object of processor_config.json)")]

@@ -1,7 +1,7 @@
 //! `Idefics2ImageProcessor` (PIL path, transformers 4.57 / 5.24 `Idefics2ImageProcessorPil`): RGB images ->
 //! `pixel_values [B, M, 3, H, W]` and `pixel_attention_mask [B, M, H, W]` (idefics-spec.md §8 steps 1-7).
 //!
-//! Per image: optional split into 4 crops + the full image (on the *original* pixels), the Idefics2 resize
+//! Per image: the transparent-colour quirk of `convert_to_rgb` (see transparency.rs), optional split into 4 crops + the full image (on the *original* pixels), the Idefics2 resize
 //! rule (longest edge, then each side raised to the shortest edge independently), Pillow-exact resize,
 //! rescale + normalize through a 256-entry table (the values transformers' float arithmetic produces),
 //! then zero padding of every frame to the batch's largest height and width.
@@ -65,7 +65,12 @@ impl Default for Idefics2ImageProcessorConfig {
         Self {
             do_convert_rgb: true,
             do_resize: true,
-            size: ImageSize { shortest_edge: Some(378), longest_edge: Some(980), height: None, width: None },
+            size: ImageSize {
+                shortest_edge: Some(378),
+                longest_edge: Some(980),
+                height: None,
+                width: None,
+            },
             resample: ResampleFilter::Bilinear,
             do_rescale: true,
             rescale_factor: 1.0 / 255.0,
@@ -98,21 +103,31 @@ struct RawConfig {
 impl Idefics2ImageProcessorConfig {
     /// Parses a `preprocessor_config.json` document (the Hub's idefics2-8b layout).
     pub fn from_preprocessor_json(json: &str) -> Result<Self, ImageError> {
-        let raw: RawConfig = serde_json::from_str(json)
-            .map_err(|e| ImageError::Config { field: "preprocessor_config.json", message: e.to_string() })?;
+        let raw: RawConfig = serde_json::from_str(json).map_err(|e| ImageError::Config {
+            field: "preprocessor_config.json",
+            message: e.to_string(),
+        })?;
         Self::from_raw(raw)
     }
 
     /// Parses the nested `image_processor` object of a `processor_config.json` (what transformers 5.x writes).
     pub fn from_processor_json(json: &str) -> Result<Self, ImageError> {
-        let value: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| ImageError::Config { field: "processor_config.json", message: e.to_string() })?;
-        let nested = value.get("image_processor").cloned().ok_or(ImageError::Config {
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| ImageError::Config {
+                field: "processor_config.json",
+                message: e.to_string(),
+            })?;
+        let nested = value
+            .get("image_processor")
+            .cloned()
+            .ok_or(ImageError::Config {
+                field: "image_processor",
+                message: "processor_config.json has no `image_processor` object".into(),
+            })?;
+        let raw: RawConfig = serde_json::from_value(nested).map_err(|e| ImageError::Config {
             field: "image_processor",
-            message: "processor_config.json has no `image_processor` object".into(),
+            message: e.to_string(),
         })?;
-        let raw: RawConfig = serde_json::from_value(nested)
-            .map_err(|e| ImageError::Config { field: "image_processor", message: e.to_string() })?;
         Self::from_raw(raw)
     }
 
@@ -127,12 +142,15 @@ impl Idefics2ImageProcessorConfig {
         let proc = dir.join("processor_config.json");
         if proc.is_file() {
             let text = read(&proc)?;
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_err(&proc, e))?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| file_err(&proc, e))?;
             if value.get("image_processor").is_some() {
                 return Self::from_processor_json(&text).map_err(|e| file_err(&proc, e));
             }
         }
-        Err(ImageError::NoConfig { dir: dir.to_path_buf() })
+        Err(ImageError::NoConfig {
+            dir: dir.to_path_buf(),
+        })
     }
 
     fn from_raw(raw: RawConfig) -> Result<Self, ImageError> {
@@ -140,7 +158,9 @@ impl Idefics2ImageProcessorConfig {
             if !t.starts_with("Idefics2ImageProcessor") {
                 return Err(ImageError::Config {
                     field: "image_processor_type",
-                    message: format!("{t} is not an Idefics2 image processor (expected Idefics2ImageProcessor*)"),
+                    message: format!(
+                        "{t} is not an Idefics2 image processor (expected Idefics2ImageProcessor*)"
+                    ),
                 });
             }
         }
@@ -160,8 +180,16 @@ impl Idefics2ImageProcessorConfig {
             do_rescale: raw.do_rescale.unwrap_or(d.do_rescale),
             rescale_factor: raw.rescale_factor.unwrap_or(d.rescale_factor),
             do_normalize: raw.do_normalize.unwrap_or(d.do_normalize),
-            image_mean: raw.image_mean.map(|m| m.to3("image_mean")).transpose()?.unwrap_or(d.image_mean),
-            image_std: raw.image_std.map(|s| s.to3("image_std")).transpose()?.unwrap_or(d.image_std),
+            image_mean: raw
+                .image_mean
+                .map(|m| m.to3("image_mean"))
+                .transpose()?
+                .unwrap_or(d.image_mean),
+            image_std: raw
+                .image_std
+                .map(|s| s.to3("image_std"))
+                .transpose()?
+                .unwrap_or(d.image_std),
             do_pad: raw.do_pad.unwrap_or(d.do_pad),
             do_image_splitting: raw.do_image_splitting.unwrap_or(d.do_image_splitting),
         };
@@ -172,19 +200,28 @@ impl Idefics2ImageProcessorConfig {
     /// Checks the values a model directory could get wrong.
     pub fn validate(&self) -> Result<(), ImageError> {
         let s = self.size;
-        let edges_ok = matches!((s.shortest_edge, s.longest_edge), (Some(a), Some(b)) if a > 0 && b > 0);
+        let edges_ok =
+            matches!((s.shortest_edge, s.longest_edge), (Some(a), Some(b)) if a > 0 && b > 0);
         let fixed_ok = matches!((s.height, s.width), (Some(h), Some(w)) if h > 0 && w > 0);
         if self.do_resize && !edges_ok && !fixed_ok {
             return Err(ImageError::Config {
                 field: "size",
-                message: format!("need positive shortest_edge + longest_edge or height + width, got {s:?}"),
+                message: format!(
+                    "need positive shortest_edge + longest_edge or height + width, got {s:?}"
+                ),
             });
         }
         if self.image_std.iter().any(|&v| v == 0.0 || !v.is_finite()) {
-            return Err(ImageError::Config { field: "image_std", message: format!("{:?} has a zero", self.image_std) });
+            return Err(ImageError::Config {
+                field: "image_std",
+                message: format!("{:?} has a zero", self.image_std),
+            });
         }
         if !self.rescale_factor.is_finite() {
-            return Err(ImageError::Config { field: "rescale_factor", message: "not finite".into() });
+            return Err(ImageError::Config {
+                field: "rescale_factor",
+                message: "not finite".into(),
+            });
         }
         Ok(())
     }
@@ -197,22 +234,33 @@ pub fn read_image_seq_len(dir: &Path) -> Result<Option<usize>, ImageError> {
     if !path.is_file() {
         return Ok(None);
     }
-    let value: serde_json::Value = serde_json::from_str(&read(&path)?).map_err(|e| file_err(&path, e))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&read(&path)?).map_err(|e| file_err(&path, e))?;
     match value.get("image_seq_len") {
         None => Ok(None),
-        Some(v) => v.as_u64().filter(|&n| n > 0).map(|n| Some(n as usize)).ok_or_else(|| ImageError::ConfigFile {
-            path,
-            message: format!("image_seq_len must be a positive integer, got {v}"),
-        }),
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| n > 0)
+            .map(|n| Some(n as usize))
+            .ok_or_else(|| ImageError::ConfigFile {
+                path,
+                message: format!("image_seq_len must be a positive integer, got {v}"),
+            }),
     }
 }
 
 fn read(path: &Path) -> Result<String, ImageError> {
-    std::fs::read_to_string(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> ImageError {
-    ImageError::ConfigFile { path: path.to_path_buf(), message: e.to_string() }
+    ImageError::ConfigFile {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 /// The float value of every uint8 sample after rescale + normalize, per channel, computed with
@@ -229,7 +277,11 @@ impl NormalizeLut {
         let mut table = [[0f32; 256]; 3];
         for (c, row) in table.iter_mut().enumerate() {
             for (v, out) in row.iter_mut().enumerate() {
-                let mut y = if cfg.do_rescale { (v as f64 * cfg.rescale_factor) as f32 } else { v as f32 };
+                let mut y = if cfg.do_rescale {
+                    (v as f64 * cfg.rescale_factor) as f32
+                } else {
+                    v as f32
+                };
                 if cfg.do_normalize {
                     y = (y - cfg.image_mean[c] as f32) / cfg.image_std[c] as f32;
                 }
@@ -310,14 +362,32 @@ impl Idefics2ImageProcessor {
 
     /// Steps 3-4 for one image: the split crops (top-left, top-right, bottom-left, bottom-right, full) or the
     /// image alone, each resized; uint8, before rescale/normalize.
-    pub fn frames(&self, image: &RgbImage, do_image_splitting: bool) -> Result<Vec<RgbImage>, ImageError> {
+    pub fn frames(
+        &self,
+        image: &RgbImage,
+        do_image_splitting: bool,
+    ) -> Result<Vec<RgbImage>, ImageError> {
         let (w, h) = (image.width(), image.height());
         if w == 0 || h == 0 {
-            return Err(ImageError::ZeroSize { width: w, height: h });
+            return Err(ImageError::ZeroSize {
+                width: w,
+                height: h,
+            });
         }
+        let whitened;
+        let image = match image.transparent_color() {
+            Some(key) if self.config.do_convert_rgb => {
+                whitened = whiten_color_key(image, key);
+                &whitened
+            }
+            _ => image,
+        };
         let parts = if do_image_splitting {
             if w < 2 || h < 2 {
-                return Err(ImageError::TooSmallToSplit { width: w, height: h });
+                return Err(ImageError::TooSmallToSplit {
+                    width: w,
+                    height: h,
+                });
             }
             let (mw, mh) = (w / 2, h / 2);
             vec![
@@ -369,10 +439,20 @@ impl Idefics2ImageProcessor {
         let hmax = all().map(RgbImage::height).max().unwrap_or(0);
         let wmax = all().map(RgbImage::width).max().unwrap_or(0);
         if !self.config.do_pad {
-            let uneven = all().any(|f| f.height() != hmax || f.width() != wmax) || frames.iter().any(|s| s.len() != m);
+            let uneven = all().any(|f| f.height() != hmax || f.width() != wmax)
+                || frames.iter().any(|s| s.len() != m);
             if uneven {
                 return Err(ImageError::Unpadded {
-                    message: format!("frame sizes {:?}", frames.iter().map(|s| s.iter().map(|f| (f.height(), f.width())).collect::<Vec<_>>()).collect::<Vec<_>>()),
+                    message: format!(
+                        "frame sizes {:?}",
+                        frames
+                            .iter()
+                            .map(|s| s
+                                .iter()
+                                .map(|f| (f.height(), f.width()))
+                                .collect::<Vec<_>>())
+                            .collect::<Vec<_>>()
+                    ),
                 });
             }
         }
@@ -401,9 +481,25 @@ impl Idefics2ImageProcessor {
             pixel_values_shape: [b, m, 3, hmax, wmax],
             pixel_attention_mask: mask,
             frames_per_sample: frames.iter().map(Vec::len).collect(),
-            frame_sizes: frames.iter().map(|s| s.iter().map(|f| (f.height(), f.width())).collect()).collect(),
+            frame_sizes: frames
+                .iter()
+                .map(|s| s.iter().map(|f| (f.height(), f.width())).collect())
+                .collect(),
         })
     }
+}
+
+/// `convert_to_rgb` of an RGB image that carries Pillow's `info["transparency"]` colour: RGBA with alpha 0 on
+/// that colour, composited over opaque white, so those pixels become exactly white.
+fn whiten_color_key(image: &RgbImage, key: [u8; 3]) -> RgbImage {
+    let mut data = image.as_bytes().to_vec();
+    for px in data.chunks_exact_mut(3) {
+        if px == key {
+            px.copy_from_slice(&[255, 255, 255]);
+        }
+    }
+    // Same dimensions, so this cannot fail.
+    RgbImage::new(image.width(), image.height(), data).unwrap_or_else(|_| image.clone())
 }
 
 #[cfg(test)]
@@ -427,7 +523,10 @@ mod tests {
 
     #[test]
     fn split_crops_are_in_reference_order() {
-        let proc = p(Idefics2ImageProcessorConfig { do_resize: false, ..Default::default() });
+        let proc = p(Idefics2ImageProcessorConfig {
+            do_resize: false,
+            ..Default::default()
+        });
         let img = RgbImage::new(5, 3, (0..45).collect()).unwrap();
         let f = proc.frames(&img, true).unwrap();
         let sizes: Vec<_> = f.iter().map(|f| (f.height(), f.width())).collect();
@@ -440,14 +539,20 @@ mod tests {
     fn config_defaults_and_errors() {
         let c = Idefics2ImageProcessorConfig::from_preprocessor_json("{}").unwrap();
         assert_eq!(c, Idefics2ImageProcessorConfig::default());
-        let e = Idefics2ImageProcessorConfig::from_preprocessor_json(r#"{"resample": 9}"#).unwrap_err();
+        let e =
+            Idefics2ImageProcessorConfig::from_preprocessor_json(r#"{"resample": 9}"#).unwrap_err();
         assert!(e.to_string().contains("resample"), "{e}");
-        let e = Idefics2ImageProcessorConfig::from_preprocessor_json(r#"{"image_mean": [0.5, 0.5]}"#).unwrap_err();
+        let e =
+            Idefics2ImageProcessorConfig::from_preprocessor_json(r#"{"image_mean": [0.5, 0.5]}"#)
+                .unwrap_err();
         assert!(e.to_string().contains("image_mean"), "{e}");
-        let e = Idefics2ImageProcessorConfig::from_preprocessor_json(r#"{"image_processor_type": "Idefics3ImageProcessor"}"#)
-            .unwrap_err();
+        let e = Idefics2ImageProcessorConfig::from_preprocessor_json(
+            r#"{"image_processor_type": "Idefics3ImageProcessor"}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("Idefics3ImageProcessor"), "{e}");
-        let e = Idefics2ImageProcessorConfig::from_preprocessor_json(r#"{"image_std": 0}"#).unwrap_err();
+        let e = Idefics2ImageProcessorConfig::from_preprocessor_json(r#"{"image_std": 0}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("image_std"), "{e}");
     }
 

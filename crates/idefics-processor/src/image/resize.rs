@@ -151,7 +151,9 @@ fn axis_kernels(in_size: usize, out_size: usize, filter: ResampleFilter) -> Axis
         let center = (xx as f64 + 0.5) * scale;
         // C `(int)` truncates toward zero; negative values are clamped to 0 right after.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64).max(xmin as i64) as usize;
+        let xmax = ((center + support + 0.5) as i64)
+            .min(in_size as i64)
+            .max(xmin as i64) as usize;
         let n = (xmax - xmin).min(ksize);
         let mut sum = 0.0;
         for (x, w) in weights.iter_mut().enumerate().take(n) {
@@ -162,12 +164,21 @@ fn axis_kernels(in_size: usize, out_size: usize, filter: ResampleFilter) -> Axis
         for (k, &w) in row.iter_mut().zip(&weights) {
             let w = if sum != 0.0 { w / sum } else { w };
             let scaled = w * f64::from(1u32 << PRECISION_BITS);
-            *k = if w < 0.0 { (scaled - 0.5) as i32 } else { (scaled + 0.5) as i32 };
+            *k = if w < 0.0 {
+                (scaled - 0.5) as i32
+            } else {
+                (scaled + 0.5) as i32
+            };
         }
         start.push(xmin);
         len.push(n);
     }
-    AxisKernels { ksize, start, len, coeffs }
+    AxisKernels {
+        ksize,
+        start,
+        len,
+        coeffs,
+    }
 }
 
 #[inline]
@@ -196,7 +207,12 @@ fn resample_horizontal(src: &RgbImage, y0: usize, rows: usize, k: &AxisKernels) 
             out_px[2] = clip8(acc[2]);
         }
     }
-    RgbImage { width: out_w, height: rows, data }
+    RgbImage {
+        width: out_w,
+        height: rows,
+        data,
+        transparent_color: None,
+    }
 }
 
 /// Vertical pass; `k.start` is relative to the first row of `src`.
@@ -220,7 +236,12 @@ fn resample_vertical(src: &RgbImage, k: &AxisKernels) -> RgbImage {
             *o = clip8(a);
         }
     }
-    RgbImage { width: src.width, height: out_h, data }
+    RgbImage {
+        width: src.width,
+        height: out_h,
+        data,
+        transparent_color: None,
+    }
 }
 
 /// Pillow's NEAREST resize: the affine scale transform, with its running (accumulated) f64 coordinates.
@@ -244,7 +265,12 @@ fn resize_nearest(src: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
         }
         yo += ay;
     }
-    RgbImage { width: out_w, height: out_h, data }
+    RgbImage {
+        width: out_w,
+        height: out_h,
+        data,
+        transparent_color: None,
+    }
 }
 
 /// `PIL.Image.resize((width, height), filter)` on an RGB image, byte for byte (Pillow 12.3).
@@ -260,7 +286,10 @@ pub fn resize(
         return Err(ImageError::ResizeTarget { width, height });
     }
     if src.width == 0 || src.height == 0 {
-        return Err(ImageError::ZeroSize { width: src.width, height: src.height });
+        return Err(ImageError::ZeroSize {
+            width: src.width,
+            height: src.height,
+        });
     }
     if width == src.width && height == src.height {
         return Ok(src.clone());
@@ -281,7 +310,11 @@ pub fn resize(
         (Some(s), Some(l)) => s + l,
         _ => src.height,
     };
-    let rows = if need_vertical { last - first } else { src.height };
+    let rows = if need_vertical {
+        last - first
+    } else {
+        src.height
+    };
     let y0 = if need_vertical { first } else { 0 };
     let tmp = resample_horizontal(src, y0, rows, &horiz);
     if !need_vertical {
@@ -315,10 +348,18 @@ mod tests {
     fn constant_image_stays_constant() {
         // Normalised fixed-point weights sum to ~2^22, so a flat image must come back flat for every filter.
         let img = RgbImage::new(13, 9, [200u8, 10, 77].repeat(13 * 9)).unwrap();
-        for f in [ResampleFilter::Bilinear, ResampleFilter::Bicubic, ResampleFilter::Lanczos, ResampleFilter::Hamming] {
+        for f in [
+            ResampleFilter::Bilinear,
+            ResampleFilter::Bicubic,
+            ResampleFilter::Lanczos,
+            ResampleFilter::Hamming,
+        ] {
             for (w, h) in [(5, 4), (40, 3), (13, 30), (1, 1)] {
                 let out = resize(&img, w, h, f).unwrap();
-                assert!(out.as_bytes().chunks(3).all(|p| p == [200, 10, 77]), "{f:?} {w}x{h}");
+                assert!(
+                    out.as_bytes().chunks(3).all(|p| p == [200, 10, 77]),
+                    "{f:?} {w}x{h}"
+                );
             }
         }
     }
@@ -326,13 +367,19 @@ mod tests {
     #[test]
     fn zero_target_is_an_error() {
         let img = gradient(4, 4);
-        assert!(matches!(resize(&img, 0, 3, ResampleFilter::Bilinear), Err(ImageError::ResizeTarget { .. })));
+        assert!(matches!(
+            resize(&img, 0, 3, ResampleFilter::Bilinear),
+            Err(ImageError::ResizeTarget { .. })
+        ));
     }
 
     #[test]
     fn pil_codes_round_trip() {
         for code in 0..6 {
-            assert_eq!(ResampleFilter::from_pil_code(code).unwrap().pil_code(), code);
+            assert_eq!(
+                ResampleFilter::from_pil_code(code).unwrap().pil_code(),
+                code
+            );
         }
         assert!(ResampleFilter::from_pil_code(6).is_none());
     }
