@@ -185,6 +185,14 @@ def make_files():
     save_pil("webp_lossless_rgb.webp", Image.fromarray(noise), format="WEBP", lossless=True)
     save_pil("webp_lossless_rgba.webp", Image.fromarray(np.dstack([noise, alpha]), "RGBA"), format="WEBP", lossless=True)
     save_pil("webp_lossy.webp", rgb, format="WEBP", quality=80)
+    save_pil("webp_exif_orientation_8.webp", Image.fromarray(noise), format="WEBP", lossless=True,
+             exif=exif_with_orientation(8))
+    save_pil("webp_animated.webp", Image.fromarray(noise), format="WEBP", lossless=True, save_all=True,
+             append_images=[Image.fromarray(255 - noise)], duration=100)
+    # Malformed EXIF (an APP1 "Exif" segment holding garbage): must be ignored, not fail the decode.
+    good = files["jpeg_exif_orientation_1.jpg"]
+    app1 = b"Exif\x00\x00" + b"MM\x00\x2a\xff\xff\xff\xf0garbage"
+    files["jpeg_bad_exif.jpg"] = good[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + good[2:]
 
     save_pil("bmp_rgb.bmp", Image.fromarray(noise), format="BMP")
     save_pil("bmp_palette.bmp", pal, format="BMP")
