@@ -185,6 +185,21 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Ima
     }
     let kind = sniff_format(bytes)?;
     let format = kind.name();
+    // Third-party decoders on hostile bytes: turn a panic into an error rather than take the caller down.
+    std::panic::catch_unwind(|| decode_sniffed(bytes, kind, limits)).unwrap_or_else(|_| {
+        Err(ImageError::Decode {
+            format,
+            message: "the decoder panicked on this data".into(),
+        })
+    })
+}
+
+fn decode_sniffed(
+    bytes: &[u8],
+    kind: ImageFormatKind,
+    limits: &DecodeLimits,
+) -> Result<RgbImage, ImageError> {
+    let format = kind.name();
     let reader = ImageReader::with_format(Cursor::new(bytes), kind.image_format());
     let mut decoder = reader.into_decoder().map_err(|e| map_err(format, e))?;
     let (width, height) = decoder.dimensions();

@@ -1,7 +1,8 @@
 //! `Idefics2ImageProcessor` (PIL path, transformers 4.57 / 5.24 `Idefics2ImageProcessorPil`): RGB images ->
 //! `pixel_values [B, M, 3, H, W]` and `pixel_attention_mask [B, M, H, W]` (idefics-spec.md §8 steps 1-7).
 //!
-//! Per image: the transparent-colour quirk of `convert_to_rgb` (see transparency.rs), optional split into 4 crops + the full image (on the *original* pixels), the Idefics2 resize
+//! Per image: the transparent-colour quirk of `convert_to_rgb` (see transparency.rs), optional split into
+//! 4 crops + the full image (on the *original* pixels), the Idefics2 resize
 //! rule (longest edge, then each side raised to the shortest edge independently), Pillow-exact resize,
 //! rescale + normalize through a 256-entry table (the values transformers' float arithmetic produces),
 //! then zero padding of every frame to the batch's largest height and width.
@@ -330,6 +331,11 @@ impl Idefics2ImageProcessor {
         Ok(Self { config, lut })
     }
 
+    /// The processor of a model directory (see [`Idefics2ImageProcessorConfig::from_model_dir`]).
+    pub fn from_model_dir(dir: &Path) -> Result<Self, ImageError> {
+        Self::new(Idefics2ImageProcessorConfig::from_model_dir(dir)?)
+    }
+
     /// The settings.
     pub fn config(&self) -> &Idefics2ImageProcessorConfig {
         &self.config
@@ -464,6 +470,9 @@ impl Idefics2ImageProcessor {
                 let base = (bi * m + mi) * 3 * plane;
                 let mask_base = (bi * m + mi) * plane;
                 let (fh, fw) = (frame.height(), frame.width());
+                if fh == 0 || fw == 0 {
+                    continue;
+                }
                 for (y, row) in frame.as_bytes().chunks_exact(fw * 3).enumerate() {
                     for (x, px) in row.chunks_exact(3).enumerate() {
                         let at = y * wmax + x;
@@ -473,7 +482,6 @@ impl Idefics2ImageProcessor {
                     }
                     mask[mask_base + y * wmax..mask_base + y * wmax + fw].fill(1);
                 }
-                debug_assert!(fh <= hmax);
             }
         }
         Ok(ImageBatch {
@@ -554,6 +562,43 @@ mod tests {
         let e = Idefics2ImageProcessorConfig::from_preprocessor_json(r#"{"image_std": 0}"#)
             .unwrap_err();
         assert!(e.to_string().contains("image_std"), "{e}");
+    }
+
+    #[test]
+    fn hub_idefics2_8b_preprocessor_config() {
+        // HuggingFaceM4/idefics2-8b preprocessor_config.json (idefics-spec.md §1.5).
+        let json = r#"{
+  "do_convert_rgb": true, "do_image_splitting": true, "do_normalize": true, "do_pad": true,
+  "do_rescale": true, "do_resize": true, "image_mean": [0.5, 0.5, 0.5],
+  "image_processor_type": "Idefics2ImageProcessor", "image_std": [0.5, 0.5, 0.5],
+  "processor_class": "Idefics2Processor", "resample": 2, "rescale_factor": 0.00392156862745098,
+  "size": {"longest_edge": 980, "shortest_edge": 378}
+}"#;
+        let c = Idefics2ImageProcessorConfig::from_preprocessor_json(json).unwrap();
+        let expected = Idefics2ImageProcessorConfig {
+            do_image_splitting: true,
+            ..Default::default()
+        };
+        assert_eq!(c, expected);
+        assert_eq!(c.rescale_factor, 1.0 / 255.0);
+    }
+
+    #[test]
+    fn pack_skips_empty_frames() {
+        let proc = p(Idefics2ImageProcessorConfig::default());
+        let frames = vec![vec![
+            RgbImage::new(0, 4, vec![]).unwrap(),
+            RgbImage::new(2, 1, vec![255; 6]).unwrap(),
+        ]];
+        let out = proc.pack(&frames).unwrap();
+        assert_eq!(out.pixel_values_shape, [1, 2, 3, 4, 2]);
+        assert_eq!(
+            out.pixel_attention_mask
+                .iter()
+                .map(|&v| v as usize)
+                .sum::<usize>(),
+            2
+        );
     }
 
     #[test]
