@@ -40,10 +40,15 @@ impl Default for DecodeLimits {
 /// The container formats recognised from the first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormatKind {
+    /// JPEG (baseline, progressive, grey, CMYK/YCCK), via zune-jpeg.
     Jpeg,
+    /// PNG (all colour types and bit depths, interlaced).
     Png,
+    /// GIF (first frame).
     Gif,
+    /// WebP (lossy, lossless, alpha; first frame of an animation).
     WebP,
+    /// BMP.
     Bmp,
 }
 

@@ -18,9 +18,13 @@ use super::{ImageError, RgbImage};
 /// `{height, width}` is accepted as transformers does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct ImageSize {
+    /// Each side is raised to at least this (378 for idefics2-8b).
     pub shortest_edge: Option<usize>,
+    /// The longer side is brought down to this, keeping the aspect ratio (980 for idefics2-8b).
     pub longest_edge: Option<usize>,
+    /// Fixed output height (used only without shortest/longest edge).
     pub height: Option<usize>,
+    /// Fixed output width (used only without shortest/longest edge).
     pub width: Option<usize>,
 }
 
@@ -269,6 +273,7 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> ImageError {
 /// then `(y - f32(mean)) / f32(std)` in f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NormalizeLut {
+    /// `table[channel][value]`: the float32 that transformers outputs for that uint8 sample.
     pub table: [[f32; 256]; 3],
 }
 
