@@ -297,3 +297,16 @@ fn model_dir_with_only_processor_config() {
     .unwrap();
     assert!(idefics_processor::image::read_image_seq_len(dir.path()).is_err());
 }
+
+#[test]
+fn phone_photo_4000x3000_is_downscaled() {
+    let (w, h) = (4000, 3000);
+    let data: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
+    let img = RgbImage::new(w, h, data).unwrap();
+    let start = std::time::Instant::now();
+    let out = idefics2_8b().preprocess(&[vec![img]], None).unwrap();
+    eprintln!("4000x3000 with splitting: {:?}", start.elapsed());
+    // Crops 2000x1500 -> 980x735; full image 4000x3000 -> 980x735.
+    assert_eq!(out.pixel_values_shape, [1, 5, 3, 735, 980]);
+    assert_eq!(out.frame_sizes[0], vec![(735, 980); 5]);
+}
