@@ -248,3 +248,65 @@ pub fn patch_valid_mask(mask: &Tensor, patch: usize) -> Result<Vec<Vec<Vec<bool>
         .map(|img| img.into_iter().map(|row| row.into_iter().map(|s| s == full).collect()).collect())
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf4_55_to_4_57_rule_matches_spec_examples() {
+        let r = PositionIdRule::Hf4_55To4_57;
+        let side = |n: usize| (0..n).map(|h| r.bucket(h, n, 70)).collect::<Vec<_>>();
+        let s35 = side(35);
+        assert_eq!(&s35[..5], &[0, 1, 3, 5, 7]);
+        assert_eq!(*s35.last().unwrap(), 67);
+        assert_eq!(&side(27)[..8], &[0, 2, 5, 7, 10, 12, 15, 18]);
+        // A full side: rows 0 and 1 share id 0, 69 is never used.
+        let full = side(70);
+        assert_eq!(&full[..3], &[0, 0, 1]);
+        assert_eq!(*full.last().unwrap(), 68);
+    }
+
+    #[test]
+    fn hf5_rule_is_floor_except_listed_boundary_cases() {
+        let r = PositionIdRule::Hf5;
+        let exceptions: &[(usize, &[usize])] = &[
+            (25, &[5, 10, 15, 20]),
+            (49, &[7, 14, 28, 35]),
+            (50, &[5, 10, 15, 20, 30, 40]),
+            (55, &[11, 22, 33, 44]),
+        ];
+        for n in 1..=70 {
+            for h in 0..n {
+                let floor = 70 * h / n;
+                let exc = exceptions.iter().any(|(en, hs)| *en == n && hs.contains(&h));
+                let want = if exc { floor - 1 } else { floor };
+                assert_eq!(r.bucket(h, n, 70), want, "n={n} h={h}");
+            }
+        }
+        assert_eq!((0..70).map(|h| r.bucket(h, 70, 70)).collect::<Vec<_>>(), (0..70).collect::<Vec<_>>());
+        // No exceptions on the grids of other checkpoints.
+        for big_n in [24usize, 26, 27, 32] {
+            for n in 1..=big_n {
+                for h in 0..n {
+                    assert_eq!(r.bucket(h, n, big_n), big_n * h / n, "N={big_n} n={n} h={h}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn position_ids_are_row_major_on_the_grid() {
+        let ids = patch_position_ids(PositionIdRule::Hf5, 2, 3, 4);
+        // rows 0,2 ; cols 0,1,2 (floor(4*j/3))
+        assert_eq!(ids, vec![0, 1, 2, 8, 9, 10]);
+    }
+
+    #[test]
+    fn rule_names_parse() {
+        assert_eq!(PositionIdRule::parse("hf5"), Some(PositionIdRule::Hf5));
+        assert_eq!(PositionIdRule::parse("hf4.57"), Some(PositionIdRule::Hf4_55To4_57));
+        assert_eq!(PositionIdRule::parse("hf4_55_to_4_57"), Some(PositionIdRule::Hf4_55To4_57));
+        assert_eq!(PositionIdRule::parse("arange"), None);
+    }
+}
