@@ -508,12 +508,12 @@ mod tests {
 
     #[test]
     fn perceiver_copies_size_and_eps_only_when_sizes_differ() {
-        let json = r#"{"model_type":"idefics2","text_config":{"hidden_size":64,"num_attention_heads":4,
+        let json = r#"{"model_type":"idefics2","text_config":{"hidden_size":64,"num_attention_heads":4,"num_key_value_heads":2,
             "rms_norm_eps":1e-5,"vocab_size":400},"perceiver_config":{"rms_norm_eps":1e-3}, "image_token_id": 5}"#;
         let c = Idefics2Config::from_json_str(json).unwrap();
         assert_eq!(c.perceiver_config.hidden_size, 64);
         assert_eq!(c.perceiver_config.rms_norm_eps, 1e-5);
-        let json = r#"{"model_type":"idefics2","text_config":{"hidden_size":64,"num_attention_heads":4,
+        let json = r#"{"model_type":"idefics2","text_config":{"hidden_size":64,"num_attention_heads":4,"num_key_value_heads":2,
             "rms_norm_eps":1e-5,"vocab_size":400},"perceiver_config":{"hidden_size":64,"rms_norm_eps":1e-3},
             "image_token_id": 5}"#;
         let c = Idefics2Config::from_json_str(json).unwrap();
