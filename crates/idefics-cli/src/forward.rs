@@ -1,6 +1,10 @@
 //! `idefics forward`: logits for saved inputs, to compare with transformers.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use idefics::weights::parse_dtype;
+use idefics::{Idefics2ForConditionalGeneration, LoadOptions, ModelInputs, PositionIdRule};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -14,8 +18,45 @@ pub struct ForwardArgs {
     /// Where to write the logits (safetensors, f32).
     #[arg(long)]
     pub out: PathBuf,
+    /// Vision position-id rule to match: `hf5` (transformers 5.x) or `hf4.57` (transformers 4.55-4.57).
+    #[arg(long, default_value = "hf5")]
+    pub position_id_rule: String,
+    /// Compute dtype: f32 (for parity), bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
 }
 
-pub fn run(_args: ForwardArgs) -> Result<()> {
-    bail!("idefics forward is not implemented yet")
+pub fn run(args: ForwardArgs) -> Result<()> {
+    let Some(rule) = PositionIdRule::parse(&args.position_id_rule) else {
+        bail!("--position-id-rule {:?}: expected hf5 or hf4.57", args.position_id_rule)
+    };
+    let dtype = parse_dtype(&args.dtype)?;
+    let device = Device::Cpu;
+    let opts = LoadOptions { device: device.clone(), dtype, position_id_rule: rule, use_fused_kernels: true };
+    let model = Idefics2ForConditionalGeneration::load(&args.model, &opts)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let tensors = candle_core::safetensors::load(&args.inputs, &device)
+        .with_context(|| format!("reading {}", args.inputs.display()))?;
+    let known = ["input_ids", "attention_mask", "position_ids", "pixel_values", "pixel_attention_mask"];
+    for name in tensors.keys() {
+        if !known.contains(&name.as_str()) {
+            tracing::warn!("ignoring unknown input tensor {name}");
+        }
+    }
+    let get = |name: &str| tensors.get(name).cloned();
+    let Some(input_ids) = get("input_ids") else {
+        bail!("{}: no input_ids tensor", args.inputs.display())
+    };
+    let inputs = ModelInputs {
+        input_ids: Some(input_ids),
+        attention_mask: get("attention_mask"),
+        position_ids: get("position_ids"),
+        pixel_values: get("pixel_values"),
+        pixel_attention_mask: get("pixel_attention_mask"),
+    };
+    let logits = model.forward(&inputs, None)?.to_dtype(DType::F32)?;
+    let out: HashMap<String, Tensor> = HashMap::from([("logits".to_string(), logits.clone())]);
+    candle_core::safetensors::save(&out, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    println!("wrote logits {:?} to {}", logits.dims(), args.out.display());
+    Ok(())
 }

@@ -1,0 +1,34 @@
+//! Library error type: every user-facing failure is one line naming the field, tensor or file.
+
+/// Errors of the idefics library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// config.json is unreadable, of another model, or holds an unsupported value.
+    #[error("config: {0}")]
+    Config(String),
+    /// A checkpoint file or tensor is missing, mis-shaped, of a wrong dtype or truncated.
+    #[error("weights: {0}")]
+    Weights(String),
+    /// Model inputs are inconsistent (shapes, image-token counts, masks).
+    #[error("inputs: {0}")]
+    Input(String),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// Reading a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result with the library [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Io { path: path.display().to_string(), source }
+    }
+}

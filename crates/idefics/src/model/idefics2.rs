@@ -1,0 +1,386 @@
+//! `Idefics2ForConditionalGeneration`: vision tower + connector + Mistral, with image features scattered into
+//! the `<image>` token positions (spec §3, §6).
+
+use super::connector::Connector;
+use super::text::{KvCache, TextModel};
+use super::vision::{patch_valid_mask, PositionIdRule, VisionTransformer};
+use crate::config::Idefics2Config;
+use crate::error::{Error, Result};
+use crate::nn::{Kernels, Linear};
+use crate::weights::{Checkpoint, CheckpointBackend};
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_nn::VarBuilder;
+use std::path::Path;
+use std::sync::Arc;
+
+/// How to load a checkpoint.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Activation / weight dtype; stored weights of any float dtype are converted. f32 for parity.
+    pub dtype: DType,
+    /// Vision position-id rule (which transformers version to match).
+    pub position_id_rule: PositionIdRule,
+    /// Allow candle's fused forward-only kernels (never used where a gradient is needed).
+    pub use_fused_kernels: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            position_id_rule: PositionIdRule::Hf5,
+            use_fused_kernels: true,
+        }
+    }
+}
+
+/// Inputs of one forward call, as the processor produces them (transformers' names and layouts).
+#[derive(Debug, Clone, Default)]
+pub struct ModelInputs {
+    /// `[B, L]` token ids (u32 or i64) of the NEW tokens.
+    pub input_ids: Option<Tensor>,
+    /// `[B, L]`, 1 = real token, 0 = padding, for the NEW tokens only (the cache remembers earlier ones).
+    /// `None` = all real.
+    pub attention_mask: Option<Tensor>,
+    /// `[B, L]` explicit rotary positions; `None` = `generate()`'s rule (count of real tokens so far - 1).
+    pub position_ids: Option<Tensor>,
+    /// `[B, M, C, H, W]` f32; all-zero images are padding and are dropped.
+    pub pixel_values: Option<Tensor>,
+    /// `[B, M, H, W]`, nonzero = valid pixel; `None` = every pixel valid.
+    pub pixel_attention_mask: Option<Tensor>,
+}
+
+/// Image features of one batch, in image order (sample by sample, then slot by slot; padding images dropped).
+#[derive(Debug, Clone)]
+pub struct ImageFeatures {
+    /// `(sample, slot)` of each real image.
+    pub image_index: Vec<(usize, usize)>,
+    /// Valid patch grid `(nb_h, nb_w)` of each image.
+    pub patch_grids: Vec<(usize, usize)>,
+    /// Vision tower output per image, valid patches only, `[nb_h * nb_w, Dv]` row-major.
+    pub vision_hidden_states: Vec<Tensor>,
+    /// Connector output `[n_img, n_latents, Dt]`.
+    pub features: Tensor,
+}
+
+/// The full vision-language model.
+#[derive(Debug, Clone)]
+pub struct Idefics2ForConditionalGeneration {
+    config: Idefics2Config,
+    vision_model: VisionTransformer,
+    connector: Connector,
+    text_model: TextModel,
+    lm_head: Linear,
+    kernels: Kernels,
+    position_id_rule: PositionIdRule,
+    dtype: DType,
+    device: Device,
+}
+
+impl Idefics2ForConditionalGeneration {
+    /// Loads `dir/config.json` and the safetensors weights of `dir`. Fails on missing, unexpected or mis-shaped
+    /// tensors with one line naming the tensor and file.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let config = Idefics2Config::from_file(&dir.join("config.json"))?;
+        let ck = Arc::new(Checkpoint::open(dir)?);
+        let vb = VarBuilder::from_backend(Box::new(CheckpointBackend(ck.clone())), opts.dtype, opts.device.clone());
+        let model = match Self::new(&config, vb, opts) {
+            Ok(m) => m,
+            Err(e) => return Err(ck.take_error().map(Error::Weights).unwrap_or(e)),
+        };
+        if config.tie_word_embeddings {
+            // The tied head may also be stored; it is the embedding matrix either way.
+            ck.mark_used("lm_head.weight");
+        }
+        let unused = ck.unused();
+        if let Some(first) = unused.first() {
+            return Err(Error::Weights(format!(
+                "unexpected tensor {first} in the checkpoint ({} unexpected in all); is this an Idefics2 \
+                 checkpoint matching config.json?",
+                unused.len()
+            )));
+        }
+        tracing::info!(dir = %dir.display(), dtype = ?opts.dtype, "loaded Idefics2 checkpoint");
+        Ok(model)
+    }
+
+    /// Builds the model from any `VarBuilder` (checkpoint, `VarMap` for training, ...).
+    pub fn new(config: &Idefics2Config, vb: VarBuilder, opts: &LoadOptions) -> Result<Self> {
+        config.validate()?;
+        let kernels = Kernels::new(opts.use_fused_kernels);
+        let m = vb.pp("model");
+        let vision_model = VisionTransformer::load(&config.vision_config, m.pp("vision_model"), &kernels)?;
+        let connector = Connector::load(config, m.pp("connector"), &kernels)?;
+        let text_model = TextModel::load(&config.text_config, m.pp("text_model"), &kernels)?;
+        let t = &config.text_config;
+        let lm_head = if config.tie_word_embeddings {
+            Linear::new(text_model.embed_tokens().clone(), None)
+        } else {
+            Linear::load(vb.pp("lm_head"), t.hidden_size, t.vocab_size, false)?
+        };
+        Ok(Self {
+            config: config.clone(),
+            vision_model,
+            connector,
+            text_model,
+            lm_head,
+            kernels,
+            position_id_rule: opts.position_id_rule,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Idefics2Config {
+        &self.config
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn position_id_rule(&self) -> PositionIdRule {
+        self.position_id_rule
+    }
+    pub fn set_position_id_rule(&mut self, rule: PositionIdRule) {
+        self.position_id_rule = rule;
+    }
+    /// Enables / disables candle's fused forward-only kernels for the whole model.
+    pub fn set_use_fused_kernels(&self, fused: bool) {
+        self.kernels.set_fused(fused)
+    }
+    pub fn vision_model(&self) -> &VisionTransformer {
+        &self.vision_model
+    }
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+    pub fn text_model(&self) -> &TextModel {
+        &self.text_model
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.text_model.num_layers())
+    }
+
+    /// Vision tower + connector for `pixel_values [B, M, C, H, W]` (spec §3 step 2). Padding images (all 0.0)
+    /// are dropped; each remaining image runs at its valid patch size.
+    pub fn image_features(&self, pixel_values: &Tensor, pixel_attention_mask: Option<&Tensor>) -> Result<ImageFeatures> {
+        let (b, m, c, h, w) = pixel_values
+            .dims5()
+            .map_err(|_| Error::Input(format!("pixel_values must be [B, M, C, H, W], got {:?}", pixel_values.dims())))?;
+        let vc = &self.config.vision_config;
+        if c != vc.num_channels {
+            return Err(Error::Input(format!("pixel_values has {c} channels, the model expects {}", vc.num_channels)));
+        }
+        let p = vc.patch_size;
+        let pixels = pixel_values.to_dtype(self.dtype)?.reshape((b * m, c, h, w))?;
+        let maxabs: Vec<f32> = pixels.flatten_from(1)?.abs()?.max(D::Minus1)?.to_dtype(DType::F32)?.to_vec1()?;
+        let real: Vec<usize> = (0..b * m).filter(|&i| maxabs[i] != 0.0).collect();
+        let image_index: Vec<(usize, usize)> = real.iter().map(|&i| (i / m, i % m)).collect();
+        let n = real.len();
+        if n == 0 {
+            return Ok(ImageFeatures {
+                image_index,
+                patch_grids: vec![],
+                vision_hidden_states: vec![],
+                features: Tensor::zeros((0, self.config.image_seq_len(), self.config.text_config.hidden_size), self.dtype, &self.device)?,
+            });
+        }
+        let real_idx = Tensor::from_vec(real.iter().map(|&i| i as u32).collect::<Vec<_>>(), n, &self.device)?;
+        let pixels = pixels.index_select(&real_idx, 0)?;
+        let patch_valid = match pixel_attention_mask {
+            Some(mask) => {
+                let dims = mask.dims();
+                if dims != [b, m, h, w] {
+                    return Err(Error::Input(format!(
+                        "pixel_attention_mask has shape {dims:?}, expected [{b}, {m}, {h}, {w}] to match pixel_values"
+                    )));
+                }
+                let mask = mask.reshape((b * m, h, w))?.index_select(&real_idx, 0)?;
+                patch_valid_mask(&mask, p)?
+            }
+            None => vec![vec![vec![true; w / p]; h / p]; n],
+        };
+        // Valid patches must form a top-left rectangle (transformers assumes it when assigning position ids).
+        let mut grids = Vec::with_capacity(n);
+        for (k, grid) in patch_valid.iter().enumerate() {
+            let nb_h = grid.iter().take_while(|row| row.first().copied().unwrap_or(false)).count();
+            let nb_w = grid.first().map_or(0, |row| row.iter().take_while(|&&v| v).count());
+            let total: usize = grid.iter().map(|row| row.iter().filter(|&&v| v).count()).sum();
+            let (sample, slot) = image_index[k];
+            if nb_h == 0 || nb_w == 0 {
+                return Err(Error::Input(format!(
+                    "image {slot} of sample {sample} has no valid {p}x{p} patch (image or pixel mask too small)"
+                )));
+            }
+            if total != nb_h * nb_w {
+                return Err(Error::Input(format!(
+                    "pixel_attention_mask of image {slot} of sample {sample} is not a top-left rectangle"
+                )));
+            }
+            grids.push((nb_h, nb_w));
+        }
+        // Group images of equal valid size into one batch each.
+        let mut vision_out: Vec<Option<Tensor>> = vec![None; n];
+        let mut feats_out: Vec<Option<Tensor>> = vec![None; n];
+        let mut done = vec![false; n];
+        for k in 0..n {
+            if done[k] {
+                continue;
+            }
+            let members: Vec<usize> = (k..n).filter(|&j| !done[j] && grids[j] == grids[k]).collect();
+            let (nb_h, nb_w) = grids[k];
+            let idx = Tensor::from_vec(members.iter().map(|&j| j as u32).collect::<Vec<_>>(), members.len(), &self.device)?;
+            let group = pixels.index_select(&idx, 0)?.narrow(2, 0, nb_h * p)?.narrow(3, 0, nb_w * p)?;
+            let hidden = self.vision_model.forward(&group, self.position_id_rule)?;
+            let feats = self.connector.forward(&hidden, None)?;
+            for (g, &j) in members.iter().enumerate() {
+                vision_out[j] = Some(hidden.i(g)?);
+                feats_out[j] = Some(feats.i(g)?);
+                done[j] = true;
+            }
+        }
+        let vision_hidden_states: Vec<Tensor> = vision_out.into_iter().flatten().collect();
+        let feats: Vec<Tensor> = feats_out.into_iter().flatten().collect();
+        Ok(ImageFeatures { image_index, patch_grids: grids, vision_hidden_states, features: Tensor::stack(&feats, 0)? })
+    }
+
+    /// Logits `[B, L, V]` for the new tokens. With a cache, its keys/values and mask are extended (prefill when
+    /// empty, then decoding steps).
+    pub fn forward(&self, inputs: &ModelInputs, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let hidden = self.forward_hidden(inputs, cache)?;
+        Ok(self.lm_head.forward(&hidden)?)
+    }
+
+    /// Prefill (or continue) with `inputs` and return the logits of the last position of each row, `[B, V]`.
+    /// Use left padding so that the last position is a real token in every row.
+    pub fn forward_last(&self, inputs: &ModelInputs, cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.forward_hidden(inputs, Some(cache))?;
+        let l = hidden.dim(1)?;
+        Ok(self.lm_head.forward(&hidden.narrow(1, l - 1, 1)?.squeeze(1)?)?)
+    }
+
+    /// One decoding step: appends `tokens` (one per row, all real) and returns the next-token logits `[B, V]`.
+    pub fn decode_step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        if cache.is_empty() || tokens.len() != cache.batch_size() {
+            return Err(Error::Input(format!(
+                "decode_step got {} tokens for a cache of batch size {} (prefill first)",
+                tokens.len(),
+                cache.batch_size()
+            )));
+        }
+        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), &self.device)?;
+        self.forward_last(&ModelInputs { input_ids: Some(ids), ..Default::default() }, cache)
+    }
+
+    /// Final-normed hidden states `[B, L, Dt]` (before the lm head).
+    pub fn forward_hidden(&self, inputs: &ModelInputs, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let ids = inputs.input_ids.as_ref().ok_or_else(|| Error::Input("input_ids are required".into()))?;
+        let (b, l) = ids
+            .dims2()
+            .map_err(|_| Error::Input(format!("input_ids must be [B, L], got {:?}", ids.dims())))?;
+        let ids_host: Vec<Vec<i64>> = ids.to_dtype(DType::I64)?.to_vec2()?;
+        let vocab = self.config.text_config.vocab_size as i64;
+        for row in &ids_host {
+            if let Some(bad) = row.iter().find(|&&t| t < 0 || t >= vocab) {
+                return Err(Error::Input(format!("input_ids contains token id {bad}, outside the vocabulary of {vocab}")));
+            }
+        }
+        let new_mask: Vec<Vec<u8>> = match &inputs.attention_mask {
+            Some(mask) => {
+                if mask.dims() != [b, l] {
+                    return Err(Error::Input(format!(
+                        "attention_mask has shape {:?}, expected [{b}, {l}] like input_ids (new tokens only)",
+                        mask.dims()
+                    )));
+                }
+                mask.to_dtype(DType::I64)?
+                    .to_vec2::<i64>()?
+                    .into_iter()
+                    .map(|r| r.into_iter().map(|v| u8::from(v != 0)).collect())
+                    .collect()
+            }
+            None => vec![vec![1u8; l]; b],
+        };
+        if let Some(p) = &inputs.position_ids {
+            if p.dims() != [b, l] {
+                return Err(Error::Input(format!("position_ids has shape {:?}, expected [{b}, {l}]", p.dims())));
+            }
+        }
+        let past: Vec<Vec<u8>> = match &cache {
+            Some(c) if !c.is_empty() => {
+                if c.batch_size() != b {
+                    return Err(Error::Input(format!(
+                        "batch size {b} does not match the cache's batch size {}",
+                        c.batch_size()
+                    )));
+                }
+                c.attention_mask().to_vec()
+            }
+            _ => vec![Vec::new(); b],
+        };
+
+        let ids_u32 = ids.to_dtype(DType::U32)?;
+        let mut embeds = self.text_model.embed(&ids_u32)?;
+        if let Some(pv) = &inputs.pixel_values {
+            if pv.dim(0).ok() != Some(b) {
+                return Err(Error::Input(format!(
+                    "pixel_values has batch size {:?}, input_ids has {b}",
+                    pv.dims().first()
+                )));
+            }
+            let feats = self.image_features(pv, inputs.pixel_attention_mask.as_ref())?;
+            embeds = self.merge_image_features(&embeds, &ids_host, &feats.features)?;
+        }
+        let ctx = self.text_model.step_context(&new_mask, inputs.position_ids.as_ref(), &past, self.dtype, &self.device)?;
+        match cache {
+            Some(cache) => {
+                let hidden = self.text_model.forward_embeds(&embeds, &ctx, Some(cache))?;
+                TextModel::commit_mask(cache, &new_mask);
+                Ok(hidden)
+            }
+            None => Ok(self.text_model.forward_embeds(&embeds, &ctx, None)?),
+        }
+    }
+
+    /// Replaces the embeddings of `<image>` tokens, row-major over the batch, with the feature rows in order
+    /// (transformers' `masked_scatter`). Done as one `index_select` over `[text rows; feature rows]` so that it is
+    /// differentiable for both.
+    pub fn merge_image_features(&self, embeds: &Tensor, ids: &[Vec<i64>], features: &Tensor) -> Result<Tensor> {
+        let (b, l, d) = embeds.dims3()?;
+        let feat_rows = features.flatten_to(features.rank().saturating_sub(2))?;
+        let n_feat = feat_rows.dim(0)?;
+        let image_token = self.config.image_token_id as i64;
+        let n_tokens = ids.iter().flatten().filter(|&&t| t == image_token).count();
+        if n_tokens != n_feat {
+            return Err(Error::Input(format!(
+                "the prompt has {n_tokens} <image> tokens but the images give {n_feat} feature rows ({} per image); \
+                 each image needs exactly {} <image> tokens",
+                self.config.image_seq_len(),
+                self.config.image_seq_len()
+            )));
+        }
+        let mut next = 0u32;
+        let index: Vec<u32> = ids
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(pos, &t)| {
+                if t == image_token {
+                    next += 1;
+                    (b * l) as u32 + next - 1
+                } else {
+                    pos as u32
+                }
+            })
+            .collect();
+        let index = Tensor::from_vec(index, b * l, &self.device)?;
+        let table = Tensor::cat(&[&embeds.reshape((b * l, d))?, &feat_rows.to_dtype(embeds.dtype())?], 0)?;
+        Ok(table.index_select(&index, 0)?.reshape((b, l, d))?)
+    }
+}

@@ -1,0 +1,281 @@
+//! Mistral decoder (spec §7): RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, sliding-window causal mask,
+//! left-padding mask and a KV cache for incremental decoding.
+
+use crate::config::TextConfig;
+use crate::nn::{eager_attention, mask_min_value, GatedMlp, Kernels, Linear, RmsNorm, RotaryEmbedding};
+use crate::nn::rope::RopeTables;
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Keys and values of every layer for the tokens seen so far, plus their padding mask.
+///
+/// The cache owns the attention-mask history, so each call only describes its NEW tokens.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// `mask[b][j]` = 1 if cached token j of row b is a real token (0 = padding).
+    mask: Vec<Vec<u8>>,
+}
+
+impl KvCache {
+    /// An empty cache for a decoder of `num_layers` layers.
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: vec![None; num_layers], mask: Vec::new() }
+    }
+
+    /// Number of cached positions (the same for every row).
+    pub fn seq_len(&self) -> usize {
+        self.mask.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seq_len() == 0
+    }
+
+    /// Batch size the cache was filled with (0 when empty).
+    pub fn batch_size(&self) -> usize {
+        self.mask.len()
+    }
+
+    /// Padding mask of the cached positions, one row per sample.
+    pub fn attention_mask(&self) -> &[Vec<u8>] {
+        &self.mask
+    }
+
+    /// Drops everything (reuse the allocation for a new prompt).
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.mask.clear();
+    }
+
+    /// Position id the next real token of each row gets (= real tokens so far), as `generate()` counts.
+    pub fn next_positions(&self) -> Vec<i64> {
+        self.mask.iter().map(|r| r.iter().filter(|&&m| m != 0).count() as i64).collect()
+    }
+
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let slot = match self.layers.get_mut(layer) {
+            Some(s) => s,
+            None => candle_core::bail!("kv cache has no layer {layer}"),
+        };
+        let kv = match slot.take() {
+            None => (k.clone(), v.clone()),
+            Some((pk, pv)) => (Tensor::cat(&[&pk, k], 2)?, Tensor::cat(&[&pv, v], 2)?),
+        };
+        *slot = Some(kv.clone());
+        Ok(kv)
+    }
+}
+
+/// Everything a decoder call needs about positions: rope tables and the additive attention mask.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    pub rope: RopeTables,
+    /// Additive `[B, 1, L, past + L]` mask in the activation dtype.
+    pub mask: Tensor,
+}
+
+/// Grouped-query self-attention with rotary embeddings.
+#[derive(Debug, Clone)]
+pub struct TextAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    kernels: Kernels,
+}
+
+impl TextAttention {
+    pub fn load(cfg: &TextConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
+        let (d, h, kv, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        Ok(Self {
+            q_proj: Linear::load(vb.pp("q_proj"), d, h * hd, false)?,
+            k_proj: Linear::load(vb.pp("k_proj"), d, kv * hd, false)?,
+            v_proj: Linear::load(vb.pp("v_proj"), d, kv * hd, false)?,
+            o_proj: Linear::load(vb.pp("o_proj"), h * hd, d, false)?,
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: hd,
+            kernels: kernels.clone(),
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rotary: &RotaryEmbedding,
+        ctx: &StepContext,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (b, l, _) = xs.dims3()?;
+        let q = self.q_proj.forward(xs)?.reshape((b, l, self.num_heads, self.head_dim))?.transpose(1, 2)?;
+        let k = self.k_proj.forward(xs)?.reshape((b, l, self.num_kv_heads, self.head_dim))?.transpose(1, 2)?;
+        let v = self.v_proj.forward(xs)?.reshape((b, l, self.num_kv_heads, self.head_dim))?.transpose(1, 2)?;
+        let q = rotary.apply(&q, &ctx.rope)?;
+        let k = rotary.apply(&k, &ctx.rope)?.contiguous()?;
+        let v = v.contiguous()?;
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let out = eager_attention(&q, &k, &v, Some(&ctx.mask), scale, &self.kernels)?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// Pre-norm decoder block.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: TextAttention,
+    post_attention_layernorm: RmsNorm,
+    mlp: GatedMlp,
+}
+
+impl DecoderLayer {
+    pub fn load(cfg: &TextConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
+        let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        Ok(Self {
+            input_layernorm: RmsNorm::load(vb.pp("input_layernorm"), d, eps, kernels)?,
+            self_attn: TextAttention::load(cfg, vb.pp("self_attn"), kernels)?,
+            post_attention_layernorm: RmsNorm::load(vb.pp("post_attention_layernorm"), d, eps, kernels)?,
+            mlp: GatedMlp::load(vb.pp("mlp"), d, cfg.intermediate_size, d, cfg.hidden_act)?,
+        })
+    }
+}
+
+/// `MistralModel`: token embeddings, decoder layers, final norm (no lm head).
+#[derive(Debug, Clone)]
+pub struct TextModel {
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    rotary: RotaryEmbedding,
+    sliding_window: Option<usize>,
+}
+
+impl TextModel {
+    pub fn load(cfg: &TextConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(cfg, vb.pp("layers").pp(i), kernels))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed_tokens: vb.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?,
+            layers,
+            norm: RmsNorm::load(vb.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps, kernels)?,
+            rotary: RotaryEmbedding::new(cfg.rope_theta, cfg.head_dim, vb.device(), kernels)?,
+            sliding_window: cfg.sliding_window,
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The token embedding matrix `[V, D]` (an untied lm head is separate).
+    pub fn embed_tokens(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    /// `ids [B, L]` (u32) -> `[B, L, D]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let d = self.embed_tokens.dim(1)?;
+        self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, l, d))
+    }
+
+    /// Rope tables and mask for `new_mask` (one row per sample, 1 = real token) appended after the cache.
+    /// `position_ids [B, L]` default to `generate()`'s rule: running count of real tokens minus one, and 1 on
+    /// padding.
+    pub fn step_context(
+        &self,
+        new_mask: &[Vec<u8>],
+        position_ids: Option<&Tensor>,
+        past: &[Vec<u8>],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<StepContext> {
+        let b = new_mask.len();
+        let l = new_mask.first().map_or(0, Vec::len);
+        let t = past.first().map_or(0, Vec::len);
+        let position_ids = match position_ids {
+            Some(p) => p.to_dtype(DType::I64)?,
+            None => {
+                let mut pos = Vec::with_capacity(b * l);
+                for (row, past_row) in new_mask.iter().zip(past.iter().map(Some).chain(std::iter::repeat(None))) {
+                    let mut count = past_row.map_or(0, |p| p.iter().filter(|&&m| m != 0).count() as i64);
+                    for &m in row {
+                        if m != 0 {
+                            count += 1;
+                            pos.push(count - 1);
+                        } else {
+                            pos.push(1);
+                        }
+                    }
+                }
+                Tensor::from_vec(pos, (b, l), device)?
+            }
+        };
+        let rope = self.rotary.tables(&position_ids, dtype)?;
+        // Key j (cache index) is visible to query i = t + q iff j <= i, j > i - window and j is a real token.
+        let min = mask_min_value(dtype) as f32;
+        let total = t + l;
+        let mut mask = vec![0f32; b * l * total];
+        for bi in 0..b {
+            let key_real = |j: usize| -> bool {
+                if j < t {
+                    past.get(bi).and_then(|r| r.get(j)).is_some_and(|&m| m != 0)
+                } else {
+                    new_mask[bi].get(j - t).is_some_and(|&m| m != 0)
+                }
+            };
+            for q in 0..l {
+                let i = t + q;
+                let row = &mut mask[(bi * l + q) * total..(bi * l + q + 1) * total];
+                for (j, m) in row.iter_mut().enumerate() {
+                    let in_window = self.sliding_window.is_none_or(|w| j + w > i);
+                    if !(j <= i && in_window && key_real(j)) {
+                        *m = min;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (b, 1, l, total), device)?.to_dtype(dtype)?;
+        Ok(StepContext { rope, mask })
+    }
+
+    /// Runs the decoder on `embeds [B, L, D]` and returns the final-normed hidden states. With a cache, keys and
+    /// values are appended and `new_mask` is recorded.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        ctx: &StepContext,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let mut xs = embeds.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let residual = xs.clone();
+            let h = layer.input_layernorm.forward(&xs)?;
+            let h = layer.self_attn.forward(&h, &self.rotary, ctx, cache.as_deref_mut().map(|c| (c, i)))?;
+            xs = (residual + h)?;
+            let h = layer.mlp.forward(&layer.post_attention_layernorm.forward(&xs)?)?;
+            xs = (xs + h)?;
+        }
+        self.norm.forward(&xs)
+    }
+
+    /// Records the padding mask of the tokens just appended to `cache` (after [`Self::forward_embeds`]).
+    pub fn commit_mask(cache: &mut KvCache, new_mask: &[Vec<u8>]) {
+        if cache.mask.is_empty() {
+            cache.mask = new_mask.to_vec();
+        } else {
+            for (row, new) in cache.mask.iter_mut().zip(new_mask) {
+                row.extend_from_slice(new);
+            }
+        }
+    }
+}

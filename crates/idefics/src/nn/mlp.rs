@@ -1,0 +1,32 @@
+//! Gated (SwiGLU-style) MLP `down(act(gate(x)) * up(x))`, no biases: Mistral's MLP, the connector's modality
+//! projection and the perceiver's MLP (`Idefics2MLP` / `MistralMLP`).
+
+use super::{Activation, Linear};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// `gate_proj`, `up_proj`, `down_proj` with an activation on the gate.
+#[derive(Debug, Clone)]
+pub struct GatedMlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: Activation,
+}
+
+impl GatedMlp {
+    pub fn load(vb: VarBuilder, in_dim: usize, hidden: usize, out_dim: usize, act: Activation) -> Result<Self> {
+        Ok(Self {
+            gate_proj: Linear::load(vb.pp("gate_proj"), in_dim, hidden, false)?,
+            up_proj: Linear::load(vb.pp("up_proj"), in_dim, hidden, false)?,
+            down_proj: Linear::load(vb.pp("down_proj"), hidden, out_dim, false)?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = self.act.forward(&self.gate_proj.forward(xs)?)?;
+        let up = self.up_proj.forward(xs)?;
+        self.down_proj.forward(&(gate * up)?)
+    }
+}

@@ -1,0 +1,319 @@
+//! Checkpoint loading: single or sharded safetensors, read tensor by tensor.
+//!
+//! Why not `VarBuilder::from_mmaped_safetensors`: an mmap that has been read stays resident (it counts in the
+//! process RSS) while the converted copies are alive too, so peak memory is ~2x the weights. Here every tensor
+//! is read with one positioned read into a temporary buffer (the page cache is not process memory), converted to
+//! the requested dtype and device, and the buffer dropped: peak RSS ~ weights + the largest tensor.
+//!
+//! Every problem (missing, unexpected, mis-shaped, non-float or truncated tensors, bad index) is one error line
+//! naming the tensor and the file.
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Where one tensor lives.
+#[derive(Debug, Clone)]
+struct TensorEntry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Absolute byte offset of the data in the file.
+    offset: u64,
+    len: usize,
+}
+
+/// The tensor index of a checkpoint directory; tensors are read on demand.
+#[derive(Debug)]
+pub struct Checkpoint {
+    files: Vec<PathBuf>,
+    tensors: BTreeMap<String, TensorEntry>,
+    used: Mutex<BTreeSet<String>>,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Checkpoint {
+    /// Indexes `dir/model.safetensors.index.json` (sharded) or `dir/model.safetensors`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let (files, weight_map) = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Weights(format!("{}: not valid JSON: {e}", index.display())))?;
+            let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
+                Error::Weights(format!("{}: no \"weight_map\" object", index.display()))
+            })?;
+            let mut files: Vec<PathBuf> = Vec::new();
+            let mut weight_map = BTreeMap::new();
+            for (name, file) in map {
+                let file = file.as_str().ok_or_else(|| {
+                    Error::Weights(format!("{}: weight_map[{name}] is not a file name", index.display()))
+                })?;
+                if file.contains('/') || file.contains('\\') || file == ".." {
+                    return Err(Error::Weights(format!(
+                        "{}: weight_map[{name}] = {file:?} is not a plain file name",
+                        index.display()
+                    )));
+                }
+                let path = dir.join(file);
+                let idx = match files.iter().position(|f| f == &path) {
+                    Some(i) => i,
+                    None => {
+                        files.push(path);
+                        files.len() - 1
+                    }
+                };
+                weight_map.insert(name.clone(), idx);
+            }
+            (files, Some(weight_map))
+        } else if single.exists() {
+            (vec![single], None)
+        } else {
+            return Err(Error::Weights(format!(
+                "{}: no model.safetensors or model.safetensors.index.json",
+                dir.display()
+            )));
+        };
+        let mut tensors = BTreeMap::new();
+        for (i, path) in files.iter().enumerate() {
+            for (name, mut entry) in read_header(path)? {
+                entry.file = i;
+                if let Some(map) = &weight_map {
+                    // A tensor the index assigns to another shard is a broken checkpoint, not a choice to make.
+                    if map.get(&name).is_some_and(|&f| f != i) {
+                        continue;
+                    }
+                }
+                tensors.insert(name, entry);
+            }
+        }
+        if let Some(map) = &weight_map {
+            for (name, &f) in map {
+                if !tensors.contains_key(name) {
+                    return Err(Error::Weights(format!(
+                        "index names tensor {name} in {} but that file does not contain it",
+                        files[f].display()
+                    )));
+                }
+            }
+        }
+        Ok(Self { files, tensors, used: Mutex::new(BTreeSet::new()), first_error: Mutex::new(None) })
+    }
+
+    /// Names of all tensors in the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Stored dtype and shape of a tensor.
+    pub fn info(&self, name: &str) -> Option<(DType, &[usize])> {
+        self.tensors.get(name).map(|e| (e.dtype, e.shape.as_slice()))
+    }
+
+    /// Total bytes the checkpoint's tensors take once converted to `dtype`.
+    pub fn bytes_as(&self, dtype: DType) -> usize {
+        self.tensors.values().map(|e| e.shape.iter().product::<usize>() * dtype.size_in_bytes()).sum()
+    }
+
+    /// Reads one tensor (any stored float dtype) and converts it to `dtype` on `device`.
+    pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let entry = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::Weights(format!("missing tensor {name} (not in any checkpoint file)")))?;
+        let path = &self.files[entry.file];
+        let mut buf = vec![0u8; entry.len];
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        f.seek(SeekFrom::Start(entry.offset)).map_err(|e| Error::io(path, e))?;
+        f.read_exact(&mut buf).map_err(|e| {
+            Error::Weights(format!("tensor {name}: cannot read its data from {}: {e}", path.display()))
+        })?;
+        let t = Tensor::from_raw_buffer(&buf, entry.dtype, &entry.shape, device)?;
+        drop(buf);
+        Ok(t.to_dtype(dtype)?)
+    }
+
+    /// Marks a tensor as consumed by the model (for the unexpected-tensor check).
+    pub fn mark_used(&self, name: &str) {
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(name.to_string());
+        }
+    }
+
+    /// Tensors present in the checkpoint that nothing loaded (rotary `inv_freq` buffers of old checkpoints are
+    /// ignored, as transformers does).
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.lock().map(|u| u.clone()).unwrap_or_default();
+        self.tensors
+            .keys()
+            .filter(|n| !used.contains(*n) && !n.ends_with("rotary_emb.inv_freq"))
+            .cloned()
+            .collect()
+    }
+
+    /// The first error the backend reported while a model was being built (candle wraps it otherwise).
+    pub fn take_error(&self) -> Option<String> {
+        self.first_error.lock().ok().and_then(|mut e| e.take())
+    }
+
+    fn fail(&self, msg: String) -> candle_core::Error {
+        if let Ok(mut first) = self.first_error.lock() {
+            if first.is_none() {
+                *first = Some(msg.clone());
+            }
+        }
+        candle_core::Error::Msg(msg)
+    }
+
+    fn file_of(&self, name: &str) -> String {
+        self.tensors
+            .get(name)
+            .map(|e| self.files[e.file].display().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// `VarBuilder` backend over a shared [`Checkpoint`].
+pub(crate) struct CheckpointBackend(pub std::sync::Arc<Checkpoint>);
+
+impl SimpleBackend for CheckpointBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let ck = &self.0;
+        match ck.tensors.get(name) {
+            None => return Err(ck.fail(format!("missing tensor {name} (not in any checkpoint file)"))),
+            Some(e) if e.shape.as_slice() != s.dims() => {
+                return Err(ck.fail(format!(
+                    "tensor {name} in {} has shape {:?}, the config expects {:?}",
+                    ck.file_of(name),
+                    e.shape,
+                    s.dims()
+                )))
+            }
+            Some(_) => {}
+        }
+        self.get_unchecked(name, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let ck = &self.0;
+        ck.mark_used(name);
+        ck.load(name, dtype, dev).map_err(|e| ck.fail(e.to_string().trim_start_matches("weights: ").to_string()))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.tensors.contains_key(name)
+    }
+}
+
+/// Parses the safetensors header of `path`: `u64 LE header length`, JSON header, data. Validates dtypes, sizes
+/// and that every tensor's bytes lie inside the file (catches truncated downloads).
+fn read_header(path: &Path) -> Result<HashMap<String, TensorEntry>> {
+    let bad = |msg: String| Error::Weights(format!("{}: {msg}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut len_bytes = [0u8; 8];
+    f.read_exact(&mut len_bytes)
+        .map_err(|_| bad(format!("truncated or not a safetensors file ({file_len} bytes)")))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > 100_000_000 || 8 + header_len > file_len {
+        return Err(bad(format!(
+            "truncated or not a safetensors file (header of {header_len} bytes, file of {file_len} bytes)"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header).map_err(|e| bad(format!("cannot read header: {e}")))?;
+    let v: Value = serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let data_start = 8 + header_len;
+    let data_len = file_len - data_start;
+    let mut out = HashMap::new();
+    for (name, info) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype_str = info.get("dtype").and_then(Value::as_str).unwrap_or("?");
+        let dtype = match dtype_str {
+            "F32" => DType::F32,
+            "BF16" => DType::BF16,
+            "F16" => DType::F16,
+            "F64" => DType::F64,
+            other => {
+                return Err(bad(format!(
+                    "tensor {name} has dtype {other}, expected a float dtype (F32, BF16 or F16)"
+                )))
+            }
+        };
+        let shape: Option<Vec<usize>> = info
+            .get("shape")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|x| x as usize)).collect());
+        let shape = shape.ok_or_else(|| bad(format!("tensor {name} has no valid shape")))?;
+        let offsets: Option<Vec<u64>> = info
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(Value::as_u64).collect());
+        let (begin, end) = match offsets.as_deref() {
+            Some([b, e]) if b <= e => (*b, *e),
+            _ => return Err(bad(format!("tensor {name} has invalid data_offsets"))),
+        };
+        let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let expected = numel.and_then(|n| n.checked_mul(dtype.size_in_bytes()));
+        if expected != Some((end - begin) as usize) {
+            return Err(bad(format!(
+                "tensor {name}: shape {shape:?} of {dtype_str} does not match its {} data bytes",
+                end - begin
+            )));
+        }
+        if end > data_len {
+            return Err(bad(format!(
+                "truncated: tensor {name} needs bytes up to {} but the file has only {data_len} data bytes",
+                end
+            )));
+        }
+        out.insert(
+            name.clone(),
+            TensorEntry { file: 0, dtype, shape, offset: data_start + begin, len: (end - begin) as usize },
+        );
+    }
+    Ok(out)
+}
+
+/// Parses a torch-style dtype name (`float32`, `f32`, `bfloat16`, `bf16`, `float16`, `f16`).
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s.to_ascii_lowercase().as_str() {
+        "f32" | "float32" | "float" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        "f64" | "float64" => Ok(DType::F64),
+        other => Err(Error::Config(format!("dtype \"{other}\" is not supported (f32, bf16, f16)"))),
+    }
+}
+
+/// Peak resident memory of this process (`VmHWM` in /proc/self/status), in bytes; `None` off Linux.
+pub fn peak_rss_bytes() -> Option<u64> {
+    proc_status_kb("VmHWM:").map(|kb| kb * 1024)
+}
+
+/// Current resident memory of this process (`VmRSS`), in bytes; `None` off Linux.
+pub fn current_rss_bytes() -> Option<u64> {
+    proc_status_kb("VmRSS:").map(|kb| kb * 1024)
+}
+
+fn proc_status_kb(key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
