@@ -28,16 +28,30 @@ pub struct ForwardArgs {
 
 pub fn run(args: ForwardArgs) -> Result<()> {
     let Some(rule) = PositionIdRule::parse(&args.position_id_rule) else {
-        bail!("--position-id-rule {:?}: expected hf5 or hf4.57", args.position_id_rule)
+        bail!(
+            "--position-id-rule {:?}: expected hf5 or hf4.57",
+            args.position_id_rule
+        )
     };
     let dtype = parse_dtype(&args.dtype)?;
     let device = Device::Cpu;
-    let opts = LoadOptions { device: device.clone(), dtype, position_id_rule: rule, use_fused_kernels: true };
+    let opts = LoadOptions {
+        device: device.clone(),
+        dtype,
+        position_id_rule: rule,
+        use_fused_kernels: true,
+    };
     let model = Idefics2ForConditionalGeneration::load(&args.model, &opts)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let tensors = candle_core::safetensors::load(&args.inputs, &device)
         .with_context(|| format!("reading {}", args.inputs.display()))?;
-    let known = ["input_ids", "attention_mask", "position_ids", "pixel_values", "pixel_attention_mask"];
+    let known = [
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+        "pixel_values",
+        "pixel_attention_mask",
+    ];
     for name in tensors.keys() {
         if !known.contains(&name.as_str()) {
             tracing::warn!("ignoring unknown input tensor {name}");
@@ -56,7 +70,8 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     };
     let logits = model.forward(&inputs, None)?.to_dtype(DType::F32)?;
     let out: HashMap<String, Tensor> = HashMap::from([("logits".to_string(), logits.clone())]);
-    candle_core::safetensors::save(&out, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    candle_core::safetensors::save(&out, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     println!("wrote logits {:?} to {}", logits.dims(), args.out.display());
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod detokenize;
+pub mod engine;
 pub mod sampling;
 pub mod stopping;
 
@@ -9,3 +10,7 @@ pub use config::GenerationConfig;
 pub use detokenize::IncrementalDecoder;
 pub use sampling::{Sampler, SamplingError, SamplingParams};
 pub use stopping::StopStrings;
+
+pub use engine::{
+    left_padded_batch, FinishReason, GeneratedSequence, GenerationRequest, Generator,
+};

@@ -1,0 +1,196 @@
+//! The decoding loop: prefill once (images included), then one token per row per step from the KV cache.
+
+use super::{GenerationConfig, IncrementalDecoder, Sampler, SamplingParams, StopStrings};
+use crate::error::{Error, Result};
+use crate::model::{Idefics2ForConditionalGeneration, KvCache, ModelInputs};
+use candle_core::{DType, Tensor};
+use tokenizers::Tokenizer;
+
+/// What one row of a batch asks for.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Text that ends the answer when it appears (across token boundaries); it is trimmed from the answer.
+    pub stop_strings: Vec<String>,
+}
+
+impl Default for GenerationRequest {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 64,
+            sampling: SamplingParams::default(),
+            stop_strings: Vec::new(),
+        }
+    }
+}
+
+/// Why a row stopped, with OpenAI's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+    /// The caller cancelled the row (a client went away).
+    Cancelled,
+}
+
+/// One row's result.
+#[derive(Debug, Clone)]
+pub struct GeneratedSequence {
+    /// New tokens, without the end-of-sequence token.
+    pub token_ids: Vec<u32>,
+    /// Decoded answer (special tokens skipped, cut before a stop string); empty without a tokenizer.
+    pub text: String,
+    pub finish_reason: FinishReason,
+}
+
+/// Everything the loop needs besides the model inputs.
+pub struct Generator<'a> {
+    pub model: &'a Idefics2ForConditionalGeneration,
+    pub generation_config: &'a GenerationConfig,
+    /// Token ids that end a row, in addition to the generation config's (e.g. `<end_of_utterance>`).
+    pub extra_eos_token_ids: Vec<u32>,
+    /// Needed for text, streaming and stop strings; token-only generation without it.
+    pub tokenizer: Option<&'a Tokenizer>,
+}
+
+impl Generator<'_> {
+    /// Generates for a left-padded batch. `prompt_ids[row]` are the row's real prompt tokens (for the repetition
+    /// penalty). `on_delta(row, text)` receives streamed text; returning `false` cancels that row.
+    pub fn generate(
+        &self,
+        inputs: &ModelInputs,
+        prompt_ids: &[Vec<u32>],
+        requests: &[GenerationRequest],
+        mut on_delta: impl FnMut(usize, &str) -> bool,
+    ) -> Result<Vec<GeneratedSequence>> {
+        let batch = prompt_ids.len();
+        if requests.len() != batch {
+            return Err(Error::Input(format!(
+                "{} generation requests for a batch of {batch} prompts",
+                requests.len()
+            )));
+        }
+        let mut eos: Vec<u32> = self.generation_config.eos_token_ids.clone();
+        eos.extend(&self.extra_eos_token_ids);
+        let mut rows = Vec::with_capacity(batch);
+        for (prompt, request) in prompt_ids.iter().zip(requests) {
+            let sampler =
+                Sampler::new(request.sampling.clone()).map_err(|e| Error::Input(e.to_string()))?;
+            rows.push(RowState {
+                history: prompt.clone(),
+                new_tokens: Vec::new(),
+                sampler,
+                stops: StopStrings::new(request.stop_strings.iter().cloned()),
+                decoder: self.tokenizer.map(IncrementalDecoder::new),
+                finished: None,
+                max_new_tokens: request.max_new_tokens,
+            });
+        }
+        for (i, row) in rows.iter_mut().enumerate() {
+            if row.max_new_tokens == 0 {
+                row.finished = Some(FinishReason::Length);
+                let _ = on_delta(i, "");
+            }
+        }
+        if rows.iter().all(|r| r.finished.is_some()) {
+            return Ok(rows.into_iter().map(RowState::into_result).collect());
+        }
+
+        let mut cache: KvCache = self.model.new_cache();
+        let mut logits = self.model.forward_last(inputs, &mut cache)?;
+        let pad = self.generation_config.pad_token_id.unwrap_or(0);
+        loop {
+            let scores: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+            let mut next = vec![pad; batch];
+            for (i, row) in rows.iter_mut().enumerate() {
+                if row.finished.is_some() {
+                    continue;
+                }
+                let banned = self.generation_config.banned_after(&row.history);
+                let token = row
+                    .sampler
+                    .next_token(&scores[i], &row.history, &banned)
+                    .map_err(|e| Error::Input(format!("sampling row {i}: {e}")))?;
+                next[i] = token;
+                row.history.push(token);
+                if eos.contains(&token) {
+                    row.finished = Some(FinishReason::Stop);
+                    let tail = row.stops.finish();
+                    if !on_delta(i, &tail) {
+                        row.finished = Some(FinishReason::Cancelled);
+                    }
+                    continue;
+                }
+                row.new_tokens.push(token);
+                let delta = match row.decoder.as_mut() {
+                    Some(decoder) => decoder
+                        .push(token)
+                        .map_err(|e| Error::Input(format!("decoding: {e}")))?,
+                    None => String::new(),
+                };
+                let (visible, stopped) = row.stops.push(&delta);
+                if stopped {
+                    row.finished = Some(FinishReason::Stop);
+                } else if row.new_tokens.len() >= row.max_new_tokens {
+                    row.finished = Some(FinishReason::Length);
+                }
+                let mut shown = visible;
+                if row.finished == Some(FinishReason::Length) {
+                    shown.push_str(&row.stops.finish());
+                }
+                if !on_delta(i, &shown) {
+                    row.finished = Some(FinishReason::Cancelled);
+                }
+            }
+            if rows.iter().all(|r| r.finished.is_some()) {
+                break;
+            }
+            logits = self.model.decode_step(&next, &mut cache)?;
+        }
+        Ok(rows.into_iter().map(RowState::into_result).collect())
+    }
+}
+
+struct RowState<'a> {
+    history: Vec<u32>,
+    new_tokens: Vec<u32>,
+    sampler: Sampler,
+    stops: StopStrings,
+    decoder: Option<IncrementalDecoder<'a>>,
+    finished: Option<FinishReason>,
+    max_new_tokens: usize,
+}
+
+impl RowState<'_> {
+    fn into_result(self) -> GeneratedSequence {
+        GeneratedSequence {
+            token_ids: self.new_tokens,
+            text: self.stops.text().to_string(),
+            finish_reason: self.finished.unwrap_or(FinishReason::Length),
+        }
+    }
+}
+
+/// `[B, L]` u32 tensor of left-padded rows, and the matching attention mask.
+pub fn left_padded_batch(
+    rows: &[Vec<u32>],
+    pad: u32,
+    device: &candle_core::Device,
+) -> Result<(Tensor, Tensor)> {
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    let mut mask = Vec::with_capacity(rows.len() * width);
+    for row in rows {
+        let padding = width - row.len();
+        ids.extend(std::iter::repeat_n(pad, padding).chain(row.iter().copied()));
+        mask.extend(std::iter::repeat_n(0u32, padding).chain(std::iter::repeat_n(1u32, row.len())));
+    }
+    Ok((
+        Tensor::from_vec(ids, (rows.len(), width), device)?,
+        Tensor::from_vec(mask, (rows.len(), width), device)?,
+    ))
+}
