@@ -71,6 +71,36 @@ def train_pieces(n_pieces: int) -> tuple[list[str], list[tuple[str, str]]]:
     return pieces, merges
 
 
+def write_legacy_layout(out: pathlib.Path) -> None:
+    """Same vocabulary, but tokenizer.json in the layout of idefics2-8b's (Mistral's) file: a legacy SentencePiece
+    normalizer (Prepend "▁" + Replace " " -> "▁", no pre-tokenizer) and tokenizer_config.json with legacy=false,
+    add_bos_token=true. transformers 5.x ignores that normalizer for LlamaTokenizer and rebuilds the pipeline
+    (tokenization_llama.py), so the Rust side must do the same to get the same ids."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = json.loads((OUT / "tokenizer.json").read_text())
+    data["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+        ],
+    }
+    data["pre_tokenizer"] = None
+    (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    config = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<unk>",
+        "legacy": False,
+        "clean_up_tokenization_spaces": False,
+        "tokenizer_class": "LlamaTokenizer",
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def main() -> None:
     n_pieces = BASE_VOCAB - 3 - N_BYTES
     pieces, merges = train_pieces(n_pieces)
@@ -142,6 +172,7 @@ def main() -> None:
         )
         + "\n"
     )
+    write_legacy_layout(OUT / "legacy_json")
     print("pieces:", pieces)
     print("merges:", len(merges))
     print("example:", again.tokenizer.tokenize("What do we see in this image? Ünïcode ok"))
