@@ -17,7 +17,7 @@
 
 use std::path::Path;
 
-use minijinja::value::{Kwargs, Value as JValue};
+use minijinja::value::{Kwargs, Value as JValue, ValueKind};
 use minijinja::{Environment, Error as JError, ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -198,30 +198,35 @@ impl ChatTemplate {
 
     fn render_marked(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, RenderError> {
         let tokens: Vec<&str> = self.control_tokens.iter().map(|(s, _)| s.as_str()).collect();
-        let msgs: Vec<Value> = messages
+        // Built as minijinja maps (insertion order kept, like Python dicts) rather than serde_json (sorted keys).
+        let map = |entries: Vec<(&str, JValue)>| -> JValue { JValue::from_pairs(entries) };
+        let msgs: Vec<JValue> = messages
             .iter()
             .map(|m| {
-                let parts: Vec<Value> = m
+                let parts: Vec<JValue> = m
                     .parts_vec()
                     .into_iter()
                     .map(|p| match p {
-                        ContentPart::Text { text } => {
-                            serde_json::json!({"type": "text", "text": mark_control_tokens(&text, &tokens)})
-                        }
-                        ContentPart::Image {} => serde_json::json!({"type": "image"}),
+                        ContentPart::Text { text } => map(vec![
+                            ("type", JValue::from("text")),
+                            ("text", JValue::from(mark_control_tokens(&text, &tokens))),
+                        ]),
+                        ContentPart::Image {} => map(vec![("type", JValue::from("image"))]),
                     })
                     .collect();
-                serde_json::json!({"role": mark_control_tokens(&m.role, &tokens), "content": parts})
+                map(vec![("role", JValue::from(mark_control_tokens(&m.role, &tokens))), ("content", JValue::from(parts))])
             })
             .collect();
-        let mut ctx = serde_json::Map::new();
-        ctx.insert("messages".into(), Value::Array(msgs));
-        ctx.insert("add_generation_prompt".into(), Value::Bool(add_generation_prompt));
+        let mut ctx = vec![
+            ("messages", JValue::from(msgs)),
+            ("add_generation_prompt", JValue::from(add_generation_prompt)),
+        ];
         for (k, v) in &self.special_strings {
-            ctx.insert((*k).to_string(), Value::String(v.clone()));
+            ctx.push((k, JValue::from(v.as_str())));
         }
+        let ctx = map(ctx);
         let template = self.env.get_template("chat").map_err(|e| RenderError::Other(e.to_string()))?;
-        template.render(JValue::from(minijinja::value::Serde(&ctx))).map_err(|e| {
+        template.render(ctx).map_err(|e| {
             let raised = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
                 .filter_map(|e| e.downcast_ref::<JError>())
                 .find_map(|e| e.detail().and_then(|d| d.strip_prefix(RAISE_PREFIX)).map(str::to_string));
@@ -339,14 +344,12 @@ fn tojson(value: JValue, kwargs: Kwargs) -> Result<JValue, JError> {
     let indent: Option<usize> = kwargs.get("indent")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value)
-        .map_err(|e| JError::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
     let mut out = String::new();
-    python_json(&json, indent, sort_keys.unwrap_or(false), 0, &mut out);
+    python_json(&value, indent, sort_keys.unwrap_or(false), 0, &mut out)?;
     Ok(JValue::from_safe_string(out))
 }
 
-fn python_json(v: &Value, indent: Option<usize>, sort: bool, depth: usize, out: &mut String) {
+fn python_json(v: &JValue, indent: Option<usize>, sort: bool, depth: usize, out: &mut String) -> Result<(), JError> {
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -354,39 +357,53 @@ fn python_json(v: &Value, indent: Option<usize>, sort: bool, depth: usize, out: 
         }
     };
     let item_sep = if indent.is_some() { "," } else { ", " };
-    match v {
-        Value::Array(a) if !a.is_empty() => {
+    let json_str = |s: &str| Value::String(s.to_string()).to_string();
+    match v.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+        ValueKind::Number => {
+            let n: Value = serde_json::to_value(v).map_err(|e| JError::new(ErrorKind::InvalidOperation, e.to_string()))?;
+            out.push_str(&n.to_string());
+        }
+        ValueKind::String => out.push_str(&json_str(v.as_str().unwrap_or_default())),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<JValue> = v.try_iter()?.collect();
             out.push('[');
-            for (i, x) in a.iter().enumerate() {
+            for (i, x) in items.iter().enumerate() {
                 if i > 0 {
                     out.push_str(item_sep);
                 }
                 newline(out, depth + 1);
-                python_json(x, indent, sort, depth + 1, out);
+                python_json(x, indent, sort, depth + 1, out)?;
             }
-            newline(out, depth);
+            if !items.is_empty() {
+                newline(out, depth);
+            }
             out.push(']');
         }
-        Value::Object(o) if !o.is_empty() => {
-            let mut entries: Vec<(&String, &Value)> = o.iter().collect();
+        ValueKind::Map => {
+            let mut keys: Vec<JValue> = v.try_iter()?.collect();
             if sort {
-                entries.sort_by(|a, b| a.0.cmp(b.0));
+                keys.sort();
             }
             out.push('{');
-            for (i, (k, x)) in entries.into_iter().enumerate() {
+            for (i, k) in keys.iter().enumerate() {
                 if i > 0 {
                     out.push_str(item_sep);
                 }
                 newline(out, depth + 1);
-                out.push_str(&Value::String(k.clone()).to_string());
+                out.push_str(&json_str(&k.to_string()));
                 out.push_str(": ");
-                python_json(x, indent, sort, depth + 1, out);
+                python_json(&v.get_item(k)?, indent, sort, depth + 1, out)?;
             }
-            newline(out, depth);
+            if !keys.is_empty() {
+                newline(out, depth);
+            }
             out.push('}');
         }
-        other => out.push_str(&other.to_string()),
+        _ => out.push_str(&json_str(&v.to_string())),
     }
+    Ok(())
 }
 
 /// The template text and the file it came from.
