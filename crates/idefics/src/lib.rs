@@ -4,3 +4,5 @@
 
 pub use idefics_eval as eval_metrics;
 pub use idefics_processor as processor;
+
+pub mod hub;
