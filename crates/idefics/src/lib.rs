@@ -18,3 +18,4 @@ pub use idefics_eval as eval_metrics;
 pub use idefics_processor as processor;
 
 pub mod generate;
+pub mod hub;
