@@ -162,8 +162,13 @@ def new_model(seed: int):
 
 
 def make_checkpoint() -> None:
-    if os.path.exists(E2E_DIR):
-        shutil.rmtree(E2E_DIR)
+    # Remove what this script writes (README.md is hand-written and stays).
+    for d in (CKPT, HUB):
+        if os.path.exists(d):
+            shutil.rmtree(d)
+    for f in os.listdir(E2E_DIR) if os.path.exists(E2E_DIR) else []:
+        if f.endswith(".safetensors") or f == "cases.json":
+            os.remove(os.path.join(E2E_DIR, f))
     os.makedirs(CKPT)
     model = new_model(SEED)
     model.generation_config = GenerationConfig(
