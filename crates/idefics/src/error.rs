@@ -12,6 +12,12 @@ pub enum Error {
     /// Model inputs are inconsistent (shapes, image-token counts, masks).
     #[error("inputs: {0}")]
     Input(String),
+    /// The tokenizer, chat template or processor configuration refused the prompt.
+    #[error("prompt: {0}")]
+    Prompt(#[from] idefics_processor::PromptError),
+    /// An image could not be decoded or processed.
+    #[error("image: {0}")]
+    Image(#[from] idefics_processor::ImageError),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -19,3 +19,4 @@ pub use idefics_processor as processor;
 
 pub mod generate;
 pub mod hub;
+pub mod pipeline;

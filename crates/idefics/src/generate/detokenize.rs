@@ -2,14 +2,17 @@
 
 use tokenizers::Tokenizer;
 
-/// Decodes tokens incrementally. Byte-fallback tokens can end in the middle of a UTF-8 character: such text is
-/// held back until the character is complete. The delta is computed against a short window of previous tokens, so
-/// tokenizers that add a leading space (Metaspace) or merge across tokens still give the right text.
+/// Decodes tokens incrementally so that the deltas always add up to what a one-shot `decode` of all the tokens
+/// gives (what transformers' `batch_decode` returns).
+///
+/// Each push decodes the whole answer again: answers are short (hundreds of tokens), decoding is microseconds,
+/// and a windowed decode cannot stay consistent with byte-fallback tokens. A run of byte tokens (`<0x5E>`) is
+/// held back until it ends, because the ByteFallback decoder turns the whole run into replacement characters when
+/// any byte of it is invalid UTF-8 (a valid '^' followed by a stray 0x94 decodes as two U+FFFD).
 pub struct IncrementalDecoder<'a> {
     tokenizer: &'a Tokenizer,
     ids: Vec<u32>,
-    prefix_offset: usize,
-    read_offset: usize,
+    emitted: usize,
 }
 
 impl<'a> IncrementalDecoder<'a> {
@@ -17,35 +20,40 @@ impl<'a> IncrementalDecoder<'a> {
         Self {
             tokenizer,
             ids: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
+            emitted: 0,
         }
     }
 
     /// Adds one token; returns the new text it completes (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String, tokenizers::Error> {
         self.ids.push(id);
-        let prefix = self
-            .tokenizer
-            .decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
-        let full = self
-            .tokenizer
-            .decode(&self.ids[self.prefix_offset..], true)?;
-        if full.len() > prefix.len()
-            && !full.ends_with('\u{FFFD}')
-            && full.is_char_boundary(prefix.len())
-        {
-            let delta = full[prefix.len()..].to_string();
-            self.prefix_offset = self.read_offset;
-            self.read_offset = self.ids.len();
-            Ok(delta)
-        } else {
-            Ok(String::new())
+        if is_byte_token(self.tokenizer.id_to_token(id).as_deref()) {
+            return Ok(String::new());
         }
+        let full = self.tokenizer.decode(&self.ids, true)?;
+        Ok(self.release(&full))
     }
 
-    /// The whole decoded text of every token pushed so far.
-    pub fn text(&self) -> Result<String, tokenizers::Error> {
-        self.tokenizer.decode(&self.ids, true)
+    /// Releases whatever is held back (the answer is complete).
+    pub fn finish(&mut self) -> Result<String, tokenizers::Error> {
+        let full = self.tokenizer.decode(&self.ids, true)?;
+        Ok(self.release(&full))
     }
+
+    fn release(&mut self, full: &str) -> String {
+        // Earlier text can only change when a held-back replacement character resolved differently; what was
+        // shown stays shown and we continue from the new end.
+        let delta = if full.len() >= self.emitted && full.is_char_boundary(self.emitted) {
+            full[self.emitted..].to_string()
+        } else {
+            String::new()
+        };
+        self.emitted = full.len();
+        delta
+    }
+}
+
+/// Byte-fallback tokens are spelled `<0xHH>`.
+fn is_byte_token(token: Option<&str>) -> bool {
+    token.is_some_and(|t| t.len() == 6 && t.starts_with("<0x") && t.ends_with('>'))
 }

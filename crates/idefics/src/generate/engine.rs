@@ -119,7 +119,7 @@ impl Generator<'_> {
                 row.history.push(token);
                 if eos.contains(&token) {
                     row.finished = Some(FinishReason::Stop);
-                    let tail = row.stops.finish();
+                    let tail = row.flush()?;
                     if !on_delta(i, &tail) {
                         row.finished = Some(FinishReason::Cancelled);
                     }
@@ -140,7 +140,7 @@ impl Generator<'_> {
                 }
                 let mut shown = visible;
                 if row.finished == Some(FinishReason::Length) {
-                    shown.push_str(&row.stops.finish());
+                    shown.push_str(&row.flush()?);
                 }
                 if !on_delta(i, &shown) {
                     row.finished = Some(FinishReason::Cancelled);
@@ -166,6 +166,19 @@ struct RowState<'a> {
 }
 
 impl RowState<'_> {
+    /// The row ended without a stop string: release the text held back by the decoder and the stop matcher.
+    fn flush(&mut self) -> Result<String> {
+        let held = match self.decoder.as_mut() {
+            Some(decoder) => decoder
+                .finish()
+                .map_err(|e| Error::Input(format!("decoding: {e}")))?,
+            None => String::new(),
+        };
+        let (mut visible, _) = self.stops.push(&held);
+        visible.push_str(&self.stops.finish());
+        Ok(visible)
+    }
+
     fn into_result(self) -> GeneratedSequence {
         GeneratedSequence {
             token_ids: self.new_tokens,
