@@ -4,3 +4,4 @@
 
 pub use idefics_eval as eval_metrics;
 pub use idefics_processor as processor;
+pub mod train;

@@ -1,0 +1,21 @@
+//! Training building blocks: loss, optimizer, LR schedule, gradient accumulation, checkpoints and
+//! PEFT adapter files. The loop over the whole model composes these.
+
+// The frozen / adapter layers live in nn/ (next to the model's other layers); until nn/mod.rs
+// declares them they are compiled from here.
+#[path = "../nn/adapters.rs"]
+pub mod adapters;
+#[path = "../nn/frozen.rs"]
+pub mod frozen;
+
+pub mod accumulate;
+pub mod atomic;
+pub mod checkpoint;
+mod error;
+pub mod loss;
+pub mod optimizer;
+pub mod peft;
+pub mod rng;
+pub mod schedule;
+
+pub use error::TrainError;
