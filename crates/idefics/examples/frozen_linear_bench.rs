@@ -16,12 +16,19 @@ fn grad_bytes(grads: &candle_core::backprop::GradStore) -> usize {
 }
 
 fn main() -> candle_core::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let (tokens, d_in, d_out) = match args.as_slice() {
         [t, i, o, ..] => (*t, *i, *o),
         _ => (512, 1024, 4096),
     };
-    let dev = if std::env::args().any(|a| a == "cuda") { Device::new_cuda(0)? } else { Device::Cpu };
+    let dev = if std::env::args().any(|a| a == "cuda") {
+        Device::new_cuda(0)?
+    } else {
+        Device::Cpu
+    };
     let w = Tensor::randn(0f32, 0.02, (d_out, d_in), &dev)?;
     let x = Var::randn(0f32, 1.0, (tokens, d_in), &dev)?;
     let frozen = FrozenLinear::new(w.clone(), None)?;
@@ -31,14 +38,26 @@ fn main() -> candle_core::Result<()> {
         let mut bytes = 0;
         for _ in 0..5 {
             let t0 = Instant::now();
-            let y = if use_frozen { frozen.forward(x.as_tensor())? } else { x.as_tensor().matmul(&w.t()?)? };
+            let y = if use_frozen {
+                frozen.forward(x.as_tensor())?
+            } else {
+                x.as_tensor().matmul(&w.t()?)?
+            };
             let grads = y.sqr()?.mean_all()?.backward()?;
-            let g = grads.get(x.as_tensor()).expect("input grad").sum_all()?.to_dtype(DType::F32)?;
+            let g = grads
+                .get(x.as_tensor())
+                .expect("input grad")
+                .sum_all()?
+                .to_dtype(DType::F32)?;
             let _ = g.to_scalar::<f32>()?; // wait for the device
             best = best.min(t0.elapsed().as_secs_f64());
             bytes = grad_bytes(&grads);
         }
-        println!("{name:>13}: fwd+bwd best of 5 {:7.2} ms, GradStore {:8.2} MiB", best * 1e3, bytes as f64 / (1 << 20) as f64);
+        println!(
+            "{name:>13}: fwd+bwd best of 5 {:7.2} ms, GradStore {:8.2} MiB",
+            best * 1e3,
+            bytes as f64 / (1 << 20) as f64
+        );
     }
     Ok(())
 }

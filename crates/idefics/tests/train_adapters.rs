@@ -18,10 +18,19 @@ fn fixtures() -> PathBuf {
 
 /// max |a - b| / max |b|.
 fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).and_then(|t| t.flatten_all()).expect("a");
-    let b = b.to_dtype(DType::F32).and_then(|t| t.flatten_all()).expect("b");
+    let a = a
+        .to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .expect("a");
+    let b = b
+        .to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .expect("b");
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let num = (&a - &b).and_then(|d| d.abs()).and_then(|d| d.max(0)).expect("diff");
+    let num = (&a - &b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max(0))
+        .expect("diff");
     let den = b.abs().and_then(|d| d.max(0)).expect("max");
     num.to_scalar::<f32>().expect("f32") / den.to_scalar::<f32>().expect("f32").max(1e-12)
 }
@@ -41,8 +50,12 @@ impl ToyModel {
         }
     }
 
-    fn bases(case: &str, dev: &Device) -> Result<Vec<(String, FrozenLinear)>, Box<dyn std::error::Error>> {
-        let base = candle_core::safetensors::load(fixtures().join(case).join("base.safetensors"), dev)?;
+    fn bases(
+        case: &str,
+        dev: &Device,
+    ) -> Result<Vec<(String, FrozenLinear)>, Box<dyn std::error::Error>> {
+        let base =
+            candle_core::safetensors::load(fixtures().join(case).join("base.safetensors"), dev)?;
         Self::module_paths(case)
             .into_iter()
             .map(|p| {
@@ -53,7 +66,11 @@ impl ToyModel {
             .collect()
     }
 
-    fn from_adapter(case: &'static str, adapter: &PeftAdapter, dev: &Device) -> Result<Self, Box<dyn std::error::Error>> {
+    fn from_adapter(
+        case: &'static str,
+        adapter: &PeftAdapter,
+        dev: &Device,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let mut layers = Vec::new();
         for (path, base) in Self::bases(case, dev)? {
             assert!(adapter.config.targets(&path)?, "{path} should be targeted");
@@ -85,9 +102,12 @@ impl ToyModel {
 
 const CASES: [&str; 3] = ["linear_lora", "linear_dora", "mlp_dora_rslora"];
 
-fn run_case(case: &'static str) -> Result<(ToyModel, HashMap<String, Tensor>, Var, GradStore), Box<dyn std::error::Error>> {
+type CaseRun = (ToyModel, HashMap<String, Tensor>, Var, GradStore);
+
+fn run_case(case: &'static str) -> Result<CaseRun, Box<dyn std::error::Error>> {
     let dev = Device::Cpu;
-    let reference = candle_core::safetensors::load(fixtures().join(case).join("reference.safetensors"), &dev)?;
+    let reference =
+        candle_core::safetensors::load(fixtures().join(case).join("reference.safetensors"), &dev)?;
     let adapter = PeftAdapter::load(&fixtures().join(case), &dev)?;
     let model = ToyModel::from_adapter(case, &adapter, &dev)?;
     let x = Var::from_tensor(&reference["x"])?;
@@ -109,10 +129,15 @@ fn outputs_and_gradients_match_peft() -> TestResult {
         let expected = if case.contains("dora") { 3 } else { 2 } * model.layers.len();
         assert_eq!(vars.len(), expected, "{case}: trainable tensor count");
         for (key, var) in &vars {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{case}: no gradient for {key}"));
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{case}: no gradient for {key}"));
             // Every trainable parameter gets a finite, non-zero gradient.
             let g_abs = g.abs()?.sum_all()?.to_scalar::<f32>()?;
-            assert!(g_abs.is_finite() && g_abs > 0.0, "{case}: {key} gradient sum |g| = {g_abs}");
+            assert!(
+                g_abs.is_finite() && g_abs > 0.0,
+                "{case}: {key} gradient sum |g| = {g_abs}"
+            );
             let r = rel_diff(g, &reference[&format!("grad.{key}")]);
             assert!(r <= 1e-4, "{case}: gradient of {key} rel diff {r}");
         }
@@ -121,7 +146,10 @@ fn outputs_and_gradients_match_peft() -> TestResult {
         assert!(r <= 1e-4, "{case}: input gradient rel diff {r}");
         // The frozen base stores no gradient at all.
         for (path, layer) in &model.layers {
-            assert!(grads.get(layer.base().weight()).is_none(), "{case}: {path}.weight has a gradient");
+            assert!(
+                grads.get(layer.base().weight()).is_none(),
+                "{case}: {path}.weight has a gradient"
+            );
             if let Some(b) = layer.base().bias() {
                 assert!(grads.get(b).is_none(), "{case}: {path}.bias has a gradient");
             }
@@ -134,7 +162,10 @@ fn outputs_and_gradients_match_peft() -> TestResult {
 fn merged_weights_match_peft_merge() -> TestResult {
     for case in CASES {
         let dev = Device::Cpu;
-        let reference = candle_core::safetensors::load(fixtures().join(case).join("reference.safetensors"), &dev)?;
+        let reference = candle_core::safetensors::load(
+            fixtures().join(case).join("reference.safetensors"),
+            &dev,
+        )?;
         let adapter = PeftAdapter::load(&fixtures().join(case), &dev)?;
         let model = ToyModel::from_adapter(case, &adapter, &dev)?;
         let mut merged_layers = Vec::new();
@@ -145,7 +176,10 @@ fn merged_weights_match_peft_merge() -> TestResult {
             let merged = FrozenLinear::new(w, layer.base().bias().cloned())?;
             merged_layers.push((path.clone(), AdaptedLinear::Frozen(merged)));
         }
-        let merged = ToyModel { case, layers: merged_layers };
+        let merged = ToyModel {
+            case,
+            layers: merged_layers,
+        };
         let out = merged.forward(&reference["x"])?;
         let r = rel_diff(&out, &reference["out_merged"]);
         assert!(r <= 1e-5, "{case}: merged-model output rel diff {r}");
@@ -165,7 +199,10 @@ fn saved_adapter_reads_back() -> TestResult {
         let mut opt = AdamW::new(model.named_vars(), AdamWConfig::default())?;
         opt.step(&grads, 1e-2)?;
         let layers = model.layers.iter().map(|(p, l)| (p.as_str(), l));
-        let adapter = PeftAdapter::from_layers(PeftAdapter::load(&fixtures().join(case), &Device::Cpu)?.config, layers)?;
+        let adapter = PeftAdapter::from_layers(
+            PeftAdapter::load(&fixtures().join(case), &Device::Cpu)?.config,
+            layers,
+        )?;
         let dir = tmp.path().join(case);
         adapter.save(&dir)?;
         let back = PeftAdapter::load(&dir, &Device::Cpu)?;
@@ -174,17 +211,27 @@ fn saved_adapter_reads_back() -> TestResult {
         let theirs: HashMap<String, Tensor> = back.named_tensors().into_iter().collect();
         assert_eq!(ours.len(), theirs.len());
         for (k, t) in &ours {
-            assert_eq!(rel_diff(t, &theirs[k]), 0.0, "{case}: {k} changed on save/load");
+            assert_eq!(
+                rel_diff(t, &theirs[k]),
+                0.0,
+                "{case}: {k} changed on save/load"
+            );
         }
         let reloaded = ToyModel::from_adapter(case, &back, &Device::Cpu)?;
         let out = reloaded.forward(&reference["x"])?;
         let out_trained = model.forward(&reference["x"])?;
         assert_eq!(rel_diff(&out, &out_trained), 0.0);
-        assert!(rel_diff(&out, &reference["out"]) > 1e-4, "{case}: the step changed nothing");
+        assert!(
+            rel_diff(&out, &reference["out"]) > 1e-4,
+            "{case}: the step changed nothing"
+        );
         if let Some(root) = &export {
             let d = root.join(case);
             adapter.save(&d)?;
-            let outs = HashMap::from([("x".to_string(), reference["x"].clone()), ("out".to_string(), out)]);
+            let outs = HashMap::from([
+                ("x".to_string(), reference["x"].clone()),
+                ("out".to_string(), out),
+            ]);
             candle_core::safetensors::save(&outs, d.join("rust_out.safetensors"))?;
         }
     }
@@ -193,8 +240,17 @@ fn saved_adapter_reads_back() -> TestResult {
 
 #[test]
 fn fresh_config_has_peft_fields_and_matching_rules() -> TestResult {
-    let settings = LoraSettings { r: 8, alpha: 16.0, use_rslora: false, use_dora: true, dropout: 0.05 };
-    let mut cfg = PeftLoraConfig::new(&settings, ModuleSelector::Names(vec!["q_proj".into(), "v_proj".into()]));
+    let settings = LoraSettings {
+        r: 8,
+        alpha: 16.0,
+        use_rslora: false,
+        use_dora: true,
+        dropout: 0.05,
+    };
+    let mut cfg = PeftLoraConfig::new(
+        &settings,
+        ModuleSelector::Names(vec!["q_proj".into(), "v_proj".into()]),
+    );
     let json = serde_json::to_value(&cfg)?;
     let peft_written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
         fixtures().join("linear_dora/adapter_config.json"),
@@ -209,7 +265,9 @@ fn fresh_config_has_peft_fields_and_matching_rules() -> TestResult {
     assert!(cfg.targets("model.layers.0.self_attn.q_proj")?);
     assert!(!cfg.targets("model.layers.0.self_attn.k_proj")?);
     assert!(!cfg.targets("model.layers.0.self_attn.xq_proj")?);
-    cfg.exclude_modules = Some(ModuleSelector::Names(vec!["vision_model.encoder.layers.0.self_attn.q_proj".into()]));
+    cfg.exclude_modules = Some(ModuleSelector::Names(vec![
+        "vision_model.encoder.layers.0.self_attn.q_proj".into(),
+    ]));
     assert!(!cfg.targets("vision_model.encoder.layers.0.self_attn.q_proj")?);
     // The Idefics2 fine-tuning notebook's regex form.
     cfg.target_modules = Some(ModuleSelector::Regex(
@@ -224,7 +282,11 @@ fn fresh_config_has_peft_fields_and_matching_rules() -> TestResult {
     let s = cfg.settings_for("model.text_model.layers.1.mlp.up_proj")?;
     assert_eq!((s.r, s.alpha), (8, 16.0));
     cfg.peft_type = "IA3".into();
-    assert!(cfg.validate().unwrap_err().to_string().contains("peft_type"));
+    assert!(cfg
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("peft_type"));
     Ok(())
 }
 
@@ -237,18 +299,26 @@ fn inconsistent_adapter_files_are_refused() -> TestResult {
     }
     // DoRA weights under a config that says plain LoRA.
     let cfg_path = tmp.path().join("adapter_config.json");
-    let text = std::fs::read_to_string(&cfg_path)?.replace("\"use_dora\": true", "\"use_dora\": false");
+    let text =
+        std::fs::read_to_string(&cfg_path)?.replace("\"use_dora\": true", "\"use_dora\": false");
     std::fs::write(&cfg_path, text)?;
-    let err = PeftAdapter::load(tmp.path(), &Device::Cpu).unwrap_err().to_string();
+    let err = PeftAdapter::load(tmp.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("lora_magnitude_vector"), "{err}");
     // A rank that disagrees with the tensors.
-    let text = std::fs::read_to_string(src.join("adapter_config.json"))?.replace("\"r\": 4", "\"r\": 5");
+    let text =
+        std::fs::read_to_string(src.join("adapter_config.json"))?.replace("\"r\": 4", "\"r\": 5");
     std::fs::write(&cfg_path, text)?;
-    let err = PeftAdapter::load(tmp.path(), &Device::Cpu).unwrap_err().to_string();
+    let err = PeftAdapter::load(tmp.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("r = 5"), "{err}");
     // No weights file.
     std::fs::remove_file(tmp.path().join("adapter_model.safetensors"))?;
-    let err = PeftAdapter::load(tmp.path(), &Device::Cpu).unwrap_err().to_string();
+    let err = PeftAdapter::load(tmp.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("adapter_model.safetensors"), "{err}");
     Ok(())
 }
@@ -265,8 +335,15 @@ fn frozen_linear_stores_no_weight_gradient() -> TestResult {
     let frozen = FrozenLinear::new(w.clone(), None)?.forward(x.as_tensor())?;
     let grads = frozen.sqr()?.sum_all()?.backward()?;
     assert!(grads.get(&w).is_none());
-    assert!(grads.get_ids().count() < plain_entries, "{} vs {plain_entries}", grads.get_ids().count());
-    let r = rel_diff(grads.get(x.as_tensor()).expect("dx"), plain_grads.get(x.as_tensor()).expect("dx"));
+    assert!(
+        grads.get_ids().count() < plain_entries,
+        "{} vs {plain_entries}",
+        grads.get_ids().count()
+    );
+    let r = rel_diff(
+        grads.get(x.as_tensor()).expect("dx"),
+        plain_grads.get(x.as_tensor()).expect("dx"),
+    );
     assert!(r <= 1e-5, "input gradient rel diff {r}");
     Ok(())
 }

@@ -259,7 +259,9 @@ impl DoraLinear {
         let b = self.lora.b.as_tensor().detach();
         let s = self.lora.scaling;
         // <B_i, (W A^T)_i> without forming B A: W A^T is [out, r].
-        let wa = w.matmul(&as_dtype(&a, w.dtype())?.t()?)?.to_dtype(DType::F32)?;
+        let wa = w
+            .matmul(&as_dtype(&a, w.dtype())?.t()?)?
+            .to_dtype(DType::F32)?;
         let cross = (&b * &wa)?.sum(D::Minus1)?;
         let gram = a.matmul(&a.t()?)?; // [r, r]
         let ba_sq = (b.matmul(&gram)? * &b)?.sum(D::Minus1)?;

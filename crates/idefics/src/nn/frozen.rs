@@ -131,8 +131,9 @@ pub fn add_frozen_bias(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
             y.dtype()
         );
     }
-    y.contiguous()?
-        .apply_op1(FrozenBiasOp { bias: bias.detach() })
+    y.contiguous()?.apply_op1(FrozenBiasOp {
+        bias: bias.detach(),
+    })
 }
 
 struct FrozenLinearOp {

@@ -123,10 +123,11 @@ pub fn save_checkpoint(dir: &Path, contents: &CheckpointContents) -> Result<Mani
         }
         contents.optimizer.save(&staging.join(OPTIMIZER_FILE))?;
         let state_path = staging.join(TRAINER_STATE_FILE);
-        let json = serde_json::to_vec_pretty(contents.state).map_err(|source| TrainError::Json {
-            path: state_path.clone(),
-            source,
-        })?;
+        let json =
+            serde_json::to_vec_pretty(contents.state).map_err(|source| TrainError::Json {
+                path: state_path.clone(),
+                source,
+            })?;
         atomic_write(&state_path, &json)?;
 
         let mut files = BTreeMap::new();
@@ -188,7 +189,10 @@ pub fn save_checkpoint(dir: &Path, contents: &CheckpointContents) -> Result<Mani
 pub fn verify_checkpoint(dir: &Path) -> Result<Manifest, TrainError> {
     let mpath = dir.join(MANIFEST_FILE);
     let text = std::fs::read(&mpath).map_err(|e| {
-        ckpt_err(dir, format!("no readable {MANIFEST_FILE} ({e}): incomplete or not a checkpoint"))
+        ckpt_err(
+            dir,
+            format!("no readable {MANIFEST_FILE} ({e}): incomplete or not a checkpoint"),
+        )
     })?;
     let manifest: Manifest = serde_json::from_slice(&text)
         .map_err(|e| ckpt_err(dir, format!("{MANIFEST_FILE} is corrupt: {e}")))?;
@@ -203,8 +207,12 @@ pub fn verify_checkpoint(dir: &Path) -> Result<Manifest, TrainError> {
     }
     for (fname, rec) in &manifest.files {
         let path = dir.join(fname);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| ckpt_err(dir, format!("{fname} is listed in the manifest but unreadable: {e}")))?;
+        let bytes = std::fs::read(&path).map_err(|e| {
+            ckpt_err(
+                dir,
+                format!("{fname} is listed in the manifest but unreadable: {e}"),
+            )
+        })?;
         if bytes.len() as u64 != rec.bytes {
             return Err(ckpt_err(
                 dir,
@@ -216,7 +224,10 @@ pub fn verify_checkpoint(dir: &Path) -> Result<Manifest, TrainError> {
             ));
         }
         if sha256_hex(&bytes) != rec.sha256 {
-            return Err(ckpt_err(dir, format!("{fname} is corrupt: sha256 differs from the manifest")));
+            return Err(ckpt_err(
+                dir,
+                format!("{fname} is corrupt: sha256 differs from the manifest"),
+            ));
         }
     }
     for required in [OPTIMIZER_FILE, TRAINER_STATE_FILE] {
@@ -232,9 +243,14 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<LoadedCheckpoint, 
     let manifest = verify_checkpoint(dir)?;
     let spath = dir.join(TRAINER_STATE_FILE);
     let text = std::fs::read(&spath).map_err(|e| TrainError::io(&spath, e))?;
-    let state: TrainerState =
-        serde_json::from_slice(&text).map_err(|source| TrainError::Json { path: spath, source })?;
-    let adapter = if manifest.files.contains_key(super::peft::ADAPTER_CONFIG_FILE) {
+    let state: TrainerState = serde_json::from_slice(&text).map_err(|source| TrainError::Json {
+        path: spath,
+        source,
+    })?;
+    let adapter = if manifest
+        .files
+        .contains_key(super::peft::ADAPTER_CONFIG_FILE)
+    {
         Some(PeftAdapter::load(dir, device)?)
     } else {
         None

@@ -27,7 +27,10 @@ pub struct LossSum {
 /// Sum of the causal-LM token losses for `logits [b, t, v]` and `labels [b, t]` (integer dtype).
 pub fn causal_lm_loss_sum(logits: &Tensor, labels: &Tensor) -> Result<LossSum, TrainError> {
     let (b, t, v) = logits.dims3().map_err(|_| {
-        TrainError::Invalid(format!("logits must be [batch, seq, vocab], got {:?}", logits.dims()))
+        TrainError::Invalid(format!(
+            "logits must be [batch, seq, vocab], got {:?}",
+            logits.dims()
+        ))
     })?;
     if labels.dims() != [b, t] {
         return Err(TrainError::Invalid(format!(

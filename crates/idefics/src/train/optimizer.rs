@@ -62,7 +62,9 @@ impl AdamW {
         let mut slots = Vec::with_capacity(params.len());
         for (name, var) in params {
             if !seen.insert(name.clone()) {
-                return Err(TrainError::Invalid(format!("duplicate parameter name {name}")));
+                return Err(TrainError::Invalid(format!(
+                    "duplicate parameter name {name}"
+                )));
             }
             let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
             slots.push(Slot {
@@ -173,8 +175,7 @@ impl AdamW {
     /// Saves moments and step count to a safetensors file (atomically).
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
         let meta = HashMap::from([("step".to_string(), self.step.to_string())]);
-        let bytes =
-            super::peft::safetensors_bytes(&self.state_tensors(), Some(meta), &path.to_path_buf())?;
+        let bytes = super::peft::safetensors_bytes(&self.state_tensors(), Some(meta), path)?;
         super::atomic::atomic_write(path, &bytes)
     }
 
@@ -185,8 +186,8 @@ impl AdamW {
             path: path.to_path_buf(),
             reason,
         };
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| bad(e.to_string()))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
         let step = meta
             .metadata()
             .as_ref()
@@ -231,7 +232,11 @@ pub fn grad_norm(grads: &GradStore, vars: &[&Var]) -> Result<f64, TrainError> {
     let mut sum_sq = 0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            let s = g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
+            let s = g
+                .to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()?;
             sum_sq += s as f64;
         }
     }

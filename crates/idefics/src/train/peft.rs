@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// File names peft uses.
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
@@ -52,6 +52,7 @@ fn full_regex(pattern: &str) -> Result<regex::Regex, TrainError> {
 pub struct PeftLoraConfig {
     pub peft_type: String,
     pub r: usize,
+    #[serde(serialize_with = "serialize_alpha")]
     pub lora_alpha: f64,
     #[serde(default)]
     pub lora_dropout: f32,
@@ -78,6 +79,15 @@ pub struct PeftLoraConfig {
     pub base_model_name_or_path: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// peft types `lora_alpha` as an int: write `16`, not `16.0`, when it is integral.
+fn serialize_alpha<S: serde::Serializer>(alpha: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if alpha.fract() == 0.0 && alpha.abs() < 1e15 {
+        s.serialize_i64(*alpha as i64)
+    } else {
+        s.serialize_f64(*alpha)
+    }
 }
 
 fn default_bias() -> String {
@@ -133,7 +143,10 @@ impl PeftLoraConfig {
         if self.peft_type != "LORA" {
             return bad(
                 "peft_type",
-                &format!("is {:?}; only LORA (incl. DoRA) is supported", self.peft_type),
+                &format!(
+                    "is {:?}; only LORA (incl. DoRA) is supported",
+                    self.peft_type
+                ),
             );
         }
         if self.r == 0 {
@@ -146,12 +159,19 @@ impl PeftLoraConfig {
             return bad("lora_bias", "= true is not supported");
         }
         if self.bias != "none" {
-            return bad("bias", &format!("= {:?} is not supported (only \"none\")", self.bias));
+            return bad(
+                "bias",
+                &format!("= {:?} is not supported (only \"none\")", self.bias),
+            );
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return bad("lora_dropout", "must be in [0, 1)");
         }
-        for key in ["layers_to_transform", "layer_replication", "target_parameters"] {
+        for key in [
+            "layers_to_transform",
+            "layer_replication",
+            "target_parameters",
+        ] {
             if self.extra.get(key).is_some_and(|v| !v.is_null()) {
                 return bad(key, "is set; not supported");
             }
@@ -238,15 +258,19 @@ impl PeftAdapter {
             reason,
         };
         if !w_path.is_file() {
-            return Err(err("file not found (only safetensors adapters are read, not .bin)".into()));
+            return Err(err(
+                "file not found (only safetensors adapters are read, not .bin)".into(),
+            ));
         }
         let tensors = candle_core::safetensors::load(&w_path, device)
             .map_err(|e| err(format!("cannot read: {e}")))?;
-        let mut parts: BTreeMap<String, (Option<Tensor>, Option<Tensor>, Option<Tensor>)> =
-            BTreeMap::new();
+        // Per module: (lora_A, lora_B, magnitude).
+        let mut parts: BTreeMap<String, [Option<Tensor>; 3]> = BTreeMap::new();
         for (key, t) in tensors {
             let Some(rest) = key.strip_prefix(PEFT_KEY_PREFIX) else {
-                return Err(err(format!("key {key:?} does not start with {PEFT_KEY_PREFIX:?}")));
+                return Err(err(format!(
+                    "key {key:?} does not start with {PEFT_KEY_PREFIX:?}"
+                )));
             };
             let (module, slot) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
                 (m, 0)
@@ -261,16 +285,16 @@ impl PeftAdapter {
                 )));
             };
             let entry = parts.entry(module.to_string()).or_default();
-            match slot {
-                0 => entry.0 = Some(t),
-                1 => entry.1 = Some(t),
-                _ => entry.2 = Some(t),
+            if let Some(dst) = entry.get_mut(slot) {
+                *dst = Some(t);
             }
         }
         let mut modules = BTreeMap::new();
-        for (module, (a, b, m)) in parts {
+        for (module, [a, b, m]) in parts {
             let (Some(lora_a), Some(lora_b)) = (a, b) else {
-                return Err(err(format!("module {module}: lora_A and lora_B must both be present")));
+                return Err(err(format!(
+                    "module {module}: lora_A and lora_B must both be present"
+                )));
             };
             if config.use_dora != m.is_some() {
                 return Err(err(format!(
@@ -280,8 +304,12 @@ impl PeftAdapter {
                 )));
             }
             let settings = config.settings_for(&module)?;
-            let (r_a, _) = lora_a.dims2().map_err(|_| err(format!("{module}.lora_A is not 2-D")))?;
-            let (_, r_b) = lora_b.dims2().map_err(|_| err(format!("{module}.lora_B is not 2-D")))?;
+            let (r_a, _) = lora_a
+                .dims2()
+                .map_err(|_| err(format!("{module}.lora_A is not 2-D")))?;
+            let (_, r_b) = lora_b
+                .dims2()
+                .map_err(|_| err(format!("{module}.lora_B is not 2-D")))?;
             if r_a != settings.r || r_b != settings.r {
                 return Err(err(format!(
                     "module {module}: lora_A / lora_B ranks {r_a} / {r_b} differ from r = {} in the config",
@@ -338,10 +366,19 @@ impl PeftAdapter {
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (module, m) in &self.modules {
-            out.push((format!("{PEFT_KEY_PREFIX}{module}.lora_A.weight"), m.lora_a.clone()));
-            out.push((format!("{PEFT_KEY_PREFIX}{module}.lora_B.weight"), m.lora_b.clone()));
+            out.push((
+                format!("{PEFT_KEY_PREFIX}{module}.lora_A.weight"),
+                m.lora_a.clone(),
+            ));
+            out.push((
+                format!("{PEFT_KEY_PREFIX}{module}.lora_B.weight"),
+                m.lora_b.clone(),
+            ));
             if let Some(mag) = &m.magnitude {
-                out.push((format!("{PEFT_KEY_PREFIX}{module}.lora_magnitude_vector"), mag.clone()));
+                out.push((
+                    format!("{PEFT_KEY_PREFIX}{module}.lora_magnitude_vector"),
+                    mag.clone(),
+                ));
             }
         }
         out
@@ -351,10 +388,11 @@ impl PeftAdapter {
     pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
         self.config.validate()?;
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-        let json = serde_json::to_string_pretty(&self.config).map_err(|source| TrainError::Json {
-            path: dir.join(ADAPTER_CONFIG_FILE),
-            source,
-        })?;
+        let json =
+            serde_json::to_string_pretty(&self.config).map_err(|source| TrainError::Json {
+                path: dir.join(ADAPTER_CONFIG_FILE),
+                source,
+            })?;
         atomic_write(&dir.join(ADAPTER_CONFIG_FILE), json.as_bytes())?;
         let tensors = self
             .named_tensors()
@@ -376,7 +414,9 @@ impl PeftAdapter {
             return Ok(AdaptedLinear::Frozen(base));
         };
         let settings = self.config.settings_for(module_path)?;
-        let ctx = |e: candle_core::Error| TrainError::Invalid(format!("adapter module {module_path}: {e}"));
+        let ctx = |e: candle_core::Error| {
+            TrainError::Invalid(format!("adapter module {module_path}: {e}"))
+        };
         Ok(if settings.use_dora {
             AdaptedLinear::Dora(
                 crate::train::adapters::DoraLinear::from_weights(
@@ -406,10 +446,10 @@ impl PeftAdapter {
 pub(crate) fn safetensors_bytes(
     tensors: &HashMap<String, Tensor>,
     metadata: Option<HashMap<String, String>>,
-    path: &PathBuf,
+    path: &Path,
 ) -> Result<Vec<u8>, TrainError> {
     safetensors::tensor::serialize(tensors.iter(), metadata).map_err(|e| TrainError::Safetensors {
-        path: path.clone(),
+        path: path.to_path_buf(),
         reason: e.to_string(),
     })
 }

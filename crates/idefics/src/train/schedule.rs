@@ -32,20 +32,32 @@ impl LrSchedule {
     /// Checks the fields, naming the bad one.
     pub fn validate(&self) -> Result<(), TrainError> {
         if !(self.peak_lr.is_finite() && self.peak_lr >= 0.0) {
-            return Err(TrainError::Invalid(format!("lr {} must be finite and >= 0", self.peak_lr)));
+            return Err(TrainError::Invalid(format!(
+                "lr {} must be finite and >= 0",
+                self.peak_lr
+            )));
         }
         if !(0.0..=1.0).contains(&self.min_ratio) {
-            return Err(TrainError::Invalid(format!("min_lr_ratio {} must be in [0, 1]", self.min_ratio)));
+            return Err(TrainError::Invalid(format!(
+                "min_lr_ratio {} must be in [0, 1]",
+                self.min_ratio
+            )));
         }
         if self.decay != Decay::Constant && self.total_steps == 0 {
-            return Err(TrainError::Invalid("total_steps must be > 0 for a decaying schedule".into()));
+            return Err(TrainError::Invalid(
+                "total_steps must be > 0 for a decaying schedule".into(),
+            ));
         }
         Ok(())
     }
 
     /// The multiplier of `peak_lr` for the update after `step` completed updates.
     pub fn factor(&self, step: u64) -> f64 {
-        let (s, w, t) = (step as f64, self.warmup_steps as f64, self.total_steps as f64);
+        let (s, w, t) = (
+            step as f64,
+            self.warmup_steps as f64,
+            self.total_steps as f64,
+        );
         if step < self.warmup_steps {
             return s / w.max(1.0);
         }
