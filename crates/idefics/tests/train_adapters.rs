@@ -5,6 +5,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use idefics::train::adapters::{AdaptedLinear, LoraSettings};
 use idefics::train::frozen::FrozenLinear;
+use idefics::train::grad_check::check_gradient_flow;
 use idefics::train::optimizer::{AdamW, AdamWConfig};
 use idefics::train::peft::{ModuleSelector, PeftAdapter, PeftLoraConfig, PEFT_KEY_PREFIX};
 use std::collections::HashMap;
@@ -141,6 +142,7 @@ fn outputs_and_gradients_match_peft() -> TestResult {
             let r = rel_diff(g, &reference[&format!("grad.{key}")]);
             assert!(r <= 1e-4, "{case}: gradient of {key} rel diff {r}");
         }
+        check_gradient_flow(&grads, &vars)?;
         let gx = grads.get(x.as_tensor()).expect("input gradient");
         let r = rel_diff(gx, &reference["grad.x"]);
         assert!(r <= 1e-4, "{case}: input gradient rel diff {r}");
@@ -320,6 +322,31 @@ fn inconsistent_adapter_files_are_refused() -> TestResult {
         .unwrap_err()
         .to_string();
     assert!(err.contains("adapter_model.safetensors"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn gradient_flow_check_names_cut_parameters() -> TestResult {
+    let dev = Device::Cpu;
+    let x = Var::randn(0f32, 1.0, (2, 3), &dev)?;
+    let cut = Var::randn(0f32, 1.0, (2, 3), &dev)?;
+    let zero = Var::zeros((2, 3), DType::F32, &dev)?;
+    // `cut` goes through a fused softmax with no backward; `zero` multiplies a zero.
+    let fused = candle_nn::ops::softmax_last_dim(cut.as_tensor())?;
+    let loss = ((x.as_tensor() * 2.0)? + fused)?.sum_all()?
+        + (zero.as_tensor() * &Tensor::zeros((2, 3), DType::F32, &dev)?)?.sum_all()?;
+    let grads = loss?.backward()?;
+    let vars = vec![
+        ("x".to_string(), x),
+        ("cut".to_string(), cut),
+        ("zero".to_string(), zero),
+    ];
+    let err = check_gradient_flow(&grads, &vars).unwrap_err().to_string();
+    assert!(
+        err.contains("cut: no gradient") && err.contains("zero: all-zero gradient"),
+        "{err}"
+    );
+    assert!(!err.contains("x:"), "{err}");
     Ok(())
 }
 

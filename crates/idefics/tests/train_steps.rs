@@ -11,7 +11,6 @@ use idefics::train::optimizer::{clip_grad_norm, no_weight_decay, AdamW, AdamWCon
 use idefics::train::peft::PeftAdapter;
 use idefics::train::rng::TrainRng;
 use idefics::train::schedule::{Decay, LrSchedule};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -414,6 +413,5 @@ fn damaged_checkpoints_are_refused() -> TestResult {
         .expect("no manifest must fail")
         .to_string();
     assert!(err.contains("manifest.json"), "{err}");
-    let _ = HashMap::<String, Tensor>::new();
     Ok(())
 }

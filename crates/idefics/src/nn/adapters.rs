@@ -284,15 +284,18 @@ impl DoraLinear {
                     None => Ok(y),
                 }
             }
-            Some(xd) => {
-                // peft's form, needed for dropout to be correct (huggingface/peft#1474).
-                let y = base.forward(x)?;
-                let yd = base.forward_no_bias(&xd)?;
-                let adj = yd.broadcast_mul(&(&scale - 1.0)?)?;
-                let lora = self.lora.lora_path(&xd)?.broadcast_mul(&scale)?;
-                (y + adj)? + lora
-            }
+            Some(xd) => self.forward_dropped(x, &xd, &scale),
         }
+    }
+
+    /// peft's form with a dropped-out adapter input `xd`, needed for dropout to be correct
+    /// (huggingface/peft#1474): `base(x) + (k - 1) * (xd W^T) + k * s * B(A(xd))`.
+    fn forward_dropped(&self, x: &Tensor, xd: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        let base = &self.lora.base;
+        let y = base.forward(x)?;
+        let adj = base.forward_no_bias(xd)?.broadcast_mul(&(scale - 1.0)?)?;
+        let lora = self.lora.lora_path(xd)?.broadcast_mul(scale)?;
+        (y + adj)? + lora
     }
 
     /// `(m / ||W + s B A||) * (W + s B A)` in f32, as peft's merge computes it; the bias is unchanged.
@@ -411,6 +414,64 @@ mod tests {
             let a = layer.trainable_vars()[0].1.as_tensor().abs()?.max_all()?;
             let a = a.to_scalar::<f32>()?;
             assert!(a > 0.0 && a <= 1.0 / 5f32.sqrt());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn dora_dropout_form_equals_plain_form_without_drop() -> Result<()> {
+        let dev = Device::Cpu;
+        let base = FrozenLinear::new(
+            Tensor::randn(0f32, 1.0, (6, 5), &dev)?,
+            Some(Tensor::randn(0f32, 1.0, 6, &dev)?),
+        )?;
+        let layer = DoraLinear::from_weights(
+            base,
+            Tensor::randn(0f32, 1.0, (3, 5), &dev)?,
+            Tensor::randn(0f32, 1.0, (6, 3), &dev)?,
+            Some(Tensor::rand(0.5f32, 1.5, 6, &dev)?),
+            &settings(true),
+        )?;
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 5), &dev)?;
+        let scale = (layer.magnitude().as_tensor() / layer.weight_norm()?)?;
+        let d = max_abs_diff(
+            &layer.forward_dropped(&x, &x, &scale)?,
+            &layer.forward_t(&x, false)?,
+        );
+        assert!(d < 1e-4, "{d}");
+        // With dropout active the output is random but finite; in eval mode it is the plain form.
+        let mut s = settings(true);
+        s.dropout = 0.5;
+        let lora = LoraLinear::from_weights(
+            layer.lora().base().clone(),
+            layer.lora().lora_a().as_tensor().clone(),
+            layer.lora().lora_b().as_tensor().clone(),
+            &s,
+        )?;
+        let dropped = DoraLinear::from_lora(lora, Some(layer.magnitude().as_tensor().clone()))?;
+        let eval = dropped.forward_t(&x, false)?;
+        assert!(max_abs_diff(&eval, &layer.forward_t(&x, false)?) < 1e-5);
+        let train = dropped.forward_t(&x, true)?;
+        assert!(max_abs_diff(&train, &eval) > 1e-3);
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_base_with_f32_adapter_gets_f32_grads() -> Result<()> {
+        let dev = Device::Cpu;
+        let base = FrozenLinear::new(
+            Tensor::randn(0f32, 1.0, (6, 5), &dev)?.to_dtype(DType::BF16)?,
+            None,
+        )?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let layer = AdaptedLinear::init(base, &settings(true), &mut rng)?;
+        let x = Tensor::randn(0f32, 1.0, (3, 5), &dev)?.to_dtype(DType::BF16)?;
+        let y = layer.forward_t(&x, true)?;
+        assert_eq!(y.dtype(), DType::BF16);
+        let grads = y.to_dtype(DType::F32)?.sqr()?.sum_all()?.backward()?;
+        for (name, var) in layer.trainable_vars() {
+            let g = grads.get(var.as_tensor()).expect(name);
+            assert_eq!(g.dtype(), DType::F32, "{name}");
         }
         Ok(())
     }

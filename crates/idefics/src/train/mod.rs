@@ -12,6 +12,7 @@ pub mod accumulate;
 pub mod atomic;
 pub mod checkpoint;
 mod error;
+pub mod grad_check;
 pub mod loss;
 pub mod optimizer;
 pub mod peft;
