@@ -170,6 +170,13 @@ fn merged_weights_match_peft_merge() -> TestResult {
         )?;
         let adapter = PeftAdapter::load(&fixtures().join(case), &dev)?;
         let model = ToyModel::from_adapter(case, &adapter, &dev)?;
+        assert!(adapter
+            .modules_missing_from(ToyModel::module_paths(case))
+            .is_empty());
+        assert_eq!(
+            adapter.modules_missing_from(["other.proj"]).len(),
+            model.layers.len()
+        );
         let mut merged_layers = Vec::new();
         for (path, layer) in &model.layers {
             let w = layer.merged_weight_f32()?;
@@ -283,6 +290,10 @@ fn fresh_config_has_peft_fields_and_matching_rules() -> TestResult {
     assert_eq!((s.r, s.alpha), (4, 2.0));
     let s = cfg.settings_for("model.text_model.layers.1.mlp.up_proj")?;
     assert_eq!((s.r, s.alpha), (8, 16.0));
+    cfg.target_modules = Some(ModuleSelector::Regex("all-linear".into()));
+    assert!(
+        cfg.targets("model.vision_model.encoder.layers.3.mlp.fc1")? && !cfg.targets("lm_head")?
+    );
     cfg.peft_type = "IA3".into();
     assert!(cfg
         .validate()

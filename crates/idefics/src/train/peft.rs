@@ -31,9 +31,14 @@ pub enum ModuleSelector {
 }
 
 impl ModuleSelector {
-    /// peft's rule: regex full match, or exact name, or `.<name>` suffix.
+    /// peft's rule: regex full match, or exact name, or `.<name>` suffix. `"all-linear"` means every
+    /// linear layer but the output head (peft `_maybe_include_all_linear_layers`); callers only ask
+    /// about linear layers.
     fn matches(&self, module_path: &str) -> Result<bool, TrainError> {
         Ok(match self {
+            Self::Regex(pattern) if pattern == "all-linear" => {
+                module_path != "lm_head" && !module_path.ends_with(".lm_head")
+            }
             Self::Regex(pattern) => full_regex(pattern)?.is_match(module_path),
             Self::Names(names) => names
                 .iter()
@@ -177,7 +182,9 @@ impl PeftLoraConfig {
             }
         }
         if let Some(ModuleSelector::Regex(p)) = &self.target_modules {
-            full_regex(p)?;
+            if p != "all-linear" {
+                full_regex(p)?;
+            }
         }
         Ok(())
     }
@@ -360,6 +367,20 @@ impl PeftAdapter {
             );
         }
         Ok(Self { config, modules })
+    }
+
+    /// Adapter modules that are not among `model_paths`: a non-empty answer means the adapter was made
+    /// for another model (or its module paths are mapped wrongly) and would be silently ignored.
+    pub fn modules_missing_from<'a>(
+        &self,
+        model_paths: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<String> {
+        let known: std::collections::HashSet<&str> = model_paths.into_iter().collect();
+        self.modules
+            .keys()
+            .filter(|m| !known.contains(m.as_str()))
+            .cloned()
+            .collect()
     }
 
     /// peft's tensor names and tensors, in a stable order.
