@@ -5,7 +5,9 @@
 //! when [`Kernels`] allows them AND no input takes part in autograd.
 
 pub mod activation;
+pub mod adapters;
 pub mod attention;
+pub mod frozen;
 pub mod linear;
 pub mod mlp;
 pub mod norm;

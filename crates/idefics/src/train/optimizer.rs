@@ -1,0 +1,244 @@
+//! AdamW with f32 moments, parameter groups, global-norm gradient clipping and resumable state.
+//!
+//! candle-nn's `AdamW` keeps its moments in the parameter dtype and has no groups or clipping
+//! (rust-stack §1.2). This one follows `torch.optim.AdamW` step for step:
+//!   p <- p (1 - lr wd);  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+//!   p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+//! with m, v and the update computed in f32 whatever the parameter dtype. Weight decay is off for
+//! biases and norm weights, decided by name as the HF Trainer does (`bias`, `norm` in the name).
+
+use super::TrainError;
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// AdamW hyper-parameters (the learning rate is given per step, from the schedule).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// torch.optim.AdamW's defaults.
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// Whether a parameter is exempt from weight decay: biases and normalisation weights.
+pub fn no_weight_decay(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("bias") || n.contains("norm")
+}
+
+struct Slot {
+    name: String,
+    var: Var,
+    decay: bool,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// AdamW over named trainable variables.
+pub struct AdamW {
+    cfg: AdamWConfig,
+    slots: Vec<Slot>,
+    step: u64,
+}
+
+impl AdamW {
+    /// One slot per named variable; names must be unique (they key the saved state).
+    pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self, TrainError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut slots = Vec::with_capacity(params.len());
+        for (name, var) in params {
+            if !seen.insert(name.clone()) {
+                return Err(TrainError::Invalid(format!(
+                    "duplicate parameter name {name}"
+                )));
+            }
+            let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+            slots.push(Slot {
+                decay: !no_weight_decay(&name),
+                name,
+                var,
+                exp_avg: zeros.clone(),
+                exp_avg_sq: zeros,
+            });
+        }
+        Ok(Self {
+            cfg,
+            slots,
+            step: 0,
+        })
+    }
+
+    /// Updates taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Names of the parameters that get weight decay and those that do not.
+    pub fn groups(&self) -> (Vec<&str>, Vec<&str>) {
+        let (d, n): (Vec<&Slot>, Vec<&Slot>) = self.slots.iter().partition(|s| s.decay);
+        (
+            d.iter().map(|s| s.name.as_str()).collect(),
+            n.iter().map(|s| s.name.as_str()).collect(),
+        )
+    }
+
+    /// The variables, in order.
+    pub fn vars(&self) -> Vec<&Var> {
+        self.slots.iter().map(|s| &s.var).collect()
+    }
+
+    /// One AdamW update with learning rate `lr`. Parameters without a gradient are skipped (as torch
+    /// skips `p.grad is None`); a non-finite gradient stops with an error naming the parameter.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<(), TrainError> {
+        let AdamWConfig {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.cfg;
+        self.step += 1;
+        let t = self.step as i32;
+        let step_size = lr / (1.0 - beta1.powi(t));
+        let bc2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        for slot in &mut self.slots {
+            let Some(g) = grads.get(slot.var.as_tensor()) else {
+                continue;
+            };
+            let g = g.to_dtype(DType::F32)?;
+            let mut p = slot.var.as_tensor().detach().to_dtype(DType::F32)?;
+            if slot.decay && weight_decay != 0.0 {
+                p = p.affine(1.0 - lr * weight_decay, 0.0)?;
+            }
+            slot.exp_avg = (slot.exp_avg.affine(beta1, 0.0)? + g.affine(1.0 - beta1, 0.0)?)?;
+            slot.exp_avg_sq =
+                (slot.exp_avg_sq.affine(beta2, 0.0)? + g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
+            let denom = slot.exp_avg_sq.sqrt()?.affine(1.0 / bc2_sqrt, eps)?;
+            let update = (&slot.exp_avg / denom)?.affine(step_size, 0.0)?;
+            let p = (p - update)?;
+            slot.var.set(&p.to_dtype(slot.var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// The moments as named f32 tensors (`exp_avg.<name>`, `exp_avg_sq.<name>`).
+    pub fn state_tensors(&self) -> HashMap<String, Tensor> {
+        let mut out = HashMap::new();
+        for s in &self.slots {
+            out.insert(format!("exp_avg.{}", s.name), s.exp_avg.clone());
+            out.insert(format!("exp_avg_sq.{}", s.name), s.exp_avg_sq.clone());
+        }
+        out
+    }
+
+    /// Restores moments and step count; every parameter must be present with its shape.
+    pub fn load_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        step: u64,
+    ) -> Result<(), TrainError> {
+        for s in &mut self.slots {
+            for (key, dst) in [
+                (format!("exp_avg.{}", s.name), &mut s.exp_avg),
+                (format!("exp_avg_sq.{}", s.name), &mut s.exp_avg_sq),
+            ] {
+                let t = tensors.get(&key).ok_or_else(|| {
+                    TrainError::Invalid(format!("optimizer state has no tensor {key}"))
+                })?;
+                if t.shape() != s.var.shape() {
+                    return Err(TrainError::Invalid(format!(
+                        "optimizer state {key} has shape {:?}, parameter has {:?}",
+                        t.dims(),
+                        s.var.dims()
+                    )));
+                }
+                *dst = t.to_dtype(DType::F32)?.to_device(s.var.device())?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    /// Saves moments and step count to a safetensors file (atomically).
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let meta = HashMap::from([("step".to_string(), self.step.to_string())]);
+        let bytes = super::peft::safetensors_bytes(&self.state_tensors(), Some(meta), path)?;
+        super::atomic::atomic_write(path, &bytes)
+    }
+
+    /// Loads what [`AdamW::save`] wrote.
+    pub fn load(&mut self, path: &Path, device: &Device) -> Result<(), TrainError> {
+        let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+        let bad = |reason: String| TrainError::Safetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let step = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("step"))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| bad("no `step` in the metadata".into()))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+            .map_err(|e| bad(e.to_string()))?;
+        self.load_state(&tensors, step)
+    }
+}
+
+/// Scales `grads` of `vars` so their global L2 norm is at most `max_norm`, as
+/// `torch.nn.utils.clip_grad_norm_` does (coefficient `max_norm / (norm + 1e-6)`, capped at 1).
+/// Returns the norm before clipping; a NaN/inf norm is an error (a diverged step, not a silent one).
+pub fn clip_grad_norm(
+    grads: &mut GradStore,
+    vars: &[&Var],
+    max_norm: f64,
+) -> Result<f64, TrainError> {
+    let norm = grad_norm(grads, vars)?;
+    if !norm.is_finite() {
+        return Err(TrainError::NonFinite {
+            what: "gradient norm".into(),
+            value: norm,
+        });
+    }
+    let coef = (max_norm / (norm + 1e-6)).min(1.0);
+    if coef < 1.0 {
+        for v in vars {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                let scaled = g.affine(coef, 0.0)?;
+                grads.insert(v.as_tensor(), scaled);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// The global L2 norm of the gradients of `vars` (computed in f32; missing gradients count as 0).
+pub fn grad_norm(grads: &GradStore, vars: &[&Var]) -> Result<f64, TrainError> {
+    let mut sum_sq = 0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            let s = g
+                .to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            sum_sq += s as f64;
+        }
+    }
+    Ok(sum_sq.sqrt())
+}
