@@ -3,7 +3,10 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod ask;
+mod chat;
 mod forward;
+mod model_source;
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +21,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Ask a question about images; the answer is streamed.
+    Ask(ask::AskArgs),
+    /// Chat with the model interactively (with images).
+    Chat(chat::ChatArgs),
     /// Run the model on saved input tensors (or a prompt) and write the logits.
     Forward(forward::ForwardArgs),
 }
@@ -26,6 +33,8 @@ fn main() {
     init_logging();
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
+        Command::Ask(args) => ask::run(args),
+        Command::Chat(args) => chat::run(args),
         Command::Forward(args) => forward::run(args),
     };
     if let Err(err) = result {

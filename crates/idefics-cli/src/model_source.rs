@@ -1,0 +1,85 @@
+//! Where the model comes from: a local directory, a Hub id (downloaded into the Hugging Face cache with a
+//! progress bar), or the bundled model when none is named.
+
+use anyhow::{bail, Context, Result};
+use idefics::hub::{resolve_model, DownloadProgress, HubConfig};
+use idefics::pipeline::Idefics2Pipeline;
+use idefics::LoadOptions;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+/// The model shipped in the repository; the default of `ask`, `chat` and `serve`.
+pub fn bundled_model_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/idefics2-tiny")
+}
+
+/// Options shared by every command that loads a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Checkpoint directory or Hugging Face Hub id (e.g. HuggingFaceM4/idefics2-8b). Default: the bundled model.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    pub revision: Option<String>,
+}
+
+impl ModelArgs {
+    /// Resolves the model to a local directory, downloading from the Hub when needed.
+    pub fn resolve(&self) -> Result<PathBuf> {
+        let Some(model) = &self.model else {
+            let dir = bundled_model_dir();
+            if !dir.join("config.json").exists() {
+                bail!(
+                    "no --model given and the bundled model is not at {} (pass --model DIR or a Hub id)",
+                    dir.display()
+                );
+            }
+            return Ok(dir);
+        };
+        let bar = ProgressBar::hidden();
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:30} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let mut progress = |p: DownloadProgress| {
+            if bar.is_hidden() && !p.done {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            bar.set_message(p.file.to_string());
+            bar.set_length(p.total.unwrap_or(p.downloaded));
+            bar.set_position(p.downloaded);
+        };
+        let files = resolve_model(
+            model,
+            self.revision.as_deref(),
+            &HubConfig::from_env(),
+            &mut progress,
+        )
+        .with_context(|| format!("resolving model {model}"))?;
+        bar.finish_and_clear();
+        Ok(files.dir)
+    }
+
+    /// Resolves and loads the whole pipeline (model, processors, generation defaults).
+    pub fn load_pipeline(&self) -> Result<Idefics2Pipeline> {
+        let dir = self.resolve()?;
+        let opts = LoadOptions {
+            device: device()?,
+            ..LoadOptions::default()
+        };
+        Idefics2Pipeline::load(&dir, &opts).with_context(|| format!("loading {}", dir.display()))
+    }
+}
+
+/// The first CUDA GPU when built with `--features cuda`, else the CPU.
+pub fn device() -> Result<candle_core::Device> {
+    #[cfg(feature = "cuda")]
+    {
+        return Ok(candle_core::Device::cuda_if_available(0)?);
+    }
+    #[allow(unreachable_code)]
+    Ok(candle_core::Device::Cpu)
+}
