@@ -179,3 +179,123 @@ pub fn read_jsonl(path: &Path, default_task: &str) -> Result<Vec<EvalSample>> {
     }
     Ok(samples)
 }
+
+/// Read a folder laid out as the VQAv2 download unpacks: one `*questions*.json`, at most one
+/// `*annotations*.json`, and the images either in a sub-folder named after the questions' `data_subtype`
+/// (e.g. `val2014/`) or in the folder itself.
+pub fn read_vqav2_dir(dir: &Path, task: &str) -> Result<Vec<EvalSample>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| EvalError::io(dir, e))?;
+    let mut questions = Vec::new();
+    let mut annotations = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| EvalError::io(dir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if !name.ends_with(".json") {
+            continue;
+        }
+        if name.contains("questions") {
+            questions.push(path);
+        } else if name.contains("annotations") {
+            annotations.push(path);
+        }
+    }
+    let one = |mut found: Vec<PathBuf>, what: &str| -> Result<Option<PathBuf>> {
+        match found.len() {
+            0 | 1 => Ok(found.pop()),
+            _ => Err(EvalError::Invalid(format!(
+                "{}: several {what} files ({}); keep one",
+                dir.display(),
+                found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    };
+    let questions = one(questions, "*questions*.json")?
+        .ok_or_else(|| EvalError::Invalid(format!("{}: no *questions*.json (VQAv2 layout)", dir.display())))?;
+    let annotations = one(annotations, "*annotations*.json")?;
+    // The image folder: `dir/<data_subtype>` when it exists (a second, light parse of the questions).
+    let subtype: VqaSubtypeOnly = read_json(&questions, "VQA questions")?;
+    let image_dir = subtype
+        .data_subtype
+        .map(|s| dir.join(s))
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(|| dir.to_path_buf());
+    read_vqav2(&questions, annotations.as_deref(), &image_dir, task)
+}
+
+#[derive(Deserialize)]
+struct VqaSubtypeOnly {
+    #[serde(default)]
+    data_subtype: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn vqav2_folder_is_read_with_answers_and_image_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(
+            &d.join("v2_OpenEnded_mscoco_val2014_questions.json"),
+            r#"{"data_subtype": "val2014", "questions": [{"image_id": 42, "question": "What?", "question_id": 420}]}"#,
+        );
+        write(
+            &d.join("v2_mscoco_val2014_annotations.json"),
+            r#"{"annotations": [{"question_id": 420, "image_id": 42, "answers": [{"answer": "cat", "answer_confidence": "yes", "answer_id": 1}, {"answer": "dog", "answer_confidence": "maybe", "answer_id": 2}]}]}"#,
+        );
+        std::fs::create_dir(d.join("val2014")).unwrap();
+        write(&d.join("val2014/COCO_val2014_000000000042.jpg"), "");
+        let samples = read_vqav2_dir(d, "vqav2").unwrap();
+        assert_eq!(samples.len(), 1);
+        assert_eq!(samples[0].id, "420");
+        assert_eq!(samples[0].answers, ["cat", "dog"]);
+        assert_eq!(
+            samples[0].images,
+            [ImageSource::Path(d.join("val2014/COCO_val2014_000000000042.jpg"))]
+        );
+    }
+
+    #[test]
+    fn vqav2_errors_name_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let err = read_vqav2_dir(d, "vqav2").unwrap_err().to_string();
+        assert!(err.contains("questions"), "{err}");
+        write(
+            &d.join("q_questions.json"),
+            r#"{"data_subtype": "val2014", "questions": [{"image_id": 7, "question": "Q", "question_id": 1}]}"#,
+        );
+        let err = read_vqav2_dir(d, "vqav2").unwrap_err().to_string();
+        assert!(err.contains("COCO_val2014_000000000007.jpg"), "{err}");
+        write(&d.join("a_annotations.json"), r#"{"annotations": []}"#);
+        write(&d.join("COCO_val2014_000000000007.jpg"), "");
+        let err = read_vqav2_dir(d, "vqav2").unwrap_err().to_string();
+        assert!(err.contains("no annotation for question_id 1"), "{err}");
+    }
+
+    #[test]
+    fn jsonl_reads_both_answer_forms_and_relative_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.jsonl");
+        write(
+            &path,
+            "{\"id\": 1, \"image\": \"a.png\", \"question\": \"Q1\", \"answer\": \"x\"}\n\n{\"id\": \"b\", \"images\": [\"/abs.png\"], \"question\": \"Q2\", \"answers\": [\"A\"], \"choices\": [\"c1\", \"c2\"], \"task\": \"mmmu\"}\n",
+        );
+        let s = read_jsonl(&path, "custom").unwrap();
+        assert_eq!(s[0].id, "1");
+        assert_eq!(s[0].task, "custom");
+        assert_eq!(s[0].answers, ["x"]);
+        assert_eq!(s[0].images, [ImageSource::Path(dir.path().join("a.png"))]);
+        assert_eq!(s[1].task, "mmmu");
+        assert_eq!(s[1].choices.len(), 2);
+        assert_eq!(s[1].images, [ImageSource::Path(PathBuf::from("/abs.png"))]);
+        write(&path, "{\"id\": 1, \"question\": \"Q\", \"answr\": \"typo\"}\n");
+        let err = read_jsonl(&path, "t").unwrap_err().to_string();
+        assert!(err.contains(":1:") && err.contains("answr"), "{err}");
+    }
+}
