@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod eval_cmd;
 mod forward;
 
 #[derive(Parser)]
@@ -16,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run the model on saved input tensors (or a prompt) and write the logits.
     Forward(forward::ForwardArgs),
+    /// Score a model on a benchmark, or rescore a predictions file (`--rescore`).
+    Eval(eval_cmd::EvalArgs),
 }
 
 fn main() {
@@ -23,6 +26,7 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Forward(args) => forward::run(args),
+        Command::Eval(args) => eval_cmd::run(args),
     };
     if let Err(err) = result {
         // One clear line (with its causes) instead of a panic or a debug dump.

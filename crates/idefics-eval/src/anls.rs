@@ -30,7 +30,11 @@ fn normalize(text: &str, how: AnlsNormalization) -> Vec<char> {
     match how {
         AnlsNormalization::Rrc => {
             let lower = py_strip(text).to_lowercase();
-            py_split(&lower).collect::<Vec<_>>().join(" ").chars().collect()
+            py_split(&lower)
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .collect()
         }
         AnlsNormalization::Pix2Struct => text.to_lowercase().chars().collect(),
     }
@@ -103,9 +107,15 @@ mod tests {
     fn threshold_is_strict() {
         let gts = vec!["ab".to_string()];
         // NL = 1/2 exactly: not below the threshold, so 0.
-        assert_eq!(anls("ax", &gts, ANLS_THRESHOLD, AnlsNormalization::Rrc), 0.0);
+        assert_eq!(
+            anls("ax", &gts, ANLS_THRESHOLD, AnlsNormalization::Rrc),
+            0.0
+        );
         let gts = vec!["abcd".to_string()];
-        assert_eq!(anls("ABCx", &gts, ANLS_THRESHOLD, AnlsNormalization::Rrc), 0.75);
+        assert_eq!(
+            anls("ABCx", &gts, ANLS_THRESHOLD, AnlsNormalization::Rrc),
+            0.75
+        );
     }
 
     #[test]

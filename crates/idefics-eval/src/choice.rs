@@ -72,10 +72,12 @@ fn last_occurring<'a>(
 /// Letters `A`, `B`, ... for `n` options, as MMMU/MMBench label them.
 pub fn option_letters(n: usize) -> Vec<String> {
     (0..n)
-        .map(|i| match u8::try_from(i).ok().and_then(|i| b'A'.checked_add(i)) {
-            Some(c) if c <= b'Z' => (c as char).to_string(),
-            _ => format!("({i})"),
-        })
+        .map(
+            |i| match u8::try_from(i).ok().and_then(|i| b'A'.checked_add(i)) {
+                Some(c) if c <= b'Z' => (c as char).to_string(),
+                _ => format!("({i})"),
+            },
+        )
         .collect()
 }
 
@@ -100,7 +102,12 @@ mod tests {
     use super::*;
 
     fn opts() -> Vec<(String, String)> {
-        lettered_options(&["a cat".into(), "a dog".into(), "a bird".into(), "a fish".into()])
+        lettered_options(&[
+            "a cat".into(),
+            "a dog".into(),
+            "a bird".into(),
+            "a fish".into(),
+        ])
     }
 
     fn parse(r: &str) -> Option<String> {

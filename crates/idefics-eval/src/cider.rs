@@ -62,7 +62,12 @@ fn to_tfidf<'a>(
     for &gram in &counts.order {
         let term_freq = counts.counts.get(gram).copied().unwrap_or(0.0);
         // Unseen n-grams get df 1, i.e. idf = log(#images).
-        let df = document_frequency.get(gram).copied().unwrap_or(0.0).max(1.0).ln();
+        let df = document_frequency
+            .get(gram)
+            .copied()
+            .unwrap_or(0.0)
+            .max(1.0)
+            .ln();
         let k = gram.len() - 1;
         let value = term_freq * (ref_len - df);
         vec[k].insert(gram, value);
@@ -75,7 +80,12 @@ fn to_tfidf<'a>(
     for v in &mut norm {
         *v = v.sqrt();
     }
-    TfIdf { vec, order, norm, length }
+    TfIdf {
+        vec,
+        order,
+        norm,
+        length,
+    }
 }
 
 /// The CIDEr-D scores of a corpus: `(mean, per-image scores)`.
@@ -105,8 +115,10 @@ pub fn cider_d_with(
         .map(|refs| refs.iter().map(|r| py_split(r).collect()).collect())
         .collect();
     let cand_counts: Vec<NgramCounts> = cand_words.iter().map(|w| precook(w, n)).collect();
-    let ref_counts: Vec<Vec<NgramCounts>> =
-        ref_words.iter().map(|refs| refs.iter().map(|w| precook(w, n)).collect()).collect();
+    let ref_counts: Vec<Vec<NgramCounts>> = ref_words
+        .iter()
+        .map(|refs| refs.iter().map(|w| precook(w, n)).collect())
+        .collect();
 
     // Document frequency: in how many images' reference sets each n-gram occurs.
     let mut document_frequency: HashMap<&[&str], f64> = HashMap::new();
@@ -146,7 +158,10 @@ pub fn cider_d_with(
             let hyp = to_tfidf(cand, &document_frequency, ref_len, n);
             let mut score = vec![0.0; n];
             for r in refs {
-                for (s, v) in score.iter_mut().zip(sim(&hyp, &to_tfidf(r, &document_frequency, ref_len, n))) {
+                for (s, v) in score
+                    .iter_mut()
+                    .zip(sim(&hyp, &to_tfidf(r, &document_frequency, ref_len, n)))
+                {
                     *s += v;
                 }
             }
@@ -163,14 +178,27 @@ mod tests {
     use super::*;
 
     fn refs(list: &[&[&str]]) -> Vec<Vec<String>> {
-        list.iter().map(|r| r.iter().map(|s| s.to_string()).collect()).collect()
+        list.iter()
+            .map(|r| r.iter().map(|s| s.to_string()).collect())
+            .collect()
     }
 
     #[test]
     fn identical_caption_beats_unrelated_and_corpus_matters() {
-        let references = refs(&[&["a cat on a mat", "a cat sitting on a mat"], &["two dogs play in the park"]]);
-        let (_, good) = cider_d(&["a cat on a mat".into(), "two dogs play in the park".into()], &references).unwrap();
-        let (_, bad) = cider_d(&["red car parked".into(), "two dogs play in the park".into()], &references).unwrap();
+        let references = refs(&[
+            &["a cat on a mat", "a cat sitting on a mat"],
+            &["two dogs play in the park"],
+        ]);
+        let (_, good) = cider_d(
+            &["a cat on a mat".into(), "two dogs play in the park".into()],
+            &references,
+        )
+        .unwrap();
+        let (_, bad) = cider_d(
+            &["red car parked".into(), "two dogs play in the park".into()],
+            &references,
+        )
+        .unwrap();
         assert!(good[0] > 1.0 && bad[0] == 0.0, "{good:?} {bad:?}");
     }
 

@@ -77,23 +77,38 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T>
 /// folder, where image `N` of subtype `S` is `COCO_{S}_{N:012}.jpg`.
 ///
 /// Samples follow the questions file's order. Errors name the missing image or question.
-pub fn read_vqav2(questions: &Path, annotations: Option<&Path>, image_dir: &Path, task: &str) -> Result<Vec<EvalSample>> {
+pub fn read_vqav2(
+    questions: &Path,
+    annotations: Option<&Path>,
+    image_dir: &Path,
+    task: &str,
+) -> Result<Vec<EvalSample>> {
     let qfile: VqaQuestionsFile = read_json(questions, "VQA questions")?;
     let subtype = qfile.data_subtype.ok_or_else(|| {
-        EvalError::Invalid(format!("{}: no `data_subtype` (e.g. \"val2014\") to name the images", questions.display()))
+        EvalError::Invalid(format!(
+            "{}: no `data_subtype` (e.g. \"val2014\") to name the images",
+            questions.display()
+        ))
     })?;
     let mut answers_by_id: HashMap<u64, Vec<String>> = HashMap::new();
     if let Some(path) = annotations {
         let afile: VqaAnnotationsFile = read_json(path, "VQA annotations")?;
         for a in afile.annotations {
-            answers_by_id.insert(a.question_id, a.answers.into_iter().map(|x| x.answer).collect());
+            answers_by_id.insert(
+                a.question_id,
+                a.answers.into_iter().map(|x| x.answer).collect(),
+            );
         }
     }
     let mut samples = Vec::with_capacity(qfile.questions.len());
     for q in qfile.questions {
         let answers = match annotations {
             Some(path) => answers_by_id.remove(&q.question_id).ok_or_else(|| {
-                EvalError::Invalid(format!("{}: no annotation for question_id {}", path.display(), q.question_id))
+                EvalError::Invalid(format!(
+                    "{}: no annotation for question_id {}",
+                    path.display(),
+                    q.question_id
+                ))
             })?,
             None => Vec::new(),
         };
@@ -154,11 +169,16 @@ pub fn read_jsonl(path: &Path, default_task: &str) -> Result<Vec<EvalSample>> {
             line: i + 1,
             message,
         };
-        let raw: JsonlSample = serde_json::from_str(&line).map_err(|e| parse_err(format!("bad sample: {e}")))?;
+        let raw: JsonlSample =
+            serde_json::from_str(&line).map_err(|e| parse_err(format!("bad sample: {e}")))?;
         let id = match raw.id {
             serde_json::Value::String(s) => s,
             serde_json::Value::Number(n) => n.to_string(),
-            other => return Err(parse_err(format!("`id` must be a string or a number, got {other}"))),
+            other => {
+                return Err(parse_err(format!(
+                    "`id` must be a string or a number, got {other}"
+                )))
+            }
         };
         let mut answers = raw.answers;
         answers.extend(raw.answer);
@@ -189,7 +209,11 @@ pub fn read_vqav2_dir(dir: &Path, task: &str) -> Result<Vec<EvalSample>> {
     let mut annotations = Vec::new();
     for entry in entries {
         let path = entry.map_err(|e| EvalError::io(dir, e))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         if !name.ends_with(".json") {
             continue;
         }
@@ -205,12 +229,20 @@ pub fn read_vqav2_dir(dir: &Path, task: &str) -> Result<Vec<EvalSample>> {
             _ => Err(EvalError::Invalid(format!(
                 "{}: several {what} files ({}); keep one",
                 dir.display(),
-                found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                found
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     };
-    let questions = one(questions, "*questions*.json")?
-        .ok_or_else(|| EvalError::Invalid(format!("{}: no *questions*.json (VQAv2 layout)", dir.display())))?;
+    let questions = one(questions, "*questions*.json")?.ok_or_else(|| {
+        EvalError::Invalid(format!(
+            "{}: no *questions*.json (VQAv2 layout)",
+            dir.display()
+        ))
+    })?;
     let annotations = one(annotations, "*annotations*.json")?;
     // The image folder: `dir/<data_subtype>` when it exists (a second, light parse of the questions).
     let subtype: VqaSubtypeOnly = read_json(&questions, "VQA questions")?;
@@ -256,7 +288,9 @@ mod tests {
         assert_eq!(samples[0].answers, ["cat", "dog"]);
         assert_eq!(
             samples[0].images,
-            [ImageSource::Path(d.join("val2014/COCO_val2014_000000000042.jpg"))]
+            [ImageSource::Path(
+                d.join("val2014/COCO_val2014_000000000042.jpg")
+            )]
         );
     }
 
@@ -294,7 +328,10 @@ mod tests {
         assert_eq!(s[1].task, "mmmu");
         assert_eq!(s[1].choices.len(), 2);
         assert_eq!(s[1].images, [ImageSource::Path(PathBuf::from("/abs.png"))]);
-        write(&path, "{\"id\": 1, \"question\": \"Q\", \"answr\": \"typo\"}\n");
+        write(
+            &path,
+            "{\"id\": 1, \"question\": \"Q\", \"answr\": \"typo\"}\n",
+        );
         let err = read_jsonl(&path, "t").unwrap_err().to_string();
         assert!(err.contains(":1:") && err.contains("answr"), "{err}");
     }

@@ -7,8 +7,9 @@
 //!   (`exact_match` via `aggregate_metrics`, max over answers);
 //! - [`ExactNormalization::Vqa`]: both sides through the official VQA answer normalisation
 //!   ([`crate::vqa::normalize_answer`]: whitespace, punctuation, number words, articles, contractions) and
-//!   then compared, which is what the Idefics2 evaluation code (m4) does for questions with a single ground
-//!   truth (its `VQANormalizationGtVisionLab` is applied to prediction and answer alike).
+//!   then compared. This follows our reading of the Idefics2 evaluation code (m4, paper-notes §7.2): exact
+//!   match for questions with a single ground truth, with its replica of the official normalisation
+//!   (`VQANormalizationGtVisionLab`) applied to prediction and answer alike. Not checked against m4 itself.
 
 use crate::vqa::normalize_answer;
 

@@ -80,10 +80,16 @@ impl Metric {
     pub fn default_for_task(task: &str) -> Option<Metric> {
         let t = task.to_ascii_lowercase().replace('-', "_");
         let metric = match t.as_str() {
-            "vqav2" | "vqa_v2" | "textvqa" | "okvqa" | "vizwiz" | "vizwiz_vqa" => Metric::VqaAccuracy,
-            "docvqa" | "infographicvqa" | "infographic_vqa" | "infovqa" | "st_vqa" | "stvqa" => Metric::Anls,
+            "vqav2" | "vqa_v2" | "textvqa" | "okvqa" | "vizwiz" | "vizwiz_vqa" => {
+                Metric::VqaAccuracy
+            }
+            "docvqa" | "infographicvqa" | "infographic_vqa" | "infovqa" | "st_vqa" | "stvqa" => {
+                Metric::Anls
+            }
             "chartqa" | "plotqa" => Metric::RelaxedAccuracy,
-            "mmmu" | "mmbench" | "ai2d" | "scienceqa" | "mmstar" | "seedbench" | "tqa" => Metric::MultipleChoice,
+            "mmmu" | "mmbench" | "ai2d" | "scienceqa" | "mmstar" | "seedbench" | "tqa" => {
+                Metric::MultipleChoice
+            }
             "coco" | "coco_captions" | "textcaps" | "nocaps" | "flickr30k" => Metric::Cider,
             "gqa" | "ocrvqa" | "vsr" | "tallyqa" => Metric::ExactMatch,
             _ => return None,
@@ -94,12 +100,22 @@ impl Metric {
     /// Score of one sample in [0, 1]; `None` for corpus-level metrics (see [`crate::cider`]).
     ///
     /// For [`Metric::MultipleChoice`], `answers` holds the gold letter(s) and `choices` the option texts.
-    pub fn score_sample(self, prediction: &str, answers: &[String], choices: &[String]) -> Option<f64> {
+    pub fn score_sample(
+        self,
+        prediction: &str,
+        answers: &[String],
+        choices: &[String],
+    ) -> Option<f64> {
         let score = match self {
             Metric::VqaAccuracy => vqa_accuracy(prediction, answers, VqaEvalVersion::Current),
             Metric::VqaAccuracyLegacy => vqa_accuracy(prediction, answers, VqaEvalVersion::Legacy),
             Metric::Anls => anls(prediction, answers, ANLS_THRESHOLD, AnlsNormalization::Rrc),
-            Metric::AnlsPix2struct => anls(prediction, answers, ANLS_THRESHOLD, AnlsNormalization::Pix2Struct),
+            Metric::AnlsPix2struct => anls(
+                prediction,
+                answers,
+                ANLS_THRESHOLD,
+                AnlsNormalization::Pix2Struct,
+            ),
             Metric::RelaxedAccuracy => relaxed_accuracy(prediction, answers),
             Metric::MultipleChoice => multiple_choice_accuracy(prediction, choices, answers),
             Metric::ExactMatch => exact_match(prediction, answers, ExactNormalization::Vqa),
@@ -133,8 +149,14 @@ mod tests {
     #[test]
     fn task_defaults() {
         assert_eq!(Metric::default_for_task("VQAv2"), Some(Metric::VqaAccuracy));
-        assert_eq!(Metric::default_for_task("infographic_vqa"), Some(Metric::Anls));
-        assert_eq!(Metric::default_for_task("ChartQA"), Some(Metric::RelaxedAccuracy));
+        assert_eq!(
+            Metric::default_for_task("infographic_vqa"),
+            Some(Metric::Anls)
+        );
+        assert_eq!(
+            Metric::default_for_task("ChartQA"),
+            Some(Metric::RelaxedAccuracy)
+        );
         assert_eq!(Metric::default_for_task("unknown"), None);
     }
 }

@@ -51,7 +51,9 @@ fn read_valid_prefix(path: &Path) -> Result<(Vec<Prediction>, u64)> {
     let mut buf = String::new();
     loop {
         buf.clear();
-        let n = reader.read_line(&mut buf).map_err(|e| EvalError::io(path, e))?;
+        let n = reader
+            .read_line(&mut buf)
+            .map_err(|e| EvalError::io(path, e))?;
         if n == 0 {
             break;
         }
@@ -68,7 +70,10 @@ fn read_valid_prefix(path: &Path) -> Result<(Vec<Prediction>, u64)> {
                 valid_len += n as u64;
             }
             Err(_) if !complete => {
-                tracing::warn!("{}:{line_no}: ignoring a truncated last line", path.display());
+                tracing::warn!(
+                    "{}:{line_no}: ignoring a truncated last line",
+                    path.display()
+                );
                 break;
             }
             Err(e) => {
@@ -96,8 +101,12 @@ impl PredictionWriter {
         let mut done = HashSet::new();
         if path.exists() {
             let (records, valid_len) = read_valid_prefix(path)?;
-            let file = OpenOptions::new().write(true).open(path).map_err(|e| EvalError::io(path, e))?;
-            file.set_len(valid_len).map_err(|e| EvalError::io(path, e))?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| EvalError::io(path, e))?;
+            file.set_len(valid_len)
+                .map_err(|e| EvalError::io(path, e))?;
             done.extend(records.into_iter().map(|p| (p.task, p.id)));
         }
         let mut file = OpenOptions::new()
@@ -126,14 +135,19 @@ impl PredictionWriter {
 
     /// Append one prediction and flush it to the OS.
     pub fn write(&mut self, prediction: &Prediction) -> Result<()> {
-        let mut line = serde_json::to_string(prediction)
-            .map_err(|e| EvalError::Invalid(format!("cannot serialise prediction {}: {e}", prediction.id)))?;
+        let mut line = serde_json::to_string(prediction).map_err(|e| {
+            EvalError::Invalid(format!(
+                "cannot serialise prediction {}: {e}",
+                prediction.id
+            ))
+        })?;
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
             .and_then(|()| self.file.flush())
             .map_err(|e| EvalError::io(&self.path, e))?;
-        self.done.insert((prediction.task.clone(), prediction.id.clone()));
+        self.done
+            .insert((prediction.task.clone(), prediction.id.clone()));
         Ok(())
     }
 }
@@ -143,7 +157,10 @@ fn ensure_trailing_newline(path: &Path, file: &mut File) -> Result<()> {
     if len == 0 {
         return Ok(());
     }
-    let last = std::fs::read(path).map_err(|e| EvalError::io(path, e))?.last().copied();
+    let last = std::fs::read(path)
+        .map_err(|e| EvalError::io(path, e))?
+        .last()
+        .copied();
     if last != Some(b'\n') {
         file.write_all(b"\n").map_err(|e| EvalError::io(path, e))?;
     }

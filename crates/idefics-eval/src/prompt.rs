@@ -27,7 +27,8 @@ pub const STOP_WORDS: [&str; 4] = ["Question", "User", "<end_of_utterance>", "<e
 /// Template of the instruct open-ended prompt.
 pub const INSTRUCT_OPEN_ENDED: &str = "{question}\nGive a very brief answer.";
 /// Template of the instruct multiple-choice prompt.
-pub const INSTRUCT_MULTIPLE_CHOICE: &str = "Question: {question}\nChoices:\n{choices}Answer with the letter.";
+pub const INSTRUCT_MULTIPLE_CHOICE: &str =
+    "Question: {question}\nChoices:\n{choices}Answer with the letter.";
 /// Template of one base-model VQA shot (the query ends after `Answer:`).
 pub const BASE_VQA_SHOT: &str = "Image:<image>Question: {question} Answer: {answer}\n";
 /// Template of one base-model captioning shot (the query ends after `Caption:`).
@@ -82,7 +83,10 @@ pub fn base_prompt(sample: &EvalSample, shots: &[&EvalSample], captioning: bool)
     let mut images = Vec::new();
     for shot in shots {
         let answer = most_common_answer(&shot.answers).ok_or_else(|| {
-            EvalError::Invalid(format!("support sample {} has no answer to show as a shot", shot.id))
+            EvalError::Invalid(format!(
+                "support sample {} has no answer to show as a shot",
+                shot.id
+            ))
         })?;
         text.push_str(&fill_shot(shot, Some(answer), captioning));
         text.push('\n');
@@ -93,7 +97,11 @@ pub fn base_prompt(sample: &EvalSample, shots: &[&EvalSample], captioning: bool)
     Ok(Prompt {
         text,
         images,
-        template: if captioning { BASE_CAPTION_SHOT } else { BASE_VQA_SHOT },
+        template: if captioning {
+            BASE_CAPTION_SHOT
+        } else {
+            BASE_VQA_SHOT
+        },
     })
 }
 
@@ -142,10 +150,17 @@ pub fn select_shots(support_len: usize, query_id: &str, k: usize, seed: u64) -> 
 /// examples must not leak the answers being scored.
 pub fn check_disjoint(support: &[EvalSample], scored: &[EvalSample]) -> Result<()> {
     let ids: HashSet<&str> = scored.iter().map(|s| s.id.as_str()).collect();
-    let images: HashSet<&ImageSource> = scored.iter().flat_map(|s| &s.images).filter(|i| matches!(i, ImageSource::Path(_))).collect();
+    let images: HashSet<&ImageSource> = scored
+        .iter()
+        .flat_map(|s| &s.images)
+        .filter(|i| matches!(i, ImageSource::Path(_)))
+        .collect();
     for s in support {
         if ids.contains(s.id.as_str()) {
-            return Err(EvalError::Invalid(format!("support sample {} is also in the scored split", s.id)));
+            return Err(EvalError::Invalid(format!(
+                "support sample {} is also in the scored split",
+                s.id
+            )));
         }
         if let Some(ImageSource::Path(p)) = s.images.iter().find(|i| images.contains(i)) {
             return Err(EvalError::Invalid(format!(
@@ -159,7 +174,9 @@ pub fn check_disjoint(support: &[EvalSample], scored: &[EvalSample]) -> Result<(
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 struct SplitMix64(u64);
@@ -195,7 +212,10 @@ mod tests {
         let p = instruct_prompt(&sample("1", "What color?", &["red"], &[]));
         assert_eq!(p.text, "What color?\nGive a very brief answer.");
         let p = instruct_prompt(&sample("2", "Which animal?", &["B"], &["cat", "dog"]));
-        assert_eq!(p.text, "Question: Which animal?\nChoices:\nA. cat\nB. dog\nAnswer with the letter.");
+        assert_eq!(
+            p.text,
+            "Question: Which animal?\nChoices:\nA. cat\nB. dog\nAnswer with the letter."
+        );
         assert_eq!(p.images.len(), 1);
     }
 

@@ -26,10 +26,13 @@
 
 /// Tokens the official wrapper removes after PTB tokenisation.
 const DROPPED: [&str; 17] = [
-    "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";",
+    "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
+    "...", ";",
 ];
 
-const ABBREVIATIONS: [&str; 12] = ["mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "inc", "co", "ltd"];
+const ABBREVIATIONS: [&str; 12] = [
+    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "inc", "co", "ltd",
+];
 
 /// Tokenise one caption as the COCO caption pipeline does (see the module notes for the rules).
 pub fn tokenize_caption(caption: &str) -> String {
@@ -69,7 +72,9 @@ fn split_piece(piece: &str, out: &mut Vec<String>) {
             rest = stem;
             continue;
         }
-        let Some(c) = rest.chars().next_back() else { break };
+        let Some(c) = rest.chars().next_back() else {
+            break;
+        };
         let token = match c {
             '"' => "''",
             '\'' => "'",
@@ -128,11 +133,26 @@ mod tests {
     #[test]
     fn documented_rules() {
         assert_eq!(tokenize_caption("A Dog, running."), "a dog running");
-        assert_eq!(tokenize_caption("The dog's ball (red)!"), "the dog 's ball -lrb- red -rrb-");
-        assert_eq!(tokenize_caption("It can't be \"fun\"..."), "it ca n't be fun");
-        assert_eq!(tokenize_caption("Mr. Smith in the U.S."), "mr. smith in the u.s.");
-        assert_eq!(tokenize_caption("a black-and-white cat - 1,000 times"), "a black-and-white cat 1,000 times");
-        assert_eq!(tokenize_caption("a [sign] and {x}"), "a -lsb- sign -rsb- and -lcb- x -rcb-");
+        assert_eq!(
+            tokenize_caption("The dog's ball (red)!"),
+            "the dog 's ball -lrb- red -rrb-"
+        );
+        assert_eq!(
+            tokenize_caption("It can't be \"fun\"..."),
+            "it ca n't be fun"
+        );
+        assert_eq!(
+            tokenize_caption("Mr. Smith in the U.S."),
+            "mr. smith in the u.s."
+        );
+        assert_eq!(
+            tokenize_caption("a black-and-white cat - 1,000 times"),
+            "a black-and-white cat 1,000 times"
+        );
+        assert_eq!(
+            tokenize_caption("a [sign] and {x}"),
+            "a -lsb- sign -rsb- and -lcb- x -rcb-"
+        );
         assert_eq!(tokenize_caption("dogs' toys\nhere"), "dogs toys here");
     }
 }

@@ -96,7 +96,9 @@ mod tests {
 
     #[test]
     fn float_rejects_what_python_rejects() {
-        for s in ["", ".", "1__0", "_1", "1_", "1,000", "12%", "1e", "e5", "0x10", "1 2", "infinit"] {
+        for s in [
+            "", ".", "1__0", "_1", "1_", "1,000", "12%", "1e", "e5", "0x10", "1 2", "infinit",
+        ] {
             assert_eq!(py_float(s), None, "{s:?}");
         }
     }

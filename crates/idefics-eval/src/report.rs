@@ -87,9 +87,14 @@ impl Report {
 
     /// A Markdown table of the scores, then the run description.
     pub fn to_markdown(&self) -> String {
-        let mut md = String::from("# Evaluation report\n\n| task | metric | score | samples |\n|---|---|---:|---:|\n");
+        let mut md = String::from(
+            "# Evaluation report\n\n| task | metric | score | samples |\n|---|---|---:|---:|\n",
+        );
         for t in &self.tasks {
-            md.push_str(&format!("| {} | {} | {:.2} | {} |\n", t.task, t.metric, t.score, t.count));
+            md.push_str(&format!(
+                "| {} | {} | {:.2} | {} |\n",
+                t.task, t.metric, t.score, t.count
+            ));
         }
         md.push_str("\n## Run\n\n");
         let r = &self.run;
@@ -98,14 +103,22 @@ impl Report {
             ("model", r.model.clone()),
             ("revision", r.revision.clone()),
             ("processor", json(&r.processor)),
-            ("prompt template", r.prompt_template.as_ref().map(|t| format!("`{}`", t.replace('\n', "\\n")))),
+            (
+                "prompt template",
+                r.prompt_template
+                    .as_ref()
+                    .map(|t| format!("`{}`", t.replace('\n', "\\n"))),
+            ),
             ("decoding", json(&r.decoding)),
             ("shots", r.shots.map(|s| s.to_string())),
             ("seed", r.seed.map(|s| s.to_string())),
             ("data", r.data.clone()),
         ];
         for (name, value) in rows {
-            md.push_str(&format!("- {name}: {}\n", value.unwrap_or_else(|| "unknown".into())));
+            md.push_str(&format!(
+                "- {name}: {}\n",
+                value.unwrap_or_else(|| "unknown".into())
+            ));
         }
         md.push_str(&format!("- idefics-eval: {}\n", self.idefics_version));
         md

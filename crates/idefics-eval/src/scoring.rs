@@ -20,7 +20,10 @@ pub fn score_predictions(predictions: &[Prediction]) -> Result<(Vec<TaskReport>,
     let mut seen = HashSet::new();
     for p in predictions {
         if !seen.insert((&p.task, &p.id)) {
-            return Err(EvalError::Invalid(format!("duplicate prediction for task {} id {}", p.task, p.id)));
+            return Err(EvalError::Invalid(format!(
+                "duplicate prediction for task {} id {}",
+                p.task, p.id
+            )));
         }
         if p.answers.is_empty() {
             return Err(EvalError::Invalid(format!(
@@ -38,7 +41,10 @@ pub fn score_predictions(predictions: &[Prediction]) -> Result<(Vec<TaskReport>,
 
     let mut groups: BTreeMap<(String, Metric), Vec<usize>> = BTreeMap::new();
     for (i, p) in predictions.iter().enumerate() {
-        groups.entry((p.task.clone(), p.metric)).or_default().push(i);
+        groups
+            .entry((p.task.clone(), p.metric))
+            .or_default()
+            .push(i);
     }
     let mut per_sample = vec![0.0; predictions.len()];
     let mut reports = Vec::new();
@@ -48,13 +54,17 @@ pub fn score_predictions(predictions: &[Prediction]) -> Result<(Vec<TaskReport>,
                 Metric::Cider => tokenize_caption(s),
                 _ => s.to_string(),
             };
-            let candidates: Vec<String> = indices.iter().map(|&i| tokenize(&predictions[i].prediction)).collect();
+            let candidates: Vec<String> = indices
+                .iter()
+                .map(|&i| tokenize(&predictions[i].prediction))
+                .collect();
             let references: Vec<Vec<String>> = indices
                 .iter()
                 .map(|&i| predictions[i].answers.iter().map(|a| tokenize(a)).collect())
                 .collect();
-            let (mean, scores) = cider_d(&candidates, &references)
-                .ok_or_else(|| EvalError::Invalid(format!("task {task}: cannot compute CIDEr-D")))?;
+            let (mean, scores) = cider_d(&candidates, &references).ok_or_else(|| {
+                EvalError::Invalid(format!("task {task}: cannot compute CIDEr-D"))
+            })?;
             for (&i, s) in indices.iter().zip(scores) {
                 per_sample[i] = s;
             }
@@ -63,7 +73,9 @@ pub fn score_predictions(predictions: &[Prediction]) -> Result<(Vec<TaskReport>,
             let mut sum = 0.0;
             for &i in &indices {
                 let p = &predictions[i];
-                let s = metric.score_sample(&p.prediction, &p.answers, &p.choices).unwrap_or(0.0);
+                let s = metric
+                    .score_sample(&p.prediction, &p.answers, &p.choices)
+                    .unwrap_or(0.0);
                 per_sample[i] = s;
                 sum += s;
             }
@@ -84,7 +96,10 @@ pub fn score_predictions(predictions: &[Prediction]) -> Result<(Vec<TaskReport>,
 pub fn rescore(path: &Path) -> Result<Report> {
     let predictions = read_predictions(path)?;
     if predictions.is_empty() {
-        return Err(EvalError::Invalid(format!("{}: no predictions", path.display())));
+        return Err(EvalError::Invalid(format!(
+            "{}: no predictions",
+            path.display()
+        )));
     }
     let (tasks, _) = score_predictions(&predictions)?;
     let run_path = path.with_file_name("run.json");

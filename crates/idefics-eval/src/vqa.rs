@@ -33,8 +33,8 @@ pub enum VqaEvalVersion {
 
 /// The 21 punctuation marks `processPunctuation` handles (periods are handled separately).
 const PUNCT: [char; 21] = [
-    ';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@', '`', ',', '?',
-    '!',
+    ';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@', '`', ',',
+    '?', '!',
 ];
 
 /// `manualMap`: number words to digits (note `none` -> `0`).
@@ -258,7 +258,10 @@ pub fn vqa_accuracy(prediction: &str, answers: &[String], version: VqaEvalVersio
             let mut pred = clean_whitespace(prediction);
             let mut gts: Vec<String> = answers.iter().map(|a| clean_whitespace(a)).collect();
             if !all_identical(&gts) {
-                gts = gts.iter().map(|a| process_digit_article(&process_punctuation(a))).collect();
+                gts = gts
+                    .iter()
+                    .map(|a| process_digit_article(&process_punctuation(a)))
+                    .collect();
                 pred = process_digit_article(&process_punctuation(&pred));
             }
             (pred, gts)

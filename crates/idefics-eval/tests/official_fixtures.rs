@@ -12,7 +12,9 @@ use idefics_eval::vqa::{process_digit_article, process_punctuation, vqa_accuracy
 use serde_json::Value;
 
 fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/eval").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/eval")
+        .join(name)
 }
 
 fn fixture(name: &str) -> Value {
@@ -21,7 +23,11 @@ fn fixture(name: &str) -> Value {
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -39,8 +45,16 @@ fn vqa_normalisation_matches_official_functions() {
     assert!(cases.len() > 50);
     for c in cases {
         let input = str_of(c, "input");
-        assert_eq!(process_punctuation(input), str_of(c, "process_punctuation"), "processPunctuation({input:?})");
-        assert_eq!(process_digit_article(input), str_of(c, "process_digit_article"), "processDigitArticle({input:?})");
+        assert_eq!(
+            process_punctuation(input),
+            str_of(c, "process_punctuation"),
+            "processPunctuation({input:?})"
+        );
+        assert_eq!(
+            process_digit_article(input),
+            str_of(c, "process_digit_article"),
+            "processDigitArticle({input:?})"
+        );
     }
 }
 
@@ -51,14 +65,21 @@ fn vqa_accuracy_matches_official_evaluate_both_versions() {
     let mut sums = [0.0, 0.0];
     for c in cases {
         let answers = strings(&c["answers"]);
-        for (k, (version, key)) in [(VqaEvalVersion::Current, "current"), (VqaEvalVersion::Legacy, "legacy")]
-            .into_iter()
-            .enumerate()
+        for (k, (version, key)) in [
+            (VqaEvalVersion::Current, "current"),
+            (VqaEvalVersion::Legacy, "legacy"),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let ours = vqa_accuracy(str_of(c, "prediction"), &answers, version);
             let official = c[key].as_f64().unwrap();
             // The fixture stores round(100 * acc, 15) / 100.
-            assert!((ours - official).abs() < 1e-13, "{} ({key}): ours {ours}, official {official}", c["id"]);
+            assert!(
+                (ours - official).abs() < 1e-13,
+                "{} ({key}): ours {ours}, official {official}",
+                c["id"]
+            );
             sums[k] += ours;
         }
     }
@@ -76,10 +97,19 @@ fn anls_matches_rrc_port_and_pix2struct() {
     for c in f["cases"].as_array().unwrap() {
         let (pred, gts) = (str_of(c, "prediction"), strings(&c["answers"]));
         let ours = anls(pred, &gts, ANLS_THRESHOLD, AnlsNormalization::Rrc);
-        assert!(close(ours, c["rrc"].as_f64().unwrap()), "{}: rrc ours {ours} official {}", c["id"], c["rrc"]);
+        assert!(
+            close(ours, c["rrc"].as_f64().unwrap()),
+            "{}: rrc ours {ours} official {}",
+            c["id"],
+            c["rrc"]
+        );
         if let Some(official) = c["pix2struct"].as_f64() {
             let ours = anls(pred, &gts, ANLS_THRESHOLD, AnlsNormalization::Pix2Struct);
-            assert!(close(ours, official), "{}: pix2struct ours {ours} official {official}", c["id"]);
+            assert!(
+                close(ours, official),
+                "{}: pix2struct ours {ours} official {official}",
+                c["id"]
+            );
         }
     }
 }
@@ -100,7 +130,11 @@ fn choice_parser_matches_mmmu() {
     for c in f["cases"].as_array().unwrap() {
         let response = str_of(c, "response");
         let ours = parse_multi_choice_response(response, &options);
-        assert_eq!(ours.as_deref(), c["parsed"].as_str(), "response {response:?}");
+        assert_eq!(
+            ours.as_deref(),
+            c["parsed"].as_str(),
+            "response {response:?}"
+        );
     }
 }
 
@@ -109,8 +143,18 @@ fn exact_match_matches_references() {
     let f = fixture("exact.json");
     for c in f["cases"].as_array().unwrap() {
         let (pred, gts) = (str_of(c, "prediction"), strings(&c["answers"]));
-        assert_eq!(exact_match(pred, &gts, ExactNormalization::None), c["raw"].as_f64().unwrap(), "{}", c["id"]);
-        assert_eq!(exact_match(pred, &gts, ExactNormalization::Vqa), c["vqa_normalized"].as_f64().unwrap(), "{}", c["id"]);
+        assert_eq!(
+            exact_match(pred, &gts, ExactNormalization::None),
+            c["raw"].as_f64().unwrap(),
+            "{}",
+            c["id"]
+        );
+        assert_eq!(
+            exact_match(pred, &gts, ExactNormalization::Vqa),
+            c["vqa_normalized"].as_f64().unwrap(),
+            "{}",
+            c["id"]
+        );
     }
 }
 
@@ -118,14 +162,25 @@ fn exact_match_matches_references() {
 fn cider_d_matches_pycocoevalcap() {
     let f = fixture("cider.json");
     let images = f["images"].as_array().unwrap();
-    let candidates: Vec<String> = images.iter().map(|i| str_of(i, "candidate").to_string()).collect();
+    let candidates: Vec<String> = images
+        .iter()
+        .map(|i| str_of(i, "candidate").to_string())
+        .collect();
     let references: Vec<Vec<String>> = images.iter().map(|i| strings(&i["references"])).collect();
     let (mean, scores) = cider_d(&candidates, &references).unwrap();
     for (i, s) in images.iter().zip(&scores) {
         let official = i["score"].as_f64().unwrap();
-        assert!(close(*s, official), "{}: ours {s} official {official}", i["id"]);
+        assert!(
+            close(*s, official),
+            "{}: ours {s} official {official}",
+            i["id"]
+        );
     }
-    assert!(close(mean, f["mean"].as_f64().unwrap()), "mean {mean} vs {}", f["mean"]);
+    assert!(
+        close(mean, f["mean"].as_f64().unwrap()),
+        "mean {mean} vs {}",
+        f["mean"]
+    );
 }
 
 #[test]
@@ -140,9 +195,19 @@ fn rescoring_a_predictions_file_equals_the_official_scorers() {
         assert_eq!(t.count as u64, e["count"].as_u64().unwrap(), "{}", t.task);
         let official = e["score"].as_f64().unwrap();
         if e.get("rounded_to").is_some() {
-            assert_eq!(format!("{:.2}", t.score), format!("{official:.2}"), "{}", t.task);
+            assert_eq!(
+                format!("{:.2}", t.score),
+                format!("{official:.2}"),
+                "{}",
+                t.task
+            );
         } else {
-            assert!(close(t.score, official), "{}: ours {} official {official}", t.task, t.score);
+            assert!(
+                close(t.score, official),
+                "{}: ours {} official {official}",
+                t.task,
+                t.score
+            );
         }
     }
 }

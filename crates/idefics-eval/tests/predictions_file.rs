@@ -27,7 +27,12 @@ fn resume_skips_done_samples_and_cuts_a_torn_line() {
         w.write(&prediction("2", "go")).unwrap();
     }
     // A run killed mid-line.
-    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"id\": \"3\", \"ta").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"{\"id\": \"3\", \"ta")
+        .unwrap();
     assert_eq!(read_predictions(&path).unwrap().len(), 2);
 
     let mut w = PredictionWriter::open_resume(&path).unwrap();
@@ -38,7 +43,10 @@ fn resume_skips_done_samples_and_cuts_a_torn_line() {
     drop(w);
 
     let all = read_predictions(&path).unwrap();
-    assert_eq!(all.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["1", "2", "3"]);
+    assert_eq!(
+        all.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["1", "2", "3"]
+    );
     let report = rescore(&path).unwrap();
     assert_eq!(report.tasks.len(), 1);
     assert_eq!(report.tasks[0].count, 3);
@@ -61,11 +69,17 @@ fn duplicates_and_missing_ground_truth_are_refused() {
     let path = dir.path().join("p.jsonl");
     let line = serde_json::to_string(&prediction("1", "stop")).unwrap();
     std::fs::write(&path, format!("{line}\n{line}\n")).unwrap();
-    assert!(rescore(&path).unwrap_err().to_string().contains("duplicate"));
+    assert!(rescore(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("duplicate"));
     let mut p = prediction("1", "stop");
     p.answers.clear();
     std::fs::write(&path, serde_json::to_string(&p).unwrap() + "\n").unwrap();
-    assert!(rescore(&path).unwrap_err().to_string().contains("no ground-truth"));
+    assert!(rescore(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("no ground-truth"));
 }
 
 #[test]
@@ -84,14 +98,21 @@ fn report_carries_the_run_description() {
         seed: None,
         data: Some("textvqa val".into()),
     };
-    std::fs::write(dir.path().join("run.json"), serde_json::to_string(&run).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("run.json"),
+        serde_json::to_string(&run).unwrap(),
+    )
+    .unwrap();
     let report = rescore(&path).unwrap();
     assert_eq!(report.run, run);
     // All ten answers are "stop": the current scorer does not normalise "Stop", so it scores 0.
     assert_eq!(report.tasks[0].score, 0.0);
     let md = report.to_markdown();
     assert!(md.contains("| textvqa | vqa_accuracy | 0.00 | 1 |"), "{md}");
-    assert!(md.contains("revision: abc123") && md.contains("do_image_splitting"), "{md}");
+    assert!(
+        md.contains("revision: abc123") && md.contains("do_image_splitting"),
+        "{md}"
+    );
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(json["idefics_version"], env!("CARGO_PKG_VERSION"));
     report.write(dir.path()).unwrap();
