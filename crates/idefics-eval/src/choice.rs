@@ -92,7 +92,7 @@ pub fn lettered_options(choices: &[String]) -> Vec<(String, String)> {
 /// Accuracy of one multiple-choice response: 1 if the extracted letter equals one of the gold letters.
 pub fn multiple_choice_accuracy(response: &str, choices: &[String], gold: &[String]) -> f64 {
     match parse_multi_choice_response(response, &lettered_options(choices)) {
-        Some(letter) if gold.iter().any(|g| *g == letter) => 1.0,
+        Some(letter) if gold.contains(&letter) => 1.0,
         _ => 0.0,
     }
 }
