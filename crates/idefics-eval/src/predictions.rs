@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -157,11 +157,13 @@ fn ensure_trailing_newline(path: &Path, file: &mut File) -> Result<()> {
     if len == 0 {
         return Ok(());
     }
-    let last = std::fs::read(path)
-        .map_err(|e| EvalError::io(path, e))?
-        .last()
-        .copied();
-    if last != Some(b'\n') {
+    let mut last = [0u8; 1];
+    let mut reader = File::open(path).map_err(|e| EvalError::io(path, e))?;
+    reader
+        .seek(SeekFrom::Start(len - 1))
+        .and_then(|_| reader.read_exact(&mut last))
+        .map_err(|e| EvalError::io(path, e))?;
+    if last[0] != b'\n' {
         file.write_all(b"\n").map_err(|e| EvalError::io(path, e))?;
     }
     Ok(())

@@ -118,3 +118,16 @@ fn report_carries_the_run_description() {
     report.write(dir.path()).unwrap();
     assert!(dir.path().join("report.json").is_file() && dir.path().join("report.md").is_file());
 }
+
+#[test]
+fn a_file_without_final_newline_gets_one_before_appending() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.jsonl");
+    let line = serde_json::to_string(&prediction("1", "stop")).unwrap();
+    std::fs::write(&path, &line).unwrap(); // complete record, no newline
+    let mut w = PredictionWriter::open_resume(&path).unwrap();
+    assert!(w.is_done("textvqa", "1"));
+    w.write(&prediction("2", "stop")).unwrap();
+    drop(w);
+    assert_eq!(read_predictions(&path).unwrap().len(), 2);
+}
