@@ -26,7 +26,7 @@ pub mod vqa;
 
 pub use data::{EvalSample, ImageSource};
 pub use metric::Metric;
-pub use predictions::{read_predictions, Prediction, PredictionWriter};
+pub use predictions::{read_predictions, vqa_results_json, Prediction, PredictionWriter};
 pub use report::{Report, RunInfo, TaskReport};
 pub use scoring::{rescore, score_predictions};
 

@@ -168,3 +168,20 @@ fn ensure_trailing_newline(path: &Path, file: &mut File) -> Result<()> {
     }
     Ok(())
 }
+
+/// The VQA results file the official scorer and the EvalAI server (VQAv2 test-dev/test) take:
+/// `[{"question_id": int, "answer": str}, ...]`, with the prediction as generated (the scorer normalises).
+pub fn vqa_results_json(predictions: &[Prediction]) -> Result<String> {
+    let mut results = Vec::with_capacity(predictions.len());
+    for p in predictions {
+        let question_id: u64 = p.id.parse().map_err(|_| {
+            EvalError::Invalid(format!(
+                "prediction id {:?} is not a VQA question_id (an integer)",
+                p.id
+            ))
+        })?;
+        results.push(serde_json::json!({"question_id": question_id, "answer": p.prediction}));
+    }
+    serde_json::to_string(&results)
+        .map_err(|e| EvalError::Invalid(format!("cannot serialise results: {e}")))
+}

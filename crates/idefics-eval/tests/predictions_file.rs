@@ -131,3 +131,17 @@ fn a_file_without_final_newline_gets_one_before_appending() {
     drop(w);
     assert_eq!(read_predictions(&path).unwrap().len(), 2);
 }
+
+#[test]
+fn vqa_server_results_use_integer_question_ids() {
+    let json = idefics_eval::vqa_results_json(&[prediction("420", "two")]).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        parsed,
+        serde_json::json!([{"question_id": 420, "answer": "two"}])
+    );
+    assert!(idefics_eval::vqa_results_json(&[prediction("q1", "x")])
+        .unwrap_err()
+        .to_string()
+        .contains("q1"));
+}
