@@ -189,7 +189,7 @@ mod tests {
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
                 .unwrap();
-        assert_eq!(report["tasks"].as_array().unwrap().len(), 5);
+        assert_eq!(report["tasks"].as_array().unwrap().len(), 6);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! (`idefics eval --rescore`).
 //!
 //! One file per official scorer: [`vqa`] (GT-Vision-Lab/VQA), [`anls`] (RRC ANLS), [`relaxed`]
-//! (pix2struct ChartQA), [`choice`] (MMMU letter extraction), [`exact`], [`cider`] (pycocoevalcap CIDEr-D)
-//! with its tokeniser [`ptb`].
+//! (pix2struct ChartQA), [`choice`] (MMMU letter extraction), [`open`] (MMMU free-form answers), [`exact`],
+//! [`cider`] (pycocoevalcap CIDEr-D) with its tokeniser [`ptb`].
 
 pub mod anls;
 pub mod choice;
@@ -15,6 +15,7 @@ pub mod cider;
 pub mod data;
 pub mod exact;
 pub mod metric;
+pub mod open;
 pub mod predictions;
 pub mod prompt;
 pub mod ptb;

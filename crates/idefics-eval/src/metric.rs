@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::anls::{anls, AnlsNormalization, ANLS_THRESHOLD};
 use crate::choice::multiple_choice_accuracy;
 use crate::exact::{exact_match, ExactNormalization};
+use crate::open::open_accuracy;
 use crate::relaxed::relaxed_accuracy;
 use crate::vqa::{vqa_accuracy, VqaEvalVersion};
 
@@ -24,6 +25,8 @@ pub enum Metric {
     RelaxedAccuracy,
     /// Multiple-choice accuracy with MMMU's letter extraction (MMMU, MMBench, AI2D, ScienceQA).
     MultipleChoice,
+    /// MMMU's rule-based scoring of free-form answers (MMMU open questions, MathVista in m4).
+    MmmuOpen,
     /// Exact match after the VQA answer normalisation.
     ExactMatch,
     /// Exact match on raw strings.
@@ -36,13 +39,14 @@ pub enum Metric {
 
 impl Metric {
     /// All metrics, in report order.
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 11] = [
         Metric::VqaAccuracy,
         Metric::VqaAccuracyLegacy,
         Metric::Anls,
         Metric::AnlsPix2struct,
         Metric::RelaxedAccuracy,
         Metric::MultipleChoice,
+        Metric::MmmuOpen,
         Metric::ExactMatch,
         Metric::ExactMatchRaw,
         Metric::Cider,
@@ -58,6 +62,7 @@ impl Metric {
             Metric::AnlsPix2struct => "anls_pix2struct",
             Metric::RelaxedAccuracy => "relaxed_accuracy",
             Metric::MultipleChoice => "multiple_choice",
+            Metric::MmmuOpen => "mmmu_open",
             Metric::ExactMatch => "exact_match",
             Metric::ExactMatchRaw => "exact_match_raw",
             Metric::Cider => "cider",
@@ -118,6 +123,7 @@ impl Metric {
             ),
             Metric::RelaxedAccuracy => relaxed_accuracy(prediction, answers),
             Metric::MultipleChoice => multiple_choice_accuracy(prediction, choices, answers),
+            Metric::MmmuOpen => open_accuracy(prediction, answers),
             Metric::ExactMatch => exact_match(prediction, answers, ExactNormalization::Vqa),
             Metric::ExactMatchRaw => exact_match(prediction, answers, ExactNormalization::None),
             Metric::Cider | Metric::CiderPretokenized => return None,

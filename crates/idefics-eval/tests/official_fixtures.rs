@@ -211,3 +211,39 @@ fn rescoring_a_predictions_file_equals_the_official_scorers() {
         }
     }
 }
+
+#[test]
+fn open_answers_match_mmmu() {
+    use idefics_eval::open::{eval_open, parse_open_response, OpenValue};
+    use idefics_eval::pytext::py_float;
+    let f = fixture("open.json");
+    for c in f["cases"].as_array().unwrap() {
+        let response = str_of(c, "response");
+        let ours = parse_open_response(response);
+        let official: Vec<OpenValue> = c["parsed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| match v.get("number") {
+                Some(n) => OpenValue::Number(py_float(n.as_str().unwrap()).unwrap()),
+                None => OpenValue::Text(str_of(v, "text").to_string()),
+            })
+            .collect();
+        // Python returns a set: compare as multisets (NaN compared by bits).
+        let key = |v: &OpenValue| match v {
+            OpenValue::Number(x) => format!("n{:x}", x.to_bits()),
+            OpenValue::Text(t) => format!("t{t}"),
+        };
+        let mut a: Vec<String> = ours.iter().map(key).collect();
+        let mut b: Vec<String> = official.iter().map(key).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "parse_open_response({response:?})");
+        let gold = strings(&c["gold"]);
+        assert_eq!(
+            eval_open(&gold, &ours),
+            c["correct"].as_bool().unwrap(),
+            "eval_open({response:?}, {gold:?})"
+        );
+    }
+}

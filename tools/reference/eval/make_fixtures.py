@@ -266,6 +266,36 @@ def choice_fixture(mmmu):
 
 
 # --------------------------------------------------------------------------------------------------------
+# Open (free-form) answers, MMMU style
+# --------------------------------------------------------------------------------------------------------
+
+OPEN_CASES = [
+    ("The answer is 3.14159", ["3.14"]), ("so the result is Paris.", ["paris"]), ("It is 12", ["13"]),
+    ("12", ["12.0"]), ("1,234", ["1234"]), ("The total is 1,234,567 dollars", ["1234567"]),
+    ("x = 5\nso y = 7", ["7"]), ("x = 5\nso y = 7", ["5"]), ("Therefore, the final answer is B", ["b"]),
+    ("A", ["a"]), ("The value could be -2.5e3 or 7", ["-2500"]), ("answer: 0.125", ["0.12"]),
+    ("answer: 2.675", ["2.67"]), ("The speed is 12 m/s. So it is fast", ["12"]), ("It is.", ["it"]),
+    ("", ["0"]), ("The answer is: 42.", ["42"]), ("thus 3/4", ["0.75"]), ("therefore 3/4", ["3/4"]),
+    ("The answer is 1e3", ["1000"]), ("x is 123,456", ["456"]), ("is is is", ["is"]),
+    ("The result is ,", ["result"]), ("Final answer = 10%", ["10"]), ("the answer is NaN", ["nan"]),
+    ("The angle is 45 degrees. Thus it is acute.", ["45"]), ("so 1/2\nso 2", ["0.5"]),
+    ("Value: .5", ["0.5"]), ("The population is 8 billion", ["8 billion"]), ("It is blue-green", ["blue"]),
+]
+
+
+def open_fixture(mmmu):
+    cases = []
+    for response, gold in OPEN_CASES:
+        parsed = mmmu.parse_open_response(response)
+        cases.append({"response": response, "gold": gold,
+                      # numbers as repr() strings: JSON has no NaN
+                      "parsed": sorted([{"number": repr(p)} if isinstance(p, float) else {"text": p} for p in parsed],
+                                       key=lambda d: json.dumps(d)),
+                      "correct": bool(mmmu.eval_open(gold, parsed))})
+    return {"source": "MMMU mmmu/utils/eval_utils.py parse_open_response + eval_open", "cases": cases}
+
+
+# --------------------------------------------------------------------------------------------------------
 # Exact match
 # --------------------------------------------------------------------------------------------------------
 
@@ -350,6 +380,9 @@ def predictions_fixture(vqa, mmmu, pix2struct, cider_cls):
     for i, r in enumerate(CHOICE_RESPONSES):
         preds.append({"id": f"mc{i}", "task": "mmmu", "metric": "multiple_choice", "question": "q?", "prompt": "",
                       "prediction": r, "answers": [golds[i % len(golds)]], "choices": CHOICE_OPTIONS})
+    for i, (response, gold) in enumerate(OPEN_CASES):
+        preds.append({"id": f"open{i}", "task": "mmmu_open_questions", "metric": "mmmu_open", "question": "q?",
+                      "prompt": "", "prediction": response, "answers": gold})
     for k, cand, refs in CIDER_CORPUS:
         preds.append({"id": k, "task": "coco", "metric": "cider_pretokenized", "question": "", "prompt": "",
                       "prediction": cand, "answers": refs})
@@ -375,6 +408,8 @@ def predictions_fixture(vqa, mmmu, pix2struct, cider_cls):
     for p in mc:
         parsed = mmmu.parse_multi_choice_response(p["prediction"], letters, dict(zip(letters, p["choices"])))
         mc_correct += parsed is not None and mmmu.eval_multi_choice(p["answers"][0], parsed)
+    open_p = [p for p in preds if p["task"] == "mmmu_open_questions"]
+    open_correct = sum(bool(mmmu.eval_open(p["answers"], mmmu.parse_open_response(p["prediction"]))) for p in open_p)
     coco = [p for p in preds if p["task"] == "coco"]
     cider_mean, _ = cider_cls().compute_score({p["id"]: p["answers"] for p in coco},
                                               {p["id"]: [p["prediction"]] for p in coco})
@@ -391,6 +426,8 @@ def predictions_fixture(vqa, mmmu, pix2struct, cider_cls):
                     "scorer": "pix2struct aggregate_metrics(metric_fn=relaxed_correctness)"},
         "mmmu": {"metric": "multiple_choice", "count": len(mc), "score": 100.0 * mc_correct / len(mc),
                  "scorer": "MMMU parse_multi_choice_response + eval_multi_choice (random fallback -> wrong)"},
+        "mmmu_open_questions": {"metric": "mmmu_open", "count": len(open_p), "score": 100.0 * open_correct / len(open_p),
+                                "scorer": "MMMU parse_open_response + eval_open"},
         "coco": {"metric": "cider_pretokenized", "count": len(coco), "score": 100.0 * float(cider_mean),
                  "scorer": "pycocoevalcap Cider().compute_score x100"},
     }
@@ -421,6 +458,7 @@ def main():
             "anls.json": anls_fixture(pix2struct),
             "relaxed.json": relaxed_fixture(pix2struct),
             "choice.json": choice_fixture(mmmu),
+            "open.json": open_fixture(mmmu),
             "exact.json": exact_fixture(pix2struct, vqa_current),
             "cider.json": cider_json,
         }
