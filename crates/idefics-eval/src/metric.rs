@@ -102,6 +102,16 @@ impl Metric {
         Some(metric)
     }
 
+    /// The metric of one sample: the task's, except that a sample without choices in a multiple-choice
+    /// task (MMMU open questions, MathVista free-form) is scored MMMU-style as open ([`Metric::MmmuOpen`]),
+    /// as m4 scores them.
+    pub fn for_sample(task: &str, has_choices: bool) -> Option<Metric> {
+        match Metric::default_for_task(task)? {
+            Metric::MultipleChoice if !has_choices => Some(Metric::MmmuOpen),
+            m => Some(m),
+        }
+    }
+
     /// Score of one sample in [0, 1]; `None` for corpus-level metrics (see [`crate::cider`]).
     ///
     /// For [`Metric::MultipleChoice`], `answers` holds the gold letter(s) and `choices` the option texts.
@@ -164,5 +174,14 @@ mod tests {
             Some(Metric::RelaxedAccuracy)
         );
         assert_eq!(Metric::default_for_task("unknown"), None);
+        assert_eq!(
+            Metric::for_sample("mmmu", true),
+            Some(Metric::MultipleChoice)
+        );
+        assert_eq!(
+            Metric::for_sample("MathVista", false),
+            Some(Metric::MmmuOpen)
+        );
+        assert_eq!(Metric::for_sample("docvqa", false), Some(Metric::Anls));
     }
 }
