@@ -92,9 +92,8 @@ impl Metric {
                 Metric::Anls
             }
             "chartqa" | "plotqa" => Metric::RelaxedAccuracy,
-            "mmmu" | "mmbench" | "ai2d" | "scienceqa" | "mmstar" | "seedbench" | "tqa" => {
-                Metric::MultipleChoice
-            }
+            "mmmu" | "mathvista" | "mmbench" | "ai2d" | "scienceqa" | "mmstar" | "seedbench"
+            | "tqa" => Metric::MultipleChoice,
             "coco" | "coco_captions" | "textcaps" | "nocaps" | "flickr30k" => Metric::Cider,
             "gqa" | "ocrvqa" | "vsr" | "tallyqa" => Metric::ExactMatch,
             _ => return None,
