@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod ask;
 mod chat;
+mod eval_cmd;
 mod forward;
 mod model_source;
 
@@ -27,6 +28,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Run the model on saved input tensors (or a prompt) and write the logits.
     Forward(forward::ForwardArgs),
+    /// Score a model on a benchmark, or rescore a predictions file (`--rescore`).
+    Eval(eval_cmd::EvalArgs),
 }
 
 fn main() {
@@ -36,6 +39,7 @@ fn main() {
         Command::Ask(args) => ask::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Forward(args) => forward::run(args),
+        Command::Eval(args) => eval_cmd::run(args),
     };
     if let Err(err) = result {
         // One clear line (with its causes) instead of a panic or a debug dump.

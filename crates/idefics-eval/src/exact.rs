@@ -1,0 +1,54 @@
+//! Exact match, for benchmarks with one short answer per question (e.g. GQA-style sets, or any JSONL task
+//! that names this metric).
+//!
+//! Two normalisations, named explicitly in the predictions file so a score never depends on a hidden
+//! default:
+//! - [`ExactNormalization::None`]: `prediction == answer` on the raw strings, as pix2struct `metrics.py`
+//!   (`exact_match` via `aggregate_metrics`, max over answers);
+//! - [`ExactNormalization::Vqa`]: both sides through the official VQA answer normalisation
+//!   ([`crate::vqa::normalize_answer`]: whitespace, punctuation, number words, articles, contractions) and
+//!   then compared. This follows our reading of the Idefics2 evaluation code (m4, paper-notes §7.2): exact
+//!   match for questions with a single ground truth, with its replica of the official normalisation
+//!   (`VQANormalizationGtVisionLab`) applied to prediction and answer alike. Not checked against m4 itself.
+
+use crate::vqa::normalize_answer;
+
+/// How both strings are normalised before comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExactNormalization {
+    /// Compare raw strings.
+    None,
+    /// Official VQA normalisation on both sides.
+    #[default]
+    Vqa,
+}
+
+/// 1 if the prediction equals any answer after normalisation, else 0.
+pub fn exact_match(prediction: &str, answers: &[String], how: ExactNormalization) -> f64 {
+    let hit = match how {
+        ExactNormalization::None => answers.iter().any(|a| a == prediction),
+        ExactNormalization::Vqa => {
+            let pred = normalize_answer(prediction);
+            answers.iter().any(|a| normalize_answer(a) == pred)
+        }
+    };
+    if hit {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisations() {
+        let gts = vec!["2".to_string()];
+        assert_eq!(exact_match("Two.", &gts, ExactNormalization::Vqa), 1.0);
+        assert_eq!(exact_match("Two.", &gts, ExactNormalization::None), 0.0);
+        assert_eq!(exact_match("2", &gts, ExactNormalization::None), 1.0);
+    }
+}
