@@ -19,11 +19,30 @@ fn every_weight_gets_a_finite_nonzero_gradient() {
     // Fused kernels stay enabled: the model must notice the Vars and take the differentiable path by itself.
     let model = Idefics2ForConditionalGeneration::new(&cfg, vb, &LoadOptions::default()).unwrap();
     {
+        // Seeded, moderate weights: large random projections saturate the perceiver's softmax, and a one-hot
+        // attention row legitimately passes zero gradient to the context (that made this test flaky).
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let data = varmap.data().lock().unwrap();
-        for (i, var) in data.values().enumerate() {
-            let r = Tensor::randn(0f32, 0.2, var.shape(), &dev).unwrap();
-            let r = if i % 2 == 0 { (r + 1.0).unwrap() } else { r };
-            var.set(&r).unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        for name in names {
+            let var = &data[name];
+            let n = var.elem_count();
+            let fan_in = var.dims().last().copied().unwrap_or(1).max(1) as f32;
+            let is_norm = name.contains("norm");
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    let r: f32 = rng.random_range(-1.0..1.0);
+                    if is_norm {
+                        1.0 + 0.2 * r
+                    } else {
+                        r / fan_in.sqrt()
+                    }
+                })
+                .collect();
+            var.set(&Tensor::from_vec(values, var.shape(), &dev).unwrap())
+                .unwrap();
         }
     }
     let inputs = load_st(&case.join("inputs.safetensors"));
