@@ -68,12 +68,18 @@ pub enum ContentPart {
 impl ChatMessage {
     /// A message with text only.
     pub fn text(role: &str, text: &str) -> Self {
-        Self { role: role.to_string(), content: MessageContent::Text(text.to_string()) }
+        Self {
+            role: role.to_string(),
+            content: MessageContent::Text(text.to_string()),
+        }
     }
 
     /// A message from parts.
     pub fn parts(role: &str, parts: Vec<ContentPart>) -> Self {
-        Self { role: role.to_string(), content: MessageContent::Parts(parts) }
+        Self {
+            role: role.to_string(),
+            content: MessageContent::Parts(parts),
+        }
     }
 
     fn parts_vec(&self) -> Vec<ContentPart> {
@@ -87,7 +93,10 @@ impl ChatMessage {
     pub fn n_images(&self) -> usize {
         match &self.content {
             MessageContent::Text(_) => 0,
-            MessageContent::Parts(p) => p.iter().filter(|p| matches!(p, ContentPart::Image {})).count(),
+            MessageContent::Parts(p) => p
+                .iter()
+                .filter(|p| matches!(p, ContentPart::Image {}))
+                .count(),
         }
     }
 }
@@ -106,7 +115,10 @@ pub struct RenderedChat {
 impl RenderedChat {
     /// Number of image slots (template-written `<image>` tokens).
     pub fn image_slots(&self) -> usize {
-        self.pieces.iter().filter(|p| matches!(p, Piece::Token(id) if *id == self.image_id)).count()
+        self.pieces
+            .iter()
+            .filter(|p| matches!(p, Piece::Token(id) if *id == self.image_id))
+            .count()
     }
 }
 
@@ -132,7 +144,11 @@ impl ChatTemplate {
     }
 
     /// Compile a template string.
-    pub fn from_source(source: &str, origin: &str, tokenizer: &TextTokenizer) -> Result<Self, PromptError> {
+    pub fn from_source(
+        source: &str,
+        origin: &str,
+        tokenizer: &TextTokenizer,
+    ) -> Result<Self, PromptError> {
         let mut env = Environment::new();
         let syntax = minijinja::syntax::SyntaxConfig::builder()
             .trim_blocks(true)
@@ -172,7 +188,11 @@ impl ChatTemplate {
     }
 
     /// Render to text as transformers' `apply_chat_template(messages, add_generation_prompt=...)` does.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, PromptError> {
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, PromptError> {
         Ok(self.render_pieces(messages, add_generation_prompt)?.text)
     }
 
@@ -189,15 +209,24 @@ impl ChatTemplate {
             Err(RenderError::Raised(msg)) if messages.iter().any(|m| m.role == "system") => {
                 tracing::warn!(template = %self.origin, reason = %msg, "template rejects system messages; folding them into the first user turn");
                 let folded = fold_system_messages(messages);
-                self.render_marked(&folded, add_generation_prompt).map_err(RenderError::into_prompt)?
+                self.render_marked(&folded, add_generation_prompt)
+                    .map_err(RenderError::into_prompt)?
             }
             other => other.map_err(RenderError::into_prompt)?,
         };
         Ok(self.split_marked(&marked))
     }
 
-    fn render_marked(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, RenderError> {
-        let tokens: Vec<&str> = self.control_tokens.iter().map(|(s, _)| s.as_str()).collect();
+    fn render_marked(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, RenderError> {
+        let tokens: Vec<&str> = self
+            .control_tokens
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .collect();
         // Built as minijinja maps (insertion order kept, like Python dicts) rather than serde_json (sorted keys).
         let map = |entries: Vec<(&str, JValue)>| -> JValue { JValue::from_pairs(entries) };
         let msgs: Vec<JValue> = messages
@@ -214,7 +243,10 @@ impl ChatTemplate {
                         ContentPart::Image {} => map(vec![("type", JValue::from("image"))]),
                     })
                     .collect();
-                map(vec![("role", JValue::from(mark_control_tokens(&m.role, &tokens))), ("content", JValue::from(parts))])
+                map(vec![
+                    ("role", JValue::from(mark_control_tokens(&m.role, &tokens))),
+                    ("content", JValue::from(parts)),
+                ])
             })
             .collect();
         let mut ctx = vec![
@@ -225,11 +257,18 @@ impl ChatTemplate {
             ctx.push((k, JValue::from(v.as_str())));
         }
         let ctx = map(ctx);
-        let template = self.env.get_template("chat").map_err(|e| RenderError::Other(e.to_string()))?;
+        let template = self
+            .env
+            .get_template("chat")
+            .map_err(|e| RenderError::Other(e.to_string()))?;
         template.render(ctx).map_err(|e| {
             let raised = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
                 .filter_map(|e| e.downcast_ref::<JError>())
-                .find_map(|e| e.detail().and_then(|d| d.strip_prefix(RAISE_PREFIX)).map(str::to_string));
+                .find_map(|e| {
+                    e.detail()
+                        .and_then(|d| d.strip_prefix(RAISE_PREFIX))
+                        .map(str::to_string)
+                });
             match raised {
                 Some(msg) => RenderError::Raised(msg),
                 None => RenderError::Other(format!("{}: {e:#}", self.origin)),
@@ -257,7 +296,11 @@ impl ChatTemplate {
                 rest = &rest[c.len_utf8()..];
                 continue;
             }
-            if let Some((tok, id)) = self.control_tokens.iter().find(|(t, _)| rest.starts_with(t.as_str())) {
+            if let Some((tok, id)) = self
+                .control_tokens
+                .iter()
+                .find(|(t, _)| rest.starts_with(t.as_str()))
+            {
                 if !buf.is_empty() {
                     pieces.push(Piece::Text(std::mem::take(&mut buf)));
                 }
@@ -273,7 +316,11 @@ impl ChatTemplate {
         if !buf.is_empty() {
             pieces.push(Piece::Text(buf));
         }
-        RenderedChat { text, pieces, image_id: self.image_id }
+        RenderedChat {
+            text,
+            pieces,
+            image_id: self.image_id,
+        }
     }
 }
 
@@ -293,7 +340,10 @@ impl RenderError {
 
 /// Wrap each control-token string inside `s` in markers (after removing any marker characters from `s`).
 fn mark_control_tokens(s: &str, tokens: &[&str]) -> String {
-    let clean: String = s.chars().filter(|&c| c != MARK_START && c != MARK_END).collect();
+    let clean: String = s
+        .chars()
+        .filter(|&c| c != MARK_START && c != MARK_END)
+        .collect();
     let mut out = String::with_capacity(clean.len());
     let mut rest = clean.as_str();
     while let Some(c) = rest.chars().next() {
@@ -321,8 +371,14 @@ fn fold_system_messages(messages: &[ChatMessage]) -> Vec<ChatMessage> {
             ContentPart::Image {} => None,
         })
         .collect();
-    let prefix = ContentPart::Text { text: format!("{}\n\n", system.join("\n\n")) };
-    let mut out: Vec<ChatMessage> = messages.iter().filter(|m| m.role != "system").cloned().collect();
+    let prefix = ContentPart::Text {
+        text: format!("{}\n\n", system.join("\n\n")),
+    };
+    let mut out: Vec<ChatMessage> = messages
+        .iter()
+        .filter(|m| m.role != "system")
+        .cloned()
+        .collect();
     match out.iter_mut().find(|m| m.role == "user") {
         Some(first_user) => {
             let mut parts = vec![prefix];
@@ -335,7 +391,10 @@ fn fold_system_messages(messages: &[ChatMessage]) -> Vec<ChatMessage> {
 }
 
 fn raise_exception(message: String) -> Result<JValue, JError> {
-    Err(JError::new(ErrorKind::InvalidOperation, format!("{RAISE_PREFIX}{message}")))
+    Err(JError::new(
+        ErrorKind::InvalidOperation,
+        format!("{RAISE_PREFIX}{message}"),
+    ))
 }
 
 /// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent, sort_keys=sort_keys)` - Python's
@@ -349,7 +408,13 @@ fn tojson(value: JValue, kwargs: Kwargs) -> Result<JValue, JError> {
     Ok(JValue::from_safe_string(out))
 }
 
-fn python_json(v: &JValue, indent: Option<usize>, sort: bool, depth: usize, out: &mut String) -> Result<(), JError> {
+fn python_json(
+    v: &JValue,
+    indent: Option<usize>,
+    sort: bool,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), JError> {
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -362,7 +427,8 @@ fn python_json(v: &JValue, indent: Option<usize>, sort: bool, depth: usize, out:
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
         ValueKind::Number => {
-            let n: Value = serde_json::to_value(v).map_err(|e| JError::new(ErrorKind::InvalidOperation, e.to_string()))?;
+            let n: Value = serde_json::to_value(v)
+                .map_err(|e| JError::new(ErrorKind::InvalidOperation, e.to_string()))?;
             out.push_str(&n.to_string());
         }
         ValueKind::String => out.push_str(&json_str(v.as_str().unwrap_or_default())),
@@ -407,36 +473,54 @@ fn python_json(v: &JValue, indent: Option<usize>, sort: bool, depth: usize, out:
 }
 
 /// The template text and the file it came from.
-fn find_template_source(dir: &Path, tokenizer: &TextTokenizer) -> Result<(String, String), PromptError> {
+fn find_template_source(
+    dir: &Path,
+    tokenizer: &TextTokenizer,
+) -> Result<(String, String), PromptError> {
     let as_template = |v: &Value| -> Option<String> {
         match v {
             Value::String(s) => Some(s.clone()),
             // A list of named templates: use "default" (transformers' choice when none is named).
             Value::Array(items) => items.iter().find_map(|it| {
-                (it.get("name")?.as_str()? == "default").then(|| it.get("template")?.as_str().map(str::to_string))?
+                (it.get("name")?.as_str()? == "default")
+                    .then(|| it.get("template")?.as_str().map(str::to_string))?
             }),
             _ => None,
         }
     };
     let processor_path = dir.join("processor_config.json");
-    if let Some(t) = read_json_if_exists(&processor_path)?.as_ref().and_then(|p| p.get("chat_template")).and_then(as_template) {
+    if let Some(t) = read_json_if_exists(&processor_path)?
+        .as_ref()
+        .and_then(|p| p.get("chat_template"))
+        .and_then(as_template)
+    {
         return Ok((t, processor_path.display().to_string()));
     }
     let json_path = dir.join("chat_template.json");
     if let Some(v) = read_json_if_exists(&json_path)? {
-        let t = v.get("chat_template").and_then(as_template).ok_or_else(|| PromptError::Config {
-            file: json_path.display().to_string(),
-            message: "no string \"chat_template\" field".to_string(),
-        })?;
+        let t = v
+            .get("chat_template")
+            .and_then(as_template)
+            .ok_or_else(|| PromptError::Config {
+                file: json_path.display().to_string(),
+                message: "no string \"chat_template\" field".to_string(),
+            })?;
         return Ok((t, json_path.display().to_string()));
     }
     let jinja_path = dir.join("chat_template.jinja");
     if jinja_path.is_file() {
-        let t = std::fs::read_to_string(&jinja_path)
-            .map_err(|e| PromptError::Config { file: jinja_path.display().to_string(), message: e.to_string() })?;
+        let t = std::fs::read_to_string(&jinja_path).map_err(|e| PromptError::Config {
+            file: jinja_path.display().to_string(),
+            message: e.to_string(),
+        })?;
         return Ok((t, jinja_path.display().to_string()));
     }
-    if let Some(t) = tokenizer.config().chat_template.as_ref().and_then(as_template) {
+    if let Some(t) = tokenizer
+        .config()
+        .chat_template
+        .as_ref()
+        .and_then(as_template)
+    {
         return Ok((t, dir.join("tokenizer_config.json").display().to_string()));
     }
     Err(PromptError::NoChatTemplate(dir.display().to_string()))

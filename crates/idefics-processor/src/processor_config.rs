@@ -28,7 +28,11 @@ pub struct ProcessorConfig {
 
 impl Default for ProcessorConfig {
     fn default() -> Self {
-        Self { image_seq_len: DEFAULT_IMAGE_SEQ_LEN, do_image_splitting: false, processor_class: None }
+        Self {
+            image_seq_len: DEFAULT_IMAGE_SEQ_LEN,
+            do_image_splitting: false,
+            processor_class: None,
+        }
     }
 }
 
@@ -37,9 +41,14 @@ pub(crate) fn read_json_if_exists(path: &Path) -> Result<Option<Value>, PromptEr
     if !path.is_file() {
         return Ok(None);
     }
-    let err = |message: String| PromptError::Config { file: path.display().to_string(), message };
+    let err = |message: String| PromptError::Config {
+        file: path.display().to_string(),
+        message,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| err(e.to_string()))
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| err(e.to_string()))
 }
 
 impl ProcessorConfig {
@@ -48,24 +57,40 @@ impl ProcessorConfig {
         let processor_path = dir.join("processor_config.json");
         let processor = read_json_if_exists(&processor_path)?;
         let preprocessor = read_json_if_exists(&dir.join("preprocessor_config.json"))?;
-        Self::from_values(processor.as_ref(), preprocessor.as_ref())
-            .map_err(|message| PromptError::Config { file: processor_path.display().to_string(), message })
+        Self::from_values(processor.as_ref(), preprocessor.as_ref()).map_err(|message| {
+            PromptError::Config {
+                file: processor_path.display().to_string(),
+                message,
+            }
+        })
     }
 
     /// Build from the parsed files (either may be absent).
-    pub fn from_values(processor: Option<&Value>, preprocessor: Option<&Value>) -> Result<Self, String> {
+    pub fn from_values(
+        processor: Option<&Value>,
+        preprocessor: Option<&Value>,
+    ) -> Result<Self, String> {
         let mut config = Self::default();
         if let Some(p) = processor {
             if let Some(v) = p.get("image_seq_len") {
-                let n = v.as_u64().filter(|&n| n > 0).ok_or_else(|| format!("image_seq_len must be a positive integer, got {v}"))?;
+                let n = v
+                    .as_u64()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("image_seq_len must be a positive integer, got {v}"))?;
                 config.image_seq_len = usize::try_from(n).map_err(|e| e.to_string())?;
             }
-            config.processor_class = p.get("processor_class").and_then(Value::as_str).map(str::to_string);
+            config.processor_class = p
+                .get("processor_class")
+                .and_then(Value::as_str)
+                .map(str::to_string);
         }
-        let image_processor = processor.and_then(|p| p.get("image_processor")).or(preprocessor);
+        let image_processor = processor
+            .and_then(|p| p.get("image_processor"))
+            .or(preprocessor);
         if let Some(v) = image_processor.and_then(|ip| ip.get("do_image_splitting")) {
-            config.do_image_splitting =
-                v.as_bool().ok_or_else(|| format!("do_image_splitting must be true or false, got {v}"))?;
+            config.do_image_splitting = v
+                .as_bool()
+                .ok_or_else(|| format!("do_image_splitting must be true or false, got {v}"))?;
         }
         Ok(config)
     }

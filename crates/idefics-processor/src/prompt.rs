@@ -72,7 +72,10 @@ pub fn sub_images_per_image(do_image_splitting: bool) -> usize {
 
 /// The text one `<image>` is replaced with (before collapsing adjacent fake tokens).
 pub fn image_block(image_seq_len: usize, do_image_splitting: bool) -> String {
-    let one = format!("{FAKE_IMAGE_TOKEN}{}{FAKE_IMAGE_TOKEN}", IMAGE_TOKEN.repeat(image_seq_len));
+    let one = format!(
+        "{FAKE_IMAGE_TOKEN}{}{FAKE_IMAGE_TOKEN}",
+        IMAGE_TOKEN.repeat(image_seq_len)
+    );
     one.repeat(sub_images_per_image(do_image_splitting))
 }
 
@@ -80,7 +83,10 @@ pub fn image_block(image_seq_len: usize, do_image_splitting: bool) -> String {
 /// tokenizer is called on.
 pub fn expand_image_tokens(prompt: &str, image_seq_len: usize, do_image_splitting: bool) -> String {
     let expanded = prompt.replace(IMAGE_TOKEN, &image_block(image_seq_len, do_image_splitting));
-    let collapsed = expanded.replace(&format!("{FAKE_IMAGE_TOKEN}{FAKE_IMAGE_TOKEN}"), FAKE_IMAGE_TOKEN);
+    let collapsed = expanded.replace(
+        &format!("{FAKE_IMAGE_TOKEN}{FAKE_IMAGE_TOKEN}"),
+        FAKE_IMAGE_TOKEN,
+    );
     // 5.x: `re.sub(fake(?=[^\s<]), fake + " ")` - keep the word after an image word-boundary aligned.
     let mut out = String::with_capacity(collapsed.len() + 16);
     let mut rest = collapsed.as_str();
@@ -88,7 +94,11 @@ pub fn expand_image_tokens(prompt: &str, image_seq_len: usize, do_image_splittin
         let end = pos + FAKE_IMAGE_TOKEN.len();
         out.push_str(&rest[..end]);
         rest = &rest[end..];
-        if rest.chars().next().is_some_and(|c| !c.is_whitespace() && c != '<') {
+        if rest
+            .chars()
+            .next()
+            .is_some_and(|c| !c.is_whitespace() && c != '<')
+        {
             out.push(' ');
         }
     }
@@ -148,12 +158,24 @@ impl PromptProcessor {
             Err(PromptError::NoChatTemplate(_)) => None,
             Err(e) => return Err(e),
         };
-        Ok(Self { tokenizer, config, chat_template })
+        Ok(Self {
+            tokenizer,
+            config,
+            chat_template,
+        })
     }
 
     /// Assemble from parts.
-    pub fn new(tokenizer: TextTokenizer, config: ProcessorConfig, chat_template: Option<ChatTemplate>) -> Self {
-        Self { tokenizer, config, chat_template }
+    pub fn new(
+        tokenizer: TextTokenizer,
+        config: ProcessorConfig,
+        chat_template: Option<ChatTemplate>,
+    ) -> Self {
+        Self {
+            tokenizer,
+            config,
+            chat_template,
+        }
     }
 
     /// The tokenizer.
@@ -187,12 +209,20 @@ impl PromptProcessor {
     ) -> Result<EncodedPrompt, PromptError> {
         let slots = prompt.matches(IMAGE_TOKEN).count();
         if slots != n_images {
-            return Err(PromptError::ImageCountMismatch { slots, images: n_images });
+            return Err(PromptError::ImageCountMismatch {
+                slots,
+                images: n_images,
+            });
         }
         let splitting = self.resolve_splitting(override_splitting);
         let expanded = expand_image_tokens(prompt, self.config.image_seq_len, splitting);
         let input_ids = self.tokenizer.encode(&expanded, true)?;
-        Ok(EncodedPrompt { input_ids, n_images, do_image_splitting: splitting, text: prompt.to_string() })
+        Ok(EncodedPrompt {
+            input_ids,
+            n_images,
+            do_image_splitting: splitting,
+            text: prompt.to_string(),
+        })
     }
 
     /// Render a chat with the checkpoint's template and tokenize it. Only image parts of the messages become
@@ -211,13 +241,27 @@ impl PromptProcessor {
         let rendered = template.render_pieces(messages, add_generation_prompt)?;
         let slots = rendered.image_slots();
         if slots != n_images {
-            return Err(PromptError::ImageCountMismatch { slots, images: n_images });
+            return Err(PromptError::ImageCountMismatch {
+                slots,
+                images: n_images,
+            });
         }
         let splitting = self.resolve_splitting(override_splitting);
         let ids = self.tokenizer.special_ids();
-        let pieces = expand_pieces(&rendered.pieces, ids.image, ids.fake_image, self.config.image_seq_len, splitting);
+        let pieces = expand_pieces(
+            &rendered.pieces,
+            ids.image,
+            ids.fake_image,
+            self.config.image_seq_len,
+            splitting,
+        );
         let input_ids = self.tokenizer.encode_pieces(&pieces, true)?;
-        Ok(EncodedPrompt { input_ids, n_images, do_image_splitting: splitting, text: rendered.text })
+        Ok(EncodedPrompt {
+            input_ids,
+            n_images,
+            do_image_splitting: splitting,
+            text: rendered.text,
+        })
     }
 }
 
@@ -269,7 +313,10 @@ pub fn expand_pieces(
     for i in 1..collapsed.len() {
         let after_fake = matches!(collapsed.get(i - 1), Some(Piece::Token(id)) if *id == fake_id);
         if let (true, Some(Piece::Text(t))) = (after_fake, collapsed.get_mut(i)) {
-            if t.chars().next().is_some_and(|c| !c.is_whitespace() && c != '<') {
+            if t.chars()
+                .next()
+                .is_some_and(|c| !c.is_whitespace() && c != '<')
+            {
                 t.insert(0, ' ');
             }
         }

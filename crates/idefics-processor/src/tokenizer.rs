@@ -152,7 +152,8 @@ impl TextTokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self, PromptError> {
         let config_path = dir.join("tokenizer_config.json");
         let config = if config_path.is_file() {
-            let text = std::fs::read_to_string(&config_path).map_err(|e| tok_err(&config_path, e))?;
+            let text =
+                std::fs::read_to_string(&config_path).map_err(|e| tok_err(&config_path, e))?;
             serde_json::from_str(&text).map_err(|e| tok_err(&config_path, e))?
         } else {
             TokenizerConfig::default()
@@ -162,7 +163,8 @@ impl TextTokenizer {
 
     /// Load a tokenizer.json with an explicit tokenizer config.
     pub fn from_file(tokenizer_json: &Path, config: TokenizerConfig) -> Result<Self, PromptError> {
-        let mut inner = Tokenizer::from_file(tokenizer_json).map_err(|e| tok_err(tokenizer_json, e))?;
+        let mut inner =
+            Tokenizer::from_file(tokenizer_json).map_err(|e| tok_err(tokenizer_json, e))?;
         if is_llama_class(config.tokenizer_class.as_deref()) {
             rebuild_llama_pipeline(&mut inner, &config).map_err(|e| tok_err(tokenizer_json, e))?;
         }
@@ -173,11 +175,17 @@ impl TextTokenizer {
             .map(|t| AddedToken::from(*t, true))
             .collect();
         if !missing.is_empty() {
-            tracing::warn!(n = missing.len(), "tokenizer lacks Idefics2 special tokens; adding them like transformers");
-            inner.add_special_tokens(missing).map_err(|e| tok_err(tokenizer_json, e))?;
+            tracing::warn!(
+                n = missing.len(),
+                "tokenizer lacks Idefics2 special tokens; adding them like transformers"
+            );
+            inner
+                .add_special_tokens(missing)
+                .map_err(|e| tok_err(tokenizer_json, e))?;
         }
         let id = |t: &str| inner.token_to_id(t);
-        let required = |t: &str| id(t).ok_or_else(|| tok_err(tokenizer_json, format!("token {t} has no id")));
+        let required =
+            |t: &str| id(t).ok_or_else(|| tok_err(tokenizer_json, format!("token {t} has no id")));
         let special = SpecialTokenIds {
             fake_image: required(FAKE_IMAGE_TOKEN)?,
             image: required(IMAGE_TOKEN)?,
@@ -200,8 +208,12 @@ impl TextTokenizer {
 
         // Find what the post-processor adds around a sequence by encoding a probe with and without it.
         let probe = "a";
-        let bare = inner.encode(probe, false).map_err(|e| tok_err(tokenizer_json, e))?;
-        let full = inner.encode(probe, true).map_err(|e| tok_err(tokenizer_json, e))?;
+        let bare = inner
+            .encode(probe, false)
+            .map_err(|e| tok_err(tokenizer_json, e))?;
+        let full = inner
+            .encode(probe, true)
+            .map_err(|e| tok_err(tokenizer_json, e))?;
         let (bare, full) = (bare.get_ids(), full.get_ids());
         let start = (0..=full.len().saturating_sub(bare.len()))
             .find(|&s| full.get(s..s + bare.len()) == Some(bare))
@@ -209,20 +221,35 @@ impl TextTokenizer {
         let prefix_ids = full[..start].to_vec();
         let suffix_ids = full[start + bare.len()..].to_vec();
 
-        Ok(Self { inner, plain_first, plain_rest, prefix_ids, suffix_ids, special, config })
+        Ok(Self {
+            inner,
+            plain_first,
+            plain_rest,
+            prefix_ids,
+            suffix_ids,
+            special,
+            config,
+        })
     }
 
     /// Encode a prompt exactly as transformers' `tokenizer(text, add_special_tokens=...)`: added tokens written in
     /// `text` (e.g. "<image>") ARE recognised. Use for trusted, already-expanded prompts.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, PromptError> {
-        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| PromptError::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| PromptError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Encode a sequence of pieces: token ids are taken as they are, text is tokenized with special-token parsing
     /// off. For text without added-token strings this gives the same ids as [`Self::encode`] on the concatenation
     /// (added tokens split the input before the pre-tokenizer anyway).
-    pub fn encode_pieces(&self, pieces: &[Piece], add_special_tokens: bool) -> Result<Vec<u32>, PromptError> {
+    pub fn encode_pieces(
+        &self,
+        pieces: &[Piece],
+        add_special_tokens: bool,
+    ) -> Result<Vec<u32>, PromptError> {
         let mut ids = Vec::new();
         if add_special_tokens {
             ids.extend_from_slice(&self.prefix_ids);
@@ -233,8 +260,14 @@ impl TextTokenizer {
                 Piece::Token(id) => ids.push(*id),
                 Piece::Text(text) if text.is_empty() => continue,
                 Piece::Text(text) => {
-                    let tok = if at_start { &self.plain_first } else { &self.plain_rest };
-                    let enc = tok.encode(text.as_str(), false).map_err(|e| PromptError::Tokenizer(e.to_string()))?;
+                    let tok = if at_start {
+                        &self.plain_first
+                    } else {
+                        &self.plain_rest
+                    };
+                    let enc = tok
+                        .encode(text.as_str(), false)
+                        .map_err(|e| PromptError::Tokenizer(e.to_string()))?;
                     ids.extend_from_slice(enc.get_ids());
                 }
             }
@@ -248,7 +281,9 @@ impl TextTokenizer {
 
     /// Decode ids to text (as `tokenizer.decode(ids, skip_special_tokens=...)`).
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, PromptError> {
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| PromptError::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| PromptError::Tokenizer(e.to_string()))
     }
 
     /// The ids of the Idefics2 special tokens.
@@ -269,8 +304,13 @@ impl TextTokenizer {
     /// Contents of all added tokens (special or not), longest first: the strings a chat template may write as
     /// control tokens and that user text must not be able to produce.
     pub fn added_token_strings(&self) -> Vec<String> {
-        let mut v: Vec<String> =
-            self.inner.get_added_tokens_decoder().into_values().map(|t| t.content).filter(|s| !s.is_empty()).collect();
+        let mut v: Vec<String> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_values()
+            .map(|t| t.content)
+            .filter(|s| !s.is_empty())
+            .collect();
         v.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         v.dedup();
         v
@@ -313,13 +353,18 @@ fn rebuild_llama_pipeline(tok: &mut Tokenizer, config: &TokenizerConfig) -> Resu
         decoders.push(serde_json::json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
     let decoder: tokenizers::DecoderWrapper =
-        serde_json::from_value(serde_json::json!({"type": "Sequence", "decoders": decoders})).map_err(|e| e.to_string())?;
-    tok.with_normalizer(None::<tokenizers::NormalizerWrapper>).map_err(|e| e.to_string())?;
+        serde_json::from_value(serde_json::json!({"type": "Sequence", "decoders": decoders}))
+            .map_err(|e| e.to_string())?;
+    tok.with_normalizer(None::<tokenizers::NormalizerWrapper>)
+        .map_err(|e| e.to_string())?;
     tok.with_pre_tokenizer(Some(pre));
     tok.with_decoder(Some(decoder));
 
     // update_post_processor runs when add_bos_token / add_eos_token are given explicitly (or no post-processor).
-    if config.add_bos_token.is_some() || config.add_eos_token.is_some() || tok.get_post_processor().is_none() {
+    if config.add_bos_token.is_some()
+        || config.add_eos_token.is_some()
+        || tok.get_post_processor().is_none()
+    {
         let add_bos = config.add_bos_token.unwrap_or(false);
         let add_eos = config.add_eos_token.unwrap_or(false);
         let bos = config.bos_token().unwrap_or("<s>").to_string();
@@ -328,13 +373,17 @@ fn rebuild_llama_pipeline(tok: &mut Tokenizer, config: &TokenizerConfig) -> Resu
         let mut single = Vec::new();
         let mut pair = Vec::new();
         if add_bos {
-            let id = tok.token_to_id(&bos).ok_or_else(|| format!("bos_token {bos} not in vocabulary"))?;
+            let id = tok
+                .token_to_id(&bos)
+                .ok_or_else(|| format!("bos_token {bos} not in vocabulary"))?;
             special.push(serde_json::json!({"id": bos, "ids": [id], "tokens": [bos]}));
             single.push(serde_json::json!({"SpecialToken": {"id": bos, "type_id": 0}}));
         }
         single.push(serde_json::json!({"Sequence": {"id": "A", "type_id": 0}}));
         if add_eos {
-            let id = tok.token_to_id(&eos).ok_or_else(|| format!("eos_token {eos} not in vocabulary"))?;
+            let id = tok
+                .token_to_id(&eos)
+                .ok_or_else(|| format!("eos_token {eos} not in vocabulary"))?;
             special.push(serde_json::json!({"id": eos, "ids": [id], "tokens": [eos]}));
             single.push(serde_json::json!({"SpecialToken": {"id": eos, "type_id": 0}}));
         }

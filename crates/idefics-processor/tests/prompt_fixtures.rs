@@ -20,7 +20,11 @@ fn processor() -> PromptProcessor {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -34,7 +38,11 @@ fn prompt_input_ids_match_transformers() {
         let n = case["n_images"].as_u64().unwrap() as usize;
         let split = case["do_image_splitting"].as_bool().unwrap();
         let enc = p.encode_prompt(prompt, n, Some(split)).unwrap();
-        assert_eq!(enc.input_ids, ids(&case["input_ids"]), "prompt {prompt:?}, splitting {split}");
+        assert_eq!(
+            enc.input_ids,
+            ids(&case["input_ids"]),
+            "prompt {prompt:?}, splitting {split}"
+        );
         assert_eq!(enc.expected_image_rows(), n * if split { 5 } else { 1 });
     }
 }
@@ -52,7 +60,12 @@ fn tokenizer_matches_transformers_for_both_layouts() {
         };
         let text = case["text"].as_str().unwrap();
         let add = case["add_special_tokens"].as_bool().unwrap();
-        assert_eq!(tok.encode(text, add).unwrap(), ids(&case["ids"]), "{} {text:?} {add}", case["layout"]);
+        assert_eq!(
+            tok.encode(text, add).unwrap(),
+            ids(&case["ids"]),
+            "{} {text:?} {add}",
+            case["layout"]
+        );
     }
 }
 
@@ -84,8 +97,17 @@ fn chat_rendering_and_ids_match_transformers() {
         assert_eq!(rendered, case["rendered"].as_str().unwrap());
         let n: usize = msgs.iter().map(ChatMessage::n_images).sum();
         let enc = p.encode_chat(&msgs, gen, n, Some(split)).unwrap();
-        assert_eq!(enc.input_ids, ids(&case["input_ids"]), "{rendered:?} splitting {split}");
+        assert_eq!(
+            enc.input_ids,
+            ids(&case["input_ids"]),
+            "{rendered:?} splitting {split}"
+        );
         // the chat path (pieces) and the raw path (string) agree on benign chats
-        assert_eq!(p.encode_prompt(&rendered, n, Some(split)).unwrap().input_ids, enc.input_ids);
+        assert_eq!(
+            p.encode_prompt(&rendered, n, Some(split))
+                .unwrap()
+                .input_ids,
+            enc.input_ids
+        );
     }
 }

@@ -112,7 +112,9 @@ pub enum HubError {
         actual: u64,
     },
     /// sha256 of the downloaded bytes differs from the Hub's etag (the partial file is removed).
-    #[error("{file}: sha256 {actual} does not match the Hub's {expected}; the download was discarded")]
+    #[error(
+        "{file}: sha256 {actual} does not match the Hub's {expected}; the download was discarded"
+    )]
     HashMismatch {
         /// File name.
         file: String,
@@ -140,7 +142,10 @@ pub enum HubError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HubError + '_ {
-    move |source| HubError::Io { path: path.display().to_string(), source }
+    move |source| HubError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Where and how to reach the Hub.
@@ -165,19 +170,33 @@ impl HubConfig {
     /// Same as [`Self::from_env`] with an explicit variable lookup (for tests and embedding).
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Self {
         let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let cache_dir = if let Some(c) = non_empty("HF_HUB_CACHE").or_else(|| non_empty("HUGGINGFACE_HUB_CACHE")) {
+        let cache_dir = if let Some(c) =
+            non_empty("HF_HUB_CACHE").or_else(|| non_empty("HUGGINGFACE_HUB_CACHE"))
+        {
             PathBuf::from(c)
         } else if let Some(h) = non_empty("HF_HOME") {
             PathBuf::from(h).join("hub")
         } else if let Some(x) = non_empty("XDG_CACHE_HOME") {
             PathBuf::from(x).join("huggingface").join("hub")
         } else {
-            PathBuf::from(non_empty("HOME").unwrap_or_else(|| ".".into())).join(".cache").join("huggingface").join("hub")
+            PathBuf::from(non_empty("HOME").unwrap_or_else(|| ".".into()))
+                .join(".cache")
+                .join("huggingface")
+                .join("hub")
         };
         let endpoint = non_empty("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        let offline = non_empty("HF_HUB_OFFLINE")
-            .is_some_and(|v| matches!(v.trim().to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE"));
-        Self { endpoint: endpoint.trim_end_matches('/').to_string(), cache_dir, token: non_empty("HF_TOKEN"), offline }
+        let offline = non_empty("HF_HUB_OFFLINE").is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_uppercase().as_str(),
+                "1" | "ON" | "YES" | "TRUE"
+            )
+        });
+        Self {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            cache_dir,
+            token: non_empty("HF_TOKEN"),
+            offline,
+        }
     }
 }
 
@@ -215,8 +234,15 @@ pub fn resolve_model(
 ) -> Result<ModelFiles, HubError> {
     let local = Path::new(model);
     if local.is_dir() {
-        let files = all_model_files(local, None)?.into_iter().filter(|f| local.join(f).is_file()).collect();
-        return Ok(ModelFiles { dir: local.to_path_buf(), commit: None, files });
+        let files = all_model_files(local)?
+            .into_iter()
+            .filter(|f| local.join(f).is_file())
+            .collect();
+        return Ok(ModelFiles {
+            dir: local.to_path_buf(),
+            commit: None,
+            files,
+        });
     }
     validate_model_id(model)?;
     let repo = RepoCache::new(config, model, revision.unwrap_or("main"));
@@ -226,27 +252,29 @@ pub fn resolve_model(
     let client = Client::new(config);
     // The first file pins the commit; every later file is asked for at that commit, so a push during the
     // download cannot mix two versions.
-    let (config_path, commit) = match repo.download(&client, &repo.revision, "config.json", progress)? {
-        Downloaded::Present(path, commit) => (path, commit),
-        Downloaded::Absent(url) => return Err(repo.not_found("config.json", url)),
-    };
+    let (config_path, commit) =
+        match repo.download(&client, &repo.revision, "config.json", progress)? {
+            Downloaded::Present(path, commit) => (path, commit),
+            Downloaded::Absent(url) => return Err(repo.not_found("config.json", url)),
+        };
     repo.write_ref(&commit)?;
     let mut files = vec!["config.json".to_string()];
     debug_assert!(config_path.is_file());
 
-    let mut fetch = |name: &str, required: bool, files: &mut Vec<String>| -> Result<bool, HubError> {
-        match repo.download(&client, &commit, name, progress)? {
-            Downloaded::Present(..) => {
-                files.push(name.to_string());
-                Ok(true)
+    let mut fetch =
+        |name: &str, required: bool, files: &mut Vec<String>| -> Result<bool, HubError> {
+            match repo.download(&client, &commit, name, progress)? {
+                Downloaded::Present(..) => {
+                    files.push(name.to_string());
+                    Ok(true)
+                }
+                Downloaded::Absent(url) if required => Err(repo.not_found(name, url)),
+                Downloaded::Absent(_) => {
+                    repo.mark_absent(&commit, name);
+                    Ok(false)
+                }
             }
-            Downloaded::Absent(url) if required => Err(repo.not_found(name, url)),
-            Downloaded::Absent(_) => {
-                repo.mark_absent(&commit, name);
-                Ok(false)
-            }
-        }
-    };
+        };
     if fetch(WEIGHTS_INDEX, false, &mut files)? {
         for shard in shard_names(&repo.snapshot_dir(&commit).join(WEIGHTS_INDEX))? {
             fetch(&shard, true, &mut files)?;
@@ -260,7 +288,11 @@ pub fn resolve_model(
     for name in OPTIONAL_FILES {
         fetch(name, false, &mut files)?;
     }
-    Ok(ModelFiles { dir: repo.snapshot_dir(&commit), commit: Some(commit), files })
+    Ok(ModelFiles {
+        dir: repo.snapshot_dir(&commit),
+        commit: Some(commit),
+        files,
+    })
 }
 
 fn validate_model_id(model: &str) -> Result<(), HubError> {
@@ -269,7 +301,8 @@ fn validate_model_id(model: &str) -> Result<(), HubError> {
             && p != "."
             && p != ".."
             && !p.starts_with('-')
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     let parts: Vec<&str> = model.split('/').collect();
     if (parts.len() == 1 || parts.len() == 2) && parts.iter().all(|p| ok_part(p)) {
@@ -283,17 +316,31 @@ fn validate_model_id(model: &str) -> Result<(), HubError> {
 fn shard_names(index_path: &Path) -> Result<Vec<String>, HubError> {
     let file = index_path.display().to_string();
     let text = fs::read_to_string(index_path).map_err(io_err(index_path))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| HubError::BadIndex { file: file.clone(), message: e.to_string() })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| HubError::BadIndex {
+        file: file.clone(),
+        message: e.to_string(),
+    })?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| HubError::BadIndex { file: file.clone(), message: "no \"weight_map\" object".into() })?;
+        .ok_or_else(|| HubError::BadIndex {
+            file: file.clone(),
+            message: "no \"weight_map\" object".into(),
+        })?;
     let mut names: Vec<String> = Vec::new();
     for v in map.values() {
-        let name = v.as_str().ok_or_else(|| HubError::BadIndex { file: file.clone(), message: format!("shard {v} is not a string") })?;
-        if name.is_empty() || name.starts_with('/') || name.split('/').any(|p| p == ".." || p.is_empty()) {
-            return Err(HubError::BadIndex { file: file.clone(), message: format!("unsafe shard path {name:?}") });
+        let name = v.as_str().ok_or_else(|| HubError::BadIndex {
+            file: file.clone(),
+            message: format!("shard {v} is not a string"),
+        })?;
+        if name.is_empty()
+            || name.starts_with('/')
+            || name.split('/').any(|p| p == ".." || p.is_empty())
+        {
+            return Err(HubError::BadIndex {
+                file: file.clone(),
+                message: format!("unsafe shard path {name:?}"),
+            });
         }
         names.push(name.to_string());
     }
@@ -303,7 +350,7 @@ fn shard_names(index_path: &Path) -> Result<Vec<String>, HubError> {
 }
 
 /// The files a model uses, given what is in `dir` (weights from the index if there is one).
-fn all_model_files(dir: &Path, _commit: Option<&str>) -> Result<Vec<String>, HubError> {
+fn all_model_files(dir: &Path) -> Result<Vec<String>, HubError> {
     let mut files = vec!["config.json".to_string()];
     let index = dir.join(WEIGHTS_INDEX);
     if index.is_file() {
@@ -312,7 +359,12 @@ fn all_model_files(dir: &Path, _commit: Option<&str>) -> Result<Vec<String>, Hub
     } else {
         files.push(WEIGHTS_FILE.to_string());
     }
-    files.extend(REQUIRED_FILES.iter().filter(|f| **f != "config.json").map(|s| s.to_string()));
+    files.extend(
+        REQUIRED_FILES
+            .iter()
+            .filter(|f| **f != "config.json")
+            .map(|s| s.to_string()),
+    );
     files.extend(OPTIONAL_FILES.iter().map(|s| s.to_string()));
     Ok(files)
 }
@@ -342,8 +394,15 @@ struct RepoCache<'a> {
 
 impl<'a> RepoCache<'a> {
     fn new(config: &'a HubConfig, repo_id: &str, revision: &str) -> Self {
-        let root = config.cache_dir.join(format!("models--{}", repo_id.replace('/', "--")));
-        Self { config, repo_id: repo_id.to_string(), revision: revision.to_string(), root }
+        let root = config
+            .cache_dir
+            .join(format!("models--{}", repo_id.replace('/', "--")));
+        Self {
+            config,
+            repo_id: repo_id.to_string(),
+            revision: revision.to_string(),
+            root,
+        }
     }
 
     fn snapshot_dir(&self, commit: &str) -> PathBuf {
@@ -351,7 +410,12 @@ impl<'a> RepoCache<'a> {
     }
 
     fn not_found(&self, file: &str, url: String) -> HubError {
-        HubError::NotFound { repo: self.repo_id.clone(), revision: self.revision.clone(), file: file.to_string(), url }
+        HubError::NotFound {
+            repo: self.repo_id.clone(),
+            revision: self.revision.clone(),
+            file: file.to_string(),
+            url,
+        }
     }
 
     fn offline_err(&self, missing: String) -> HubError {
@@ -398,15 +462,29 @@ impl<'a> RepoCache<'a> {
         if !dir.is_dir() {
             return Err(self.offline_err(format!("snapshot {commit}")));
         }
-        let wanted = all_model_files(&dir, Some(&commit))?;
+        let wanted = all_model_files(&dir)?;
         let optional = |f: &str| OPTIONAL_FILES.contains(&f) || f == WEIGHTS_INDEX;
-        let missing: Vec<&String> = wanted.iter().filter(|f| !optional(f) && !dir.join(f).is_file()).collect();
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|f| !optional(f) && !dir.join(f).is_file())
+            .collect();
         if let Some(first) = missing.first() {
-            let more = if missing.len() > 1 { format!(" (and {} more)", missing.len() - 1) } else { String::new() };
+            let more = if missing.len() > 1 {
+                format!(" (and {} more)", missing.len() - 1)
+            } else {
+                String::new()
+            };
             return Err(self.offline_err(format!("{first}{more}")));
         }
-        let files = wanted.into_iter().filter(|f| dir.join(f).is_file()).collect();
-        Ok(ModelFiles { dir, commit: Some(commit), files })
+        let files = wanted
+            .into_iter()
+            .filter(|f| dir.join(f).is_file())
+            .collect();
+        Ok(ModelFiles {
+            dir,
+            commit: Some(commit),
+            files,
+        })
     }
 
     /// Make `file` at `revision` present in the snapshot; `Absent` on 404.
@@ -422,11 +500,24 @@ impl<'a> RepoCache<'a> {
             let cached = self.snapshot_dir(revision).join(file);
             if cached.is_file() {
                 let size = fs::metadata(&cached).map(|m| m.len()).ok();
-                progress(DownloadProgress { file, downloaded: size.unwrap_or(0), total: size, done: true });
+                progress(DownloadProgress {
+                    file,
+                    downloaded: size.unwrap_or(0),
+                    total: size,
+                    done: true,
+                });
                 return Ok(Downloaded::Present(cached, revision.to_string()));
             }
-            if self.root.join(".no_exist").join(revision).join(file).is_file() {
-                return Ok(Downloaded::Absent(format!("cache: .no_exist/{revision}/{file}")));
+            if self
+                .root
+                .join(".no_exist")
+                .join(revision)
+                .join(file)
+                .is_file()
+            {
+                return Ok(Downloaded::Absent(format!(
+                    "cache: .no_exist/{revision}/{file}"
+                )));
             }
         }
         let url = format!(
@@ -440,7 +531,11 @@ impl<'a> RepoCache<'a> {
             Head::Found(m) => m,
             Head::NotFound => return Ok(Downloaded::Absent(url)),
             Head::Denied(status) => {
-                return Err(HubError::Unauthorized { repo: self.repo_id.clone(), file: file.to_string(), status })
+                return Err(HubError::Unauthorized {
+                    repo: self.repo_id.clone(),
+                    file: file.to_string(),
+                    status,
+                })
             }
         };
         let blobs = self.root.join("blobs");
@@ -451,7 +546,12 @@ impl<'a> RepoCache<'a> {
             self.fetch_blob(client, &meta, file, &blob, progress)?;
         } else {
             let total = meta.size;
-            progress(DownloadProgress { file, downloaded: total.unwrap_or(0), total, done: true });
+            progress(DownloadProgress {
+                file,
+                downloaded: total.unwrap_or(0),
+                total,
+                done: true,
+            });
         }
         let link = self.snapshot_dir(&meta.commit).join(file);
         link_into_snapshot(&blob, &link)?;
@@ -501,12 +601,21 @@ impl<'a> RepoCache<'a> {
                 have = 0;
                 hasher = Sha256::new();
             }
-            let mut file_out =
-                OpenOptions::new().create(true).write(true).truncate(false).open(&partial).map_err(io_err(&partial))?;
+            let mut file_out = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&partial)
+                .map_err(io_err(&partial))?;
             file_out.set_len(have).map_err(io_err(&partial))?;
             file_out.seek(SeekFrom::End(0)).map_err(io_err(&partial))?;
             let mut out = std::io::BufWriter::new(file_out);
-            progress(DownloadProgress { file, downloaded: have, total: meta.size, done: false });
+            progress(DownloadProgress {
+                file,
+                downloaded: have,
+                total: meta.size,
+                done: false,
+            });
             let mut buf = vec![0u8; 1 << 16];
             let mut last_report = have;
             loop {
@@ -515,7 +624,10 @@ impl<'a> RepoCache<'a> {
                     Ok(n) => n,
                     Err(e) => {
                         let _ = out.flush();
-                        return Err(HubError::Network { url: meta.url.clone(), message: e.to_string() });
+                        return Err(HubError::Network {
+                            url: meta.url.clone(),
+                            message: e.to_string(),
+                        });
                     }
                 };
                 out.write_all(&buf[..n]).map_err(io_err(&partial))?;
@@ -523,7 +635,12 @@ impl<'a> RepoCache<'a> {
                 have += n as u64;
                 if have - last_report >= PROGRESS_STEP {
                     last_report = have;
-                    progress(DownloadProgress { file, downloaded: have, total: meta.size, done: false });
+                    progress(DownloadProgress {
+                        file,
+                        downloaded: have,
+                        total: meta.size,
+                        done: false,
+                    });
                 }
             }
             out.flush().map_err(io_err(&partial))?;
@@ -537,18 +654,31 @@ impl<'a> RepoCache<'a> {
                     discard();
                 }
                 // Shorter: the connection ended early; keep the partial file so the next attempt resumes.
-                return Err(HubError::SizeMismatch { file: file.to_string(), expected, actual: have });
+                return Err(HubError::SizeMismatch {
+                    file: file.to_string(),
+                    expected,
+                    actual: have,
+                });
             }
         }
         if is_sha256(&meta.etag) {
             let actual = hex(&hasher.finalize());
             if actual != meta.etag {
                 discard();
-                return Err(HubError::HashMismatch { file: file.to_string(), expected: meta.etag.clone(), actual });
+                return Err(HubError::HashMismatch {
+                    file: file.to_string(),
+                    expected: meta.etag.clone(),
+                    actual,
+                });
             }
         }
         fs::rename(&partial, blob).map_err(io_err(blob))?;
-        progress(DownloadProgress { file, downloaded: have, total: meta.size, done: true });
+        progress(DownloadProgress {
+            file,
+            downloaded: have,
+            total: meta.size,
+            done: true,
+        });
         Ok(())
     }
 }
@@ -567,8 +697,14 @@ fn link_into_snapshot(blob: &Path, link: &Path) -> Result<(), HubError> {
     #[cfg(unix)]
     {
         // snapshots/<commit>/<a/b/file> -> ../../(../..)blobs/<etag>
-        let root = blob.parent().and_then(Path::parent).unwrap_or(Path::new("."));
-        let rel_up = link.strip_prefix(root).map(|p| p.components().count().saturating_sub(1)).unwrap_or(0);
+        let root = blob
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
+        let rel_up = link
+            .strip_prefix(root)
+            .map(|p| p.components().count().saturating_sub(1))
+            .unwrap_or(0);
         let mut target = PathBuf::new();
         for _ in 0..rel_up {
             target.push("..");
@@ -601,7 +737,10 @@ fn encode_revision(rev: &str) -> String {
 
 /// `"abc"` / `W/"abc"` -> `abc`.
 fn normalize_etag(raw: &str) -> String {
-    raw.trim().trim_start_matches("W/").trim_matches('"').to_string()
+    raw.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_string()
 }
 
 enum Head {
@@ -632,7 +771,11 @@ impl Client {
                 .build()
                 .into()
         };
-        Self { no_redirect: build(0), follow: build(10), token: config.token.clone() }
+        Self {
+            no_redirect: build(0),
+            follow: build(10),
+            token: config.token.clone(),
+        }
     }
 
     fn auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
@@ -646,10 +789,20 @@ impl Client {
         let mut url = url.to_string();
         // Follow relative redirects (renamed repositories) but not absolute ones (CDN), like huggingface_hub.
         for _ in 0..5 {
-            let req = self.auth(self.no_redirect.head(&url)).header("Accept-Encoding", "identity");
-            let resp = req.call().map_err(|e| HubError::Network { url: url.clone(), message: e.to_string() })?;
+            let req = self
+                .auth(self.no_redirect.head(&url))
+                .header("Accept-Encoding", "identity");
+            let resp = req.call().map_err(|e| HubError::Network {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
             let status = resp.status().as_u16();
-            let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
             match status {
                 404 => return Ok(Head::NotFound),
                 401 | 403 => return Ok(Head::Denied(status)),
@@ -664,7 +817,10 @@ impl Client {
                     continue;
                 }
             }
-            let bad = |message: &str| HubError::BadResponse { url: url.clone(), message: message.to_string() };
+            let bad = |message: &str| HubError::BadResponse {
+                url: url.clone(),
+                message: message.to_string(),
+            };
             let commit = header("x-repo-commit").ok_or_else(|| bad("no X-Repo-Commit header"))?;
             let etag = header("x-linked-etag")
                 .or_else(|| header("etag"))
@@ -675,29 +831,53 @@ impl Client {
                 return Err(bad("X-Repo-Commit is not a commit hash"));
             }
             let size = header("x-linked-size")
-                .or_else(|| if (200..=299).contains(&status) { header("content-length") } else { None })
+                .or_else(|| {
+                    if (200..=299).contains(&status) {
+                        header("content-length")
+                    } else {
+                        None
+                    }
+                })
                 .and_then(|s| s.trim().parse::<u64>().ok());
             let get_url = match location {
                 Some(loc) if (300..=399).contains(&status) && !loc.starts_with('/') => loc,
                 _ => url.clone(),
             };
-            return Ok(Head::Found(FileMeta { commit, etag, size, url: get_url }));
+            return Ok(Head::Found(FileMeta {
+                commit,
+                etag,
+                size,
+                url: get_url,
+            }));
         }
-        Err(HubError::BadResponse { url, message: "too many redirects".into() })
+        Err(HubError::BadResponse {
+            url,
+            message: "too many redirects".into(),
+        })
     }
 
     /// GET from `offset`; returns the body reader and the offset the body starts at (0 if the range was ignored).
     fn get(&self, url: &str, offset: u64) -> Result<(ureq::BodyReader<'static>, u64), HubError> {
-        let mut req = self.auth(self.follow.get(url)).header("Accept-Encoding", "identity");
+        let mut req = self
+            .auth(self.follow.get(url))
+            .header("Accept-Encoding", "identity");
         if offset > 0 {
             req = req.header("Range", format!("bytes={offset}-"));
         }
-        let resp = req.call().map_err(|e| HubError::Network { url: url.to_string(), message: e.to_string() })?;
+        let resp = req.call().map_err(|e| HubError::Network {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
         let status = resp.status().as_u16();
         let start = match status {
             206 => offset,
             200 => 0,
-            _ => return Err(HubError::Http { url: url.to_string(), status }),
+            _ => {
+                return Err(HubError::Http {
+                    url: url.to_string(),
+                    status,
+                })
+            }
         };
         Ok((resp.into_body().into_reader(), start))
     }

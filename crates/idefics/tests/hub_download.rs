@@ -38,7 +38,10 @@ struct Server {
 }
 
 fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 fn git_sha_like(b: &[u8]) -> String {
@@ -84,7 +87,10 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>) {
         return;
     }
     let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+    let (method, path) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
     let mut headers = HashMap::new();
     loop {
         let mut h = String::new();
@@ -97,9 +103,15 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>) {
     }
     let range = headers.get("range").cloned();
     let mut st = state.lock().unwrap();
-    st.log.push(format!("{method} {path} {}", range.clone().unwrap_or_default()).trim().to_string());
+    st.log.push(
+        format!("{method} {path} {}", range.clone().unwrap_or_default())
+            .trim()
+            .to_string(),
+    );
     if let Some(tok) = &st.token {
-        if headers.get("authorization") != Some(&format!("Bearer {tok}")) && !path.starts_with("/cdn/") {
+        if headers.get("authorization") != Some(&format!("Bearer {tok}"))
+            && !path.starts_with("/cdn/")
+        {
             drop(st);
             return respond(&mut stream, "401 Unauthorized", &[], b"");
         }
@@ -114,30 +126,46 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>) {
             drop(st);
             return respond(&mut stream, "400 Bad Request", &[], b"");
         }
-        (format!("{}/{}", segs[0], segs[1]), segs[4].to_string(), false)
+        (
+            format!("{}/{}", segs[0], segs[1]),
+            segs[4].to_string(),
+            false,
+        )
     };
     let Some(spec) = st.repos.get(&repo).and_then(|r| r.get(&file)).cloned() else {
         drop(st);
         return respond(
             &mut stream,
             "404 Not Found",
-            &[("X-Error-Code".into(), "EntryNotFound".into()), ("Content-Length".into(), "0".into())],
+            &[
+                ("X-Error-Code".into(), "EntryNotFound".into()),
+                ("Content-Length".into(), "0".into()),
+            ],
             b"",
         );
     };
-    let sha = spec.fake_sha.clone().unwrap_or_else(|| sha256_hex(&spec.content));
+    let sha = spec
+        .fake_sha
+        .clone()
+        .unwrap_or_else(|| sha256_hex(&spec.content));
     let mut common = vec![("X-Repo-Commit".to_string(), COMMIT.to_string())];
     if spec.lfs && !cdn {
         common.push(("X-Linked-Etag".into(), format!("\"{sha}\"")));
         common.push(("X-Linked-Size".into(), spec.content.len().to_string()));
         common.push(("ETag".into(), format!("\"{}\"", git_sha_like(b"pointer"))));
-        common.push(("Location".into(), format!("/cdn/{}/{file}", repo.replace('/', "--"))));
+        common.push((
+            "Location".into(),
+            format!("/cdn/{}/{file}", repo.replace('/', "--")),
+        ));
         common.push(("Content-Length".into(), "0".into()));
         drop(st);
         return respond(&mut stream, "302 Found", &common, b"");
     }
     if !spec.lfs {
-        common.push(("ETag".into(), format!("\"{}\"", git_sha_like(&spec.content))));
+        common.push((
+            "ETag".into(),
+            format!("\"{}\"", git_sha_like(&spec.content)),
+        ));
     }
     let start = range
         .as_deref()
@@ -149,11 +177,21 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>) {
     let mut status = "200 OK";
     if start > 0 {
         status = "206 Partial Content";
-        common.push(("Content-Range".into(), format!("bytes {start}-{}/{}", spec.content.len() - 1, spec.content.len())));
+        common.push((
+            "Content-Range".into(),
+            format!(
+                "bytes {start}-{}/{}",
+                spec.content.len() - 1,
+                spec.content.len()
+            ),
+        ));
     }
     common.push(("Content-Length".into(), body.len().to_string()));
     let cut = if method == "GET" {
-        st.repos.get_mut(&repo).and_then(|r| r.get_mut(&file)).and_then(|s| s.cut_after.take())
+        st.repos
+            .get_mut(&repo)
+            .and_then(|r| r.get_mut(&file))
+            .and_then(|s| s.cut_after.take())
     } else {
         None
     };
@@ -168,25 +206,45 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>) {
 }
 
 fn weights(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| ((i * 31 + seed as usize * 7) % 251) as u8).collect()
+    (0..n)
+        .map(|i| ((i * 31 + seed as usize * 7) % 251) as u8)
+        .collect()
 }
 
 fn model_repo(weight_bytes: usize) -> HashMap<String, FileSpec> {
-    let text = |s: &str| FileSpec { content: s.as_bytes().to_vec(), ..Default::default() };
+    let text = |s: &str| FileSpec {
+        content: s.as_bytes().to_vec(),
+        ..Default::default()
+    };
     let mut m = HashMap::new();
     m.insert("config.json".into(), text(r#"{"model_type": "idefics2"}"#));
     m.insert("tokenizer.json".into(), text(r#"{"version": "1.0"}"#));
-    m.insert("tokenizer_config.json".into(), text(r#"{"add_bos_token": true}"#));
-    m.insert("processor_config.json".into(), text(r#"{"image_seq_len": 64}"#));
+    m.insert(
+        "tokenizer_config.json".into(),
+        text(r#"{"add_bos_token": true}"#),
+    );
+    m.insert(
+        "processor_config.json".into(),
+        text(r#"{"image_seq_len": 64}"#),
+    );
     m.insert(
         "model.safetensors".into(),
-        FileSpec { content: weights(weight_bytes, 1), lfs: true, ..Default::default() },
+        FileSpec {
+            content: weights(weight_bytes, 1),
+            lfs: true,
+            ..Default::default()
+        },
     );
     m
 }
 
 fn config(cache: &Path, endpoint: &str) -> HubConfig {
-    HubConfig { endpoint: endpoint.to_string(), cache_dir: cache.to_path_buf(), token: None, offline: false }
+    HubConfig {
+        endpoint: endpoint.to_string(),
+        cache_dir: cache.to_path_buf(),
+        token: None,
+        offline: false,
+    }
 }
 
 type Events = Vec<(String, u64, Option<u64>, bool)>;
@@ -194,7 +252,11 @@ type Events = Vec<(String, u64, Option<u64>, bool)>;
 fn collect() -> (Arc<Mutex<Events>>, impl FnMut(DownloadProgress)) {
     let events = Arc::new(Mutex::new(Vec::new()));
     let ev = events.clone();
-    (events, move |p: DownloadProgress| ev.lock().unwrap().push((p.file.to_string(), p.downloaded, p.total, p.done)))
+    (events, move |p: DownloadProgress| {
+        ev.lock()
+            .unwrap()
+            .push((p.file.to_string(), p.downloaded, p.total, p.done))
+    })
 }
 
 #[test]
@@ -210,11 +272,26 @@ fn hub_full_download_then_cached_and_offline() {
     let repo_dir = cache.path().join("models--org--tiny");
     assert_eq!(got.dir, repo_dir.join("snapshots").join(COMMIT));
     assert_eq!(got.commit.as_deref(), Some(COMMIT));
-    assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(), COMMIT);
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "processor_config.json"] {
+    assert_eq!(
+        std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(),
+        COMMIT
+    );
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "processor_config.json",
+    ] {
         assert!(got.files.iter().any(|x| x == f), "{f} in {:?}", got.files);
         let link = got.dir.join(f);
-        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "{f} is a symlink");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{f} is a symlink"
+        );
     }
     let w = std::fs::read(got.dir.join("model.safetensors")).unwrap();
     assert_eq!(w, weights(3 << 20, 1));
@@ -226,23 +303,42 @@ fn hub_full_download_then_cached_and_offline() {
         Path::new("../../blobs").join(&sha)
     );
     assert!(!got.files.iter().any(|f| f == "generation_config.json"));
-    assert!(repo_dir.join(".no_exist").join(COMMIT).join("generation_config.json").is_file());
+    assert!(repo_dir
+        .join(".no_exist")
+        .join(COMMIT)
+        .join("generation_config.json")
+        .is_file());
     // progress: the weights reported intermediate steps and a final done with the full size
     let ev = events.lock().unwrap().clone();
     let w_events: Vec<_> = ev.iter().filter(|e| e.0 == "model.safetensors").collect();
     assert!(w_events.len() >= 3, "{w_events:?}");
-    assert_eq!(w_events.last().unwrap(), &&("model.safetensors".to_string(), 3 << 20, Some(3 << 20), true));
+    assert_eq!(
+        w_events.last().unwrap(),
+        &&(
+            "model.safetensors".to_string(),
+            3 << 20,
+            Some(3 << 20),
+            true
+        )
+    );
 
     // Second call: only config.json is asked again (to learn the commit of "main"), nothing is downloaded.
     let before = server.log().len();
     let again = resolve_model("org/tiny", Some("main"), &cfg, &mut |_| {}).unwrap();
     assert_eq!(again, got);
     let new: Vec<String> = server.log()[before..].to_vec();
-    assert!(new.iter().all(|r| r.starts_with("HEAD") && r.contains("config.json")), "{new:?}");
+    assert!(
+        new.iter()
+            .all(|r| r.starts_with("HEAD") && r.contains("config.json")),
+        "{new:?}"
+    );
 
     // Offline: no request at all, same answer.
     let before = server.log().len();
-    let offline = HubConfig { offline: true, ..cfg.clone() };
+    let offline = HubConfig {
+        offline: true,
+        ..cfg.clone()
+    };
     let off = resolve_model("org/tiny", None, &offline, &mut |_| {}).unwrap();
     assert_eq!(off.dir, got.dir);
     assert!(off.files.iter().any(|f| f == "model.safetensors"));
@@ -252,11 +348,17 @@ fn hub_full_download_then_cached_and_offline() {
 #[test]
 fn hub_offline_without_cache_is_a_clear_error() {
     let cache = tempfile::tempdir().unwrap();
-    let cfg = HubConfig { offline: true, ..config(cache.path(), "http://127.0.0.1:9") };
+    let cfg = HubConfig {
+        offline: true,
+        ..config(cache.path(), "http://127.0.0.1:9")
+    };
     let e = resolve_model("org/absent", None, &cfg, &mut |_| {}).unwrap_err();
     assert!(matches!(e, HubError::Offline { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("org/absent") && msg.contains("HF_HUB_OFFLINE"), "{msg}");
+    assert!(
+        msg.contains("org/absent") && msg.contains("HF_HUB_OFFLINE"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -273,21 +375,38 @@ fn hub_resumes_an_interrupted_download_with_a_range_request() {
     let cfg = config(cache.path(), &server.endpoint);
 
     let e = resolve_model("org/resume", None, &cfg, &mut |_| {}).unwrap_err();
-    assert!(matches!(e, HubError::SizeMismatch { actual, .. } if actual == half as u64) || matches!(e, HubError::Network { .. }), "{e}");
+    assert!(
+        matches!(e, HubError::SizeMismatch { actual, .. } if actual == half as u64)
+            || matches!(e, HubError::Network { .. }),
+        "{e}"
+    );
     let w = weights(1 << 20, 1);
     let sha = sha256_hex(&w);
-    let partial = cache.path().join("models--org--resume/blobs").join(format!("{sha}.incomplete"));
+    let partial = cache
+        .path()
+        .join("models--org--resume/blobs")
+        .join(format!("{sha}.incomplete"));
     assert_eq!(std::fs::metadata(&partial).unwrap().len(), half as u64);
 
     let (events, mut progress) = collect();
     let got = resolve_model("org/resume", None, &cfg, &mut progress).unwrap();
     assert_eq!(std::fs::read(got.dir.join("model.safetensors")).unwrap(), w);
     assert!(!partial.exists());
-    let ranged: Vec<String> = server.log().into_iter().filter(|r| r.starts_with("GET /cdn/")).collect();
+    let ranged: Vec<String> = server
+        .log()
+        .into_iter()
+        .filter(|r| r.starts_with("GET /cdn/"))
+        .collect();
     assert_eq!(ranged.len(), 2, "{ranged:?}");
     assert!(ranged[1].ends_with(&format!("bytes={half}-")), "{ranged:?}");
     // the resumed attempt reported starting from the bytes already present
-    let first = events.lock().unwrap().iter().find(|e| e.0 == "model.safetensors").cloned().unwrap();
+    let first = events
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|e| e.0 == "model.safetensors")
+        .cloned()
+        .unwrap();
     assert_eq!(first.1, half as u64);
 }
 
@@ -301,9 +420,19 @@ fn hub_refuses_a_hash_mismatch() {
     state.repos.insert("org/bad".into(), repo);
     let server = Server::start(state);
     let cache = tempfile::tempdir().unwrap();
-    let e = resolve_model("org/bad", None, &config(cache.path(), &server.endpoint), &mut |_| {}).unwrap_err();
+    let e = resolve_model(
+        "org/bad",
+        None,
+        &config(cache.path(), &server.endpoint),
+        &mut |_| {},
+    )
+    .unwrap_err();
     match &e {
-        HubError::HashMismatch { file, expected, actual } => {
+        HubError::HashMismatch {
+            file,
+            expected,
+            actual,
+        } => {
             assert_eq!(file, "model.safetensors");
             assert_eq!(expected, &"ab".repeat(32));
             assert_eq!(actual, &sha256_hex(&weights(100_000, 1)));
@@ -311,10 +440,20 @@ fn hub_refuses_a_hash_mismatch() {
         other => panic!("expected a hash mismatch, got {other}"),
     }
     let blobs = cache.path().join("models--org--bad/blobs");
-    let names: Vec<String> =
-        std::fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert!(!names.iter().any(|n| n.starts_with(&"ab".repeat(32))), "nothing published or kept: {names:?}");
-    assert!(!cache.path().join("models--org--bad/snapshots").join(COMMIT).join("model.safetensors").exists());
+    let names: Vec<String> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with(&"ab".repeat(32))),
+        "nothing published or kept: {names:?}"
+    );
+    assert!(!cache
+        .path()
+        .join("models--org--bad/snapshots")
+        .join(COMMIT)
+        .join("model.safetensors")
+        .exists());
 }
 
 #[test]
@@ -325,8 +464,17 @@ fn hub_missing_required_file_is_named() {
     state.repos.insert("org/notok".into(), repo);
     let server = Server::start(state);
     let cache = tempfile::tempdir().unwrap();
-    let e = resolve_model("org/notok", None, &config(cache.path(), &server.endpoint), &mut |_| {}).unwrap_err();
-    assert!(matches!(&e, HubError::NotFound { file, .. } if file == "tokenizer.json"), "{e}");
+    let e = resolve_model(
+        "org/notok",
+        None,
+        &config(cache.path(), &server.endpoint),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, HubError::NotFound { file, .. } if file == "tokenizer.json"),
+        "{e}"
+    );
     assert!(e.to_string().contains("tokenizer.json"));
 }
 
@@ -335,27 +483,78 @@ fn hub_sharded_weights_and_token() {
     let mut repo = model_repo(10);
     repo.remove("model.safetensors");
     let index = r#"{"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors", "c": "model-00001-of-00002.safetensors"}}"#;
-    repo.insert("model.safetensors.index.json".into(), FileSpec { content: index.as_bytes().to_vec(), ..Default::default() });
-    for (i, name) in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"].iter().enumerate() {
-        repo.insert(name.to_string(), FileSpec { content: weights(50_000, i as u8 + 2), lfs: true, ..Default::default() });
+    repo.insert(
+        "model.safetensors.index.json".into(),
+        FileSpec {
+            content: index.as_bytes().to_vec(),
+            ..Default::default()
+        },
+    );
+    for (i, name) in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
+    .iter()
+    .enumerate()
+    {
+        repo.insert(
+            name.to_string(),
+            FileSpec {
+                content: weights(50_000, i as u8 + 2),
+                lfs: true,
+                ..Default::default()
+            },
+        );
     }
-    let state = State { token: Some("secret".into()), repos: HashMap::from([("org/gated".to_string(), repo)]), ..Default::default() };
+    let state = State {
+        token: Some("secret".into()),
+        repos: HashMap::from([("org/gated".to_string(), repo)]),
+        ..Default::default()
+    };
     let server = Server::start(state);
     let cache = tempfile::tempdir().unwrap();
     let cfg = config(cache.path(), &server.endpoint);
     let e = resolve_model("org/gated", None, &cfg, &mut |_| {}).unwrap_err();
-    assert!(matches!(e, HubError::Unauthorized { status: 401, .. }), "{e}");
+    assert!(
+        matches!(e, HubError::Unauthorized { status: 401, .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("HF_TOKEN"));
-    let cfg = HubConfig { token: Some("secret".into()), ..cfg };
+    let cfg = HubConfig {
+        token: Some("secret".into()),
+        ..cfg
+    };
     let got = resolve_model("org/gated", None, &cfg, &mut |_| {}).unwrap();
-    for (i, name) in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"].iter().enumerate() {
-        assert_eq!(std::fs::read(got.dir.join(name)).unwrap(), weights(50_000, i as u8 + 2));
+    for (i, name) in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(
+            std::fs::read(got.dir.join(name)).unwrap(),
+            weights(50_000, i as u8 + 2)
+        );
     }
     assert!(!got.files.iter().any(|f| f == "model.safetensors"));
     // each shard downloaded once although the index names the first one twice
-    let gets = server.log().iter().filter(|r| r.starts_with("GET /cdn/") && r.contains("00001-of")).count();
+    let gets = server
+        .log()
+        .iter()
+        .filter(|r| r.starts_with("GET /cdn/") && r.contains("00001-of"))
+        .count();
     assert_eq!(gets, 1);
-    let offline = resolve_model("org/gated", None, &HubConfig { offline: true, ..cfg }, &mut |_| {}).unwrap();
+    let offline = resolve_model(
+        "org/gated",
+        None,
+        &HubConfig {
+            offline: true,
+            ..cfg
+        },
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(offline.files, got.files);
 }
 
@@ -390,7 +589,13 @@ fn hub_config_from_environment_variables() {
 fn hub_rejects_bad_model_ids_and_accepts_local_dirs() {
     let cfg = config(Path::new("/nonexistent"), "http://127.0.0.1:9");
     for bad in ["../etc", "a/b/c", "", "org/", "/abs", "org/na me"] {
-        assert!(matches!(resolve_model(bad, None, &cfg, &mut |_| {}), Err(HubError::InvalidModelId(_))), "{bad}");
+        assert!(
+            matches!(
+                resolve_model(bad, None, &cfg, &mut |_| {}),
+                Err(HubError::InvalidModelId(_))
+            ),
+            "{bad}"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), "{}").unwrap();
@@ -399,4 +604,3 @@ fn hub_rejects_bad_model_ids_and_accepts_local_dirs() {
     assert_eq!(got.files, vec!["config.json".to_string()]);
     assert!(got.commit.is_none());
 }
-
