@@ -234,7 +234,7 @@ pub fn resolve_model(
 ) -> Result<ModelFiles, HubError> {
     let local = Path::new(model);
     if local.is_dir() {
-        let files = all_model_files(local, None)?
+        let files = all_model_files(local)?
             .into_iter()
             .filter(|f| local.join(f).is_file())
             .collect();
@@ -350,7 +350,7 @@ fn shard_names(index_path: &Path) -> Result<Vec<String>, HubError> {
 }
 
 /// The files a model uses, given what is in `dir` (weights from the index if there is one).
-fn all_model_files(dir: &Path, _commit: Option<&str>) -> Result<Vec<String>, HubError> {
+fn all_model_files(dir: &Path) -> Result<Vec<String>, HubError> {
     let mut files = vec!["config.json".to_string()];
     let index = dir.join(WEIGHTS_INDEX);
     if index.is_file() {
@@ -462,7 +462,7 @@ impl<'a> RepoCache<'a> {
         if !dir.is_dir() {
             return Err(self.offline_err(format!("snapshot {commit}")));
         }
-        let wanted = all_model_files(&dir, Some(&commit))?;
+        let wanted = all_model_files(&dir)?;
         let optional = |f: &str| OPTIONAL_FILES.contains(&f) || f == WEIGHTS_INDEX;
         let missing: Vec<&String> = wanted
             .iter()
