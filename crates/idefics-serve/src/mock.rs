@@ -34,6 +34,13 @@ pub struct MockEngine {
     pub split_images: bool,
     /// Sleep per decoding step (simulates model time; lets tests cancel mid-generation).
     pub step_delay: Duration,
+    /// Batching statistics, for tests.
+    pub stats: MockStats,
+}
+
+/// What the mock has seen (read through [`MockEngine::max_batch_seen`] and [`MockEngine::batches`]).
+#[derive(Debug, Default)]
+pub struct MockStats {
     max_batch_seen: AtomicUsize,
     batches: AtomicUsize,
 }
@@ -46,8 +53,7 @@ impl Default for MockEngine {
             max_batch_size: 8,
             split_images: false,
             step_delay: Duration::ZERO,
-            max_batch_seen: AtomicUsize::new(0),
-            batches: AtomicUsize::new(0),
+            stats: MockStats::default(),
         }
     }
 }
@@ -55,12 +61,12 @@ impl Default for MockEngine {
 impl MockEngine {
     /// Largest batch `generate` has been called with so far.
     pub fn max_batch_seen(&self) -> usize {
-        self.max_batch_seen.load(Ordering::SeqCst)
+        self.stats.max_batch_seen.load(Ordering::SeqCst)
     }
 
     /// Number of `generate` calls so far.
     pub fn batches(&self) -> usize {
-        self.batches.load(Ordering::SeqCst)
+        self.stats.batches.load(Ordering::SeqCst)
     }
 
     fn text_tokens(text: &str) -> usize {
@@ -131,8 +137,8 @@ impl ChatEngine for MockEngine {
     }
 
     fn generate(&self, batch: &mut [BatchItem]) -> Vec<Result<Generation, EngineError>> {
-        self.batches.fetch_add(1, Ordering::SeqCst);
-        self.max_batch_seen.fetch_max(batch.len(), Ordering::SeqCst);
+        self.stats.batches.fetch_add(1, Ordering::SeqCst);
+        self.stats.max_batch_seen.fetch_max(batch.len(), Ordering::SeqCst);
         let mut results: Vec<Option<Result<Generation, EngineError>>> = vec![None; batch.len()];
         let mut plans: Vec<Vec<String>> = Vec::with_capacity(batch.len());
         for (i, item) in batch.iter().enumerate() {
