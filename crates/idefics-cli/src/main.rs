@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod forward;
+mod serve_cmd;
 
 #[derive(Parser)]
 #[command(name = "idefics", version, about = "Idefics2 vision-language models in Rust")]
@@ -16,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run the model on saved input tensors (or a prompt) and write the logits.
     Forward(forward::ForwardArgs),
+    /// OpenAI-compatible HTTP server (chat completions with images).
+    Serve(serve_cmd::ServeArgs),
 }
 
 fn main() {
@@ -23,6 +26,7 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Forward(args) => forward::run(args),
+        Command::Serve(args) => serve_cmd::run(args),
     };
     if let Err(err) = result {
         // One clear line (with its causes) instead of a panic or a debug dump.
