@@ -65,7 +65,8 @@ pub struct ServeArgs {
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(v).with_context(|| format!("--{name} must be a non-negative number of seconds"))
+    Duration::try_from_secs_f64(v)
+        .with_context(|| format!("--{name} must be a non-negative number of seconds"))
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -106,6 +107,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         bail!("--model {model}: real engine not wired yet (use --mock to run the server with the mock engine)")
     };
     let addr = format!("{}:{}", args.host, args.port);
-    eprintln!("idefics serve: {} on http://{addr} (Ctrl-C to stop)", engine.model_id());
-    idefics_serve::serve_until_signal(engine, config, addr.as_str()).with_context(|| format!("serving on {addr}"))
+    eprintln!(
+        "idefics serve: {} on http://{addr} (Ctrl-C to stop)",
+        engine.model_id()
+    );
+    idefics_serve::serve_until_signal(engine, config, addr.as_str())
+        .with_context(|| format!("serving on {addr}"))
 }

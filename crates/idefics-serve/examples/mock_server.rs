@@ -18,7 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--step-ms" => step_ms = value.parse()?,
             "--max-queue" => config.max_queue = value.parse()?,
             "--max-batch" => config.max_batch_size = value.parse()?,
-            other => return Err(format!("unknown option {other} (--port, --step-ms, --max-queue, --max-batch)").into()),
+            other => {
+                return Err(format!(
+                    "unknown option {other} (--port, --step-ms, --max-queue, --max-batch)"
+                )
+                .into())
+            }
         }
     }
     let engine = MockEngine {

@@ -47,7 +47,11 @@ pub struct ChatRequest {
 
 impl ChatRequest {
     pub fn image_count(&self) -> usize {
-        self.messages.iter().flat_map(|m| &m.parts).filter(|p| matches!(p, RawPart::Image { .. })).count()
+        self.messages
+            .iter()
+            .flat_map(|m| &m.parts)
+            .filter(|p| matches!(p, RawPart::Image { .. }))
+            .count()
     }
 }
 
@@ -68,10 +72,17 @@ fn is_neutral(v: &Value) -> bool {
 
 /// Parse the request body.
 pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
     let Value::Object(obj) = value else {
-        return Err(ApiError::bad_request("invalid_json", "request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "request body must be a JSON object",
+        ));
     };
     check_unsupported(&obj)?;
 
@@ -81,11 +92,18 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         Some(_) => return Err(invalid("model", "'model' must be a string")),
     };
     let messages = match obj.get("messages") {
-        Some(Value::Array(list)) if !list.is_empty() => {
-            list.iter().enumerate().map(|(i, m)| parse_message(i, m)).collect::<Result<Vec<_>, _>>()?
-        }
+        Some(Value::Array(list)) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .map(|(i, m)| parse_message(i, m))
+            .collect::<Result<Vec<_>, _>>()?,
         Some(Value::Array(_)) => return Err(invalid("messages", "'messages' must not be empty")),
-        _ => return Err(invalid("messages", "'messages' is required and must be a list")),
+        _ => {
+            return Err(invalid(
+                "messages",
+                "'messages' is required and must be a list",
+            ))
+        }
     };
     match messages.last().map(|m| m.role) {
         Some(Role::User) => {}
@@ -97,9 +115,15 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         }
     }
 
-    let max_tokens = match (opt_uint(&obj, "max_tokens")?, opt_uint(&obj, "max_completion_tokens")?) {
+    let max_tokens = match (
+        opt_uint(&obj, "max_tokens")?,
+        opt_uint(&obj, "max_completion_tokens")?,
+    ) {
         (Some(a), Some(b)) if a != b => {
-            return Err(invalid("max_tokens", "'max_tokens' and 'max_completion_tokens' disagree; give one"));
+            return Err(invalid(
+                "max_tokens",
+                "'max_tokens' and 'max_completion_tokens' disagree; give one",
+            ));
         }
         (a, b) => a.or(b),
     };
@@ -108,11 +132,17 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     }
     let temperature = opt_f64(&obj, "temperature")?.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(invalid("temperature", format!("'temperature' must be in [0, 2], got {temperature}")));
+        return Err(invalid(
+            "temperature",
+            format!("'temperature' must be in [0, 2], got {temperature}"),
+        ));
     }
     let top_p = opt_f64(&obj, "top_p")?.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(invalid("top_p", format!("'top_p' must be in (0, 1], got {top_p}")));
+        return Err(invalid(
+            "top_p",
+            format!("'top_p' must be in (0, 1], got {top_p}"),
+        ));
     }
     let seed = match obj.get("seed") {
         None | Some(Value::Null) => None,
@@ -132,19 +162,32 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let include_usage = match obj.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(_) if !stream => {
-            return Err(invalid("stream_options", "'stream_options' is only allowed when 'stream' is true"))
+            return Err(invalid(
+                "stream_options",
+                "'stream_options' is only allowed when 'stream' is true",
+            ))
         }
         Some(Value::Object(o)) => {
             if let Some(k) = o.keys().find(|k| *k != "include_usage") {
-                return Err(ApiError::unsupported_param(&format!("stream_options.{k}"), "not supported"));
+                return Err(ApiError::unsupported_param(
+                    &format!("stream_options.{k}"),
+                    "not supported",
+                ));
             }
             match o.get("include_usage") {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(invalid("stream_options.include_usage", "must be a boolean")),
+                Some(_) => {
+                    return Err(invalid("stream_options.include_usage", "must be a boolean"))
+                }
             }
         }
-        Some(_) => return Err(invalid("stream_options", "'stream_options' must be an object")),
+        Some(_) => {
+            return Err(invalid(
+                "stream_options",
+                "'stream_options' must be an object",
+            ))
+        }
     };
     Ok(ChatRequest {
         model,
@@ -183,19 +226,28 @@ fn check_unsupported(obj: &Map<String, Value>) -> Result<(), ApiError> {
         }
         let ok = match key.as_str() {
             "n" => value.is_null() || value.as_u64() == Some(1),
-            "logprobs" | "presence_penalty" | "frequency_penalty" | "tools" | "functions" | "logit_bias"
-            | "top_logprobs" => is_neutral(value),
+            "logprobs" | "presence_penalty" | "frequency_penalty" | "tools" | "functions"
+            | "logit_bias" | "top_logprobs" => is_neutral(value),
             "tool_choice" | "function_call" => value.is_null() || value.as_str() == Some("none"),
             "response_format" => {
                 value.is_null() || value.get("type").and_then(Value::as_str) == Some("text")
             }
-            "service_tier" => matches!(value.as_str(), None | Some("auto") | Some("default")) && !value.is_object(),
+            "service_tier" => {
+                matches!(value.as_str(), None | Some("auto") | Some("default"))
+                    && !value.is_object()
+            }
             _ => {
-                return Err(ApiError::unsupported_param(key, "this server does not implement it"));
+                return Err(ApiError::unsupported_param(
+                    key,
+                    "this server does not implement it",
+                ));
             }
         };
         if !ok {
-            return Err(ApiError::unsupported_param(key, &format!("only its default value is supported, got {value}")));
+            return Err(ApiError::unsupported_param(
+                key,
+                &format!("only its default value is supported, got {value}"),
+            ));
         }
     }
     Ok(())
@@ -214,7 +266,10 @@ fn opt_uint(obj: &Map<String, Value>, key: &str) -> Result<Option<usize>, ApiErr
 fn opt_f64(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, ApiError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_f64().map(Some).ok_or_else(|| invalid(key, format!("'{key}' must be a number"))),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| invalid(key, format!("'{key}' must be a number"))),
     }
 }
 
@@ -224,12 +279,27 @@ fn parse_stop(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) => items
             .iter()
-            .map(|s| s.as_str().map(str::to_string).ok_or_else(|| invalid("stop", "'stop' entries must be strings")))
+            .map(|s| {
+                s.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| invalid("stop", "'stop' entries must be strings"))
+            })
             .collect::<Result<Vec<_>, _>>()?,
-        Some(_) => return Err(invalid("stop", "'stop' must be a string or a list of strings")),
+        Some(_) => {
+            return Err(invalid(
+                "stop",
+                "'stop' must be a string or a list of strings",
+            ))
+        }
     };
     if list.len() > MAX_STOP_STRINGS {
-        return Err(invalid("stop", format!("'stop' has {} strings; at most {MAX_STOP_STRINGS} are allowed", list.len())));
+        return Err(invalid(
+            "stop",
+            format!(
+                "'stop' has {} strings; at most {MAX_STOP_STRINGS} are allowed",
+                list.len()
+            ),
+        ));
     }
     if list.iter().any(String::is_empty) {
         return Err(invalid("stop", "'stop' strings must not be empty"));
@@ -247,16 +317,34 @@ fn parse_message(i: usize, m: &Value) -> Result<RawMessage, ApiError> {
         Some("user") => Role::User,
         Some("assistant") => Role::Assistant,
         Some(other @ ("tool" | "function")) => {
-            return Err(ApiError::unsupported_param(&format!("{at}.role"), &format!("role '{other}' (tool calling) is not supported")));
+            return Err(ApiError::unsupported_param(
+                &format!("{at}.role"),
+                &format!("role '{other}' (tool calling) is not supported"),
+            ));
         }
-        Some(other) => return Err(invalid(&format!("{at}.role"), format!("unknown role '{other}'"))),
-        None => return Err(invalid(&format!("{at}.role"), format!("{at}.role is required"))),
+        Some(other) => {
+            return Err(invalid(
+                &format!("{at}.role"),
+                format!("unknown role '{other}'"),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                &format!("{at}.role"),
+                format!("{at}.role is required"),
+            ))
+        }
     };
     for (key, value) in obj {
         match key.as_str() {
             "role" | "content" | "name" => {}
             "tool_calls" | "function_call" | "refusal" | "audio" if is_neutral(value) => {}
-            _ => return Err(ApiError::unsupported_param(&format!("{at}.{key}"), "not supported")),
+            _ => {
+                return Err(ApiError::unsupported_param(
+                    &format!("{at}.{key}"),
+                    "not supported",
+                ))
+            }
         }
     }
     let parts = match obj.get("content") {
@@ -266,16 +354,30 @@ fn parse_message(i: usize, m: &Value) -> Result<RawMessage, ApiError> {
             .enumerate()
             .map(|(j, p)| parse_part(&format!("{at}.content[{j}]"), p))
             .collect::<Result<Vec<_>, _>>()?,
-        _ => return Err(invalid(&format!("{at}.content"), format!("{at}.content must be a string or a list of parts"))),
+        _ => {
+            return Err(invalid(
+                &format!("{at}.content"),
+                format!("{at}.content must be a string or a list of parts"),
+            ))
+        }
     };
     if role != Role::User && parts.iter().any(|p| matches!(p, RawPart::Image { .. })) {
-        return Err(invalid(&format!("{at}.content"), format!("images are only accepted in user messages ({at} is {})", role.as_str())));
+        return Err(invalid(
+            &format!("{at}.content"),
+            format!(
+                "images are only accepted in user messages ({at} is {})",
+                role.as_str()
+            ),
+        ));
     }
     Ok(RawMessage { role, parts })
 }
 
 fn parse_part(at: &str, p: &Value) -> Result<RawPart, ApiError> {
-    let kind = p.get("type").and_then(Value::as_str).ok_or_else(|| invalid(at, format!("{at}.type is required")))?;
+    let kind = p
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(at, format!("{at}.type is required")))?;
     match kind {
         "text" => match p.get("text") {
             Some(Value::String(s)) => Ok(RawPart::Text(s.clone())),
@@ -289,17 +391,30 @@ fn parse_part(at: &str, p: &Value) -> Result<RawPart, ApiError> {
                     Some(Value::String(s)) => (s.clone(), o.get("detail")),
                     _ => return Err(invalid(&param, format!("{param}.url must be a string"))),
                 },
-                _ => return Err(invalid(&param, format!("{param} must be an object with a 'url'"))),
+                _ => {
+                    return Err(invalid(
+                        &param,
+                        format!("{param} must be an object with a 'url'"),
+                    ))
+                }
             };
             let split = match detail.map(|d| (d, d.as_str())) {
                 None | Some((Value::Null, _)) | Some((_, Some("auto"))) => None,
                 Some((_, Some("low"))) => Some(false),
                 Some((_, Some("high"))) => Some(true),
-                Some((d, _)) => return Err(invalid(&param, format!("{param}.detail must be 'low', 'high' or 'auto', got {d}"))),
+                Some((d, _)) => {
+                    return Err(invalid(
+                        &param,
+                        format!("{param}.detail must be 'low', 'high' or 'auto', got {d}"),
+                    ))
+                }
             };
             Ok(RawPart::Image { url, split, param })
         }
-        other => Err(ApiError::unsupported_param(&format!("{at}.type"), &format!("content part type '{other}' is not supported (use 'text' or 'image_url')"))),
+        other => Err(ApiError::unsupported_param(
+            &format!("{at}.type"),
+            &format!("content part type '{other}' is not supported (use 'text' or 'image_url')"),
+        )),
     }
 }
 
@@ -321,16 +436,29 @@ mod tests {
         .unwrap();
         assert_eq!(r.messages.len(), 2);
         assert_eq!(r.image_count(), 2);
-        assert!(matches!(&r.messages[1].parts[1], RawPart::Image { split: Some(false), param, .. } if param == "messages[1].content[1].image_url"));
+        assert!(
+            matches!(&r.messages[1].parts[1], RawPart::Image { split: Some(false), param, .. } if param == "messages[1].content[1].image_url")
+        );
         assert_eq!((r.temperature, r.top_p, r.stream), (1.0, 1.0, false));
     }
 
     #[test]
     fn stop_forms() {
-        let base = |stop: Value| parse(serde_json::json!({"messages": [{"role": "user", "content": "x"}], "stop": stop}));
+        let base = |stop: Value| {
+            parse(serde_json::json!({"messages": [{"role": "user", "content": "x"}], "stop": stop}))
+        };
         assert_eq!(base(Value::from("a")).unwrap().stop, vec!["a"]);
-        assert_eq!(base(serde_json::json!(["a", "b", "c", "d"])).unwrap().stop.len(), 4);
-        assert!(base(serde_json::json!(["a", "b", "c", "d", "e"])).unwrap_err().message.contains("at most 4"));
+        assert_eq!(
+            base(serde_json::json!(["a", "b", "c", "d"]))
+                .unwrap()
+                .stop
+                .len(),
+            4
+        );
+        assert!(base(serde_json::json!(["a", "b", "c", "d", "e"]))
+            .unwrap_err()
+            .message
+            .contains("at most 4"));
         assert!(base(serde_json::json!([""])).is_err());
     }
 
@@ -344,10 +472,21 @@ mod tests {
         assert!(with("n", Value::from(1)).is_ok());
         assert!(with("logprobs", Value::from(false)).is_ok());
         assert!(with("tools", serde_json::json!([])).is_ok());
-        for (k, v) in [("n", Value::from(2)), ("logprobs", Value::from(true)), ("tools", serde_json::json!([{"type": "function"}])),
-            ("response_format", serde_json::json!({"type": "json_object"})), ("frobnicate", Value::from(1))] {
+        for (k, v) in [
+            ("n", Value::from(2)),
+            ("logprobs", Value::from(true)),
+            ("tools", serde_json::json!([{"type": "function"}])),
+            (
+                "response_format",
+                serde_json::json!({"type": "json_object"}),
+            ),
+            ("frobnicate", Value::from(1)),
+        ] {
             let err = with(k, v).unwrap_err();
-            assert_eq!((err.code, err.param.as_deref()), ("unsupported_parameter", Some(k)));
+            assert_eq!(
+                (err.code, err.param.as_deref()),
+                ("unsupported_parameter", Some(k))
+            );
         }
     }
 
@@ -355,10 +494,19 @@ mod tests {
     fn bad_shapes_name_their_field() {
         let err = parse(serde_json::json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]})).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("messages[0].content[0].type"));
-        let err = parse(serde_json::json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3})).unwrap_err();
+        let err = parse(
+            serde_json::json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3}),
+        )
+        .unwrap_err();
         assert_eq!(err.param.as_deref(), Some("temperature"));
         assert!(parse(serde_json::json!({"messages": []})).is_err());
-        assert!(parse(serde_json::json!({"messages": [{"role": "assistant", "content": "x"}]})).is_err());
-        assert!(parse_chat_request(b"{not json").unwrap_err().message.contains("not valid JSON"));
+        assert!(
+            parse(serde_json::json!({"messages": [{"role": "assistant", "content": "x"}]}))
+                .is_err()
+        );
+        assert!(parse_chat_request(b"{not json")
+            .unwrap_err()
+            .message
+            .contains("not valid JSON"));
     }
 }

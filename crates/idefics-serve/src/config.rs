@@ -52,7 +52,9 @@ impl Default for ServerConfig {
             allow_private_urls: false,
             allowed_local_dir: None,
             default_max_tokens: 512,
-            preprocess_concurrency: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            preprocess_concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
         }
     }
 }

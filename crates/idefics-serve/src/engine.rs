@@ -176,11 +176,21 @@ const SHUTTING_DOWN: u8 = 2;
 impl CancelFlag {
     /// The client disconnected.
     pub fn cancel(&self) {
-        let _ = self.0.compare_exchange(NOT_CANCELLED, CLIENT_GONE, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.0.compare_exchange(
+            NOT_CANCELLED,
+            CLIENT_GONE,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
     }
     /// The server is shutting down and its grace period is over.
     pub fn cancel_for_shutdown(&self) {
-        let _ = self.0.compare_exchange(NOT_CANCELLED, SHUTTING_DOWN, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.0.compare_exchange(
+            NOT_CANCELLED,
+            SHUTTING_DOWN,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
     }
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst) != NOT_CANCELLED
@@ -269,8 +279,10 @@ impl BatchItem {
 
     /// True when the engine should stop this item without further output (client gone, deadline, shutdown).
     pub fn is_cancelled(&self) -> bool {
-        matches!(self.cause, StopCause::Cancelled | StopCause::Deadline | StopCause::Shutdown)
-            || self.cancel_cause().is_some()
+        matches!(
+            self.cause,
+            StopCause::Cancelled | StopCause::Deadline | StopCause::Shutdown
+        ) || self.cancel_cause().is_some()
     }
 
     fn cancel_cause(&self) -> Option<StopCause> {

@@ -19,7 +19,12 @@ pub struct ApiError {
 impl ApiError {
     /// 400 invalid_request_error.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: message.into(), param: None, code }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param: None,
+            code,
+        }
     }
 
     /// The same error, naming the request field at fault.
@@ -29,23 +34,47 @@ impl ApiError {
     }
 
     pub fn unsupported_param(name: &str, why: &str) -> Self {
-        Self::bad_request("unsupported_parameter", format!("unsupported parameter '{name}': {why}")).at(name)
+        Self::bad_request(
+            "unsupported_parameter",
+            format!("unsupported parameter '{name}': {why}"),
+        )
+        .at(name)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into(), param: None, code: "internal_error" }
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+            param: None,
+            code: "internal_error",
+        }
     }
 
     pub fn overloaded(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), param: None, code: "server_overloaded" }
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            param: None,
+            code: "server_overloaded",
+        }
     }
 
     pub fn timeout(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::GATEWAY_TIMEOUT, message: message.into(), param: None, code: "timeout" }
+        Self {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: message.into(),
+            param: None,
+            code: "timeout",
+        }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::NOT_FOUND, message: message.into(), param: None, code: "not_found" }
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+            param: None,
+            code: "not_found",
+        }
     }
 
     /// OpenAI's `type` field, derived from the status.
@@ -67,6 +96,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.body().to_string();
-        (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }

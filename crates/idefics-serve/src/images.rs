@@ -50,18 +50,36 @@ pub fn load_image_bytes(url: &str, index: usize, cfg: &ServerConfig) -> Result<V
 /// `data:image/<fmt>;base64,<payload>`; newlines in the payload and the URL-safe alphabet are accepted.
 fn decode_data_uri(url: &str, index: usize, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
     let Some((head, payload)) = url.split_once(',') else {
-        return Err(bad(index, "invalid_image_url", "data URI has no ',' before its payload"));
+        return Err(bad(
+            index,
+            "invalid_image_url",
+            "data URI has no ',' before its payload",
+        ));
     };
     let head = &head[5..]; // after "data:"
     let mut parts = head.split(';');
     let media_type = parts.next().unwrap_or("").trim().to_ascii_lowercase();
     if !parts.any(|p| p.trim().eq_ignore_ascii_case("base64")) {
-        return Err(bad(index, "invalid_image_url", "data URI must be base64-encoded (data:image/<fmt>;base64,...)"));
+        return Err(bad(
+            index,
+            "invalid_image_url",
+            "data URI must be base64-encoded (data:image/<fmt>;base64,...)",
+        ));
     }
-    if !media_type.is_empty() && !media_type.starts_with("image/") && media_type != "application/octet-stream" {
-        return Err(bad(index, "invalid_image", format!("data URI media type '{media_type}' is not an image")));
+    if !media_type.is_empty()
+        && !media_type.starts_with("image/")
+        && media_type != "application/octet-stream"
+    {
+        return Err(bad(
+            index,
+            "invalid_image",
+            format!("data URI media type '{media_type}' is not an image"),
+        ));
     }
-    let cleaned: Vec<u8> = payload.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let cleaned: Vec<u8> = payload
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
     if cleaned.is_empty() {
         return Err(bad(index, "invalid_image", "data URI payload is empty"));
     }
@@ -70,7 +88,10 @@ fn decode_data_uri(url: &str, index: usize, max_bytes: usize) -> Result<Vec<u8>,
     }
     let url_safe = cleaned.iter().any(|&b| b == b'-' || b == b'_');
     let trimmed: &[u8] = {
-        let end = cleaned.iter().rposition(|&b| b != b'=').map_or(0, |p| p + 1);
+        let end = cleaned
+            .iter()
+            .rposition(|&b| b != b'=')
+            .map_or(0, |p| p + 1);
         &cleaned[..end]
     };
     let engine = if url_safe {
@@ -78,9 +99,13 @@ fn decode_data_uri(url: &str, index: usize, max_bytes: usize) -> Result<Vec<u8>,
     } else {
         base64::engine::general_purpose::STANDARD_NO_PAD
     };
-    let bytes = engine
-        .decode(trimmed)
-        .map_err(|e| bad(index, "invalid_image", format!("data URI payload is not valid base64 ({e})")))?;
+    let bytes = engine.decode(trimmed).map_err(|e| {
+        bad(
+            index,
+            "invalid_image",
+            format!("data URI payload is not valid base64 ({e})"),
+        )
+    })?;
     if bytes.len() > max_bytes {
         return Err(too_large(index, bytes.len(), max_bytes));
     }
@@ -88,7 +113,11 @@ fn decode_data_uri(url: &str, index: usize, max_bytes: usize) -> Result<Vec<u8>,
 }
 
 fn too_large(index: usize, got: usize, max: usize) -> ApiError {
-    bad(index, "image_too_large", format!("{got} bytes is over the limit of {max} bytes per image"))
+    bad(
+        index,
+        "image_too_large",
+        format!("{got} bytes is over the limit of {max} bytes per image"),
+    )
 }
 
 fn fetch_url(url: &str, index: usize, cfg: &ServerConfig) -> Result<Vec<u8>, ApiError> {
@@ -102,24 +131,42 @@ fn fetch_url(url: &str, index: usize, cfg: &ServerConfig) -> Result<Vec<u8>, Api
         .into();
     let mut current = url.to_string();
     for _hop in 0..=MAX_REDIRECTS {
-        let uri: ureq::http::Uri =
-            current.parse().map_err(|e| bad(index, "invalid_image_url", format!("bad URL '{current}': {e}")))?;
+        let uri: ureq::http::Uri = current.parse().map_err(|e| {
+            bad(
+                index,
+                "invalid_image_url",
+                format!("bad URL '{current}': {e}"),
+            )
+        })?;
         if !cfg.allow_private_urls {
             check_public_host(&uri, index)?;
         }
-        let mut resp = agent.get(&current).call().map_err(|e| fetch_error(index, &current, e, cfg.fetch_timeout))?;
+        let mut resp = agent
+            .get(&current)
+            .call()
+            .map_err(|e| fetch_error(index, &current, e, cfg.fetch_timeout))?;
         let status = resp.status();
         if status.is_redirection() {
             let location = resp
                 .headers()
                 .get("location")
                 .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| bad(index, "image_fetch_failed", format!("{current} redirected without a Location")))?;
+                .ok_or_else(|| {
+                    bad(
+                        index,
+                        "image_fetch_failed",
+                        format!("{current} redirected without a Location"),
+                    )
+                })?;
             current = resolve_location(&uri, location);
             continue;
         }
         if !status.is_success() {
-            return Err(bad(index, "image_fetch_failed", format!("fetching {current} returned HTTP {}", status.as_u16())));
+            return Err(bad(
+                index,
+                "image_fetch_failed",
+                format!("fetching {current} returned HTTP {}", status.as_u16()),
+            ));
         }
         let content_type = resp
             .headers()
@@ -127,14 +174,19 @@ fn fetch_url(url: &str, index: usize, cfg: &ServerConfig) -> Result<Vec<u8>, Api
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        if !(content_type.starts_with("image/") || content_type.starts_with("application/octet-stream")) {
+        if !(content_type.starts_with("image/")
+            || content_type.starts_with("application/octet-stream"))
+        {
             return Err(bad(
                 index,
                 "invalid_image",
                 format!("{current} returned content type '{content_type}', not an image"),
             ));
         }
-        let declared = resp.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let declared = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         if let Some(len) = declared.filter(|&l| l > cfg.max_image_bytes) {
             return Err(too_large(index, len, cfg.max_image_bytes));
         }
@@ -147,20 +199,36 @@ fn fetch_url(url: &str, index: usize, cfg: &ServerConfig) -> Result<Vec<u8>, Api
                 ureq::Error::BodyExceedsLimit(_) => bad(
                     index,
                     "image_too_large",
-                    format!("{current} is over the limit of {} bytes per image", cfg.max_image_bytes),
+                    format!(
+                        "{current} is over the limit of {} bytes per image",
+                        cfg.max_image_bytes
+                    ),
                 ),
                 e => fetch_error(index, &current, e, cfg.fetch_timeout),
             });
     }
-    Err(bad(index, "image_fetch_failed", format!("{url}: more than {MAX_REDIRECTS} redirects")))
+    Err(bad(
+        index,
+        "image_fetch_failed",
+        format!("{url}: more than {MAX_REDIRECTS} redirects"),
+    ))
 }
 
 fn fetch_error(index: usize, url: &str, e: ureq::Error, timeout: Duration) -> ApiError {
     match e {
-        ureq::Error::Timeout(_) => {
-            bad(index, "image_fetch_failed", format!("fetching {url} timed out after {:.1} s", timeout.as_secs_f64()))
-        }
-        e => bad(index, "image_fetch_failed", format!("could not fetch {url}: {e}")),
+        ureq::Error::Timeout(_) => bad(
+            index,
+            "image_fetch_failed",
+            format!(
+                "fetching {url} timed out after {:.1} s",
+                timeout.as_secs_f64()
+            ),
+        ),
+        e => bad(
+            index,
+            "image_fetch_failed",
+            format!("could not fetch {url}: {e}"),
+        ),
     }
 }
 
@@ -182,14 +250,28 @@ fn resolve_location(base: &ureq::http::Uri, location: &str) -> String {
 
 /// Refuse hosts that resolve to loopback, private, link-local or otherwise internal addresses.
 fn check_public_host(uri: &ureq::http::Uri, index: usize) -> Result<(), ApiError> {
-    let host = uri.host().ok_or_else(|| bad(index, "invalid_image_url", "URL has no host"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| bad(index, "invalid_image_url", "URL has no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
     let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
         Err(_) => (host, port)
             .to_socket_addrs()
-            .map_err(|e| bad(index, "image_fetch_failed", format!("cannot resolve host '{host}': {e}")))?
+            .map_err(|e| {
+                bad(
+                    index,
+                    "image_fetch_failed",
+                    format!("cannot resolve host '{host}': {e}"),
+                )
+            })?
             .map(|a| a.ip())
             .collect(),
     };
@@ -239,19 +321,41 @@ fn read_local(path: &str, index: usize, cfg: &ServerConfig) -> Result<Vec<u8>, A
             "local file paths are refused (the operator can allow a directory with --allow-local-images DIR)",
         ));
     };
-    let not_allowed = || bad(index, "image_url_not_allowed", format!("'{path}' is not inside the allowed image directory"));
+    let not_allowed = || {
+        bad(
+            index,
+            "image_url_not_allowed",
+            format!("'{path}' is not inside the allowed image directory"),
+        )
+    };
     let dir = dir.canonicalize().map_err(|_| not_allowed())?;
-    let full = Path::new(path)
-        .canonicalize()
-        .map_err(|e| bad(index, "invalid_image_url", format!("cannot open '{path}': {e}")))?;
+    let full = Path::new(path).canonicalize().map_err(|e| {
+        bad(
+            index,
+            "invalid_image_url",
+            format!("cannot open '{path}': {e}"),
+        )
+    })?;
     if !full.starts_with(&dir) {
         return Err(not_allowed());
     }
-    let file = std::fs::File::open(&full).map_err(|e| bad(index, "invalid_image_url", format!("cannot open '{path}': {e}")))?;
+    let file = std::fs::File::open(&full).map_err(|e| {
+        bad(
+            index,
+            "invalid_image_url",
+            format!("cannot open '{path}': {e}"),
+        )
+    })?;
     let mut bytes = Vec::new();
     file.take(cfg.max_image_bytes as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| bad(index, "invalid_image_url", format!("cannot read '{path}': {e}")))?;
+        .map_err(|e| {
+            bad(
+                index,
+                "invalid_image_url",
+                format!("cannot read '{path}': {e}"),
+            )
+        })?;
     if bytes.len() > cfg.max_image_bytes {
         return Err(too_large(index, bytes.len(), cfg.max_image_bytes));
     }
@@ -267,12 +371,28 @@ pub fn decode_image(bytes: &[u8], index: usize, max_pixels: u64) -> Result<RgbIm
     }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| bad(index, "invalid_image", format!("cannot read image data: {e}")))?;
+        .map_err(|e| {
+            bad(
+                index,
+                "invalid_image",
+                format!("cannot read image data: {e}"),
+            )
+        })?;
     let format = match reader.format() {
         None => {
-            return Err(bad(index, "invalid_image", format!("not a recognised image (supported: {SUPPORTED})")));
+            return Err(bad(
+                index,
+                "invalid_image",
+                format!("not a recognised image (supported: {SUPPORTED})"),
+            ));
         }
-        Some(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp)) => f,
+        Some(
+            f @ (ImageFormat::Png
+            | ImageFormat::Jpeg
+            | ImageFormat::WebP
+            | ImageFormat::Gif
+            | ImageFormat::Bmp),
+        ) => f,
         Some(other) => {
             return Err(bad(
                 index,
@@ -285,11 +405,21 @@ pub fn decode_image(bytes: &[u8], index: usize, max_pixels: u64) -> Result<RgbIm
     // Enough for the largest allowed image at 16 bits x 4 channels, plus decoder scratch.
     limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
     reader.limits(limits);
-    let corrupt = |e: image::ImageError| bad(index, "invalid_image", format!("cannot decode {format:?} image: {e}"));
+    let corrupt = |e: image::ImageError| {
+        bad(
+            index,
+            "invalid_image",
+            format!("cannot decode {format:?} image: {e}"),
+        )
+    };
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 {
-        return Err(bad(index, "invalid_image", format!("image has zero size ({w}x{h})")));
+        return Err(bad(
+            index,
+            "invalid_image",
+            format!("image has zero size ({w}x{h})"),
+        ));
     }
     let pixels = u64::from(w) * u64::from(h);
     if pixels > max_pixels {
@@ -300,7 +430,9 @@ pub fn decode_image(bytes: &[u8], index: usize, max_pixels: u64) -> Result<RgbIm
         ));
     }
     // Malformed EXIF is ignored rather than failing the image (llama.cpp#24196).
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
     Ok(to_rgb_over_white(img))
@@ -339,14 +471,37 @@ mod tests {
         let bytes = png(3, 2);
         let std = base64::engine::general_purpose::STANDARD.encode(&bytes);
         let safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes);
-        let wrapped: String = std.as_bytes().chunks(10).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join("\n");
-        for uri in [format!("data:image/png;base64,{std}"), format!("data:image/png;base64,{safe}"), format!("data:image/jpeg;base64,{wrapped}")] {
+        let wrapped: String = std
+            .as_bytes()
+            .chunks(10)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
+        for uri in [
+            format!("data:image/png;base64,{std}"),
+            format!("data:image/png;base64,{safe}"),
+            format!("data:image/jpeg;base64,{wrapped}"),
+        ] {
             assert_eq!(decode_data_uri(&uri, 0, 1 << 20).unwrap(), bytes, "{uri}");
         }
-        assert!(decode_data_uri("data:image/png,abc", 0, 100).unwrap_err().message.contains("base64"));
-        assert!(decode_data_uri("data:text/plain;base64,aGk=", 1, 100).unwrap_err().message.starts_with("image 1:"));
-        assert!(decode_data_uri("data:image/png;base64,", 0, 100).unwrap_err().message.contains("empty"));
-        assert_eq!(decode_data_uri(&format!("data:image/png;base64,{std}"), 0, 10).unwrap_err().code, "image_too_large");
+        assert!(decode_data_uri("data:image/png,abc", 0, 100)
+            .unwrap_err()
+            .message
+            .contains("base64"));
+        assert!(decode_data_uri("data:text/plain;base64,aGk=", 1, 100)
+            .unwrap_err()
+            .message
+            .starts_with("image 1:"));
+        assert!(decode_data_uri("data:image/png;base64,", 0, 100)
+            .unwrap_err()
+            .message
+            .contains("empty"));
+        assert_eq!(
+            decode_data_uri(&format!("data:image/png;base64,{std}"), 0, 10)
+                .unwrap_err()
+                .code,
+            "image_too_large"
+        );
     }
 
     #[test]
@@ -355,12 +510,26 @@ mod tests {
         assert_eq!(img.dimensions(), (3, 2));
         assert_eq!(img.get_pixel(0, 0).0, [10, 20, 30]);
         let err = decode_image(&png(20, 20), 2, 399).unwrap_err();
-        assert_eq!((err.code, err.message.starts_with("image 2:")), ("image_too_large", true));
+        assert_eq!(
+            (err.code, err.message.starts_with("image 2:")),
+            ("image_too_large", true)
+        );
         let truncated = &png(8, 8)[..40];
-        assert_eq!(decode_image(truncated, 0, 1000).unwrap_err().code, "invalid_image");
-        assert_eq!(decode_image(b"RIFF\x24\0\0\0WAVEfmt ", 0, 1000).unwrap_err().code, "invalid_image");
+        assert_eq!(
+            decode_image(truncated, 0, 1000).unwrap_err().code,
+            "invalid_image"
+        );
+        assert_eq!(
+            decode_image(b"RIFF\x24\0\0\0WAVEfmt ", 0, 1000)
+                .unwrap_err()
+                .code,
+            "invalid_image"
+        );
         let tiff = b"II*\0\x08\0\0\0\0\0";
-        assert_eq!(decode_image(tiff, 0, 1000).unwrap_err().code, "unsupported_image_format");
+        assert_eq!(
+            decode_image(tiff, 0, 1000).unwrap_err().code,
+            "unsupported_image_format"
+        );
     }
 
     #[test]
@@ -376,7 +545,18 @@ mod tests {
 
     #[test]
     fn private_addresses_are_not_public() {
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.1.1", "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(!is_public(&ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "2606:4700::1111"] {

@@ -56,8 +56,8 @@ pub mod stop;
 
 pub use config::ServerConfig;
 pub use engine::{
-    BatchItem, ChatEngine, ChatMessage, ChatPrompt, EngineError, EngineFinish, Flow, Generation, ImageInput, Part,
-    PromptTokens, Role, SamplingParams,
+    BatchItem, ChatEngine, ChatMessage, ChatPrompt, EngineError, EngineFinish, Flow, Generation,
+    ImageInput, Part, PromptTokens, Role, SamplingParams,
 };
 pub use error::ApiError;
 pub use mock::MockEngine;

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::engine::{
-    BatchItem, ChatEngine, ChatPrompt, EngineError, EngineFinish, Flow, Generation, Part, PromptTokens, Role,
+    BatchItem, ChatEngine, ChatPrompt, EngineError, EngineFinish, Flow, Generation, Part,
+    PromptTokens, Role,
 };
 
 /// Image tokens per image without splitting (Idefics2 perceiver latents).
@@ -75,18 +76,39 @@ impl MockEngine {
 
     /// The full answer the mock gives to a prompt.
     pub fn answer(&self, prompt: &ChatPrompt) -> String {
-        let last_user = prompt.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.text()).unwrap_or_default();
-        let user_turns = prompt.messages.iter().filter(|m| m.role == Role::User).count();
+        let last_user = prompt
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.text())
+            .unwrap_or_default();
+        let user_turns = prompt
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::User)
+            .count();
         let mut answer = format!("You said: {last_user}");
         let sizes: Vec<String> = prompt
             .images()
             .map(|i| {
                 let p = i.image.get_pixel(0, 0).0;
-                format!("{}x{} #{:02x}{:02x}{:02x}", i.image.width(), i.image.height(), p[0], p[1], p[2])
+                format!(
+                    "{}x{} #{:02x}{:02x}{:02x}",
+                    i.image.width(),
+                    i.image.height(),
+                    p[0],
+                    p[1],
+                    p[2]
+                )
             })
             .collect();
         if !sizes.is_empty() {
-            answer.push_str(&format!(" | turn {user_turns}, {} image(s): {}", sizes.len(), sizes.join(", ")));
+            answer.push_str(&format!(
+                " | turn {user_turns}, {} image(s): {}",
+                sizes.len(),
+                sizes.join(", ")
+            ));
         }
         answer
     }
@@ -95,7 +117,10 @@ impl MockEngine {
 /// Split on char boundaries into pieces of `CHARS_PER_TOKEN` characters.
 fn pieces(text: &str) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
-    chars.chunks(CHARS_PER_TOKEN).map(|c| c.iter().collect()).collect()
+    chars
+        .chunks(CHARS_PER_TOKEN)
+        .map(|c| c.iter().collect())
+        .collect()
 }
 
 impl ChatEngine for MockEngine {
@@ -124,12 +149,16 @@ impl ChatEngine for MockEngine {
                 match part {
                     Part::Text(t) => total += Self::text_tokens(t),
                     Part::Image(img) => {
-                        image_tokens += self.image_token_cost(img.image.width(), img.image.height(), img.split)
+                        image_tokens +=
+                            self.image_token_cost(img.image.width(), img.image.height(), img.split)
                     }
                 }
             }
         }
-        Ok(PromptTokens { total: total + image_tokens, image_tokens })
+        Ok(PromptTokens {
+            total: total + image_tokens,
+            image_tokens,
+        })
     }
 
     fn max_batch_size(&self) -> usize {
@@ -138,16 +167,25 @@ impl ChatEngine for MockEngine {
 
     fn generate(&self, batch: &mut [BatchItem]) -> Vec<Result<Generation, EngineError>> {
         self.stats.batches.fetch_add(1, Ordering::SeqCst);
-        self.stats.max_batch_seen.fetch_max(batch.len(), Ordering::SeqCst);
+        self.stats
+            .max_batch_seen
+            .fetch_max(batch.len(), Ordering::SeqCst);
         let mut results: Vec<Option<Result<Generation, EngineError>>> = vec![None; batch.len()];
         let mut plans: Vec<Vec<String>> = Vec::with_capacity(batch.len());
         for (i, item) in batch.iter().enumerate() {
-            let last = item.prompt.messages.last().map(|m| m.text()).unwrap_or_default();
+            let last = item
+                .prompt
+                .messages
+                .last()
+                .map(|m| m.text())
+                .unwrap_or_default();
             if last.contains("MOCK_PANIC") {
                 panic!("mock engine panic requested by {}", item.request_id);
             }
             if last.contains("MOCK_ENGINE_ERROR") {
-                results[i] = Some(Err(EngineError::Internal("mock engine error requested".into())));
+                results[i] = Some(Err(EngineError::Internal(
+                    "mock engine error requested".into(),
+                )));
             }
             plans.push(pieces(&self.answer(&item.prompt)));
         }
@@ -163,7 +201,12 @@ impl ChatEngine for MockEngine {
             }
             for i in live {
                 let item = &mut batch[i];
-                let finished = |n: usize, finish| Some(Ok(Generation { completion_tokens: n, finish }));
+                let finished = |n: usize, finish| {
+                    Some(Ok(Generation {
+                        completion_tokens: n,
+                        finish,
+                    }))
+                };
                 if item.is_cancelled() {
                     results[i] = finished(produced[i], EngineFinish::StoppedByCaller);
                     continue;
@@ -186,7 +229,9 @@ impl ChatEngine for MockEngine {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(EngineError::Internal("mock: item left unfinished".into()))))
+            .map(|r| {
+                r.unwrap_or_else(|| Err(EngineError::Internal("mock: item left unfinished".into())))
+            })
             .collect()
     }
 }

@@ -54,10 +54,20 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Start the worker thread.
-    pub fn start(engine: Arc<dyn ChatEngine>, max_queue: usize, max_batch: usize, window: Duration) -> Self {
+    pub fn start(
+        engine: Arc<dyn ChatEngine>,
+        max_queue: usize,
+        max_batch: usize,
+        window: Duration,
+    ) -> Self {
         let max_batch = max_batch.min(engine.max_batch_size()).max(1);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { waiting: VecDeque::new(), running: Vec::new(), closing: false, stop_worker: false }),
+            state: Mutex::new(State {
+                waiting: VecDeque::new(),
+                running: Vec::new(),
+                closing: false,
+                stop_worker: false,
+            }),
             wake: Condvar::new(),
             engine,
             max_queue: max_queue.max(1),
@@ -72,7 +82,10 @@ impl Scheduler {
         if worker.is_none() {
             tracing::error!("could not start the engine worker thread; every request will fail");
         }
-        Self { shared, worker: Mutex::new(worker) }
+        Self {
+            shared,
+            worker: Mutex::new(worker),
+        }
     }
 
     /// Queue one request (never blocks).
@@ -131,7 +144,9 @@ impl Scheduler {
 
 fn worker_loop(shared: &Shared) {
     loop {
-        let Some(batch) = next_batch(shared) else { return };
+        let Some(batch) = next_batch(shared) else {
+            return;
+        };
         run_batch(shared, batch);
     }
 }
@@ -151,7 +166,11 @@ fn next_batch(shared: &Shared) -> Option<Vec<BatchItem>> {
         if now >= until {
             break;
         }
-        st = shared.wake.wait_timeout(st, until - now).unwrap_or_else(|p| p.into_inner()).0;
+        st = shared
+            .wake
+            .wait_timeout(st, until - now)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
     }
     let n = st.waiting.len().min(shared.max_batch);
     let mut batch = Vec::with_capacity(n);
@@ -180,7 +199,10 @@ fn run_batch(shared: &Shared, mut batch: Vec<BatchItem>) {
             }
         }
         Ok(results) => {
-            let msg = format!("engine returned {} results for a batch of {n}", results.len());
+            let msg = format!(
+                "engine returned {} results for a batch of {n}",
+                results.len()
+            );
             tracing::error!("{msg}");
             for item in batch {
                 item.finish(Err(EngineError::Internal(msg.clone())));
@@ -200,7 +222,11 @@ fn run_batch(shared: &Shared, mut batch: Vec<BatchItem>) {
         }
     }
     shared.lock().running.clear();
-    tracing::debug!(batch = n, ms = started.elapsed().as_millis() as u64, "batch done");
+    tracing::debug!(
+        batch = n,
+        ms = started.elapsed().as_millis() as u64,
+        "batch done"
+    );
 }
 
 fn panic_message(p: &Box<dyn Any + Send>) -> String {
@@ -214,7 +240,11 @@ impl BatchItem {
     /// Whether this item should be failed without running (and how).
     pub(crate) fn dropped_outcome(&self) -> Option<Outcome> {
         if self.cancel.is_cancelled() || self.tx.is_closed() {
-            return Some(if self.is_shutdown() { Outcome::ShuttingDown } else { Outcome::Cancelled });
+            return Some(if self.is_shutdown() {
+                Outcome::ShuttingDown
+            } else {
+                Outcome::Cancelled
+            });
         }
         if Instant::now() >= self.deadline {
             return Some(Outcome::TimedOut);

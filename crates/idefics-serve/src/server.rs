@@ -20,8 +20,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::api::{parse_chat_request, ChatRequest, RawPart};
 use crate::config::ServerConfig;
 use crate::engine::{
-    BatchItem, CancelFlag, ChatEngine, ChatMessage, ChatPrompt, EngineError, EngineFinish, Event, Generation,
-    ImageInput, Outcome, Part, PromptTokens, SamplingParams, StopCause,
+    BatchItem, CancelFlag, ChatEngine, ChatMessage, ChatPrompt, EngineError, EngineFinish, Event,
+    Generation, ImageInput, Outcome, Part, PromptTokens, SamplingParams, StopCause,
 };
 use crate::error::ApiError;
 use crate::images::{decode_image, load_image_bytes};
@@ -41,16 +41,28 @@ struct AppState {
 
 impl AppState {
     fn new_id(&self) -> String {
-        format!("chatcmpl-{:x}{:06x}", self.created, self.next_id.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "chatcmpl-{:x}{:06x}",
+            self.created,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -59,7 +71,9 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model_by_id))
         .route("/v1/chat/completions", post(chat_completions))
-        .fallback(|| async { ApiError::not_found("no such endpoint (see /v1/chat/completions, /v1/models, /health)") })
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint (see /v1/chat/completions, /v1/models, /health)")
+        })
         .with_state(state)
 }
 
@@ -71,7 +85,14 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
         "queue": st.scheduler.queue_len(),
         "max_queue": st.scheduler.max_queue(),
     });
-    json_response(if closing { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK }, &body)
+    json_response(
+        if closing {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        },
+        &body,
+    )
 }
 
 fn model_card(st: &AppState) -> Value {
@@ -91,7 +112,10 @@ fn model_card(st: &AppState) -> Value {
 }
 
 async fn models(State(st): State<Arc<AppState>>) -> Response {
-    json_response(StatusCode::OK, &json!({"object": "list", "data": [model_card(&st)]}))
+    json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": [model_card(&st)]}),
+    )
 }
 
 async fn model_by_id(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
@@ -103,8 +127,13 @@ async fn model_by_id(State(st): State<Arc<AppState>>, Path(id): Path<String>) ->
 }
 
 fn model_not_found(asked: &str, served: &str) -> ApiError {
-    ApiError { code: "model_not_found", ..ApiError::not_found(format!("model '{asked}' not found; this server serves '{served}'")) }
-        .at("model")
+    ApiError {
+        code: "model_not_found",
+        ..ApiError::not_found(format!(
+            "model '{asked}' not found; this server serves '{served}'"
+        ))
+    }
+    .at("model")
 }
 
 /// A request that passed validation and sits in the queue.
@@ -155,15 +184,28 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Body) -> Respon
     }
 }
 
-async fn admit(st: &Arc<AppState>, body: Body, id: &str, started: Instant) -> Result<Admitted, ApiError> {
+async fn admit(
+    st: &Arc<AppState>,
+    body: Body,
+    id: &str,
+    started: Instant,
+) -> Result<Admitted, ApiError> {
     let cfg = &st.config;
     if st.closing.load(Ordering::SeqCst) {
         return Err(ApiError::overloaded("server is shutting down"));
     }
-    let bytes = axum::body::to_bytes(body, cfg.max_body_bytes).await.map_err(|_| ApiError {
-        status: StatusCode::PAYLOAD_TOO_LARGE,
-        ..ApiError::bad_request("request_too_large", format!("request body is over the limit of {} bytes", cfg.max_body_bytes))
-    })?;
+    let bytes = axum::body::to_bytes(body, cfg.max_body_bytes)
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            ..ApiError::bad_request(
+                "request_too_large",
+                format!(
+                    "request body is over the limit of {} bytes",
+                    cfg.max_body_bytes
+                ),
+            )
+        })?;
     let req = parse_chat_request(&bytes)?;
     let model_id = st.engine.model_id().to_string();
     if !req.model.is_empty() && req.model != model_id {
@@ -173,17 +215,21 @@ async fn admit(st: &Arc<AppState>, body: Body, id: &str, started: Instant) -> Re
     if n_images > cfg.max_images_per_request {
         return Err(ApiError::bad_request(
             "too_many_images",
-            format!("request has {n_images} images; the limit is {} per request", cfg.max_images_per_request),
+            format!(
+                "request has {n_images} images; the limit is {} per request",
+                cfg.max_images_per_request
+            ),
         )
         .at("messages"));
     }
     let prompt = load_prompt(st, &req).await?;
     let engine = st.engine.clone();
     let counted_prompt = prompt.clone();
-    let prompt_tokens = tokio::task::spawn_blocking(move || engine.count_prompt_tokens(&counted_prompt))
-        .await
-        .map_err(|e| ApiError::internal(format!("token counting failed: {e}")))?
-        .map_err(engine_error)?;
+    let prompt_tokens =
+        tokio::task::spawn_blocking(move || engine.count_prompt_tokens(&counted_prompt))
+            .await
+            .map_err(|e| ApiError::internal(format!("token counting failed: {e}")))?
+            .map_err(engine_error)?;
     let max_tokens = budget(st, &req, &prompt, prompt_tokens)?;
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -191,7 +237,12 @@ async fn admit(st: &Arc<AppState>, body: Body, id: &str, started: Instant) -> Re
     let deadline = started + cfg.request_timeout;
     let item = BatchItem {
         prompt,
-        params: SamplingParams { max_tokens, temperature: req.temperature, top_p: req.top_p, seed: req.seed },
+        params: SamplingParams {
+            max_tokens,
+            temperature: req.temperature,
+            top_p: req.top_p,
+            seed: req.seed,
+        },
         prompt_tokens,
         request_id: id.to_string(),
         stop: StopMatcher::new(req.stop.clone()),
@@ -202,9 +253,10 @@ async fn admit(st: &Arc<AppState>, body: Body, id: &str, started: Instant) -> Re
         emitted_any: false,
     };
     st.scheduler.submit(item).map_err(|(e, _)| match e {
-        SubmitError::QueueFull => {
-            ApiError::overloaded(format!("server is busy: {} requests already queued; retry later", st.scheduler.max_queue()))
-        }
+        SubmitError::QueueFull => ApiError::overloaded(format!(
+            "server is busy: {} requests already queued; retry later",
+            st.scheduler.max_queue()
+        )),
         SubmitError::ShuttingDown => ApiError::overloaded("server is shutting down"),
     })?;
     Ok(Admitted {
@@ -212,7 +264,10 @@ async fn admit(st: &Arc<AppState>, body: Body, id: &str, started: Instant) -> Re
         model: model_id,
         created: unix_now(),
         rx,
-        cancel: CancelOnDrop { flag: cancel, armed: true },
+        cancel: CancelOnDrop {
+            flag: cancel,
+            armed: true,
+        },
         stream: req.stream,
         include_usage: req.include_usage,
         prompt_tokens,
@@ -244,14 +299,21 @@ async fn load_prompt(st: &Arc<AppState>, req: &ChatRequest) -> Result<ChatPrompt
                     decode_image(&bytes, index, cfg.max_image_pixels)
                 })
                 .await
-                .unwrap_or_else(|e| Err(ApiError::internal(format!("image {index}: decoder failed: {e}"))))
+                .unwrap_or_else(|e| {
+                    Err(ApiError::internal(format!(
+                        "image {index}: decoder failed: {e}"
+                    )))
+                })
                 .map_err(|e| if e.param.is_none() { e.at(param) } else { e })
             }));
         }
     }
     let mut decoded = Vec::with_capacity(tasks.len());
     for t in tasks {
-        decoded.push(t.await.unwrap_or_else(|e| Err(ApiError::internal(format!("image task failed: {e}"))))?);
+        decoded.push(
+            t.await
+                .unwrap_or_else(|e| Err(ApiError::internal(format!("image task failed: {e}"))))?,
+        );
     }
     let mut decoded = decoded.into_iter().enumerate();
     let mut messages = Vec::with_capacity(req.messages.len());
@@ -261,29 +323,53 @@ async fn load_prompt(st: &Arc<AppState>, req: &ChatRequest) -> Result<ChatPrompt
             match part {
                 RawPart::Text(t) => content.push(Part::Text(t.clone())),
                 RawPart::Image { split, .. } => {
-                    let (index, image) =
-                        decoded.next().ok_or_else(|| ApiError::internal("image count changed while loading"))?;
-                    content.push(Part::Image(ImageInput { index, image: Arc::new(image), split: *split }));
+                    let (index, image) = decoded
+                        .next()
+                        .ok_or_else(|| ApiError::internal("image count changed while loading"))?;
+                    content.push(Part::Image(ImageInput {
+                        index,
+                        image: Arc::new(image),
+                        split: *split,
+                    }));
                 }
             }
         }
-        messages.push(ChatMessage { role: m.role, content });
+        messages.push(ChatMessage {
+            role: m.role,
+            content,
+        });
     }
     Ok(ChatPrompt { messages })
 }
 
 /// Check the prompt against the context and choose `max_tokens`; errors name what the images cost
 /// (vllm#12165: users cannot guess image-token costs).
-fn budget(st: &AppState, req: &ChatRequest, prompt: &ChatPrompt, tokens: PromptTokens) -> Result<usize, ApiError> {
+fn budget(
+    st: &AppState,
+    req: &ChatRequest,
+    prompt: &ChatPrompt,
+    tokens: PromptTokens,
+) -> Result<usize, ApiError> {
     let ctx = st.engine.context_length();
     let image_costs: Vec<String> = prompt
         .images()
-        .map(|i| format!("image {} costs {}", i.index, st.engine.image_token_cost(i.image.width(), i.image.height(), i.split)))
+        .map(|i| {
+            format!(
+                "image {} costs {}",
+                i.index,
+                st.engine
+                    .image_token_cost(i.image.width(), i.image.height(), i.split)
+            )
+        })
         .collect();
     let detail = if image_costs.is_empty() {
         String::from("no images")
     } else {
-        format!("{} of them image tokens: {}", tokens.image_tokens, image_costs.join(", "))
+        format!(
+            "{} of them image tokens: {}",
+            tokens.image_tokens,
+            image_costs.join(", ")
+        )
     };
     if tokens.total >= ctx {
         return Err(ApiError::bad_request(
@@ -329,8 +415,12 @@ fn outcome_error(o: Outcome) -> ApiError {
         Outcome::Finished(_) => ApiError::internal("finished"),
         Outcome::Failed(e) => engine_error(e),
         Outcome::Cancelled => ApiError::internal("request cancelled"),
-        Outcome::TimedOut => ApiError::timeout("request timed out (the server's request timeout was reached)"),
-        Outcome::ShuttingDown => ApiError::overloaded("server shut down before the request finished"),
+        Outcome::TimedOut => {
+            ApiError::timeout("request timed out (the server's request timeout was reached)")
+        }
+        Outcome::ShuttingDown => {
+            ApiError::overloaded("server shut down before the request finished")
+        }
     }
 }
 
@@ -355,7 +445,9 @@ fn log_done(adm: &Admitted, status: u16, outcome: Result<&Generation, &ApiError>
 async fn next_event(adm: &mut Admitted) -> Event {
     match tokio::time::timeout_at(adm.give_up_at, adm.rx.recv()).await {
         Ok(Some(ev)) => ev,
-        Ok(None) => Event::Done(Outcome::Failed(EngineError::Internal("engine worker stopped".into()))),
+        Ok(None) => Event::Done(Outcome::Failed(EngineError::Internal(
+            "engine worker stopped".into(),
+        ))),
         Err(_) => {
             adm.cancel.flag.cancel();
             Event::Done(Outcome::TimedOut)
@@ -427,52 +519,65 @@ fn stream_response(adm: Admitted) -> Response {
         started: bool,
         done: bool,
     }
-    let stream = futures_util::stream::unfold(S { adm, started: false, done: false }, |mut s| async move {
-        if s.done {
-            return None;
-        }
-        if !s.started {
-            s.started = true;
-            let first = chunk(&s.adm, json!({"role": "assistant", "content": ""}), None);
-            return Some((Ok::<Bytes, std::convert::Infallible>(first), s));
-        }
-        let out = match next_event(&mut s.adm).await {
-            Event::Delta(t) => chunk(&s.adm, json!({"content": t}), None),
-            Event::Done(outcome) => {
-                s.done = true;
-                s.adm.cancel.armed = false;
-                let mut out = Vec::new();
-                match outcome {
-                    Outcome::Finished(g) => {
-                        log_done(&s.adm, 200, Ok(&g));
-                        out.extend_from_slice(&chunk(&s.adm, json!({}), Some(finish_reason(&g))));
-                        if s.adm.include_usage {
-                            let u = json!({
-                                "id": s.adm.id, "object": "chat.completion.chunk", "created": s.adm.created,
-                                "model": s.adm.model, "system_fingerprint": null, "choices": [],
-                                "usage": usage(s.adm.prompt_tokens, g.completion_tokens),
-                            });
-                            out.extend_from_slice(&sse(&u));
+    let stream = futures_util::stream::unfold(
+        S {
+            adm,
+            started: false,
+            done: false,
+        },
+        |mut s| async move {
+            if s.done {
+                return None;
+            }
+            if !s.started {
+                s.started = true;
+                let first = chunk(&s.adm, json!({"role": "assistant", "content": ""}), None);
+                return Some((Ok::<Bytes, std::convert::Infallible>(first), s));
+            }
+            let out = match next_event(&mut s.adm).await {
+                Event::Delta(t) => chunk(&s.adm, json!({"content": t}), None),
+                Event::Done(outcome) => {
+                    s.done = true;
+                    s.adm.cancel.armed = false;
+                    let mut out = Vec::new();
+                    match outcome {
+                        Outcome::Finished(g) => {
+                            log_done(&s.adm, 200, Ok(&g));
+                            out.extend_from_slice(&chunk(
+                                &s.adm,
+                                json!({}),
+                                Some(finish_reason(&g)),
+                            ));
+                            if s.adm.include_usage {
+                                let u = json!({
+                                    "id": s.adm.id, "object": "chat.completion.chunk", "created": s.adm.created,
+                                    "model": s.adm.model, "system_fingerprint": null, "choices": [],
+                                    "usage": usage(s.adm.prompt_tokens, g.completion_tokens),
+                                });
+                                out.extend_from_slice(&sse(&u));
+                            }
+                        }
+                        other => {
+                            let err = outcome_error(other);
+                            log_done(&s.adm, err.status.as_u16(), Err(&err));
+                            out.extend_from_slice(&sse(&err.body()));
                         }
                     }
-                    other => {
-                        let err = outcome_error(other);
-                        log_done(&s.adm, err.status.as_u16(), Err(&err));
-                        out.extend_from_slice(&sse(&err.body()));
-                    }
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    Bytes::from(out)
                 }
-                out.extend_from_slice(b"data: [DONE]\n\n");
-                Bytes::from(out)
-            }
-        };
-        Some((Ok(out), s))
-    });
+            };
+            Some((Ok(out), s))
+        },
+    );
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
-        .unwrap_or_else(|e| ApiError::internal(format!("building the stream failed: {e}")).into_response())
+        .unwrap_or_else(|e| {
+            ApiError::internal(format!("building the stream failed: {e}")).into_response()
+        })
 }
 
 /// Serve on `listener` until `shutdown` resolves; then refuse new requests, let in-flight ones finish for
@@ -483,7 +588,12 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let scheduler = Scheduler::start(engine.clone(), config.max_queue, config.max_batch_size, config.batch_window);
+    let scheduler = Scheduler::start(
+        engine.clone(),
+        config.max_queue,
+        config.max_batch_size,
+        config.batch_window,
+    );
     let grace = config.shutdown_grace;
     let state = Arc::new(AppState {
         engine,
@@ -502,7 +612,10 @@ pub async fn run(
     let watcher_state = state.clone();
     tokio::spawn(async move {
         shutdown.await;
-        tracing::info!(grace_s = grace.as_secs_f64(), "shutting down: refusing new requests, finishing in-flight ones");
+        tracing::info!(
+            grace_s = grace.as_secs_f64(),
+            "shutting down: refusing new requests, finishing in-flight ones"
+        );
         watcher_state.closing.store(true, Ordering::SeqCst);
         watcher_state.scheduler.close();
         let _ = closing_tx.send(true);
@@ -558,7 +671,11 @@ impl Drop for ServerHandle {
 }
 
 /// Bind `addr` now (so a bad address or a busy port is reported here) and serve on a background thread.
-pub fn spawn(engine: Arc<dyn ChatEngine>, config: ServerConfig, addr: impl ToSocketAddrs) -> std::io::Result<ServerHandle> {
+pub fn spawn(
+    engine: Arc<dyn ChatEngine>,
+    config: ServerConfig,
+    addr: impl ToSocketAddrs,
+) -> std::io::Result<ServerHandle> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -568,23 +685,36 @@ pub fn spawn(engine: Arc<dyn ChatEngine>, config: ServerConfig, addr: impl ToSoc
         .thread_name("idefics-serve")
         .build()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new().name("idefics-serve-main".into()).spawn(move || {
-        runtime.block_on(async move {
-            let listener = TcpListener::from_std(listener)?;
-            run(listener, engine, config, async move {
-                let _ = rx.await;
+    let thread = std::thread::Builder::new()
+        .name("idefics-serve-main".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener)?;
+                run(listener, engine, config, async move {
+                    let _ = rx.await;
+                })
+                .await
             })
-            .await
-        })
-    })?;
-    Ok(ServerHandle { addr: local, shutdown: Some(tx), thread: Some(thread) })
+        })?;
+    Ok(ServerHandle {
+        addr: local,
+        shutdown: Some(tx),
+        thread: Some(thread),
+    })
 }
 
 /// Serve in the foreground until Ctrl-C or SIGTERM (the CLI entry point).
-pub fn serve_until_signal(engine: Arc<dyn ChatEngine>, config: ServerConfig, addr: impl ToSocketAddrs) -> std::io::Result<()> {
+pub fn serve_until_signal(
+    engine: Arc<dyn ChatEngine>,
+    config: ServerConfig,
+    addr: impl ToSocketAddrs,
+) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("idefics-serve").build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("idefics-serve")
+        .build()?;
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
         run(listener, engine, config, shutdown_signal()).await

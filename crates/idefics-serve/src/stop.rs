@@ -31,7 +31,11 @@ impl StopMatcher {
             return (String::new(), true);
         }
         self.pending.push_str(piece);
-        let earliest = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min();
+        let earliest = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min();
         if let Some(at) = earliest {
             self.stopped = true;
             let out = self.pending[..at].to_string();
@@ -63,7 +67,11 @@ impl StopMatcher {
             if suffix.len() >= longest_stop {
                 continue;
             }
-            if self.stops.iter().any(|s| s.len() > suffix.len() && s.starts_with(suffix)) {
+            if self
+                .stops
+                .iter()
+                .any(|s| s.len() > suffix.len() && s.starts_with(suffix))
+            {
                 return suffix.len();
             }
         }
@@ -91,25 +99,37 @@ mod tests {
 
     #[test]
     fn stop_split_across_pieces_is_trimmed() {
-        assert_eq!(run(&["<STOP>"], &["hello <S", "TO", "P> tail"]), ("hello ".into(), true));
+        assert_eq!(
+            run(&["<STOP>"], &["hello <S", "TO", "P> tail"]),
+            ("hello ".into(), true)
+        );
     }
 
     #[test]
     fn false_prefix_is_released_later() {
-        assert_eq!(run(&["<STOP>"], &["a <ST", "x b"]), ("a <STx b".into(), false));
+        assert_eq!(
+            run(&["<STOP>"], &["a <ST", "x b"]),
+            ("a <STx b".into(), false)
+        );
         // Held back at the end, released by flush.
         assert_eq!(run(&["<STOP>"], &["a <ST"]), ("a <ST".into(), false));
     }
 
     #[test]
     fn earliest_of_several_stops_wins() {
-        assert_eq!(run(&["world", "lo w"], &["hel", "lo world"]), ("hel".into(), true));
+        assert_eq!(
+            run(&["world", "lo w"], &["hel", "lo world"]),
+            ("hel".into(), true)
+        );
     }
 
     #[test]
     fn multibyte_text_is_split_on_char_boundaries() {
         assert_eq!(run(&["é!"], &["café", "é", "!x"]), ("café".into(), true));
-        assert_eq!(run(&["日本"], &["今日は日", "曜"]), ("今日は日曜".into(), false));
+        assert_eq!(
+            run(&["日本"], &["今日は日", "曜"]),
+            ("今日は日曜".into(), false)
+        );
     }
 
     #[test]

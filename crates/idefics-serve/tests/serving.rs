@@ -11,7 +11,11 @@ use idefics_serve::{MockEngine, ServerConfig};
 use serde_json::json;
 
 fn slow_engine(step_ms: u64, max_batch: usize) -> MockEngine {
-    MockEngine { step_delay: Duration::from_millis(step_ms), max_batch_size: max_batch, ..Default::default() }
+    MockEngine {
+        step_delay: Duration::from_millis(step_ms),
+        max_batch_size: max_batch,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -22,8 +26,15 @@ fn corrupt_images_interleaved_with_good_requests() {
             .map(|i| {
                 let srv = &srv;
                 s.spawn(move || {
-                    let url = if i % 4 == 0 { corrupt_png_uri() } else { png_uri(3, 2, [i as u8, 0, 0]) };
-                    let req = chat(vec![user(vec![text_part(&format!("req {i}")), image_part(&url)])]);
+                    let url = if i % 4 == 0 {
+                        corrupt_png_uri()
+                    } else {
+                        png_uri(3, 2, [i as u8, 0, 0])
+                    };
+                    let req = chat(vec![user(vec![
+                        text_part(&format!("req {i}")),
+                        image_part(&url),
+                    ])]);
                     let (status, body) = post(srv, &req);
                     (i, status, body)
                 })
@@ -41,40 +52,67 @@ fn corrupt_images_interleaved_with_good_requests() {
             assert_eq!(body["choices"][0]["message"]["content"], want);
         }
     }
-    assert!(srv.engine.max_batch_seen() >= 2, "requests were never batched");
+    assert!(
+        srv.engine.max_batch_seen() >= 2,
+        "requests were never batched"
+    );
     assert_eq!(get(&srv, "/health").0, 200);
 }
 
 #[test]
 fn engine_panic_or_error_fails_only_its_own_request() {
-    let cfg = ServerConfig { batch_window: Duration::from_millis(300), ..Default::default() };
+    let cfg = ServerConfig {
+        batch_window: Duration::from_millis(300),
+        ..Default::default()
+    };
     let srv = start(slow_engine(5, 8), cfg);
-    let texts = ["good 1", "MOCK_PANIC please", "good 2", "MOCK_ENGINE_ERROR please", "good 3"];
+    let texts = [
+        "good 1",
+        "MOCK_PANIC please",
+        "good 2",
+        "MOCK_ENGINE_ERROR please",
+        "good 3",
+    ];
     let results: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
-        let handles: Vec<_> = texts.iter().map(|t| s.spawn(|| post(&srv, &simple(t)))).collect();
+        let handles: Vec<_> = texts
+            .iter()
+            .map(|t| s.spawn(|| post(&srv, &simple(t))))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for (t, (status, body)) in texts.iter().zip(&results) {
         if t.starts_with("good") {
             assert_eq!(*status, 200, "{t}: {body}");
-            assert_eq!(body["choices"][0]["message"]["content"], format!("You said: {t}"));
+            assert_eq!(
+                body["choices"][0]["message"]["content"],
+                format!("You said: {t}")
+            );
         } else {
             let (code, _, _) = error_of(*status, body, 500);
             assert_eq!(code, "internal_error");
         }
     }
-    assert!(srv.engine.max_batch_seen() >= 2, "the failing requests should have shared a batch");
+    assert!(
+        srv.engine.max_batch_seen() >= 2,
+        "the failing requests should have shared a batch"
+    );
     // Still serving.
     assert_eq!(post(&srv, &simple("after")).0, 200);
 }
 
 #[test]
 fn full_queue_answers_503_and_the_rest_complete() {
-    let cfg = ServerConfig { max_queue: 1, max_batch_size: 1, ..Default::default() };
+    let cfg = ServerConfig {
+        max_queue: 1,
+        max_batch_size: 1,
+        ..Default::default()
+    };
     let srv = start(slow_engine(10, 1), cfg);
     let srv = &srv;
     let statuses: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..6).map(|i| s.spawn(move || post(srv, &simple(&format!("queued {i}"))))).collect();
+        let handles: Vec<_> = (0..6)
+            .map(|i| s.spawn(move || post(srv, &simple(&format!("queued {i}")))))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let busy = statuses.iter().filter(|(s, _)| *s == 503).count();
@@ -90,7 +128,10 @@ fn full_queue_answers_503_and_the_rest_complete() {
 
 #[test]
 fn request_timeout_is_504_or_an_error_event() {
-    let cfg = ServerConfig { request_timeout: Duration::from_millis(300), ..Default::default() };
+    let cfg = ServerConfig {
+        request_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
     let srv = start(slow_engine(30, 8), cfg);
     let long = "x".repeat(150);
     let (status, body) = post(&srv, &simple(&long));
@@ -102,7 +143,10 @@ fn request_timeout_is_504_or_an_error_event() {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let err: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(err["error"]["code"], "timeout", "{events:?}");
-    assert!(!stream_text(&events).is_empty(), "some text should have streamed before the timeout");
+    assert!(
+        !stream_text(&events).is_empty(),
+        "some text should have streamed before the timeout"
+    );
     assert_eq!(post(&srv, &simple("quick")).0, 200);
 }
 
@@ -111,7 +155,11 @@ fn assert_next_request_is_quick(srv: &TestServer) {
     let t = Instant::now();
     let (status, _) = post(srv, &simple("next"));
     assert_eq!(status, 200);
-    assert!(t.elapsed() < Duration::from_millis(2500), "generation was not cancelled: next took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "generation was not cancelled: next took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -165,14 +213,23 @@ fn graceful_shutdown_finishes_in_flight_requests() {
         assert!(t.elapsed() < Duration::from_secs(5));
         let (status, body) = inflight.join().unwrap();
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body["choices"][0]["message"]["content"], format!("You said: {text}"));
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            format!("You said: {text}")
+        );
     });
-    assert!(std::net::TcpStream::connect(addr).is_err(), "still accepting after shutdown");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after shutdown"
+    );
 }
 
 #[test]
 fn shutdown_grace_cancels_long_requests_cleanly() {
-    let cfg = ServerConfig { shutdown_grace: Duration::from_millis(200), ..Default::default() };
+    let cfg = ServerConfig {
+        shutdown_grace: Duration::from_millis(200),
+        ..Default::default()
+    };
     let srv = start(slow_engine(20, 8), cfg);
     let long = "w".repeat(900); // ~300 tokens at 20 ms = 6 s
     std::thread::scope(|s| {
@@ -180,7 +237,11 @@ fn shutdown_grace_cancels_long_requests_cleanly() {
         std::thread::sleep(Duration::from_millis(150));
         let t = Instant::now();
         srv.shutdown();
-        assert!(t.elapsed() < Duration::from_secs(3), "shutdown waited {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "shutdown waited {:?}",
+            t.elapsed()
+        );
         let (status, body) = inflight.join().unwrap();
         assert_eq!(error_of(status, &body, 503).0, "server_overloaded");
     });

@@ -33,9 +33,15 @@ impl TestServer {
 
 pub fn start(engine: MockEngine, config: ServerConfig) -> TestServer {
     let engine = Arc::new(engine);
-    let handle = idefics_serve::spawn(engine.clone(), config, "127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let handle =
+        idefics_serve::spawn(engine.clone(), config, "127.0.0.1:0").expect("bind 127.0.0.1:0");
     let addr = handle.addr();
-    TestServer { handle: Mutex::new(Some(handle)), engine, addr, base: format!("http://{addr}") }
+    TestServer {
+        handle: Mutex::new(Some(handle)),
+        engine,
+        addr,
+        base: format!("http://{addr}"),
+    }
 }
 
 pub fn start_default() -> TestServer {
@@ -63,7 +69,8 @@ pub fn post_raw(srv: &TestServer, body: &[u8]) -> (u16, Value) {
         .expect("request failed");
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().expect("read body");
-    let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON body ({e}): {text}"));
+    let json: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON body ({e}): {text}"));
     (status, json)
 }
 
@@ -82,7 +89,12 @@ pub fn post_stream(srv: &TestServer, body: &Value) -> (u16, String, Vec<String>)
         .send(body.to_string().as_bytes())
         .expect("request failed");
     let status = resp.status().as_u16();
-    let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let reader = BufReader::new(resp.into_body().into_reader());
     let mut events = Vec::new();
     for line in reader.lines() {
@@ -102,7 +114,11 @@ pub fn stream_text(events: &[String]) -> String {
         .iter()
         .filter(|e| *e != "[DONE]")
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -114,7 +130,10 @@ pub fn png_bytes(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
 }
 
 pub fn data_uri(mime: &str, bytes: &[u8]) -> String {
-    format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+    format!(
+        "data:{mime};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
 }
 
 pub fn png_uri(w: u32, h: u32, rgb: [u8; 3]) -> String {
@@ -151,7 +170,10 @@ pub fn simple(text: &str) -> Value {
 pub fn error_of(status: u16, body: &Value, expect_status: u16) -> (String, String, Option<String>) {
     assert_eq!(status, expect_status, "body: {body}");
     let e = &body["error"];
-    assert!(e["type"].is_string() && e["message"].is_string(), "not an OpenAI error: {body}");
+    assert!(
+        e["type"].is_string() && e["message"].is_string(),
+        "not an OpenAI error: {body}"
+    );
     (
         e["code"].as_str().unwrap_or("").to_string(),
         e["message"].as_str().unwrap_or("").to_string(),
@@ -186,9 +208,17 @@ pub fn image_http_server() -> SocketAddr {
                     "/img.png" => reply("200 OK", "Content-Type: image/png\r\n", &png),
                     "/octet" => reply("200 OK", "Content-Type: application/octet-stream\r\n", &png),
                     "/404" => reply("404 Not Found", "Content-Type: text/plain\r\n", b"nope"),
-                    "/500" => reply("500 Internal Server Error", "Content-Type: text/plain\r\n", b"boom"),
+                    "/500" => reply(
+                        "500 Internal Server Error",
+                        "Content-Type: text/plain\r\n",
+                        b"boom",
+                    ),
                     "/html" => reply("200 OK", "Content-Type: text/html\r\n", b"<html>hi</html>"),
-                    "/corrupt" => reply("200 OK", "Content-Type: image/png\r\n", &png[..png.len() / 2]),
+                    "/corrupt" => reply(
+                        "200 OK",
+                        "Content-Type: image/png\r\n",
+                        &png[..png.len() / 2],
+                    ),
                     "/big" => reply("200 OK", "Content-Type: image/png\r\n", &vec![0u8; 300_000]),
                     "/redirect" => reply("302 Found", "Location: /img.png\r\n", b""),
                     "/loop" => reply("302 Found", "Location: /loop\r\n", b""),
