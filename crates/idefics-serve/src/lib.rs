@@ -49,6 +49,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod images;
+mod lifecycle;
 pub mod mock;
 mod scheduler;
 mod server;
@@ -60,5 +61,5 @@ pub use engine::{
     ImageInput, Part, PromptTokens, Role, SamplingParams,
 };
 pub use error::ApiError;
+pub use lifecycle::{run, serve_until_signal, spawn, ServerHandle};
 pub use mock::MockEngine;
-pub use server::{run, serve_until_signal, spawn, ServerHandle};

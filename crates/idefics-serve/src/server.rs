@@ -1,8 +1,6 @@
-//! HTTP routes, the request pipeline (parse → load images → count tokens → queue → answer), SSE streaming,
-//! per-request logs, and start-up / graceful shutdown.
+//! HTTP routes and the request pipeline (parse → load images → count tokens → queue → answer), SSE streaming
+//! and per-request logs.
 
-use std::future::Future;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::api::{parse_chat_request, ChatRequest, RawPart};
@@ -29,14 +26,14 @@ use crate::scheduler::{Scheduler, SubmitError};
 use crate::stop::StopMatcher;
 
 /// Shared by every handler.
-struct AppState {
-    engine: Arc<dyn ChatEngine>,
-    scheduler: Scheduler,
-    config: Arc<ServerConfig>,
-    preprocess: tokio::sync::Semaphore,
-    closing: AtomicBool,
-    next_id: AtomicU64,
-    created: u64,
+pub(crate) struct AppState {
+    pub(crate) engine: Arc<dyn ChatEngine>,
+    pub(crate) scheduler: Scheduler,
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) preprocess: tokio::sync::Semaphore,
+    pub(crate) closing: AtomicBool,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) created: u64,
 }
 
 impl AppState {
@@ -49,7 +46,7 @@ impl AppState {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -65,7 +62,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
-fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))
@@ -157,12 +154,14 @@ struct Admitted {
 struct CancelOnDrop {
     flag: CancelFlag,
     armed: bool,
+    id: String,
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if self.armed {
             self.flag.cancel();
+            tracing::info!(target: "idefics_serve::request", id = %self.id, "client disconnected: generation cancelled");
         }
     }
 }
@@ -267,6 +266,7 @@ async fn admit(
         cancel: CancelOnDrop {
             flag: cancel,
             armed: true,
+            id: id.to_string(),
         },
         stream: req.stream,
         include_usage: req.include_usage,
@@ -578,166 +578,4 @@ fn stream_response(adm: Admitted) -> Response {
         .unwrap_or_else(|e| {
             ApiError::internal(format!("building the stream failed: {e}")).into_response()
         })
-}
-
-/// Serve on `listener` until `shutdown` resolves; then refuse new requests, let in-flight ones finish for
-/// `config.shutdown_grace`, cancel what is left, and return once every connection is closed.
-pub async fn run(
-    listener: TcpListener,
-    engine: Arc<dyn ChatEngine>,
-    config: ServerConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let scheduler = Scheduler::start(
-        engine.clone(),
-        config.max_queue,
-        config.max_batch_size,
-        config.batch_window,
-    );
-    let grace = config.shutdown_grace;
-    let state = Arc::new(AppState {
-        engine,
-        scheduler,
-        preprocess: tokio::sync::Semaphore::new(config.preprocess_concurrency.max(1)),
-        config: Arc::new(config),
-        closing: AtomicBool::new(false),
-        next_id: AtomicU64::new(0),
-        created: unix_now(),
-    });
-    tracing::info!(
-        addr = %listener.local_addr()?, model = state.engine.model_id(),
-        context_length = state.engine.context_length(), "idefics-serve listening"
-    );
-    let (closing_tx, mut closing_rx) = tokio::sync::watch::channel(false);
-    let watcher_state = state.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!(
-            grace_s = grace.as_secs_f64(),
-            "shutting down: refusing new requests, finishing in-flight ones"
-        );
-        watcher_state.closing.store(true, Ordering::SeqCst);
-        watcher_state.scheduler.close();
-        let _ = closing_tx.send(true);
-        tokio::time::sleep(grace).await;
-        tracing::warn!("shutdown grace over: cancelling remaining requests");
-        watcher_state.scheduler.cancel_all();
-    });
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = closing_rx.wait_for(|closing| *closing).await;
-        })
-        .await?;
-    let st = state.clone();
-    let _ = tokio::task::spawn_blocking(move || st.scheduler.join()).await;
-    tracing::info!("idefics-serve stopped");
-    Ok(())
-}
-
-/// A server running on its own thread and runtime (tests, embedding). Dropping it also shuts it down.
-pub struct ServerHandle {
-    addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-}
-
-impl ServerHandle {
-    /// The bound address (useful with port 0).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Graceful shutdown; returns when the server has stopped.
-    pub fn shutdown(mut self) -> std::io::Result<()> {
-        self.stop()
-    }
-
-    fn stop(&mut self) -> std::io::Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(std::io::Error::other("server thread panicked")),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
-}
-
-/// Bind `addr` now (so a bad address or a busy port is reported here) and serve on a background thread.
-pub fn spawn(
-    engine: Arc<dyn ChatEngine>,
-    config: ServerConfig,
-    addr: impl ToSocketAddrs,
-) -> std::io::Result<ServerHandle> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("idefics-serve")
-        .build()?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name("idefics-serve-main".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener)?;
-                run(listener, engine, config, async move {
-                    let _ = rx.await;
-                })
-                .await
-            })
-        })?;
-    Ok(ServerHandle {
-        addr: local,
-        shutdown: Some(tx),
-        thread: Some(thread),
-    })
-}
-
-/// Serve in the foreground until Ctrl-C or SIGTERM (the CLI entry point).
-pub fn serve_until_signal(
-    engine: Arc<dyn ChatEngine>,
-    config: ServerConfig,
-    addr: impl ToSocketAddrs,
-) -> std::io::Result<()> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("idefics-serve")
-        .build()?;
-    runtime.block_on(async move {
-        let listener = TcpListener::from_std(listener)?;
-        run(listener, engine, config, shutdown_signal()).await
-    })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }
