@@ -8,6 +8,7 @@ mod chat;
 mod eval_cmd;
 mod forward;
 mod model_source;
+mod serve_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +31,8 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Score a model on a benchmark, or rescore a predictions file (`--rescore`).
     Eval(eval_cmd::EvalArgs),
+    /// OpenAI-compatible HTTP server (chat completions with images).
+    Serve(serve_cmd::ServeArgs),
 }
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
         Command::Chat(args) => chat::run(args),
         Command::Forward(args) => forward::run(args),
         Command::Eval(args) => eval_cmd::run(args),
+        Command::Serve(args) => serve_cmd::run(args),
     };
     if let Err(err) = result {
         // One clear line (with its causes) instead of a panic or a debug dump.

@@ -1,0 +1,566 @@
+//! From an `image_url` to a checked RGB image: data URIs, http(s) fetching, operator-allowed local files,
+//! then decoding with the limits enforced before any pixel buffer is allocated.
+//!
+//! Every failure is a 400 naming the image index (`image 2: ...`), never a dropped part or an empty answer
+//! (Rapid-MLX#457, term-llm#458). Remote fetching follows ollama#15355: timeout, status, content type, byte cap;
+//! and, as an SSRF guard, no private / loopback targets unless the operator allows them.
+
+use std::io::{Cursor, Read};
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+
+/// Formats the workspace's `image` crate is built with.
+const SUPPORTED: &str = "PNG, JPEG, WebP, GIF, BMP";
+/// Redirects followed by hand, so that every hop passes the address check.
+const MAX_REDIRECTS: usize = 5;
+
+fn bad(index: usize, code: &'static str, msg: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(code, format!("image {index}: {msg}"))
+}
+
+/// Get the encoded bytes behind an `image_url.url` (blocking: run it off the async threads).
+pub fn load_image_bytes(url: &str, index: usize, cfg: &ServerConfig) -> Result<Vec<u8>, ApiError> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(bad(index, "invalid_image_url", "image_url.url is empty"));
+    }
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    if lower.starts_with("data:") {
+        decode_data_uri(url, index, cfg.max_image_bytes)
+    } else if lower.starts_with("http://") || lower.starts_with("https://") {
+        fetch_url(url, index, cfg)
+    } else if lower.starts_with("file://") || url.starts_with('/') || url.starts_with("./") {
+        read_local(url.strip_prefix("file://").unwrap_or(url), index, cfg)
+    } else {
+        Err(bad(
+            index,
+            "invalid_image_url",
+            "image_url.url must be a data URI (data:image/png;base64,...) or an http(s) URL",
+        ))
+    }
+}
+
+/// `data:image/<fmt>;base64,<payload>`; newlines in the payload and the URL-safe alphabet are accepted.
+fn decode_data_uri(url: &str, index: usize, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
+    let Some((head, payload)) = url.split_once(',') else {
+        return Err(bad(
+            index,
+            "invalid_image_url",
+            "data URI has no ',' before its payload",
+        ));
+    };
+    let head = &head[5..]; // after "data:"
+    let mut parts = head.split(';');
+    let media_type = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    if !parts.any(|p| p.trim().eq_ignore_ascii_case("base64")) {
+        return Err(bad(
+            index,
+            "invalid_image_url",
+            "data URI must be base64-encoded (data:image/<fmt>;base64,...)",
+        ));
+    }
+    if !media_type.is_empty()
+        && !media_type.starts_with("image/")
+        && media_type != "application/octet-stream"
+    {
+        return Err(bad(
+            index,
+            "invalid_image",
+            format!("data URI media type '{media_type}' is not an image"),
+        ));
+    }
+    let cleaned: Vec<u8> = payload
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    if cleaned.is_empty() {
+        return Err(bad(index, "invalid_image", "data URI payload is empty"));
+    }
+    if cleaned.len() / 4 * 3 > max_bytes + 3 {
+        return Err(too_large(index, cleaned.len() / 4 * 3, max_bytes));
+    }
+    let url_safe = cleaned.iter().any(|&b| b == b'-' || b == b'_');
+    let trimmed: &[u8] = {
+        let end = cleaned
+            .iter()
+            .rposition(|&b| b != b'=')
+            .map_or(0, |p| p + 1);
+        &cleaned[..end]
+    };
+    let engine = if url_safe {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+    } else {
+        base64::engine::general_purpose::STANDARD_NO_PAD
+    };
+    let bytes = engine.decode(trimmed).map_err(|e| {
+        bad(
+            index,
+            "invalid_image",
+            format!("data URI payload is not valid base64 ({e})"),
+        )
+    })?;
+    if bytes.len() > max_bytes {
+        return Err(too_large(index, bytes.len(), max_bytes));
+    }
+    Ok(bytes)
+}
+
+fn too_large(index: usize, got: usize, max: usize) -> ApiError {
+    bad(
+        index,
+        "image_too_large",
+        format!("{got} bytes is over the limit of {max} bytes per image"),
+    )
+}
+
+fn fetch_url(url: &str, index: usize, cfg: &ServerConfig) -> Result<Vec<u8>, ApiError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(cfg.fetch_timeout))
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .http_status_as_error(false)
+        .user_agent("idefics-serve")
+        .build()
+        .into();
+    let mut current = url.to_string();
+    for _hop in 0..=MAX_REDIRECTS {
+        let uri: ureq::http::Uri = current.parse().map_err(|e| {
+            bad(
+                index,
+                "invalid_image_url",
+                format!("bad URL '{current}': {e}"),
+            )
+        })?;
+        if !cfg.allow_private_urls {
+            check_public_host(&uri, index)?;
+        }
+        let mut resp = agent
+            .get(&current)
+            .call()
+            .map_err(|e| fetch_error(index, &current, e, cfg.fetch_timeout))?;
+        let status = resp.status();
+        if status.is_redirection() {
+            let location = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| {
+                    bad(
+                        index,
+                        "image_fetch_failed",
+                        format!("{current} redirected without a Location"),
+                    )
+                })?;
+            current = resolve_location(&uri, location);
+            continue;
+        }
+        if !status.is_success() {
+            return Err(bad(
+                index,
+                "image_fetch_failed",
+                format!("fetching {current} returned HTTP {}", status.as_u16()),
+            ));
+        }
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if !(content_type.starts_with("image/")
+            || content_type.starts_with("application/octet-stream"))
+        {
+            return Err(bad(
+                index,
+                "invalid_image",
+                format!("{current} returned content type '{content_type}', not an image"),
+            ));
+        }
+        let declared = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if let Some(len) = declared.filter(|&l| l > cfg.max_image_bytes) {
+            return Err(too_large(index, len, cfg.max_image_bytes));
+        }
+        return resp
+            .body_mut()
+            .with_config()
+            .limit(cfg.max_image_bytes as u64)
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => bad(
+                    index,
+                    "image_too_large",
+                    format!(
+                        "{current} is over the limit of {} bytes per image",
+                        cfg.max_image_bytes
+                    ),
+                ),
+                e => fetch_error(index, &current, e, cfg.fetch_timeout),
+            });
+    }
+    Err(bad(
+        index,
+        "image_fetch_failed",
+        format!("{url}: more than {MAX_REDIRECTS} redirects"),
+    ))
+}
+
+fn fetch_error(index: usize, url: &str, e: ureq::Error, timeout: Duration) -> ApiError {
+    match e {
+        ureq::Error::Timeout(_) => bad(
+            index,
+            "image_fetch_failed",
+            format!(
+                "fetching {url} timed out after {:.1} s",
+                timeout.as_secs_f64()
+            ),
+        ),
+        e => bad(
+            index,
+            "image_fetch_failed",
+            format!("could not fetch {url}: {e}"),
+        ),
+    }
+}
+
+/// Absolute redirect targets as they are; `/path` and relative ones against the current URL.
+fn resolve_location(base: &ureq::http::Uri, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_string();
+    }
+    let scheme = base.scheme_str().unwrap_or("http");
+    let authority = base.authority().map(|a| a.as_str()).unwrap_or("");
+    if location.starts_with('/') {
+        format!("{scheme}://{authority}{location}")
+    } else {
+        let path = base.path();
+        let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+        format!("{scheme}://{authority}{dir}{location}")
+    }
+}
+
+/// Refuse hosts that resolve to loopback, private, link-local or otherwise internal addresses.
+fn check_public_host(uri: &ureq::http::Uri, index: usize) -> Result<(), ApiError> {
+    let host = uri
+        .host()
+        .ok_or_else(|| bad(index, "invalid_image_url", "URL has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => (host, port)
+            .to_socket_addrs()
+            .map_err(|e| {
+                bad(
+                    index,
+                    "image_fetch_failed",
+                    format!("cannot resolve host '{host}': {e}"),
+                )
+            })?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    if let Some(ip) = addrs.iter().find(|ip| !is_public(ip)) {
+        return Err(bad(
+            index,
+            "image_url_not_allowed",
+            format!("host '{host}' resolves to the non-public address {ip}; refused (operator can allow private URLs)"),
+        ));
+    }
+    Ok(())
+}
+
+fn is_public(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_multicast()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)) // 100.64.0.0/10, carrier-grade NAT
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(&IpAddr::V4(v4));
+            }
+            let seg0 = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg0 & 0xfe00) == 0xfc00 // unique local
+                || (seg0 & 0xffc0) == 0xfe80) // link local
+        }
+    }
+}
+
+fn read_local(path: &str, index: usize, cfg: &ServerConfig) -> Result<Vec<u8>, ApiError> {
+    let Some(dir) = &cfg.allowed_local_dir else {
+        return Err(bad(
+            index,
+            "image_url_not_allowed",
+            "local file paths are refused (the operator can allow a directory with --allow-local-images DIR)",
+        ));
+    };
+    let not_allowed = || {
+        bad(
+            index,
+            "image_url_not_allowed",
+            format!("'{path}' is not inside the allowed image directory"),
+        )
+    };
+    let dir = dir.canonicalize().map_err(|_| not_allowed())?;
+    let full = Path::new(path).canonicalize().map_err(|e| {
+        bad(
+            index,
+            "invalid_image_url",
+            format!("cannot open '{path}': {e}"),
+        )
+    })?;
+    if !full.starts_with(&dir) {
+        return Err(not_allowed());
+    }
+    let file = std::fs::File::open(&full).map_err(|e| {
+        bad(
+            index,
+            "invalid_image_url",
+            format!("cannot open '{path}': {e}"),
+        )
+    })?;
+    let mut bytes = Vec::new();
+    file.take(cfg.max_image_bytes as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| {
+            bad(
+                index,
+                "invalid_image_url",
+                format!("cannot read '{path}': {e}"),
+            )
+        })?;
+    if bytes.len() > cfg.max_image_bytes {
+        return Err(too_large(index, bytes.len(), cfg.max_image_bytes));
+    }
+    Ok(bytes)
+}
+
+/// Decode to RGB8: format sniffed from the bytes (never trusted from the MIME type), pixel count checked from
+/// the header before decoding, EXIF orientation applied, alpha composited over white like the reference
+/// processor (transformers#34857).
+pub fn decode_image(bytes: &[u8], index: usize, max_pixels: u64) -> Result<RgbImage, ApiError> {
+    if bytes.is_empty() {
+        return Err(bad(index, "invalid_image", "image data is empty"));
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| {
+            bad(
+                index,
+                "invalid_image",
+                format!("cannot read image data: {e}"),
+            )
+        })?;
+    let format = match reader.format() {
+        None => {
+            return Err(bad(
+                index,
+                "invalid_image",
+                format!("not a recognised image (supported: {SUPPORTED})"),
+            ));
+        }
+        Some(
+            f @ (ImageFormat::Png
+            | ImageFormat::Jpeg
+            | ImageFormat::WebP
+            | ImageFormat::Gif
+            | ImageFormat::Bmp),
+        ) => f,
+        Some(other) => {
+            return Err(bad(
+                index,
+                "unsupported_image_format",
+                format!("unsupported image format {other:?} (supported: {SUPPORTED})"),
+            ));
+        }
+    };
+    let mut limits = image::Limits::default();
+    // Enough for the largest allowed image at 16 bits x 4 channels, plus decoder scratch.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(limits);
+    let corrupt = |e: image::ImageError| {
+        bad(
+            index,
+            "invalid_image",
+            format!("cannot decode {format:?} image: {e}"),
+        )
+    };
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(bad(
+            index,
+            "invalid_image",
+            format!("image has zero size ({w}x{h})"),
+        ));
+    }
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_pixels {
+        return Err(bad(
+            index,
+            "image_too_large",
+            format!("{w}x{h} = {pixels} pixels is over the limit of {max_pixels} pixels per image"),
+        ));
+    }
+    // Malformed EXIF is ignored rather than failing the image (llama.cpp#24196).
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    img.apply_orientation(orientation);
+    Ok(to_rgb_over_white(img))
+}
+
+fn to_rgb_over_white(img: DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return img.to_rgb8();
+    }
+    let rgba = img.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut out = RgbImage::new(w, h);
+    for (dst, src) in out.pixels_mut().zip(rgba.pixels()) {
+        let a = u32::from(src[3]);
+        for c in 0..3 {
+            let v = u32::from(src[c]) * a + 255 * (255 - a);
+            dst[c] = ((v + 127) / 255) as u8;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn data_uri_variants() {
+        let bytes = png(3, 2);
+        let std = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes);
+        let wrapped: String = std
+            .as_bytes()
+            .chunks(10)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
+        for uri in [
+            format!("data:image/png;base64,{std}"),
+            format!("data:image/png;base64,{safe}"),
+            format!("data:image/jpeg;base64,{wrapped}"),
+        ] {
+            assert_eq!(decode_data_uri(&uri, 0, 1 << 20).unwrap(), bytes, "{uri}");
+        }
+        assert!(decode_data_uri("data:image/png,abc", 0, 100)
+            .unwrap_err()
+            .message
+            .contains("base64"));
+        assert!(decode_data_uri("data:text/plain;base64,aGk=", 1, 100)
+            .unwrap_err()
+            .message
+            .starts_with("image 1:"));
+        assert!(decode_data_uri("data:image/png;base64,", 0, 100)
+            .unwrap_err()
+            .message
+            .contains("empty"));
+        assert_eq!(
+            decode_data_uri(&format!("data:image/png;base64,{std}"), 0, 10)
+                .unwrap_err()
+                .code,
+            "image_too_large"
+        );
+    }
+
+    #[test]
+    fn decode_checks_format_and_size() {
+        let img = decode_image(&png(3, 2), 0, 100).unwrap();
+        assert_eq!(img.dimensions(), (3, 2));
+        assert_eq!(img.get_pixel(0, 0).0, [10, 20, 30]);
+        let err = decode_image(&png(20, 20), 2, 399).unwrap_err();
+        assert_eq!(
+            (err.code, err.message.starts_with("image 2:")),
+            ("image_too_large", true)
+        );
+        let truncated = &png(8, 8)[..40];
+        assert_eq!(
+            decode_image(truncated, 0, 1000).unwrap_err().code,
+            "invalid_image"
+        );
+        assert_eq!(
+            decode_image(b"RIFF\x24\0\0\0WAVEfmt ", 0, 1000)
+                .unwrap_err()
+                .code,
+            "invalid_image"
+        );
+        let tiff = b"II*\0\x08\0\0\0\0\0";
+        assert_eq!(
+            decode_image(tiff, 0, 1000).unwrap_err().code,
+            "unsupported_image_format"
+        );
+    }
+
+    #[test]
+    fn alpha_goes_over_white() {
+        let mut rgba = image::RgbaImage::from_pixel(1, 1, image::Rgba([0, 0, 0, 0]));
+        rgba.put_pixel(0, 0, image::Rgba([0, 0, 0, 0]));
+        let rgb = to_rgb_over_white(DynamicImage::ImageRgba8(rgba));
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        let half = image::RgbaImage::from_pixel(1, 1, image::Rgba([0, 100, 255, 128]));
+        let rgb = to_rgb_over_white(DynamicImage::ImageRgba8(half));
+        assert_eq!(rgb.get_pixel(0, 0).0, [127, 177, 255]);
+    }
+
+    #[test]
+    fn private_addresses_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(&ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "2606:4700::1111"] {
+            assert!(is_public(&ip.parse().unwrap()), "{ip}");
+        }
+    }
+}
