@@ -5,18 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use idefics_serve::pipeline_engine::PipelineEngine;
 use idefics_serve::{ChatEngine, MockEngine, ServerConfig};
-
-/// Where the bundled model lives when there is one (used when --model is not given).
-const BUNDLED_MODEL_DIR: &str = "models";
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// Checkpoint directory or Hugging Face Hub id (default: the bundled model, when it exists).
-    #[arg(long)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub model: crate::model_source::ModelArgs,
     /// Serve the deterministic mock engine (echoes the prompt; for trying clients and load tests).
-    #[arg(long, conflicts_with = "model")]
+    #[arg(long)]
     pub mock: bool,
     /// Address to listen on. Keep 127.0.0.1 unless the server sits behind an authenticating proxy.
     #[arg(long, default_value = "127.0.0.1")]
@@ -97,14 +94,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
             ..MockEngine::default()
         })
     } else {
-        let model = match args.model {
-            Some(m) => m,
-            None if std::path::Path::new(BUNDLED_MODEL_DIR).join("config.json").is_file() => BUNDLED_MODEL_DIR.into(),
-            None => bail!("no --model given and no bundled model in ./{BUNDLED_MODEL_DIR}; pass --model DIR_OR_HUB_ID or --mock"),
-        };
-        // The Idefics2 engine (model + processor + generation, as `idefics ask` uses them) implements
-        // idefics_serve::ChatEngine; see the crate docs of idefics-serve for the wiring.
-        bail!("--model {model}: real engine not wired yet (use --mock to run the server with the mock engine)")
+        let pipeline = args.model.load_pipeline()?;
+        let model_id = args
+            .model
+            .model
+            .clone()
+            .unwrap_or_else(|| "idefics2-tiny".to_string());
+        Arc::new(PipelineEngine::new(pipeline, model_id, args.max_batch))
     };
     let addr = format!("{}:{}", args.host, args.port);
     eprintln!(

@@ -5,19 +5,22 @@
 //! (Rapid-MLX#457, term-llm#458). Remote fetching follows ollama#15355: timeout, status, content type, byte cap;
 //! and, as an SSRF guard, no private / loopback targets unless the operator allows them.
 
-use std::io::{Cursor, Read};
+#[cfg(test)]
+use std::io::Cursor;
+use std::io::Read;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+#[cfg(test)]
+use image::ImageFormat;
+use image::RgbImage;
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 
 /// Formats the workspace's `image` crate is built with.
-const SUPPORTED: &str = "PNG, JPEG, WebP, GIF, BMP";
 /// Redirects followed by hand, so that every hop passes the address check.
 const MAX_REDIRECTS: usize = 5;
 
@@ -362,97 +365,50 @@ fn read_local(path: &str, index: usize, cfg: &ServerConfig) -> Result<Vec<u8>, A
     Ok(bytes)
 }
 
-/// Decode to RGB8: format sniffed from the bytes (never trusted from the MIME type), pixel count checked from
-/// the header before decoding, EXIF orientation applied, alpha composited over white like the reference
-/// processor (transformers#34857).
+/// Decode to RGB8 with the processor's decoder, so a served image becomes exactly the pixels `idefics ask` and
+/// transformers' `load_image` would see: format sniffed from the bytes (never trusted from the MIME type), pixel
+/// count checked from the header before decoding, EXIF orientation applied, then a plain RGB conversion.
 pub fn decode_image(bytes: &[u8], index: usize, max_pixels: u64) -> Result<RgbImage, ApiError> {
-    if bytes.is_empty() {
-        return Err(bad(index, "invalid_image", "image data is empty"));
-    }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| {
+    use idefics_processor::ImageError as E;
+    let limits = idefics_processor::DecodeLimits {
+        max_pixels,
+        max_bytes: usize::MAX,
+    };
+    let decoded = idefics_processor::decode_image(bytes, &limits).map_err(|e| match e {
+        E::TooManyPixels { .. } | E::TooManyBytes { .. } => bad(index, "image_too_large", e),
+        // Containers of other media (audio, video) are not images at all.
+        E::UnsupportedFormat { format }
+            if format.contains("not an image") || format.contains("not WebP") =>
+        {
             bad(
                 index,
                 "invalid_image",
-                format!("cannot read image data: {e}"),
+                format!("not a recognised image: {e}"),
             )
-        })?;
-    let format = match reader.format() {
-        None => {
-            return Err(bad(
-                index,
-                "invalid_image",
-                format!("not a recognised image (supported: {SUPPORTED})"),
-            ));
         }
-        Some(
-            f @ (ImageFormat::Png
-            | ImageFormat::Jpeg
-            | ImageFormat::WebP
-            | ImageFormat::Gif
-            | ImageFormat::Bmp),
-        ) => f,
-        Some(other) => {
-            return Err(bad(
-                index,
-                "unsupported_image_format",
-                format!("unsupported image format {other:?} (supported: {SUPPORTED})"),
-            ));
+        E::UnsupportedFormat { .. } | E::UnsupportedFeature { .. } => {
+            bad(index, "unsupported_image_format", e)
         }
-    };
-    let mut limits = image::Limits::default();
-    // Enough for the largest allowed image at 16 bits x 4 channels, plus decoder scratch.
-    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
-    reader.limits(limits);
-    let corrupt = |e: image::ImageError| {
+        E::UnknownFormat { .. } => bad(
+            index,
+            "invalid_image",
+            format!("not a recognised image: {e}"),
+        ),
+        E::Empty => bad(index, "invalid_image", "image data is empty"),
+        other => bad(
+            index,
+            "invalid_image",
+            format!("cannot decode image: {other}"),
+        ),
+    })?;
+    let (w, h) = (decoded.width() as u32, decoded.height() as u32);
+    RgbImage::from_raw(w, h, decoded.into_bytes()).ok_or_else(|| {
         bad(
             index,
             "invalid_image",
-            format!("cannot decode {format:?} image: {e}"),
+            format!("cannot decode image: bad {w}x{h} pixel buffer"),
         )
-    };
-    let mut decoder = reader.into_decoder().map_err(corrupt)?;
-    let (w, h) = decoder.dimensions();
-    if w == 0 || h == 0 {
-        return Err(bad(
-            index,
-            "invalid_image",
-            format!("image has zero size ({w}x{h})"),
-        ));
-    }
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > max_pixels {
-        return Err(bad(
-            index,
-            "image_too_large",
-            format!("{w}x{h} = {pixels} pixels is over the limit of {max_pixels} pixels per image"),
-        ));
-    }
-    // Malformed EXIF is ignored rather than failing the image (llama.cpp#24196).
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
-    img.apply_orientation(orientation);
-    Ok(to_rgb_over_white(img))
-}
-
-fn to_rgb_over_white(img: DynamicImage) -> RgbImage {
-    if !img.color().has_alpha() {
-        return img.to_rgb8();
-    }
-    let rgba = img.to_rgba8();
-    let (w, h) = rgba.dimensions();
-    let mut out = RgbImage::new(w, h);
-    for (dst, src) in out.pixels_mut().zip(rgba.pixels()) {
-        let a = u32::from(src[3]);
-        for c in 0..3 {
-            let v = u32::from(src[c]) * a + 255 * (255 - a);
-            dst[c] = ((v + 127) / 255) as u8;
-        }
-    }
-    out
+    })
 }
 
 #[cfg(test)]
@@ -533,14 +489,15 @@ mod tests {
     }
 
     #[test]
-    fn alpha_goes_over_white() {
-        let mut rgba = image::RgbaImage::from_pixel(1, 1, image::Rgba([0, 0, 0, 0]));
-        rgba.put_pixel(0, 0, image::Rgba([0, 0, 0, 0]));
-        let rgb = to_rgb_over_white(DynamicImage::ImageRgba8(rgba));
-        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
-        let half = image::RgbaImage::from_pixel(1, 1, image::Rgba([0, 100, 255, 128]));
-        let rgb = to_rgb_over_white(DynamicImage::ImageRgba8(half));
-        assert_eq!(rgb.get_pixel(0, 0).0, [127, 177, 255]);
+    fn alpha_is_dropped_as_the_reference_loader_does() {
+        // transformers' load_image does a plain convert("RGB"): the colour channels stay, alpha is discarded.
+        let rgba = image::RgbaImage::from_pixel(1, 1, image::Rgba([0, 100, 255, 128]));
+        let mut buf = Vec::new();
+        image::DynamicImage::ImageRgba8(rgba)
+            .write_to(&mut Cursor::new(&mut buf), ImageFormat::Png)
+            .unwrap();
+        let rgb = decode_image(&buf, 0, 100).unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [0, 100, 255]);
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub mod error;
 pub mod images;
 mod lifecycle;
 pub mod mock;
+pub mod pipeline_engine;
 mod scheduler;
 mod server;
 pub mod stop;

@@ -33,12 +33,21 @@ impl TestServer {
 
 pub fn start(engine: MockEngine, config: ServerConfig) -> TestServer {
     let engine = Arc::new(engine);
-    let handle =
-        idefics_serve::spawn(engine.clone(), config, "127.0.0.1:0").expect("bind 127.0.0.1:0");
+    start_engine(engine.clone(), engine, config)
+}
+
+/// Starts any engine; `mock` is only read by tests that inspect the mock's statistics.
+pub fn start_engine(
+    engine: Arc<dyn idefics_serve::ChatEngine>,
+    mock: Arc<MockEngine>,
+    config: ServerConfig,
+) -> TestServer {
+    let engine_for_stats = mock;
+    let handle = idefics_serve::spawn(engine, config, "127.0.0.1:0").expect("bind 127.0.0.1:0");
     let addr = handle.addr();
     TestServer {
         handle: Mutex::new(Some(handle)),
-        engine,
+        engine: engine_for_stats,
         addr,
         base: format!("http://{addr}"),
     }
