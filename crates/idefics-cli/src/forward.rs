@@ -24,20 +24,47 @@ pub struct ForwardArgs {
     /// Compute dtype: f32 (for parity), bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Device: `cpu` or `cuda:N` (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 pub fn run(args: ForwardArgs) -> Result<()> {
     let Some(rule) = PositionIdRule::parse(&args.position_id_rule) else {
-        bail!("--position-id-rule {:?}: expected hf5 or hf4.57", args.position_id_rule)
+        bail!(
+            "--position-id-rule {:?}: expected hf5 or hf4.57",
+            args.position_id_rule
+        )
     };
     let dtype = parse_dtype(&args.dtype)?;
-    let device = Device::Cpu;
-    let opts = LoadOptions { device: device.clone(), dtype, position_id_rule: rule, use_fused_kernels: true };
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        other => match other.strip_prefix("cuda").map(|n| n.trim_start_matches(':')) {
+            Some("") => Device::new_cuda(0).context("--device cuda")?,
+            Some(n) => {
+                let ordinal: usize = n.parse().with_context(|| format!("--device {other:?}"))?;
+                Device::new_cuda(ordinal).with_context(|| format!("--device {other}"))?
+            }
+            None => bail!("--device {other:?}: expected cpu or cuda:N"),
+        },
+    };
+    let opts = LoadOptions {
+        device: device.clone(),
+        dtype,
+        position_id_rule: rule,
+        use_fused_kernels: true,
+    };
     let model = Idefics2ForConditionalGeneration::load(&args.model, &opts)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let tensors = candle_core::safetensors::load(&args.inputs, &device)
         .with_context(|| format!("reading {}", args.inputs.display()))?;
-    let known = ["input_ids", "attention_mask", "position_ids", "pixel_values", "pixel_attention_mask"];
+    let known = [
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+        "pixel_values",
+        "pixel_attention_mask",
+    ];
     for name in tensors.keys() {
         if !known.contains(&name.as_str()) {
             tracing::warn!("ignoring unknown input tensor {name}");
@@ -56,7 +83,8 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     };
     let logits = model.forward(&inputs, None)?.to_dtype(DType::F32)?;
     let out: HashMap<String, Tensor> = HashMap::from([("logits".to_string(), logits.clone())]);
-    candle_core::safetensors::save(&out, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    candle_core::safetensors::save(&out, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     println!("wrote logits {:?} to {}", logits.dims(), args.out.display());
     Ok(())
 }

@@ -8,7 +8,10 @@ use idefics::{Idefics2ForConditionalGeneration, LoadOptions};
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir: PathBuf = std::env::args().nth(1).ok_or("usage: load_peak_rss MODEL_DIR")?.into();
+    let dir: PathBuf = std::env::args()
+        .nth(1)
+        .ok_or("usage: load_peak_rss MODEL_DIR")?
+        .into();
     let weight_bytes = Checkpoint::open(&dir)?.bytes_as(candle_core::DType::F32) as f64;
     let before = current_rss_bytes().unwrap_or(0) as f64;
     let t0 = std::time::Instant::now();
@@ -19,7 +22,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("model: {}", dir.display());
     println!("f32 weight bytes: {:.3} GiB", gib(weight_bytes));
     println!("RSS before load:  {:.3} GiB", gib(before));
-    println!("peak RSS (VmHWM): {:.3} GiB  = {:.3}x the f32 weights", gib(peak), peak / weight_bytes);
+    println!(
+        "peak RSS (VmHWM): {:.3} GiB  = {:.3}x the f32 weights",
+        gib(peak),
+        peak / weight_bytes
+    );
     println!("load time: {secs:.1} s");
     drop(model);
     Ok(())

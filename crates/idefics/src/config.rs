@@ -163,8 +163,8 @@ impl Idefics2Config {
 
     /// Parses a config from JSON text.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| Error::Config(format!("not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("not valid JSON: {e}")))?;
         Self::from_json_value(&value)
     }
 
@@ -207,8 +207,9 @@ impl Idefics2Config {
             vision_config,
             perceiver_config,
             text_config,
-            image_token_id: u32::try_from(image_token_id)
-                .map_err(|_| Error::Config(format!("image_token_id {image_token_id} is too large")))?,
+            image_token_id: u32::try_from(image_token_id).map_err(|_| {
+                Error::Config(format!("image_token_id {image_token_id} is too large"))
+            })?,
             tie_word_embeddings: get_bool(obj, "tie_word_embeddings", "")?.unwrap_or(false),
             dtype: obj
                 .get("dtype")
@@ -231,10 +232,16 @@ impl Idefics2Config {
             ("vision_config.num_attention_heads", v.num_attention_heads),
             ("vision_config.num_channels", v.num_channels),
             ("vision_config.patch_size", v.patch_size),
-            ("perceiver_config.resampler_n_latents", p.resampler_n_latents),
+            (
+                "perceiver_config.resampler_n_latents",
+                p.resampler_n_latents,
+            ),
             ("perceiver_config.resampler_n_heads", p.resampler_n_heads),
             ("perceiver_config.resampler_head_dim", p.resampler_head_dim),
-            ("perceiver_config.num_key_value_heads", p.num_key_value_heads),
+            (
+                "perceiver_config.num_key_value_heads",
+                p.num_key_value_heads,
+            ),
             ("text_config.vocab_size", t.vocab_size),
             ("text_config.hidden_size", t.hidden_size),
             ("text_config.intermediate_size", t.intermediate_size),
@@ -272,7 +279,10 @@ impl Idefics2Config {
             )));
         }
         if t.head_dim % 2 != 0 {
-            return Err(Error::Config(format!("text_config.head_dim ({}) must be even for RoPE", t.head_dim)));
+            return Err(Error::Config(format!(
+                "text_config.head_dim ({}) must be even for RoPE",
+                t.head_dim
+            )));
         }
         if self.image_token_id as usize >= t.vocab_size {
             return Err(Error::Config(format!(
@@ -281,7 +291,9 @@ impl Idefics2Config {
             )));
         }
         if t.sliding_window == Some(0) {
-            return Err(Error::Config("text_config.sliding_window must be > 0 or null".into()));
+            return Err(Error::Config(
+                "text_config.sliding_window must be > 0 or null".into(),
+            ));
         }
         Ok(())
     }
@@ -297,16 +309,19 @@ type Obj = serde_json::Map<String, Value>;
 fn get_u64(obj: &Obj, key: &str, section: &str) -> Result<Option<u64>> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| Error::Config(format!("{section}{key} must be a non-negative integer, got {v}"))),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            Error::Config(format!(
+                "{section}{key} must be a non-negative integer, got {v}"
+            ))
+        }),
     }
 }
 
 fn get_usize(obj: &Obj, key: &str, section: &str) -> Result<Option<usize>> {
     get_u64(obj, key, section)?
-        .map(|x| usize::try_from(x).map_err(|_| Error::Config(format!("{section}{key} is too large"))))
+        .map(|x| {
+            usize::try_from(x).map_err(|_| Error::Config(format!("{section}{key} is too large")))
+        })
         .transpose()
 }
 
@@ -338,7 +353,9 @@ fn get_act(obj: &Obj, key: &str, section: &str) -> Result<Option<Activation>> {
                 "{section}{key} \"{s}\" is not supported (expected silu, gelu_pytorch_tanh or gelu)"
             ))
         }),
-        Some(v) => Err(Error::Config(format!("{section}{key} must be a string, got {v}"))),
+        Some(v) => Err(Error::Config(format!(
+            "{section}{key} must be a string, got {v}"
+        ))),
     }
 }
 
@@ -371,7 +388,8 @@ fn parse_vision(v: &Value) -> Result<VisionConfig> {
         hidden_size: get_usize(o, "hidden_size", s)?.unwrap_or(d.hidden_size),
         intermediate_size: get_usize(o, "intermediate_size", s)?.unwrap_or(d.intermediate_size),
         num_hidden_layers: get_usize(o, "num_hidden_layers", s)?.unwrap_or(d.num_hidden_layers),
-        num_attention_heads: get_usize(o, "num_attention_heads", s)?.unwrap_or(d.num_attention_heads),
+        num_attention_heads: get_usize(o, "num_attention_heads", s)?
+            .unwrap_or(d.num_attention_heads),
         num_channels: get_usize(o, "num_channels", s)?.unwrap_or(d.num_channels),
         image_size: get_side(o, "image_size", s)?.unwrap_or(d.image_size),
         patch_size: get_side(o, "patch_size", s)?.unwrap_or(d.patch_size),
@@ -388,11 +406,13 @@ fn parse_perceiver(v: &Value) -> Result<PerceiverConfig> {
         hidden_act: get_act(o, "hidden_act", s)?.unwrap_or(d.hidden_act),
         hidden_size: get_usize(o, "hidden_size", s)?.unwrap_or(d.hidden_size),
         rms_norm_eps: get_f64(o, "rms_norm_eps", s)?.unwrap_or(d.rms_norm_eps),
-        resampler_n_latents: get_usize(o, "resampler_n_latents", s)?.unwrap_or(d.resampler_n_latents),
+        resampler_n_latents: get_usize(o, "resampler_n_latents", s)?
+            .unwrap_or(d.resampler_n_latents),
         resampler_depth: get_usize(o, "resampler_depth", s)?.unwrap_or(d.resampler_depth),
         resampler_n_heads: get_usize(o, "resampler_n_heads", s)?.unwrap_or(d.resampler_n_heads),
         resampler_head_dim: get_usize(o, "resampler_head_dim", s)?.unwrap_or(d.resampler_head_dim),
-        num_key_value_heads: get_usize(o, "num_key_value_heads", s)?.unwrap_or(d.num_key_value_heads),
+        num_key_value_heads: get_usize(o, "num_key_value_heads", s)?
+            .unwrap_or(d.num_key_value_heads),
     })
 }
 
@@ -411,7 +431,9 @@ fn parse_text(v: &Value) -> Result<TextConfig> {
     let hidden_size = get_usize(o, "hidden_size", s)?.unwrap_or(4096);
     let num_attention_heads = get_usize(o, "num_attention_heads", s)?.unwrap_or(32);
     if num_attention_heads == 0 {
-        return Err(Error::Config("text_config.num_attention_heads must be > 0".into()));
+        return Err(Error::Config(
+            "text_config.num_attention_heads must be > 0".into(),
+        ));
     }
     // 5.x: rope_parameters {rope_theta, rope_type}; 4.x: rope_theta at top level and maybe rope_scaling.
     let mut rope_theta = get_f64(o, "rope_theta", s)?;
@@ -424,11 +446,19 @@ fn parse_text(v: &Value) -> Result<TextConfig> {
                 if let Some(theta) = get_f64(rp, "rope_theta", &sec)? {
                     rope_theta = Some(theta);
                 }
-                if let Some(t) = rp.get("rope_type").or_else(|| rp.get("type")).and_then(Value::as_str) {
+                if let Some(t) = rp
+                    .get("rope_type")
+                    .or_else(|| rp.get("type"))
+                    .and_then(Value::as_str)
+                {
                     rope_type = Some(t.to_string());
                 }
             }
-            Some(other) => return Err(Error::Config(format!("text_config.{key} must be an object, got {other}"))),
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "text_config.{key} must be an object, got {other}"
+                )))
+            }
         }
     }
     if let Some(t) = rope_type {
@@ -537,14 +567,24 @@ mod tests {
     fn rejects_unsupported_values_naming_the_field() {
         assert!(err(r#"{"model_type":"llava"}"#).contains("llava"));
         let e = err(r#"{"model_type":"idefics2","text_config":{"hidden_act":"relu"}}"#);
-        assert!(e.contains("text_config.hidden_act") && e.contains("relu"), "{e}");
-        let e = err(r#"{"model_type":"idefics2","text_config":{"rope_parameters":{"rope_type":"yarn"}}}"#);
+        assert!(
+            e.contains("text_config.hidden_act") && e.contains("relu"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"model_type":"idefics2","text_config":{"rope_parameters":{"rope_type":"yarn"}}}"#,
+        );
         assert!(e.contains("rope_type") && e.contains("yarn"), "{e}");
         let e = err(r#"{"model_type":"idefics2","text_config":{"num_key_value_heads":5}}"#);
         assert!(e.contains("num_key_value_heads"), "{e}");
         let e = err(r#"{"model_type":"idefics2","perceiver_config":{"num_key_value_heads":5}}"#);
-        assert!(e.contains("perceiver_config") && e.contains("num_key_value_heads"), "{e}");
-        let e = err(r#"{"model_type":"idefics2","image_token_id":40000,"text_config":{"vocab_size":32003}}"#);
+        assert!(
+            e.contains("perceiver_config") && e.contains("num_key_value_heads"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"model_type":"idefics2","image_token_id":40000,"text_config":{"vocab_size":32003}}"#,
+        );
         assert!(e.contains("image_token_id"), "{e}");
         let e = err(r#"{"model_type":"idefics2","vision_config":{"hidden_size":"big"}}"#);
         assert!(e.contains("vision_config.hidden_size"), "{e}");

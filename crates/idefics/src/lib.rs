@@ -10,7 +10,9 @@ pub mod weights;
 
 pub use config::Idefics2Config;
 pub use error::{Error, Result};
-pub use model::{Idefics2ForConditionalGeneration, KvCache, LoadOptions, ModelInputs, PositionIdRule};
+pub use model::{
+    Idefics2ForConditionalGeneration, KvCache, LoadOptions, ModelInputs, PositionIdRule,
+};
 
 pub use idefics_eval as eval_metrics;
 pub use idefics_processor as processor;

@@ -46,14 +46,20 @@ impl Checkpoint {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
             let v: Value = serde_json::from_str(&text)
                 .map_err(|e| Error::Weights(format!("{}: not valid JSON: {e}", index.display())))?;
-            let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
-                Error::Weights(format!("{}: no \"weight_map\" object", index.display()))
-            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| {
+                    Error::Weights(format!("{}: no \"weight_map\" object", index.display()))
+                })?;
             let mut files: Vec<PathBuf> = Vec::new();
             let mut weight_map = BTreeMap::new();
             for (name, file) in map {
                 let file = file.as_str().ok_or_else(|| {
-                    Error::Weights(format!("{}: weight_map[{name}] is not a file name", index.display()))
+                    Error::Weights(format!(
+                        "{}: weight_map[{name}] is not a file name",
+                        index.display()
+                    ))
                 })?;
                 if file.contains('/') || file.contains('\\') || file == ".." {
                     return Err(Error::Weights(format!(
@@ -103,7 +109,12 @@ impl Checkpoint {
                 }
             }
         }
-        Ok(Self { files, tensors, used: Mutex::new(BTreeSet::new()), first_error: Mutex::new(None) })
+        Ok(Self {
+            files,
+            tensors,
+            used: Mutex::new(BTreeSet::new()),
+            first_error: Mutex::new(None),
+        })
     }
 
     /// Names of all tensors in the checkpoint.
@@ -113,26 +124,36 @@ impl Checkpoint {
 
     /// Stored dtype and shape of a tensor.
     pub fn info(&self, name: &str) -> Option<(DType, &[usize])> {
-        self.tensors.get(name).map(|e| (e.dtype, e.shape.as_slice()))
+        self.tensors
+            .get(name)
+            .map(|e| (e.dtype, e.shape.as_slice()))
     }
 
     /// Total bytes the checkpoint's tensors take once converted to `dtype`.
     pub fn bytes_as(&self, dtype: DType) -> usize {
-        self.tensors.values().map(|e| e.shape.iter().product::<usize>() * dtype.size_in_bytes()).sum()
+        self.tensors
+            .values()
+            .map(|e| e.shape.iter().product::<usize>() * dtype.size_in_bytes())
+            .sum()
     }
 
     /// Reads one tensor (any stored float dtype) and converts it to `dtype` on `device`.
     pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
-        let entry = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| Error::Weights(format!("missing tensor {name} (not in any checkpoint file)")))?;
+        let entry = self.tensors.get(name).ok_or_else(|| {
+            Error::Weights(format!(
+                "missing tensor {name} (not in any checkpoint file)"
+            ))
+        })?;
         let path = &self.files[entry.file];
         let mut buf = vec![0u8; entry.len];
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        f.seek(SeekFrom::Start(entry.offset)).map_err(|e| Error::io(path, e))?;
+        f.seek(SeekFrom::Start(entry.offset))
+            .map_err(|e| Error::io(path, e))?;
         f.read_exact(&mut buf).map_err(|e| {
-            Error::Weights(format!("tensor {name}: cannot read its data from {}: {e}", path.display()))
+            Error::Weights(format!(
+                "tensor {name}: cannot read its data from {}: {e}",
+                path.display()
+            ))
         })?;
         let t = Tensor::from_raw_buffer(&buf, entry.dtype, &entry.shape, device)?;
         drop(buf);
@@ -193,7 +214,11 @@ impl SimpleBackend for CheckpointBackend {
     ) -> candle_core::Result<Tensor> {
         let ck = &self.0;
         match ck.tensors.get(name) {
-            None => return Err(ck.fail(format!("missing tensor {name} (not in any checkpoint file)"))),
+            None => {
+                return Err(ck.fail(format!(
+                    "missing tensor {name} (not in any checkpoint file)"
+                )))
+            }
             Some(e) if e.shape.as_slice() != s.dims() => {
                 return Err(ck.fail(format!(
                     "tensor {name} in {} has shape {:?}, the config expects {:?}",
@@ -210,7 +235,8 @@ impl SimpleBackend for CheckpointBackend {
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let ck = &self.0;
         ck.mark_used(name);
-        ck.load(name, dtype, dev).map_err(|e| ck.fail(e.to_string().trim_start_matches("weights: ").to_string()))
+        ck.load(name, dtype, dev)
+            .map_err(|e| ck.fail(e.to_string().trim_start_matches("weights: ").to_string()))
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
@@ -225,8 +251,11 @@ fn read_header(path: &Path) -> Result<HashMap<String, TensorEntry>> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut len_bytes = [0u8; 8];
-    f.read_exact(&mut len_bytes)
-        .map_err(|_| bad(format!("truncated or not a safetensors file ({file_len} bytes)")))?;
+    f.read_exact(&mut len_bytes).map_err(|_| {
+        bad(format!(
+            "truncated or not a safetensors file ({file_len} bytes)"
+        ))
+    })?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > 100_000_000 || 8 + header_len > file_len {
         return Err(bad(format!(
@@ -234,9 +263,13 @@ fn read_header(path: &Path) -> Result<HashMap<String, TensorEntry>> {
         )));
     }
     let mut header = vec![0u8; header_len as usize];
-    f.read_exact(&mut header).map_err(|e| bad(format!("cannot read header: {e}")))?;
-    let v: Value = serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("cannot read header: {e}")))?;
+    let v: Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("header is not a JSON object".into()))?;
     let data_start = 8 + header_len;
     let data_len = file_len - data_start;
     let mut out = HashMap::new();
@@ -285,7 +318,13 @@ fn read_header(path: &Path) -> Result<HashMap<String, TensorEntry>> {
         }
         out.insert(
             name.clone(),
-            TensorEntry { file: 0, dtype, shape, offset: data_start + begin, len: (end - begin) as usize },
+            TensorEntry {
+                file: 0,
+                dtype,
+                shape,
+                offset: data_start + begin,
+                len: (end - begin) as usize,
+            },
         );
     }
     Ok(out)
@@ -298,7 +337,9 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
         "bf16" | "bfloat16" => Ok(DType::BF16),
         "f16" | "float16" | "half" => Ok(DType::F16),
         "f64" | "float64" => Ok(DType::F64),
-        other => Err(Error::Config(format!("dtype \"{other}\" is not supported (f32, bf16, f16)"))),
+        other => Err(Error::Config(format!(
+            "dtype \"{other}\" is not supported (f32, bf16, f16)"
+        ))),
     }
 }
 

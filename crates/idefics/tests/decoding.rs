@@ -48,7 +48,10 @@ fn kv_cache_steps_equal_full_forward() {
         let (diff, ref_max) = masked_logit_diff(&stepped, &full, &mask_rows(mask));
         let tol = 1e-4 * ref_max.max(1.0);
         println!("{name}: cache vs full forward max diff {diff:.3e} (tol {tol:.3e})");
-        assert!(diff <= tol, "{name}: KV-cache decoding differs from the full forward by {diff:e}");
+        assert!(
+            diff <= tol,
+            "{name}: KV-cache decoding differs from the full forward by {diff:e}"
+        );
     }
 }
 
@@ -69,14 +72,19 @@ fn batch_equals_per_sample() {
                 attention_mask: None,
                 position_ids: None,
                 pixel_values: t.get("pixel_values").map(|p| p.i(b..b + 1).unwrap()),
-                pixel_attention_mask: t.get("pixel_attention_mask").map(|p| p.i(b..b + 1).unwrap()),
+                pixel_attention_mask: t
+                    .get("pixel_attention_mask")
+                    .map(|p| p.i(b..b + 1).unwrap()),
             };
             let alone = model.forward(&single, None).unwrap();
             let theirs = batch.i((b..b + 1, start..)).unwrap();
             let (diff, ref_max) = masked_logit_diff(&alone, &theirs, &[vec![1; len]]);
             let tol = 1e-4 * ref_max.max(1.0);
             println!("{name} sample {b}: alone vs batch max diff {diff:.3e}");
-            assert!(diff <= tol, "{name} sample {b}: alone vs batched logits differ by {diff:e}");
+            assert!(
+                diff <= tol,
+                "{name} sample {b}: alone vs batched logits differ by {diff:e}"
+            );
         }
     }
 }
@@ -88,14 +96,18 @@ fn greedy_decoding_matches_transformers_generate() {
     for case in cases() {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let expected = load_st(&case.join("expected.safetensors"));
-        let Some(generated) = expected.get("generated_ids") else { continue };
+        let Some(generated) = expected.get("generated_ids") else {
+            continue;
+        };
         let model = load_model(&case);
         let t = load_st(&case.join("inputs.safetensors"));
         let (b, l) = t["input_ids"].dims2().unwrap();
         let want = mask_rows(generated);
         let new_tokens = want[0].len() - l;
         let mut cache = model.new_cache();
-        let mut logits = model.forward_last(&case_inputs(&t, false), &mut cache).unwrap();
+        let mut logits = model
+            .forward_last(&case_inputs(&t, false), &mut cache)
+            .unwrap();
         let mut done = vec![false; b];
         let vocab = model.config().text_config.vocab_size;
         let mut ban = vec![0f32; vocab];
@@ -128,7 +140,11 @@ fn greedy_decoding_matches_transformers_generate() {
                 break;
             }
             // Finished rows keep going with the pad token, as generate() does.
-            let feed: Vec<u32> = next.iter().zip(&was_done).map(|(&n, &d)| if d { 0 } else { n }).collect();
+            let feed: Vec<u32> = next
+                .iter()
+                .zip(&was_done)
+                .map(|(&n, &d)| if d { 0 } else { n })
+                .collect();
             logits = model.decode_step(&feed, &mut cache).unwrap();
         }
         println!("{name}: greedy decoding matches generate()");

@@ -48,9 +48,17 @@ fn truncated_file_is_reported() {
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len - 100).unwrap();
     let msg = load_err(dir.path());
-    assert!(msg.contains("truncated") && msg.contains("model.safetensors"), "{msg}");
+    assert!(
+        msg.contains("truncated") && msg.contains("model.safetensors"),
+        "{msg}"
+    );
     // Cut inside the header too.
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(20).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(20)
+        .unwrap();
     let msg = load_err(dir.path());
     assert!(msg.contains("truncated"), "{msg}");
 }
@@ -62,7 +70,10 @@ fn missing_tensor_is_named() {
         t.remove(VICTIM);
     });
     let msg = load_err(dir.path());
-    assert!(msg.contains("missing tensor") && msg.contains(VICTIM), "{msg}");
+    assert!(
+        msg.contains("missing tensor") && msg.contains(VICTIM),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -91,17 +102,25 @@ fn misshaped_tensor_is_named() {
 fn unexpected_tensor_is_named() {
     let dir = copy_model();
     rewrite(dir.path(), |t| {
-        t.insert("model.extra_head.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            "model.extra_head.weight".into(),
+            Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+        );
     });
     let msg = load_err(dir.path());
-    assert!(msg.contains("unexpected tensor model.extra_head.weight"), "{msg}");
+    assert!(
+        msg.contains("unexpected tensor model.extra_head.weight"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn config_of_another_model_is_rejected() {
     let dir = copy_model();
     let cfg = dir.path().join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"idefics2\"", "\"llava\"");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"idefics2\"", "\"llava\"");
     std::fs::write(&cfg, text).unwrap();
     let msg = load_err(dir.path());
     assert!(msg.contains("llava") && msg.contains("model_type"), "{msg}");
@@ -112,7 +131,11 @@ fn missing_files_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let msg = load_err(dir.path());
     assert!(msg.contains("config.json"), "{msg}");
-    std::fs::copy(fixtures_root().join("cfg_a/model/config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixtures_root().join("cfg_a/model/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     let msg = load_err(dir.path());
     assert!(msg.contains("model.safetensors"), "{msg}");
 }
@@ -145,7 +168,10 @@ fn half_precision_weights_are_converted() {
         let ck = idefics::weights::Checkpoint::open(&dir).unwrap();
         let name = "model.text_model.embed_tokens.weight";
         let (dtype, _) = ck.info(name).unwrap();
-        assert!(matches!(dtype, DType::BF16 | DType::F16), "{case}: stored as {dtype:?}");
+        assert!(
+            matches!(dtype, DType::BF16 | DType::F16),
+            "{case}: stored as {dtype:?}"
+        );
         let t = ck.load(name, DType::F32, &Device::Cpu).unwrap();
         assert_eq!(t.dtype(), DType::F32);
         let back = t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();

@@ -34,14 +34,24 @@ fn every_weight_gets_a_finite_nonzero_gradient() {
     let data = varmap.data().lock().unwrap();
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
-    assert!(names.len() > 40, "expected all weights as vars, got {}", names.len());
+    assert!(
+        names.len() > 40,
+        "expected all weights as vars, got {}",
+        names.len()
+    );
     let mut bad = Vec::new();
     for name in names {
         let var = &data[name];
         match grads.get(var.as_tensor()) {
             None => bad.push(format!("{name}: no gradient")),
             Some(g) => {
-                let g = g.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let g = g
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
                 if g.iter().any(|x| !x.is_finite()) {
                     bad.push(format!("{name}: non-finite gradient"));
                 } else if g.iter().all(|&x| x == 0.0) {

@@ -20,7 +20,12 @@ pub struct PerceiverAttention {
 
 impl PerceiverAttention {
     pub fn load(cfg: &PerceiverConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
-        let (d, h, kv, hd) = (cfg.hidden_size, cfg.resampler_n_heads, cfg.num_key_value_heads, cfg.resampler_head_dim);
+        let (d, h, kv, hd) = (
+            cfg.hidden_size,
+            cfg.resampler_n_heads,
+            cfg.num_key_value_heads,
+            cfg.resampler_head_dim,
+        );
         Ok(Self {
             q_proj: Linear::load(vb.pp("q_proj"), d, h * hd, false)?,
             k_proj: Linear::load(vb.pp("k_proj"), d, kv * hd, false)?,
@@ -34,13 +39,30 @@ impl PerceiverAttention {
     }
 
     /// `latents [n, L, D]`, `context [n, S, D]` (both already normed), `mask` additive `[n, 1, 1, S + L]`.
-    pub fn forward(&self, latents: &Tensor, context: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        latents: &Tensor,
+        context: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (n, l, _) = latents.dims3()?;
         let s = context.dim(1)?;
         let kv_in = Tensor::cat(&[context, latents], 1)?;
-        let q = self.q_proj.forward(latents)?.reshape((n, l, self.num_heads, self.head_dim))?.transpose(1, 2)?;
-        let k = self.k_proj.forward(&kv_in)?.reshape((n, s + l, self.num_kv_heads, self.head_dim))?.transpose(1, 2)?;
-        let v = self.v_proj.forward(&kv_in)?.reshape((n, s + l, self.num_kv_heads, self.head_dim))?.transpose(1, 2)?;
+        let q = self
+            .q_proj
+            .forward(latents)?
+            .reshape((n, l, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?;
+        let k = self
+            .k_proj
+            .forward(&kv_in)?
+            .reshape((n, s + l, self.num_kv_heads, self.head_dim))?
+            .transpose(1, 2)?;
+        let v = self
+            .v_proj
+            .forward(&kv_in)?
+            .reshape((n, s + l, self.num_kv_heads, self.head_dim))?
+            .transpose(1, 2)?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let out = eager_attention(&q, &k, &v, mask, scale, &self.kernels)?;
         self.o_proj.forward(&out)
@@ -64,18 +86,34 @@ impl PerceiverLayer {
             input_latents_norm: RmsNorm::load(vb.pp("input_latents_norm"), d, eps, kernels)?,
             input_context_norm: RmsNorm::load(vb.pp("input_context_norm"), d, eps, kernels)?,
             self_attn: PerceiverAttention::load(cfg, vb.pp("self_attn"), kernels)?,
-            post_attention_layernorm: RmsNorm::load(vb.pp("post_attention_layernorm"), d, eps, kernels)?,
+            post_attention_layernorm: RmsNorm::load(
+                vb.pp("post_attention_layernorm"),
+                d,
+                eps,
+                kernels,
+            )?,
             // The perceiver MLP is 4x wide and uses the perceiver's own activation.
             mlp: GatedMlp::load(vb.pp("mlp"), d, 4 * d, d, cfg.hidden_act)?,
         })
     }
 
     /// `context` is the ORIGINAL (projected) context: transformers norms it afresh in every layer.
-    pub fn forward(&self, latents: &Tensor, context: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        latents: &Tensor,
+        context: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let normed_latents = self.input_latents_norm.forward(latents)?;
         let normed_context = self.input_context_norm.forward(context)?;
-        let latents = (latents + self.self_attn.forward(&normed_latents, &normed_context, mask)?)?;
-        &latents + self.mlp.forward(&self.post_attention_layernorm.forward(&latents)?)?
+        let latents = (latents
+            + self
+                .self_attn
+                .forward(&normed_latents, &normed_context, mask)?)?;
+        &latents
+            + self
+                .mlp
+                .forward(&self.post_attention_layernorm.forward(&latents)?)?
     }
 }
 
@@ -103,7 +141,11 @@ impl PerceiverResampler {
     pub fn forward(&self, context: &Tensor, patch_mask: Option<&Tensor>) -> Result<Tensor> {
         let n = context.dim(0)?;
         let (l, d) = self.latents.dims2()?;
-        let mut latents = self.latents.unsqueeze(0)?.broadcast_as((n, l, d))?.contiguous()?;
+        let mut latents = self
+            .latents
+            .unsqueeze(0)?
+            .broadcast_as((n, l, d))?
+            .contiguous()?;
         // Key mask over [context patches, latents]; latents are always visible.
         let mask = match patch_mask {
             None => None,
@@ -112,7 +154,9 @@ impl PerceiverResampler {
                 let valid = pm.ne(0.0)?.to_dtype(DType::F32)?;
                 let ones = Tensor::ones((n, l), DType::F32, context.device())?;
                 let keep = Tensor::cat(&[&valid, &ones], 1)?;
-                let additive = keep.affine(-mask_min_value(dtype), mask_min_value(dtype))?.to_dtype(dtype)?;
+                let additive = keep
+                    .affine(-mask_min_value(dtype), mask_min_value(dtype))?
+                    .to_dtype(dtype)?;
                 Some(additive.unsqueeze(1)?.unsqueeze(1)?)
             }
         };
@@ -142,7 +186,11 @@ impl Connector {
                 t.hidden_size,
                 t.hidden_act,
             )?,
-            perceiver_resampler: PerceiverResampler::load(&cfg.perceiver_config, vb.pp("perceiver_resampler"), kernels)?,
+            perceiver_resampler: PerceiverResampler::load(
+                &cfg.perceiver_config,
+                vb.pp("perceiver_resampler"),
+                kernels,
+            )?,
         })
     }
 

@@ -85,7 +85,11 @@ impl Idefics2ForConditionalGeneration {
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let config = Idefics2Config::from_file(&dir.join("config.json"))?;
         let ck = Arc::new(Checkpoint::open(dir)?);
-        let vb = VarBuilder::from_backend(Box::new(CheckpointBackend(ck.clone())), opts.dtype, opts.device.clone());
+        let vb = VarBuilder::from_backend(
+            Box::new(CheckpointBackend(ck.clone())),
+            opts.dtype,
+            opts.device.clone(),
+        );
         let model = match Self::new(&config, vb, opts) {
             Ok(m) => m,
             Err(e) => return Err(ck.take_error().map(Error::Weights).unwrap_or(e)),
@@ -111,7 +115,8 @@ impl Idefics2ForConditionalGeneration {
         config.validate()?;
         let kernels = Kernels::new(opts.use_fused_kernels);
         let m = vb.pp("model");
-        let vision_model = VisionTransformer::load(&config.vision_config, m.pp("vision_model"), &kernels)?;
+        let vision_model =
+            VisionTransformer::load(&config.vision_config, m.pp("vision_model"), &kernels)?;
         let connector = Connector::load(config, m.pp("connector"), &kernels)?;
         let text_model = TextModel::load(&config.text_config, m.pp("text_model"), &kernels)?;
         let t = &config.text_config;
@@ -169,17 +174,34 @@ impl Idefics2ForConditionalGeneration {
 
     /// Vision tower + connector for `pixel_values [B, M, C, H, W]` (spec §3 step 2). Padding images (all 0.0)
     /// are dropped; each remaining image runs at its valid patch size.
-    pub fn image_features(&self, pixel_values: &Tensor, pixel_attention_mask: Option<&Tensor>) -> Result<ImageFeatures> {
-        let (b, m, c, h, w) = pixel_values
-            .dims5()
-            .map_err(|_| Error::Input(format!("pixel_values must be [B, M, C, H, W], got {:?}", pixel_values.dims())))?;
+    pub fn image_features(
+        &self,
+        pixel_values: &Tensor,
+        pixel_attention_mask: Option<&Tensor>,
+    ) -> Result<ImageFeatures> {
+        let (b, m, c, h, w) = pixel_values.dims5().map_err(|_| {
+            Error::Input(format!(
+                "pixel_values must be [B, M, C, H, W], got {:?}",
+                pixel_values.dims()
+            ))
+        })?;
         let vc = &self.config.vision_config;
         if c != vc.num_channels {
-            return Err(Error::Input(format!("pixel_values has {c} channels, the model expects {}", vc.num_channels)));
+            return Err(Error::Input(format!(
+                "pixel_values has {c} channels, the model expects {}",
+                vc.num_channels
+            )));
         }
         let p = vc.patch_size;
-        let pixels = pixel_values.to_dtype(self.dtype)?.reshape((b * m, c, h, w))?;
-        let maxabs: Vec<f32> = pixels.flatten_from(1)?.abs()?.max(D::Minus1)?.to_dtype(DType::F32)?.to_vec1()?;
+        let pixels = pixel_values
+            .to_dtype(self.dtype)?
+            .reshape((b * m, c, h, w))?;
+        let maxabs: Vec<f32> = pixels
+            .flatten_from(1)?
+            .abs()?
+            .max(D::Minus1)?
+            .to_dtype(DType::F32)?
+            .to_vec1()?;
         let real: Vec<usize> = (0..b * m).filter(|&i| maxabs[i] != 0.0).collect();
         let image_index: Vec<(usize, usize)> = real.iter().map(|&i| (i / m, i % m)).collect();
         let n = real.len();
@@ -188,10 +210,22 @@ impl Idefics2ForConditionalGeneration {
                 image_index,
                 patch_grids: vec![],
                 vision_hidden_states: vec![],
-                features: Tensor::zeros((0, self.config.image_seq_len(), self.config.text_config.hidden_size), self.dtype, &self.device)?,
+                features: Tensor::zeros(
+                    (
+                        0,
+                        self.config.image_seq_len(),
+                        self.config.text_config.hidden_size,
+                    ),
+                    self.dtype,
+                    &self.device,
+                )?,
             });
         }
-        let real_idx = Tensor::from_vec(real.iter().map(|&i| i as u32).collect::<Vec<_>>(), n, &self.device)?;
+        let real_idx = Tensor::from_vec(
+            real.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            n,
+            &self.device,
+        )?;
         let pixels = pixels.index_select(&real_idx, 0)?;
         let patch_valid = match pixel_attention_mask {
             Some(mask) => {
@@ -209,9 +243,17 @@ impl Idefics2ForConditionalGeneration {
         // Valid patches must form a top-left rectangle (transformers assumes it when assigning position ids).
         let mut grids = Vec::with_capacity(n);
         for (k, grid) in patch_valid.iter().enumerate() {
-            let nb_h = grid.iter().take_while(|row| row.first().copied().unwrap_or(false)).count();
-            let nb_w = grid.first().map_or(0, |row| row.iter().take_while(|&&v| v).count());
-            let total: usize = grid.iter().map(|row| row.iter().filter(|&&v| v).count()).sum();
+            let nb_h = grid
+                .iter()
+                .take_while(|row| row.first().copied().unwrap_or(false))
+                .count();
+            let nb_w = grid
+                .first()
+                .map_or(0, |row| row.iter().take_while(|&&v| v).count());
+            let total: usize = grid
+                .iter()
+                .map(|row| row.iter().filter(|&&v| v).count())
+                .sum();
             let (sample, slot) = image_index[k];
             if nb_h == 0 || nb_w == 0 {
                 return Err(Error::Input(format!(
@@ -233,10 +275,19 @@ impl Idefics2ForConditionalGeneration {
             if done[k] {
                 continue;
             }
-            let members: Vec<usize> = (k..n).filter(|&j| !done[j] && grids[j] == grids[k]).collect();
+            let members: Vec<usize> = (k..n)
+                .filter(|&j| !done[j] && grids[j] == grids[k])
+                .collect();
             let (nb_h, nb_w) = grids[k];
-            let idx = Tensor::from_vec(members.iter().map(|&j| j as u32).collect::<Vec<_>>(), members.len(), &self.device)?;
-            let group = pixels.index_select(&idx, 0)?.narrow(2, 0, nb_h * p)?.narrow(3, 0, nb_w * p)?;
+            let idx = Tensor::from_vec(
+                members.iter().map(|&j| j as u32).collect::<Vec<_>>(),
+                members.len(),
+                &self.device,
+            )?;
+            let group = pixels
+                .index_select(&idx, 0)?
+                .narrow(2, 0, nb_h * p)?
+                .narrow(3, 0, nb_w * p)?;
             let hidden = self.vision_model.forward(&group, self.position_id_rule)?;
             let feats = self.connector.forward(&hidden, None)?;
             for (g, &j) in members.iter().enumerate() {
@@ -247,7 +298,12 @@ impl Idefics2ForConditionalGeneration {
         }
         let vision_hidden_states: Vec<Tensor> = vision_out.into_iter().flatten().collect();
         let feats: Vec<Tensor> = feats_out.into_iter().flatten().collect();
-        Ok(ImageFeatures { image_index, patch_grids: grids, vision_hidden_states, features: Tensor::stack(&feats, 0)? })
+        Ok(ImageFeatures {
+            image_index,
+            patch_grids: grids,
+            vision_hidden_states,
+            features: Tensor::stack(&feats, 0)?,
+        })
     }
 
     /// Logits `[B, L, V]` for the new tokens. With a cache, its keys/values and mask are extended (prefill when
@@ -262,7 +318,9 @@ impl Idefics2ForConditionalGeneration {
     pub fn forward_last(&self, inputs: &ModelInputs, cache: &mut KvCache) -> Result<Tensor> {
         let hidden = self.forward_hidden(inputs, Some(cache))?;
         let l = hidden.dim(1)?;
-        Ok(self.lm_head.forward(&hidden.narrow(1, l - 1, 1)?.squeeze(1)?)?)
+        Ok(self
+            .lm_head
+            .forward(&hidden.narrow(1, l - 1, 1)?.squeeze(1)?)?)
     }
 
     /// One decoding step: appends `tokens` (one per row, all real) and returns the next-token logits `[B, V]`.
@@ -275,20 +333,38 @@ impl Idefics2ForConditionalGeneration {
             )));
         }
         let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), &self.device)?;
-        self.forward_last(&ModelInputs { input_ids: Some(ids), ..Default::default() }, cache)
+        self.forward_last(
+            &ModelInputs {
+                input_ids: Some(ids),
+                ..Default::default()
+            },
+            cache,
+        )
     }
 
     /// Final-normed hidden states `[B, L, Dt]` (before the lm head).
-    pub fn forward_hidden(&self, inputs: &ModelInputs, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let ids = inputs.input_ids.as_ref().ok_or_else(|| Error::Input("input_ids are required".into()))?;
+    pub fn forward_hidden(
+        &self,
+        inputs: &ModelInputs,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let ids = inputs
+            .input_ids
+            .as_ref()
+            .ok_or_else(|| Error::Input("input_ids are required".into()))?;
         let (b, l) = ids
             .dims2()
             .map_err(|_| Error::Input(format!("input_ids must be [B, L], got {:?}", ids.dims())))?;
+        if b == 0 || l == 0 {
+            return Err(Error::Input(format!("input_ids is empty (shape [{b}, {l}])")));
+        }
         let ids_host: Vec<Vec<i64>> = ids.to_dtype(DType::I64)?.to_vec2()?;
         let vocab = self.config.text_config.vocab_size as i64;
         for row in &ids_host {
             if let Some(bad) = row.iter().find(|&&t| t < 0 || t >= vocab) {
-                return Err(Error::Input(format!("input_ids contains token id {bad}, outside the vocabulary of {vocab}")));
+                return Err(Error::Input(format!(
+                    "input_ids contains token id {bad}, outside the vocabulary of {vocab}"
+                )));
             }
         }
         let new_mask: Vec<Vec<u8>> = match &inputs.attention_mask {
@@ -309,7 +385,10 @@ impl Idefics2ForConditionalGeneration {
         };
         if let Some(p) = &inputs.position_ids {
             if p.dims() != [b, l] {
-                return Err(Error::Input(format!("position_ids has shape {:?}, expected [{b}, {l}]", p.dims())));
+                return Err(Error::Input(format!(
+                    "position_ids has shape {:?}, expected [{b}, {l}]",
+                    p.dims()
+                )));
             }
         }
         let past: Vec<Vec<u8>> = match &cache {
@@ -337,7 +416,13 @@ impl Idefics2ForConditionalGeneration {
             let feats = self.image_features(pv, inputs.pixel_attention_mask.as_ref())?;
             embeds = self.merge_image_features(&embeds, &ids_host, &feats.features)?;
         }
-        let ctx = self.text_model.step_context(&new_mask, inputs.position_ids.as_ref(), &past, self.dtype, &self.device)?;
+        let ctx = self.text_model.step_context(
+            &new_mask,
+            inputs.position_ids.as_ref(),
+            &past,
+            self.dtype,
+            &self.device,
+        )?;
         match cache {
             Some(cache) => {
                 let hidden = self.text_model.forward_embeds(&embeds, &ctx, Some(cache))?;
@@ -351,7 +436,12 @@ impl Idefics2ForConditionalGeneration {
     /// Replaces the embeddings of `<image>` tokens, row-major over the batch, with the feature rows in order
     /// (transformers' `masked_scatter`). Done as one `index_select` over `[text rows; feature rows]` so that it is
     /// differentiable for both.
-    pub fn merge_image_features(&self, embeds: &Tensor, ids: &[Vec<i64>], features: &Tensor) -> Result<Tensor> {
+    pub fn merge_image_features(
+        &self,
+        embeds: &Tensor,
+        ids: &[Vec<i64>],
+        features: &Tensor,
+    ) -> Result<Tensor> {
         let (b, l, d) = embeds.dims3()?;
         let feat_rows = features.flatten_to(features.rank().saturating_sub(2))?;
         let n_feat = feat_rows.dim(0)?;
@@ -380,7 +470,13 @@ impl Idefics2ForConditionalGeneration {
             })
             .collect();
         let index = Tensor::from_vec(index, b * l, &self.device)?;
-        let table = Tensor::cat(&[&embeds.reshape((b * l, d))?, &feat_rows.to_dtype(embeds.dtype())?], 0)?;
+        let table = Tensor::cat(
+            &[
+                &embeds.reshape((b * l, d))?,
+                &feat_rows.to_dtype(embeds.dtype())?,
+            ],
+            0,
+        )?;
         Ok(table.index_select(&index, 0)?.reshape((b, l, d))?)
     }
 }

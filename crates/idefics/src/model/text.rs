@@ -2,8 +2,10 @@
 //! left-padding mask and a KV cache for incremental decoding.
 
 use crate::config::TextConfig;
-use crate::nn::{eager_attention, mask_min_value, GatedMlp, Kernels, Linear, RmsNorm, RotaryEmbedding};
 use crate::nn::rope::RopeTables;
+use crate::nn::{
+    eager_attention, mask_min_value, GatedMlp, Kernels, Linear, RmsNorm, RotaryEmbedding,
+};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -20,7 +22,10 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for a decoder of `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![None; num_layers], mask: Vec::new() }
+        Self {
+            layers: vec![None; num_layers],
+            mask: Vec::new(),
+        }
     }
 
     /// Number of cached positions (the same for every row).
@@ -50,7 +55,10 @@ impl KvCache {
 
     /// Position id the next real token of each row gets (= real tokens so far), as `generate()` counts.
     pub fn next_positions(&self) -> Vec<i64> {
-        self.mask.iter().map(|r| r.iter().filter(|&&m| m != 0).count() as i64).collect()
+        self.mask
+            .iter()
+            .map(|r| r.iter().filter(|&&m| m != 0).count() as i64)
+            .collect()
     }
 
     fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -90,7 +98,12 @@ pub struct TextAttention {
 
 impl TextAttention {
     pub fn load(cfg: &TextConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
-        let (d, h, kv, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (d, h, kv, hd) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         Ok(Self {
             q_proj: Linear::load(vb.pp("q_proj"), d, h * hd, false)?,
             k_proj: Linear::load(vb.pp("k_proj"), d, kv * hd, false)?,
@@ -111,9 +124,21 @@ impl TextAttention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
-        let q = self.q_proj.forward(xs)?.reshape((b, l, self.num_heads, self.head_dim))?.transpose(1, 2)?;
-        let k = self.k_proj.forward(xs)?.reshape((b, l, self.num_kv_heads, self.head_dim))?.transpose(1, 2)?;
-        let v = self.v_proj.forward(xs)?.reshape((b, l, self.num_kv_heads, self.head_dim))?.transpose(1, 2)?;
+        let q = self
+            .q_proj
+            .forward(xs)?
+            .reshape((b, l, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?;
+        let k = self
+            .k_proj
+            .forward(xs)?
+            .reshape((b, l, self.num_kv_heads, self.head_dim))?
+            .transpose(1, 2)?;
+        let v = self
+            .v_proj
+            .forward(xs)?
+            .reshape((b, l, self.num_kv_heads, self.head_dim))?
+            .transpose(1, 2)?;
         let q = rotary.apply(&q, &ctx.rope)?;
         let k = rotary.apply(&k, &ctx.rope)?.contiguous()?;
         let v = v.contiguous()?;
@@ -142,7 +167,12 @@ impl DecoderLayer {
         Ok(Self {
             input_layernorm: RmsNorm::load(vb.pp("input_layernorm"), d, eps, kernels)?,
             self_attn: TextAttention::load(cfg, vb.pp("self_attn"), kernels)?,
-            post_attention_layernorm: RmsNorm::load(vb.pp("post_attention_layernorm"), d, eps, kernels)?,
+            post_attention_layernorm: RmsNorm::load(
+                vb.pp("post_attention_layernorm"),
+                d,
+                eps,
+                kernels,
+            )?,
             mlp: GatedMlp::load(vb.pp("mlp"), d, cfg.intermediate_size, d, cfg.hidden_act)?,
         })
     }
@@ -164,7 +194,9 @@ impl TextModel {
             .map(|i| DecoderLayer::load(cfg, vb.pp("layers").pp(i), kernels))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embed_tokens: vb.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?,
+            embed_tokens: vb
+                .pp("embed_tokens")
+                .get((cfg.vocab_size, cfg.hidden_size), "weight")?,
             layers,
             norm: RmsNorm::load(vb.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps, kernels)?,
             rotary: RotaryEmbedding::new(cfg.rope_theta, cfg.head_dim, vb.device(), kernels)?,
@@ -185,7 +217,9 @@ impl TextModel {
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let d = self.embed_tokens.dim(1)?;
-        self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, l, d))
+        self.embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, l, d))
     }
 
     /// Rope tables and mask for `new_mask` (one row per sample, 1 = real token) appended after the cache.
@@ -206,8 +240,9 @@ impl TextModel {
             Some(p) => p.to_dtype(DType::I64)?,
             None => {
                 let mut pos = Vec::with_capacity(b * l);
-                for (row, past_row) in new_mask.iter().zip(past.iter().map(Some).chain(std::iter::repeat(None))) {
-                    let mut count = past_row.map_or(0, |p| p.iter().filter(|&&m| m != 0).count() as i64);
+                for (bi, row) in new_mask.iter().enumerate() {
+                    let past_row = past.get(bi).map_or(&[][..], Vec::as_slice);
+                    let mut count = past_row.iter().filter(|&&m| m != 0).count() as i64;
                     for &m in row {
                         if m != 0 {
                             count += 1;
@@ -260,9 +295,16 @@ impl TextModel {
         for (i, layer) in self.layers.iter().enumerate() {
             let residual = xs.clone();
             let h = layer.input_layernorm.forward(&xs)?;
-            let h = layer.self_attn.forward(&h, &self.rotary, ctx, cache.as_deref_mut().map(|c| (c, i)))?;
+            let h = layer.self_attn.forward(
+                &h,
+                &self.rotary,
+                ctx,
+                cache.as_deref_mut().map(|c| (c, i)),
+            )?;
             xs = (residual + h)?;
-            let h = layer.mlp.forward(&layer.post_attention_layernorm.forward(&xs)?)?;
+            let h = layer
+                .mlp
+                .forward(&layer.post_attention_layernorm.forward(&xs)?)?;
             xs = (xs + h)?;
         }
         self.norm.forward(&xs)

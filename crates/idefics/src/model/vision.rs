@@ -46,7 +46,11 @@ impl PositionIdRule {
 
     /// Parses `hf5` / `5` / `hf4.55-4.57` style names (for CLI options).
     pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().replace(['_', '.', ' '], "-").as_str() {
+        match s
+            .to_ascii_lowercase()
+            .replace(['_', '.', ' '], "-")
+            .as_str()
+        {
             "hf5" | "5" | "5x" | "hf5x" | "hf-5" | "hf-5x" | "clamp" => Some(Self::Hf5),
             "hf4-55-to-4-57" | "hf4-55-4-57" | "4-55-4-57" | "4-57" | "hf4-57" | "hf4" | "4" => {
                 Some(Self::Hf4_55To4_57)
@@ -57,9 +61,18 @@ impl PositionIdRule {
 }
 
 /// Position ids of an `nb_h x nb_w` patch grid, row-major: `bucket(i; nb_h) * N + bucket(j; nb_w)`.
-pub fn patch_position_ids(rule: PositionIdRule, nb_h: usize, nb_w: usize, num_per_side: usize) -> Vec<u32> {
-    let rows: Vec<usize> = (0..nb_h).map(|i| rule.bucket(i, nb_h, num_per_side)).collect();
-    let cols: Vec<usize> = (0..nb_w).map(|j| rule.bucket(j, nb_w, num_per_side)).collect();
+pub fn patch_position_ids(
+    rule: PositionIdRule,
+    nb_h: usize,
+    nb_w: usize,
+    num_per_side: usize,
+) -> Vec<u32> {
+    let rows: Vec<usize> = (0..nb_h)
+        .map(|i| rule.bucket(i, nb_h, num_per_side))
+        .collect();
+    let cols: Vec<usize> = (0..nb_w)
+        .map(|j| rule.bucket(j, nb_w, num_per_side))
+        .collect();
     rows.iter()
         .flat_map(|r| cols.iter().map(move |c| (r * num_per_side + c) as u32))
         .collect()
@@ -98,7 +111,10 @@ impl VisionEmbeddings {
         let p = self.patch_size;
         let (nb_h, nb_w) = (h / p, w / p);
         if c != self.num_channels || h % p != 0 || w % p != 0 {
-            candle_core::bail!("vision embeddings: pixels {:?} do not tile into {p}x{p} patches", pixels.dims());
+            candle_core::bail!(
+                "vision embeddings: pixels {:?} do not tile into {p}x{p} patches",
+                pixels.dims()
+            );
         }
         let patches = pixels
             .reshape((g, c, nb_h, p, nb_w, p))?
@@ -140,7 +156,10 @@ impl VisionAttention {
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, s, _) = xs.dims3()?;
-        let heads = |t: Tensor| t.reshape((b, s, self.num_heads, self.head_dim))?.transpose(1, 2);
+        let heads = |t: Tensor| {
+            t.reshape((b, s, self.num_heads, self.head_dim))?
+                .transpose(1, 2)
+        };
         let q = heads(self.q_proj.forward(xs)?)?;
         let k = heads(self.k_proj.forward(xs)?)?;
         let v = heads(self.v_proj.forward(xs)?)?;
@@ -184,9 +203,19 @@ pub struct EncoderLayer {
 impl EncoderLayer {
     pub fn load(cfg: &VisionConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
         Ok(Self {
-            layer_norm1: LayerNorm::load(vb.pp("layer_norm1"), cfg.hidden_size, cfg.layer_norm_eps, kernels)?,
+            layer_norm1: LayerNorm::load(
+                vb.pp("layer_norm1"),
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                kernels,
+            )?,
             self_attn: VisionAttention::load(cfg, vb.pp("self_attn"), kernels)?,
-            layer_norm2: LayerNorm::load(vb.pp("layer_norm2"), cfg.hidden_size, cfg.layer_norm_eps, kernels)?,
+            layer_norm2: LayerNorm::load(
+                vb.pp("layer_norm2"),
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                kernels,
+            )?,
             mlp: VisionMlp::load(cfg, vb.pp("mlp"))?,
         })
     }
@@ -213,7 +242,12 @@ impl VisionTransformer {
         Ok(Self {
             embeddings: VisionEmbeddings::load(cfg, vb.pp("embeddings"))?,
             layers,
-            post_layernorm: LayerNorm::load(vb.pp("post_layernorm"), cfg.hidden_size, cfg.layer_norm_eps, kernels)?,
+            post_layernorm: LayerNorm::load(
+                vb.pp("post_layernorm"),
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                kernels,
+            )?,
         })
     }
 
@@ -245,7 +279,11 @@ pub fn patch_valid_mask(mask: &Tensor, patch: usize) -> Result<Vec<Vec<Vec<bool>
     let full = (patch * patch) as f32;
     Ok(m.to_vec3::<f32>()?
         .into_iter()
-        .map(|img| img.into_iter().map(|row| row.into_iter().map(|s| s == full).collect()).collect())
+        .map(|img| {
+            img.into_iter()
+                .map(|row| row.into_iter().map(|s| s == full).collect())
+                .collect()
+        })
         .collect())
 }
 
@@ -279,17 +317,26 @@ mod tests {
         for n in 1..=70 {
             for h in 0..n {
                 let floor = 70 * h / n;
-                let exc = exceptions.iter().any(|(en, hs)| *en == n && hs.contains(&h));
+                let exc = exceptions
+                    .iter()
+                    .any(|(en, hs)| *en == n && hs.contains(&h));
                 let want = if exc { floor - 1 } else { floor };
                 assert_eq!(r.bucket(h, n, 70), want, "n={n} h={h}");
             }
         }
-        assert_eq!((0..70).map(|h| r.bucket(h, 70, 70)).collect::<Vec<_>>(), (0..70).collect::<Vec<_>>());
+        assert_eq!(
+            (0..70).map(|h| r.bucket(h, 70, 70)).collect::<Vec<_>>(),
+            (0..70).collect::<Vec<_>>()
+        );
         // No exceptions on the grids of other checkpoints.
         for big_n in [24usize, 26, 27, 32] {
             for n in 1..=big_n {
                 for h in 0..n {
-                    assert_eq!(r.bucket(h, n, big_n), big_n * h / n, "N={big_n} n={n} h={h}");
+                    assert_eq!(
+                        r.bucket(h, n, big_n),
+                        big_n * h / n,
+                        "N={big_n} n={n} h={h}"
+                    );
                 }
             }
         }
@@ -305,8 +352,14 @@ mod tests {
     #[test]
     fn rule_names_parse() {
         assert_eq!(PositionIdRule::parse("hf5"), Some(PositionIdRule::Hf5));
-        assert_eq!(PositionIdRule::parse("hf4.57"), Some(PositionIdRule::Hf4_55To4_57));
-        assert_eq!(PositionIdRule::parse("hf4_55_to_4_57"), Some(PositionIdRule::Hf4_55To4_57));
+        assert_eq!(
+            PositionIdRule::parse("hf4.57"),
+            Some(PositionIdRule::Hf4_55To4_57)
+        );
+        assert_eq!(
+            PositionIdRule::parse("hf4_55_to_4_57"),
+            Some(PositionIdRule::Hf4_55To4_57)
+        );
         assert_eq!(PositionIdRule::parse("arange"), None);
     }
 }

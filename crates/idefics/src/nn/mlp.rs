@@ -15,7 +15,13 @@ pub struct GatedMlp {
 }
 
 impl GatedMlp {
-    pub fn load(vb: VarBuilder, in_dim: usize, hidden: usize, out_dim: usize, act: Activation) -> Result<Self> {
+    pub fn load(
+        vb: VarBuilder,
+        in_dim: usize,
+        hidden: usize,
+        out_dim: usize,
+        act: Activation,
+    ) -> Result<Self> {
         Ok(Self {
             gate_proj: Linear::load(vb.pp("gate_proj"), in_dim, hidden, false)?,
             up_proj: Linear::load(vb.pp("up_proj"), in_dim, hidden, false)?,

@@ -15,7 +15,11 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn load(vb: VarBuilder, dim: usize, eps: f64, kernels: &Kernels) -> Result<Self> {
-        Ok(Self { weight: vb.get(dim, "weight")?, eps, kernels: kernels.clone() })
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps,
+            kernels: kernels.clone(),
+        })
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -28,7 +32,9 @@ impl RmsNorm {
         let x32 = xs.to_dtype(DType::F32)?;
         let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
         let inv = (var + self.eps)?.sqrt()?.recip()?;
-        x32.broadcast_mul(&inv)?.to_dtype(dtype)?.broadcast_mul(&self.weight)
+        x32.broadcast_mul(&inv)?
+            .to_dtype(dtype)?
+            .broadcast_mul(&self.weight)
     }
 }
 
@@ -43,12 +49,22 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn load(vb: VarBuilder, dim: usize, eps: f64, kernels: &Kernels) -> Result<Self> {
-        Ok(Self { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps, kernels: kernels.clone() })
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+            eps,
+            kernels: kernels.clone(),
+        })
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if xs.dtype() == DType::F32 && self.kernels.use_fused(&[xs, &self.weight, &self.bias]) {
-            return candle_nn::ops::layer_norm(&xs.contiguous()?, &self.weight, &self.bias, self.eps as f32);
+            return candle_nn::ops::layer_norm(
+                &xs.contiguous()?,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            );
         }
         let dtype = xs.dtype();
         let x32 = xs.to_dtype(DType::F32)?;

@@ -26,7 +26,11 @@ impl RotaryEmbedding {
             .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32))
             .collect();
         let inv_freq = Tensor::from_vec(inv, (1, 1, head_dim / 2), device)?;
-        Ok(Self { inv_freq, head_dim, kernels: kernels.clone() })
+        Ok(Self {
+            inv_freq,
+            head_dim,
+            kernels: kernels.clone(),
+        })
     }
 
     /// Tables for integer `position_ids [B, L]`: freqs in f32, `emb = cat(freqs, freqs)`, cos/sin in f32, then cast.
@@ -34,7 +38,10 @@ impl RotaryEmbedding {
         let pos = position_ids.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
         let freqs = pos.broadcast_mul(&self.inv_freq)?;
         let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?;
-        Ok(RopeTables { cos: emb.cos()?.to_dtype(dtype)?, sin: emb.sin()?.to_dtype(dtype)? })
+        Ok(RopeTables {
+            cos: emb.cos()?.to_dtype(dtype)?,
+            sin: emb.sin()?.to_dtype(dtype)?,
+        })
     }
 
     /// `x * cos + rotate_half(x) * sin` for `x [B, H, L, head_dim]`.

@@ -18,12 +18,17 @@ pub fn cases() -> Vec<PathBuf> {
         .unwrap_or_default();
     out.retain(|p| p.join("model/config.json").exists());
     out.sort();
-    assert!(!out.is_empty(), "no fixture cases under {}", fixtures_root().display());
+    assert!(
+        !out.is_empty(),
+        "no fixture cases under {}",
+        fixtures_root().display()
+    );
     out
 }
 
 pub fn load_st(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn load_model(case: &Path) -> Idefics2ForConditionalGeneration {
@@ -36,7 +41,11 @@ pub fn case_inputs(t: &HashMap<String, Tensor>, with_positions: bool) -> ModelIn
     ModelInputs {
         input_ids: t.get("input_ids").cloned(),
         attention_mask: t.get("attention_mask").cloned(),
-        position_ids: if with_positions { t.get("position_ids").cloned() } else { None },
+        position_ids: if with_positions {
+            t.get("position_ids").cloned()
+        } else {
+            None
+        },
         pixel_values: t.get("pixel_values").cloned(),
         pixel_attention_mask: t.get("pixel_attention_mask").cloned(),
     }
@@ -47,7 +56,16 @@ pub fn mask_rows(t: &Tensor) -> Vec<Vec<i64>> {
 }
 
 pub fn max_abs(t: &Tensor) -> f32 {
-    t.to_dtype(DType::F32).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
