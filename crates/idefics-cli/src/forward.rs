@@ -24,6 +24,9 @@ pub struct ForwardArgs {
     /// Compute dtype: f32 (for parity), bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Device: `cpu` or `cuda:N` (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 pub fn run(args: ForwardArgs) -> Result<()> {
@@ -34,7 +37,20 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         )
     };
     let dtype = parse_dtype(&args.dtype)?;
-    let device = Device::Cpu;
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        other => match other
+            .strip_prefix("cuda")
+            .map(|n| n.trim_start_matches(':'))
+        {
+            Some("") => Device::new_cuda(0).context("--device cuda")?,
+            Some(n) => {
+                let ordinal: usize = n.parse().with_context(|| format!("--device {other:?}"))?;
+                Device::new_cuda(ordinal).with_context(|| format!("--device {other}"))?
+            }
+            None => bail!("--device {other:?}: expected cpu or cuda:N"),
+        },
+    };
     let opts = LoadOptions {
         device: device.clone(),
         dtype,

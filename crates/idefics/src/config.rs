@@ -260,25 +260,25 @@ impl Idefics2Config {
                 v.image_size, v.patch_size
             )));
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(Error::Config(format!(
                 "vision_config.hidden_size ({}) is not divisible by num_attention_heads ({})",
                 v.hidden_size, v.num_attention_heads
             )));
         }
-        if p.resampler_n_heads % p.num_key_value_heads != 0 {
+        if !p.resampler_n_heads.is_multiple_of(p.num_key_value_heads) {
             return Err(Error::Config(format!(
                 "perceiver_config.resampler_n_heads ({}) is not divisible by num_key_value_heads ({})",
                 p.resampler_n_heads, p.num_key_value_heads
             )));
         }
-        if t.num_attention_heads % t.num_key_value_heads != 0 {
+        if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
             return Err(Error::Config(format!(
                 "text_config.num_attention_heads ({}) is not divisible by num_key_value_heads ({})",
                 t.num_attention_heads, t.num_key_value_heads
             )));
         }
-        if t.head_dim % 2 != 0 {
+        if !t.head_dim.is_multiple_of(2) {
             return Err(Error::Config(format!(
                 "text_config.head_dim ({}) must be even for RoPE",
                 t.head_dim

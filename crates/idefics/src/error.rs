@@ -22,12 +22,9 @@ pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     /// Reading a file failed.
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The io error is part of the message, not a `source`, so that `{:#}` chains do not print it twice.
+    #[error("{path}: {err}")]
+    Io { path: String, err: std::io::Error },
 }
 
 /// Result with the library [`Error`].
@@ -37,7 +34,7 @@ impl Error {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Error::Io {
             path: path.display().to_string(),
-            source,
+            err: source,
         }
     }
 }

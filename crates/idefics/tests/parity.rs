@@ -110,3 +110,41 @@ fn vision_and_connector_match_transformers() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// The ~1.2 GB realistic-shape checkpoint of tools/reference/make_big_checkpoint.py (not committed):
+/// `IDEFICS_BIG_CKPT=/work/bigckpt cargo test -p idefics --test parity -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs the generated big checkpoint (tools/reference/make_big_checkpoint.py)"]
+fn big_checkpoint_matches_transformers() {
+    let root = std::path::PathBuf::from(
+        std::env::var("IDEFICS_BIG_CKPT").unwrap_or("/work/bigckpt".into()),
+    );
+    let model = load_model(&root);
+    let inputs = load_st(&root.join("inputs.safetensors"));
+    let expected = load_st(&root.join("expected.safetensors"));
+    let t0 = std::time::Instant::now();
+    let logits = model.forward(&case_inputs(&inputs, false), None).unwrap();
+    let (diff, ref_max) = masked_logit_diff(
+        &logits,
+        &expected["logits"],
+        &mask_rows(&inputs["attention_mask"]),
+    );
+    let tol = 1e-4 * ref_max.max(1.0);
+    println!(
+        "big: forward {:.1}s, logits max diff {diff:.3e} (tol {tol:.3e}, max|ref| {ref_max:.3})",
+        t0.elapsed().as_secs_f64()
+    );
+    let feats = model
+        .image_features(&inputs["pixel_values"], inputs.get("pixel_attention_mask"))
+        .unwrap();
+    let cdiff = max_abs_diff(&feats.features, &expected["connector_output"]);
+    println!(
+        "big: connector max diff {cdiff:.3e} (tol {:.3e})",
+        tolerance(&expected["connector_output"])
+    );
+    assert!(cdiff <= tolerance(&expected["connector_output"]));
+    assert!(
+        diff <= tol,
+        "big checkpoint logits differ by {diff:e} > {tol:e}"
+    );
+}

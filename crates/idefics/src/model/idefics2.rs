@@ -355,6 +355,11 @@ impl Idefics2ForConditionalGeneration {
         let (b, l) = ids
             .dims2()
             .map_err(|_| Error::Input(format!("input_ids must be [B, L], got {:?}", ids.dims())))?;
+        if b == 0 || l == 0 {
+            return Err(Error::Input(format!(
+                "input_ids is empty (shape [{b}, {l}])"
+            )));
+        }
         let ids_host: Vec<Vec<i64>> = ids.to_dtype(DType::I64)?.to_vec2()?;
         let vocab = self.config.text_config.vocab_size as i64;
         for row in &ids_host {

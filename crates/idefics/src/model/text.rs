@@ -240,12 +240,9 @@ impl TextModel {
             Some(p) => p.to_dtype(DType::I64)?,
             None => {
                 let mut pos = Vec::with_capacity(b * l);
-                for (row, past_row) in new_mask
-                    .iter()
-                    .zip(past.iter().map(Some).chain(std::iter::repeat(None)))
-                {
-                    let mut count =
-                        past_row.map_or(0, |p| p.iter().filter(|&&m| m != 0).count() as i64);
+                for (bi, row) in new_mask.iter().enumerate() {
+                    let past_row = past.get(bi).map_or(&[][..], Vec::as_slice);
+                    let mut count = past_row.iter().filter(|&&m| m != 0).count() as i64;
                     for &m in row {
                         if m != 0 {
                             count += 1;
