@@ -12,7 +12,7 @@ fn repo() -> PathBuf {
 
 /// The fixture's settings (also written in tests/fixtures/data/README.md).
 fn fixture_config(out: &Path) -> SynthConfig {
-    SynthConfig { out: out.to_path_buf(), n: 3, heldout: 1, seed: 0, families: Family::ALL.to_vec(), rows_per_group: 2 }
+    SynthConfig { out: out.to_path_buf(), n: 2, heldout: 1, seed: 0, families: Family::ALL.to_vec(), rows_per_group: 2 }
 }
 
 fn data_files(dir: &Path) -> Vec<PathBuf> {
@@ -55,10 +55,10 @@ fn committed_fixture_matches_generator() {
         let fonts = Fonts::load().unwrap();
         let examples: Vec<_> = Family::ALL
             .into_iter()
-            .flat_map(|f| (0..3).map(move |i| (f, i)))
+            .flat_map(|f| (0..4).map(move |i| (f, i)))
             .map(|(f, i)| generate_example(f, 0, i, &fonts))
             .collect();
-        let sheet = contact_sheet(&examples, 6, 256, &fonts);
+        let sheet = contact_sheet(&examples, 8, 256, &fonts);
         sheet.save(repo().join("docs/synth-examples.png")).unwrap();
     }
 }
