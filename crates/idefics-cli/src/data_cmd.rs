@@ -72,7 +72,11 @@ pub fn run(args: DataArgs) -> Result<()> {
 }
 
 fn synth_cmd(a: SynthArgs) -> Result<()> {
-    let families = a.tasks.iter().map(|t| Family::parse(t)).collect::<Result<Vec<_>, _>>()?;
+    let families = a
+        .tasks
+        .iter()
+        .map(|t| Family::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
     let cfg = SynthConfig {
         out: a.out.clone(),
         n: a.n,
@@ -81,7 +85,8 @@ fn synth_cmd(a: SynthArgs) -> Result<()> {
         families,
         rows_per_group: a.rows_per_group,
     };
-    let meta = synth::generate(&cfg).with_context(|| format!("generating into {}", a.out.display()))?;
+    let meta =
+        synth::generate(&cfg).with_context(|| format!("generating into {}", a.out.display()))?;
     for (split, s) in &meta.splits {
         for (family, f) in &s.families {
             println!(
@@ -89,7 +94,10 @@ fn synth_cmd(a: SynthArgs) -> Result<()> {
                 f.examples, f.questions, f.chance_uniform, f.majority_baseline
             );
         }
-        println!("{split:8} pairs {}  interleaved documents {}", s.pairs, s.interleaved_documents);
+        println!(
+            "{split:8} pairs {}  interleaved documents {}",
+            s.pairs, s.interleaved_documents
+        );
     }
     println!("wrote {}", a.out.join("metadata.json").display());
     Ok(())
@@ -115,17 +123,26 @@ fn inspect(a: InspectArgs) -> Result<()> {
     match a.layout {
         Layout::Chat => {
             for s in CauldronReader::open(&a.paths, opts)? {
-                report(s.map(|s| format!("{} image(s), turns: {:?}", s.images.len(), s.turns)), &mut shown);
+                report(
+                    s.map(|s| format!("{} image(s), turns: {:?}", s.images.len(), s.turns)),
+                    &mut shown,
+                );
             }
         }
         Layout::Pairs => {
             for s in PairReader::open(&a.paths, opts)? {
-                report(s.map(|s| format!("{} -> {:?}", s.image.origin(), s.text)), &mut shown);
+                report(
+                    s.map(|s| format!("{} -> {:?}", s.image.origin(), s.text)),
+                    &mut shown,
+                );
             }
         }
         Layout::Interleaved => {
             for s in ObelicsReader::open(&a.paths, opts)? {
-                report(s.map(|d| format!("{} items, {} image(s)", d.items.len(), d.images().count())), &mut shown);
+                report(
+                    s.map(|d| format!("{} items, {} image(s)", d.items.len(), d.images().count())),
+                    &mut shown,
+                );
             }
         }
     }

@@ -58,7 +58,11 @@ impl DataError {
         }
     }
 
-    pub(crate) fn schema(path: impl Into<PathBuf>, column: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn schema(
+        path: impl Into<PathBuf>,
+        column: &str,
+        message: impl Into<String>,
+    ) -> Self {
         Self::Schema {
             path: path.into(),
             column: column.to_string(),

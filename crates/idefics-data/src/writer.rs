@@ -61,7 +61,11 @@ fn image_structs(images: &[Option<&ImageSource>]) -> StructArray {
         })
         .collect();
     let nulls = NullBuffer::from(images.iter().map(Option::is_some).collect::<Vec<bool>>());
-    StructArray::new(image_fields(), vec![Arc::new(bytes), Arc::new(paths)], Some(nulls))
+    StructArray::new(
+        image_fields(),
+        vec![Arc::new(bytes), Arc::new(paths)],
+        Some(nulls),
+    )
 }
 
 fn list_array(item: DataType, lengths: Vec<usize>, values: ArrayRef) -> ListArray {
@@ -82,7 +86,10 @@ impl WriteKind for ChatSample {
     }
 
     fn to_batch(rows: &[Self]) -> std::result::Result<RecordBatch, ArrowError> {
-        let images: Vec<Option<&ImageSource>> = rows.iter().flat_map(|r| r.images.iter().map(Some)).collect();
+        let images: Vec<Option<&ImageSource>> = rows
+            .iter()
+            .flat_map(|r| r.images.iter().map(Some))
+            .collect();
         let images = list_array(
             DataType::Struct(image_fields()),
             rows.iter().map(|r| r.images.len()).collect(),
@@ -117,7 +124,10 @@ impl WriteKind for ImageTextPair {
     fn to_batch(rows: &[Self]) -> std::result::Result<RecordBatch, ArrowError> {
         let images: Vec<Option<&ImageSource>> = rows.iter().map(|r| Some(&r.image)).collect();
         let text: StringArray = rows.iter().map(|r| Some(r.text.as_str())).collect();
-        RecordBatch::try_new(Self::schema(), vec![Arc::new(image_structs(&images)), Arc::new(text)])
+        RecordBatch::try_new(
+            Self::schema(),
+            vec![Arc::new(image_structs(&images)), Arc::new(text)],
+        )
     }
 }
 
@@ -174,8 +184,12 @@ impl<S: WriteKind> ParquetWriter<S> {
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(rows_per_group))
             .build();
-        let writer = ArrowWriter::try_new(file, S::schema(), Some(props))
-            .map_err(|source| DataError::Parquet { path: path.to_path_buf(), source })?;
+        let writer = ArrowWriter::try_new(file, S::schema(), Some(props)).map_err(|source| {
+            DataError::Parquet {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             writer,
@@ -198,10 +212,15 @@ impl<S: WriteKind> ParquetWriter<S> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let batch = S::to_batch(&self.pending)
-            .map_err(|source| DataError::Arrow { path: self.path.clone(), source })?;
+        let batch = S::to_batch(&self.pending).map_err(|source| DataError::Arrow {
+            path: self.path.clone(),
+            source,
+        })?;
         let path = self.path.clone();
-        let parquet = |source| DataError::Parquet { path: path.clone(), source };
+        let parquet = |source| DataError::Parquet {
+            path: path.clone(),
+            source,
+        };
         self.writer.write(&batch).map_err(parquet)?;
         self.writer.flush().map_err(parquet)?;
         self.written += self.pending.len();
@@ -221,7 +240,11 @@ impl<S: WriteKind> ParquetWriter<S> {
 }
 
 /// Writes all `rows` to `path` (convenience for tests and small files).
-pub fn write_parquet<S: WriteKind + Clone>(path: &Path, rows: &[S], rows_per_group: usize) -> Result<usize> {
+pub fn write_parquet<S: WriteKind + Clone>(
+    path: &Path,
+    rows: &[S],
+    rows_per_group: usize,
+) -> Result<usize> {
     let mut w = ParquetWriter::create(path, rows_per_group)?;
     for r in rows {
         w.write(r.clone())?;

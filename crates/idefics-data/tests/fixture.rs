@@ -12,15 +12,28 @@ fn repo() -> PathBuf {
 
 /// The fixture's settings (also written in tests/fixtures/data/README.md).
 fn fixture_config(out: &Path) -> SynthConfig {
-    SynthConfig { out: out.to_path_buf(), n: 2, heldout: 1, seed: 0, families: Family::ALL.to_vec(), rows_per_group: 2 }
+    SynthConfig {
+        out: out.to_path_buf(),
+        n: 2,
+        heldout: 1,
+        seed: 0,
+        families: Family::ALL.to_vec(),
+        rows_per_group: 2,
+    }
 }
 
 fn data_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for sub in ["train", "heldout"] {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(sub)).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         v.sort();
-        out.extend(v.into_iter().map(|p| p.strip_prefix(dir).unwrap().to_path_buf()));
+        out.extend(
+            v.into_iter()
+                .map(|p| p.strip_prefix(dir).unwrap().to_path_buf()),
+        );
     }
     out.push(PathBuf::from("metadata.json"));
     out
@@ -50,7 +63,10 @@ fn committed_fixture_matches_generator() {
             );
         }
     }
-    assert!(total < 300_000, "fixture is {total} bytes, keep it under 300 KB");
+    assert!(
+        total < 300_000,
+        "fixture is {total} bytes, keep it under 300 KB"
+    );
     if regen {
         let fonts = Fonts::load().unwrap();
         let examples: Vec<_> = Family::ALL

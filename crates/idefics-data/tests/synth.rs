@@ -7,7 +7,14 @@ use idefics_data::{CauldronReader, ObelicsReader, PairReader, ReaderOptions};
 use serde_json::Value;
 
 fn config(out: &Path, n: usize, heldout: usize, seed: u64) -> SynthConfig {
-    SynthConfig { out: out.to_path_buf(), n, heldout, seed, families: Family::ALL.to_vec(), rows_per_group: 4 }
+    SynthConfig {
+        out: out.to_path_buf(),
+        n,
+        heldout,
+        seed,
+        families: Family::ALL.to_vec(),
+        rows_per_group: 4,
+    }
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -26,7 +33,11 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn same_seed_gives_identical_files() {
-    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     synth::generate(&config(a.path(), 3, 2, 42)).unwrap();
     synth::generate(&config(b.path(), 3, 2, 42)).unwrap();
     synth::generate(&config(c.path(), 3, 2, 43)).unwrap();
@@ -35,9 +46,19 @@ fn same_seed_gives_identical_files() {
     for f in &fa {
         let rel = f.strip_prefix(a.path()).unwrap();
         let x = std::fs::read(f).unwrap();
-        assert_eq!(x, std::fs::read(b.path().join(rel)).unwrap(), "{} differs between runs", rel.display());
+        assert_eq!(
+            x,
+            std::fs::read(b.path().join(rel)).unwrap(),
+            "{} differs between runs",
+            rel.display()
+        );
         if rel.extension().is_some_and(|e| e == "parquet") {
-            assert_ne!(x, std::fs::read(c.path().join(rel)).unwrap(), "{} ignores the seed", rel.display());
+            assert_ne!(
+                x,
+                std::fs::read(c.path().join(rel)).unwrap(),
+                "{} ignores the seed",
+                rel.display()
+            );
         }
     }
 }
@@ -48,45 +69,72 @@ fn output_reads_back_and_matches_examples() {
     let meta = synth::generate(&config(dir.path(), 5, 2, 9)).unwrap();
     let fonts = Fonts::load().unwrap();
     for family in Family::ALL {
-        let path = dir.path().join(format!("train/chat_{}.parquet", family.name()));
-        let rows: Vec<_> = CauldronReader::open(&[path], ReaderOptions::default()).unwrap().map(|r| r.unwrap()).collect();
+        let path = dir
+            .path()
+            .join(format!("train/chat_{}.parquet", family.name()));
+        let rows: Vec<_> = CauldronReader::open(&[path], ReaderOptions::default())
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
         assert_eq!(rows.len(), 5);
         for (i, row) in rows.iter().enumerate() {
             let ex = generate_example(family, 9, i as u64, &fonts);
             let img = row.images[0].decode().unwrap().to_rgb8();
-            assert_eq!(img, ex.image, "{family:?} {i}: stored PNG decodes to the drawn image");
+            assert_eq!(
+                img, ex.image,
+                "{family:?} {i}: stored PNG decodes to the drawn image"
+            );
             let answers: Vec<&str> = row.turns.iter().map(|t| t.assistant.as_str()).collect();
             let expected: Vec<&str> = ex.qas.iter().map(|q| q.answer.as_str()).collect();
             assert_eq!(answers, expected);
-            assert!(row.turns.iter().all(|t| t.source == format!("synth_{}", family.name())));
+            assert!(row
+                .turns
+                .iter()
+                .all(|t| t.source == format!("synth_{}", family.name())));
         }
         let stats = &meta.splits["train"].families[family.name()];
         assert_eq!(stats.examples, 5);
         assert!(stats.chance_uniform > 0.0 && stats.chance_uniform < 1.0);
     }
-    let pairs: Vec<_> = PairReader::open(&[dir.path().join("train/pairs.parquet")], ReaderOptions::default())
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let pairs: Vec<_> = PairReader::open(
+        &[dir.path().join("train/pairs.parquet")],
+        ReaderOptions::default(),
+    )
+    .unwrap()
+    .map(|r| r.unwrap())
+    .collect();
     assert_eq!(pairs.len(), 20);
-    let docs: Vec<_> = ObelicsReader::open(&[dir.path().join("heldout/interleaved.parquet")], ReaderOptions::default())
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let docs: Vec<_> = ObelicsReader::open(
+        &[dir.path().join("heldout/interleaved.parquet")],
+        ReaderOptions::default(),
+    )
+    .unwrap()
+    .map(|r| r.unwrap())
+    .collect();
     assert!(!docs.is_empty());
     assert!(docs.iter().all(|d| d.images().count() >= 2));
-    let md: Value = serde_json::from_slice(&std::fs::read(dir.path().join("metadata.json")).unwrap()).unwrap();
+    let md: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("metadata.json")).unwrap()).unwrap();
     assert_eq!(md["generator_version"], synth::GENERATOR_VERSION);
-    assert_ne!(md["splits"]["train"]["seed"], md["splits"]["heldout"]["seed"]);
+    assert_ne!(
+        md["splits"]["train"]["seed"],
+        md["splits"]["heldout"]["seed"]
+    );
 }
 
 /// The answer vocabulary stays small: a word, a number, a colour, yes/no or a letter.
 fn assert_short(answer: &str) {
-    assert!(!answer.is_empty() && !answer.contains(' ') && answer.len() <= 10, "answer {answer:?}");
+    assert!(
+        !answer.is_empty() && !answer.contains(' ') && answer.len() <= 10,
+        "answer {answer:?}"
+    );
 }
 
 fn find<'a>(question: &str, options: impl IntoIterator<Item = &'a str>) -> &'a str {
-    options.into_iter().find(|o| question.contains(&format!(" {o}"))).unwrap_or_else(|| panic!("{question}"))
+    options
+        .into_iter()
+        .find(|o| question.contains(&format!(" {o}")))
+        .unwrap_or_else(|| panic!("{question}"))
 }
 
 #[test]
@@ -108,11 +156,22 @@ fn shapes_answers_match_the_drawn_objects() {
                 "count_total" => assert_eq!(qa.answer, objs.len().to_string()),
                 "count_colour" => {
                     let c = find(q, synth::COLOURS.iter().map(|c| c.0));
-                    assert_eq!(qa.answer, objs.iter().filter(|o| colour_of(o) == c).count().to_string(), "{q}");
+                    assert_eq!(
+                        qa.answer,
+                        objs.iter()
+                            .filter(|o| colour_of(o) == c)
+                            .count()
+                            .to_string(),
+                        "{q}"
+                    );
                 }
                 "count_shape" => {
                     let s = find(q, synth::shapes::SHAPES);
-                    assert_eq!(qa.answer, objs.iter().filter(|o| shape_of(o) == s).count().to_string(), "{q}");
+                    assert_eq!(
+                        qa.answer,
+                        objs.iter().filter(|o| shape_of(o) == s).count().to_string(),
+                        "{q}"
+                    );
                 }
                 "colour" => {
                     let s = find(q, synth::shapes::SHAPES);
@@ -127,23 +186,35 @@ fn shapes_answers_match_the_drawn_objects() {
                 }
                 k if k.ends_with("_mc") => {
                     assert!(["A", "B", "C", "D"].contains(&qa.answer.as_str()));
-                    let line = q.lines().find(|l| l.starts_with(&format!("{}. ", qa.answer))).unwrap();
+                    let line = q
+                        .lines()
+                        .find(|l| l.starts_with(&format!("{}. ", qa.answer)))
+                        .unwrap();
                     let picked = &line[3..];
                     let truth = if k == "colour_mc" {
                         let s = find(q.lines().next().unwrap(), synth::shapes::SHAPES);
                         colour_of(objs.iter().find(|o| shape_of(o) == s).unwrap())
                     } else {
-                        let c = find(q.lines().next().unwrap(), synth::COLOURS.iter().map(|c| c.0));
+                        let c = find(
+                            q.lines().next().unwrap(),
+                            synth::COLOURS.iter().map(|c| c.0),
+                        );
                         shape_of(objs.iter().find(|o| colour_of(o) == c).unwrap())
                     };
                     assert_eq!(picked, truth, "{q}");
                 }
-                _ => assert!(["yes", "no"].contains(&qa.answer.as_str()) || synth::shapes::SHAPES.contains(&qa.answer.as_str())),
+                _ => assert!(
+                    ["yes", "no"].contains(&qa.answer.as_str())
+                        || synth::shapes::SHAPES.contains(&qa.answer.as_str())
+                ),
             }
         }
     }
     assert!(sizes.len() > 30, "varied sizes: {}", sizes.len());
-    assert!(counts.contains(&1) && counts.contains(&9), "counts 1..9: {counts:?}");
+    assert!(
+        counts.contains(&1) && counts.contains(&9),
+        "counts 1..9: {counts:?}"
+    );
 }
 
 #[test]
@@ -162,7 +233,13 @@ fn ocr_docs_and_charts_answers_match_their_records() {
                     assert_eq!(qa.answer, item["text"].as_str().unwrap());
                 }
                 "colour" => {
-                    let item = items.iter().find(|it| qa.question.contains(&format!("\"{}\"", it["text"].as_str().unwrap()))).unwrap();
+                    let item = items
+                        .iter()
+                        .find(|it| {
+                            qa.question
+                                .contains(&format!("\"{}\"", it["text"].as_str().unwrap()))
+                        })
+                        .unwrap();
                     assert_eq!(qa.answer, item["colour"].as_str().unwrap());
                 }
                 _ => {}
@@ -175,21 +252,48 @@ fn ocr_docs_and_charts_answers_match_their_records() {
             assert_short(&qa.answer);
             match qa.kind.as_str() {
                 "total" => {
-                    let cents: i64 = r["items"].as_array().unwrap().iter()
-                        .map(|it| it["price"].as_str().unwrap().replace('.', "").parse::<i64>().unwrap())
+                    let cents: i64 = r["items"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|it| {
+                            it["price"]
+                                .as_str()
+                                .unwrap()
+                                .replace('.', "")
+                                .parse::<i64>()
+                                .unwrap()
+                        })
                         .sum();
                     assert_eq!(qa.answer, format!("{}.{:02}", cents / 100, cents % 100));
                     assert_eq!(qa.answer, r["total"].as_str().unwrap());
                 }
-                "count_items" => assert_eq!(qa.answer, r["items"].as_array().unwrap().len().to_string()),
-                "count_rows" => assert_eq!(qa.answer, r["names"].as_array().unwrap().len().to_string()),
+                "count_items" => {
+                    assert_eq!(qa.answer, r["items"].as_array().unwrap().len().to_string())
+                }
+                "count_rows" => {
+                    assert_eq!(qa.answer, r["names"].as_array().unwrap().len().to_string())
+                }
                 "age" => assert_eq!(qa.answer, r["age"].to_string()),
                 "city" => assert_eq!(qa.answer, r["city"].as_str().unwrap()),
                 "argmax" => {
                     let names = r["names"].as_array().unwrap();
-                    let cols: Vec<String> = r["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_lowercase()).collect();
-                    let k = cols.iter().position(|c| qa.question.contains(c.as_str())).unwrap();
-                    let vals: Vec<i64> = r["values"].as_array().unwrap().iter().map(|row| row[k].as_i64().unwrap()).collect();
+                    let cols: Vec<String> = r["columns"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|c| c.as_str().unwrap().to_lowercase())
+                        .collect();
+                    let k = cols
+                        .iter()
+                        .position(|c| qa.question.contains(c.as_str()))
+                        .unwrap();
+                    let vals: Vec<i64> = r["values"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|row| row[k].as_i64().unwrap())
+                        .collect();
                     let best = (0..vals.len()).max_by_key(|&j| vals[j]).unwrap();
                     assert_eq!(qa.answer, names[best].as_str().unwrap());
                 }
@@ -199,7 +303,12 @@ fn ocr_docs_and_charts_answers_match_their_records() {
 
         let ex = generate_example(Family::Charts, 1, i, &fonts);
         let r = &ex.record;
-        let values: Vec<i64> = r["values"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let values: Vec<i64> = r["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
         for qa in &ex.qas {
             assert_short(&qa.answer);
             match qa.kind.as_str() {
@@ -209,7 +318,12 @@ fn ocr_docs_and_charts_answers_match_their_records() {
                     assert_eq!(qa.answer, r["labels"][j].as_str().unwrap());
                 }
                 "value" if r["type"] == "bar" => {
-                    let j = r["labels"].as_array().unwrap().iter().position(|l| qa.question.contains(l.as_str().unwrap())).unwrap();
+                    let j = r["labels"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .position(|l| qa.question.contains(l.as_str().unwrap()))
+                        .unwrap();
                     assert_eq!(qa.answer, values[j].to_string());
                 }
                 "max_year" => {

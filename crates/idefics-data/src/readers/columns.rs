@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, BinaryViewArray, LargeBinaryArray, LargeListArray, LargeStringArray,
-    ListArray, RecordBatch, StringArray, StringViewArray, StructArray,
+    Array, ArrayRef, BinaryArray, BinaryViewArray, LargeBinaryArray, LargeListArray,
+    LargeStringArray, ListArray, RecordBatch, StringArray, StringViewArray, StructArray,
 };
 
 use crate::sample::ImageSource;
@@ -14,7 +14,12 @@ use crate::sample::ImageSource;
 /// A column of a batch, or a message naming what is missing.
 pub(crate) fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, String> {
     batch.column_by_name(name).ok_or_else(|| {
-        let have: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+        let have: Vec<&str> = batch
+            .schema_ref()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
         format!("missing (columns present: {})", have.join(", "))
     })
 }
@@ -78,7 +83,11 @@ pub(crate) fn struct_field<'a>(arr: &'a dyn Array, name: &str) -> Result<&'a Arr
 
 /// The image at `i`: HF `Image` struct (`bytes` preferred, else `path`), raw bytes, or a path string
 /// resolved against `root`. `None` when the entry is null (or a struct with both fields null).
-pub(crate) fn image_at(arr: &dyn Array, i: usize, root: &Path) -> Result<Option<ImageSource>, String> {
+pub(crate) fn image_at(
+    arr: &dyn Array,
+    i: usize,
+    root: &Path,
+) -> Result<Option<ImageSource>, String> {
     if arr.is_null(i) {
         return Ok(None);
     }
@@ -88,7 +97,12 @@ pub(crate) fn image_at(arr: &dyn Array, i: usize, root: &Path) -> Result<Option<
                 Some(Ok(Some(b))) => return Ok(Some(ImageSource::Bytes(b))),
                 Some(Ok(None)) => {}
                 Some(Err(e)) => return Err(e),
-                None => return Err(format!("image field `bytes` is {}, expected binary", bytes.data_type())),
+                None => {
+                    return Err(format!(
+                        "image field `bytes` is {}, expected binary",
+                        bytes.data_type()
+                    ))
+                }
             }
         }
         if let Ok(path) = struct_field(arr, "path") {

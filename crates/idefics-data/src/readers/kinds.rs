@@ -60,7 +60,8 @@ impl SampleKind for ChatSample {
         let list = list_at(texts_col.as_ref(), i)
             .map_err(|e| format!("`texts`: {e}"))?
             .ok_or("`texts` is null")?;
-        let field = |name: &str| struct_field(list.as_ref(), name).map_err(|e| format!("`texts`: {e}"));
+        let field =
+            |name: &str| struct_field(list.as_ref(), name).map_err(|e| format!("`texts`: {e}"));
         let (user, assistant) = (field("user")?, field("assistant")?);
         let source = field("source").ok();
         let mut turns = Vec::with_capacity(list.len());
@@ -100,7 +101,9 @@ impl SampleKind for ChatSample {
         let turns = json_list(value, "texts")?
             .iter()
             .enumerate()
-            .map(|(j, v)| serde_json::from_value::<Turn>(v.clone()).map_err(|e| format!("`texts[{j}]`: {e}")))
+            .map(|(j, v)| {
+                serde_json::from_value::<Turn>(v.clone()).map_err(|e| format!("`texts[{j}]`: {e}"))
+            })
             .collect::<Result<_, _>>()?;
         Ok(ChatSample { images, turns })
     }
@@ -141,7 +144,9 @@ impl SampleKind for InterleavedDocument {
         let texts_col = column(batch, "texts").map_err(|e| format!("`texts`: {e}"))?;
         let images = match list_at(images_col.as_ref(), i).map_err(|e| format!("`images`: {e}"))? {
             Some(list) => (0..list.len())
-                .map(|j| image_at(list.as_ref(), j, root).map_err(|e| format!("`images[{j}]`: {e}")))
+                .map(|j| {
+                    image_at(list.as_ref(), j, root).map_err(|e| format!("`images[{j}]`: {e}"))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
@@ -166,7 +171,9 @@ impl SampleKind for InterleavedDocument {
             .map(|(j, v)| match v {
                 Value::Null => Ok(None),
                 Value::String(t) => Ok(Some(t.clone())),
-                other => Err(format!("`texts[{j}]`: expected a string or null, found {other}")),
+                other => Err(format!(
+                    "`texts[{j}]`: expected a string or null, found {other}"
+                )),
             })
             .collect::<Result<Vec<_>, _>>()?;
         InterleavedDocument::from_parallel(images, texts)

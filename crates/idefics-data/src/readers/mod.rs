@@ -23,7 +23,9 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::ProjectionMask;
 use serde::{Deserialize, Serialize};
 
@@ -141,13 +143,16 @@ pub fn list_data_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     if out.is_empty() {
-        return Err(DataError::Invalid("no .parquet or .jsonl files found".into()));
+        return Err(DataError::Invalid(
+            "no .parquet or .jsonl files found".into(),
+        ));
     }
     Ok(out)
 }
 
 fn extension(p: &Path) -> Option<String> {
-    p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase())
+    p.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
 }
 
 impl<S: SampleKind> DatasetReader<S> {
@@ -173,7 +178,14 @@ impl<S: SampleKind> DatasetReader<S> {
                     let mut first_row = 0;
                     for (group, rg) in meta.metadata().row_groups().iter().enumerate() {
                         let rows = usize::try_from(rg.num_rows()).unwrap_or(0);
-                        units.push(Unit { file: index, group, rows, first_row, offset: 0, line: 0 });
+                        units.push(Unit {
+                            file: index,
+                            group,
+                            rows,
+                            first_row,
+                            offset: 0,
+                            line: 0,
+                        });
                         first_row += rows;
                     }
                     FileFormat::Parquet(meta)
@@ -245,7 +257,10 @@ impl<S: SampleKind> DatasetReader<S> {
             )));
         }
         if cursor.unit > self.units.len() || (cursor.unit == self.units.len() && cursor.row > 0) {
-            return Err(DataError::Cursor(format!("unit {} is past the end", cursor.unit)));
+            return Err(DataError::Cursor(format!(
+                "unit {} is past the end",
+                cursor.unit
+            )));
         }
         self.epoch = cursor.epoch;
         self.order = self.unit_order(cursor.epoch);
@@ -271,7 +286,7 @@ impl<S: SampleKind> DatasetReader<S> {
     fn unit_order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.units.len()).collect();
         if let Some(seed) = self.opts.shuffle_seed {
-            Rng::derive(&[seed, epoch, 0x0_0D_E2]).shuffle(&mut order);
+            Rng::derive(&[seed, epoch, 0x0DE2]).shuffle(&mut order);
         }
         order
     }
@@ -283,7 +298,12 @@ impl<S: SampleKind> DatasetReader<S> {
     fn load_window(&mut self) {
         let mut rows = Vec::new();
         for pos in self.unit_pos..self.window_end() {
-            let Some(unit) = self.order.get(pos).and_then(|&u| self.units.get(u)).copied() else {
+            let Some(unit) = self
+                .order
+                .get(pos)
+                .and_then(|&u| self.units.get(u))
+                .copied()
+            else {
                 continue;
             };
             if let Err(e) = self.read_unit(&unit, &mut rows) {
@@ -293,7 +313,12 @@ impl<S: SampleKind> DatasetReader<S> {
         if let Some(seed) = self.opts.shuffle_seed {
             Rng::derive(&[seed, self.epoch, self.unit_pos as u64]).shuffle(&mut rows);
         }
-        tracing::debug!(epoch = self.epoch, unit = self.unit_pos, rows = rows.len(), "loaded window");
+        tracing::debug!(
+            epoch = self.epoch,
+            unit = self.unit_pos,
+            rows = rows.len(),
+            "loaded window"
+        );
         self.window_rows = rows.into();
         self.taken = 0;
         self.loaded = true;
@@ -308,32 +333,45 @@ impl<S: SampleKind> DatasetReader<S> {
             FileFormat::Parquet(meta) => {
                 let mut indices = Vec::new();
                 for name in S::COLUMNS {
-                    let idx = meta.schema().index_of(name).map_err(|_| {
-                        DataError::schema(path, name, "missing from the file")
-                    })?;
+                    let idx = meta
+                        .schema()
+                        .index_of(name)
+                        .map_err(|_| DataError::schema(path, name, "missing from the file"))?;
                     indices.push(idx);
                 }
                 let handle = File::open(path).map_err(|e| DataError::io(path, e))?;
-                let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, meta.clone());
+                let builder =
+                    ParquetRecordBatchReaderBuilder::new_with_metadata(handle, meta.clone());
                 let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
                 let batches = builder
                     .with_row_groups(vec![unit.group])
                     .with_projection(mask)
                     .with_batch_size(self.opts.batch_rows)
                     .build()
-                    .map_err(|source| DataError::Parquet { path: path.clone(), source })?;
+                    .map_err(|source| DataError::Parquet {
+                        path: path.clone(),
+                        source,
+                    })?;
                 let mut row = unit.first_row;
                 for batch in batches {
-                    let batch = batch.map_err(|source| DataError::Arrow { path: path.clone(), source })?;
+                    let batch = batch.map_err(|source| DataError::Arrow {
+                        path: path.clone(),
+                        source,
+                    })?;
                     for i in 0..batch.num_rows() {
-                        out.push(S::from_row(&batch, i, &file.root).map_err(|m| DataError::row(path, row, m)));
+                        out.push(
+                            S::from_row(&batch, i, &file.root)
+                                .map_err(|m| DataError::row(path, row, m)),
+                        );
                         row += 1;
                     }
                 }
             }
             FileFormat::Jsonl => {
                 let mut handle = File::open(path).map_err(|e| DataError::io(path, e))?;
-                handle.seek(SeekFrom::Start(unit.offset)).map_err(|e| DataError::io(path, e))?;
+                handle
+                    .seek(SeekFrom::Start(unit.offset))
+                    .map_err(|e| DataError::io(path, e))?;
                 let mut lines = BufReader::new(handle).lines();
                 let (mut row, mut line_no) = (unit.first_row, unit.line);
                 while row < unit.first_row + unit.rows {
@@ -390,8 +428,12 @@ impl<S: SampleKind> Iterator for DatasetReader<S> {
 
 fn parquet_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-        .map_err(|source| DataError::Parquet { path: path.to_path_buf(), source })
+    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|source| {
+        DataError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// One streaming pass over a JSONL file: a unit per `block_rows` non-empty lines, located by byte offset.
@@ -403,7 +445,9 @@ fn index_jsonl(path: &Path, file: usize, block_rows: usize) -> Result<Vec<Unit>>
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| DataError::io(path, e))?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| DataError::io(path, e))?;
         if n == 0 {
             break;
         }

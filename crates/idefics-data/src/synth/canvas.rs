@@ -20,7 +20,8 @@ impl Fonts {
     /// Parses the embedded DejaVu Sans / Sans Mono.
     pub fn load() -> Result<Self> {
         let parse = |bytes: &'static [u8], name: &str| {
-            FontRef::try_from_slice(bytes).map_err(|e| DataError::Invalid(format!("embedded font {name}: {e}")))
+            FontRef::try_from_slice(bytes)
+                .map_err(|e| DataError::Invalid(format!("embedded font {name}: {e}")))
         };
         Ok(Self {
             sans: parse(SANS, "DejaVuSans.ttf")?,
@@ -61,9 +62,9 @@ impl Canvas {
         }
         let a = a.min(1.0);
         let p = self.img.get_pixel_mut(x, y);
-        for c in 0..3 {
-            let v = p.0[c] as f32 * (1.0 - a) + color[c] as f32 * a;
-            p.0[c] = v.round().clamp(0.0, 255.0) as u8;
+        for (dst, &src) in p.0.iter_mut().zip(&color) {
+            let v = *dst as f32 * (1.0 - a) + src as f32 * a;
+            *dst = v.round().clamp(0.0, 255.0) as u8;
         }
     }
 
@@ -142,13 +143,26 @@ impl Canvas {
         }
         let (nx, ny) = (-dy / len * w / 2.0, dx / len * w / 2.0);
         self.fill_convex(
-            &[(a.0 + nx, a.1 + ny), (b.0 + nx, b.1 + ny), (b.0 - nx, b.1 - ny), (a.0 - nx, a.1 - ny)],
+            &[
+                (a.0 + nx, a.1 + ny),
+                (b.0 + nx, b.1 + ny),
+                (b.0 - nx, b.1 - ny),
+                (a.0 - nx, a.1 - ny),
+            ],
             color,
         );
     }
 
     /// Draws `text` with its top-left corner at (x, y) and returns its width in pixels.
-    pub fn text(&mut self, font: &FontRef<'_>, px: f32, x: f32, y: f32, color: [u8; 3], text: &str) -> f32 {
+    pub fn text(
+        &mut self,
+        font: &FontRef<'_>,
+        px: f32,
+        x: f32,
+        y: f32,
+        color: [u8; 3],
+        text: &str,
+    ) -> f32 {
         let scaled = font.as_scaled(PxScale::from(px));
         let baseline = y + scaled.ascent();
         let mut pen = x;
@@ -162,7 +176,12 @@ impl Canvas {
             if let Some(outline) = font.outline_glyph(glyph) {
                 let bounds = outline.px_bounds();
                 outline.draw(|gx, gy, c| {
-                    self.blend(bounds.min.x as i64 + gx as i64, bounds.min.y as i64 + gy as i64, color, c);
+                    self.blend(
+                        bounds.min.x as i64 + gx as i64,
+                        bounds.min.y as i64 + gy as i64,
+                        color,
+                        c,
+                    );
                 });
             }
             pen += scaled.h_advance(id);

@@ -66,7 +66,11 @@ impl Family {
         Self::ALL
             .into_iter()
             .find(|f| f.name() == s.trim())
-            .ok_or_else(|| DataError::Invalid(format!("unknown task family `{s}` (expected shapes, ocr, docs or charts)")))
+            .ok_or_else(|| {
+                DataError::Invalid(format!(
+                    "unknown task family `{s}` (expected shapes, ocr, docs or charts)"
+                ))
+            })
     }
 
     fn id(self) -> u64 {
@@ -87,7 +91,7 @@ pub fn generate_example(family: Family, seed: u64, index: u64, fonts: &Fonts) ->
 
 /// The held-out seed for a training seed.
 pub fn heldout_seed(seed: u64) -> u64 {
-    Rng::derive(&[seed, 0x4E1D_0u64]).next_u64()
+    Rng::derive(&[seed, 0x4_E1D0_u64]).next_u64()
 }
 
 /// What to generate.
@@ -184,7 +188,10 @@ pub fn generate(cfg: &SynthConfig) -> Result<Metadata> {
     }
     let fonts = Fonts::load()?;
     let mut splits = BTreeMap::new();
-    for (split, seed, n) in [("train", cfg.seed, cfg.n), ("heldout", heldout_seed(cfg.seed), cfg.heldout)] {
+    for (split, seed, n) in [
+        ("train", cfg.seed, cfg.n),
+        ("heldout", heldout_seed(cfg.seed), cfg.heldout),
+    ] {
         let meta = write_split(cfg, &cfg.out.join(split), seed, n, &fonts)?;
         splits.insert(split.to_string(), meta);
     }
@@ -196,12 +203,19 @@ pub fn generate(cfg: &SynthConfig) -> Result<Metadata> {
         splits,
     };
     let path = cfg.out.join("metadata.json");
-    let json = serde_json::to_string_pretty(&metadata).map_err(|e| DataError::Invalid(format!("metadata: {e}")))?;
+    let json = serde_json::to_string_pretty(&metadata)
+        .map_err(|e| DataError::Invalid(format!("metadata: {e}")))?;
     std::fs::write(&path, json + "\n").map_err(|e| DataError::io(&path, e))?;
     Ok(metadata)
 }
 
-fn write_split(cfg: &SynthConfig, dir: &Path, seed: u64, n: usize, fonts: &Fonts) -> Result<SplitMetadata> {
+fn write_split(
+    cfg: &SynthConfig,
+    dir: &Path,
+    seed: u64,
+    n: usize,
+    fonts: &Fonts,
+) -> Result<SplitMetadata> {
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     let mut files = Vec::new();
     let mut families = BTreeMap::new();
@@ -221,15 +235,25 @@ fn write_split(cfg: &SynthConfig, dir: &Path, seed: u64, n: usize, fonts: &Fonts
             let turns = ex
                 .qas
                 .iter()
-                .map(|qa| Turn { user: qa.prompt(), assistant: qa.answer.clone(), source: source.clone() })
+                .map(|qa| Turn {
+                    user: qa.prompt(),
+                    assistant: qa.answer.clone(),
+                    source: source.clone(),
+                })
                 .collect();
             if i % 3 == 0 {
                 if let Some(qa) = ex.qas.first() {
                     pool.push((png.clone(), ex.caption.clone(), qa.clone()));
                 }
             }
-            pairs.write(ImageTextPair { image: ImageSource::Bytes(png.clone()), text: ex.caption.clone() })?;
-            chat.write(ChatSample { images: vec![ImageSource::Bytes(png)], turns })?;
+            pairs.write(ImageTextPair {
+                image: ImageSource::Bytes(png.clone()),
+                text: ex.caption.clone(),
+            })?;
+            chat.write(ChatSample {
+                images: vec![ImageSource::Bytes(png)],
+                turns,
+            })?;
         }
         chat.finish()?;
         stats.finish();
@@ -241,18 +265,30 @@ fn write_split(cfg: &SynthConfig, dir: &Path, seed: u64, n: usize, fonts: &Fonts
 
     let docs = interleaved_documents(seed, pool);
     let n_docs = docs.len();
-    let mut inter = ParquetWriter::<InterleavedDocument>::create(&dir.join("interleaved.parquet"), cfg.rows_per_group)?;
+    let mut inter = ParquetWriter::<InterleavedDocument>::create(
+        &dir.join("interleaved.parquet"),
+        cfg.rows_per_group,
+    )?;
     for d in docs {
         inter.write(d)?;
     }
     inter.finish()?;
     files.push("interleaved.parquet".into());
     tracing::info!(split = %dir.display(), pairs = n_pairs, documents = n_docs, "wrote synthetic split");
-    Ok(SplitMetadata { seed, families, pairs: n_pairs, interleaved_documents: n_docs, files })
+    Ok(SplitMetadata {
+        seed,
+        families,
+        pairs: n_pairs,
+        interleaved_documents: n_docs,
+        files,
+    })
 }
 
 /// Documents of 2-4 images from the pool (shuffled), each image followed by text about it.
-fn interleaved_documents(seed: u64, mut pool: Vec<(Vec<u8>, String, Qa)>) -> Vec<InterleavedDocument> {
+fn interleaved_documents(
+    seed: u64,
+    mut pool: Vec<(Vec<u8>, String, Qa)>,
+) -> Vec<InterleavedDocument> {
     let mut rng = Rng::derive(&[seed, 0xD0C5]);
     rng.shuffle(&mut pool);
     let mut docs = Vec::new();
@@ -261,10 +297,15 @@ fn interleaved_documents(seed: u64, mut pool: Vec<(Vec<u8>, String, Qa)>) -> Vec
         let k = (rng.range(2, 4) as usize).min(rest.len());
         let (chunk, tail) = rest.split_at(k);
         rest = tail;
-        let mut items = vec![DocItem::Text(format!("Here are {k} pictures with notes about each of them."))];
+        let mut items = vec![DocItem::Text(format!(
+            "Here are {k} pictures with notes about each of them."
+        ))];
         for (idx, (png, caption, qa)) in chunk.iter().enumerate() {
             items.push(DocItem::Image(ImageSource::Bytes(png.clone())));
-            let ordinal = ["first", "second", "third", "fourth"].get(idx).copied().unwrap_or("next");
+            let ordinal = ["first", "second", "third", "fourth"]
+                .get(idx)
+                .copied()
+                .unwrap_or("next");
             items.push(DocItem::Text(format!(
                 "The {ordinal} picture: {caption} Question: {} Answer: {}.",
                 qa.question.replace('\n', " "),

@@ -3,15 +3,18 @@
 use serde_json::json;
 
 use super::canvas::{measure, Canvas, Fonts};
-use super::task::{choose_questions, light_background, random_size, region, Example, Qa, TEXT_COLOURS};
+use super::task::{
+    choose_questions, light_background, random_size, region, Example, Qa, TEXT_COLOURS,
+};
 use crate::rng::Rng;
 
 /// The words that can appear (the answer vocabulary of reading questions, with the numbers 0-999).
 pub const WORDS: [&str; 40] = [
-    "apple", "river", "stone", "cloud", "green", "house", "train", "music", "tiger", "ocean", "paper", "light",
-    "horse", "table", "chair", "bread", "plant", "clock", "water", "smile", "dream", "storm", "beach", "forest",
-    "garden", "window", "rocket", "silver", "yellow", "planet", "market", "doctor", "winter", "summer", "island",
-    "castle", "bridge", "candle", "pencil", "mirror",
+    "apple", "river", "stone", "cloud", "green", "house", "train", "music", "tiger", "ocean",
+    "paper", "light", "horse", "table", "chair", "bread", "plant", "clock", "water", "smile",
+    "dream", "storm", "beach", "forest", "garden", "window", "rocket", "silver", "yellow",
+    "planet", "market", "doctor", "winter", "summer", "island", "castle", "bridge", "candle",
+    "pencil", "mirror",
 ];
 
 /// Answers a reading question can have: the words plus the numbers 0-999.
@@ -46,7 +49,11 @@ pub fn generate(rng: &mut Rng, fonts: &Fonts) -> Example {
             continue;
         }
         // A quarter of the text is small (9-13 px): the case image splitting is meant to help.
-        let px = if rng.chance(0.25) { rng.range(9, 13) as f32 } else { rng.range(14, 48) as f32 };
+        let px = if rng.chance(0.25) {
+            rng.range(9, 13) as f32
+        } else {
+            rng.range(14, 48) as f32
+        };
         let mono = rng.chance(0.3);
         let font = if mono { &fonts.mono } else { &fonts.sans };
         let (tw, th) = measure(font, px, &text);
@@ -56,9 +63,23 @@ pub fn generate(rng: &mut Rng, fonts: &Fonts) -> Example {
         for _attempt in 0..100 {
             let x = 2.0 + rng.unit() * (wf - tw - 4.0);
             let y = 2.0 + rng.unit() * (hf - th - 4.0);
-            let clear = items.iter().all(|o| x + tw + 6.0 < o.x || o.x + o.w + 6.0 < x || y + th + 4.0 < o.y || o.y + o.h + 4.0 < y);
+            let clear = items.iter().all(|o| {
+                x + tw + 6.0 < o.x
+                    || o.x + o.w + 6.0 < x
+                    || y + th + 4.0 < o.y
+                    || o.y + o.h + 4.0 < y
+            });
             if clear {
-                items.push(Item { text: text.clone(), colour, px, x, y, w: tw, h: th, mono });
+                items.push(Item {
+                    text: text.clone(),
+                    colour,
+                    px,
+                    x,
+                    y,
+                    w: tw,
+                    h: th,
+                    mono,
+                });
                 break;
             }
         }
@@ -66,7 +87,16 @@ pub fn generate(rng: &mut Rng, fonts: &Fonts) -> Example {
     if items.is_empty() {
         // Every placement failed (tiny canvas): one small word in the corner keeps the example valid.
         let (tw, th) = measure(&fonts.sans, 12.0, "apple");
-        items.push(Item { text: "apple".into(), colour: 5, px: 12.0, x: 2.0, y: 2.0, w: tw, h: th, mono: false });
+        items.push(Item {
+            text: "apple".into(),
+            colour: 5,
+            px: 12.0,
+            x: 2.0,
+            y: 2.0,
+            w: tw,
+            h: th,
+            mono: false,
+        });
     }
     for it in &items {
         let font = if it.mono { &fonts.mono } else { &fonts.sans };
@@ -74,30 +104,78 @@ pub fn generate(rng: &mut Rng, fonts: &Fonts) -> Example {
     }
 
     let n = items.len();
-    let mut qas = vec![Qa::new("count", "How many separate words or numbers are written in the image?", n.to_string(), 4)];
+    let mut qas = vec![Qa::new(
+        "count",
+        "How many separate words or numbers are written in the image?",
+        n.to_string(),
+        4,
+    )];
     if let Some(it) = items.get(rng.below(n.max(1))) {
-        let what = if it.text.chars().all(|c| c.is_ascii_digit()) { "number" } else { "word" };
-        qas.push(Qa::new("read_colour", format!("What {what} is written in {}?", TEXT_COLOURS[it.colour].0), &it.text, READ_VOCAB));
-        qas.push(Qa::new("colour", format!("What colour is the text \"{}\"?", it.text), TEXT_COLOURS[it.colour].0, TEXT_COLOURS.len()));
+        let what = if it.text.chars().all(|c| c.is_ascii_digit()) {
+            "number"
+        } else {
+            "word"
+        };
+        qas.push(Qa::new(
+            "read_colour",
+            format!("What {what} is written in {}?", TEXT_COLOURS[it.colour].0),
+            &it.text,
+            READ_VOCAB,
+        ));
+        qas.push(Qa::new(
+            "colour",
+            format!("What colour is the text \"{}\"?", it.text),
+            TEXT_COLOURS[it.colour].0,
+            TEXT_COLOURS.len(),
+        ));
     }
     let mut by_size: Vec<&Item> = items.iter().collect();
     by_size.sort_by(|a, b| b.px.total_cmp(&a.px));
     if let [first, second, ..] = by_size.as_slice() {
         if first.px >= second.px * 1.3 {
-            qas.push(Qa::new("read_largest", "What is the text written in the largest letters?", &first.text, READ_VOCAB));
+            qas.push(Qa::new(
+                "read_largest",
+                "What is the text written in the largest letters?",
+                &first.text,
+                READ_VOCAB,
+            ));
         }
     } else if let [only] = by_size.as_slice() {
-        qas.push(Qa::new("read_largest", "What is the text written in the largest letters?", &only.text, READ_VOCAB));
+        qas.push(Qa::new(
+            "read_largest",
+            "What is the text written in the largest letters?",
+            &only.text,
+            READ_VOCAB,
+        ));
     }
     let word = rng.pick(&WORDS).copied().unwrap_or("apple");
-    let word = if rng.chance(0.5) { items.iter().find(|i| !i.text.chars().all(|c| c.is_ascii_digit())).map_or(word, |i| i.text.as_str()) } else { word };
+    let word = if rng.chance(0.5) {
+        items
+            .iter()
+            .find(|i| !i.text.chars().all(|c| c.is_ascii_digit()))
+            .map_or(word, |i| i.text.as_str())
+    } else {
+        word
+    };
     let present = items.iter().any(|i| i.text == word);
-    qas.push(Qa::new("exists", format!("Is the word \"{word}\" written in the image?"), if present { "yes" } else { "no" }, 2));
+    qas.push(Qa::new(
+        "exists",
+        format!("Is the word \"{word}\" written in the image?"),
+        if present { "yes" } else { "no" },
+        2,
+    ));
     let qas = choose_questions(rng, qas, 3);
 
     let parts: Vec<String> = items
         .iter()
-        .map(|i| format!("\"{}\" in {} at the {}", i.text, TEXT_COLOURS[i.colour].0, region(i.x + i.w / 2.0, i.y + i.h / 2.0, wf, hf)))
+        .map(|i| {
+            format!(
+                "\"{}\" in {} at the {}",
+                i.text,
+                TEXT_COLOURS[i.colour].0,
+                region(i.x + i.w / 2.0, i.y + i.h / 2.0, wf, hf)
+            )
+        })
         .collect();
     let caption = format!("Text on a plain background: {}.", parts.join(", "));
     let record = json!({
@@ -105,5 +183,10 @@ pub fn generate(rng: &mut Rng, fonts: &Fonts) -> Example {
             "text": i.text, "colour": TEXT_COLOURS[i.colour].0, "px": i.px, "x": i.x, "y": i.y, "mono": i.mono,
         })).collect::<Vec<_>>(),
     });
-    Example { image: canvas.img, caption, qas, record }
+    Example {
+        image: canvas.img,
+        caption,
+        qas,
+        record,
+    }
 }

@@ -32,8 +32,19 @@ fn draw(c: &mut Canvas, o: &Object) {
     let (x, y, r) = (o.x, o.y, o.r);
     match o.shape {
         0 => c.fill_circle(x, y, r, col),
-        1 => c.fill_convex(&[(x - r, y - r), (x + r, y - r), (x + r, y + r), (x - r, y + r)], col),
-        2 => c.fill_convex(&[(x, y - r), (x + r, y + r * 0.85), (x - r, y + r * 0.85)], col),
+        1 => c.fill_convex(
+            &[
+                (x - r, y - r),
+                (x + r, y - r),
+                (x + r, y + r),
+                (x - r, y + r),
+            ],
+            col,
+        ),
+        2 => c.fill_convex(
+            &[(x, y - r), (x + r, y + r * 0.85), (x - r, y + r * 0.85)],
+            col,
+        ),
         _ => c.fill_convex(&[(x, y - r), (x + r, y), (x, y + r), (x - r, y)], col),
     }
 }
@@ -52,13 +63,26 @@ pub fn generate(rng: &mut Rng) -> Example {
     for combo in combos {
         let large = rng.chance(0.5);
         // Large objects are 1.8-2.2x small ones, so "bigger" is never ambiguous.
-        let r = if large { small_r * (1.8 + rng.unit() * 0.4) } else { small_r * (0.9 + rng.unit() * 0.2) };
+        let r = if large {
+            small_r * (1.8 + rng.unit() * 0.4)
+        } else {
+            small_r * (0.9 + rng.unit() * 0.2)
+        };
         for _attempt in 0..200 {
             let x = r + 2.0 + rng.unit() * (wf - 2.0 * r - 4.0);
             let y = r + 2.0 + rng.unit() * (hf - 2.0 * r - 4.0);
-            let clear = objects.iter().all(|o| ((o.x - x).powi(2) + (o.y - y).powi(2)).sqrt() > (o.r + r) * 1.5 + 4.0);
+            let clear = objects
+                .iter()
+                .all(|o| ((o.x - x).powi(2) + (o.y - y).powi(2)).sqrt() > (o.r + r) * 1.5 + 4.0);
             if clear {
-                objects.push(Object { colour: combo / SHAPES.len(), shape: combo % SHAPES.len(), x, y, r, large });
+                objects.push(Object {
+                    colour: combo / SHAPES.len(),
+                    shape: combo % SHAPES.len(),
+                    x,
+                    y,
+                    r,
+                    large,
+                });
                 break;
             }
         }
@@ -68,21 +92,54 @@ pub fn generate(rng: &mut Rng) -> Example {
     }
 
     let n = objects.len();
-    let mut qas = vec![Qa::new("count_total", "How many shapes are in the image?", n.to_string(), 9)];
+    let mut qas = vec![Qa::new(
+        "count_total",
+        "How many shapes are in the image?",
+        n.to_string(),
+        9,
+    )];
     if let Some(o) = rng.pick(&objects) {
         let k = objects.iter().filter(|p| p.colour == o.colour).count();
-        qas.push(Qa::new("count_colour", format!("How many {} shapes are there?", COLOURS[o.colour].0), k.to_string(), 9));
+        qas.push(Qa::new(
+            "count_colour",
+            format!("How many {} shapes are there?", COLOURS[o.colour].0),
+            k.to_string(),
+            9,
+        ));
         let k = objects.iter().filter(|p| p.shape == o.shape).count();
         let plural = format!("{}s", SHAPES[o.shape]);
-        qas.push(Qa::new("count_shape", format!("How many {plural} are there?"), k.to_string(), 9));
+        qas.push(Qa::new(
+            "count_shape",
+            format!("How many {plural} are there?"),
+            k.to_string(),
+            9,
+        ));
         if objects.iter().filter(|p| p.shape == o.shape).count() == 1 {
-            let qa = Qa::new("colour", format!("What colour is the {}?", SHAPES[o.shape]), COLOURS[o.colour].0, COLOURS.len());
+            let qa = Qa::new(
+                "colour",
+                format!("What colour is the {}?", SHAPES[o.shape]),
+                COLOURS[o.colour].0,
+                COLOURS.len(),
+            );
             let names: Vec<&str> = COLOURS.iter().map(|c| c.0).collect();
-            qas.push(if rng.chance(0.3) { qa.into_multiple_choice(rng, &names) } else { qa });
+            qas.push(if rng.chance(0.3) {
+                qa.into_multiple_choice(rng, &names)
+            } else {
+                qa
+            });
         }
         if objects.iter().filter(|p| p.colour == o.colour).count() == 1 {
-            let qa = Qa::new("shape", format!("What shape is the {} object?", COLOURS[o.colour].0), SHAPES[o.shape], SHAPES.len());
-            qas.push(if rng.chance(0.3) { qa.into_multiple_choice(rng, &SHAPES) } else { qa });
+            let qa = Qa::new(
+                "shape",
+                format!("What shape is the {} object?", COLOURS[o.colour].0),
+                SHAPES[o.shape],
+                SHAPES.len(),
+            );
+            qas.push(if rng.chance(0.3) {
+                qa.into_multiple_choice(rng, &SHAPES)
+            } else {
+                qa
+            });
         }
     }
     // Existence: half the time a pair that is present, half the time one that is absent.
@@ -104,22 +161,44 @@ pub fn generate(rng: &mut Rng) -> Example {
         let (a, b) = (&objects[idx[0]], &objects[idx[1]]);
         if (a.x - b.x).abs() > a.r + b.r {
             let yes = a.x < b.x;
-            qas.push(Qa::new("left_of", format!("Is the {} to the left of the {}?", a.name(), b.name()), if yes { "yes" } else { "no" }, 2));
+            qas.push(Qa::new(
+                "left_of",
+                format!("Is the {} to the left of the {}?", a.name(), b.name()),
+                if yes { "yes" } else { "no" },
+                2,
+            ));
         }
         if (a.y - b.y).abs() > a.r + b.r {
             let yes = a.y < b.y;
-            qas.push(Qa::new("above", format!("Is the {} above the {}?", a.name(), b.name()), if yes { "yes" } else { "no" }, 2));
+            qas.push(Qa::new(
+                "above",
+                format!("Is the {} above the {}?", a.name(), b.name()),
+                if yes { "yes" } else { "no" },
+                2,
+            ));
         }
         if a.large != b.large {
             let yes = a.large;
-            qas.push(Qa::new("bigger", format!("Is the {} bigger than the {}?", a.name(), b.name()), if yes { "yes" } else { "no" }, 2));
+            qas.push(Qa::new(
+                "bigger",
+                format!("Is the {} bigger than the {}?", a.name(), b.name()),
+                if yes { "yes" } else { "no" },
+                2,
+            ));
         }
     }
     let qas = choose_questions(rng, qas, 3);
 
     let parts: Vec<String> = objects
         .iter()
-        .map(|o| format!("a {} {} at the {}", if o.large { "large" } else { "small" }, o.name(), region(o.x, o.y, wf, hf)))
+        .map(|o| {
+            format!(
+                "a {} {} at the {}",
+                if o.large { "large" } else { "small" },
+                o.name(),
+                region(o.x, o.y, wf, hf)
+            )
+        })
         .collect();
     let caption = format!(
         "{} {} on a plain background: {}.",
@@ -133,5 +212,10 @@ pub fn generate(rng: &mut Rng) -> Example {
             "x": o.x, "y": o.y, "r": o.r, "large": o.large,
         })).collect::<Vec<_>>(),
     });
-    Example { image: canvas.img, caption, qas, record }
+    Example {
+        image: canvas.img,
+        caption,
+        qas,
+        record,
+    }
 }

@@ -18,10 +18,20 @@ pub fn contact_sheet(examples: &[Example], cols: usize, cell: u32, fonts: &Fonts
         let (x0, y0) = ((k % cols) as u32 * cw + 4, (k / cols) as u32 * ch + 4);
         let (w, h) = ex.image.dimensions();
         let scale = (cell as f32 / w.max(h) as f32).min(1.0);
-        let (sw, sh) = (((w as f32 * scale) as u32).max(1), ((h as f32 * scale) as u32).max(1));
+        let (sw, sh) = (
+            ((w as f32 * scale) as u32).max(1),
+            ((h as f32 * scale) as u32).max(1),
+        );
         let small = resize(&ex.image, sw, sh, FilterType::Triangle);
         image::imageops::overlay(&mut c.img, &small, x0 as i64, y0 as i64);
-        c.stroke_rect(x0 as f32, y0 as f32, (x0 + sw) as f32, (y0 + sh) as f32, 1.0, [180, 180, 180]);
+        c.stroke_rect(
+            x0 as f32,
+            y0 as f32,
+            (x0 + sw) as f32,
+            (y0 + sh) as f32,
+            1.0,
+            [180, 180, 180],
+        );
         if let Some(qa) = ex.qas.first() {
             let q: String = qa.question.lines().next().unwrap_or("").chars().collect();
             let mut lines: Vec<String> = Vec::new();
@@ -38,9 +48,23 @@ pub fn contact_sheet(examples: &[Example], cols: usize, cell: u32, fonts: &Fonts
             lines.push(cur);
             let ty = (y0 + cell + 4) as f32;
             for (i, l) in lines.iter().take(2).enumerate() {
-                c.text(&fonts.sans, 12.0, x0 as f32, ty + i as f32 * 15.0, [40, 40, 40], l);
+                c.text(
+                    &fonts.sans,
+                    12.0,
+                    x0 as f32,
+                    ty + i as f32 * 15.0,
+                    [40, 40, 40],
+                    l,
+                );
             }
-            c.text(&fonts.sans, 13.0, x0 as f32, ty + 32.0, [0, 110, 0], &format!("answer: {}", qa.answer));
+            c.text(
+                &fonts.sans,
+                13.0,
+                x0 as f32,
+                ty + 32.0,
+                [0, 110, 0],
+                &format!("answer: {}", qa.answer),
+            );
         }
     }
     c.img

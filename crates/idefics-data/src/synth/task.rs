@@ -36,7 +36,12 @@ pub struct Qa {
 }
 
 impl Qa {
-    pub fn new(kind: &str, question: impl Into<String>, answer: impl Into<String>, vocab: usize) -> Self {
+    pub fn new(
+        kind: &str,
+        question: impl Into<String>,
+        answer: impl Into<String>,
+        vocab: usize,
+    ) -> Self {
         Self {
             kind: kind.to_string(),
             question: question.into(),
@@ -49,7 +54,10 @@ impl Qa {
     pub fn prompt(&self) -> String {
         if self.kind.ends_with("_mc") {
             // The options are already in the question.
-            format!("{}\nAnswer with the option's letter from the given choices directly.", self.question)
+            format!(
+                "{}\nAnswer with the option's letter from the given choices directly.",
+                self.question
+            )
         } else if self.answer == "yes" || self.answer == "no" {
             format!("{}\nAnswer yes or no.", self.question)
         } else {
@@ -59,7 +67,11 @@ impl Qa {
 
     /// Turns the question into a 4-option multiple choice (answer = a letter) with distractors from `vocab`.
     pub fn into_multiple_choice(self, rng: &mut Rng, vocab: &[&str]) -> Qa {
-        let mut options: Vec<&str> = vocab.iter().copied().filter(|v| *v != self.answer).collect();
+        let mut options: Vec<&str> = vocab
+            .iter()
+            .copied()
+            .filter(|v| *v != self.answer)
+            .collect();
         rng.shuffle(&mut options);
         options.truncate(3);
         if options.len() < 3 {
@@ -104,7 +116,11 @@ pub fn random_size(rng: &mut Rng, min_long: u32, max_long: u32) -> (u32, u32) {
 
 /// A light background colour (each channel in 225..=255).
 pub fn light_background(rng: &mut Rng) -> [u8; 3] {
-    [rng.range(225, 255) as u8, rng.range(225, 255) as u8, rng.range(225, 255) as u8]
+    [
+        rng.range(225, 255) as u8,
+        rng.range(225, 255) as u8,
+        rng.range(225, 255) as u8,
+    ]
 }
 
 /// Where a point is, in words (a 3x3 grid).
