@@ -169,7 +169,7 @@ fn obelics_rows_violating_exactly_one_null_are_rejected_with_row() {
     std::fs::write(
         &path,
         concat!(
-            "{\"images\": [\"u1.jpg\", null, \"u2.jpg\"], \"texts\": [null, \"hello\", null]}\n",
+            "{\"images\": [\"u1.jpg\", null, \"https://x.org/u2.jpg\"], \"texts\": [null, \"hello\", null]}\n",
             "{\"images\": [\"u1.jpg\", null], \"texts\": [\"both\", \"x\"]}\n",
             "{\"images\": [null, null], \"texts\": [\"x\", null]}\n",
             "{\"images\": [null], \"texts\": [\"x\", \"y\"]}\n",
@@ -183,6 +183,11 @@ fn obelics_rows_violating_exactly_one_null_are_rejected_with_row() {
     assert_eq!(doc.items.len(), 3);
     assert_eq!(doc.items[1], DocItem::Text("hello".into()));
     assert_eq!(doc.images().count(), 2);
+    // URLs are kept as they are (OBELICS images must be downloaded first; decoding reports the URL).
+    assert_eq!(
+        doc.items[2],
+        DocItem::Image(ImageSource::Path(PathBuf::from("https://x.org/u2.jpg")))
+    );
     let msg = |i: usize| rows[i].as_ref().unwrap_err().to_string();
     assert!(
         msg(1).contains("row 1") && msg(1).contains("position 0: both"),

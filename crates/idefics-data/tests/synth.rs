@@ -335,3 +335,24 @@ fn ocr_docs_and_charts_answers_match_their_records() {
         }
     }
 }
+
+/// Throughput figure for the report: `cargo test -p idefics-data --test synth -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn generation_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = std::time::Instant::now();
+    let mut cfg = config(dir.path(), 100, 10, 1);
+    cfg.rows_per_group = 64;
+    synth::generate(&cfg).unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let bytes: u64 = files_under(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    println!(
+        "440 examples (4 families x 110) in {secs:.2} s = {:.0} images/s, {:.1} MB on disk",
+        440.0 / secs,
+        bytes as f64 / 1e6
+    );
+}

@@ -11,6 +11,15 @@ use arrow_array::{
 
 use crate::sample::ImageSource;
 
+/// A path relative to the image root; URLs (OBELICS stores image URLs) and absolute paths are kept as they are.
+pub(crate) fn resolve(root: &Path, p: &str) -> ImageSource {
+    if p.contains("://") {
+        ImageSource::Path(p.into())
+    } else {
+        ImageSource::Path(root.join(p))
+    }
+}
+
 /// A column of a batch, or a message naming what is missing.
 pub(crate) fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, String> {
     batch.column_by_name(name).ok_or_else(|| {
@@ -107,7 +116,7 @@ pub(crate) fn image_at(
         }
         if let Ok(path) = struct_field(arr, "path") {
             if let Some(p) = string_at(path.as_ref(), i)? {
-                return Ok(Some(ImageSource::Path(root.join(p))));
+                return Ok(Some(resolve(root, &p)));
             }
         }
         return Ok(None);
@@ -116,7 +125,7 @@ pub(crate) fn image_at(
         return bytes.map(|b| b.map(ImageSource::Bytes));
     }
     match string_at(arr, i) {
-        Ok(p) => Ok(p.map(|p| ImageSource::Path(root.join(p)))),
+        Ok(p) => Ok(p.map(|p| resolve(root, &p))),
         Err(_) => Err(format!(
             "expected an image (struct<bytes, path>, binary or string), found {}",
             arr.data_type()

@@ -13,7 +13,7 @@ use std::path::Path;
 use arrow_array::{Array, RecordBatch};
 use serde_json::Value;
 
-use super::columns::{column, image_at, list_at, string_at, struct_field};
+use super::columns::{column, image_at, list_at, resolve, string_at, struct_field};
 use crate::sample::{ChatSample, ImageSource, ImageTextPair, InterleavedDocument, Turn};
 
 /// A sample type the generic reader can produce.
@@ -29,7 +29,7 @@ pub trait SampleKind: Sized {
 fn json_path(v: &Value, what: &str, root: &Path) -> Result<Option<ImageSource>, String> {
     match v {
         Value::Null => Ok(None),
-        Value::String(p) => Ok(Some(ImageSource::Path(root.join(p)))),
+        Value::String(p) => Ok(Some(resolve(root, p))),
         other => Err(format!("{what}: expected a path string, found {other}")),
     }
 }
