@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod ask;
 mod chat;
+mod data_cmd;
 mod eval_cmd;
 mod forward;
 mod model_source;
@@ -33,6 +34,8 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// OpenAI-compatible HTTP server (chat completions with images).
     Serve(serve_cmd::ServeArgs),
+    /// Synthetic data generation and dataset inspection.
+    Data(data_cmd::DataArgs),
 }
 
 fn main() {
@@ -44,6 +47,7 @@ fn main() {
         Command::Forward(args) => forward::run(args),
         Command::Eval(args) => eval_cmd::run(args),
         Command::Serve(args) => serve_cmd::run(args),
+        Command::Data(args) => data_cmd::run(args),
     };
     if let Err(err) = result {
         // One clear line (with its causes) instead of a panic or a debug dump.
