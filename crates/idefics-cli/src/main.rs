@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod ask;
+mod bench;
 mod chat;
 mod eval_cmd;
 mod forward;
@@ -30,6 +31,8 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Score a model on a benchmark, or rescore a predictions file (`--rescore`).
     Eval(eval_cmd::EvalArgs),
+    /// Time vision encode, prefill, decode and time to first token on fixed requests (bench_inputs.json).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
         Command::Chat(args) => chat::run(args),
         Command::Forward(args) => forward::run(args),
         Command::Eval(args) => eval_cmd::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     if let Err(err) = result {
         // One clear line (with its causes) instead of a panic or a debug dump.
