@@ -249,10 +249,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .map(|f| f.patch_grids.iter().map(|(h, w)| h * w).sum())
             .unwrap_or(0);
         let shape = batch.pixel_values_shape;
-        vision.insert(key.into(), json!({
-            "preprocess_s": prep_s, "vision_encode_s": vis_s, "vision_runs_s": runs,
-            "pixel_values_shape": shape, "valid_patches_total": patches,
-        }));
+        vision.insert(
+            key.into(),
+            json!({
+                "preprocess_s": prep_s, "vision_encode_s": vis_s, "vision_runs_s": runs,
+                "pixel_values_shape": shape, "valid_patches_total": patches,
+            }),
+        );
         push(
             &mut rows,
             &format!("preprocess {key}"),
