@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod ask;
+mod bench;
 mod chat;
 mod data_cmd;
 mod eval_cmd;
@@ -36,6 +37,8 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Synthetic data generation and dataset inspection.
     Data(data_cmd::DataArgs),
+    /// Time vision encode, prefill, decode and time to first token on fixed requests (bench_inputs.json).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -48,6 +51,7 @@ fn main() {
         Command::Eval(args) => eval_cmd::run(args),
         Command::Serve(args) => serve_cmd::run(args),
         Command::Data(args) => data_cmd::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     if let Err(err) = result {
         // One clear line (with its causes) instead of a panic or a debug dump.

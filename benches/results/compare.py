@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Side-by-side markdown table of an `idefics bench --json` report and a bench_transformers.py report.
+
+Usage: python3 benches/results/compare.py OURS.json TRANSFORMERS.json
+Ratio = transformers time / idefics-rs time (> 1: idefics-rs is faster); for tokens/s the same direction.
+"""
+import json
+import sys
+
+
+def main() -> None:
+    ours, ref = (json.load(open(p))["results"] for p in sys.argv[1:3])
+    rows = []
+
+    def time_row(name, a, b):
+        if a is None or b is None:
+            rows.append((name, fmt_ms(a), fmt_ms(b), "n/a"))
+        else:
+            rows.append((name, fmt_ms(a), fmt_ms(b), f"{b / a:.2f}x"))
+
+    def fmt_ms(s):
+        return "not run" if s is None else f"{s * 1e3:,.0f} ms"
+
+    def get(d, *keys):
+        for k in keys:
+            if not isinstance(d, dict) or k not in d:
+                return None
+            d = d[k]
+        return d
+
+    time_row("load", get(ours, "load_s"), get(ref, "load_s"))
+    for key in ("photo_640x480_nosplit", "photo_640x480_split", "photo_980x980_nosplit", "photo_980x980_split"):
+        time_row(f"image processor {key}", get(ours, "vision", key, "preprocess_s"),
+                 get(ref, "vision", key, "preprocess_s"))
+        time_row(f"vision + connector {key}", get(ours, "vision", key, "vision_encode_s"),
+                 get(ref, "vision", key, "vision_encode_s"))
+    a, b = get(ours, "prefill_text_512", "tokens_per_s"), get(ref, "prefill_text_512", "tokens_per_s")
+    rows.append(("prefill 512 text tokens (tokens/s)", f"{a:.1f}" if a else "not run", f"{b:.1f}" if b else "not run",
+                 f"{a / b:.2f}x" if a and b else "n/a"))
+    a, b = get(ours, "decode", "tokens_per_s"), get(ref, "decode", "tokens_per_s")
+    rows.append(("decode after 512 tokens (tokens/s)", f"{a:.2f}" if a else "not run",
+                 f"{b:.2f}" if b else "not run", f"{a / b:.2f}x" if a and b else "n/a"))
+    for key in ("photo_640x480_nosplit", "photo_640x480_split", "photo_980x980_split"):
+        time_row(f"time to first token {key}", get(ours, "ttft", key, "s"), get(ref, "ttft", key, "s"))
+    a, b = get(ours, "peak_rss_mb"), get(ref, "peak_rss_mb")
+    rows.append(("peak RSS", f"{a:,.0f} MB", f"{b:,.0f} MB", f"{b / a:.2f}x"))
+    print("| figure | idefics-rs | transformers | ratio (speed-up / memory saving) |")
+    print("|---|---:|---:|---:|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()

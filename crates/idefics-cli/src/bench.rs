@@ -1,0 +1,493 @@
+//! `idefics bench`: speed and memory of one checkpoint on fixed requests, timed the way
+//! `tools/reference/bench_transformers.py` times transformers, so the two JSON reports compare figure by figure.
+//!
+//! Every figure is the median of `--repeat` timed runs after `--warmup` untimed ones. The requests (input ids,
+//! images, splitting flag) come from `bench_inputs.json`; the checkpoint needs no tokenizer.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, D};
+use clap::Args;
+use idefics::model::ImageFeatures;
+use idefics::pipeline::image_tensors;
+use idefics::{Idefics2ForConditionalGeneration, LoadOptions, ModelInputs};
+use idefics_processor::{decode_image_file, DecodeLimits, Idefics2ImageProcessor, ImageBatch};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Cheapest first, as the Python script, so a run cut short still has the small-image figures.
+const VISION_ORDER: [&str; 4] = [
+    "photo_640x480_nosplit",
+    "photo_640x480_split",
+    "photo_980x980_nosplit",
+    "photo_980x980_split",
+];
+const TTFT_ORDER: [&str; 3] = [
+    "photo_640x480_nosplit",
+    "photo_640x480_split",
+    "photo_980x980_split",
+];
+const TEXT_REQUEST: &str = "text_512";
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Checkpoint directory (config.json, *.safetensors, processor_config.json or preprocessor_config.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Request file (default MODEL/bench_inputs.json); image paths are relative to its directory.
+    #[arg(long)]
+    inputs: Option<PathBuf>,
+    /// Untimed runs before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed runs; every figure is their median.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Warmup for the vision / TTFT figures (default --warmup).
+    #[arg(long)]
+    image_warmup: Option<usize>,
+    /// Repeat for the vision / TTFT figures (default --repeat).
+    #[arg(long)]
+    image_repeat: Option<usize>,
+    /// Single-token decoding steps after the 512-token prefill.
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
+    /// Request keys to leave out of the vision / TTFT timings (e.g. photo_980x980_split).
+    #[arg(long, num_args = 0..)]
+    skip: Vec<String>,
+    /// Result file (default benches/results/<date>-idefics-rs.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct BenchInputs {
+    requests: BTreeMap<String, Request>,
+}
+
+#[derive(Deserialize)]
+struct Request {
+    images: Vec<String>,
+    do_image_splitting: bool,
+    input_ids: Vec<u32>,
+    n_tokens: usize,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    let (w, n) = (args.warmup, args.repeat);
+    let vw = args.image_warmup.unwrap_or(w);
+    let vn = args.image_repeat.unwrap_or(n);
+    if vn == 0 {
+        bail!("--image-repeat must be at least 1");
+    }
+    let inputs_path = args
+        .inputs
+        .clone()
+        .unwrap_or_else(|| args.model.join("bench_inputs.json"));
+    let text = std::fs::read_to_string(&inputs_path)
+        .with_context(|| format!("reading {}", inputs_path.display()))?;
+    let bench: BenchInputs = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}", inputs_path.display()))?;
+    let image_root = inputs_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let request = |key: &str| {
+        bench
+            .requests
+            .get(key)
+            .with_context(|| format!("{} has no request {key:?}", inputs_path.display()))
+    };
+    let out_path = args.json.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "benches/results/{}-idefics-rs.json",
+            &utc_now()[..10]
+        ))
+    });
+
+    let mut machine = machine_info();
+    let command: Vec<String> = std::env::args().collect();
+    let t0 = Instant::now();
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        use_fused_kernels: true,
+        ..LoadOptions::default()
+    };
+    let model = Idefics2ForConditionalGeneration::load(&args.model, &opts)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let images = Idefics2ImageProcessor::from_model_dir(&args.model)
+        .with_context(|| format!("image processor of {}", args.model.display()))?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let rss_after_load = peak_rss_mb();
+    let mut res = Map::new();
+    res.insert("load_s".into(), json!(load_s));
+    res.insert("rss_after_load_mb".into(), json!(rss_after_load));
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+
+    let save = |res: &Map<String, Value>, machine: &mut Map<String, Value>, complete: bool| {
+        machine.insert("loadavg_1_5_15_now".into(), json!(loadavg()));
+        let mut res = res.clone();
+        res.insert("peak_rss_mb".into(), json!(peak_rss_mb()));
+        let out = json!({
+            "tool": "idefics-rs",
+            "command": command.join(" "),
+            "complete": complete,
+            "checkpoint": args.model.display().to_string(),
+            "date_utc": utc_now(),
+            "settings": {
+                "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                "dtype": "float32", "device": "cpu", "use_fused_kernels": true,
+                "warmup": w, "repeat": n, "image_warmup": vw, "image_repeat": vn,
+                "statistic": "median", "decode_tokens": args.decode_tokens, "skipped": args.skip,
+            },
+            "versions": {"idefics-rs": env!("CARGO_PKG_VERSION"), "build_profile": build_profile()},
+            "machine": machine,
+            "results": res,
+        });
+        write_json(&out_path, &out)
+    };
+
+    // --- prefill: one forward over the 512-token text prompt with a fresh cache. Full logits, as
+    // transformers' `model(input_ids, use_cache=True)` computes the lm head at every position.
+    let req = request(TEXT_REQUEST)?;
+    let ids = Tensor::new(req.input_ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+    let text_inputs = ModelInputs {
+        input_ids: Some(ids),
+        ..Default::default()
+    };
+    let (pre_s, runs) = timed(w, n, || {
+        let mut cache = model.new_cache();
+        model.forward(&text_inputs, Some(&mut cache))?;
+        Ok(())
+    })?;
+    let tps = req.n_tokens as f64 / pre_s;
+    res.insert(
+        "prefill_text_512".into(),
+        json!({"s": pre_s, "tokens_per_s": tps, "runs_s": runs}),
+    );
+    push(
+        &mut rows,
+        "prefill 512 text tokens",
+        format!("{:9.1} ms", pre_s * 1e3),
+        format!("{tps:8.1} tok/s"),
+    );
+    save(&res, &mut machine, false)?;
+
+    // --- decode: prefill once, then N greedy single-token steps with the cache (no eos: a fixed N); each step
+    // is timed and the figure is the median over all steps of all repeats.
+    let steps_n = args.decode_tokens;
+    let decode_run = || -> Result<Vec<f64>> {
+        let mut cache = model.new_cache();
+        let logits = model.forward_last(&text_inputs, &mut cache)?;
+        let mut tok = argmax(&logits)?;
+        let mut steps = Vec::with_capacity(steps_n);
+        for _ in 0..steps_n {
+            let t = Instant::now();
+            let logits = model.decode_step(&[tok], &mut cache)?;
+            tok = argmax(&logits)?;
+            steps.push(t.elapsed().as_secs_f64());
+        }
+        Ok(steps)
+    };
+    for _ in 0..w {
+        decode_run()?;
+    }
+    let mut all_steps = Vec::new();
+    for _ in 0..n {
+        all_steps.extend(decode_run()?);
+    }
+    if !all_steps.is_empty() {
+        let mean = all_steps.iter().sum::<f64>() / all_steps.len() as f64;
+        let med = median(&mut all_steps);
+        res.insert("decode".into(), json!({
+            "request": TEXT_REQUEST, "prompt_tokens": req.n_tokens, "new_tokens": steps_n,
+            "median_step_s": med, "tokens_per_s": 1.0 / med, "ms_per_token": med * 1e3, "mean_step_s": mean,
+            "method": "prefill once, then N greedy single-token forwards with the KV cache; median over all steps of all repeats",
+        }));
+        push(
+            &mut rows,
+            &format!("decode {steps_n} tokens (ctx {})", req.n_tokens),
+            format!("{:9.1} ms/tok", med * 1e3),
+            format!("{:8.1} tok/s", 1.0 / med),
+        );
+        save(&res, &mut machine, false)?;
+    }
+
+    // --- image processor (file decode + split + resize + normalise + pad) and vision tower + connector.
+    let preprocess = |req: &Request| -> Result<ImageBatch> {
+        let mut sample = Vec::with_capacity(req.images.len());
+        for p in &req.images {
+            let path = image_root.join(p);
+            sample.push(
+                decode_image_file(&path, &DecodeLimits::default())
+                    .with_context(|| format!("decoding {}", path.display()))?,
+            );
+        }
+        Ok(images.preprocess(&[sample], Some(req.do_image_splitting))?)
+    };
+    let mut vision = Map::new();
+    for key in VISION_ORDER {
+        if args.skip.iter().any(|s| s == key) {
+            continue;
+        }
+        let req = request(key)?;
+        let (prep_s, _) = timed(vw, vn, || preprocess(req).map(|_| ()))?;
+        let batch = preprocess(req)?;
+        let (pv, pm) = image_tensors(&batch, &Device::Cpu)?;
+        let mut feats: Option<ImageFeatures> = None;
+        let (vis_s, runs) = timed(vw, vn, || {
+            feats = Some(model.image_features(&pv, Some(&pm))?);
+            Ok(())
+        })?;
+        let patches: usize = feats
+            .as_ref()
+            .map(|f| f.patch_grids.iter().map(|(h, w)| h * w).sum())
+            .unwrap_or(0);
+        let shape = batch.pixel_values_shape;
+        vision.insert(
+            key.into(),
+            json!({
+                "preprocess_s": prep_s, "vision_encode_s": vis_s, "vision_runs_s": runs,
+                "pixel_values_shape": shape, "valid_patches_total": patches,
+            }),
+        );
+        push(
+            &mut rows,
+            &format!("preprocess {key}"),
+            format!("{:9.1} ms", prep_s * 1e3),
+            String::new(),
+        );
+        push(
+            &mut rows,
+            &format!("vision+connector {key}"),
+            format!("{:9.1} ms", vis_s * 1e3),
+            format!("{shape:?}, {patches} patches"),
+        );
+        res.insert("vision".into(), Value::Object(vision.clone()));
+        save(&res, &mut machine, false)?;
+    }
+
+    // --- time to first token: image processor + vision + prefill + first (greedy) token, fresh cache.
+    let mut ttft = Map::new();
+    for key in TTFT_ORDER {
+        if args.skip.iter().any(|s| s == key) {
+            continue;
+        }
+        let req = request(key)?;
+        let (s, runs) = timed(vw, vn, || {
+            let batch = preprocess(req)?;
+            let (pv, pm) = image_tensors(&batch, &Device::Cpu)?;
+            let inputs = ModelInputs {
+                input_ids: Some(Tensor::new(req.input_ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?),
+                pixel_values: Some(pv),
+                pixel_attention_mask: Some(pm),
+                ..Default::default()
+            };
+            let mut cache = model.new_cache();
+            argmax(&model.forward_last(&inputs, &mut cache)?)?;
+            Ok(())
+        })?;
+        ttft.insert(
+            key.into(),
+            json!({"s": s, "prompt_tokens": req.n_tokens, "runs_s": runs}),
+        );
+        push(
+            &mut rows,
+            &format!("TTFT {key}"),
+            format!("{:9.1} ms", s * 1e3),
+            format!("{} prompt tokens", req.n_tokens),
+        );
+        res.insert("ttft".into(), Value::Object(ttft.clone()));
+        save(&res, &mut machine, false)?;
+    }
+
+    let peak = peak_rss_mb();
+    push(
+        &mut rows,
+        "peak RSS",
+        format!("{peak:9.0} MB"),
+        format!("after load {rss_after_load:.0} MB"),
+    );
+    println!();
+    println!("{}", command.join(" "));
+    println!(
+        "idefics-rs {} ({} build), candle CPU f32, {} threads, median of {n} after {w} warmup; machine: {}, load {:?}",
+        env!("CARGO_PKG_VERSION"),
+        build_profile(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        machine.get("cpu").and_then(Value::as_str).unwrap_or("?"),
+        loadavg(),
+    );
+    for (a, b, c) in &rows {
+        println!("  {a:40} {b:>16}  {c}");
+    }
+    save(&res, &mut machine, true)?;
+    println!("wrote {}", out_path.display());
+    Ok(())
+}
+
+fn push(rows: &mut Vec<(String, String, String)>, what: &str, value: String, note: String) {
+    eprintln!("{what}: {value} {note}");
+    rows.push((what.to_string(), value, note));
+}
+
+/// Median of `repeat` timed calls after `warmup` untimed ones, and the timed runs (seconds).
+fn timed(
+    warmup: usize,
+    repeat: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, Vec<f64>)> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut runs = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let t = Instant::now();
+        f()?;
+        runs.push(t.elapsed().as_secs_f64());
+    }
+    let mut sorted = runs.clone();
+    Ok((median(&mut sorted), runs))
+}
+
+/// Python's `statistics.median` (mean of the two middle values for an even count); 0 for no values.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn argmax(logits: &Tensor) -> Result<u32> {
+    let ids: Vec<u32> = logits.argmax(D::Minus1)?.flatten_all()?.to_vec1()?;
+    ids.first().copied().context("empty logits")
+}
+
+/// Peak resident set (VmHWM of /proc/self/status) in MiB; the same quantity as Python's `ru_maxrss`.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn loadavg() -> Vec<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| {
+            s.split_whitespace()
+                .take(3)
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn machine_info() -> Map<String, Value> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| (kb / (1u64 << 20) as f64 * 10.0).round() / 10.0);
+    let mut m = Map::new();
+    m.insert("cpu".into(), json!(cpu));
+    m.insert(
+        "logical_cpus".into(),
+        json!(std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)),
+    );
+    m.insert("mem_total_gib".into(), json!(mem_gib));
+    m.insert(
+        "platform".into(),
+        json!(format!(
+            "{}-{}",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        )),
+    );
+    m.insert("loadavg_1_5_15_at_start".into(), json!(loadavg()));
+    m
+}
+
+fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "dev"
+    } else {
+        "release"
+    }
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(value)? + "\n";
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Current UTC time as `YYYY-MM-DDTHH:MM:SS+00:00` (no date crate needed: civil-from-days).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_matches_python_statistics() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut []), 0.0);
+    }
+
+    #[test]
+    fn utc_now_is_iso_shaped() {
+        let s = utc_now();
+        assert_eq!(s.len(), 25, "{s}");
+        assert!(s.starts_with("20"), "{s}");
+        assert_eq!(&s[10..11], "T");
+    }
+}
