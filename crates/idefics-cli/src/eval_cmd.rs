@@ -332,7 +332,9 @@ mod tests {
         };
         let err = run(args("mystery", &[])).unwrap_err().to_string();
         assert!(err.contains("--metric"), "{err}");
-        let err = run(args("vqav2", &["--shots", "2"])).unwrap_err().to_string();
+        let err = run(args("vqav2", &["--shots", "2"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--support"), "{err}");
         let err = run(args("vqav2", &["--batch-size", "0"]))
             .unwrap_err()

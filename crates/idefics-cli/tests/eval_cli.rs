@@ -83,9 +83,8 @@ fn eval_runs_resumes_and_rescores() {
         rescored_dir.to_str().unwrap(),
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let rescored: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(rescored_dir.join("report.json")).unwrap(),
-    )
-    .unwrap();
+    let rescored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rescored_dir.join("report.json")).unwrap())
+            .unwrap();
     assert_eq!(rescored, report);
 }

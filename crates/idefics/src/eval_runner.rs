@@ -235,7 +235,10 @@ pub fn run_eval(
     let report = if predictions.is_empty() {
         Report::new(run_info, Vec::new())
     } else {
-        Report::new(run_info, score_predictions(&predictions).map_err(eval_err)?.0)
+        Report::new(
+            run_info,
+            score_predictions(&predictions).map_err(eval_err)?.0,
+        )
     };
     report.write(out_dir).map_err(eval_err)?;
     Ok(EvalOutcome {
@@ -494,8 +497,7 @@ pub fn checkpoint_revision(dir: &Path) -> Result<String> {
         } else {
             use std::io::{Seek, SeekFrom};
             buf.resize(MIB as usize, 0);
-            file.read_exact(&mut buf)
-                .map_err(|e| Error::io(&path, e))?;
+            file.read_exact(&mut buf).map_err(|e| Error::io(&path, e))?;
             hasher.update(&buf);
             file.seek(SeekFrom::Start(len - MIB))
                 .and_then(|_| file.read_exact(&mut buf))

@@ -180,7 +180,8 @@ fn base_format_uses_shots_from_the_support_split_and_stop_words() {
         // Two shots with their answers, then the query without.
         assert_eq!(pred.prompt.matches("Image:<image>Question:").count(), 3);
         assert!(
-            pred.prompt.ends_with(&format!("Question: {} Answer:", pred.question)),
+            pred.prompt
+                .ends_with(&format!("Question: {} Answer:", pred.question)),
             "{}",
             pred.prompt
         );
