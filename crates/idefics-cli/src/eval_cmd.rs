@@ -1,17 +1,26 @@
 //! `idefics eval`: score a model on a benchmark, or rescore a predictions file without the model.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use idefics::eval_runner::{checkpoint_revision, run_eval, EvalRunConfig, PromptStyle};
+use idefics::hub::{resolve_model, HubConfig};
+use idefics::pipeline::Idefics2Pipeline;
+use idefics::LoadOptions;
 use idefics_eval::data::{read_jsonl, read_vqav2_dir};
-use idefics_eval::{EvalSample, Metric};
+use idefics_eval::{EvalSample, Metric, RunInfo};
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Model directory (Hugging Face layout).
+    /// Model directory (Hugging Face layout) or Hub id.
     #[arg(long, required_unless_present = "rescore")]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
+    /// Hub revision (branch, tag or commit) of a Hub model.
+    #[arg(long, requires = "model")]
+    pub revision: Option<String>,
     /// Benchmark name (vqav2, textvqa, okvqa, docvqa, chartqa, mmmu, coco, ...): picks the official metric.
     #[arg(long, required_unless_present = "rescore")]
     pub task: Option<String>,
@@ -24,7 +33,7 @@ pub struct EvalArgs {
     /// Score only the first N samples.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// In-context examples per prompt (base models; 0 = zero-shot instruct prompt).
+    /// In-context examples per prompt (base-model format); 0 = zero-shot.
     #[arg(long, default_value_t = 0)]
     pub shots: usize,
     /// Support split the shots are drawn from (same formats as --data; must be disjoint from it).
@@ -36,8 +45,20 @@ pub struct EvalArgs {
     /// Prompts per generation batch.
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
+    /// Answer length cap (default: 16 tokens for short answers, 64 for captions and MMMU open answers).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Use the base-model text format even when the checkpoint has a chat template (zero-shot base runs).
+    #[arg(long)]
+    pub base_prompt: bool,
+    /// Do not split images into 4 crops + the whole image (overrides the checkpoint's setting).
+    #[arg(long, conflicts_with = "split")]
+    pub no_split: bool,
+    /// Split images even if the checkpoint does not.
+    #[arg(long)]
+    pub split: bool,
     /// Output folder: predictions.jsonl, run.json, report.json, report.md (default with --rescore: the
-    /// predictions file's folder).
+    /// predictions file's folder). A folder with a predictions.jsonl is resumed.
     #[arg(long, required_unless_present = "rescore")]
     pub out: Option<PathBuf>,
     /// Recompute the report of an existing predictions.jsonl (no model needed).
@@ -58,42 +79,135 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    if args.max_new_tokens == Some(0) {
+        bail!("--max-new-tokens must be at least 1");
+    }
     let metric = match &args.metric {
-        Some(name) => Metric::from_name(name).with_context(|| {
+        Some(name) => Some(Metric::from_name(name).with_context(|| {
             let known: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
             format!("unknown --metric {name:?}; known: {}", known.join(", "))
-        })?,
-        None => Metric::default_for_task(task).with_context(|| {
-            format!("no official metric known for task {task:?}; name one with --metric")
-        })?,
+        })?),
+        None => {
+            Metric::default_for_task(task).with_context(|| {
+                format!("no official metric known for task {task:?}; name one with --metric")
+            })?;
+            None
+        }
     };
-    if !model.is_dir() {
-        bail!("--model {}: not a folder", model.display());
-    }
-    let samples = read_samples(data, task)?;
+    let mut samples = read_samples(data, task)?;
     if args.shots > 0 && args.support.is_none() {
         bail!(
             "--shots {} needs --support: shots are drawn from a split disjoint from the scored one",
             args.shots
         );
     }
-    if let Some(support) = &args.support {
-        let support = read_samples(support, task)?;
-        idefics_eval::prompt::check_disjoint(&support, &samples)?;
+    let support = match &args.support {
+        Some(support) => {
+            let support = read_samples(support, task)?;
+            idefics_eval::prompt::check_disjoint(&support, &samples)?;
+            support
+        }
+        None => Vec::new(),
+    };
+    if let Some(limit) = args.limit {
+        samples.truncate(limit);
     }
-    let n = args.limit.map_or(samples.len(), |l| l.min(samples.len()));
     tracing::info!(
-        "{n} samples of {task} read from {}, metric {metric}",
+        "{} samples of {task} read from {}",
+        samples.len(),
         data.display()
     );
-    // Not done yet: the generation engine lives in `idefics` and is being built; running the model is the
-    // one missing step between these prompts and `PredictionWriter`.
-    bail!(
-        "model-running evaluation needs the generation engine, which is not integrated yet \
-         ({n} samples of {task} read and checked; results would go to {}). \
-         Score existing predictions with `idefics eval --rescore predictions.jsonl`",
+
+    // Check the cheap inputs (above) before loading weights.
+    let (dir, hub_commit) = resolve(model, args.revision.as_deref())?;
+    let opts = LoadOptions {
+        device: crate::model_source::device()?,
+        ..LoadOptions::default()
+    };
+    let pipeline = Idefics2Pipeline::load(&dir, &opts)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let revision = match hub_commit {
+        Some(commit) => commit,
+        None => checkpoint_revision(&dir)?,
+    };
+    let config = EvalRunConfig {
+        task: task.clone(),
+        metric,
+        shots: args.shots,
+        seed: args.seed,
+        batch_size: args.batch_size,
+        max_new_tokens: args.max_new_tokens,
+        do_image_splitting: match (args.split, args.no_split) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        style: args.base_prompt.then_some(PromptStyle::Base),
+    };
+    let info = RunInfo {
+        model: Some(model.clone()),
+        revision: Some(revision),
+        data: Some(data.display().to_string()),
+        ..RunInfo::default()
+    };
+
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} {bar:30} {pos}/{len} samples, {per_sec}, ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(task.clone());
+    bar.enable_steady_tick(Duration::from_millis(500));
+    let outcome = run_eval(&pipeline, &samples, &support, &config, info, out, |p| {
+        if bar.length() != Some(p.total as u64) {
+            bar.set_length(p.total as u64);
+            if p.resumed > 0 {
+                bar.println(format!(
+                    "resuming: {} samples already in {}",
+                    p.resumed,
+                    out.join("predictions.jsonl").display()
+                ));
+            }
+        }
+        bar.set_position(p.done as u64);
+        if p.failed > 0 {
+            bar.set_message(format!("({} failed)", p.failed));
+        }
+    })?;
+    bar.finish_and_clear();
+
+    print!("{}", outcome.report.to_markdown());
+    eprintln!(
+        "{} generated, {} resumed; wrote {}, report.json and report.md in {}",
+        outcome.generated,
+        outcome.resumed,
+        outcome.predictions_path.display(),
         out.display()
-    )
+    );
+    if !outcome.failures.is_empty() {
+        eprintln!(
+            "warning: {} samples failed and are not scored (see {}); rerun the same command to retry them",
+            outcome.failures.len(),
+            out.join("errors.jsonl").display()
+        );
+    }
+    Ok(())
+}
+
+/// A local folder, or a Hub id downloaded into the cache (then its commit is the revision).
+fn resolve(model: &str, revision: Option<&str>) -> Result<(PathBuf, Option<String>)> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        if revision.is_some() {
+            bail!("--revision applies to Hub models; {model} is a local folder");
+        }
+        return Ok((path.to_path_buf(), None));
+    }
+    let files = resolve_model(model, revision, &HubConfig::from_env(), &mut |_| {})
+        .with_context(|| format!("--model {model}: not a folder; as a Hub id"))?;
+    Ok((files.dir, files.commit))
 }
 
 /// A `.jsonl` file, or a VQAv2-layout folder.
@@ -193,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn model_form_reports_not_integrated_after_checking_inputs() {
+    fn model_form_checks_inputs_before_loading() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("d.jsonl");
         std::fs::write(
@@ -202,8 +316,8 @@ mod tests {
         )
         .unwrap();
         let d = dir.path().to_str().unwrap();
-        let args = |task: &str| {
-            parse(&[
+        let args = |task: &str, extra: &[&str]| {
+            let mut a = vec![
                 "--model",
                 d,
                 "--task",
@@ -212,15 +326,22 @@ mod tests {
                 data.to_str().unwrap(),
                 "--out",
                 d,
-            ])
-            .unwrap()
+            ];
+            a.extend_from_slice(extra);
+            parse(&a).unwrap()
         };
-        let err = run(args("vqav2")).unwrap_err().to_string();
-        assert!(
-            err.contains("not integrated yet") && err.contains("1 samples"),
-            "{err}"
-        );
-        let err = run(args("mystery")).unwrap_err().to_string();
+        let err = run(args("mystery", &[])).unwrap_err().to_string();
         assert!(err.contains("--metric"), "{err}");
+        let err = run(args("vqav2", &["--shots", "2"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--support"), "{err}");
+        let err = run(args("vqav2", &["--batch-size", "0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--batch-size"), "{err}");
+        // The folder has no checkpoint: the error names it.
+        let err = format!("{:#}", run(args("vqav2", &[])).unwrap_err());
+        assert!(err.contains("loading"), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod error;
+pub mod eval_runner;
 pub mod generate;
 pub mod hub;
 pub mod model;

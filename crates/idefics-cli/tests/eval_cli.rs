@@ -1,0 +1,90 @@
+//! `idefics eval` as a user runs it: the tiny random checkpoint on the VQAv2-layout sample, interrupted
+//! (`--limit 2`) then resumed, then rescored.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn idefics(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_idefics"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn eval_runs_resumes_and_rescores() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let model = root().join("tests/fixtures/e2e/tiny-chat");
+    let data = root().join("tests/fixtures/eval_vqav2_sample");
+    let base = [
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "vqav2",
+        "--data",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let mut limited = base.to_vec();
+    limited.extend(["--limit", "2"]);
+    let first = idefics(&limited);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let predictions = out.join("predictions.jsonl");
+    assert_eq!(lines(&predictions).len(), 2);
+
+    let second = idefics(&base);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    assert!(stderr.contains("4 generated, 2 resumed"), "{stderr}");
+    let preds = lines(&predictions);
+    let ids: Vec<&str> = preds.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["1010", "1011", "1020", "1021", "1030", "1031"]);
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(stdout.contains("| vqav2 | vqa_accuracy |"), "{stdout}");
+    assert!(stdout.contains("| 6 |"), "{stdout}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["tasks"][0]["count"], 6);
+    assert!(report["run"]["revision"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    assert_eq!(report["run"]["processor"]["image_seq_len"], 6);
+
+    // Rescoring the file gives the same report.
+    let rescored_dir = dir.path().join("rescored");
+    let r = idefics(&[
+        "eval",
+        "--rescore",
+        predictions.to_str().unwrap(),
+        "--out",
+        rescored_dir.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let rescored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rescored_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(rescored, report);
+}
