@@ -9,6 +9,9 @@ use idefics::generate::{FinishReason, GenerationRequest, SamplingParams};
 use idefics::pipeline::{Idefics2Pipeline, Prompt, PromptInput};
 use idefics::processor::{ChatMessage, ContentPart, RgbImage};
 
+/// A request in the processor's types: messages, images in slot order, and the splitting flag it asks for.
+type ConvertedPrompt = (Vec<ChatMessage>, Vec<RgbImage>, Option<bool>);
+
 /// Serves one loaded checkpoint.
 pub struct PipelineEngine {
     pipeline: Idefics2Pipeline,
@@ -26,9 +29,7 @@ impl PipelineEngine {
     }
 
     /// The chat messages and images of a request, in the processor's types.
-    fn convert(
-        prompt: &ChatPrompt,
-    ) -> Result<(Vec<ChatMessage>, Vec<RgbImage>, Option<bool>), EngineError> {
+    fn convert(prompt: &ChatPrompt) -> Result<ConvertedPrompt, EngineError> {
         let mut messages = Vec::with_capacity(prompt.messages.len());
         let mut images = Vec::new();
         let mut split = None;

@@ -806,7 +806,7 @@ impl Client {
             match status {
                 404 => return Ok(Head::NotFound),
                 401 | 403 => return Ok(Head::Denied(status)),
-                200..=299 | 300..=399 => {}
+                200..=399 => {}
                 _ => return Err(HubError::Http { url, status }),
             }
             let location = header("location");

@@ -5,25 +5,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// How to pick the next token. `temperature == 0` (or `None`) means greedy decoding.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SamplingParams {
     pub temperature: Option<f32>,
     pub top_k: Option<usize>,
     pub top_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub seed: u64,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        Self {
-            temperature: None,
-            top_k: None,
-            top_p: None,
-            repetition_penalty: None,
-            seed: 0,
-        }
-    }
 }
 
 /// Errors for sampling parameters a user gave us.
