@@ -1,7 +1,8 @@
-//! `idefics forward`: logits for saved inputs, to compare with transformers.
+//! `idefics forward`: logits for saved inputs, or for a raw prompt with images, to compare with transformers.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use idefics::pipeline::{Idefics2Pipeline, Prompt, PromptInput};
 use idefics::weights::parse_dtype;
 use idefics::{Idefics2ForConditionalGeneration, LoadOptions, ModelInputs, PositionIdRule};
 use std::collections::HashMap;
@@ -13,8 +14,21 @@ pub struct ForwardArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// safetensors file with input_ids, attention_mask, pixel_values, pixel_attention_mask.
+    #[arg(long, required_unless_present = "prompt", conflicts_with = "prompt")]
+    pub inputs: Option<PathBuf>,
+    /// A raw prompt with `<image>` placeholders, as `processor(text=..., images=...)` takes it; the processed
+    /// input_ids, attention_mask, pixel_values and pixel_attention_mask are written next to the logits.
     #[arg(long)]
-    pub inputs: PathBuf,
+    pub prompt: Option<String>,
+    /// An image for the prompt's `<image>` slots, in order (repeatable; with --prompt).
+    #[arg(long = "image", requires = "prompt")]
+    pub images: Vec<PathBuf>,
+    /// Split images into 4 crops + the whole image (default: the checkpoint's setting).
+    #[arg(long, conflicts_with = "no_split")]
+    pub split: bool,
+    /// Do not split images.
+    #[arg(long)]
+    pub no_split: bool,
     /// Where to write the logits (safetensors, f32).
     #[arg(long)]
     pub out: PathBuf,
@@ -57,10 +71,61 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         position_id_rule: rule,
         use_fused_kernels: true,
     };
-    let model = Idefics2ForConditionalGeneration::load(&args.model, &opts)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let tensors = candle_core::safetensors::load(&args.inputs, &device)
-        .with_context(|| format!("reading {}", args.inputs.display()))?;
+    let splitting = match (args.split, args.no_split) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    let (model, inputs) = match (&args.prompt, &args.inputs) {
+        (Some(prompt), _) => {
+            let images = crate::ask::load_images(&args.images)?;
+            let pipeline = Idefics2Pipeline::load(&args.model, &opts)
+                .with_context(|| format!("loading {}", args.model.display()))?;
+            let prepared = pipeline.prepare(
+                &[PromptInput {
+                    prompt: Prompt::Raw(prompt.clone()),
+                    images,
+                }],
+                splitting,
+            )?;
+            let inputs = prepared.inputs;
+            let as_i64 =
+                |t: &Option<Tensor>| t.as_ref().map(|t| t.to_dtype(DType::I64)).transpose();
+            for (name, tensor) in [
+                ("input_ids", as_i64(&inputs.input_ids)?),
+                ("attention_mask", as_i64(&inputs.attention_mask)?),
+                ("pixel_values", inputs.pixel_values.clone()),
+                (
+                    "pixel_attention_mask",
+                    as_i64(&inputs.pixel_attention_mask)?,
+                ),
+            ] {
+                if let Some(t) = tensor {
+                    out.insert(name.to_string(), t);
+                }
+            }
+            (pipeline.model, inputs)
+        }
+        (None, Some(path)) => {
+            let model = Idefics2ForConditionalGeneration::load(&args.model, &opts)
+                .with_context(|| format!("loading {}", args.model.display()))?;
+            (model, read_inputs(path, &device)?)
+        }
+        (None, None) => bail!("give --inputs FILE or --prompt TEXT"),
+    };
+    let logits = model.forward(&inputs, None)?.to_dtype(DType::F32)?;
+    out.insert("logits".to_string(), logits.clone());
+    candle_core::safetensors::save(&out, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!("wrote logits {:?} to {}", logits.dims(), args.out.display());
+    Ok(())
+}
+
+/// Model inputs saved with transformers' names and layouts.
+fn read_inputs(path: &std::path::Path, device: &Device) -> Result<ModelInputs> {
+    let tensors = candle_core::safetensors::load(path, device)
+        .with_context(|| format!("reading {}", path.display()))?;
     let known = [
         "input_ids",
         "attention_mask",
@@ -75,19 +140,13 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     }
     let get = |name: &str| tensors.get(name).cloned();
     let Some(input_ids) = get("input_ids") else {
-        bail!("{}: no input_ids tensor", args.inputs.display())
+        bail!("{}: no input_ids tensor", path.display())
     };
-    let inputs = ModelInputs {
+    Ok(ModelInputs {
         input_ids: Some(input_ids),
         attention_mask: get("attention_mask"),
         position_ids: get("position_ids"),
         pixel_values: get("pixel_values"),
         pixel_attention_mask: get("pixel_attention_mask"),
-    };
-    let logits = model.forward(&inputs, None)?.to_dtype(DType::F32)?;
-    let out: HashMap<String, Tensor> = HashMap::from([("logits".to_string(), logits.clone())]);
-    candle_core::safetensors::save(&out, &args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    println!("wrote logits {:?} to {}", logits.dims(), args.out.display());
-    Ok(())
+    })
 }
