@@ -255,7 +255,14 @@ impl PromptProcessor {
             self.config.image_seq_len,
             splitting,
         );
-        let input_ids = self.tokenizer.encode_pieces(&pieces, true)?;
+        // transformers' processor apply_chat_template(tokenize=True): no second BOS when the template writes one
+        // (Idefics3 / SmolVLM templates start with it).
+        let template_wrote_bos = self
+            .tokenizer
+            .config()
+            .bos_token()
+            .is_some_and(|bos| !bos.is_empty() && rendered.text.starts_with(bos));
+        let input_ids = self.tokenizer.encode_pieces(&pieces, !template_wrote_bos)?;
         Ok(EncodedPrompt {
             input_ids,
             n_images,

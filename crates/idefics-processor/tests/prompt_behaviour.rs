@@ -303,3 +303,28 @@ fn template_lookup_precedence() {
         "{e}"
     );
 }
+
+#[test]
+fn template_that_writes_bos_gets_no_second_bos() {
+    let tok = TextTokenizer::from_dir(&tok_dir()).unwrap();
+    let t = ChatTemplate::from_source(
+        "{{ bos_token }}{% for m in messages %}{{ m['content'][0]['text'] }}{% endfor %}",
+        "test",
+        &tok,
+    )
+    .unwrap();
+    let p = PromptProcessor::new(tok, ProcessorConfig::default(), Some(t));
+    let enc = p
+        .encode_chat(&[ChatMessage::text("user", "Hi")], false, 0, None)
+        .unwrap();
+    assert_eq!(enc.input_ids.first(), Some(&1));
+    assert_eq!(count(&enc.input_ids, 1), 1, "{:?}", enc.input_ids);
+    let plain = processor()
+        .encode_chat(&[ChatMessage::text("user", "Hi")], false, 0, None)
+        .unwrap();
+    assert_eq!(
+        count(&plain.input_ids, 1),
+        1,
+        "idefics2 template: the tokenizer adds the BOS"
+    );
+}

@@ -14,9 +14,15 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+
+mod client;
+mod error;
+
+use client::{Client, FileMeta, Head};
+use error::io_err;
+pub use error::HubError;
 
 /// Files every model needs.
 pub const REQUIRED_FILES: &[&str] = &["config.json", "tokenizer.json"];
@@ -36,117 +42,6 @@ const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// Report progress at most every this many bytes (plus start and end).
 const PROGRESS_STEP: u64 = 1 << 20;
-
-/// Errors of Hub resolution and download. Each names the model / file / path concerned.
-#[derive(Debug, thiserror::Error)]
-pub enum HubError {
-    /// The model id is not `name` or `org/name` made of letters, digits, `-`, `_`, `.`.
-    #[error("invalid model id {0:?}: expected \"org/name\" (or a local directory)")]
-    InvalidModelId(String),
-    /// Offline mode and the cache lacks something.
-    #[error("{repo}@{revision}: {missing} not in the cache at {cache} and HF_HUB_OFFLINE=1 is set (download it once online)")]
-    Offline {
-        /// Model id.
-        repo: String,
-        /// Requested revision.
-        revision: String,
-        /// Cache root.
-        cache: String,
-        /// What is missing.
-        missing: String,
-    },
-    /// A required file does not exist in the repository (or the repository does not).
-    #[error("{repo}@{revision}: required file {file} not found on the Hub ({url})")]
-    NotFound {
-        /// Model id.
-        repo: String,
-        /// Requested revision.
-        revision: String,
-        /// File name.
-        file: String,
-        /// URL asked.
-        url: String,
-    },
-    /// 401 / 403: private or gated repository.
-    #[error("{repo}: access denied (HTTP {status}) for {file}; the model may be gated or private: accept its terms on the Hub and set HF_TOKEN")]
-    Unauthorized {
-        /// Model id.
-        repo: String,
-        /// File name.
-        file: String,
-        /// HTTP status.
-        status: u16,
-    },
-    /// Any other unexpected HTTP status.
-    #[error("HTTP {status} for {url}")]
-    Http {
-        /// URL asked.
-        url: String,
-        /// HTTP status.
-        status: u16,
-    },
-    /// Connection / transfer failure (a partial download is kept for resuming).
-    #[error("network error for {url}: {message}")]
-    Network {
-        /// URL asked.
-        url: String,
-        /// Cause.
-        message: String,
-    },
-    /// The Hub's answer lacks something we need (etag, commit).
-    #[error("unexpected Hub response for {url}: {message}")]
-    BadResponse {
-        /// URL asked.
-        url: String,
-        /// What was wrong.
-        message: String,
-    },
-    /// Downloaded size differs from the announced size (the partial file is removed).
-    #[error("{file}: downloaded {actual} bytes, the Hub announced {expected}")]
-    SizeMismatch {
-        /// File name.
-        file: String,
-        /// Announced size.
-        expected: u64,
-        /// Received size.
-        actual: u64,
-    },
-    /// sha256 of the downloaded bytes differs from the Hub's etag (the partial file is removed).
-    #[error(
-        "{file}: sha256 {actual} does not match the Hub's {expected}; the download was discarded"
-    )]
-    HashMismatch {
-        /// File name.
-        file: String,
-        /// sha256 announced.
-        expected: String,
-        /// sha256 received.
-        actual: String,
-    },
-    /// A cache file could not be read / written.
-    #[error("{path}: {source}")]
-    Io {
-        /// Path concerned.
-        path: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// model.safetensors.index.json is not valid.
-    #[error("{file}: {message}")]
-    BadIndex {
-        /// File name.
-        file: String,
-        /// What was wrong.
-        message: String,
-    },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HubError + '_ {
-    move |source| HubError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
 
 /// Where and how to reach the Hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -374,15 +269,6 @@ enum Downloaded {
     Present(PathBuf, String),
     /// 404; the URL asked.
     Absent(String),
-}
-
-/// HEAD answer for one file.
-struct FileMeta {
-    commit: String,
-    etag: String,
-    size: Option<u64>,
-    /// Where to GET the bytes (the resolve URL, or the redirect target the Hub gave).
-    url: String,
 }
 
 struct RepoCache<'a> {
@@ -718,7 +604,7 @@ fn link_into_snapshot(blob: &Path, link: &Path) -> Result<(), HubError> {
     fs::copy(blob, link).map(|_| ()).map_err(io_err(link))
 }
 
-fn is_commit_hash(rev: &str) -> bool {
+pub(crate) fn is_commit_hash(rev: &str) -> bool {
     rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -733,152 +619,4 @@ fn hex(bytes: &[u8]) -> String {
 /// Revisions like "refs/pr/1" are one path segment in the resolve URL.
 fn encode_revision(rev: &str) -> String {
     rev.replace('/', "%2F")
-}
-
-/// `"abc"` / `W/"abc"` -> `abc`.
-fn normalize_etag(raw: &str) -> String {
-    raw.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .to_string()
-}
-
-enum Head {
-    Found(FileMeta),
-    NotFound,
-    Denied(u16),
-}
-
-struct Client {
-    /// No redirects: the HEAD answer (a 302 for LFS files) carries the metadata.
-    no_redirect: ureq::Agent,
-    /// Follows redirects (to the CDN for LFS files); auth headers are not forwarded to other hosts.
-    follow: ureq::Agent,
-    token: Option<String>,
-}
-
-impl Client {
-    fn new(config: &HubConfig) -> Self {
-        let build = |redirects: u32| -> ureq::Agent {
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .max_redirects(redirects)
-                .max_redirects_will_error(false)
-                .timeout_connect(Some(Duration::from_secs(30)))
-                .timeout_recv_response(Some(Duration::from_secs(60)))
-                .timeout_recv_body(None)
-                .user_agent(concat!("idefics-rs/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .into()
-        };
-        Self {
-            no_redirect: build(0),
-            follow: build(10),
-            token: config.token.clone(),
-        }
-    }
-
-    fn auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        match &self.token {
-            Some(t) => req.header("Authorization", format!("Bearer {t}")),
-            None => req,
-        }
-    }
-
-    fn head(&self, url: &str) -> Result<Head, HubError> {
-        let mut url = url.to_string();
-        // Follow relative redirects (renamed repositories) but not absolute ones (CDN), like huggingface_hub.
-        for _ in 0..5 {
-            let req = self
-                .auth(self.no_redirect.head(&url))
-                .header("Accept-Encoding", "identity");
-            let resp = req.call().map_err(|e| HubError::Network {
-                url: url.clone(),
-                message: e.to_string(),
-            })?;
-            let status = resp.status().as_u16();
-            let header = |name: &str| {
-                resp.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            match status {
-                404 => return Ok(Head::NotFound),
-                401 | 403 => return Ok(Head::Denied(status)),
-                200..=399 => {}
-                _ => return Err(HubError::Http { url, status }),
-            }
-            let location = header("location");
-            if (300..=399).contains(&status) && header("x-linked-etag").is_none() {
-                if let Some(loc) = location.as_deref().filter(|l| l.starts_with('/')) {
-                    let base = url.split('/').take(3).collect::<Vec<_>>().join("/");
-                    url = format!("{base}{loc}");
-                    continue;
-                }
-            }
-            let bad = |message: &str| HubError::BadResponse {
-                url: url.clone(),
-                message: message.to_string(),
-            };
-            let commit = header("x-repo-commit").ok_or_else(|| bad("no X-Repo-Commit header"))?;
-            let etag = header("x-linked-etag")
-                .or_else(|| header("etag"))
-                .map(|e| normalize_etag(&e))
-                .filter(|e| !e.is_empty() && !e.contains(['/', '\\']) && e != "." && e != "..")
-                .ok_or_else(|| bad("no usable ETag header"))?;
-            if !is_commit_hash(&commit) {
-                return Err(bad("X-Repo-Commit is not a commit hash"));
-            }
-            let size = header("x-linked-size")
-                .or_else(|| {
-                    if (200..=299).contains(&status) {
-                        header("content-length")
-                    } else {
-                        None
-                    }
-                })
-                .and_then(|s| s.trim().parse::<u64>().ok());
-            let get_url = match location {
-                Some(loc) if (300..=399).contains(&status) && !loc.starts_with('/') => loc,
-                _ => url.clone(),
-            };
-            return Ok(Head::Found(FileMeta {
-                commit,
-                etag,
-                size,
-                url: get_url,
-            }));
-        }
-        Err(HubError::BadResponse {
-            url,
-            message: "too many redirects".into(),
-        })
-    }
-
-    /// GET from `offset`; returns the body reader and the offset the body starts at (0 if the range was ignored).
-    fn get(&self, url: &str, offset: u64) -> Result<(ureq::BodyReader<'static>, u64), HubError> {
-        let mut req = self
-            .auth(self.follow.get(url))
-            .header("Accept-Encoding", "identity");
-        if offset > 0 {
-            req = req.header("Range", format!("bytes={offset}-"));
-        }
-        let resp = req.call().map_err(|e| HubError::Network {
-            url: url.to_string(),
-            message: e.to_string(),
-        })?;
-        let status = resp.status().as_u16();
-        let start = match status {
-            206 => offset,
-            200 => 0,
-            _ => {
-                return Err(HubError::Http {
-                    url: url.to_string(),
-                    status,
-                })
-            }
-        };
-        Ok((resp.into_body().into_reader(), start))
-    }
 }
