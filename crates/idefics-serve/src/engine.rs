@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use image::RgbImage;
 
-use crate::stop::StopMatcher;
+use idefics::generate::StopStrings;
 
 /// Who wrote a message, as in the OpenAI API (`developer` is folded into `System`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,7 +242,7 @@ pub struct BatchItem {
     pub prompt_tokens: PromptTokens,
     /// Server-side request id, for the engine's logs.
     pub request_id: String,
-    pub(crate) stop: StopMatcher,
+    pub(crate) stop: StopStrings,
     pub(crate) cancel: CancelFlag,
     pub(crate) deadline: Instant,
     pub(crate) tx: tokio::sync::mpsc::UnboundedSender<Event>,
@@ -314,7 +314,7 @@ impl BatchItem {
                 ..gen
             }),
             (StopCause::None, Ok(gen)) => {
-                let rest = self.stop.flush();
+                let rest = self.stop.finish();
                 if !rest.is_empty() {
                     self.emitted_any = true;
                     let _ = self.tx.send(Event::Delta(rest));

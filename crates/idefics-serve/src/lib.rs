@@ -54,7 +54,6 @@ pub mod mock;
 pub mod pipeline_engine;
 mod scheduler;
 mod server;
-pub mod stop;
 
 pub use config::ServerConfig;
 pub use engine::{

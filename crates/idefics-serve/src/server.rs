@@ -23,7 +23,7 @@ use crate::engine::{
 use crate::error::ApiError;
 use crate::images::{decode_image, load_image_bytes};
 use crate::scheduler::{Scheduler, SubmitError};
-use crate::stop::StopMatcher;
+use idefics::generate::StopStrings;
 
 /// Shared by every handler.
 pub(crate) struct AppState {
@@ -244,7 +244,7 @@ async fn admit(
         },
         prompt_tokens,
         request_id: id.to_string(),
-        stop: StopMatcher::new(req.stop.clone()),
+        stop: StopStrings::new(req.stop.clone()),
         cancel: cancel.clone(),
         deadline,
         tx,

@@ -144,4 +144,67 @@ mod tests {
         assert_eq!(out, vec!["a", "b", ""]);
         assert_eq!(text, "ab");
     }
+
+    // The server's streaming cases (moved here when the server started using this matcher).
+    fn run_concat(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let mut m = StopStrings::new(stops.iter().map(|s| s.to_string()));
+        let mut out = String::new();
+        for p in pieces {
+            let (o, hit) = m.push(p);
+            out.push_str(&o);
+            if hit {
+                return (out, true);
+            }
+        }
+        out.push_str(&m.finish());
+        (out, false)
+    }
+
+    #[test]
+    fn stop_split_across_pieces_is_trimmed() {
+        assert_eq!(
+            run_concat(&["<STOP>"], &["hello <S", "TO", "P> tail"]),
+            ("hello ".into(), true)
+        );
+    }
+
+    #[test]
+    fn false_prefix_is_released_later() {
+        assert_eq!(
+            run_concat(&["<STOP>"], &["a <ST", "x b"]),
+            ("a <STx b".into(), false)
+        );
+        // Held back at the end, released by flush.
+        assert_eq!(run_concat(&["<STOP>"], &["a <ST"]), ("a <ST".into(), false));
+    }
+
+    #[test]
+    fn earliest_of_several_stops_wins() {
+        assert_eq!(
+            run_concat(&["world", "lo w"], &["hel", "lo world"]),
+            ("hel".into(), true)
+        );
+    }
+
+    #[test]
+    fn multibyte_text_is_split_on_char_boundaries() {
+        assert_eq!(
+            run_concat(&["é!"], &["café", "é", "!x"]),
+            ("café".into(), true)
+        );
+        assert_eq!(
+            run_concat(&["日本"], &["今日は日", "曜"]),
+            ("今日は日曜".into(), false)
+        );
+    }
+
+    #[test]
+    fn nothing_is_held_back_without_a_possible_prefix() {
+        let mut m = StopStrings::new(vec!["END".to_string()]);
+        assert_eq!(m.push("abc"), ("abc".into(), false));
+        assert_eq!(m.push("xE"), ("x".into(), false));
+        assert_eq!(m.push("N"), ("".into(), false));
+        assert_eq!(m.push("D and more"), ("".into(), true));
+        assert_eq!(m.finish(), "");
+    }
 }
