@@ -150,6 +150,7 @@ impl Idefics2Pipeline {
                 position_ids: None,
                 pixel_values,
                 pixel_attention_mask,
+                embedding_noise: None,
             },
             prompt_ids,
             image_tokens,

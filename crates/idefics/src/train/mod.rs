@@ -14,5 +14,7 @@ pub mod optimizer;
 pub mod peft;
 pub mod rng;
 pub mod schedule;
+pub mod trainable;
+pub mod trainer;
 
 pub use error::TrainError;
