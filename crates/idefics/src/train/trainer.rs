@@ -208,7 +208,7 @@ impl Trainer {
             optimizer,
             schedule,
             max_grad_norm,
-            rng: TrainRng::seed_from_u64(cfg.seed ^ 0x6e65_6674_756e_65),
+            rng: TrainRng::seed_from_u64(cfg.seed ^ 0x006e_6566_7475_6e65),
             cfg,
             step: 0,
             tokens_seen: 0,
@@ -456,7 +456,7 @@ impl Trainer {
                 path: metrics_path.clone(),
                 source,
             })?;
-            if self.cfg.eval_every.is_some_and(|n| self.step % n == 0) || {
+            if self.cfg.eval_every.is_some_and(|n| self.step.is_multiple_of(n)) || {
                 self.step == self.cfg.steps && self.cfg.eval_every.is_some()
             } {
                 if let Some(eval) = observer.evaluate(&self.model, self.step)? {
@@ -465,7 +465,7 @@ impl Trainer {
             }
             writeln!(log, "{record}").map_err(|e| TrainError::io(&metrics_path, e))?;
             observer.on_step(&m);
-            if self.step % self.cfg.log_every == 0 {
+            if self.step.is_multiple_of(self.cfg.log_every) {
                 tracing::info!(
                     step = m.step,
                     loss = m.loss,
@@ -475,7 +475,7 @@ impl Trainer {
                 );
             }
             history.push(m);
-            let save_now = self.cfg.save_every.is_some_and(|n| self.step % n == 0)
+            let save_now = self.cfg.save_every.is_some_and(|n| self.step.is_multiple_of(n))
                 || self.step == self.cfg.steps;
             if save_now {
                 log.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
