@@ -456,9 +456,12 @@ impl Trainer {
                 path: metrics_path.clone(),
                 source,
             })?;
-            if self.cfg.eval_every.is_some_and(|n| self.step.is_multiple_of(n)) || {
-                self.step == self.cfg.steps && self.cfg.eval_every.is_some()
-            } {
+            if self
+                .cfg
+                .eval_every
+                .is_some_and(|n| self.step.is_multiple_of(n))
+                || { self.step == self.cfg.steps && self.cfg.eval_every.is_some() }
+            {
                 if let Some(eval) = observer.evaluate(&self.model, self.step)? {
                     record["eval"] = eval;
                 }
@@ -475,7 +478,10 @@ impl Trainer {
                 );
             }
             history.push(m);
-            let save_now = self.cfg.save_every.is_some_and(|n| self.step.is_multiple_of(n))
+            let save_now = self
+                .cfg
+                .save_every
+                .is_some_and(|n| self.step.is_multiple_of(n))
                 || self.step == self.cfg.steps;
             if save_now {
                 log.flush().map_err(|e| TrainError::io(&metrics_path, e))?;
