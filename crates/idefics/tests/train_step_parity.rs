@@ -173,3 +173,49 @@ fn lora_step_matches_peft() -> TestResult {
 fn dora_step_matches_peft() -> TestResult {
     adapter_step("dora")
 }
+
+/// `idefics merge` of peft's adapters gives a full checkpoint with the adapted model's logits (transformers'
+/// logits of the adapted model are the reference), and our re-saved adapter reloads to the same tensors.
+#[test]
+fn merged_checkpoints_match_the_adapted_model() -> TestResult {
+    let (inputs, _) = batch();
+    let mask = inputs
+        .attention_mask
+        .as_ref()
+        .expect("mask")
+        .to_dtype(candle_core::DType::F32)?
+        .unsqueeze(2)?;
+    for sub in ["lora", "dora"] {
+        let out = tempfile::tempdir()?;
+        let merged_dir = out.path().join("merged");
+        idefics::train::export::merge_adapter(
+            &fixtures_root().join("cfg_a/model"),
+            &dir().join(sub).join("adapter"),
+            &merged_dir,
+            candle_core::DType::F32,
+        )?;
+        let merged = idefics::Idefics2ForConditionalGeneration::load(
+            &merged_dir,
+            &idefics::LoadOptions::default(),
+        )?;
+        let logits = merged.forward(&inputs, None)?;
+        let reference = &load_st(&dir().join(sub).join("logits.safetensors"))["logits"];
+        let diff = max_abs_of(&(&logits - reference)?.broadcast_mul(&mask)?);
+        eprintln!("{sub}: merged checkpoint logits vs peft's adapted model: {diff:.2e}");
+        assert!(diff <= 1e-4 * max_abs_of(reference).max(1.0), "{sub}: {diff}");
+        // The copied config / tokenizer files make the directory a complete checkpoint.
+        assert!(merged_dir.join("config.json").is_file());
+
+        // Adapter round trip through our writer.
+        let adapter = PeftAdapter::load(&dir().join(sub).join("adapter"), &Device::Cpu)?;
+        adapter.save(&out.path().join("resaved"))?;
+        let again = PeftAdapter::load(&out.path().join("resaved"), &Device::Cpu)?;
+        assert_eq!(adapter.modules.len(), again.modules.len());
+        for (m, a) in &adapter.modules {
+            let b = &again.modules[m];
+            assert_eq!(max_abs_of(&(&a.lora_a - &b.lora_a)?), 0.0);
+            assert_eq!(max_abs_of(&(&a.lora_b - &b.lora_b)?), 0.0);
+        }
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@ pub use crate::nn::{adapters, frozen};
 pub mod accumulate;
 pub mod atomic;
 pub mod checkpoint;
+pub mod export;
 mod error;
 pub mod grad_check;
 pub mod loss;
