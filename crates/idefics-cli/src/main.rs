@@ -11,6 +11,8 @@ mod eval_cmd;
 mod forward;
 mod model_source;
 mod serve_cmd;
+mod train_cmd;
+mod train_eval;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +41,10 @@ enum Command {
     Data(data_cmd::DataArgs),
     /// Time vision encode, prefill, decode and time to first token on fixed requests (bench_inputs.json).
     Bench(bench::BenchArgs),
+    /// Train or fine-tune from a TOML recipe (frozen / full / LoRA / DoRA per component); `--resume` continues.
+    Train(train_cmd::TrainArgs),
+    /// Merge a peft adapter into its base model and write a full Hugging Face checkpoint.
+    Merge(train_cmd::MergeArgs),
 }
 
 fn main() {
@@ -52,6 +58,8 @@ fn main() {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Data(args) => data_cmd::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Train(args) => train_cmd::run(args),
+        Command::Merge(args) => train_cmd::run_merge(args),
     };
     if let Err(err) = result {
         // One clear line (with its causes) instead of a panic or a debug dump.

@@ -52,10 +52,12 @@ fn fixture_batch() -> TrainBatch {
                 .collect()
         })
         .collect();
+    let n_tokens = mask.iter().flatten().filter(|&&v| v != 0).count();
     TrainBatch {
         inputs,
         labels: Tensor::new(labels, &Device::Cpu).unwrap(),
         n_label_tokens: n,
+        n_tokens,
     }
 }
 
@@ -227,6 +229,7 @@ impl BatchSource for Repeat {
             },
             labels,
             n_label_tokens: n,
+            n_tokens: 0,
         })
     }
     fn state(&self) -> serde_json::Value {
@@ -421,6 +424,7 @@ fn gradient_accumulation_equals_a_larger_batch() -> TestResult {
             },
             labels,
             n_label_tokens: n,
+            n_tokens: 0,
         }
     };
     let mut big = trainer(Tuning::Full, 4, None, dir.path())?;

@@ -94,7 +94,7 @@ fn full_fine_tuning_step_matches_transformers() -> TestResult {
         embeddings: Tuning::Full,
         lm_head: Tuning::Full,
     };
-    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
     let tm = TrainableModel::new(
         load_model(&fixtures_root().join("cfg_a")),
         &all,

@@ -687,6 +687,7 @@ impl Collator {
                 position_ids: None,
                 pixel_values,
                 pixel_attention_mask,
+                embedding_noise: None,
             },
             labels: Tensor::from_vec(labels, (b, width), device)?,
             n_label_tokens: examples.iter().map(TrainExample::n_label_tokens).sum(),

@@ -17,6 +17,7 @@ pub mod loss;
 pub mod optimizer;
 pub mod packing;
 pub mod peft;
+pub mod recipe;
 pub mod rng;
 pub mod schedule;
 pub mod trainable;

@@ -23,15 +23,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// One collated micro-batch.
-#[derive(Debug, Clone)]
-pub struct TrainBatch {
-    pub inputs: ModelInputs,
-    /// `[B, L]` i64, -100 where no loss is taken.
-    pub labels: Tensor,
-    /// Labels that are not -100.
-    pub n_label_tokens: usize,
-}
+pub use super::collate::TrainBatch;
 
 /// Where batches come from: deterministic, with a position that can be saved and restored.
 pub trait BatchSource {
@@ -512,4 +504,26 @@ fn truncate_metrics_after(path: &Path, step: u64) -> Result<(), TrainError> {
         out.push('\n');
     }
     std::fs::write(path, out).map_err(|e| TrainError::io(path, e))
+}
+
+/// A [`super::data::MixtureStream`] as the loop's batch source, collating onto `device`.
+pub struct StreamBatches {
+    pub stream: super::data::MixtureStream,
+    pub device: candle_core::Device,
+}
+
+impl BatchSource for StreamBatches {
+    fn next_batch(&mut self, batch_size: usize) -> Result<TrainBatch, TrainError> {
+        self.stream.next_batch(batch_size, &self.device)
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(self.stream.state()).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), TrainError> {
+        let state: super::data::MixtureState = serde_json::from_value(state.clone())
+            .map_err(|e| TrainError::Invalid(format!("checkpoint data position: {e}")))?;
+        self.stream.restore(&state)
+    }
 }
