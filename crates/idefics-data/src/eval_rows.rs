@@ -409,6 +409,241 @@ fn parse_py_list(text: &str) -> std::result::Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, BinaryArray, Int64Array, ListArray, StringArray};
+    use arrow_buffer::OffsetBuffer;
+    use arrow_schema::{DataType, Field, Fields};
+    use parquet::arrow::ArrowWriter;
+
+    fn strings(v: &[Option<&str>]) -> ArrayRef {
+        Arc::new(v.iter().copied().collect::<StringArray>())
+    }
+
+    /// HF `Image` structs holding `bytes` (a stand-in for PNG bytes: the reader does not decode).
+    fn images(n: usize) -> ArrayRef {
+        let bytes: BinaryArray = (0..n).map(|i| Some(vec![i as u8; 3])).collect();
+        let paths: StringArray = (0..n).map(|_| None::<&str>).collect();
+        Arc::new(StructArray::new(
+            Fields::from(vec![
+                Field::new("bytes", DataType::Binary, true),
+                Field::new("path", DataType::Utf8, true),
+            ]),
+            vec![Arc::new(bytes), Arc::new(paths)],
+            None,
+        ))
+    }
+
+    fn list(values: ArrayRef, lengths: Vec<usize>) -> ArrayRef {
+        Arc::new(ListArray::new(
+            Arc::new(Field::new("item", values.data_type().clone(), true)),
+            OffsetBuffer::from_lengths(lengths),
+            values,
+            None,
+        ))
+    }
+
+    fn write(dir: &Path, name: &str, columns: Vec<(&str, ArrayRef)>) -> std::path::PathBuf {
+        let path = dir.join(name);
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let mut w =
+            ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        path
+    }
+
+    #[test]
+    fn vqav2_mirror_answers_are_structs() {
+        let dir = tempfile::tempdir().unwrap();
+        let answer_structs = StructArray::new(
+            Fields::from(vec![
+                Field::new("answer", DataType::Utf8, true),
+                Field::new("answer_confidence", DataType::Utf8, true),
+                Field::new("answer_id", DataType::Int64, true),
+            ]),
+            vec![
+                strings(&[Some("2"), Some("two"), Some("yes")]),
+                strings(&[Some("yes"), Some("maybe"), Some("yes")]),
+                Arc::new(Int64Array::from(vec![1, 2, 1])),
+            ],
+            None,
+        );
+        let path = write(
+            dir.path(),
+            "vqav2.parquet",
+            vec![
+                (
+                    "question_id",
+                    Arc::new(Int64Array::from(vec![262148000, 7])),
+                ),
+                ("question", strings(&[Some("How many?"), Some("Is it?")])),
+                ("answers", list(Arc::new(answer_structs), vec![2, 1])),
+                ("image", images(2)),
+            ],
+        );
+        let (layout, rows) = read_qa_parquet(&path, None).unwrap();
+        assert_eq!(layout, QaLayout::Mirror);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].id, "262148000");
+        assert_eq!(rows[0].answers, ["2", "two"]);
+        assert_eq!(rows[1].answers, ["yes"]);
+        assert_eq!(rows[1].images, [ImageSource::Bytes(vec![1; 3])]);
+        assert!(rows[0].choices.is_empty());
+        let (_, limited) = read_qa_parquet(&path, Some(1)).unwrap();
+        assert_eq!(limited.len(), 1);
+    }
+
+    #[test]
+    fn docvqa_textvqa_and_chartqa_mirrors() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = write(
+            dir.path(),
+            "docvqa.parquet",
+            vec![
+                ("questionId", strings(&[Some("q1")])),
+                ("question", strings(&[Some("What date?")])),
+                (
+                    "answers",
+                    list(strings(&[Some("1 May"), Some("May 1")]), vec![2]),
+                ),
+                ("image", images(1)),
+            ],
+        );
+        let (_, rows) = read_qa_parquet(&doc, None).unwrap();
+        assert_eq!((rows[0].id.as_str(), rows[0].answers.len()), ("q1", 2));
+        let chart = write(
+            dir.path(),
+            "chartqa.parquet",
+            vec![
+                ("question", strings(&[Some("Max?"), Some("Min?")])),
+                ("answer", strings(&[Some("42"), Some("7")])),
+                ("image", images(2)),
+            ],
+        );
+        let (_, rows) = read_qa_parquet(&chart, None).unwrap();
+        assert_eq!(rows[1].id, "chartqa:1", "no id column: file stem and row");
+        assert_eq!(rows[1].answers, ["7"]);
+    }
+
+    #[test]
+    fn mmbench_ai2d_and_mmmu_become_multiple_choice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mmbench = write(
+            dir.path(),
+            "mmbench.parquet",
+            vec![
+                ("index", Arc::new(Int64Array::from(vec![10, 11]))),
+                ("question", strings(&[Some("Which?"), Some("What?")])),
+                ("hint", strings(&[Some("Look left."), Some("nan")])),
+                ("A", strings(&[Some("cat"), Some("x")])),
+                ("B", strings(&[Some("dog"), Some("y")])),
+                ("C", strings(&[Some("cow"), Some("nan")])),
+                ("D", strings(&[None, None])),
+                ("answer", strings(&[Some("C"), Some("B")])),
+                ("image", images(2)),
+            ],
+        );
+        let (_, rows) = read_qa_parquet(&mmbench, None).unwrap();
+        assert_eq!(rows[0].question, "Look left.\nWhich?");
+        assert_eq!(rows[0].choices, ["cat", "dog", "cow"]);
+        assert_eq!(rows[0].answers, ["C"]);
+        assert_eq!(rows[1].question, "What?");
+        assert_eq!(rows[1].choices, ["x", "y"]);
+        assert_eq!(rows[1].id, "11");
+
+        let ai2d = write(
+            dir.path(),
+            "ai2d.parquet",
+            vec![
+                ("question", strings(&[Some("Which stage?")])),
+                (
+                    "options",
+                    list(
+                        strings(&[Some("egg"), Some("larva"), Some("adult")]),
+                        vec![3],
+                    ),
+                ),
+                ("answer", strings(&[Some("1")])),
+                ("image", images(1)),
+            ],
+        );
+        let (_, rows) = read_qa_parquet(&ai2d, None).unwrap();
+        assert_eq!(rows[0].answers, ["B"], "AI2D's answer is the option index");
+
+        let mmmu = write(
+            dir.path(),
+            "mmmu.parquet",
+            vec![
+                (
+                    "id",
+                    strings(&[Some("validation_Art_1"), Some("validation_Art_2")]),
+                ),
+                (
+                    "question",
+                    strings(&[Some("<image 1> Price?"), Some("Year?")]),
+                ),
+                ("options", strings(&[Some("['$6', '$7']"), Some("[]")])),
+                ("answer", strings(&[Some("B"), Some("1890")])),
+                ("image_1", images(2)),
+                (
+                    "image_2",
+                    Arc::new(StructArray::new_null(
+                        Fields::from(vec![
+                            Field::new("bytes", DataType::Binary, true),
+                            Field::new("path", DataType::Utf8, true),
+                        ]),
+                        2,
+                    )),
+                ),
+            ],
+        );
+        let (_, rows) = read_qa_parquet(&mmmu, None).unwrap();
+        assert_eq!(rows[0].choices, ["$6", "$7"]);
+        assert_eq!(rows[0].answers, ["B"]);
+        assert_eq!(rows[0].images.len(), 1, "null image_2 is skipped");
+        assert!(rows[1].choices.is_empty(), "open question");
+        assert_eq!(rows[1].answers, ["1890"]);
+    }
+
+    #[test]
+    fn missing_columns_and_bad_rows_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let no_answer = write(
+            dir.path(),
+            "a.parquet",
+            vec![("question", strings(&[Some("Q")])), ("image", images(1))],
+        );
+        let err = read_qa_parquet(&no_answer, None).unwrap_err().to_string();
+        assert!(
+            err.contains("a.parquet") && err.contains("`answers`"),
+            "{err}"
+        );
+        assert!(err.contains("columns present: question, image"), "{err}");
+        let no_image = write(
+            dir.path(),
+            "b.parquet",
+            vec![
+                ("question", strings(&[Some("Q")])),
+                ("answer", strings(&[Some("x")])),
+            ],
+        );
+        let err = read_qa_parquet(&no_image, None).unwrap_err().to_string();
+        assert!(err.contains("`image`"), "{err}");
+        let bad_gold = write(
+            dir.path(),
+            "c.parquet",
+            vec![
+                ("question", strings(&[Some("Q"), Some("Q2")])),
+                ("A", strings(&[Some("a"), Some("a")])),
+                ("B", strings(&[Some("b"), Some("b")])),
+                ("answer", strings(&[Some("A"), Some("E")])),
+                ("image", images(2)),
+            ],
+        );
+        let err = read_qa_parquet(&bad_gold, None).unwrap_err().to_string();
+        assert!(err.contains("row 1") && err.contains("\"E\""), "{err}");
+    }
 
     #[test]
     fn python_lists_and_gold_letters() {
