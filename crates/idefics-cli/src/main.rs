@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod ask;
 mod bench;
+mod bench_train;
 mod chat;
 mod data_cmd;
 mod eval_cmd;
@@ -43,6 +44,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train or fine-tune from a TOML recipe (frozen / full / LoRA / DoRA per component); `--resume` continues.
     Train(train_cmd::TrainArgs),
+    /// Step time and peak memory of full / LoRA / DoRA training on one fixed batch (a benchmark, not a test).
+    BenchTrain(bench_train::BenchTrainArgs),
     /// Merge a peft adapter into its base model and write a full Hugging Face checkpoint.
     Merge(train_cmd::MergeArgs),
 }
@@ -60,6 +63,7 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train_cmd::run(args),
         Command::Merge(args) => train_cmd::run_merge(args),
+        Command::BenchTrain(args) => bench_train::run(args),
     };
     if let Err(err) = result {
         // One clear line (with its causes) instead of a panic or a debug dump.

@@ -244,7 +244,7 @@ fn plot_metrics(out: &Path) -> Result<()> {
         };
         loss.push((step, l));
         if let Some(acc) = v["eval"]["overall"].as_f64() {
-            eval.push((step, acc));
+            eval.push((step, acc / 100.0));
         }
     }
     // A moving average makes the trend readable over noisy per-step losses.
@@ -272,7 +272,7 @@ fn plot_metrics(out: &Path) -> Result<()> {
     ];
     if !eval.is_empty() {
         series.push(Series {
-            name: "eval accuracy",
+            name: "eval accuracy (fraction)",
             points: &eval,
             color: [210, 60, 30],
         });

@@ -36,6 +36,8 @@ fn tick_step(range: f64, target_ticks: f64) -> f64 {
 }
 
 fn fmt_tick(v: f64, step: f64) -> String {
+    // A tick at zero reached by accumulation can be -0.0 or 1e-17: print it as 0.
+    let v = if v.abs() < step * 1e-6 { 0.0 } else { v };
     if step >= 1.0 {
         format!("{v:.0}")
     } else {

@@ -328,7 +328,19 @@ impl Trainer {
     /// One optimizer step over `batches` (the micro-batches of the step).
     pub fn train_step(&mut self, batches: &[TrainBatch]) -> Result<StepMetrics, TrainError> {
         let start = Instant::now();
-        let total_labels: usize = batches.iter().map(|b| b.n_label_tokens).sum();
+        // Counted from the labels as the loss counts them (targets of positions 1..L), not trusted from the batch.
+        let mut total_labels = 0usize;
+        for b in batches {
+            let l = b.labels.dim(1)?;
+            if l > 1 {
+                let targets = b.labels.narrow(1, 1, l - 1)?.to_dtype(candle_core::DType::I64)?;
+                total_labels += targets
+                    .ne(super::loss::IGNORE_INDEX)?
+                    .to_dtype(candle_core::DType::F32)?
+                    .sum_all()?
+                    .to_scalar::<f32>()? as usize;
+            }
+        }
         if total_labels == 0 {
             return Err(TrainError::Invalid(
                 "a training step has no label tokens (every label is -100)".into(),
