@@ -529,7 +529,8 @@ fn mixture_cfg() -> CollateConfig {
         max_seq_len: 400,
         split_fraction: 0.5,
         upscale: Some(Default::default()),
-        max_num_images: 2,
+        // Documents (2-4 images) then give several windows: resuming inside one is exercised.
+        max_num_images: 1,
     }
 }
 
@@ -560,12 +561,14 @@ fn mixture_is_deterministic_from_its_seed() {
 
 #[test]
 fn resumed_stream_continues_exactly() {
-    let total = 14;
+    let total = 16;
     let reference = stream(5).next_examples(total).unwrap();
-    for k in [1, 4, 7, 10] {
+    let mut inside_document = false;
+    for k in [1, 3, 5, 7, 9, 11, 13] {
         let mut first = stream(5);
         let head = first.next_examples(k).unwrap();
         assert_eq!(head.as_slice(), &reference[..k]);
+        inside_document |= first.state().sources[2].emitted > 0;
         let saved = serde_json::to_string(&first.state()).unwrap();
         let state: MixtureState = serde_json::from_str(&saved).unwrap();
         let mut resumed = stream(5);
@@ -577,6 +580,26 @@ fn resumed_stream_continues_exactly() {
             "resumed after {k} examples"
         );
     }
+    assert!(
+        inside_document,
+        "no checkpoint had taken windows of a document"
+    );
+    // Documents alone, one image per window: every document gives 2+ windows, so a checkpoint after the first
+    // example falls between two windows of the same document.
+    let docs_only = || {
+        let specs = vec![mixture_specs().remove(2)];
+        MixtureStream::new(&specs, collator(mixture_cfg()), 9).unwrap()
+    };
+    let reference = docs_only().next_examples(6).unwrap();
+    assert!(reference[0].n_images == 1 && reference[1].n_images == 1);
+    let mut first = docs_only();
+    first.next_example().unwrap();
+    let mut resumed = docs_only();
+    resumed.restore(&first.state()).unwrap();
+    assert_eq!(
+        resumed.next_examples(5).unwrap().as_slice(),
+        &reference[1..]
+    );
     // A state from another seed is refused.
     let other = stream(6).state();
     assert!(stream(5).restore(&other).is_err());
