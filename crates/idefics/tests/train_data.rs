@@ -606,6 +606,33 @@ fn resumed_stream_continues_exactly() {
 }
 
 #[test]
+fn sources_are_drawn_by_weight() {
+    let spec = |name: &str, file: &str, weight: f64| SourceSpec {
+        name: Some(name.into()),
+        kind: SourceKind::Cauldron,
+        paths: vec![data(file)],
+        weight,
+        text_only: true,
+        image_root: None,
+    };
+    let specs = [
+        spec("heavy", "chat_shapes.parquet", 3.0),
+        spec("light", "chat_ocr.parquet", 1.0),
+    ];
+    let mut stream = MixtureStream::new(&specs, collator(cfg(0.0)), 4).unwrap();
+    stream.next_examples(200).unwrap();
+    let counts = stream.examples_per_source();
+    let (heavy, light) = (counts[0].1 as f64, counts[1].1 as f64);
+    assert_eq!(heavy + light, 200.0);
+    // Binomial(200, 0.75): mean 150, sd 6.1; the bounds are 4 sd away.
+    assert!((125.0..=175.0).contains(&heavy), "{counts:?}");
+    assert_eq!(
+        stream.state().examples_per_source,
+        [heavy as u64, light as u64]
+    );
+}
+
+#[test]
 fn recipe_tables_deserialize_with_defaults() {
     let c: CollateConfig = serde_json::from_str(r#"{"max_seq_len": 1024}"#).unwrap();
     assert_eq!(c.max_seq_len, 1024);
