@@ -72,6 +72,20 @@ fn label_runs(ex: &TrainExample) -> Vec<(usize, usize)> {
     runs
 }
 
+/// Equal example lists; on failure names the first differing index instead of printing every token.
+fn assert_same(got: &[TrainExample], want: &[TrainExample], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!(
+            "{what}: example {i} differs ({} vs {} tokens, {} vs {} images)",
+            got[i].input_ids.len(),
+            want[i].input_ids.len(),
+            got[i].n_images,
+            want[i].n_images
+        );
+    }
+}
+
 fn decode(c: &Collator, ids: &[u32]) -> String {
     c.tokenizer().decode(ids, false).expect("decode")
 }
@@ -542,7 +556,7 @@ fn stream(seed: u64) -> MixtureStream {
 fn mixture_is_deterministic_from_its_seed() {
     let a = stream(11).next_examples(10).unwrap();
     let b = stream(11).next_examples(10).unwrap();
-    assert_eq!(a, b);
+    assert_same(&a, &b, "same seed");
     let c = stream(12).next_examples(10).unwrap();
     assert_ne!(a, c);
     // Both chat rows (with <end_of_utterance>) and pre-training rows (without) are drawn.
@@ -567,7 +581,7 @@ fn resumed_stream_continues_exactly() {
     for k in [1, 3, 5, 7, 9, 11, 13] {
         let mut first = stream(5);
         let head = first.next_examples(k).unwrap();
-        assert_eq!(head.as_slice(), &reference[..k]);
+        assert_same(&head, &reference[..k], "head");
         inside_document |= first.state().sources[2].emitted > 0;
         let saved = serde_json::to_string(&first.state()).unwrap();
         let state: MixtureState = serde_json::from_str(&saved).unwrap();
