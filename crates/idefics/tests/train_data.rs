@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use idefics::train::collate::{CollateConfig, Collator, TrainExample};
+use idefics::train::collate::{CollateConfig, Collator, TrainExample, UpscaleConfig};
 use idefics::train::data::{MixtureState, MixtureStream, SourceKind, SourceSpec};
 use idefics::train::loss::IGNORE_INDEX;
 use idefics::train::packing::{PackLimits, PairPacker, Segment};
@@ -277,6 +277,43 @@ fn split_fraction_sets_the_image_tokens_per_image() {
         })
         .collect();
     assert!(splits.contains(&true) && splits.contains(&false));
+}
+
+#[test]
+fn upscaling_enlarges_images_when_drawn() {
+    let canvas = idefics_data::synth::Canvas::new(30, 26, [200, 30, 30]);
+    let small = ImageSource::Bytes(idefics_data::synth::png_bytes(&canvas.img).unwrap());
+    let sample = ChatSample {
+        images: vec![small],
+        turns: vec![turn("Colour?", "red")],
+    };
+    let frame_size = |up: Option<UpscaleConfig>, seed: u64| {
+        let c = collator(CollateConfig {
+            upscale: up,
+            ..cfg(0.0)
+        });
+        let ex = c
+            .encode_chat(&sample, false, &mut TrainRng::seed_from_u64(seed))
+            .unwrap();
+        (ex.frames[0].height(), ex.frames[0].width())
+    };
+    let off = Some(UpscaleConfig {
+        probability: 0.0,
+        max_factor: 2.0,
+    });
+    let on = Some(UpscaleConfig {
+        probability: 1.0,
+        max_factor: 2.0,
+    });
+    let mut grown = 0;
+    for seed in 0..6 {
+        assert_eq!(frame_size(None, seed), (26, 30));
+        assert_eq!(frame_size(off.clone(), seed), (26, 30));
+        let (h, w) = frame_size(on.clone(), seed);
+        assert!((26..=52).contains(&h) && (30..=60).contains(&w), "{h}x{w}");
+        grown += usize::from(h > 26 && w > 30);
+    }
+    assert!(grown >= 4, "only {grown} of 6 images were enlarged");
 }
 
 fn seg(ids: usize, images: usize, label: i64) -> Segment {
