@@ -684,6 +684,118 @@ fn sources_are_drawn_by_weight() {
 }
 
 #[test]
+fn jsonl_conversations_without_images_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.jsonl");
+    let lines = [
+        r#"{"texts": [{"user": "Say hi", "assistant": "hi", "source": "t"}]}"#,
+        r#"{"images": [], "texts": [{"user": "1+1?", "assistant": "2"}, {"user": "2+2?", "assistant": "4"}]}"#,
+    ];
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let spec = SourceSpec {
+        name: None,
+        kind: SourceKind::Cauldron,
+        paths: vec![path],
+        weight: 1.0,
+        text_only: false,
+        image_root: None,
+    };
+    let mut stream = MixtureStream::new(&[spec], collator(cfg(0.5)), 1).unwrap();
+    let batch = stream.next_batch(4, &Device::Cpu).unwrap();
+    assert!(batch.inputs.pixel_values.is_none());
+    let mut answers: Vec<Vec<String>> = Vec::new();
+    for row in batch.labels.to_vec2::<i64>().unwrap() {
+        let ex = TrainExample {
+            input_ids: row.iter().map(|&l| l.max(0) as u32).collect(),
+            labels: row,
+            frames: vec![],
+            n_images: 0,
+            split: false,
+        };
+        let runs = label_runs(&ex);
+        answers.push(
+            runs.iter()
+                .map(|&(s, e)| {
+                    decode(stream.collator(), &ex.input_ids[s..e])
+                        .trim()
+                        .to_string()
+                })
+                .collect(),
+        );
+    }
+    answers.sort();
+    let want = |a: &[&str]| {
+        a.iter()
+            .map(|s| format!("{s}<end_of_utterance>"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        answers,
+        [
+            want(&["2", "4"]),
+            want(&["2", "4"]),
+            want(&["hi"]),
+            want(&["hi"])
+        ]
+    );
+    assert_eq!(stream.skips().total_skipped(), 0);
+}
+
+#[test]
+fn pixel_tensors_pad_to_the_most_frames_and_largest_frame() {
+    let c = collator(cfg(0.0));
+    let mut rng = TrainRng::seed_from_u64(0);
+    let two = c
+        .encode_chat(
+            &ChatSample {
+                images: vec![fixture_image(), fixture_image()],
+                turns: vec![turn("Same?", "yes")],
+            },
+            false,
+            &mut rng,
+        )
+        .unwrap();
+    let canvas = idefics_data::synth::Canvas::new(30, 26, [0, 0, 255]);
+    let one = c
+        .encode_chat(
+            &ChatSample {
+                images: vec![ImageSource::Bytes(
+                    idefics_data::synth::png_bytes(&canvas.img).unwrap(),
+                )],
+                turns: vec![turn("Colour?", "blue")],
+            },
+            false,
+            &mut rng,
+        )
+        .unwrap();
+    let batch = c.collate(&[two.clone(), one], &Device::Cpu).unwrap();
+    let (b, m, _, h, w) = batch.inputs.pixel_values.as_ref().unwrap().dims5().unwrap();
+    let hmax = two.frames.iter().map(|f| f.height()).max().unwrap().max(26);
+    let wmax = two.frames.iter().map(|f| f.width()).max().unwrap().max(30);
+    assert_eq!((b, m, h, w), (2, 2, hmax, wmax));
+    let mask = batch
+        .inputs
+        .pixel_attention_mask
+        .as_ref()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
+    let valid = |r: usize, f: usize| {
+        mask.get(r)
+            .unwrap()
+            .get(f)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as usize
+    };
+    assert_eq!(valid(1, 0), 26 * 30, "the small image's valid area");
+    assert_eq!(valid(1, 1), 0, "the missing second frame is padding");
+    assert_eq!(valid(0, 1), two.frames[1].height() * two.frames[1].width());
+}
+
+#[test]
 fn recipe_tables_deserialize_with_defaults() {
     let c: CollateConfig = serde_json::from_str(r#"{"max_seq_len": 1024}"#).unwrap();
     assert_eq!(c.max_seq_len, 1024);
