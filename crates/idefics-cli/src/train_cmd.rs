@@ -58,15 +58,19 @@ fn parse_dtype(s: &str) -> Result<DType> {
 }
 
 pub fn run_merge(args: MergeArgs) -> Result<()> {
-    merge_adapter(&args.base, &args.adapter, &args.out, parse_dtype(&args.dtype)?).with_context(
-        || {
-            format!(
-                "merging {} into {}",
-                args.adapter.display(),
-                args.base.display()
-            )
-        },
-    )?;
+    merge_adapter(
+        &args.base,
+        &args.adapter,
+        &args.out,
+        parse_dtype(&args.dtype)?,
+    )
+    .with_context(|| {
+        format!(
+            "merging {} into {}",
+            args.adapter.display(),
+            args.base.display()
+        )
+    })?;
     println!("wrote {}", args.out.display());
     Ok(())
 }
@@ -105,7 +109,8 @@ impl TrainObserver for ProgressObserver {
             return Ok(None);
         };
         let result = eval.run(model)?;
-        self.bar.println(format!("step {step}: eval {}", eval.summary(&result)));
+        self.bar
+            .println(format!("step {step}: eval {}", eval.summary(&result)));
         Ok(Some(result))
     }
 }
@@ -193,8 +198,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let bar = ProgressBar::new(recipe.run.steps);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let eval = match &recipe.eval {
         Some(e) => Some(super::train_eval::TrainEval::new(e, &model_dir)?),
@@ -218,7 +225,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     result?;
 
     let final_dir = out.join("final");
-    export_trained(trainer.model(), &model_dir, &final_dir, recipe.save_dtype()?)?;
+    export_trained(
+        trainer.model(),
+        &model_dir,
+        &final_dir,
+        recipe.save_dtype()?,
+    )?;
     if let Some(adapter) = trainer.model().peft_adapter()? {
         adapter.save(&out.join("adapter"))?;
     }

@@ -1,8 +1,8 @@
 //! Evaluation during training (`[eval]` of a recipe): the model being trained answers a held-out set in memory
 //! (no checkpoint written or re-read), scored per task family as `idefics eval` scores it.
 
-use idefics::eval_runner::{evaluate, EvalRunConfig};
 use idefics::eval_metrics::data::{read_eval_data, EvalData};
+use idefics::eval_runner::{evaluate, EvalRunConfig};
 use idefics::pipeline::Idefics2Pipeline;
 use idefics::train::recipe::EvalSection;
 use idefics::train::trainable::TrainableModel;
@@ -46,7 +46,10 @@ impl TrainEval {
 
     /// One line for the progress output.
     pub fn summary(&self, result: &serde_json::Value) -> String {
-        let mut s = format!("overall {:.1}%", result["overall"].as_f64().unwrap_or(f64::NAN));
+        let mut s = format!(
+            "overall {:.1}%",
+            result["overall"].as_f64().unwrap_or(f64::NAN)
+        );
         if let Some(per) = result["per_source"].as_object() {
             for (k, v) in per {
                 s.push_str(&format!(", {k} {:.1}%", v.as_f64().unwrap_or(f64::NAN)));

@@ -47,7 +47,12 @@ fn fmt_tick(v: f64, step: f64) -> String {
 }
 
 /// Renders the series on shared axes; non-finite points are skipped. Returns PNG bytes.
-pub fn line_chart_png(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<Vec<u8>> {
+pub fn line_chart_png(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<Vec<u8>> {
     let fonts = Fonts::load()?;
     let mut c = Canvas::new(W, H, [255, 255, 255]);
     let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
@@ -83,7 +88,14 @@ pub fn line_chart_png(title: &str, x_label: &str, y_label: &str, series: &[Serie
         c.line((LEFT, y), (LEFT + pw, y), 1.0, grey);
         let label = fmt_tick(v, ystep);
         let (tw, th) = measure(&fonts.sans, 13.0, &label);
-        c.text(&fonts.sans, 13.0, LEFT - 8.0 - tw, y - th / 2.0, dark, &label);
+        c.text(
+            &fonts.sans,
+            13.0,
+            LEFT - 8.0 - tw,
+            y - th / 2.0,
+            dark,
+            &label,
+        );
         v += ystep;
     }
     let xstep = tick_step(x1 - x0, 8.0);
@@ -93,13 +105,27 @@ pub fn line_chart_png(title: &str, x_label: &str, y_label: &str, series: &[Serie
         c.line((x, TOP), (x, TOP + ph), 1.0, grey);
         let label = fmt_tick(v, xstep);
         let (tw, _) = measure(&fonts.sans, 13.0, &label);
-        c.text(&fonts.sans, 13.0, x - tw / 2.0, TOP + ph + 6.0, dark, &label);
+        c.text(
+            &fonts.sans,
+            13.0,
+            x - tw / 2.0,
+            TOP + ph + 6.0,
+            dark,
+            &label,
+        );
         v += xstep;
     }
     c.stroke_rect(LEFT, TOP, LEFT + pw, TOP + ph, 1.0, dark);
     c.text(&fonts.sans, 18.0, LEFT, 14.0, [0, 0, 0], title);
     let (tw, _) = measure(&fonts.sans, 14.0, x_label);
-    c.text(&fonts.sans, 14.0, LEFT + pw / 2.0 - tw / 2.0, H as f32 - 26.0, dark, x_label);
+    c.text(
+        &fonts.sans,
+        14.0,
+        LEFT + pw / 2.0 - tw / 2.0,
+        H as f32 - 26.0,
+        dark,
+        x_label,
+    );
     c.text(&fonts.sans, 14.0, 8.0, TOP - 22.0, dark, y_label);
 
     let mut legend_x = LEFT + pw;
@@ -132,7 +158,9 @@ mod tests {
 
     #[test]
     fn chart_is_a_png_with_the_series_drawn() {
-        let pts: Vec<(f64, f64)> = (0..50).map(|i| (i as f64, 5.0 / (1.0 + i as f64))).collect();
+        let pts: Vec<(f64, f64)> = (0..50)
+            .map(|i| (i as f64, 5.0 / (1.0 + i as f64)))
+            .collect();
         let png = line_chart_png(
             "loss",
             "step",

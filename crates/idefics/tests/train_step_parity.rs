@@ -202,7 +202,10 @@ fn merged_checkpoints_match_the_adapted_model() -> TestResult {
         let reference = &load_st(&dir().join(sub).join("logits.safetensors"))["logits"];
         let diff = max_abs_of(&(&logits - reference)?.broadcast_mul(&mask)?);
         eprintln!("{sub}: merged checkpoint logits vs peft's adapted model: {diff:.2e}");
-        assert!(diff <= 1e-4 * max_abs_of(reference).max(1.0), "{sub}: {diff}");
+        assert!(
+            diff <= 1e-4 * max_abs_of(reference).max(1.0),
+            "{sub}: {diff}"
+        );
         // The copied config / tokenizer files make the directory a complete checkpoint.
         assert!(merged_dir.join("config.json").is_file());
 

@@ -280,9 +280,14 @@ steps = 10
         let err = Recipe::from_toml(&bad_mode).unwrap_err().to_string();
         assert!(err.contains("qlora"), "{err}");
         let zero = MINIMAL.replace("steps = 10", "steps = 0");
-        assert!(Recipe::from_toml(&zero).unwrap_err().to_string().contains("steps"));
+        assert!(Recipe::from_toml(&zero)
+            .unwrap_err()
+            .to_string()
+            .contains("steps"));
         let eval_without_every = format!("{MINIMAL}\n[eval]\ndata = \"h\"\n");
-        let err = Recipe::from_toml(&eval_without_every).unwrap_err().to_string();
+        let err = Recipe::from_toml(&eval_without_every)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("eval_every"), "{err}");
     }
 }

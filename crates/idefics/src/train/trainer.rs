@@ -333,7 +333,10 @@ impl Trainer {
         for b in batches {
             let l = b.labels.dim(1)?;
             if l > 1 {
-                let targets = b.labels.narrow(1, 1, l - 1)?.to_dtype(candle_core::DType::I64)?;
+                let targets = b
+                    .labels
+                    .narrow(1, 1, l - 1)?
+                    .to_dtype(candle_core::DType::I64)?;
                 total_labels += targets
                     .ne(super::loss::IGNORE_INDEX)?
                     .to_dtype(candle_core::DType::F32)?
