@@ -190,7 +190,7 @@ impl Recipe {
                 "[optim] weight_decay must be >= 0".into(),
             ));
         }
-        if !o.betas.iter().all(|b| (0.0..1.0).contains(b)) || !(o.eps > 0.0) {
+        if !o.betas.iter().all(|b| (0.0..1.0).contains(b)) || o.eps.is_nan() || o.eps <= 0.0 {
             return Err(TrainError::Invalid(
                 "[optim] betas must be in [0, 1) and eps > 0".into(),
             ));
