@@ -1,7 +1,7 @@
 //! Evaluation during training (`[eval]` of a recipe): the model being trained answers a held-out set in memory
 //! (no checkpoint written or re-read), scored per task family as `idefics eval` scores it.
 
-use idefics::eval_metrics::data::{read_eval_data, EvalData};
+use idefics::eval_metrics::data::{read_eval_data, EvalData, EvalSample};
 use idefics::eval_runner::{evaluate, EvalRunConfig};
 use idefics::pipeline::Idefics2Pipeline;
 use idefics::train::recipe::EvalSection;
@@ -20,7 +20,8 @@ impl TrainEval {
     /// Reads `section.data` (Cauldron parquet, `idefics data synth` output, ...), at most `limit` samples.
     pub fn new(section: &EvalSection, processor_dir: &Path) -> anyhow::Result<Self> {
         let task = "synth";
-        let data = read_eval_data(&section.data, task, Some(section.limit))?;
+        let mut data = read_eval_data(&section.data, task, None)?;
+        data.samples = balanced_subset(std::mem::take(&mut data.samples), section.limit);
         let mut config = EvalRunConfig::new(task);
         config.max_new_tokens = Some(section.max_new_tokens);
         config.do_image_splitting = section.split;
@@ -57,4 +58,33 @@ impl TrainEval {
         }
         s
     }
+}
+
+/// At most `limit` samples taken round-robin over the sources, so every task family is scored even when the
+/// files list one family after another.
+fn balanced_subset(samples: Vec<EvalSample>, limit: usize) -> Vec<EvalSample> {
+    let mut by_source: std::collections::BTreeMap<String, std::collections::VecDeque<EvalSample>> =
+        Default::default();
+    for s in samples {
+        by_source
+            .entry(s.source.clone().unwrap_or_default())
+            .or_default()
+            .push_back(s);
+    }
+    let mut out = Vec::with_capacity(limit);
+    while out.len() < limit {
+        let mut took = false;
+        for queue in by_source.values_mut() {
+            if out.len() < limit {
+                if let Some(s) = queue.pop_front() {
+                    out.push(s);
+                    took = true;
+                }
+            }
+        }
+        if !took {
+            break;
+        }
+    }
+    out
 }
