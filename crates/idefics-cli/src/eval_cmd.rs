@@ -108,7 +108,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.circular {
         let questions = samples.len();
         samples = idefics_eval::circular::circular_samples(&samples);
-        tracing::info!("CircularEval: {questions} questions -> {} prompts", samples.len());
+        tracing::info!(
+            "CircularEval: {questions} questions -> {} prompts",
+            samples.len()
+        );
     }
     if args.shots > 0 && args.support.is_none() {
         bail!(

@@ -152,7 +152,10 @@ mod tests {
             .collect();
         assert_eq!(per.iter().sum::<f64>(), 2.0);
         let r = circular_reports(&always_a, &per);
-        assert_eq!((r[0].task.as_str(), r[0].score, r[0].count), ("mmbench (circular)", 0.0, 2));
+        assert_eq!(
+            (r[0].task.as_str(), r[0].score, r[0].count),
+            ("mmbench (circular)", 0.0, 2)
+        );
         let mut right_on_1 = always_a.clone();
         right_on_1[1].prediction = copies[1].answers[0].clone();
         let per: Vec<f64> = right_on_1
