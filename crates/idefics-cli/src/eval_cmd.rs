@@ -45,6 +45,10 @@ pub struct EvalArgs {
     /// Seed of the shot selection.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// MMBench's CircularEval: ask each multiple-choice question once per rotation of its options; the
+    /// report adds a "<task> (circular)" row counting a question right only if all rotations are.
+    #[arg(long)]
+    pub circular: bool,
     /// Prompts per generation batch.
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
@@ -97,7 +101,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
             None
         }
     };
-    let EvalData { samples, baselines } = read_samples(data, task, args.limit)?;
+    let EvalData {
+        mut samples,
+        baselines,
+    } = read_samples(data, task, args.limit)?;
+    if args.circular {
+        let questions = samples.len();
+        samples = idefics_eval::circular::circular_samples(&samples);
+        tracing::info!(
+            "CircularEval: {questions} questions -> {} prompts",
+            samples.len()
+        );
+    }
     if args.shots > 0 && args.support.is_none() {
         bail!(
             "--shots {} needs --support: shots are drawn from a split disjoint from the scored one",

@@ -36,7 +36,7 @@ pub fn loose_normalize(s: &str) -> String {
     let joined = words.join(" ").to_lowercase();
     joined
         .trim_matches(|c: char| {
-            c.is_ascii_punctuation() && c != '$' && c != '%' || c.is_whitespace()
+            (c.is_ascii_punctuation() && c != '$' && c != '%') || c.is_whitespace()
         })
         .to_string()
 }

@@ -12,6 +12,7 @@
 pub mod anls;
 pub mod choice;
 pub mod cider;
+pub mod circular;
 pub mod data;
 pub mod exact;
 pub mod metric;

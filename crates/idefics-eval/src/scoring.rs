@@ -125,7 +125,8 @@ pub fn build_report(run: RunInfo, predictions: &[Prediction]) -> Result<Report> 
     if predictions.is_empty() {
         return Ok(Report::new(run, Vec::new()));
     }
-    let (tasks, per_sample) = score_predictions(predictions)?;
+    let (mut tasks, per_sample) = score_predictions(predictions)?;
+    tasks.extend(crate::circular::circular_reports(predictions, &per_sample));
     let groups = score_groups(predictions, &per_sample);
     Ok(Report::new(run, tasks).with_groups(groups))
 }
