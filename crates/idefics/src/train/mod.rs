@@ -9,10 +9,13 @@ pub mod atomic;
 pub mod checkpoint;
 mod error;
 pub mod grad_check;
+pub mod hf_checkpoint;
+pub mod init;
 pub mod loss;
 pub mod optimizer;
 pub mod peft;
 pub mod rng;
 pub mod schedule;
+pub mod siglip;
 
 pub use error::TrainError;
