@@ -9,8 +9,8 @@ use idefics::eval_runner::{checkpoint_revision, run_eval, EvalRunConfig, PromptS
 use idefics::hub::{resolve_model, HubConfig};
 use idefics::pipeline::Idefics2Pipeline;
 use idefics::LoadOptions;
-use idefics_eval::data::{read_jsonl, read_vqav2_dir};
-use idefics_eval::{EvalSample, Metric, RunInfo};
+use idefics_eval::data::{read_eval_data, EvalData};
+use idefics_eval::{Metric, RunInfo};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args, Debug)]
@@ -21,10 +21,13 @@ pub struct EvalArgs {
     /// Hub revision (branch, tag or commit) of a Hub model.
     #[arg(long, requires = "model")]
     pub revision: Option<String>,
-    /// Benchmark name (vqav2, textvqa, okvqa, docvqa, chartqa, mmmu, coco, ...): picks the official metric.
+    /// Benchmark name (vqav2, textvqa, okvqa, docvqa, chartqa, mmmu, mmbench, ai2d, coco, synth, ...): picks
+    /// the official metric (synth: exact match, scored per task family next to its chance level).
     #[arg(long, required_unless_present = "rescore")]
     pub task: Option<String>,
-    /// Benchmark data: a VQAv2-layout folder (questions + annotations JSON + images) or a JSONL file.
+    /// Benchmark data: a JSONL or parquet file (The Cauldron layout or an lmms-lab evaluation mirror's), a
+    /// folder of parquet files, the output folder of `idefics data synth` (its held-out split), or a
+    /// VQAv2-layout folder (questions + annotations JSON + images).
     #[arg(long, required_unless_present = "rescore")]
     pub data: Option<PathBuf>,
     /// Metric name, for a task without a known official metric (see `idefics_eval::Metric`).
@@ -94,7 +97,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             None
         }
     };
-    let mut samples = read_samples(data, task)?;
+    let EvalData { samples, baselines } = read_samples(data, task, args.limit)?;
     if args.shots > 0 && args.support.is_none() {
         bail!(
             "--shots {} needs --support: shots are drawn from a split disjoint from the scored one",
@@ -103,15 +106,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let support = match &args.support {
         Some(support) => {
-            let support = read_samples(support, task)?;
+            let support = read_samples(support, task, None)?.samples;
             idefics_eval::prompt::check_disjoint(&support, &samples)?;
             support
         }
         None => Vec::new(),
     };
-    if let Some(limit) = args.limit {
-        samples.truncate(limit);
-    }
     tracing::info!(
         "{} samples of {task} read from {}",
         samples.len(),
@@ -148,6 +148,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         model: Some(model.clone()),
         revision: Some(revision),
         data: Some(data.display().to_string()),
+        baselines,
         ..RunInfo::default()
     };
 
@@ -210,22 +211,13 @@ fn resolve(model: &str, revision: Option<&str>) -> Result<(PathBuf, Option<Strin
     Ok((files.dir, files.commit))
 }
 
-/// A `.jsonl` file, or a VQAv2-layout folder.
-fn read_samples(path: &Path, task: &str) -> Result<Vec<EvalSample>> {
-    let samples = if path.is_dir() {
-        read_vqav2_dir(path, task)?
-    } else if path.extension().is_some_and(|e| e == "jsonl") {
-        read_jsonl(path, task)?
-    } else {
-        bail!(
-            "--data {}: expected a VQAv2-layout folder or a .jsonl file (parquet is not supported yet)",
-            path.display()
-        );
-    };
-    if samples.is_empty() {
+/// Any data layout `read_eval_data` knows; an empty set is an error.
+fn read_samples(path: &Path, task: &str, limit: Option<usize>) -> Result<EvalData> {
+    let data = read_eval_data(path, task, limit)?;
+    if data.samples.is_empty() {
         bail!("{}: no samples", path.display());
     }
-    Ok(samples)
+    Ok(data)
 }
 
 fn rescore(predictions: &Path, out: Option<&Path>) -> Result<()> {

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod ask;
 mod bench;
+mod bench_train;
 mod build_cmd;
 mod chat;
 mod data_cmd;
@@ -12,6 +13,8 @@ mod eval_cmd;
 mod forward;
 mod model_source;
 mod serve_cmd;
+mod train_cmd;
+mod train_eval;
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +51,12 @@ enum Command {
     PretrainVision(build_cmd::PretrainVisionArgs),
     /// Build a VLM from a text checkpoint, a vision checkpoint and a new connector.
     Assemble(build_cmd::AssembleArgs),
+    /// Train or fine-tune from a TOML recipe (frozen / full / LoRA / DoRA per component); `--resume` continues.
+    Train(train_cmd::TrainArgs),
+    /// Step time and peak memory of full / LoRA / DoRA training on one fixed batch (a benchmark, not a test).
+    BenchTrain(bench_train::BenchTrainArgs),
+    /// Merge a peft adapter into its base model and write a full Hugging Face checkpoint.
+    Merge(train_cmd::MergeArgs),
 }
 
 fn main() {
@@ -65,6 +74,9 @@ fn main() {
         Command::Init(args) => build_cmd::init_model(args),
         Command::PretrainVision(args) => build_cmd::pretrain_vision(args),
         Command::Assemble(args) => build_cmd::assemble(args),
+        Command::Train(args) => train_cmd::run(args),
+        Command::Merge(args) => train_cmd::run_merge(args),
+        Command::BenchTrain(args) => bench_train::run(args),
     };
     if let Err(err) = result {
         // One clear line (with its causes) instead of a panic or a debug dump.

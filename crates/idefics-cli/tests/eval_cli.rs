@@ -88,3 +88,98 @@ fn eval_runs_resumes_and_rescores() {
             .unwrap();
     assert_eq!(rescored, report);
 }
+
+/// `idefics data synth` then `idefics eval --task synth` on its output: the report scores each task family
+/// next to the chance levels of the synth's metadata.json (the random model's answers are meaningless).
+#[test]
+fn eval_on_the_synthetic_heldout_set_reports_each_family_with_its_chance_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let synth = dir.path().join("synth");
+    let out = dir.path().join("out");
+    let made = idefics(&[
+        "data",
+        "synth",
+        "--out",
+        synth.to_str().unwrap(),
+        "--n",
+        "1",
+        "--heldout",
+        "1",
+        "--seed",
+        "3",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let model = root().join("tests/fixtures/e2e/tiny-chat");
+    let run = idefics(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "synth",
+        "--data",
+        synth.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--no-split",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("## Per source"), "{stdout}");
+
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let meta = read(&synth.join("metadata.json"));
+    let report = read(&out.join("report.json"));
+    let n = lines(&out.join("predictions.jsonl")).len();
+    assert_eq!(report["tasks"][0]["task"], "synth");
+    assert_eq!(report["tasks"][0]["metric"], "exact_match_loose");
+    assert_eq!(report["tasks"][0]["count"], n);
+    let groups = report["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 4);
+    for g in groups {
+        let family = g["source"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("synth_")
+            .unwrap();
+        let stats = &meta["splits"]["heldout"]["families"][family];
+        let chance = 100.0 * stats["chance_uniform"].as_f64().unwrap();
+        assert!((g["baseline"]["chance_uniform"].as_f64().unwrap() - chance).abs() < 1e-9);
+        let md_row = format!(
+            "| synth | synth_{family} | exact_match_loose | {:.2} | {} | {chance:.2} |",
+            g["score"].as_f64().unwrap(),
+            g["count"]
+        );
+        assert!(stdout.contains(&md_row), "{md_row}\n{stdout}");
+    }
+    assert_eq!(
+        read(&out.join("run.json"))["processor"]["do_image_splitting"],
+        false
+    );
+
+    // A rescore (no model) finds the chance levels again through run.json.
+    let rescored = dir.path().join("rescored");
+    let r = idefics(&[
+        "eval",
+        "--rescore",
+        out.join("predictions.jsonl").to_str().unwrap(),
+        "--out",
+        rescored.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        read(&rescored.join("report.json"))["groups"],
+        report["groups"]
+    );
+}

@@ -6,6 +6,8 @@
 //! charts) with short exact answers, so that training and evaluation can run without downloads.
 
 pub mod error;
+pub mod eval_rows;
+pub mod plot;
 pub mod readers;
 pub mod rng;
 pub mod sample;

@@ -1,13 +1,15 @@
-//! Benchmark data readers that need no model: the VQAv2 official JSON files (also OKVQA, which uses the
-//! same format) and a simple JSONL format, into the common [`EvalSample`].
-//! (Parquet readers for The Cauldron and the public evaluation mirrors come later.)
+//! Benchmark data readers that need no model, into the common [`EvalSample`]: the VQAv2 official JSON
+//! files (also OKVQA, which uses the same format), a simple JSONL format, and parquet in The Cauldron layout
+//! or the layouts of the public evaluation mirrors (read by `idefics_data::eval_rows`). [`read_eval_data`]
+//! picks the reader from the path, and finds the synthetic set's chance levels.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::report::Baseline;
 use crate::{EvalError, Result};
 
 /// Where an image comes from.
@@ -18,7 +20,7 @@ pub enum ImageSource {
 }
 
 /// One benchmark question, whatever file it came from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct EvalSample {
     /// Unique within the task (VQAv2: the `question_id`).
     pub id: String,
@@ -31,6 +33,12 @@ pub struct EvalSample {
     pub answers: Vec<String>,
     /// Option texts for multiple choice (letters A, B, ... in this order); empty otherwise.
     pub choices: Vec<String>,
+    /// Sub-set the sample belongs to (The Cauldron's `source`, e.g. `synth_shapes`): the report also scores
+    /// each source on its own.
+    pub source: Option<String>,
+    /// The question is already the whole user turn, instruction included (The Cauldron rows): the instruct
+    /// prompt uses it as it is instead of appending the benchmark instruction.
+    pub verbatim: bool,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +135,7 @@ pub fn read_vqav2(
             question: q.question,
             answers,
             choices: Vec::new(),
+            ..EvalSample::default()
         });
     }
     Ok(samples)
@@ -195,6 +204,7 @@ pub fn read_jsonl(path: &Path, default_task: &str) -> Result<Vec<EvalSample>> {
             question: raw.question,
             answers,
             choices: raw.choices,
+            ..EvalSample::default()
         });
     }
     Ok(samples)
@@ -252,6 +262,167 @@ pub fn read_vqav2_dir(dir: &Path, task: &str) -> Result<Vec<EvalSample>> {
         .filter(|d| d.is_dir())
         .unwrap_or_else(|| dir.to_path_buf());
     read_vqav2(&questions, annotations.as_deref(), &image_dir, task)
+}
+
+/// Read a parquet file of The Cauldron layout (one sample per turn, its `source` kept, the user turn used
+/// verbatim as the prompt) or of an evaluation-mirror layout (see `idefics_data::eval_rows`), at most
+/// `limit` samples. The layout is detected from the columns; a missing one is named in the error.
+pub fn read_parquet(path: &Path, task: &str, limit: Option<usize>) -> Result<Vec<EvalSample>> {
+    let (layout, rows) = idefics_data::eval_rows::read_qa_parquet(path, limit)
+        .map_err(|e| EvalError::Invalid(e.to_string()))?;
+    let verbatim = layout == idefics_data::eval_rows::QaLayout::Cauldron;
+    Ok(rows
+        .into_iter()
+        .map(|r| EvalSample {
+            id: r.id,
+            task: task.to_string(),
+            images: r
+                .images
+                .into_iter()
+                .map(|i| match i {
+                    idefics_data::ImageSource::Bytes(b) => ImageSource::Bytes(b),
+                    idefics_data::ImageSource::Path(p) => ImageSource::Path(p),
+                })
+                .collect(),
+            question: r.question,
+            answers: r.answers,
+            choices: r.choices,
+            source: r.source,
+            verbatim,
+        })
+        .collect())
+}
+
+/// Samples and what the report prints next to their scores.
+#[derive(Debug, Clone, Default)]
+pub struct EvalData {
+    pub samples: Vec<EvalSample>,
+    /// Chance levels per source (the synthetic set's `metadata.json`); empty for other data.
+    pub baselines: BTreeMap<String, Baseline>,
+}
+
+/// Read benchmark data from `path`, at most `limit` samples:
+/// - a `.jsonl` file ([`read_jsonl`]) or a `.parquet` file ([`read_parquet`]);
+/// - the output folder of `idefics data synth` (its `heldout/` split is read), or one of its split folders:
+///   the `chat_*.parquet` files, with the chance levels of `metadata.json` as baselines;
+/// - a folder of `.parquet` files (all read, in name order);
+/// - a VQAv2-layout folder ([`read_vqav2_dir`]).
+pub fn read_eval_data(path: &Path, task: &str, limit: Option<usize>) -> Result<EvalData> {
+    if !path.is_dir() {
+        let samples = match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl") => read_jsonl(path, task)?,
+            Some("parquet") => read_parquet(path, task, limit)?,
+            _ if !path.exists() => {
+                return Err(EvalError::Invalid(format!("{}: not found", path.display())))
+            }
+            _ => {
+                return Err(EvalError::Invalid(format!(
+                    "{}: expected a .jsonl or .parquet file, or a folder (VQAv2 layout, parquet files, \
+                     or `idefics data synth` output)",
+                    path.display()
+                )))
+            }
+        };
+        return Ok(EvalData {
+            samples: truncated(samples, limit),
+            baselines: BTreeMap::new(),
+        });
+    }
+    // `idefics data synth` output: `DIR/metadata.json` with `DIR/heldout/`, or a split folder inside it.
+    let (dir, metadata) = if path.join("metadata.json").is_file() && path.join("heldout").is_dir() {
+        (
+            path.join("heldout"),
+            Some((path.join("metadata.json"), "heldout".to_string())),
+        )
+    } else {
+        let split = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let meta = path.parent().map(|p| p.join("metadata.json"));
+        (
+            path.to_path_buf(),
+            meta.filter(|m| m.is_file()).map(|m| (m, split)),
+        )
+    };
+    let mut parquet: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| EvalError::io(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    parquet.sort();
+    let name = |p: &PathBuf| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    // A synthetic split also holds pairs.parquet and interleaved.parquet, which are not questions.
+    if parquet.iter().any(|p| name(p).starts_with("chat_")) {
+        parquet.retain(|p| name(p).starts_with("chat_"));
+    }
+    if parquet.is_empty() {
+        let samples = read_vqav2_dir(&dir, task)?;
+        return Ok(EvalData {
+            samples: truncated(samples, limit),
+            baselines: BTreeMap::new(),
+        });
+    }
+    let mut samples = Vec::new();
+    for file in &parquet {
+        let left = limit.map(|l| l.saturating_sub(samples.len()));
+        if left == Some(0) {
+            break;
+        }
+        samples.extend(read_parquet(file, task, left)?);
+    }
+    let baselines = match metadata {
+        Some((meta, split)) => synth_baselines(&meta, &split)?,
+        None => BTreeMap::new(),
+    };
+    Ok(EvalData { samples, baselines })
+}
+
+fn truncated(mut samples: Vec<EvalSample>, limit: Option<usize>) -> Vec<EvalSample> {
+    if let Some(limit) = limit {
+        samples.truncate(limit);
+    }
+    samples
+}
+
+/// The chance levels of each family of one split of a synthetic set's `metadata.json`, keyed by the
+/// `source` its rows carry (`synth_<family>`), in %.
+pub fn synth_baselines(metadata: &Path, split: &str) -> Result<BTreeMap<String, Baseline>> {
+    let value: serde_json::Value = read_json(metadata, "synthetic-set metadata")?;
+    let families = value
+        .get("splits")
+        .and_then(|s| s.get(split))
+        .and_then(|s| s.get("families"))
+        .and_then(|f| f.as_object())
+        .ok_or_else(|| {
+            EvalError::Invalid(format!(
+                "{}: no `splits.{split}.families`",
+                metadata.display()
+            ))
+        })?;
+    let mut out = BTreeMap::new();
+    for (family, stats) in families {
+        let get = |key: &str| {
+            stats.get(key).and_then(|v| v.as_f64()).ok_or_else(|| {
+                EvalError::Invalid(format!(
+                    "{}: family {family} has no number `{key}`",
+                    metadata.display()
+                ))
+            })
+        };
+        out.insert(
+            format!("synth_{family}"),
+            Baseline {
+                chance_uniform: 100.0 * get("chance_uniform")?,
+                majority_baseline: 100.0 * get("majority_baseline")?,
+            },
+        );
+    }
+    Ok(out)
 }
 
 #[derive(Deserialize)]

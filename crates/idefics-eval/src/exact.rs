@@ -10,6 +10,10 @@
 //!   then compared. This follows our reading of the Idefics2 evaluation code (m4, paper-notes §7.2): exact
 //!   match for questions with a single ground truth, with its replica of the official normalisation
 //!   (`VQANormalizationGtVisionLab`) applied to prediction and answer alike. Not checked against m4 itself.
+//! - [`ExactNormalization::Loose`]: our own, for the synthetic set (`idefics data synth`), whose answers are
+//!   one word, number (`12.50`), name, yes/no or option letter: trim, lower-case, collapse whitespace and
+//!   drop punctuation and quotes around the answer (`"Red."` = `red`). Not the VQA normalisation: it deletes
+//!   articles, so the option letter `A` would normalise to nothing and match any empty answer.
 
 use crate::vqa::normalize_answer;
 
@@ -22,12 +26,29 @@ pub enum ExactNormalization {
     /// Official VQA normalisation on both sides.
     #[default]
     Vqa,
+    /// Trim, lower-case, collapse whitespace, strip surrounding punctuation and quotes.
+    Loose,
+}
+
+/// The [`ExactNormalization::Loose`] form of an answer.
+pub fn loose_normalize(s: &str) -> String {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let joined = words.join(" ").to_lowercase();
+    joined
+        .trim_matches(|c: char| {
+            c.is_ascii_punctuation() && c != '$' && c != '%' || c.is_whitespace()
+        })
+        .to_string()
 }
 
 /// 1 if the prediction equals any answer after normalisation, else 0.
 pub fn exact_match(prediction: &str, answers: &[String], how: ExactNormalization) -> f64 {
     let hit = match how {
         ExactNormalization::None => answers.iter().any(|a| a == prediction),
+        ExactNormalization::Loose => {
+            let pred = loose_normalize(prediction);
+            answers.iter().any(|a| loose_normalize(a) == pred)
+        }
         ExactNormalization::Vqa => {
             let pred = normalize_answer(prediction);
             answers.iter().any(|a| normalize_answer(a) == pred)
@@ -50,5 +71,22 @@ mod tests {
         assert_eq!(exact_match("Two.", &gts, ExactNormalization::Vqa), 1.0);
         assert_eq!(exact_match("Two.", &gts, ExactNormalization::None), 0.0);
         assert_eq!(exact_match("2", &gts, ExactNormalization::None), 1.0);
+        let letter = vec!["A".to_string()];
+        assert_eq!(exact_match(" a.", &letter, ExactNormalization::Loose), 1.0);
+        assert_eq!(exact_match("", &letter, ExactNormalization::Loose), 0.0);
+        assert_eq!(exact_match("B", &letter, ExactNormalization::Loose), 0.0);
+        // The VQA normalisation drops the article-like letter: why synth answers need their own rule.
+        assert_eq!(exact_match("", &letter, ExactNormalization::Vqa), 1.0);
+        let money = vec!["12.50".to_string()];
+        assert_eq!(
+            exact_match("12.50.", &money, ExactNormalization::Loose),
+            1.0
+        );
+        assert_eq!(exact_match("12.5", &money, ExactNormalization::Loose), 0.0);
+        let name = vec!["Alice Smith".to_string()];
+        assert_eq!(
+            exact_match("\"alice  smith\"", &name, ExactNormalization::Loose),
+            1.0
+        );
     }
 }

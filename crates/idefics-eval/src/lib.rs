@@ -28,8 +28,8 @@ pub mod vqa;
 pub use data::{EvalSample, ImageSource};
 pub use metric::Metric;
 pub use predictions::{read_predictions, vqa_results_json, Prediction, PredictionWriter};
-pub use report::{Report, RunInfo, TaskReport};
-pub use scoring::{rescore, score_predictions};
+pub use report::{Baseline, GroupReport, Report, RunInfo, TaskReport};
+pub use scoring::{build_report, rescore, score_groups, score_predictions};
 
 use std::path::PathBuf;
 

@@ -31,6 +31,9 @@ pub enum Metric {
     ExactMatch,
     /// Exact match on raw strings.
     ExactMatchRaw,
+    /// Exact match after trimming, lower-casing and dropping surrounding punctuation (short exact answers:
+    /// the synthetic set's words, numbers, letters, yes/no).
+    ExactMatchLoose,
     /// CIDEr-D over captions tokenised by [`crate::ptb::tokenize_caption`] (COCO, TextCaps, NoCaps).
     Cider,
     /// CIDEr-D over captions that are already tokenised (space-separated).
@@ -39,7 +42,7 @@ pub enum Metric {
 
 impl Metric {
     /// All metrics, in report order.
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 12] = [
         Metric::VqaAccuracy,
         Metric::VqaAccuracyLegacy,
         Metric::Anls,
@@ -49,6 +52,7 @@ impl Metric {
         Metric::MmmuOpen,
         Metric::ExactMatch,
         Metric::ExactMatchRaw,
+        Metric::ExactMatchLoose,
         Metric::Cider,
         Metric::CiderPretokenized,
     ];
@@ -65,6 +69,7 @@ impl Metric {
             Metric::MmmuOpen => "mmmu_open",
             Metric::ExactMatch => "exact_match",
             Metric::ExactMatchRaw => "exact_match_raw",
+            Metric::ExactMatchLoose => "exact_match_loose",
             Metric::Cider => "cider",
             Metric::CiderPretokenized => "cider_pretokenized",
         }
@@ -96,6 +101,8 @@ impl Metric {
             | "tqa" => Metric::MultipleChoice,
             "coco" | "coco_captions" | "textcaps" | "nocaps" | "flickr30k" => Metric::Cider,
             "gqa" | "ocrvqa" | "vsr" | "tallyqa" => Metric::ExactMatch,
+            // `idefics data synth`: The Cauldron rows whose answers are one exact word, number or letter.
+            "synth" => Metric::ExactMatchLoose,
             _ => return None,
         };
         Some(metric)
@@ -135,6 +142,7 @@ impl Metric {
             Metric::MmmuOpen => open_accuracy(prediction, answers),
             Metric::ExactMatch => exact_match(prediction, answers, ExactNormalization::Vqa),
             Metric::ExactMatchRaw => exact_match(prediction, answers, ExactNormalization::None),
+            Metric::ExactMatchLoose => exact_match(prediction, answers, ExactNormalization::Loose),
             Metric::Cider | Metric::CiderPretokenized => return None,
         };
         Some(score)

@@ -33,6 +33,9 @@ pub struct Prediction {
     /// Option texts for multiple choice, in presentation order (letters A, B, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<String>,
+    /// Sub-set of the task (The Cauldron's `source`); the report scores each one too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Read a predictions file. A torn last line (a run killed while writing it) is skipped with a warning;

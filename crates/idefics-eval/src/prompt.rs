@@ -29,6 +29,8 @@ pub const INSTRUCT_OPEN_ENDED: &str = "{question}\nGive a very brief answer.";
 /// Template of the instruct multiple-choice prompt.
 pub const INSTRUCT_MULTIPLE_CHOICE: &str =
     "Question: {question}\nChoices:\n{choices}Answer with the letter.";
+/// Template of a The Cauldron question, whose user turn already says how to answer (used as it is).
+pub const INSTRUCT_VERBATIM: &str = "{question}";
 /// Template of one base-model VQA shot (the query ends after `Answer:`).
 pub const BASE_VQA_SHOT: &str = "Image:<image>Question: {question} Answer: {answer}\n";
 /// Template of one base-model captioning shot (the query ends after `Caption:`).
@@ -48,7 +50,15 @@ pub struct Prompt {
 
 /// The zero-shot instruct prompt of a sample (multiple choice when it has choices).
 pub fn instruct_prompt(sample: &EvalSample) -> Prompt {
-    if sample.choices.is_empty() {
+    if sample.verbatim {
+        // The Cauldron's user turns carry their own instruction (e.g. the synthetic set's "Answer with a
+        // single word or number."): the model was trained on exactly that text.
+        Prompt {
+            text: sample.question.clone(),
+            images: sample.images.clone(),
+            template: INSTRUCT_VERBATIM,
+        }
+    } else if sample.choices.is_empty() {
         Prompt {
             text: INSTRUCT_OPEN_ENDED.replace("{question}", &sample.question),
             images: sample.images.clone(),
@@ -204,6 +214,7 @@ mod tests {
             question: q.into(),
             answers: answers.iter().map(|s| s.to_string()).collect(),
             choices: choices.iter().map(|s| s.to_string()).collect(),
+            ..EvalSample::default()
         }
     }
 
@@ -211,6 +222,19 @@ mod tests {
     fn instruct_prompts() {
         let p = instruct_prompt(&sample("1", "What color?", &["red"], &[]));
         assert_eq!(p.text, "What color?\nGive a very brief answer.");
+        let verbatim = EvalSample {
+            verbatim: true,
+            ..sample(
+                "v",
+                "What color?\nAnswer with a single word.",
+                &["red"],
+                &[],
+            )
+        };
+        assert_eq!(
+            instruct_prompt(&verbatim).text,
+            "What color?\nAnswer with a single word."
+        );
         let p = instruct_prompt(&sample("2", "Which animal?", &["B"], &["cat", "dog"]));
         assert_eq!(
             p.text,

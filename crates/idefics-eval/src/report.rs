@@ -1,6 +1,7 @@
 //! The evaluation report, as JSON (for machines) and Markdown (for people): one score per task, and what
 //! produced it — model, revision, processor settings, prompt template, decoding parameters, our version.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,19 @@ pub struct RunInfo {
     /// Where the data came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// Chance levels per source (e.g. `synth_shapes`), from the synthetic set's `metadata.json`; the report
+    /// prints them next to each source's score.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub baselines: BTreeMap<String, Baseline>,
+}
+
+/// What guessing scores on a source, in % like the scores.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Uniform guessing among each question's possible answers.
+    pub chance_uniform: f64,
+    /// Always answering each question type's most frequent answer.
+    pub majority_baseline: f64,
 }
 
 impl RunInfo {
@@ -60,13 +74,31 @@ pub struct TaskReport {
     pub count: usize,
 }
 
+/// The score of one source (sub-set) of a task, e.g. one synthetic task family.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupReport {
+    pub task: String,
+    pub source: String,
+    pub metric: Metric,
+    /// Mean score times 100.
+    pub score: f64,
+    pub count: usize,
+    /// The source's chance levels (from [`RunInfo::baselines`]), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
+}
+
 /// A full report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// Version of idefics-eval that computed the scores.
     pub idefics_version: String,
     pub run: RunInfo,
+    /// One score per task (over all its sources: the overall score).
     pub tasks: Vec<TaskReport>,
+    /// One score per (task, source), for data whose samples name a source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupReport>,
 }
 
 impl Report {
@@ -76,7 +108,17 @@ impl Report {
             idefics_version: env!("CARGO_PKG_VERSION").to_string(),
             run,
             tasks,
+            groups: Vec::new(),
         }
+    }
+
+    /// Adds per-source scores, each with its baseline from the run description when it has one.
+    pub fn with_groups(mut self, mut groups: Vec<GroupReport>) -> Report {
+        for g in &mut groups {
+            g.baseline = self.run.baselines.get(&g.source).copied();
+        }
+        self.groups = groups;
+        self
     }
 
     /// Pretty JSON.
@@ -95,6 +137,24 @@ impl Report {
                 "| {} | {} | {:.2} | {} |\n",
                 t.task, t.metric, t.score, t.count
             ));
+        }
+        if !self.groups.is_empty() {
+            md.push_str(
+                "\n## Per source\n\n| task | source | metric | score | samples | chance (uniform) | majority baseline |\n|---|---|---|---:|---:|---:|---:|\n",
+            );
+            for g in &self.groups {
+                let (chance, majority) = match g.baseline {
+                    Some(b) => (
+                        format!("{:.2}", b.chance_uniform),
+                        format!("{:.2}", b.majority_baseline),
+                    ),
+                    None => ("-".into(), "-".into()),
+                };
+                md.push_str(&format!(
+                    "| {} | {} | {} | {:.2} | {} | {chance} | {majority} |\n",
+                    g.task, g.source, g.metric, g.score, g.count
+                ));
+            }
         }
         md.push_str("\n## Run\n\n");
         let r = &self.run;

@@ -8,7 +8,7 @@ use crate::cider::cider_d;
 use crate::metric::Metric;
 use crate::predictions::{read_predictions, Prediction};
 use crate::ptb::tokenize_caption;
-use crate::report::{Report, RunInfo, TaskReport};
+use crate::report::{GroupReport, Report, RunInfo, TaskReport};
 use crate::{EvalError, Result};
 
 /// Score predictions grouped by `(task, metric)`. Returns the task reports (sorted by task, then metric)
@@ -91,6 +91,45 @@ pub fn score_predictions(predictions: &[Prediction]) -> Result<(Vec<TaskReport>,
     Ok((reports, per_sample))
 }
 
+/// Per-source scores: for each `(task, source, metric)` of the predictions that name a source, the mean of
+/// `per_sample` (as [`score_predictions`] returns it) times 100. Corpus-level metrics (CIDEr) are not split.
+pub fn score_groups(predictions: &[Prediction], per_sample: &[f64]) -> Vec<GroupReport> {
+    let mut groups: BTreeMap<(&str, &str, Metric), (f64, usize)> = BTreeMap::new();
+    for (p, s) in predictions.iter().zip(per_sample) {
+        let Some(source) = p.source.as_deref() else {
+            continue;
+        };
+        if p.metric.is_corpus_level() {
+            continue;
+        }
+        let entry = groups.entry((&p.task, source, p.metric)).or_default();
+        entry.0 += s;
+        entry.1 += 1;
+    }
+    groups
+        .into_iter()
+        .map(|((task, source, metric), (sum, count))| GroupReport {
+            task: task.to_string(),
+            source: source.to_string(),
+            metric,
+            score: 100.0 * sum / count.max(1) as f64,
+            count,
+            baseline: None,
+        })
+        .collect()
+}
+
+/// The report of a set of predictions: per task, per source, with the run description (and its baselines).
+/// An empty set gives a report with no scores.
+pub fn build_report(run: RunInfo, predictions: &[Prediction]) -> Result<Report> {
+    if predictions.is_empty() {
+        return Ok(Report::new(run, Vec::new()));
+    }
+    let (tasks, per_sample) = score_predictions(predictions)?;
+    let groups = score_groups(predictions, &per_sample);
+    Ok(Report::new(run, tasks).with_groups(groups))
+}
+
 /// Recompute the report of a predictions file without the model. Run information is taken from a
 /// `run.json` next to the file when there is one.
 pub fn rescore(path: &Path) -> Result<Report> {
@@ -101,12 +140,11 @@ pub fn rescore(path: &Path) -> Result<Report> {
             path.display()
         )));
     }
-    let (tasks, _) = score_predictions(&predictions)?;
     let run_path = path.with_file_name("run.json");
     let run = if run_path.exists() {
         RunInfo::read(&run_path)?
     } else {
         RunInfo::default()
     };
-    Ok(Report::new(run, tasks))
+    build_report(run, &predictions)
 }

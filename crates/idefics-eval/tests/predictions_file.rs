@@ -14,6 +14,7 @@ fn prediction(id: &str, pred: &str) -> Prediction {
         prediction: pred.into(),
         answers: vec!["stop".into(); 10],
         choices: vec![],
+        source: None,
     }
 }
 
@@ -97,6 +98,7 @@ fn report_carries_the_run_description() {
         shots: Some(0),
         seed: None,
         data: Some("textvqa val".into()),
+        ..RunInfo::default()
     };
     std::fs::write(
         dir.path().join("run.json"),

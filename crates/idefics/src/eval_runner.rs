@@ -4,16 +4,42 @@
 //! Prompts (idefics_eval::prompt, paper-notes §7.1): an instruct model gets the zero-shot instruct prompt
 //! through the checkpoint's chat template (images first in the user turn); a base model (or any `shots > 0`
 //! run) gets the k-shot `Image:<image>Question: ... Answer:` text with shots from a disjoint support split,
-//! and stops at the format's stop words. Decoding is greedy, as the paper evaluated.
+//! and stops at the format's stop words. Decoding is greedy, as the paper evaluated. The Cauldron rows (the
+//! synthetic set) carry their own instruction in the user turn and are prompted with it as it is.
+//!
+//! Two entry points:
+//! - [`run_eval`] (`idefics eval`): files in, `predictions.jsonl` / `report.json` / `report.md` out, resumable.
+//! - [`evaluate`]: in memory, for evaluation during training. Nothing is written and nothing is reloaded:
+//!
+//! ```no_run
+//! # fn demo(model: idefics::Idefics2ForConditionalGeneration) -> idefics::Result<()> {
+//! use idefics::eval_runner::{evaluate, EvalRunConfig};
+//! use idefics::pipeline::Idefics2Pipeline;
+//! use idefics_eval::data::read_eval_data;
+//! use std::path::Path;
+//!
+//! // The trained model (a clone shares its weights) + the tokenizer / processor files of its checkpoint.
+//! let pipeline = Idefics2Pipeline::from_parts(model.clone(), Path::new("checkpoint-dir"))?;
+//! // `idefics data synth` output (its held-out split), at most 64 questions.
+//! let data = read_eval_data(Path::new("synth"), "synth", Some(64))
+//!     .map_err(|e| idefics::Error::Input(e.to_string()))?;
+//! let scores = evaluate(&pipeline, &data, &EvalRunConfig { batch_size: 8, ..EvalRunConfig::new("synth") })?;
+//! println!("overall {:?}", scores.overall());
+//! for g in &scores.report.groups {
+//!     println!("{} {:.1} (chance {:?})", g.source, g.score, g.baseline.map(|b| b.chance_uniform));
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use idefics_eval::data::EvalData;
 use idefics_eval::prompt::{self as eval_prompt, STOP_WORDS};
 use idefics_eval::{
-    read_predictions, score_predictions, EvalSample, ImageSource, Metric, Prediction,
-    PredictionWriter, Report, RunInfo,
+    build_report, read_predictions, EvalSample, ImageSource, Metric, Prediction, PredictionWriter,
+    Report, RunInfo,
 };
 use idefics_processor::{
     decode_image, decode_image_file, ChatMessage, ContentPart, DecodeLimits, RgbImage,
@@ -166,23 +192,142 @@ pub fn run_eval(
         .iter()
         .filter(|s| !writer.is_done(&s.task, &s.id))
         .collect();
-    let mut state = EvalProgress {
-        done: 0,
-        total: todo.len(),
-        resumed: samples.len() - todo.len(),
-        failed: 0,
-    };
-    if state.resumed > 0 {
+    let resumed = samples.len() - todo.len();
+    if resumed > 0 {
         tracing::info!(
             "{}: {} of {} samples already answered; resuming",
             predictions_path.display(),
-            state.resumed,
+            resumed,
             samples.len()
         );
     }
+    let mut generated = 0;
+    let failures = answer_samples(
+        pipeline,
+        &todo,
+        support,
+        config,
+        style,
+        resumed,
+        &mut progress,
+        |prediction| {
+            writer.write(&prediction).map_err(eval_err)?;
+            generated += 1;
+            Ok(())
+        },
+    )?;
+    if !failures.is_empty() {
+        write_failures(&out_dir.join("errors.jsonl"), &failures)?;
+    }
+
+    let predictions = read_predictions(&predictions_path).map_err(eval_err)?;
+    let report = build_report(run_info, &predictions).map_err(eval_err)?;
+    report.write(out_dir).map_err(eval_err)?;
+    Ok(EvalOutcome {
+        report,
+        generated,
+        resumed,
+        failures,
+        predictions_path,
+    })
+}
+
+/// What an in-memory evaluation ([`evaluate`]) produced.
+#[derive(Debug, Clone)]
+pub struct EvalScores {
+    /// Scores per task (overall) and per source (`report.groups`, with the chance levels of the data), and
+    /// the run description; the same report `idefics eval` writes.
+    pub report: Report,
+    /// Every answer, in sample order (failed samples have none).
+    pub predictions: Vec<Prediction>,
+    /// Samples that could not be run (bad image, prompt over the context).
+    pub failures: Vec<SampleFailure>,
+}
+
+impl EvalScores {
+    /// The overall score (in %) of a single-task run: the first task's score, `None` when nothing was scored.
+    pub fn overall(&self) -> Option<f64> {
+        self.report.tasks.first().map(|t| t.score)
+    }
+
+    /// Score (in %) per source, e.g. `synth_shapes -> 25.0`.
+    pub fn per_source(&self) -> std::collections::BTreeMap<String, f64> {
+        self.report
+            .groups
+            .iter()
+            .map(|g| (g.source.clone(), g.score))
+            .collect()
+    }
+}
+
+/// Evaluate in memory (zero-shot, or the base format without shots): the model of `pipeline` answers every
+/// sample of `data` (greedy, batches of `config.batch_size`), and the answers are scored per task and per
+/// source, next to `data`'s chance levels. Nothing is written to disk. For evaluation during training: build
+/// the pipeline with [`Idefics2Pipeline::from_parts`] and read the data once with
+/// `idefics_eval::data::read_eval_data`.
+pub fn evaluate(
+    pipeline: &Idefics2Pipeline,
+    data: &EvalData,
+    config: &EvalRunConfig,
+) -> Result<EvalScores> {
+    if config.batch_size == 0 {
+        return Err(Error::Input("batch size must be at least 1".into()));
+    }
+    if config.shots > 0 {
+        return Err(Error::Input(
+            "in-memory evaluation is zero-shot; use run_eval with a support split for shots".into(),
+        ));
+    }
+    let style = resolve_style(pipeline, config)?;
+    let run_info = RunInfo {
+        baselines: data.baselines.clone(),
+        ..RunInfo::default()
+    };
+    let run_info = fill_run_info(pipeline, &data.samples, &[], config, style, run_info)?;
+    let todo: Vec<&EvalSample> = data.samples.iter().collect();
+    let mut predictions = Vec::with_capacity(todo.len());
+    let failures = answer_samples(
+        pipeline,
+        &todo,
+        &[],
+        config,
+        style,
+        0,
+        &mut |_: &EvalProgress| {},
+        |p| {
+            predictions.push(p);
+            Ok(())
+        },
+    )?;
+    let report = build_report(run_info, &predictions).map_err(eval_err)?;
+    Ok(EvalScores {
+        report,
+        predictions,
+        failures,
+    })
+}
+
+/// Answers `todo` batch by batch, handing each prediction to `on_prediction` as soon as its batch is done,
+/// and returns the samples that failed.
+#[allow(clippy::too_many_arguments)]
+fn answer_samples(
+    pipeline: &Idefics2Pipeline,
+    todo: &[&EvalSample],
+    support: &[EvalSample],
+    config: &EvalRunConfig,
+    style: PromptStyle,
+    resumed: usize,
+    progress: &mut impl FnMut(&EvalProgress),
+    mut on_prediction: impl FnMut(Prediction) -> Result<()>,
+) -> Result<Vec<SampleFailure>> {
+    let mut state = EvalProgress {
+        done: 0,
+        total: todo.len(),
+        resumed,
+        failed: 0,
+    };
     progress(&state);
     let mut failures = Vec::new();
-    let mut generated = 0;
     for chunk in todo.chunks(config.batch_size) {
         let mut ready = Vec::with_capacity(chunk.len());
         for &sample in chunk {
@@ -205,21 +350,17 @@ pub fn run_eval(
         };
         for (p, result) in ready.iter().zip(results) {
             match result {
-                Ok(text) => {
-                    writer
-                        .write(&Prediction {
-                            id: p.sample.id.clone(),
-                            task: p.sample.task.clone(),
-                            metric: p.metric,
-                            question: p.sample.question.clone(),
-                            prompt: p.prompt_text.clone(),
-                            prediction: text,
-                            answers: p.sample.answers.clone(),
-                            choices: p.sample.choices.clone(),
-                        })
-                        .map_err(eval_err)?;
-                    generated += 1;
-                }
+                Ok(text) => on_prediction(Prediction {
+                    id: p.sample.id.clone(),
+                    task: p.sample.task.clone(),
+                    metric: p.metric,
+                    question: p.sample.question.clone(),
+                    prompt: p.prompt_text.clone(),
+                    prediction: text,
+                    answers: p.sample.answers.clone(),
+                    choices: p.sample.choices.clone(),
+                    source: p.sample.source.clone(),
+                })?,
                 Err(e) => failures.push(failure(p.sample, &e)),
             }
         }
@@ -227,27 +368,7 @@ pub fn run_eval(
         state.failed = failures.len();
         progress(&state);
     }
-    if !failures.is_empty() {
-        write_failures(&out_dir.join("errors.jsonl"), &failures)?;
-    }
-
-    let predictions = read_predictions(&predictions_path).map_err(eval_err)?;
-    let report = if predictions.is_empty() {
-        Report::new(run_info, Vec::new())
-    } else {
-        Report::new(
-            run_info,
-            score_predictions(&predictions).map_err(eval_err)?.0,
-        )
-    };
-    report.write(out_dir).map_err(eval_err)?;
-    Ok(EvalOutcome {
-        report,
-        generated,
-        resumed: state.resumed,
-        failures,
-        predictions_path,
-    })
+    Ok(failures)
 }
 
 fn eval_err(e: idefics_eval::EvalError) -> Error {

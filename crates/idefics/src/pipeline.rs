@@ -52,11 +52,38 @@ pub struct Idefics2Pipeline {
 impl Idefics2Pipeline {
     /// Loads the model, tokenizer, chat template, image processor and generation config of `dir`.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        // The small files first: a broken tokenizer fails before gigabytes of weights are read.
+        let (prompts, images, generation_config) = Self::processors(dir)?;
+        let model = Idefics2ForConditionalGeneration::load(dir, opts)?;
+        Self::assemble(model, prompts, images, generation_config)
+    }
+
+    /// A pipeline around a model already in memory (e.g. the one being trained), with the tokenizer, chat
+    /// template, processor and generation configs of `dir` (a checkpoint folder, or any folder holding
+    /// `tokenizer.json`, `tokenizer_config.json`, `processor_config.json` and optionally
+    /// `generation_config.json`). Nothing is written and no weights are read. `Idefics2ForConditionalGeneration`
+    /// is `Clone` and its clone shares the weight tensors, so a trainer can pass `model.clone()`.
+    pub fn from_parts(model: Idefics2ForConditionalGeneration, dir: &Path) -> Result<Self> {
+        let (prompts, images, generation_config) = Self::processors(dir)?;
+        Self::assemble(model, prompts, images, generation_config)
+    }
+
+    fn processors(
+        dir: &Path,
+    ) -> Result<(PromptProcessor, Idefics2ImageProcessor, GenerationConfig)> {
         let prompts = PromptProcessor::from_dir(dir)?;
         let images = Idefics2ImageProcessor::from_model_dir(dir)?;
         let generation_config =
             GenerationConfig::from_dir(dir).map_err(|e| Error::Config(e.to_string()))?;
-        let model = Idefics2ForConditionalGeneration::load(dir, opts)?;
+        Ok((prompts, images, generation_config))
+    }
+
+    fn assemble(
+        model: Idefics2ForConditionalGeneration,
+        prompts: PromptProcessor,
+        images: Idefics2ImageProcessor,
+        generation_config: GenerationConfig,
+    ) -> Result<Self> {
         let mut pipeline = Self {
             model,
             prompts,
@@ -150,6 +177,7 @@ impl Idefics2Pipeline {
                 position_ids: None,
                 pixel_values,
                 pixel_attention_mask,
+                embedding_noise: None,
             },
             prompt_ids,
             image_tokens,

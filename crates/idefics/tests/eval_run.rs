@@ -245,3 +245,112 @@ fn batching_does_not_change_the_prompts_or_count() {
         assert_eq!((&x.id, &x.prompt), (&y.id, &y.prompt));
     }
 }
+
+/// The synthetic held-out set (`idefics data synth`), evaluated in memory as a trainer does it: a model
+/// already loaded, wrapped with `from_parts`, nothing written. Checks the per-family scores against an
+/// independent recomputation, the chance levels, the splitting switch, and that it agrees with `run_eval`.
+#[test]
+fn synth_heldout_evaluates_in_memory_with_per_family_scores() {
+    use idefics::eval_runner::evaluate;
+    use idefics::Idefics2ForConditionalGeneration;
+    use idefics_data::synth::{self, Family, SynthConfig};
+    use idefics_eval::data::read_eval_data;
+    use idefics_eval::exact::{exact_match, ExactNormalization};
+
+    let dir = tempfile::tempdir().unwrap();
+    let synth_dir = dir.path().join("synth");
+    synth::generate(&SynthConfig {
+        out: synth_dir.clone(),
+        n: 1,
+        heldout: 1,
+        seed: 3,
+        families: Family::ALL.to_vec(),
+        rows_per_group: 64,
+    })
+    .unwrap();
+    let data = read_eval_data(&synth_dir, "synth", None).unwrap();
+    assert!(data.samples.len() >= 8, "{}", data.samples.len());
+
+    let ckpt = root().join("tests/fixtures/e2e/tiny-chat");
+    let model = Idefics2ForConditionalGeneration::load(&ckpt, &LoadOptions::default()).unwrap();
+    let p = Idefics2Pipeline::from_parts(model.clone(), &ckpt).unwrap();
+    let config = EvalRunConfig {
+        batch_size: 4,
+        do_image_splitting: Some(false),
+        ..EvalRunConfig::new("synth")
+    };
+    let scores = evaluate(&p, &data, &config).unwrap();
+    assert!(scores.failures.is_empty(), "{:?}", scores.failures);
+    assert_eq!(scores.predictions.len(), data.samples.len());
+    for (pred, s) in scores.predictions.iter().zip(&data.samples) {
+        assert_eq!((&pred.id, &pred.source), (&s.id, &s.source));
+        assert_eq!(pred.metric, Metric::ExactMatchLoose);
+        // The Cauldron user turn is the prompt as it is (no "Give a very brief answer.").
+        assert!(pred.prompt.contains(&s.question), "{}", pred.prompt);
+        assert!(!pred.prompt.contains("Give a very brief answer"));
+    }
+    let hit = |p: &idefics_eval::Prediction| {
+        exact_match(&p.prediction, &p.answers, ExactNormalization::Loose)
+    };
+    let n = scores.predictions.len() as f64;
+    let overall = 100.0 * scores.predictions.iter().map(hit).sum::<f64>() / n;
+    assert!((scores.overall().unwrap() - overall).abs() < 1e-9);
+    let groups = &scores.report.groups;
+    let sources: Vec<&str> = groups.iter().map(|g| g.source.as_str()).collect();
+    assert_eq!(
+        sources,
+        ["synth_charts", "synth_docs", "synth_ocr", "synth_shapes"]
+    );
+    assert_eq!(
+        groups.iter().map(|g| g.count).sum::<usize>(),
+        scores.predictions.len()
+    );
+    for g in groups {
+        let of_source: Vec<_> = scores
+            .predictions
+            .iter()
+            .filter(|p| p.source.as_deref() == Some(g.source.as_str()))
+            .collect();
+        let expected =
+            100.0 * of_source.iter().map(|p| hit(p)).sum::<f64>() / of_source.len() as f64;
+        assert!((g.score - expected).abs() < 1e-9, "{}", g.source);
+        assert_eq!(g.baseline, data.baselines.get(&g.source).copied());
+        assert!(g.baseline.is_some());
+    }
+    assert_eq!(scores.per_source().len(), 4);
+    let processor = scores.report.run.processor.as_ref().unwrap();
+    assert_eq!(processor["do_image_splitting"], false);
+
+    // With splitting: still one answer per sample; the run description says so.
+    let split = evaluate(
+        &p,
+        &data,
+        &EvalRunConfig {
+            do_image_splitting: Some(true),
+            ..config.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(split.predictions.len(), data.samples.len());
+    assert_eq!(
+        split.report.run.processor.as_ref().unwrap()["do_image_splitting"],
+        true
+    );
+
+    // The file-based run on a loaded checkpoint gives the same answers and scores.
+    let out = dir.path().join("run");
+    let info = RunInfo {
+        baselines: data.baselines.clone(),
+        ..RunInfo::default()
+    };
+    let outcome = run_eval(&pipeline(), &data.samples, &[], &config, info, &out, |_| {}).unwrap();
+    let answers = |preds: &[idefics_eval::Prediction]| -> Vec<String> {
+        preds.iter().map(|p| p.prediction.clone()).collect()
+    };
+    assert_eq!(
+        answers(&read_predictions(&outcome.predictions_path).unwrap()),
+        answers(&scores.predictions)
+    );
+    assert_eq!(outcome.report.tasks, scores.report.tasks);
+    assert_eq!(outcome.report.groups, scores.report.groups);
+}

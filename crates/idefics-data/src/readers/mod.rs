@@ -15,7 +15,7 @@
 //! unit order, and how many of its rows were already returned; restoring it with [`DatasetReader::seek`]
 //! continues exactly the same sequence. Malformed rows are yielded as `Err` and the stream goes on.
 
-mod columns;
+pub(crate) mod columns;
 mod kinds;
 
 use std::collections::VecDeque;

@@ -1,7 +1,10 @@
 //! Connector: SwiGLU modality projection, then the perceiver resampler (spec §5).
 
 use crate::config::{Idefics2Config, PerceiverConfig};
-use crate::nn::{eager_attention, mask_min_value, GatedMlp, Kernels, Linear, RmsNorm};
+use crate::nn::{
+    eager_attention, join_path, mask_min_value, GatedMlp, Kernels, Linear, ParamVisitor, RmsNorm,
+    VisitParams,
+};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -198,5 +201,47 @@ impl Connector {
     pub fn forward(&self, vision: &Tensor, patch_mask: Option<&Tensor>) -> Result<Tensor> {
         let context = self.modality_projection.forward(vision)?;
         self.perceiver_resampler.forward(&context, patch_mask)
+    }
+}
+
+impl VisitParams for PerceiverAttention {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
+        v.linear(&join_path(prefix, "q_proj"), &mut self.q_proj)?;
+        v.linear(&join_path(prefix, "k_proj"), &mut self.k_proj)?;
+        v.linear(&join_path(prefix, "v_proj"), &mut self.v_proj)?;
+        v.linear(&join_path(prefix, "o_proj"), &mut self.o_proj)
+    }
+}
+
+impl VisitParams for PerceiverLayer {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
+        self.input_latents_norm
+            .visit_params(&join_path(prefix, "input_latents_norm"), v)?;
+        self.input_context_norm
+            .visit_params(&join_path(prefix, "input_context_norm"), v)?;
+        self.self_attn
+            .visit_params(&join_path(prefix, "self_attn"), v)?;
+        self.post_attention_layernorm
+            .visit_params(&join_path(prefix, "post_attention_layernorm"), v)?;
+        self.mlp.visit_params(&join_path(prefix, "mlp"), v)
+    }
+}
+
+impl VisitParams for PerceiverResampler {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
+        v.tensor(&join_path(prefix, "latents"), &mut self.latents)?;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            layer.visit_params(&join_path(prefix, &format!("layers.{i}")), v)?;
+        }
+        self.norm.visit_params(&join_path(prefix, "norm"), v)
+    }
+}
+
+impl VisitParams for Connector {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
+        self.modality_projection
+            .visit_params(&join_path(prefix, "modality_projection"), v)?;
+        self.perceiver_resampler
+            .visit_params(&join_path(prefix, "perceiver_resampler"), v)
     }
 }

@@ -6,7 +6,7 @@ use super::text::{KvCache, TextModel};
 use super::vision::{patch_valid_mask, PositionIdRule, VisionTransformer};
 use crate::config::Idefics2Config;
 use crate::error::{Error, Result};
-use crate::nn::{Kernels, Linear};
+use crate::nn::{join_path, Kernels, Linear, ParamVisitor, VisitParams};
 use crate::weights::{Checkpoint, CheckpointBackend};
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::VarBuilder;
@@ -50,6 +50,9 @@ pub struct ModelInputs {
     pub pixel_values: Option<Tensor>,
     /// `[B, M, H, W]`, nonzero = valid pixel; `None` = every pixel valid.
     pub pixel_attention_mask: Option<Tensor>,
+    /// `[B, L, Dt]` added to the token embeddings before the image features replace the `<image>` rows:
+    /// NEFTune's noise in training (transformers adds it in a forward hook on the input embeddings).
+    pub embedding_noise: Option<Tensor>,
 }
 
 /// Image features of one batch, in image order (sample by sample, then slot by slot; padding images dropped).
@@ -408,6 +411,16 @@ impl Idefics2ForConditionalGeneration {
 
         let ids_u32 = ids.to_dtype(DType::U32)?;
         let mut embeds = self.text_model.embed(&ids_u32)?;
+        if let Some(noise) = &inputs.embedding_noise {
+            if noise.dims() != embeds.dims() {
+                return Err(Error::Input(format!(
+                    "embedding_noise has shape {:?}, expected {:?}",
+                    noise.dims(),
+                    embeds.dims()
+                )));
+            }
+            embeds = (embeds + noise.to_dtype(self.dtype)?)?;
+        }
         if let Some(pv) = &inputs.pixel_values {
             if pv.dim(0).ok() != Some(b) {
                 return Err(Error::Input(format!(
@@ -480,5 +493,23 @@ impl Idefics2ForConditionalGeneration {
             0,
         )?;
         Ok(table.index_select(&index, 0)?.reshape((b, l, d))?)
+    }
+}
+
+impl VisitParams for Idefics2ForConditionalGeneration {
+    /// Checkpoint names: `model.vision_model.*`, `model.connector.*`, `model.text_model.*`, `lm_head`. A tied
+    /// head is visited as the linear `lm_head` whose weight is the (possibly just replaced) embedding matrix.
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> candle_core::Result<()> {
+        let m = join_path(prefix, "model");
+        self.vision_model
+            .visit_params(&join_path(&m, "vision_model"), v)?;
+        self.connector
+            .visit_params(&join_path(&m, "connector"), v)?;
+        self.text_model
+            .visit_params(&join_path(&m, "text_model"), v)?;
+        if self.config.tie_word_embeddings {
+            self.lm_head = Linear::new(self.text_model.embed_tokens().clone(), None);
+        }
+        v.linear(&join_path(prefix, "lm_head"), &mut self.lm_head)
     }
 }

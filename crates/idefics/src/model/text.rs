@@ -4,7 +4,8 @@
 use crate::config::TextConfig;
 use crate::nn::rope::RopeTables;
 use crate::nn::{
-    eager_attention, mask_min_value, GatedMlp, Kernels, Linear, RmsNorm, RotaryEmbedding,
+    eager_attention, join_path, mask_min_value, GatedMlp, Kernels, Linear, ParamVisitor, RmsNorm,
+    RotaryEmbedding, VisitParams,
 };
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -319,5 +320,39 @@ impl TextModel {
                 row.extend_from_slice(new);
             }
         }
+    }
+}
+
+impl VisitParams for TextAttention {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
+        v.linear(&join_path(prefix, "q_proj"), &mut self.q_proj)?;
+        v.linear(&join_path(prefix, "k_proj"), &mut self.k_proj)?;
+        v.linear(&join_path(prefix, "v_proj"), &mut self.v_proj)?;
+        v.linear(&join_path(prefix, "o_proj"), &mut self.o_proj)
+    }
+}
+
+impl VisitParams for DecoderLayer {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
+        self.input_layernorm
+            .visit_params(&join_path(prefix, "input_layernorm"), v)?;
+        self.self_attn
+            .visit_params(&join_path(prefix, "self_attn"), v)?;
+        self.post_attention_layernorm
+            .visit_params(&join_path(prefix, "post_attention_layernorm"), v)?;
+        self.mlp.visit_params(&join_path(prefix, "mlp"), v)
+    }
+}
+
+impl VisitParams for TextModel {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
+        v.tensor(
+            &join_path(prefix, "embed_tokens.weight"),
+            &mut self.embed_tokens,
+        )?;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            layer.visit_params(&join_path(prefix, &format!("layers.{i}")), v)?;
+        }
+        self.norm.visit_params(&join_path(prefix, "norm"), v)
     }
 }

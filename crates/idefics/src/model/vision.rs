@@ -6,7 +6,9 @@
 //! valid size into one batch. The output therefore holds valid patches only.
 
 use crate::config::VisionConfig;
-use crate::nn::{eager_attention, Kernels, LayerNorm, Linear};
+use crate::nn::{
+    eager_attention, join_path, Kernels, LayerNorm, Linear, ParamVisitor, VisitParams,
+};
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -97,7 +99,7 @@ impl VisionEmbeddings {
         let weight = pe.get((d, c, p, p), "weight")?.reshape((d, c * p * p))?;
         let bias = pe.get(d, "bias")?;
         Ok(Self {
-            patch_embedding: Linear::new(weight, Some(bias)),
+            patch_embedding: Linear::new(weight, Some(bias)).with_stored_shape(vec![d, c, p, p]),
             position_embedding: vb.pp("position_embedding").get((n * n, d), "weight")?,
             patch_size: p,
             num_channels: c,
@@ -285,6 +287,59 @@ pub fn patch_valid_mask(mask: &Tensor, patch: usize) -> Result<Vec<Vec<Vec<bool>
                 .collect()
         })
         .collect())
+}
+
+impl VisitParams for VisionEmbeddings {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
+        v.linear(
+            &join_path(prefix, "patch_embedding"),
+            &mut self.patch_embedding,
+        )?;
+        v.tensor(
+            &join_path(prefix, "position_embedding.weight"),
+            &mut self.position_embedding,
+        )
+    }
+}
+
+impl VisitParams for VisionAttention {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
+        v.linear(&join_path(prefix, "q_proj"), &mut self.q_proj)?;
+        v.linear(&join_path(prefix, "k_proj"), &mut self.k_proj)?;
+        v.linear(&join_path(prefix, "v_proj"), &mut self.v_proj)?;
+        v.linear(&join_path(prefix, "out_proj"), &mut self.out_proj)
+    }
+}
+
+impl VisitParams for VisionMlp {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
+        v.linear(&join_path(prefix, "fc1"), &mut self.fc1)?;
+        v.linear(&join_path(prefix, "fc2"), &mut self.fc2)
+    }
+}
+
+impl VisitParams for EncoderLayer {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
+        self.layer_norm1
+            .visit_params(&join_path(prefix, "layer_norm1"), v)?;
+        self.self_attn
+            .visit_params(&join_path(prefix, "self_attn"), v)?;
+        self.layer_norm2
+            .visit_params(&join_path(prefix, "layer_norm2"), v)?;
+        self.mlp.visit_params(&join_path(prefix, "mlp"), v)
+    }
+}
+
+impl VisitParams for VisionTransformer {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
+        self.embeddings
+            .visit_params(&join_path(prefix, "embeddings"), v)?;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            layer.visit_params(&join_path(prefix, &format!("encoder.layers.{i}")), v)?;
+        }
+        self.post_layernorm
+            .visit_params(&join_path(prefix, "post_layernorm"), v)
+    }
 }
 
 #[cfg(test)]

@@ -36,3 +36,12 @@ impl GatedMlp {
         self.down_proj.forward(&(gate * up)?)
     }
 }
+
+impl super::VisitParams for GatedMlp {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn super::ParamVisitor) -> Result<()> {
+        use super::join_path;
+        v.linear(&join_path(prefix, "gate_proj"), &mut self.gate_proj)?;
+        v.linear(&join_path(prefix, "up_proj"), &mut self.up_proj)?;
+        v.linear(&join_path(prefix, "down_proj"), &mut self.down_proj)
+    }
+}

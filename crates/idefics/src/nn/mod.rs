@@ -11,13 +11,15 @@ pub mod frozen;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod params;
 pub mod rope;
 
 pub use activation::Activation;
 pub use attention::{eager_attention, mask_min_value};
-pub use linear::Linear;
+pub use linear::{Linear, TrainMode};
 pub use mlp::GatedMlp;
 pub use norm::{LayerNorm, RmsNorm};
+pub use params::{join_path, ParamVisitor, VisitParams};
 pub use rope::RotaryEmbedding;
 
 use candle_core::Tensor;

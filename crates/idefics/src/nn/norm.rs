@@ -77,3 +77,16 @@ impl LayerNorm {
         normed.broadcast_mul(&w)?.broadcast_add(&b)?.to_dtype(dtype)
     }
 }
+
+impl super::VisitParams for RmsNorm {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn super::ParamVisitor) -> Result<()> {
+        v.tensor(&super::join_path(prefix, "weight"), &mut self.weight)
+    }
+}
+
+impl super::VisitParams for LayerNorm {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn super::ParamVisitor) -> Result<()> {
+        v.tensor(&super::join_path(prefix, "weight"), &mut self.weight)?;
+        v.tensor(&super::join_path(prefix, "bias"), &mut self.bias)
+    }
+}

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub enum TrainError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Model(#[from] crate::error::Error),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

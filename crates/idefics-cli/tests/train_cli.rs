@@ -1,0 +1,132 @@
+//! `idefics train` and `idefics merge` end to end on the tiny fixture model and the committed synthetic data:
+//! outputs, refusal to overwrite a run, resume, NaN stop, merge = the run's merged checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn recipe(out: &Path, lr: f64, steps: u64, tuning: &str, projection: &str) -> String {
+    let r = root();
+    format!(
+        r#"
+[model]
+path = "{model}"
+[output]
+dir = "{out}"
+[[data.sources]]
+kind = "cauldron"
+paths = ["{data}/chat_shapes.parquet", "{data}/chat_ocr.parquet"]
+weight = 3.0
+[[data.sources]]
+kind = "pairs"
+paths = ["{data}/pairs.parquet"]
+[data.collate]
+max_seq_len = 400
+split_fraction = 0.5
+[trainable]
+vision = "{tuning}"
+projection = "{projection}"
+text = "{tuning}"
+[lora]
+r = 4
+alpha = 8
+[optim]
+lr = {lr:e}
+warmup_steps = 1
+[run]
+steps = {steps}
+batch_size = 2
+save_every = 2
+neftune_alpha = 5.0
+"#,
+        model = r.join("tests/fixtures/e2e/tiny-chat").display(),
+        data = r.join("tests/fixtures/data/train").display(),
+        out = out.display(),
+    )
+}
+
+fn idefics(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_idefics"))
+        .args(args)
+        .output()
+        .expect("run idefics")
+}
+
+#[test]
+fn train_resume_and_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let cfg = dir.path().join("recipe.toml");
+    std::fs::write(&cfg, recipe(&out, 3e-3, 2, "dora", "frozen")).unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    let o = idefics(&["train", "--config", cfg_s]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in [
+        "metrics.jsonl",
+        "loss.png",
+        "recipe.toml",
+        "final/model.safetensors",
+        "final/config.json",
+        "final/tokenizer.json",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    // A second run into the same directory must not overwrite it.
+    let o = idefics(&["train", "--config", cfg_s]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+    // Longer recipe + --resume continues from step 2.
+    std::fs::write(&cfg, recipe(&out, 3e-3, 4, "dora", "frozen")).unwrap();
+    let o = idefics(&["train", "--config", cfg_s, "--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("step 2"));
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4]);
+    // Only adapters train here, so merging the saved adapter into the base gives the run's final checkpoint.
+    let merged = dir.path().join("merged");
+    let o = idefics(&[
+        "merge",
+        "--base",
+        root()
+            .join("tests/fixtures/e2e/tiny-chat")
+            .to_str()
+            .unwrap(),
+        "--adapter",
+        out.join("adapter").to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(merged.join("model.safetensors")).unwrap(),
+        std::fs::read(out.join("final/model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn divergence_stops_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let cfg = dir.path().join("recipe.toml");
+    // A huge learning rate without clipping sends the weights to inf within a few steps.
+    let text =
+        recipe(&out, 1e30, 6, "frozen", "full").replace("[optim]", "[optim]\nmax_grad_norm = 1e30");
+    std::fs::write(&cfg, text).unwrap();
+    let o = idefics(&["train", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("training stopped: non-finite"), "{err}");
+}
