@@ -303,26 +303,14 @@ pub fn assemble(a: AssembleArgs) -> Result<()> {
         );
     }
     let dev = Device::Cpu;
-    let mut tensors = load_tensors(&a.text, DType::F32, &dev)?;
+    let text = load_tensors(&a.text, DType::F32, &dev)?;
     let vision = load_tensors(&a.vision, DType::F32, &dev)?;
-    tensors.retain(|k, _| matches!(Component::of(k), Some(Component::Text | Component::LmHead)));
-    let mut n_vision = 0;
-    for (k, v) in vision {
-        if Component::of(&k) == Some(Component::Vision) {
-            tensors.insert(k, v);
-            n_vision += 1;
-        }
-    }
+    let n_vision = vision
+        .keys()
+        .filter(|k| Component::of(k) == Some(Component::Vision))
+        .count();
     let std = init::initializer_range(&cfg_json);
-    let n_new = init::reinit_components(
-        &mut tensors,
-        &config,
-        &[Component::Projection, Component::Perceiver],
-        std,
-        a.seed,
-        &dev,
-    )?;
-    init::check_tensors(&tensors, &config)?;
+    let (tensors, n_new) = init::assemble(text, vision, &config, std, a.seed, &dev)?;
     save_hf_checkpoint(&a.out, &cfg_json, &tensors, &[&a.text])?;
     println!(
         "assembled {}: text from {}, {n_vision} vision tensors from {}, {n_new} new connector tensors (seed {})",

@@ -246,6 +246,38 @@ pub fn reinit_components(
     Ok(n)
 }
 
+/// The VLM of the paper's recipe: text model, embeddings and lm_head from `text`, the vision tower from
+/// `vision`, and a new connector (modality projection + perceiver) drawn with `seed`. Anything else in the two
+/// inputs is dropped; the result is checked against `config`. Returns the tensors and how many are new.
+pub fn assemble(
+    text: HashMap<String, Tensor>,
+    vision: HashMap<String, Tensor>,
+    config: &Idefics2Config,
+    std: f64,
+    seed: u64,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, usize), TrainError> {
+    let mut tensors: HashMap<String, Tensor> = text
+        .into_iter()
+        .filter(|(k, _)| matches!(Component::of(k), Some(Component::Text | Component::LmHead)))
+        .collect();
+    tensors.extend(
+        vision
+            .into_iter()
+            .filter(|(k, _)| Component::of(k) == Some(Component::Vision)),
+    );
+    let n_new = reinit_components(
+        &mut tensors,
+        config,
+        &[Component::Projection, Component::Perceiver],
+        std,
+        seed,
+        device,
+    )?;
+    check_tensors(&tensors, config)?;
+    Ok((tensors, n_new))
+}
+
 /// Checks that `tensors` holds exactly the tensors `config` needs, with their shapes; the error names the first
 /// missing, unexpected or mis-shaped tensor.
 pub fn check_tensors(
@@ -378,6 +410,44 @@ mod tests {
         let vis = "model.vision_model.encoder.layers.0.self_attn.q_proj.weight";
         assert!(same(conn, &full, &other), "connector re-drawn with seed 3");
         assert!(!same(vis, &full, &other), "vision kept from seed 4");
+    }
+
+    #[test]
+    fn assemble_takes_each_backbone_from_its_checkpoint() {
+        let cfg = tiny_config();
+        let dev = Device::Cpu;
+        let text = init_weights(&cfg, 0.02, 1, &dev).unwrap();
+        let vision = init_weights(&cfg, 0.02, 2, &dev).unwrap();
+        let fresh = init_weights(&cfg, 0.02, 9, &dev).unwrap();
+        let (out, n_new) = assemble(text.clone(), vision.clone(), &cfg, 0.02, 9, &dev).unwrap();
+        assert_eq!(out.len(), text.len());
+        let v = |m: &HashMap<String, Tensor>, k: &str| {
+            m[k].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        for (k, _) in out.iter() {
+            let want = match Component::of(k) {
+                Some(Component::Text | Component::LmHead) => &text,
+                Some(Component::Vision) => &vision,
+                _ => &fresh,
+            };
+            assert_eq!(v(&out, k), v(want, k), "{k}");
+        }
+        assert_eq!(
+            n_new,
+            out.keys()
+                .filter(|k| k.starts_with("model.connector."))
+                .count()
+        );
+        // A vision checkpoint of another shape is refused by name.
+        let mut bad = vision;
+        bad.insert(
+            "model.vision_model.post_layernorm.weight".into(),
+            Tensor::ones(3, DType::F32, &dev).unwrap(),
+        );
+        let e = assemble(text, bad, &cfg, 0.02, 9, &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("post_layernorm"), "{e}");
     }
 
     #[test]
