@@ -136,14 +136,14 @@ pub enum InitRule {
 pub fn init_rule(name: &str, std: f64) -> InitRule {
     if name.ends_with(".bias") {
         InitRule::Zeros
-    } else if name.ends_with("perceiver_resampler.latents") {
-        InitRule::Ones
-    } else if name.ends_with(".weight")
-        && name
-            .rsplit('.')
-            .nth(1)
-            .is_some_and(|module| module.contains("norm"))
+    } else if name.ends_with("perceiver_resampler.latents")
+        || (name.ends_with(".weight")
+            && name
+                .rsplit('.')
+                .nth(1)
+                .is_some_and(|module| module.contains("norm")))
     {
+        // Latents: `init.ones_`; norm weights: "LayerNorm"/"RMSNorm" class names get ones.
         InitRule::Ones
     } else {
         InitRule::Normal { std }
