@@ -431,8 +431,8 @@ impl SiglipTrainer {
         })
     }
 
-    /// Tokenises captions (no BOS; cut to `max_text_len`; an empty caption becomes one `<unk>`... never: the
-    /// Metaspace prefix always yields a token for non-empty text, and an empty caption is an error).
+    /// Tokenises captions: no BOS (it would add the same vector to every caption's mean), cut to `max_text_len`;
+    /// an empty caption is an error naming it.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, TrainError> {
         texts
             .iter()
