@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod ask;
 mod bench;
 mod bench_train;
+mod build_cmd;
 mod chat;
 mod data_cmd;
 mod eval_cmd;
@@ -42,6 +43,14 @@ enum Command {
     Data(data_cmd::DataArgs),
     /// Time vision encode, prefill, decode and time to first token on fixed requests (bench_inputs.json).
     Bench(bench::BenchArgs),
+    /// Train a tokenizer for a new model on dataset text.
+    Tokenizer(build_cmd::TokenizerArgs),
+    /// Write a new, randomly initialised model (as transformers' `_init_weights`) from a config and a tokenizer.
+    Init(build_cmd::InitArgs),
+    /// Pre-train a checkpoint's vision tower with SigLIP's sigmoid loss on image-caption pairs.
+    PretrainVision(build_cmd::PretrainVisionArgs),
+    /// Build a VLM from a text checkpoint, a vision checkpoint and a new connector.
+    Assemble(build_cmd::AssembleArgs),
     /// Train or fine-tune from a TOML recipe (frozen / full / LoRA / DoRA per component); `--resume` continues.
     Train(train_cmd::TrainArgs),
     /// Step time and peak memory of full / LoRA / DoRA training on one fixed batch (a benchmark, not a test).
@@ -61,6 +70,10 @@ fn main() {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Data(args) => data_cmd::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Tokenizer(args) => build_cmd::tokenizer(args),
+        Command::Init(args) => build_cmd::init_model(args),
+        Command::PretrainVision(args) => build_cmd::pretrain_vision(args),
+        Command::Assemble(args) => build_cmd::assemble(args),
         Command::Train(args) => train_cmd::run(args),
         Command::Merge(args) => train_cmd::run_merge(args),
         Command::BenchTrain(args) => bench_train::run(args),

@@ -5,6 +5,7 @@ pub mod image;
 pub mod processor_config;
 pub mod prompt;
 pub mod tokenizer;
+pub mod tokenizer_train;
 
 pub use self::image::{
     decode_image, decode_image_file, resize, DecodeLimits, Idefics2ImageProcessor,

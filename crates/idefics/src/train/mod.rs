@@ -13,6 +13,8 @@ pub mod data;
 mod error;
 pub mod export;
 pub mod grad_check;
+pub mod hf_checkpoint;
+pub mod init;
 pub mod loss;
 pub mod optimizer;
 pub mod packing;
@@ -20,6 +22,7 @@ pub mod peft;
 pub mod recipe;
 pub mod rng;
 pub mod schedule;
+pub mod siglip;
 pub mod trainable;
 pub mod trainer;
 

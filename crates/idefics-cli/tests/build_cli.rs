@@ -1,0 +1,123 @@
+//! `idefics tokenizer train` -> `init` -> `pretrain-vision` -> `assemble` on a few synthetic samples: each
+//! step's output is a checkpoint our loader accepts, with the tokenizer's vocabulary and special ids.
+
+use std::path::Path;
+use std::process::Command;
+
+fn idefics(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_idefics"))
+        .args(args)
+        .output()
+        .expect("run idefics");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "idefics {args:?} failed:\n{text}");
+    text
+}
+
+/// A small model: the tiny-chat fixture's config (vocabulary and ids are replaced by `init`).
+fn fixture_config() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/e2e/tiny-chat/config.json")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn tokenizer_init_siglip_assemble_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s).display().to_string();
+    idefics(&[
+        "data",
+        "synth",
+        "--out",
+        &p("data"),
+        "--n",
+        "3",
+        "--seed",
+        "5",
+    ]);
+    let out = idefics(&[
+        "tokenizer",
+        "train",
+        "--data",
+        &p("data/train"),
+        "--vocab-size",
+        "300",
+        "--out",
+        &p("tok"),
+    ]);
+    assert!(out.contains("300-token"), "{out}");
+    let cfg = fixture_config();
+    idefics(&[
+        "init",
+        "--config",
+        &cfg,
+        "--tokenizer",
+        &p("tok"),
+        "--out",
+        &p("init"),
+        "--seed",
+        "1",
+    ]);
+    let config = idefics::Idefics2Config::from_file(&dir.path().join("init/config.json")).unwrap();
+    assert_eq!(config.text_config.vocab_size, 300);
+    assert_eq!(config.image_token_id, 298);
+    idefics::Idefics2ForConditionalGeneration::load(&dir.path().join("init"), &Default::default())
+        .unwrap();
+    let out = idefics(&[
+        "pretrain-vision",
+        "--model",
+        &p("init"),
+        "--data",
+        &p("data/train"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--longest-edge",
+        "32",
+        "--embed-dim",
+        "8",
+        "--out",
+        &p("siglip"),
+    ]);
+    assert!(out.contains("2 steps"), "{out}");
+    // A second init with another seed plays the language model.
+    idefics(&[
+        "init",
+        "--config",
+        &cfg,
+        "--tokenizer",
+        &p("tok"),
+        "--out",
+        &p("lm"),
+        "--seed",
+        "2",
+    ]);
+    let out = idefics(&[
+        "assemble",
+        "--text",
+        &p("lm"),
+        "--vision",
+        &p("siglip"),
+        "--out",
+        &p("vlm"),
+        "--seed",
+        "3",
+    ]);
+    assert!(out.contains("new connector tensors"), "{out}");
+    idefics::Idefics2ForConditionalGeneration::load(&dir.path().join("vlm"), &Default::default())
+        .unwrap();
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "processor_config.json",
+    ] {
+        assert!(dir.path().join("vlm").join(f).is_file(), "{f}");
+    }
+}

@@ -1,0 +1,740 @@
+//! SigLIP pre-training of the vision tower on image-caption pairs (Zhai et al. 2023, "Sigmoid Loss for
+//! Language Image Pre-Training").
+//!
+//! Loss, as the paper's Algorithm 1 writes it (big_vision's `siglip` gives the same value: per-image sums
+//! of the pair terms, averaged over images):
+//!   zimg = l2_normalize(img_emb), ztxt = l2_normalize(txt_emb)
+//!   logits = exp(t') * zimg @ ztxt^T + b,     labels = 2 I - 1 (+1 on the diagonal, -1 elsewhere)
+//!   loss = -sum_ij log_sigmoid(labels_ij * logits_ij) / n
+//! with learnable t' (init log 10) and b (init -10), the paper's initialisation.
+//!
+//! Image side: our Idefics2 [`VisionTransformer`] at native resolution (aspect ratio kept, sides rounded to
+//! whole patches), mean-pooled over its patches, then a linear head. Mean pooling rather than SigLIP's MAP
+//! head because the VLM consumes every patch output (through the perceiver), not a pooled token: the loss
+//! then pushes all patches to carry the caption's content, and no pooling head is thrown away.
+//! Text side: the checkpoint's token embeddings (trainable copy), mean-pooled over the caption tokens, then a
+//! linear head. A bag of embeddings suffices for the synthetic captions, whose content is carried by words
+//! (colours, shapes, numbers, titles); it ignores word order, so relations ("left of") are not learned
+//! contrastively. The text side is discarded after training; only the tower is written back.
+
+use super::hf_checkpoint::{load_tensors, read_config_json, save_hf_checkpoint};
+use super::optimizer::{clip_grad_norm, AdamW, AdamWConfig};
+use super::schedule::LrSchedule;
+use super::TrainError;
+use crate::config::Idefics2Config;
+use crate::model::{PositionIdRule, VisionTransformer};
+use crate::nn::{Kernels, Linear};
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::VarBuilder;
+use idefics_processor::image::NormalizeLut;
+use idefics_processor::{
+    resize, Idefics2ImageProcessorConfig, ResampleFilter, RgbImage, TextTokenizer,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Checkpoint-name prefix of the vision tower.
+const VISION_PREFIX: &str = "model.vision_model.";
+
+/// Initial t' (the paper: t = exp(t') = 10).
+pub const INIT_T_PRIME: f64 = std::f64::consts::LN_10;
+/// Initial logit bias (the paper: -10, so that the many negatives start with a small loss).
+pub const INIT_BIAS: f64 = -10.0;
+
+/// `x / ||x||` along the last dimension (a tiny epsilon keeps a zero row finite).
+fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = (x.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
+    x.broadcast_div(&norm)
+}
+
+/// `log(sigmoid(x))` from differentiable ops, stable for large |x|: `min(x, 0) - log(1 + exp(-|x|))`.
+fn log_sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
+    let neg_part = x.minimum(0f64)?;
+    let soft = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    neg_part - soft
+}
+
+/// The sigmoid loss of a batch of `n` matching pairs: `img_emb [n, e]`, `txt_emb [n, e]`, scalars `t_prime`
+/// and `bias` (see the module docs for the formula).
+pub fn sigmoid_loss(
+    img_emb: &Tensor,
+    txt_emb: &Tensor,
+    t_prime: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor, TrainError> {
+    let (n, e) = img_emb.dims2()?;
+    if txt_emb.dims() != [n, e] || n == 0 {
+        return Err(TrainError::Invalid(format!(
+            "sigmoid loss: image embeddings {:?} and text embeddings {:?} must both be [n > 0, e]",
+            img_emb.dims(),
+            txt_emb.dims()
+        )));
+    }
+    let zimg = l2_normalize(&img_emb.to_dtype(DType::F32)?)?;
+    let ztxt = l2_normalize(&txt_emb.to_dtype(DType::F32)?)?;
+    let logits = zimg
+        .matmul(&ztxt.t()?)?
+        .broadcast_mul(&t_prime.exp()?)?
+        .broadcast_add(bias)?;
+    let eye = Tensor::eye(n, DType::F32, img_emb.device())?;
+    let labels = ((eye * 2.0)? - 1.0)?;
+    let loss = log_sigmoid(&(labels * logits)?)?.sum_all()?.neg()? / n as f64;
+    Ok(loss?)
+}
+
+/// Settings of the SigLIP stage.
+#[derive(Debug, Clone)]
+pub struct SiglipOptions {
+    /// Width of the shared embedding space.
+    pub embed_dim: usize,
+    /// Images are resized so their longest side is this (then rounded to whole patches).
+    pub longest_edge: usize,
+    /// Captions are cut to this many tokens.
+    pub max_text_len: usize,
+    pub batch_size: usize,
+    pub steps: u64,
+    pub lr: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+}
+
+impl Default for SiglipOptions {
+    fn default() -> Self {
+        Self {
+            embed_dim: 128,
+            longest_edge: 112,
+            max_text_len: 48,
+            batch_size: 32,
+            steps: 300,
+            lr: 1e-3,
+            warmup_steps: 30,
+            weight_decay: 1e-4,
+            max_grad_norm: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// One image-caption pair, decoded.
+#[derive(Debug, Clone)]
+pub struct PairSample {
+    pub image: RgbImage,
+    pub text: String,
+}
+
+/// What a step reports.
+#[derive(Debug, Clone, Copy)]
+pub struct SiglipStep {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// exp(t') and b after the step.
+    pub temperature: f64,
+    pub bias: f64,
+}
+
+/// The SigLIP model: the Idefics2 tower (whose variables keep their checkpoint names), the pooling heads and the
+/// text side.
+pub struct SiglipModel {
+    config: Idefics2Config,
+    tower: VisionTransformer,
+    vision_vars: BTreeMap<String, Var>,
+    img_head: (Var, Var),
+    text_embed: Var,
+    txt_head: (Var, Var),
+    t_prime: Var,
+    bias: Var,
+    lut: NormalizeLut,
+    device: Device,
+}
+
+fn linear_vars(
+    out_dim: usize,
+    in_dim: usize,
+    seed: u64,
+    name: &str,
+    device: &Device,
+) -> Result<(Var, Var), TrainError> {
+    // A Linear's default: normal(0, 0.02) weight, zero bias (as `_init_weights`).
+    let w = super::init::init_tensor(
+        &format!("{name}.weight"),
+        &[out_dim, in_dim],
+        0.02,
+        None,
+        seed,
+        device,
+    )?;
+    Ok((
+        Var::from_tensor(&w)?,
+        Var::zeros(out_dim, DType::F32, device)?,
+    ))
+}
+
+fn head(vars: &(Var, Var)) -> Linear {
+    Linear::new(vars.0.as_tensor().clone(), Some(vars.1.as_tensor().clone()))
+}
+
+impl SiglipModel {
+    /// Builds the model from the tensors of an Idefics2 checkpoint (f32): the tower from `model.vision_model.*`,
+    /// the text side from `model.text_model.embed_tokens.weight`; heads and (t', b) fresh.
+    pub fn new(
+        config: &Idefics2Config,
+        tensors: &HashMap<String, Tensor>,
+        opts: &SiglipOptions,
+        lut: NormalizeLut,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let mut vision_vars = BTreeMap::new();
+        for (name, t) in tensors {
+            if name.starts_with(VISION_PREFIX) {
+                let t = t.to_dtype(DType::F32)?.to_device(device)?;
+                vision_vars.insert(name.clone(), Var::from_tensor(&t)?);
+            }
+        }
+        let vb_map: HashMap<String, Tensor> = vision_vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        let vb = VarBuilder::from_tensors(vb_map, DType::F32, device);
+        // Fused kernels have no backward; the composed ops are used whenever a variable is involved anyway.
+        let kernels = Kernels::new(false);
+        let tower = VisionTransformer::load(
+            &config.vision_config,
+            vb.pp("model").pp("vision_model"),
+            &kernels,
+        )
+        .map_err(|e| TrainError::Invalid(format!("vision tower: {e}")))?;
+        let emb_name = "model.text_model.embed_tokens.weight";
+        let emb = tensors
+            .get(emb_name)
+            .ok_or_else(|| TrainError::Invalid(format!("the checkpoint has no {emb_name}")))?
+            .to_dtype(DType::F32)?
+            .to_device(device)?;
+        let d_text = emb.dim(1)?;
+        let d_vis = config.vision_config.hidden_size;
+        let e = opts.embed_dim;
+        Ok(Self {
+            config: config.clone(),
+            tower,
+            vision_vars,
+            img_head: linear_vars(e, d_vis, opts.seed, "siglip.img_head", device)?,
+            text_embed: Var::from_tensor(&emb)?,
+            txt_head: linear_vars(e, d_text, opts.seed, "siglip.txt_head", device)?,
+            t_prime: Var::from_tensor(&Tensor::new(INIT_T_PRIME as f32, device)?)?,
+            bias: Var::from_tensor(&Tensor::new(INIT_BIAS as f32, device)?)?,
+            lut,
+            device: device.clone(),
+        })
+    }
+
+    /// Parameters with weight decay candidates (tower, heads, text embeddings), by name.
+    pub fn main_params(&self) -> Vec<(String, Var)> {
+        let mut out: Vec<(String, Var)> = self
+            .vision_vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        out.push(("siglip.img_head.weight".into(), self.img_head.0.clone()));
+        out.push(("siglip.img_head.bias".into(), self.img_head.1.clone()));
+        out.push(("siglip.txt_head.weight".into(), self.txt_head.0.clone()));
+        out.push(("siglip.txt_head.bias".into(), self.txt_head.1.clone()));
+        out.push(("siglip.text_embed.weight".into(), self.text_embed.clone()));
+        out
+    }
+
+    /// The temperature and bias scalars (never weight-decayed, as in big_vision).
+    pub fn scalar_params(&self) -> Vec<(String, Var)> {
+        vec![
+            ("siglip.t_prime".into(), self.t_prime.clone()),
+            ("siglip.logit_bias".into(), self.bias.clone()),
+        ]
+    }
+
+    /// The tower's variables under their checkpoint names.
+    pub fn vision_vars(&self) -> &BTreeMap<String, Var> {
+        &self.vision_vars
+    }
+
+    /// Current exp(t') and b.
+    pub fn temperature_and_bias(&self) -> Result<(f64, f64), TrainError> {
+        let t = self.t_prime.as_tensor().to_scalar::<f32>()? as f64;
+        let b = self.bias.as_tensor().to_scalar::<f32>()? as f64;
+        Ok((t.exp(), b))
+    }
+
+    /// `image` resized (longest side `longest_edge`, both sides whole patches, Idefics2's bilinear filter) and
+    /// normalised as the processor does: `[3, h, w]`.
+    pub fn image_tensor(
+        &self,
+        image: &RgbImage,
+        longest_edge: usize,
+    ) -> Result<Tensor, TrainError> {
+        let p = self.config.vision_config.patch_size;
+        let (w, h) = (image.width(), image.height());
+        if w == 0 || h == 0 {
+            return Err(TrainError::Invalid("an image has a zero side".into()));
+        }
+        let scale = longest_edge as f64 / w.max(h) as f64;
+        let side = |s: usize| (((s as f64 * scale / p as f64).round() as usize).max(1)) * p;
+        let (tw, th) = (side(w), side(h));
+        let resized = resize(image, tw, th, ResampleFilter::Bilinear)
+            .map_err(|e| TrainError::Invalid(format!("resize: {e}")))?;
+        let bytes = resized.as_bytes();
+        let mut data = vec![0f32; 3 * th * tw];
+        for (i, px) in bytes.chunks_exact(3).enumerate() {
+            for (c, &v) in px.iter().enumerate() {
+                data[c * th * tw + i] = self.lut.table[c][v as usize];
+            }
+        }
+        Ok(Tensor::from_vec(data, (3, th, tw), &self.device)?)
+    }
+
+    /// Image embeddings `[n, e]`: images of equal size go through the tower together.
+    pub fn embed_images(&self, images: &[Tensor]) -> Result<Tensor, TrainError> {
+        let mut groups: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+        for (i, img) in images.iter().enumerate() {
+            let (_, h, w) = img.dims3()?;
+            groups.entry((h, w)).or_default().push(i);
+        }
+        let mut pooled = Vec::new();
+        let mut order = Vec::new();
+        for idx in groups.values() {
+            let batch = Tensor::stack(
+                &idx.iter()
+                    .filter_map(|&i| images.get(i))
+                    .collect::<Vec<_>>(),
+                0,
+            )?;
+            let hidden = self.tower.forward(&batch, PositionIdRule::Hf5)?;
+            pooled.push(hidden.mean(1)?);
+            order.extend(idx.iter().copied());
+        }
+        let pooled = Tensor::cat(&pooled, 0)?;
+        // Back to the input order.
+        let mut inverse = vec![0u32; order.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            inverse[i] = pos as u32;
+        }
+        let inverse = Tensor::new(inverse, &self.device)?;
+        Ok(head(&self.img_head).forward(&pooled.index_select(&inverse, 0)?)?)
+    }
+
+    /// Text embeddings `[n, e]` of token-id rows (each non-empty).
+    pub fn embed_texts(&self, ids: &[Vec<u32>]) -> Result<Tensor, TrainError> {
+        let n = ids.len();
+        let t = ids.iter().map(Vec::len).max().unwrap_or(0);
+        if t == 0 || ids.iter().any(Vec::is_empty) {
+            return Err(TrainError::Invalid("a caption has no tokens".into()));
+        }
+        let mut flat = Vec::with_capacity(n * t);
+        let mut mask = Vec::with_capacity(n * t);
+        for row in ids {
+            for j in 0..t {
+                flat.push(row.get(j).copied().unwrap_or(0));
+                mask.push(if j < row.len() { 1f32 } else { 0f32 });
+            }
+        }
+        let flat = Tensor::from_vec(flat, n * t, &self.device)?;
+        let d = self.text_embed.dim(1)?;
+        let emb = self
+            .text_embed
+            .as_tensor()
+            .index_select(&flat, 0)?
+            .reshape((n, t, d))?;
+        let mask = Tensor::from_vec(mask, (n, t, 1), &self.device)?;
+        let counts = mask.sum(1)?;
+        let pooled = emb.broadcast_mul(&mask)?.sum(1)?.broadcast_div(&counts)?;
+        Ok(head(&self.txt_head).forward(&pooled)?)
+    }
+
+    /// The loss of a batch of prepared images and tokenised captions.
+    pub fn loss(&self, images: &[Tensor], ids: &[Vec<u32>]) -> Result<Tensor, TrainError> {
+        let zi = self.embed_images(images)?;
+        let zt = self.embed_texts(ids)?;
+        sigmoid_loss(&zi, &zt, self.t_prime.as_tensor(), self.bias.as_tensor())
+    }
+}
+
+/// The SigLIP training loop state: model, optimizers, schedule, tokenizer.
+pub struct SiglipTrainer {
+    pub model: SiglipModel,
+    opt_main: AdamW,
+    opt_scalar: AdamW,
+    schedule: LrSchedule,
+    tokenizer: TextTokenizer,
+    opts: SiglipOptions,
+    step: u64,
+}
+
+impl SiglipTrainer {
+    /// Loads the Idefics2 checkpoint in `model_dir` (config, weights, tokenizer, processor settings).
+    pub fn from_checkpoint(
+        model_dir: &Path,
+        opts: SiglipOptions,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let config = Idefics2Config::from_file(&model_dir.join("config.json"))
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let tensors = load_tensors(model_dir, DType::F32, device)?;
+        let tokenizer = TextTokenizer::from_dir(model_dir)
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", model_dir.display())))?;
+        let ip = Idefics2ImageProcessorConfig::from_model_dir(model_dir).unwrap_or_default();
+        let lut = NormalizeLut::new(&ip);
+        let model = SiglipModel::new(&config, &tensors, &opts, lut, device)?;
+        Self::new(model, tokenizer, opts)
+    }
+
+    /// A trainer around an already built model.
+    pub fn new(
+        model: SiglipModel,
+        tokenizer: TextTokenizer,
+        opts: SiglipOptions,
+    ) -> Result<Self, TrainError> {
+        if opts.batch_size < 2 {
+            return Err(TrainError::Invalid(
+                "batch_size must be >= 2 (the loss needs negatives)".into(),
+            ));
+        }
+        let opt_main = AdamW::new(
+            model.main_params(),
+            AdamWConfig {
+                weight_decay: opts.weight_decay,
+                ..Default::default()
+            },
+        )?;
+        let opt_scalar = AdamW::new(
+            model.scalar_params(),
+            AdamWConfig {
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
+        let schedule = LrSchedule {
+            peak_lr: opts.lr,
+            warmup_steps: opts.warmup_steps,
+            total_steps: opts.steps.max(1),
+            decay: super::schedule::Decay::Cosine,
+            min_ratio: 0.0,
+        };
+        schedule.validate()?;
+        Ok(Self {
+            model,
+            opt_main,
+            opt_scalar,
+            schedule,
+            tokenizer,
+            opts,
+            step: 0,
+        })
+    }
+
+    /// Tokenises captions: no BOS (it would add the same vector to every caption's mean), cut to `max_text_len`;
+    /// an empty caption is an error naming it.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, TrainError> {
+        texts
+            .iter()
+            .map(|t| {
+                let mut ids = self
+                    .tokenizer
+                    .encode(t, false)
+                    .map_err(|e| TrainError::Invalid(e.to_string()))?;
+                ids.truncate(self.opts.max_text_len);
+                if ids.is_empty() {
+                    return Err(TrainError::Invalid(format!("caption {t:?} has no tokens")));
+                }
+                Ok(ids)
+            })
+            .collect()
+    }
+
+    /// The loss of a batch without updating anything.
+    pub fn eval_loss(&self, batch: &[PairSample]) -> Result<f64, TrainError> {
+        let (images, ids) = self.prepare(batch)?;
+        Ok(self.model.loss(&images, &ids)?.to_scalar::<f32>()? as f64)
+    }
+
+    fn prepare(&self, batch: &[PairSample]) -> Result<(Vec<Tensor>, Vec<Vec<u32>>), TrainError> {
+        let images = batch
+            .iter()
+            .map(|s| self.model.image_tensor(&s.image, self.opts.longest_edge))
+            .collect::<Result<Vec<_>, _>>()?;
+        let texts: Vec<&str> = batch.iter().map(|s| s.text.as_str()).collect();
+        Ok((images, self.tokenize(&texts)?))
+    }
+
+    /// One optimizer step on `batch`.
+    pub fn step(&mut self, batch: &[PairSample]) -> Result<SiglipStep, TrainError> {
+        let (images, ids) = self.prepare(batch)?;
+        let loss = self.model.loss(&images, &ids)?;
+        let loss_v = loss.to_scalar::<f32>()? as f64;
+        if !loss_v.is_finite() {
+            return Err(TrainError::NonFinite {
+                what: format!("SigLIP loss at step {}", self.step),
+                value: loss_v,
+            });
+        }
+        let mut grads = loss.backward()?;
+        let mut vars: Vec<&Var> = self.opt_main.vars();
+        vars.extend(self.opt_scalar.vars());
+        let grad_norm = clip_grad_norm(&mut grads, &vars, self.opts.max_grad_norm)?;
+        let lr = self.schedule.lr(self.step);
+        self.opt_main.step(&grads, lr)?;
+        self.opt_scalar.step(&grads, lr)?;
+        self.step += 1;
+        let (temperature, bias) = self.model.temperature_and_bias()?;
+        Ok(SiglipStep {
+            step: self.step,
+            loss: loss_v,
+            lr,
+            grad_norm,
+            temperature,
+            bias,
+        })
+    }
+
+    /// Runs `opts.steps` steps on batches drawn from `data` (which should repeat), calling `on_step` after each.
+    pub fn train<I>(
+        &mut self,
+        data: &mut I,
+        mut on_step: impl FnMut(&SiglipStep),
+    ) -> Result<(), TrainError>
+    where
+        I: Iterator<Item = Result<PairSample, TrainError>>,
+    {
+        while self.step < self.opts.steps {
+            let mut batch = Vec::with_capacity(self.opts.batch_size);
+            while batch.len() < self.opts.batch_size {
+                match data.next() {
+                    Some(Ok(s)) => batch.push(s),
+                    Some(Err(e)) => tracing::warn!("skipping a pair: {e}"),
+                    None => break,
+                }
+            }
+            if batch.len() < 2 {
+                return Err(TrainError::Invalid(format!(
+                    "the pair data ran out at step {} (need at least 2 pairs per batch)",
+                    self.step
+                )));
+            }
+            let s = self.step(&batch)?;
+            on_step(&s);
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint of `model_dir` to `out_dir` with the trained tower in place of the old one (all
+    /// other tensors, the config and the tokenizer / processor files unchanged).
+    pub fn save_into(&self, model_dir: &Path, out_dir: &Path) -> Result<(), TrainError> {
+        let config = read_config_json(model_dir)?;
+        let mut tensors = load_tensors(model_dir, DType::F32, &Device::Cpu)?;
+        for (name, var) in self.model.vision_vars() {
+            tensors.insert(name.clone(), var.as_tensor().to_device(&Device::Cpu)?);
+        }
+        save_hf_checkpoint(out_dir, &config, &tensors, &[model_dir])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn fixture_dir(rel: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(rel)
+    }
+
+    fn mat(v: &Value) -> Tensor {
+        let rows: Vec<Vec<f32>> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect();
+        let (n, e) = (rows.len(), rows[0].len());
+        Tensor::from_vec(rows.concat(), (n, e), &Device::Cpu).unwrap()
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * (1.0 + w.abs()),
+                "{what}[{i}]: {g} vs torch {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn sigmoid_loss_and_gradients_match_torch() {
+        let text = std::fs::read_to_string(fixture_dir("siglip/sigmoid_loss.json")).unwrap();
+        let fx: Value = serde_json::from_str(&text).unwrap();
+        for case in fx["cases"].as_array().unwrap() {
+            let img = Var::from_tensor(&mat(&case["img_emb"])).unwrap();
+            let txt = Var::from_tensor(&mat(&case["txt_emb"])).unwrap();
+            let tp = Var::new(case["t_prime"].as_f64().unwrap() as f32, &Device::Cpu).unwrap();
+            let b = Var::new(case["bias"].as_f64().unwrap() as f32, &Device::Cpu).unwrap();
+            let loss = sigmoid_loss(
+                img.as_tensor(),
+                txt.as_tensor(),
+                tp.as_tensor(),
+                b.as_tensor(),
+            )
+            .unwrap();
+            let want = case["loss"].as_f64().unwrap() as f32;
+            assert_close(&[loss.to_scalar::<f32>().unwrap()], &[want], 1e-5, "loss");
+            let g = loss.backward().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let flat_v = |v: &Value| flat(&mat(v));
+            assert_close(
+                &flat(g.get(img.as_tensor()).unwrap()),
+                &flat_v(&case["grad_img"]),
+                1e-4,
+                "grad img",
+            );
+            assert_close(
+                &flat(g.get(txt.as_tensor()).unwrap()),
+                &flat_v(&case["grad_txt"]),
+                1e-4,
+                "grad txt",
+            );
+            let scalar = |v: &Var| g.get(v.as_tensor()).unwrap().to_scalar::<f32>().unwrap();
+            assert_close(
+                &[scalar(&tp)],
+                &[case["grad_t_prime"].as_f64().unwrap() as f32],
+                1e-4,
+                "grad t'",
+            );
+            assert_close(
+                &[scalar(&b)],
+                &[case["grad_bias"].as_f64().unwrap() as f32],
+                1e-4,
+                "grad b",
+            );
+        }
+    }
+
+    #[test]
+    fn loss_refuses_mismatched_batches() {
+        let a = Tensor::zeros((3, 4), DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+        let s = Tensor::new(0f32, &Device::Cpu).unwrap();
+        assert!(sigmoid_loss(&a, &b, &s, &s).is_err());
+    }
+
+    /// Pairs whose captions name the image's colour and which half holds a bar.
+    fn colour_pairs() -> Vec<PairSample> {
+        let colours = [
+            ("red", [220u8, 30, 30]),
+            ("green", [30, 200, 40]),
+            ("blue", [30, 40, 220]),
+            ("yellow", [230, 220, 40]),
+        ];
+        let mut out = Vec::new();
+        for (name, rgb) in colours {
+            for (side, w, h) in [("left", 40usize, 24usize), ("right", 24, 40)] {
+                let mut data = Vec::with_capacity(w * h * 3);
+                for y in 0..h {
+                    for x in 0..w {
+                        let on = if side == "left" { x < w / 2 } else { y < h / 2 };
+                        data.extend(if on { rgb } else { [250, 250, 250] });
+                    }
+                }
+                out.push(PairSample {
+                    image: RgbImage::new(w, h, data).unwrap(),
+                    text: format!("a {name} bar on the {side}"),
+                });
+            }
+        }
+        out
+    }
+
+    fn tiny_trainer(steps: u64) -> SiglipTrainer {
+        let opts = SiglipOptions {
+            embed_dim: 16,
+            longest_edge: 32,
+            batch_size: 8,
+            steps,
+            lr: 3e-3,
+            warmup_steps: 0,
+            ..Default::default()
+        };
+        SiglipTrainer::from_checkpoint(&fixture_dir("e2e/tiny-chat"), opts, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn tower_gradients_are_finite_and_non_zero() {
+        let tr = tiny_trainer(1);
+        let (images, ids) = tr.prepare(&colour_pairs()).unwrap();
+        // Native resolution: both aspect ratios kept (32x20 and 20x32 rounded to patch 4).
+        assert_eq!(images[0].dims(), &[3, 20, 32]);
+        assert_eq!(images[1].dims(), &[3, 32, 20]);
+        let loss = tr.model.loss(&images, &ids).unwrap();
+        let grads = loss.backward().unwrap();
+        let mut nonzero = 0;
+        for (name, var) in tr.model.vision_vars() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let s = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(s.is_finite(), "{name}: non-finite gradient");
+            if s > 0.0 {
+                nonzero += 1;
+            }
+        }
+        // Every tower tensor except the unused position-embedding rows is touched; all get some gradient.
+        assert_eq!(nonzero, tr.model.vision_vars().len());
+    }
+
+    #[test]
+    fn a_few_steps_lower_the_loss_and_the_tower_is_written_back() {
+        let pairs = colour_pairs();
+        let mut tr = tiny_trainer(25);
+        let before = tr.eval_loss(&pairs).unwrap();
+        let mut data = pairs.clone().into_iter().cycle().map(Ok);
+        let mut last = None;
+        tr.train(&mut data, |s| last = Some(*s)).unwrap();
+        let after = tr.eval_loss(&pairs).unwrap();
+        assert_eq!(last.map(|s| s.step), Some(25));
+        assert!(after < 0.7 * before, "loss {before} -> {after}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let src = fixture_dir("e2e/tiny-chat");
+        tr.save_into(&src, dir.path()).unwrap();
+        let old = load_tensors(&src, DType::F32, &Device::Cpu).unwrap();
+        let new = load_tensors(dir.path(), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(old.len(), new.len());
+        let differs = |name: &str| {
+            let a = old[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = new[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            a != b
+        };
+        assert!(differs(
+            "model.vision_model.encoder.layers.0.self_attn.q_proj.weight"
+        ));
+        assert!(
+            !differs("model.text_model.embed_tokens.weight"),
+            "text side not written back"
+        );
+        assert!(!differs("model.connector.perceiver_resampler.latents"));
+        // The result loads as a model.
+        crate::Idefics2ForConditionalGeneration::load(dir.path(), &Default::default()).unwrap();
+        assert!(dir.path().join("tokenizer.json").is_file());
+    }
+}
