@@ -18,7 +18,7 @@ SEED=${SEED:-0}
 N=${N:-400}                 # training examples per task family (4 families)
 HELDOUT=${HELDOUT:-50}      # held-out examples per family (derived seed: a different set)
 VOCAB=${VOCAB:-1024}
-SIGLIP_STEPS=${SIGLIP_STEPS:-500}
+SIGLIP_STEPS=${SIGLIP_STEPS:-300}
 
 if [ ! -x "$IDEFICS" ]; then
   echo "building $IDEFICS"; cargo build --release -p idefics-cli
