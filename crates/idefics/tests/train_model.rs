@@ -198,6 +198,32 @@ fn bad_plans_are_refused() {
     assert!(err.contains("mixes lora and dora"), "{err}");
 }
 
+/// Row `row` of a batch as a batch of one.
+fn row_batch(b: &TrainBatch, row: usize) -> TrainBatch {
+    let pick = |t: &Option<Tensor>| t.as_ref().map(|t| t.narrow(0, row, 1).unwrap());
+    let labels = b.labels.narrow(0, row, 1).unwrap();
+    let n = labels
+        .to_vec2::<i64>()
+        .unwrap()
+        .iter()
+        .flatten()
+        .filter(|&&v| v != -100)
+        .count();
+    TrainBatch {
+        inputs: ModelInputs {
+            input_ids: pick(&b.inputs.input_ids),
+            attention_mask: pick(&b.inputs.attention_mask),
+            position_ids: None,
+            pixel_values: pick(&b.inputs.pixel_values),
+            pixel_attention_mask: pick(&b.inputs.pixel_attention_mask),
+            embedding_noise: None,
+        },
+        labels,
+        n_label_tokens: n,
+        n_tokens: 0,
+    }
+}
+
 /// The fixture batch, forever (a position counter stands for the data state).
 struct Repeat {
     batch: TrainBatch,
@@ -209,28 +235,7 @@ impl BatchSource for Repeat {
         self.served += 1;
         // Alternate the two rows so that consecutive batches differ and the order matters.
         let row = (self.served % 2) as usize;
-        let b = &self.batch;
-        let pick = |t: &Option<Tensor>| t.as_ref().map(|t| t.narrow(0, row, 1).unwrap());
-        let labels = b.labels.narrow(0, row, 1)?;
-        let n = labels
-            .to_vec2::<i64>()?
-            .iter()
-            .flatten()
-            .filter(|&&v| v != -100)
-            .count();
-        Ok(TrainBatch {
-            inputs: ModelInputs {
-                input_ids: pick(&b.inputs.input_ids),
-                attention_mask: pick(&b.inputs.attention_mask),
-                position_ids: None,
-                pixel_values: pick(&b.inputs.pixel_values),
-                pixel_attention_mask: pick(&b.inputs.pixel_attention_mask),
-                embedding_noise: None,
-            },
-            labels,
-            n_label_tokens: n,
-            n_tokens: 0,
-        })
+        Ok(row_batch(&self.batch, row))
     }
     fn state(&self) -> serde_json::Value {
         serde_json::json!(self.served)
@@ -403,30 +408,7 @@ fn resumed_run_matches_uninterrupted_run() -> TestResult {
 fn gradient_accumulation_equals_a_larger_batch() -> TestResult {
     let batch = fixture_batch();
     let dir = tempfile::tempdir()?;
-    let split = |row: usize| -> TrainBatch {
-        let pick = |t: &Option<Tensor>| t.as_ref().map(|t| t.narrow(0, row, 1).unwrap());
-        let labels = batch.labels.narrow(0, row, 1).unwrap();
-        let n = labels
-            .to_vec2::<i64>()
-            .unwrap()
-            .iter()
-            .flatten()
-            .filter(|&&v| v != -100)
-            .count();
-        TrainBatch {
-            inputs: ModelInputs {
-                input_ids: pick(&batch.inputs.input_ids),
-                attention_mask: pick(&batch.inputs.attention_mask),
-                position_ids: None,
-                pixel_values: pick(&batch.inputs.pixel_values),
-                pixel_attention_mask: pick(&batch.inputs.pixel_attention_mask),
-                embedding_noise: None,
-            },
-            labels,
-            n_label_tokens: n,
-            n_tokens: 0,
-        }
-    };
+    let split = |row: usize| row_batch(&batch, row);
     let mut big = trainer(Tuning::Full, 4, None, dir.path())?;
     let mut accum = trainer(Tuning::Full, 4, None, dir.path())?;
     // Without NEFTune noise (whose draws depend on the batch shape) the two agree to float rounding.
