@@ -62,6 +62,10 @@ pub struct InspectArgs {
     /// Samples to print.
     #[arg(long, default_value_t = 3)]
     pub show: usize,
+    /// Also write the images of the printed chat samples here (`<row>_<k>.<ext>`, bytes as stored), with
+    /// `samples.jsonl` listing their files and turns: handy to try `idefics ask` on dataset images.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
 }
 
 pub fn run(args: DataArgs) -> Result<()> {
@@ -122,11 +126,23 @@ fn inspect(a: InspectArgs) -> Result<()> {
     let mut shown = 0;
     match a.layout {
         Layout::Chat => {
-            for s in CauldronReader::open(&a.paths, opts)? {
+            if let Some(dir) = &a.export {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let mut listing = String::new();
+            for (row, s) in CauldronReader::open(&a.paths, opts)?.enumerate() {
+                if let (Some(dir), Ok(sample)) = (&a.export, &s) {
+                    if shown < a.show {
+                        listing.push_str(&export_sample(dir, row, sample)?);
+                    }
+                }
                 report(
                     s.map(|s| format!("{} image(s), turns: {:?}", s.images.len(), s.turns)),
                     &mut shown,
                 );
+            }
+            if let Some(dir) = &a.export {
+                std::fs::write(dir.join("samples.jsonl"), listing)?;
             }
         }
         Layout::Pairs => {
@@ -148,4 +164,25 @@ fn inspect(a: InspectArgs) -> Result<()> {
     }
     println!("{ok} rows read, {bad} bad rows");
     Ok(())
+}
+
+/// Writes the images of one chat sample into `dir` and returns its `samples.jsonl` line.
+fn export_sample(dir: &std::path::Path, row: usize, sample: &idefics_data::ChatSample) -> Result<String> {
+    let mut files = Vec::new();
+    for (k, img) in sample.images.iter().enumerate() {
+        let bytes = img.load_bytes()?;
+        let ext = if bytes.starts_with(b"\x89PNG") {
+            "png"
+        } else if bytes.starts_with(&[0xff, 0xd8]) {
+            "jpg"
+        } else {
+            "img"
+        };
+        let name = format!("{row:04}_{k}.{ext}");
+        std::fs::write(dir.join(&name), &bytes)
+            .with_context(|| format!("writing {}", dir.join(&name).display()))?;
+        files.push(name);
+    }
+    let line = serde_json::json!({ "images": files, "texts": sample.turns });
+    Ok(format!("{line}\n"))
 }
