@@ -127,7 +127,8 @@ fn inspect(a: InspectArgs) -> Result<()> {
     match a.layout {
         Layout::Chat => {
             if let Some(dir) = &a.export {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
             }
             let mut listing = String::new();
             for (row, s) in CauldronReader::open(&a.paths, opts)?.enumerate() {
@@ -167,7 +168,11 @@ fn inspect(a: InspectArgs) -> Result<()> {
 }
 
 /// Writes the images of one chat sample into `dir` and returns its `samples.jsonl` line.
-fn export_sample(dir: &std::path::Path, row: usize, sample: &idefics_data::ChatSample) -> Result<String> {
+fn export_sample(
+    dir: &std::path::Path,
+    row: usize,
+    sample: &idefics_data::ChatSample,
+) -> Result<String> {
     let mut files = Vec::new();
     for (k, img) in sample.images.iter().enumerate() {
         let bytes = img.load_bytes()?;
