@@ -301,20 +301,22 @@ fn trainer(
 #[test]
 fn loss_falls_on_a_repeated_batch() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let mut t = trainer(Tuning::Dora, 12, Some(5.0), dir.path())?;
+    let mut t = trainer(Tuning::Dora, 40, Some(5.0), dir.path())?;
     let mut data = Repeat {
         batch: fixture_batch(),
         served: 0,
     };
     let hist = t.run(&mut data, &mut Silent)?;
     let first = (hist[0].loss + hist[1].loss) / 2.0;
-    let last = (hist[10].loss + hist[11].loss) / 2.0;
-    // Random fixture weights: the loss starts near ln(323) = 5.8; 12 steps of DoRA + full connector at lr 3e-3
-    // must memorise two short rows well below that.
+    let last = (hist[38].loss + hist[39].loss) / 2.0;
+    // Random fixture weights: the loss starts near 7.8. 40 steps of DoRA (text) + full connector at lr 3e-3 on the
+    // two alternating rows must bring it below 3.0 (measured 2.33; a broken gradient, mask or optimizer stays
+    // above 5).
+    eprintln!("loss {first:.3} -> {last:.3}");
     assert!(first > 5.0, "first loss {first}");
-    assert!(last < 0.8 * first, "loss did not fall: {first} -> {last}");
+    assert!(last < 3.0, "loss did not fall below 3.0: {first} -> {last}");
     let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl"))?;
-    assert_eq!(metrics.lines().count(), 12);
+    assert_eq!(metrics.lines().count(), 40);
     Ok(())
 }
 
