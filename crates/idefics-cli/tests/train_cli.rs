@@ -41,9 +41,15 @@ steps = {steps}
 batch_size = 2
 save_every = 2
 neftune_alpha = 5.0
+eval_every = 2
+[eval]
+data = "{heldout}"
+limit = 8
+max_new_tokens = 4
 "#,
         model = r.join("tests/fixtures/e2e/tiny-chat").display(),
         data = r.join("tests/fixtures/data/train").display(),
+        heldout = r.join("tests/fixtures/data/heldout").display(),
         out = out.display(),
     )
 }
@@ -95,6 +101,23 @@ fn train_resume_and_merge() {
         })
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4]);
+    // Evaluation during training: every 2 steps, beside the loss, over every task family of the held-out set.
+    for line in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let step = v["step"].as_u64().unwrap();
+        if step % 2 == 0 {
+            let eval = &v["eval"];
+            assert_eq!(eval["n"].as_u64(), Some(8), "step {step}: {eval}");
+            assert!(eval["overall"].as_f64().is_some(), "step {step}: {eval}");
+            assert_eq!(
+                eval["per_source"].as_object().unwrap().len(),
+                4,
+                "step {step}: {eval}"
+            );
+        } else {
+            assert!(v.get("eval").is_none(), "step {step} has an evaluation");
+        }
+    }
     // Only adapters train here, so merging the saved adapter into the base gives the run's final checkpoint.
     let merged = dir.path().join("merged");
     let o = idefics(&[
