@@ -105,7 +105,7 @@ fn train_resume_and_merge() {
     for line in metrics.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let step = v["step"].as_u64().unwrap();
-        if step % 2 == 0 {
+        if step.is_multiple_of(2) {
             let eval = &v["eval"];
             assert_eq!(eval["n"].as_u64(), Some(8), "step {step}: {eval}");
             assert!(eval["overall"].as_f64().is_some(), "step {step}: {eval}");
