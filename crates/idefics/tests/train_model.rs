@@ -255,18 +255,32 @@ fn trainer(
     out: &std::path::Path,
 ) -> Result<Trainer, TrainError> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let plan = TrainablePlan {
-        text: tuning,
-        projection: Tuning::Full,
-        perceiver: Tuning::Full,
-        ..Default::default()
-    };
     let spec = AdapterSpec {
         r: 4,
         alpha: 8.0,
         ..Default::default()
     };
-    let tm = TrainableModel::new(load_model(&case()), &plan, &spec, &mut rng)?;
+    let tm = TrainableModel::new(load_model(&case()), &loop_plan(tuning), &spec, &mut rng)?;
+    trainer_for(tm, steps, neftune_alpha, out)
+}
+
+/// What the loop tests train: the text decoder as `tuning`, the connector fully.
+fn loop_plan(tuning: Tuning) -> TrainablePlan {
+    TrainablePlan {
+        text: tuning,
+        projection: Tuning::Full,
+        perceiver: Tuning::Full,
+        ..Default::default()
+    }
+}
+
+/// The loop tests' optimizer, schedule and loop settings around a prepared model.
+fn trainer_for(
+    tm: TrainableModel,
+    steps: u64,
+    neftune_alpha: Option<f64>,
+    out: &std::path::Path,
+) -> Result<Trainer, TrainError> {
     Trainer::new(
         tm,
         AdamWConfig {
@@ -340,46 +354,12 @@ fn resumed_run_matches_uninterrupted_run() -> TestResult {
     first.run(&mut data, &mut Silent)?;
     let ck = latest_checkpoint(dir.path())?.expect("a checkpoint");
     let loaded = idefics::train::checkpoint::load_checkpoint(&ck, &Device::Cpu)?;
-    let plan = TrainablePlan {
-        text: Tuning::Lora,
-        projection: Tuning::Full,
-        perceiver: Tuning::Full,
-        ..Default::default()
-    };
     let tm = TrainableModel::with_adapter(
         load_model(&case()),
-        &plan,
+        &loop_plan(Tuning::Lora),
         loaded.adapter.as_ref().expect("adapter saved"),
     )?;
-    let mut resumed = Trainer::new(
-        tm,
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        },
-        Some(1.0),
-        LrSchedule {
-            peak_lr: 3e-3,
-            warmup_steps: 2,
-            total_steps: 6,
-            decay: Decay::Cosine,
-            min_ratio: 0.1,
-        },
-        LoopConfig {
-            steps: 6,
-            batch_size: 1,
-            grad_accum: 1,
-            seed: 9,
-            log_every: 1,
-            save_every: Some(3),
-            keep_checkpoints: 2,
-            neftune_alpha: Some(5.0),
-            eval_every: None,
-        },
-        dir.path(),
-    )?;
+    let mut resumed = trainer_for(tm, 6, Some(5.0), dir.path())?;
     let mut data = Repeat {
         batch: fixture_batch(),
         served: 0,
