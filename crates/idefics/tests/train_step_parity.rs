@@ -73,6 +73,19 @@ fn compare(ours: &HashMap<String, Tensor>, theirs: &HashMap<String, Tensor>, wha
     );
 }
 
+/// Backward of `loss`, then the gradient of every trainable tensor by its name (each must have one).
+fn trainable_grads(
+    tm: &TrainableModel,
+    loss: &Tensor,
+) -> Result<HashMap<String, Tensor>, candle_core::Error> {
+    let grads = loss.backward()?;
+    Ok(tm
+        .params()
+        .iter()
+        .map(|(n, v)| (n.clone(), grads.get(v.as_tensor()).expect(n).clone()))
+        .collect())
+}
+
 fn check_loss(loss: &Tensor, sub: &str) -> TestResult {
     let reference =
         load_st(&dir().join(sub).join("loss.safetensors"))["loss"].to_scalar::<f32>()?;
@@ -103,12 +116,7 @@ fn full_fine_tuning_step_matches_transformers() -> TestResult {
     )?;
     let loss = causal_lm_loss(&tm.model().forward(&inputs, None)?, &labels)?;
     check_loss(&loss, "full")?;
-    let grads = loss.backward()?;
-    let ours: HashMap<String, Tensor> = tm
-        .params()
-        .iter()
-        .map(|(n, v)| (n.clone(), grads.get(v.as_tensor()).expect(n).clone()))
-        .collect();
+    let ours = trainable_grads(&tm, &loss)?;
     compare(
         &ours,
         &load_st(&dir().join("full/grads.safetensors")),
@@ -150,12 +158,7 @@ fn adapter_step(sub: &str) -> TestResult {
     );
     let loss = causal_lm_loss(&logits, &labels)?;
     check_loss(&loss, sub)?;
-    let grads = loss.backward()?;
-    let ours: HashMap<String, Tensor> = tm
-        .params()
-        .iter()
-        .map(|(n, v)| (n.clone(), grads.get(v.as_tensor()).expect(n).clone()))
-        .collect();
+    let ours = trainable_grads(&tm, &loss)?;
     compare(
         &ours,
         &load_st(&dir().join(sub).join("grads.safetensors")),
