@@ -2,6 +2,7 @@
 # The tiny Idefics2, trained end to end by our own pipeline (paper's recipe at toy scale), one command:
 #
 #   recipes/tiny/run.sh            (from the repository root; IDEFICS=path/to/idefics to pick the binary)
+#   FROM=assemble recipes/tiny/run.sh   (re-run from one stage on, keeping the outputs of the earlier ones)
 #
 # Stages: synthetic data (train seed + held-out seed) -> tokenizer -> init -> language-model pre-training ->
 # SigLIP vision pre-training -> assembly (new connector) -> multimodal stage 1 (low resolution) -> stage 2
@@ -23,13 +24,18 @@ SIGLIP_STEPS=${SIGLIP_STEPS:-300}
 if [ ! -x "$IDEFICS" ]; then
   echo "building $IDEFICS"; cargo build --release -p idefics-cli
 fi
+FROM=${FROM:-}
 mkdir -p "$RUN"
 LOG="$RUN/timings.log"
-: > "$LOG"
+if [ -z "$FROM" ]; then : > "$LOG"; else echo "# re-run from stage $FROM" >> "$LOG"; fi
 T_ALL=$(date +%s)
 
 stage() {  # stage NAME CMD... : runs CMD, logs its wall time (and the stage's output to runs/tiny/NAME.log)
   local name=$1; shift
+  if [ -n "$FROM" ]; then
+    if [ "$name" != "$FROM" ]; then echo "== $name: skipped (FROM=$FROM)"; return 0; fi
+    FROM=""
+  fi
   local t0; t0=$(date +%s)
   echo "== $name: $*"
   "$@" 2>&1 | tee "$RUN/$name.log"
@@ -45,7 +51,10 @@ stage init      "$IDEFICS" init --config "$REC/config.json" --tokenizer "$RUN/to
 stage lm        "$IDEFICS" train --config "$REC/lm.toml"
 stage siglip    "$IDEFICS" pretrain-vision --model "$RUN/lm/final" --data "$RUN/data/train" \
                   --steps "$SIGLIP_STEPS" --batch-size 32 --longest-edge 112 --lr 1e-3 --out "$RUN/siglip"
-stage assemble  "$IDEFICS" assemble --text "$RUN/lm/final" --vision "$RUN/siglip" --out "$RUN/assembled" --seed "$SEED"
+# Small random perceiver latents instead of transformers' ones: with ones the perceiver collapsed in stage 1
+# (its output stopped depending on the image); see `init::LatentsInit`.
+stage assemble  "$IDEFICS" assemble --text "$RUN/lm/final" --vision "$RUN/siglip" --out "$RUN/assembled" \
+                  --seed "$SEED" --latents-std 0.02
 stage stage1    "$IDEFICS" train --config "$REC/stage1.toml"
 
 # Stage 2 starts from stage 1 at the full resolution: same weights, processor longest side 224.

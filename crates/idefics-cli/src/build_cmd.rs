@@ -83,6 +83,11 @@ pub struct AssembleArgs {
     /// Seed of the new connector (modality projection + perceiver).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Standard deviation of the perceiver latents, drawn from a normal distribution. Without it they are ones,
+    /// as transformers initialises them; from scratch at small scale ones let the perceiver collapse to an
+    /// image-independent output (see `init::LatentsInit`), so recipes/tiny passes 0.02.
+    #[arg(long)]
+    pub latents_std: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -310,7 +315,12 @@ pub fn assemble(a: AssembleArgs) -> Result<()> {
         .filter(|k| Component::of(k) == Some(Component::Vision))
         .count();
     let std = init::initializer_range(&cfg_json);
-    let (tensors, n_new) = init::assemble(text, vision, &config, std, a.seed, &dev)?;
+    let latents = match a.latents_std {
+        None => init::LatentsInit::Ones,
+        Some(s) if s.is_finite() && s > 0.0 => init::LatentsInit::Normal { std: s },
+        Some(s) => bail!("--latents-std must be a positive number, got {s}"),
+    };
+    let (tensors, n_new) = init::assemble(text, vision, &config, std, latents, a.seed, &dev)?;
     save_hf_checkpoint(&a.out, &cfg_json, &tensors, &[&a.text])?;
     println!(
         "assembled {}: text from {}, {n_vision} vision tensors from {}, {n_new} new connector tensors (seed {})",

@@ -49,6 +49,10 @@ pub struct EvalArgs {
     /// report adds a "<task> (circular)" row counting a question right only if all rotations are.
     #[arg(long)]
     pub circular: bool,
+    /// Text-only control: ask every question with the images of another question of the same source. A model
+    /// that reads its images scores lower; one that answers from the question alone scores the same.
+    #[arg(long)]
+    pub swap_images: bool,
     /// Prompts per generation batch.
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
@@ -113,6 +117,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
             samples.len()
         );
     }
+    if args.swap_images {
+        let swapped = idefics_eval::control::swap_images_within_sources(&mut samples);
+        tracing::info!(
+            "text-only control: {swapped} of {} samples get another sample's images",
+            samples.len()
+        );
+    }
     if args.shots > 0 && args.support.is_none() {
         bail!(
             "--shots {} needs --support: shots are drawn from a split disjoint from the scored one",
@@ -162,7 +173,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let info = RunInfo {
         model: Some(model.clone()),
         revision: Some(revision),
-        data: Some(data.display().to_string()),
+        data: Some(if args.swap_images {
+            format!(
+                "{} (control: every question asked with another question's images)",
+                data.display()
+            )
+        } else {
+            data.display().to_string()
+        }),
         baselines,
         ..RunInfo::default()
     };

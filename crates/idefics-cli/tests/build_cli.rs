@@ -108,8 +108,44 @@ fn tokenizer_init_siglip_assemble_chain() {
         &p("vlm"),
         "--seed",
         "3",
+        "--latents-std",
+        "0.02",
     ]);
     assert!(out.contains("new connector tensors"), "{out}");
+    // The recipe's small random latents (not transformers' ones) are what was written.
+    let tensors = idefics::train::hf_checkpoint::load_tensors(
+        &dir.path().join("vlm"),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let latents = tensors["model.connector.perceiver_resampler.latents"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let rms = (latents.iter().map(|x| x * x).sum::<f32>() / latents.len() as f32).sqrt();
+    assert!((0.01..0.04).contains(&rms), "latents RMS {rms}");
+    // A non-positive std is refused with a message naming the flag.
+    let bad = Command::new(env!("CARGO_BIN_EXE_idefics"))
+        .args([
+            "assemble",
+            "--text",
+            &p("lm"),
+            "--vision",
+            &p("siglip"),
+            "--out",
+            &p("vlm_bad"),
+        ])
+        .args(["--latents-std=-1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        err.contains("--latents-std must be a positive number"),
+        "{err}"
+    );
     idefics::Idefics2ForConditionalGeneration::load(&dir.path().join("vlm"), &Default::default())
         .unwrap();
     for f in [

@@ -183,3 +183,59 @@ fn eval_on_the_synthetic_heldout_set_reports_each_family_with_its_chance_level()
         report["groups"]
     );
 }
+
+/// `--swap-images` (the text-only control) answers every question and says in the report that the images
+/// were swapped; the swap itself is tested in idefics_eval::control.
+#[test]
+fn swapped_images_control_is_marked_in_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let synth = dir.path().join("synth");
+    let out = dir.path().join("out");
+    let made = idefics(&[
+        "data",
+        "synth",
+        "--out",
+        synth.to_str().unwrap(),
+        "--n",
+        "1",
+        "--heldout",
+        "2",
+        "--seed",
+        "5",
+        "--tasks",
+        "shapes",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let model = root().join("tests/fixtures/e2e/tiny-chat");
+    let run = idefics(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "synth",
+        "--data",
+        synth.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--no-split",
+        "--swap-images",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let run_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let data = run_json["data"].as_str().unwrap();
+    assert!(data.contains("another question's images"), "{data}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("another question's images"), "{report}");
+    assert!(lines(&out.join("predictions.jsonl")).len() >= 4);
+}

@@ -13,6 +13,7 @@ pub mod anls;
 pub mod choice;
 pub mod cider;
 pub mod circular;
+pub mod control;
 pub mod data;
 pub mod exact;
 pub mod metric;

@@ -246,14 +246,61 @@ pub fn reinit_components(
     Ok(n)
 }
 
+/// How the perceiver's latents start.
+///
+/// transformers fills them with ones. From scratch at toy scale that is a trap: the 16 latents are identical
+/// queries and keys, and the residual stream starts as the latents (RMS 1) against an attention output of RMS
+/// ~0.07. On recipes/tiny, stage 1 drove every latent to attend only to the latents (context attention mass
+/// 0.000, scores -6 vs +6), so the perceiver's output no longer depended on the image and nothing after it
+/// could learn from images. Small random latents keep the output image-dependent (93% of the attention mass on
+/// the image after the same stage 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LatentsInit {
+    /// All ones, as transformers' `_init_weights`.
+    Ones,
+    /// Normal(0, std), drawn from the tensor's own seeded stream.
+    Normal { std: f64 },
+}
+
+/// Re-draws `model.connector.perceiver_resampler.latents` in `tensors` by `how` (no-op for [`LatentsInit::Ones`]
+/// on a tensor set that already has them as ones).
+pub fn init_latents(
+    tensors: &mut HashMap<String, Tensor>,
+    config: &Idefics2Config,
+    how: LatentsInit,
+    seed: u64,
+    device: &Device,
+) -> Result<(), TrainError> {
+    const NAME: &str = "model.connector.perceiver_resampler.latents";
+    let shape = [
+        config.perceiver_config.resampler_n_latents,
+        config.perceiver_config.hidden_size,
+    ];
+    let t = match how {
+        LatentsInit::Ones => Tensor::ones(&shape[..], DType::F32, device)?,
+        LatentsInit::Normal { std } => {
+            let mut rng = TrainRng::seed_from_u64(seed ^ name_hash(NAME));
+            Tensor::from_vec(
+                normal_samples(&mut rng, shape[0] * shape[1], std),
+                &shape[..],
+                device,
+            )?
+        }
+    };
+    tensors.insert(NAME.to_string(), t);
+    Ok(())
+}
+
 /// The VLM of the paper's recipe: text model, embeddings and lm_head from `text`, the vision tower from
-/// `vision`, and a new connector (modality projection + perceiver) drawn with `seed`. Anything else in the two
-/// inputs is dropped; the result is checked against `config`. Returns the tensors and how many are new.
+/// `vision`, and a new connector (modality projection + perceiver) drawn with `seed`, its latents by `latents`.
+/// Anything else in the two inputs is dropped; the result is checked against `config`. Returns the tensors and
+/// how many are new.
 pub fn assemble(
     text: HashMap<String, Tensor>,
     vision: HashMap<String, Tensor>,
     config: &Idefics2Config,
     std: f64,
+    latents: LatentsInit,
     seed: u64,
     device: &Device,
 ) -> Result<(HashMap<String, Tensor>, usize), TrainError> {
@@ -274,6 +321,7 @@ pub fn assemble(
         seed,
         device,
     )?;
+    init_latents(&mut tensors, config, latents, seed, device)?;
     check_tensors(&tensors, config)?;
     Ok((tensors, n_new))
 }
@@ -419,7 +467,16 @@ mod tests {
         let text = init_weights(&cfg, 0.02, 1, &dev).unwrap();
         let vision = init_weights(&cfg, 0.02, 2, &dev).unwrap();
         let fresh = init_weights(&cfg, 0.02, 9, &dev).unwrap();
-        let (out, n_new) = assemble(text.clone(), vision.clone(), &cfg, 0.02, 9, &dev).unwrap();
+        let (out, n_new) = assemble(
+            text.clone(),
+            vision.clone(),
+            &cfg,
+            0.02,
+            LatentsInit::Ones,
+            9,
+            &dev,
+        )
+        .unwrap();
         assert_eq!(out.len(), text.len());
         let v = |m: &HashMap<String, Tensor>, k: &str| {
             m[k].flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -444,10 +501,42 @@ mod tests {
             "model.vision_model.post_layernorm.weight".into(),
             Tensor::ones(3, DType::F32, &dev).unwrap(),
         );
-        let e = assemble(text, bad, &cfg, 0.02, 9, &dev)
+        let e = assemble(text, bad, &cfg, 0.02, LatentsInit::Ones, 9, &dev)
             .unwrap_err()
             .to_string();
         assert!(e.contains("post_layernorm"), "{e}");
+    }
+
+    #[test]
+    fn normal_latents_are_distinct_small_and_seeded() {
+        let cfg = tiny_config();
+        let dev = Device::Cpu;
+        let text = init_weights(&cfg, 0.02, 1, &dev).unwrap();
+        let how = LatentsInit::Normal { std: 0.02 };
+        let draw = |seed| {
+            let (out, _) =
+                assemble(text.clone(), text.clone(), &cfg, 0.02, how, seed, &dev).unwrap();
+            out["model.connector.perceiver_resampler.latents"]
+                .to_vec2::<f32>()
+                .unwrap()
+        };
+        let a = draw(9);
+        assert_eq!(a, draw(9), "same seed, same latents");
+        assert_ne!(a, draw(10), "another seed, other latents");
+        let flat: Vec<f32> = a.iter().flatten().copied().collect();
+        let n = flat.len() as f32;
+        let mean = flat.iter().sum::<f32>() / n;
+        let std = (flat.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n).sqrt();
+        assert!(
+            mean.abs() < 0.005 && (std - 0.02).abs() < 0.005,
+            "mean {mean} std {std}"
+        );
+        // No two latents are equal: they are distinct queries from the start.
+        for i in 0..a.len() {
+            for j in i + 1..a.len() {
+                assert_ne!(a[i], a[j], "latents {i} and {j}");
+            }
+        }
     }
 
     #[test]
