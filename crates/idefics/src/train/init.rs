@@ -157,6 +157,11 @@ fn name_hash(name: &str) -> u64 {
     })
 }
 
+/// `n` normal(0, std) samples from tensor `name`'s own stream (seeded by `seed` and the name).
+fn tensor_normal_samples(name: &str, n: usize, std: f64, seed: u64) -> Vec<f32> {
+    normal_samples(&mut TrainRng::seed_from_u64(seed ^ name_hash(name)), n, std)
+}
+
 /// Standard normal samples (Box-Muller on the tensor's own stream).
 fn normal_samples(rng: &mut TrainRng, n: usize, std: f64) -> Vec<f32> {
     let mut out = Vec::with_capacity(n + 1);
@@ -187,8 +192,7 @@ pub fn init_tensor(
         InitRule::Zeros => Tensor::zeros(shape, DType::F32, device)?,
         InitRule::Ones => Tensor::ones(shape, DType::F32, device)?,
         InitRule::Normal { std } => {
-            let mut rng = TrainRng::seed_from_u64(seed ^ name_hash(name));
-            let mut v = normal_samples(&mut rng, n, std);
+            let mut v = tensor_normal_samples(name, n, std, seed);
             if name == "model.text_model.embed_tokens.weight" {
                 // nn.Embedding(padding_idx=pad_token_id): the pad row starts at zero.
                 if let (Some(pad), Some(&width)) = (pad_token_id, shape.last()) {
@@ -262,8 +266,7 @@ pub enum LatentsInit {
     Normal { std: f64 },
 }
 
-/// Re-draws `model.connector.perceiver_resampler.latents` in `tensors` by `how` (no-op for [`LatentsInit::Ones`]
-/// on a tensor set that already has them as ones).
+/// Sets `model.connector.perceiver_resampler.latents` in `tensors` as `how` says.
 pub fn init_latents(
     tensors: &mut HashMap<String, Tensor>,
     config: &Idefics2Config,
@@ -278,14 +281,11 @@ pub fn init_latents(
     ];
     let t = match how {
         LatentsInit::Ones => Tensor::ones(&shape[..], DType::F32, device)?,
-        LatentsInit::Normal { std } => {
-            let mut rng = TrainRng::seed_from_u64(seed ^ name_hash(NAME));
-            Tensor::from_vec(
-                normal_samples(&mut rng, shape[0] * shape[1], std),
-                &shape[..],
-                device,
-            )?
-        }
+        LatentsInit::Normal { std } => Tensor::from_vec(
+            tensor_normal_samples(NAME, shape[0] * shape[1], std, seed),
+            &shape[..],
+            device,
+        )?,
     };
     tensors.insert(NAME.to_string(), t);
     Ok(())
