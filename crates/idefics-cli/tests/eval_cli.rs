@@ -23,6 +23,55 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `idefics data synth --n 1` into `dir/synth` (extra arguments appended); returns the folder.
+fn synth_data(dir: &Path, extra: &[&str]) -> PathBuf {
+    let synth = dir.join("synth");
+    let mut args = vec![
+        "data",
+        "synth",
+        "--out",
+        synth.to_str().unwrap(),
+        "--n",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let made = idefics(&args);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    synth
+}
+
+/// `idefics eval --task synth --no-split` of the tiny chat fixture on `synth` into `out` (extra arguments
+/// appended); asserts success and returns the output.
+fn eval_synth(synth: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let model = root().join("tests/fixtures/e2e/tiny-chat");
+    let mut args = vec![
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "synth",
+        "--data",
+        synth.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--no-split",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let run = idefics(&args);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    run
+}
+
 #[test]
 fn eval_runs_resumes_and_rescores() {
     let dir = tempfile::tempdir().unwrap();
@@ -94,40 +143,9 @@ fn eval_runs_resumes_and_rescores() {
 #[test]
 fn eval_on_the_synthetic_heldout_set_reports_each_family_with_its_chance_level() {
     let dir = tempfile::tempdir().unwrap();
-    let synth = dir.path().join("synth");
+    let synth = synth_data(dir.path(), &["--heldout", "1", "--seed", "3"]);
     let out = dir.path().join("out");
-    let made = idefics(&[
-        "data",
-        "synth",
-        "--out",
-        synth.to_str().unwrap(),
-        "--n",
-        "1",
-        "--heldout",
-        "1",
-        "--seed",
-        "3",
-    ]);
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let model = root().join("tests/fixtures/e2e/tiny-chat");
-    let run = idefics(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--task",
-        "synth",
-        "--data",
-        synth.to_str().unwrap(),
-        "--batch-size",
-        "4",
-        "--no-split",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = eval_synth(&synth, &out, &[]);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
@@ -189,48 +207,12 @@ fn eval_on_the_synthetic_heldout_set_reports_each_family_with_its_chance_level()
 #[test]
 fn swapped_images_control_is_marked_in_the_report() {
     let dir = tempfile::tempdir().unwrap();
-    let synth = dir.path().join("synth");
+    let synth = synth_data(
+        dir.path(),
+        &["--heldout", "2", "--seed", "5", "--tasks", "shapes"],
+    );
     let out = dir.path().join("out");
-    let made = idefics(&[
-        "data",
-        "synth",
-        "--out",
-        synth.to_str().unwrap(),
-        "--n",
-        "1",
-        "--heldout",
-        "2",
-        "--seed",
-        "5",
-        "--tasks",
-        "shapes",
-    ]);
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let model = root().join("tests/fixtures/e2e/tiny-chat");
-    let run = idefics(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--task",
-        "synth",
-        "--data",
-        synth.to_str().unwrap(),
-        "--batch-size",
-        "4",
-        "--no-split",
-        "--swap-images",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    eval_synth(&synth, &out, &["--swap-images"]);
     let run_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
     let data = run_json["data"].as_str().unwrap();
