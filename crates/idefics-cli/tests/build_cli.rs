@@ -98,19 +98,18 @@ fn tokenizer_init_siglip_assemble_chain() {
         "--seed",
         "2",
     ]);
-    let out = idefics(&[
-        "assemble",
-        "--text",
-        &p("lm"),
-        "--vision",
-        &p("siglip"),
-        "--out",
-        &p("vlm"),
-        "--seed",
-        "3",
-        "--latents-std",
-        "0.02",
-    ]);
+    let (lm, siglip) = (p("lm"), p("siglip"));
+    let assemble = |out: &str, latents_std: &str| -> Vec<String> {
+        [
+            "assemble", "--text", &lm, "--vision", &siglip, "--out", out, "--seed", "3",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([format!("--latents-std={latents_std}")])
+        .collect()
+    };
+    let args = assemble(&p("vlm"), "0.02");
+    let out = idefics(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.contains("new connector tensors"), "{out}");
     // The recipe's small random latents (not transformers' ones) are what was written.
     let tensors = idefics::train::hf_checkpoint::load_tensors(
@@ -128,16 +127,7 @@ fn tokenizer_init_siglip_assemble_chain() {
     assert!((0.01..0.04).contains(&rms), "latents RMS {rms}");
     // A non-positive std is refused with a message naming the flag.
     let bad = Command::new(env!("CARGO_BIN_EXE_idefics"))
-        .args([
-            "assemble",
-            "--text",
-            &p("lm"),
-            "--vision",
-            &p("siglip"),
-            "--out",
-            &p("vlm_bad"),
-        ])
-        .args(["--latents-std=-1"])
+        .args(assemble(&p("vlm_bad"), "-1"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&bad.stderr);

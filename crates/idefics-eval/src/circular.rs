@@ -142,14 +142,17 @@ mod tests {
         // Always answering "A" gets half the copies right but no question right on all its rotations;
         // answering the gold of question 1 everywhere, and "A" on question 2, gets question 1 only.
         let always_a: Vec<Prediction> = copies.iter().map(|c| predict(c, "A")).collect();
-        let per: Vec<f64> = always_a
-            .iter()
-            .map(|p| {
-                Metric::MultipleChoice
-                    .score_sample(&p.prediction, &p.answers, &p.choices)
-                    .unwrap()
-            })
-            .collect();
+        let scores = |preds: &[Prediction]| -> Vec<f64> {
+            preds
+                .iter()
+                .map(|p| {
+                    Metric::MultipleChoice
+                        .score_sample(&p.prediction, &p.answers, &p.choices)
+                        .unwrap()
+                })
+                .collect()
+        };
+        let per = scores(&always_a);
         assert_eq!(per.iter().sum::<f64>(), 2.0);
         let r = circular_reports(&always_a, &per);
         assert_eq!(
@@ -158,14 +161,7 @@ mod tests {
         );
         let mut right_on_1 = always_a.clone();
         right_on_1[1].prediction = copies[1].answers[0].clone();
-        let per: Vec<f64> = right_on_1
-            .iter()
-            .map(|p| {
-                Metric::MultipleChoice
-                    .score_sample(&p.prediction, &p.answers, &p.choices)
-                    .unwrap()
-            })
-            .collect();
+        let per = scores(&right_on_1);
         assert_eq!(circular_reports(&right_on_1, &per)[0].score, 50.0);
         // A missing rotation makes the question wrong.
         assert_eq!(circular_reports(&right_on_1[1..], &per[1..])[0].score, 0.0);
