@@ -7,7 +7,8 @@
 # Stages: synthetic data (train seed + held-out seed) -> tokenizer -> init -> language-model pre-training ->
 # SigLIP vision pre-training -> assembly (new connector) -> multimodal stage 1 (low resolution) -> stage 2
 # (full resolution, + documents/OCR) -> instruction fine-tuning (DoRA) -> evaluation on the held-out split with
-# and without image splitting. Every stage writes a Hugging Face-format checkpoint under runs/tiny/, and its
+# and without image splitting, and the text-only control (every question asked with another question's
+# image). Every stage writes a Hugging Face-format checkpoint under runs/tiny/, and its
 # wall time goes to runs/tiny/timings.log.
 set -euo pipefail
 
@@ -16,10 +17,10 @@ RUN=runs/tiny
 REC=recipes/tiny
 IDEFICS=${IDEFICS:-target/release/idefics}
 SEED=${SEED:-0}
-N=${N:-400}                 # training examples per task family (4 families)
+N=${N:-1200}                # training examples per task family (4 families)
 HELDOUT=${HELDOUT:-50}      # held-out examples per family (derived seed: a different set)
 VOCAB=${VOCAB:-1024}
-SIGLIP_STEPS=${SIGLIP_STEPS:-300}
+SIGLIP_STEPS=${SIGLIP_STEPS:-1200}
 
 if [ ! -x "$IDEFICS" ]; then
   echo "building $IDEFICS"; cargo build --release -p idefics-cli
@@ -69,6 +70,8 @@ stage eval_split   "$IDEFICS" eval --model "$RUN/sft/final" --task synth --data 
                      --batch-size 8 --out "$RUN/eval/split"
 stage eval_nosplit "$IDEFICS" eval --model "$RUN/sft/final" --task synth --data "$RUN/data" --no-split \
                      --batch-size 8 --out "$RUN/eval/nosplit"
+stage eval_swapped "$IDEFICS" eval --model "$RUN/sft/final" --task synth --data "$RUN/data" --no-split \
+                     --swap-images --batch-size 8 --out "$RUN/eval/nosplit_swapped"
 
 printf '%-12s %6ds\n' total "$(( $(date +%s) - T_ALL ))" | tee -a "$LOG"
 ls -l "$RUN/sft/final/model.safetensors" | tee -a "$LOG"

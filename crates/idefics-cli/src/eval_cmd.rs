@@ -15,8 +15,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Model directory (Hugging Face layout) or Hub id.
-    #[arg(long, required_unless_present = "rescore")]
+    /// Model directory (Hugging Face layout) or Hub id. Default: the bundled model.
+    #[arg(long)]
     pub model: Option<String>,
     /// Hub revision (branch, tag or commit) of a Hub model.
     #[arg(long, requires = "model")]
@@ -82,10 +82,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         return rescore(predictions, args.out.as_deref());
     }
     // clap enforces these when --rescore is absent.
-    let (Some(model), Some(task), Some(data), Some(out)) =
-        (&args.model, &args.task, &args.data, &args.out)
-    else {
-        bail!("--model, --task, --data and --out are required unless --rescore is given");
+    let (Some(task), Some(data), Some(out)) = (&args.task, &args.data, &args.out) else {
+        bail!("--task, --data and --out are required unless --rescore is given");
     };
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -145,7 +143,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     );
 
     // Check the cheap inputs (above) before loading weights.
-    let (dir, hub_commit) = resolve(model, args.revision.as_deref())?;
+    let model = match &args.model {
+        Some(model) => model.clone(),
+        None => crate::model_source::bundled_model()?.display().to_string(),
+    };
+    let (dir, hub_commit) = resolve(&model, args.revision.as_deref())?;
     let opts = LoadOptions {
         device: crate::model_source::device()?,
         ..LoadOptions::default()

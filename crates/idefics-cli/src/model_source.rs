@@ -9,8 +9,21 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
 /// The model shipped in the repository; the default of `ask`, `chat` and `serve`.
-pub fn bundled_model_dir() -> PathBuf {
+fn bundled_model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/idefics2-tiny")
+}
+
+/// The bundled model's directory, or a clear error when it is missing (a checkout without `models/`).
+pub fn bundled_model() -> Result<PathBuf> {
+    let dir = bundled_model_dir();
+    if !dir.join("config.json").exists() {
+        bail!(
+            "no --model given and the bundled model is not at {} (pass --model DIR or a Hub id)",
+            dir.display()
+        );
+    }
+    // A readable path in reports and logs (not .../crates/idefics-cli/../../models/...).
+    Ok(dir.canonicalize().unwrap_or(dir))
 }
 
 /// Options shared by every command that loads a model.
@@ -28,14 +41,7 @@ impl ModelArgs {
     /// Resolves the model to a local directory, downloading from the Hub when needed.
     pub fn resolve(&self) -> Result<PathBuf> {
         let Some(model) = &self.model else {
-            let dir = bundled_model_dir();
-            if !dir.join("config.json").exists() {
-                bail!(
-                    "no --model given and the bundled model is not at {} (pass --model DIR or a Hub id)",
-                    dir.display()
-                );
-            }
-            return Ok(dir);
+            return bundled_model();
         };
         let bar = ProgressBar::hidden();
         bar.set_style(

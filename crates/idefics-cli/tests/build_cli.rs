@@ -1,21 +1,18 @@
 //! `idefics tokenizer train` -> `init` -> `pretrain-vision` -> `assemble` on a few synthetic samples: each
 //! step's output is a checkpoint our loader accepts, with the tokenizer's vocabulary and special ids.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+/// `idefics ARGS`, asserted to succeed; its stdout and stderr.
 fn idefics(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_idefics"))
-        .args(args)
-        .output()
-        .expect("run idefics");
-    let text = format!(
+    let out = common::idefics_ok(args);
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "idefics {args:?} failed:\n{text}");
-    text
+    )
 }
 
 /// A small model: the tiny-chat fixture's config (vocabulary and ids are replaced by `init`).
@@ -126,10 +123,8 @@ fn tokenizer_init_siglip_assemble_chain() {
     let rms = (latents.iter().map(|x| x * x).sum::<f32>() / latents.len() as f32).sqrt();
     assert!((0.01..0.04).contains(&rms), "latents RMS {rms}");
     // A non-positive std is refused with a message naming the flag.
-    let bad = Command::new(env!("CARGO_BIN_EXE_idefics"))
-        .args(assemble(&p("vlm_bad"), "-1"))
-        .output()
-        .unwrap();
+    let args = assemble(&p("vlm_bad"), "-1");
+    let bad = common::idefics(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success());
     assert!(

@@ -1,13 +1,8 @@
 //! `idefics data inspect --export`: the images of the shown samples are written as stored, with their turns.
 
-use std::process::Command;
+mod common;
 
-fn idefics(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_idefics"))
-        .args(args)
-        .output()
-        .expect("run idefics")
-}
+use common::idefics;
 
 #[test]
 fn inspect_exports_images_and_turns() {

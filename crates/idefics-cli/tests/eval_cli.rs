@@ -1,27 +1,10 @@
 //! `idefics eval` as a user runs it: the tiny random checkpoint on the VQAv2-layout sample, interrupted
 //! (`--limit 2`) then resumed, then rescored.
 
+mod common;
+
+use common::{idefics, json_lines as lines, read_json, root};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn idefics(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_idefics"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 /// `idefics data synth --n 1` into `dir/synth` (extra arguments appended); returns the folder.
 fn synth_data(dir: &Path, extra: &[&str]) -> PathBuf {
@@ -154,11 +137,8 @@ fn eval_on_the_synthetic_heldout_set_reports_each_family_with_its_chance_level()
     );
     assert!(stdout.contains("## Per source"), "{stdout}");
 
-    let read = |p: &Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-    };
-    let meta = read(&synth.join("metadata.json"));
-    let report = read(&out.join("report.json"));
+    let meta = read_json(&synth.join("metadata.json"));
+    let report = read_json(&out.join("report.json"));
     let n = lines(&out.join("predictions.jsonl")).len();
     assert_eq!(report["tasks"][0]["task"], "synth");
     assert_eq!(report["tasks"][0]["metric"], "exact_match_loose");
@@ -182,7 +162,7 @@ fn eval_on_the_synthetic_heldout_set_reports_each_family_with_its_chance_level()
         assert!(stdout.contains(&md_row), "{md_row}\n{stdout}");
     }
     assert_eq!(
-        read(&out.join("run.json"))["processor"]["do_image_splitting"],
+        read_json(&out.join("run.json"))["processor"]["do_image_splitting"],
         false
     );
 
@@ -197,7 +177,7 @@ fn eval_on_the_synthetic_heldout_set_reports_each_family_with_its_chance_level()
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(
-        read(&rescored.join("report.json"))["groups"],
+        read_json(&rescored.join("report.json"))["groups"],
         report["groups"]
     );
 }

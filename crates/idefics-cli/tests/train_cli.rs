@@ -1,12 +1,10 @@
 //! `idefics train` and `idefics merge` end to end on the tiny fixture model and the committed synthetic data:
 //! outputs, refusal to overwrite a run, resume, NaN stop, merge = the run's merged checkpoint.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{idefics, root};
+use std::path::Path;
 
 fn recipe(out: &Path, lr: f64, steps: u64, tuning: &str, projection: &str) -> String {
     let r = root();
@@ -52,13 +50,6 @@ max_new_tokens = 4
         heldout = r.join("tests/fixtures/data/heldout").display(),
         out = out.display(),
     )
-}
-
-fn idefics(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_idefics"))
-        .args(args)
-        .output()
-        .expect("run idefics")
 }
 
 #[test]
