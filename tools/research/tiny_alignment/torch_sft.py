@@ -8,10 +8,15 @@ ap.add_argument('--steps', type=int, default=600); ap.add_argument('--bs', type=
 ap.add_argument('--fams', default='shapes'); ap.add_argument('--freeze', default='')
 ap.add_argument('--data', default='runs/tiny/data'); ap.add_argument('--eval_every', type=int, default=100)
 ap.add_argument('--zero_latents', action='store_true')
+ap.add_argument('--lm_lr', type=float, help='learning rate of the text model and lm_head (default: --lr)')
+ap.add_argument('--zero_mlp', action='store_true', help='start the perceiver MLP down projection at zero')
 a = ap.parse_args()
 torch.manual_seed(0); random.seed(0); torch.set_num_threads(2)
 proc = AutoProcessor.from_pretrained(a.model); proc.image_processor.do_image_splitting = False
 model = Idefics2ForConditionalGeneration.from_pretrained(a.model); tok = proc.tokenizer
+if a.zero_mlp:
+    with torch.no_grad():
+        for layer in model.model.connector.perceiver_resampler.layers: layer.mlp.down_proj.weight.zero_()
 if a.zero_latents:
     with torch.no_grad(): model.model.connector.perceiver_resampler.latents.zero_()
 IMG = '<fake_token_around_image>' + '<image>' * 16 + '<fake_token_around_image>'
@@ -61,19 +66,43 @@ def evaluate(shuffle=False):
                 key = t[3] + ':' + ' '.join(w for w in t[4].split()[:3])
                 acc[key][0] += ok; acc[key][1] += 1; acc[t[3]][0] += ok; acc[t[3]][1] += 1
     model.train(); return acc
+def sensitivity():
+    # How much the image matters: mean |log-prob difference| at the answer position between right and swapped
+    # images, and the connector output's spread across images relative to its size.
+    model.eval()
+    with torch.no_grad():
+        items = test[:32]; L = max(len(t[1]) for t in items)
+        ids = torch.zeros(len(items), L, dtype=torch.long); am = torch.zeros(len(items), L, dtype=torch.long)
+        for k, t in enumerate(items): ids[k, L-len(t[1]):] = torch.tensor(t[1]); am[k, L-len(t[1]):] = 1
+        imgs = [t[0] for t in items]; out = []
+        for shuffled in (imgs, imgs[5:] + imgs[:5]):
+            pv, pm = pix(shuffled)
+            out.append(model(input_ids=ids, attention_mask=am, pixel_values=pv, pixel_attention_mask=pm).logits[:, -1].log_softmax(-1))
+        pv, pm = pix(imgs)
+        f = model.model.get_image_features(pixel_values=pv, pixel_attention_mask=pm)
+        f = f if torch.is_tensor(f) else (f.pooler_output if getattr(f, 'pooler_output', None) is not None else f[0])
+        f = f[0] if isinstance(f, (list, tuple)) else f
+        f = f.reshape(len(items), -1)
+        spread = (f - f.mean(0)).norm(dim=1).mean() / f.norm(dim=1).mean()
+    model.train()
+    return (out[0] - out[1]).abs().max(-1).values.mean().item(), spread.item()
 params = []
 for n, p in model.named_parameters():
     on = not (a.freeze and any(f in n for f in a.freeze.split(',')))
     p.requires_grad_(on)
     if on: params.append(p)
-opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.1)
+lm = [p for n, p in model.named_parameters() if p.requires_grad and ('text_model' in n or 'lm_head' in n)]
+rest = [p for n, p in model.named_parameters() if p.requires_grad and not ('text_model' in n or 'lm_head' in n)]
+opt = torch.optim.AdamW([{'params': lm, 'base_lr': a.lm_lr or a.lr}, {'params': rest, 'base_lr': a.lr}], lr=a.lr, weight_decay=0.1)
 t0 = time.time()
 for step in range(a.steps + 1):
     if step % a.eval_every == 0:
         acc = evaluate(); sh = evaluate(True)
-        print(f'step {step} ({time.time()-t0:.0f}s) first-token acc', ' '.join(f'{f}={acc[f][0]/acc[f][1]:.2f}(shuf {sh[f][0]/sh[f][1]:.2f})' for f in a.fams.split(',')), flush=True)
+        dlogp, spread = sensitivity()
+        print(f'step {step} ({time.time()-t0:.0f}s) first-token acc', ' '.join(f'{f}={acc[f][0]/acc[f][1]:.2f}(shuf {sh[f][0]/sh[f][1]:.2f})' for f in a.fams.split(',')),
+              f'max|dlogp| right-vs-swapped {dlogp:.4f} connector spread {spread:.4f}', flush=True)
     if step == a.steps: break
-    for g in opt.param_groups: g['lr'] = a.lr * min(1.0, (step + 1) / 20)
+    for g in opt.param_groups: g['lr'] = g['base_lr'] * min(1.0, (step + 1) / 20)
     loss = model(**tbatch(random.sample(train, a.bs))).loss
     loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); opt.zero_grad()
 acc = evaluate()
