@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copies the tiny pipeline's final model (runs/tiny/sft/final, made by recipes/tiny/run.sh) into
-# models/idefics2-tiny, the default model of `idefics ask` / `chat` / `serve` / `eval`, writes its model card, and exports a few example images
-# from a synthetic set generated with a seed the training never used.
+# models/idefics2-tiny, the default model of `idefics ask` / `chat` / `serve` / `eval`, writes its model card,
+# and exports a few example images from a synthetic set generated with a seed the training never used.
 #   recipes/tiny/bundle.sh            (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -8,7 +8,7 @@ use idefics::LoadOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
-/// The model shipped in the repository; the default of `ask`, `chat` and `serve`.
+/// The model shipped in the repository; the default of `ask`, `chat`, `serve` and `eval`.
 fn bundled_model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/idefics2-tiny")
 }
