@@ -9,6 +9,7 @@ ap.add_argument('--fams', default='shapes'); ap.add_argument('--freeze', default
 ap.add_argument('--data', default='runs/tiny/data'); ap.add_argument('--eval_every', type=int, default=100)
 ap.add_argument('--zero_latents', action='store_true')
 ap.add_argument('--lm_lr', type=float, help='learning rate of the text model and lm_head (default: --lr)')
+ap.add_argument('--easy', type=float, default=0.0, help='share of training samples that are solid-colour images asked their colour (image-only answers)')
 ap.add_argument('--zero_mlp', action='store_true', help='start the perceiver MLP down projection at zero')
 a = ap.parse_args()
 torch.manual_seed(0); random.seed(0); torch.set_num_threads(2)
@@ -38,6 +39,19 @@ def load(split):
             if split == 'train': out.append((pv, ids, lab))
     return out
 train = load('train'); test = load('heldout')
+COLOURS = {'red': (220, 40, 40), 'green': (40, 170, 60), 'blue': (40, 80, 220), 'yellow': (240, 210, 40), 'orange': (245, 140, 30), 'purple': (150, 60, 190)}
+def easy_examples(n, seed):
+    rng = random.Random(seed); out = []
+    for _ in range(n):
+        name = rng.choice(list(COLOURS)); im = Image.new('RGB', (rng.randint(64, 224), rng.randint(64, 224)), COLOURS[name])
+        pv = proc.image_processor([[im]], return_tensors='pt')['pixel_values'][0, 0]
+        q = [tok.bos_token_id] + tok('User:' + IMG + 'What colour is the image?\nAnswer with a single word or number.<end_of_utterance>\nAssistant:', add_special_tokens=False).input_ids
+        ans = tok(' ' + name, add_special_tokens=False).input_ids + [EOU]
+        out.append((pv, q + ans, [-100] * len(q) + ans, (pv, q, ans[:-1], 'easy', 'What colour is the image?')))
+    return out
+easy_train = [e[:3] for e in easy_examples(400, 1)] if a.easy > 0 else []
+if a.easy > 0: test += [e[3] for e in easy_examples(48, 2)]
+FAMS = a.fams.split(',') + (['easy'] if a.easy > 0 else [])
 print(len(train), 'train conversations', len(test), 'heldout questions', flush=True)
 def pix(imgs):
     H = max(i.shape[1] for i in imgs); W = max(i.shape[2] for i in imgs)
@@ -99,11 +113,12 @@ for step in range(a.steps + 1):
     if step % a.eval_every == 0:
         acc = evaluate(); sh = evaluate(True)
         dlogp, spread = sensitivity()
-        print(f'step {step} ({time.time()-t0:.0f}s) first-token acc', ' '.join(f'{f}={acc[f][0]/acc[f][1]:.2f}(shuf {sh[f][0]/sh[f][1]:.2f})' for f in a.fams.split(',')),
+        print(f'step {step} ({time.time()-t0:.0f}s) first-token acc', ' '.join(f'{f}={acc[f][0]/acc[f][1]:.2f}(shuf {sh[f][0]/sh[f][1]:.2f})' for f in FAMS),
               f'max|dlogp| right-vs-swapped {dlogp:.4f} connector spread {spread:.4f}', flush=True)
     if step == a.steps: break
     for g in opt.param_groups: g['lr'] = g['base_lr'] * min(1.0, (step + 1) / 20)
-    loss = model(**tbatch(random.sample(train, a.bs))).loss
+    batch = [random.choice(easy_train) if random.random() < a.easy else random.choice(train) for _ in range(a.bs)]
+    loss = model(**tbatch(batch)).loss
     loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); opt.zero_grad()
 acc = evaluate()
 for k in sorted(acc):
