@@ -2,13 +2,13 @@
 
 mod common;
 
-use common::idefics;
+use common::{idefics_ok, json_lines};
 
 #[test]
 fn inspect_exports_images_and_turns() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("synth");
-    let o = idefics(&[
+    idefics_ok(&[
         "data",
         "synth",
         "--out",
@@ -18,10 +18,9 @@ fn inspect_exports_images_and_turns() {
         "--seed",
         "5",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let export = dir.path().join("export");
     let file = data.join("train/chat_shapes.parquet");
-    let o = idefics(&[
+    idefics_ok(&[
         "data",
         "inspect",
         "--layout",
@@ -32,12 +31,7 @@ fn inspect_exports_images_and_turns() {
         "--export",
         export.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let listing = std::fs::read_to_string(export.join("samples.jsonl")).unwrap();
-    let rows: Vec<serde_json::Value> = listing
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = json_lines(&export.join("samples.jsonl"));
     assert_eq!(rows.len(), 2, "only the shown samples are exported");
     for row in &rows {
         let name = row["images"][0].as_str().unwrap();

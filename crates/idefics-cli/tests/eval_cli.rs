@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{idefics, json_lines as lines, read_json, root};
+use common::{idefics_ok, json_lines as lines, read_json, root};
 use std::path::{Path, PathBuf};
 
 /// `idefics data synth --n 1` into `dir/synth` (extra arguments appended); returns the folder.
@@ -18,12 +18,7 @@ fn synth_data(dir: &Path, extra: &[&str]) -> PathBuf {
         "1",
     ];
     args.extend_from_slice(extra);
-    let made = idefics(&args);
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    idefics_ok(&args);
     synth
 }
 
@@ -46,13 +41,7 @@ fn eval_synth(synth: &Path, out: &Path, extra: &[&str]) -> std::process::Output 
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let run = idefics(&args);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    run
+    idefics_ok(&args)
 }
 
 #[test]
@@ -76,18 +65,12 @@ fn eval_runs_resumes_and_rescores() {
     ];
     let mut limited = base.to_vec();
     limited.extend(["--limit", "2"]);
-    let first = idefics(&limited);
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    idefics_ok(&limited);
     let predictions = out.join("predictions.jsonl");
     assert_eq!(lines(&predictions).len(), 2);
 
-    let second = idefics(&base);
+    let second = idefics_ok(&base);
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(second.status.success(), "{stderr}");
     assert!(stderr.contains("4 generated, 2 resumed"), "{stderr}");
     let preds = lines(&predictions);
     let ids: Vec<&str> = preds.iter().map(|p| p["id"].as_str().unwrap()).collect();
@@ -96,8 +79,7 @@ fn eval_runs_resumes_and_rescores() {
     assert!(stdout.contains("| vqav2 | vqa_accuracy |"), "{stdout}");
     assert!(stdout.contains("| 6 |"), "{stdout}");
 
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report = read_json(&out.join("report.json"));
     assert_eq!(report["tasks"][0]["count"], 6);
     assert!(report["run"]["revision"]
         .as_str()
@@ -107,18 +89,14 @@ fn eval_runs_resumes_and_rescores() {
 
     // Rescoring the file gives the same report.
     let rescored_dir = dir.path().join("rescored");
-    let r = idefics(&[
+    idefics_ok(&[
         "eval",
         "--rescore",
         predictions.to_str().unwrap(),
         "--out",
         rescored_dir.to_str().unwrap(),
     ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let rescored: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(rescored_dir.join("report.json")).unwrap())
-            .unwrap();
-    assert_eq!(rescored, report);
+    assert_eq!(read_json(&rescored_dir.join("report.json")), report);
 }
 
 /// `idefics data synth` then `idefics eval --task synth` on its output: the report scores each task family
@@ -130,11 +108,6 @@ fn eval_on_the_synthetic_heldout_set_reports_each_family_with_its_chance_level()
     let out = dir.path().join("out");
     let run = eval_synth(&synth, &out, &[]);
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     assert!(stdout.contains("## Per source"), "{stdout}");
 
     let meta = read_json(&synth.join("metadata.json"));
@@ -168,14 +141,13 @@ fn eval_on_the_synthetic_heldout_set_reports_each_family_with_its_chance_level()
 
     // A rescore (no model) finds the chance levels again through run.json.
     let rescored = dir.path().join("rescored");
-    let r = idefics(&[
+    idefics_ok(&[
         "eval",
         "--rescore",
         out.join("predictions.jsonl").to_str().unwrap(),
         "--out",
         rescored.to_str().unwrap(),
     ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(
         read_json(&rescored.join("report.json"))["groups"],
         report["groups"]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{idefics, root};
+use common::{idefics, idefics_ok, json_lines, root};
 use std::path::Path;
 
 fn recipe(out: &Path, lr: f64, steps: u64, tuning: &str, projection: &str) -> String {
@@ -59,8 +59,7 @@ fn train_resume_and_merge() {
     let cfg = dir.path().join("recipe.toml");
     std::fs::write(&cfg, recipe(&out, 3e-3, 2, "dora", "frozen")).unwrap();
     let cfg_s = cfg.to_str().unwrap();
-    let o = idefics(&["train", "--config", cfg_s]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    idefics_ok(&["train", "--config", cfg_s]);
     for f in [
         "metrics.jsonl",
         "loss.png",
@@ -79,22 +78,16 @@ fn train_resume_and_merge() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
     // Longer recipe + --resume continues from step 2.
     std::fs::write(&cfg, recipe(&out, 3e-3, 4, "dora", "frozen")).unwrap();
-    let o = idefics(&["train", "--config", cfg_s, "--resume"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = idefics_ok(&["train", "--config", cfg_s, "--resume"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("step 2"));
-    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let metrics = json_lines(&out.join("metrics.jsonl"));
     let steps: Vec<u64> = metrics
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
+        .iter()
+        .map(|v| v["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4]);
     // Evaluation during training: every 2 steps, beside the loss, over every task family of the held-out set.
-    for line in metrics.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    for v in &metrics {
         let step = v["step"].as_u64().unwrap();
         if step.is_multiple_of(2) {
             let eval = &v["eval"];
@@ -111,7 +104,7 @@ fn train_resume_and_merge() {
     }
     // Only adapters train here, so merging the saved adapter into the base gives the run's final checkpoint.
     let merged = dir.path().join("merged");
-    let o = idefics(&[
+    idefics_ok(&[
         "merge",
         "--base",
         root()
@@ -123,7 +116,6 @@ fn train_resume_and_merge() {
         "--out",
         merged.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
         std::fs::read(merged.join("model.safetensors")).unwrap(),
         std::fs::read(out.join("final/model.safetensors")).unwrap()
