@@ -177,14 +177,14 @@ pub fn read_qa_parquet(path: &Path, limit: Option<usize>) -> Result<(QaLayout, V
     let limit = limit.unwrap_or(usize::MAX);
     let mut rows = Vec::new();
     let mut row = 0;
-    for batch in batches {
+    'batches: for batch in batches {
         let batch = batch.map_err(|source| DataError::Arrow {
             path: path.to_path_buf(),
             source,
         })?;
         for i in 0..batch.num_rows() {
             if rows.len() >= limit {
-                return Ok((layout, rows));
+                break 'batches;
             }
             let result = match &mirror {
                 Some(m) => {
@@ -207,6 +207,7 @@ pub fn read_qa_parquet(path: &Path, limit: Option<usize>) -> Result<(QaLayout, V
             row += 1;
         }
     }
+    // A chat row holds several questions, so the last row read may overshoot the limit.
     rows.truncate(limit);
     Ok((layout, rows))
 }
