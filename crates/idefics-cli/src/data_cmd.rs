@@ -35,7 +35,11 @@ pub struct SynthArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Task families, comma-separated.
-    #[arg(long, default_value = "shapes,ocr,docs,charts", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "shapes,ocr,docs,charts,basics",
+        value_delimiter = ','
+    )]
     pub tasks: Vec<String>,
     /// Rows per parquet row group.
     #[arg(long, default_value_t = 64)]

@@ -117,7 +117,7 @@ fn eval_on_the_synthetic_heldout_set_reports_each_family_with_its_chance_level()
     assert_eq!(report["tasks"][0]["metric"], "exact_match_loose");
     assert_eq!(report["tasks"][0]["count"], n);
     let groups = report["groups"].as_array().unwrap();
-    assert_eq!(groups.len(), 4);
+    assert_eq!(groups.len(), 5);
     for g in groups {
         let family = g["source"]
             .as_str()

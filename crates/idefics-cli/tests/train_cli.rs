@@ -95,7 +95,7 @@ fn train_resume_and_merge() {
             assert!(eval["overall"].as_f64().is_some(), "step {step}: {eval}");
             assert_eq!(
                 eval["per_source"].as_object().unwrap().len(),
-                4,
+                5,
                 "step {step}: {eval}"
             );
         } else {

@@ -42,7 +42,7 @@ fn same_seed_gives_identical_files() {
     synth::generate(&config(b.path(), 3, 2, 42)).unwrap();
     synth::generate(&config(c.path(), 3, 2, 43)).unwrap();
     let fa = files_under(a.path());
-    assert_eq!(fa.len(), 13, "{fa:?}"); // 2 splits x (4 chat + pairs + interleaved) + metadata.json
+    assert_eq!(fa.len(), 15, "{fa:?}"); // 2 splits x (5 chat + pairs + interleaved) + metadata.json
     for f in &fa {
         let rel = f.strip_prefix(a.path()).unwrap();
         let x = std::fs::read(f).unwrap();
@@ -103,7 +103,7 @@ fn output_reads_back_and_matches_examples() {
     .unwrap()
     .map(|r| r.unwrap())
     .collect();
-    assert_eq!(pairs.len(), 20);
+    assert_eq!(pairs.len(), 25);
     let docs: Vec<_> = ObelicsReader::open(
         &[dir.path().join("heldout/interleaved.parquet")],
         ReaderOptions::default(),
@@ -215,6 +215,52 @@ fn shapes_answers_match_the_drawn_objects() {
         counts.contains(&1) && counts.contains(&9),
         "counts 1..9: {counts:?}"
     );
+}
+
+/// Single-object scenes: the answers name what was drawn, and the pixels show it.
+#[test]
+fn basics_answers_match_the_drawn_image() {
+    let fonts = Fonts::load().unwrap();
+    let rgb = |name: &str| synth::COLOURS.iter().find(|c| c.0 == name).unwrap().1;
+    let (mut fills, mut shapes) = (0, 0);
+    let mut answers = std::collections::BTreeSet::new();
+    for i in 0..60 {
+        let ex = generate_example(Family::Basics, 2, i, &fonts);
+        let (w, h) = ex.image.dimensions();
+        assert!(w.max(h) >= 112 && w.max(h) <= 448, "{w}x{h}");
+        for qa in &ex.qas {
+            assert_short(&qa.answer);
+            answers.insert(qa.answer.clone());
+        }
+        if let Some(fill) = ex.record["fill"].as_str() {
+            fills += 1;
+            assert_eq!(ex.qas.len(), 1);
+            assert_eq!(ex.qas[0].question, "What colour is the image?");
+            assert_eq!(ex.qas[0].answer, fill);
+            assert!(ex.image.pixels().all(|p| p.0 == rgb(fill)));
+            continue;
+        }
+        shapes += 1;
+        let o = &ex.record["objects"][0];
+        let (colour, shape) = (o["colour"].as_str().unwrap(), o["shape"].as_str().unwrap());
+        for qa in &ex.qas {
+            match qa.kind.as_str() {
+                "single_shape" => assert_eq!(qa.answer, shape),
+                "single_colour" => assert_eq!(qa.answer, colour),
+                k => panic!("unexpected kind {k}"),
+            }
+        }
+        // The shape's centre has its colour, and it covers a large part of the canvas.
+        let (x, y) = (
+            o["x"].as_f64().unwrap() as u32,
+            o["y"].as_f64().unwrap() as u32,
+        );
+        assert_eq!(ex.image.get_pixel(x, y).0, rgb(colour));
+        let covered = ex.image.pixels().filter(|p| p.0 == rgb(colour)).count();
+        assert!(covered * 20 > (w * h) as usize, "{covered} of {w}x{h}");
+    }
+    assert!(fills > 15 && shapes > 15, "{fills} fills, {shapes} shapes");
+    assert!(answers.len() >= 10, "answers vary: {answers:?}");
 }
 
 #[test]
@@ -351,8 +397,8 @@ fn generation_throughput() {
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
     println!(
-        "440 examples (4 families x 110) in {secs:.2} s = {:.0} images/s, {:.1} MB on disk",
-        440.0 / secs,
+        "550 examples (5 families x 110) in {secs:.2} s = {:.0} images/s, {:.1} MB on disk",
+        550.0 / secs,
         bytes as f64 / 1e6
     );
 }

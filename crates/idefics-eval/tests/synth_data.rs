@@ -50,6 +50,11 @@ fn synth_heldout_reads_with_sources_and_chance_levels() {
     // The split folder itself reads the same samples (metadata found in its parent), and --limit cuts.
     let split = read_eval_data(&dir.path().join("heldout"), "synth", Some(3)).unwrap();
     assert_eq!(split.samples, data.samples[..3]);
+    // Exactly `limit` samples, also when a file's last row holds more questions than are left.
+    for limit in 1..=data.samples.len() {
+        let cut = read_eval_data(dir.path(), "synth", Some(limit)).unwrap();
+        assert_eq!(cut.samples, data.samples[..limit], "limit {limit}");
+    }
     assert_eq!(split.baselines, data.baselines);
     // The training split is a different set of images.
     let train = read_eval_data(&dir.path().join("train"), "synth", None).unwrap();
@@ -97,7 +102,13 @@ fn report_scores_each_family_next_to_its_chance_level() {
     let sources: Vec<&str> = report.groups.iter().map(|g| g.source.as_str()).collect();
     assert_eq!(
         sources,
-        ["synth_charts", "synth_docs", "synth_ocr", "synth_shapes"]
+        [
+            "synth_basics",
+            "synth_charts",
+            "synth_docs",
+            "synth_ocr",
+            "synth_shapes"
+        ]
     );
     for g in &report.groups {
         let expected = if g.source == "synth_shapes" {

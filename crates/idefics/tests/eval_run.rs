@@ -299,7 +299,13 @@ fn synth_heldout_evaluates_in_memory_with_per_family_scores() {
     let sources: Vec<&str> = groups.iter().map(|g| g.source.as_str()).collect();
     assert_eq!(
         sources,
-        ["synth_charts", "synth_docs", "synth_ocr", "synth_shapes"]
+        [
+            "synth_basics",
+            "synth_charts",
+            "synth_docs",
+            "synth_ocr",
+            "synth_shapes"
+        ]
     );
     assert_eq!(
         groups.iter().map(|g| g.count).sum::<usize>(),
@@ -317,7 +323,7 @@ fn synth_heldout_evaluates_in_memory_with_per_family_scores() {
         assert_eq!(g.baseline, data.baselines.get(&g.source).copied());
         assert!(g.baseline.is_some());
     }
-    assert_eq!(scores.per_source().len(), 4);
+    assert_eq!(scores.per_source().len(), 5);
     let processor = scores.report.run.processor.as_ref().unwrap();
     assert_eq!(processor["do_image_splitting"], false);
 

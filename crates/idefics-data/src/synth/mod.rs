@@ -1,6 +1,7 @@
 //! The synthetic data generator: `idefics data synth --out DIR --n N --seed S`.
 //!
-//! Four task families (shapes, OCR, documents, charts), each image with a caption and up to 3 questions whose
+//! Five task families (shapes, OCR, documents, charts, and `basics`: single-object scenes that only the image
+//! can answer, a curriculum for small models), each image with a caption and up to 3 questions whose
 //! answers are short and exact (a word, a number, a colour, yes/no, or a letter for multiple-choice variants).
 //! Everything derives from the seed: example `i` of family `f` uses `Rng::derive([seed, f, i])`, so examples do
 //! not depend on each other or on which families are selected. Output (per split `train` / `heldout`):
@@ -12,6 +13,7 @@
 //! plus `metadata.json` (seeds, counts, chance levels per family and question type, generator version).
 //! The held-out split uses a different seed derived from the training seed.
 
+pub mod basics;
 mod canvas;
 pub mod charts;
 pub mod docs;
@@ -35,7 +37,7 @@ use crate::sample::{ChatSample, DocItem, ImageSource, ImageTextPair, Interleaved
 use crate::writer::ParquetWriter;
 
 /// Bumped whenever the output for a given seed changes.
-pub const GENERATOR_VERSION: &str = "idefics-synth/1";
+pub const GENERATOR_VERSION: &str = "idefics-synth/2";
 
 /// A task family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -45,11 +47,18 @@ pub enum Family {
     Ocr,
     Docs,
     Charts,
+    Basics,
 }
 
 impl Family {
     /// All families, in output order.
-    pub const ALL: [Family; 4] = [Family::Shapes, Family::Ocr, Family::Docs, Family::Charts];
+    pub const ALL: [Family; 5] = [
+        Family::Shapes,
+        Family::Ocr,
+        Family::Docs,
+        Family::Charts,
+        Family::Basics,
+    ];
 
     /// The name used in file names, `--tasks` and `source`.
     pub fn name(self) -> &'static str {
@@ -58,6 +67,7 @@ impl Family {
             Family::Ocr => "ocr",
             Family::Docs => "docs",
             Family::Charts => "charts",
+            Family::Basics => "basics",
         }
     }
 
@@ -68,7 +78,7 @@ impl Family {
             .find(|f| f.name() == s.trim())
             .ok_or_else(|| {
                 DataError::Invalid(format!(
-                    "unknown task family `{s}` (expected shapes, ocr, docs or charts)"
+                    "unknown task family `{s}` (expected shapes, ocr, docs, charts or basics)"
                 ))
             })
     }
@@ -86,6 +96,7 @@ pub fn generate_example(family: Family, seed: u64, index: u64, fonts: &Fonts) ->
         Family::Ocr => ocr::generate(&mut rng, fonts),
         Family::Docs => docs::generate(&mut rng, fonts),
         Family::Charts => charts::generate(&mut rng, fonts),
+        Family::Basics => basics::generate(&mut rng),
     }
 }
 

@@ -27,7 +27,8 @@ impl Object {
     }
 }
 
-fn draw(c: &mut Canvas, o: &Object) {
+/// Draws `o` filled with its colour.
+pub(super) fn draw(c: &mut Canvas, o: &Object) {
     let col = COLOURS[o.colour].1;
     let (x, y, r) = (o.x, o.y, o.r);
     match o.shape {
