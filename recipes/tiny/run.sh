@@ -6,10 +6,10 @@
 #
 # Stages: synthetic data (train seed + held-out seed) -> tokenizer -> init -> language-model pre-training ->
 # SigLIP vision pre-training -> assembly (new connector) -> multimodal stage 1 (low resolution) -> stage 2
-# (full resolution, + documents/OCR) -> instruction fine-tuning (DoRA) -> evaluation on the held-out split with
-# and without image splitting, and the text-only control (every question asked with another question's
-# image). Every stage writes a Hugging Face-format checkpoint under runs/tiny/, and its
-# wall time goes to runs/tiny/timings.log.
+# (full resolution, + documents/OCR) -> instruction fine-tuning (DoRA; single-object questions first, then all
+# families) -> evaluation on the held-out split with and without image splitting, and the text-only control
+# (every question asked with another question's image). Every stage writes a Hugging Face-format checkpoint
+# under runs/tiny/, and its wall time goes to runs/tiny/timings.log.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -64,6 +64,9 @@ cp -r "$RUN/stage1/final" "$RUN/stage1_hr"
 sed -i -e 's/"longest_edge": [0-9]*/"longest_edge": 224/' -e 's/"shortest_edge": [0-9]*/"shortest_edge": 112/' \
   "$RUN/stage1_hr/processor_config.json"
 stage stage2    "$IDEFICS" train --config "$REC/stage2.toml"
+# Instruction tuning in two steps: the single-object questions alone first (opens the image path), then all
+# families with those questions kept in every batch.
+stage sft_basics "$IDEFICS" train --config "$REC/sft_basics.toml"
 stage sft       "$IDEFICS" train --config "$REC/sft.toml"
 
 stage eval_split   "$IDEFICS" eval --model "$RUN/sft/final" --task synth --data "$RUN/data" --split \
