@@ -29,22 +29,11 @@ fn idefics(args: &[&str]) -> std::process::Output {
     common::idefics_ok_in(&root(), args)
 }
 
-/// `idefics eval --task synth` with the default (bundled) model on `data`, without image splitting.
+/// `idefics eval --task synth --no-split` with the default (bundled) model on `data`: its report.
 fn eval_bundled(data: &Path, out: &Path, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "eval",
-        "--task",
-        "synth",
-        "--data",
-        data.to_str().unwrap(),
-        "--no-split",
-        "--batch-size",
-        "8",
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["--batch-size", "8"];
     args.extend_from_slice(extra);
-    idefics(&args);
+    common::eval_synth_in(&root(), data, out, &args);
     read_json(&out.join("report.json"))
 }
 

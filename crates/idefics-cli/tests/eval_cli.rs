@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{idefics_ok, json_lines as lines, read_json, root};
+use common::{eval_synth_in, idefics_ok, json_lines as lines, read_json, root};
 use std::path::{Path, PathBuf};
 
 /// `idefics data synth --n 1` into `dir/synth` (extra arguments appended); returns the folder.
@@ -26,22 +26,9 @@ fn synth_data(dir: &Path, extra: &[&str]) -> PathBuf {
 /// appended); asserts success and returns the output.
 fn eval_synth(synth: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let model = root().join("tests/fixtures/e2e/tiny-chat");
-    let mut args = vec![
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--task",
-        "synth",
-        "--data",
-        synth.to_str().unwrap(),
-        "--batch-size",
-        "4",
-        "--no-split",
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["--model", model.to_str().unwrap(), "--batch-size", "4"];
     args.extend_from_slice(extra);
-    idefics_ok(&args)
+    eval_synth_in(Path::new("."), synth, out, &args)
 }
 
 #[test]

@@ -38,6 +38,24 @@ pub fn idefics_ok(args: &[&str]) -> Output {
     idefics_ok_in(Path::new("."), args)
 }
 
+/// Runs `idefics eval --task synth --no-split` on `data` into `out` in `dir`, with `extra` arguments (the
+/// bundled model unless they name one), and asserts that it succeeded.
+pub fn eval_synth_in(dir: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = vec![
+        "eval",
+        "--task",
+        "synth",
+        "--data",
+        data,
+        "--no-split",
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    idefics_ok_in(dir, &args)
+}
+
 pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
