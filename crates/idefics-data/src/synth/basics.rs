@@ -1,9 +1,9 @@
 //! Single-object scenes: a canvas filled with one colour, or one large shape on a plain background.
 //!
 //! The easiest questions only the image can answer. A text prior cannot: every answer is uniform over the
-//! colours or shapes. A tiny model that learns captions and answer formats first otherwise makes its
-//! image input irrelevant. Mixed into every batch, these keep the image path open while the harder
-//! families are learned (measured in `recipes/tiny/README.md`).
+//! colours or shapes. Mixed with the harder families from the start, a tiny model learns their answer
+//! priors and never starts reading the image; learned alone first, these open the image path, and kept in
+//! every batch afterwards they keep it open (measured in `recipes/tiny/README.md`).
 
 use serde_json::json;
 
