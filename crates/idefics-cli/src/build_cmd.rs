@@ -107,13 +107,18 @@ pub struct PretrainVisionArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// Learning rate of the temperature and bias, as a multiple of --lr.
+    #[arg(long, default_value_t = 1.0)]
+    pub scalar_lr_scale: f64,
     #[arg(long, default_value_t = 30)]
     pub warmup_steps: u64,
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f64,
-    /// Longest image side during SigLIP training (rounded to whole patches).
-    #[arg(long, default_value_t = 112)]
-    pub longest_edge: usize,
+    /// Longest image side during SigLIP training (rounded to whole patches). Several values (`112,224`)
+    /// are used in turn, one per batch: include the VLM's resolution so that every row of the position
+    /// table is trained.
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "112")]
+    pub longest_edge: Vec<usize>,
     /// Width of the shared image-text embedding.
     #[arg(long, default_value_t = 128)]
     pub embed_dim: usize,
@@ -350,11 +355,12 @@ fn pair_files(paths: &[PathBuf]) -> Vec<PathBuf> {
 pub fn pretrain_vision(a: PretrainVisionArgs) -> Result<()> {
     let opts = SiglipOptions {
         embed_dim: a.embed_dim,
-        longest_edge: a.longest_edge,
+        longest_edges: a.longest_edge.clone(),
         max_text_len: a.max_text_len,
         batch_size: a.batch_size,
         steps: a.steps,
         lr: a.lr,
+        scalar_lr_scale: a.scalar_lr_scale,
         warmup_steps: a.warmup_steps,
         weight_decay: a.weight_decay,
         max_grad_norm: 1.0,

@@ -1,0 +1,344 @@
+//! Tests of `siglip.rs`: the loss against torch, gradients reaching the tower, a short training run.
+
+use super::*;
+use serde_json::Value;
+
+fn fixture_dir(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(rel)
+}
+
+fn mat(v: &Value) -> Tensor {
+    let rows: Vec<Vec<f32>> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
+    let (n, e) = (rows.len(), rows[0].len());
+    Tensor::from_vec(rows.concat(), (n, e), &Device::Cpu).unwrap()
+}
+
+fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}[{i}]: {g} vs torch {w}"
+        );
+    }
+}
+
+#[test]
+fn sigmoid_loss_and_gradients_match_torch() {
+    let text = std::fs::read_to_string(fixture_dir("siglip/sigmoid_loss.json")).unwrap();
+    let fx: Value = serde_json::from_str(&text).unwrap();
+    for case in fx["cases"].as_array().unwrap() {
+        let img = Var::from_tensor(&mat(&case["img_emb"])).unwrap();
+        let txt = Var::from_tensor(&mat(&case["txt_emb"])).unwrap();
+        let tp = Var::new(case["t_prime"].as_f64().unwrap() as f32, &Device::Cpu).unwrap();
+        let b = Var::new(case["bias"].as_f64().unwrap() as f32, &Device::Cpu).unwrap();
+        let loss = sigmoid_loss(
+            img.as_tensor(),
+            txt.as_tensor(),
+            tp.as_tensor(),
+            b.as_tensor(),
+        )
+        .unwrap();
+        let want = case["loss"].as_f64().unwrap() as f32;
+        assert_close(&[loss.to_scalar::<f32>().unwrap()], &[want], 1e-5, "loss");
+        let g = loss.backward().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let flat_v = |v: &Value| flat(&mat(v));
+        assert_close(
+            &flat(g.get(img.as_tensor()).unwrap()),
+            &flat_v(&case["grad_img"]),
+            1e-4,
+            "grad img",
+        );
+        assert_close(
+            &flat(g.get(txt.as_tensor()).unwrap()),
+            &flat_v(&case["grad_txt"]),
+            1e-4,
+            "grad txt",
+        );
+        let scalar = |v: &Var| g.get(v.as_tensor()).unwrap().to_scalar::<f32>().unwrap();
+        assert_close(
+            &[scalar(&tp)],
+            &[case["grad_t_prime"].as_f64().unwrap() as f32],
+            1e-4,
+            "grad t'",
+        );
+        assert_close(
+            &[scalar(&b)],
+            &[case["grad_bias"].as_f64().unwrap() as f32],
+            1e-4,
+            "grad b",
+        );
+    }
+}
+
+#[test]
+fn loss_refuses_mismatched_batches() {
+    let a = Tensor::zeros((3, 4), DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+    let s = Tensor::new(0f32, &Device::Cpu).unwrap();
+    assert!(sigmoid_loss(&a, &b, &s, &s).is_err());
+    let square = Tensor::eye(2, DType::F32, &Device::Cpu).unwrap();
+    assert!(sigmoid_loss_with_positives(&a, &a, &s, &s, &square).is_err());
+}
+
+#[test]
+fn identical_captions_are_positives_of_each_other() {
+    let dev = Device::Cpu;
+    let ids = vec![vec![5u32, 6], vec![7], vec![5, 6], vec![5]];
+    let pos = identical_caption_positives(&ids, &dev).unwrap();
+    let want = [
+        [1f32, 0., 1., 0.],
+        [0., 1., 0., 0.],
+        [1., 0., 1., 0.],
+        [0., 0., 0., 1.],
+    ];
+    assert_eq!(pos.to_vec2::<f32>().unwrap(), want);
+
+    // The loss by hand: -sum_ij log sigmoid(label_ij * (t * cos_ij + b)) / n.
+    let img = Tensor::new(&[[1f32, 0.], [0., 1.], [1., 1.], [-1., 0.5]], &dev).unwrap();
+    let txt = Tensor::new(&[[1f32, 0.2], [0.3, 1.], [1., 0.], [-1., 0.]], &dev).unwrap();
+    let (tp, b) = (0.7f64, -1.5f64);
+    let t = Tensor::new(tp as f32, &dev).unwrap();
+    let bt = Tensor::new(b as f32, &dev).unwrap();
+    let got = sigmoid_loss_with_positives(&img, &txt, &t, &bt, &pos)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let rows = |x: &Tensor| x.to_vec2::<f32>().unwrap();
+    let (iv, tv) = (rows(&img), rows(&txt));
+    let unit = |v: &[f32]| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| (x / n) as f64).collect::<Vec<_>>()
+    };
+    let mut want_loss = 0f64;
+    for i in 0..4 {
+        for j in 0..4 {
+            let (a, c) = (unit(&iv[i]), unit(&tv[j]));
+            let cos: f64 = a.iter().zip(&c).map(|(x, y)| x * y).sum();
+            let label = if want[i][j] > 0.0 { 1.0 } else { -1.0 };
+            let z = label * (tp.exp() * cos + b);
+            want_loss -= -(1.0 + (-z).exp()).ln();
+        }
+    }
+    want_loss /= 4.0;
+    assert!(
+        (got as f64 - want_loss).abs() < 1e-5,
+        "{got} vs {want_loss}"
+    );
+    // With the diagonal only the value differs: the repeats really are counted as positives.
+    let diag = sigmoid_loss(&img, &txt, &t, &bt)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!((diag - got).abs() > 1e-3);
+}
+
+/// Pairs whose captions name the image's colour and which half holds a bar.
+fn colour_pairs() -> Vec<PairSample> {
+    let colours = [
+        ("red", [220u8, 30, 30]),
+        ("green", [30, 200, 40]),
+        ("blue", [30, 40, 220]),
+        ("yellow", [230, 220, 40]),
+    ];
+    let mut out = Vec::new();
+    for (name, rgb) in colours {
+        for (side, w, h) in [("left", 40usize, 24usize), ("right", 24, 40)] {
+            let mut data = Vec::with_capacity(w * h * 3);
+            for y in 0..h {
+                for x in 0..w {
+                    let on = if side == "left" { x < w / 2 } else { y < h / 2 };
+                    data.extend(if on { rgb } else { [250, 250, 250] });
+                }
+            }
+            out.push(PairSample {
+                image: RgbImage::new(w, h, data).unwrap(),
+                text: format!("a {name} bar on the {side}"),
+            });
+        }
+    }
+    out
+}
+
+fn tiny_trainer(steps: u64) -> SiglipTrainer {
+    let opts = SiglipOptions {
+        embed_dim: 16,
+        longest_edges: vec![32],
+        batch_size: 8,
+        steps,
+        lr: 3e-3,
+        warmup_steps: 0,
+        ..Default::default()
+    };
+    SiglipTrainer::from_checkpoint(&fixture_dir("e2e/tiny-chat"), opts, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn tower_gradients_are_finite_and_non_zero() {
+    let tr = tiny_trainer(1);
+    let (images, ids) = tr.prepare(&colour_pairs()).unwrap();
+    // Native resolution: both aspect ratios kept (32x20 and 20x32 rounded to patch 4).
+    assert_eq!(images[0].dims(), &[3, 20, 32]);
+    assert_eq!(images[1].dims(), &[3, 32, 20]);
+    let loss = tr.model.loss(&images, &ids).unwrap();
+    let grads = loss.backward().unwrap();
+    let mut nonzero = 0;
+    for (name, var) in tr.model.vision_vars() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let s = g
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(s.is_finite(), "{name}: non-finite gradient");
+        if s > 0.0 {
+            nonzero += 1;
+        }
+    }
+    // Every tower tensor except the unused position-embedding rows is touched; all get some gradient.
+    assert_eq!(nonzero, tr.model.vision_vars().len());
+}
+
+#[test]
+fn a_few_steps_lower_the_loss_and_the_tower_is_written_back() {
+    let pairs = colour_pairs();
+    let mut tr = tiny_trainer(25);
+    let before = tr.eval_loss(&pairs).unwrap();
+    let mut data = pairs.clone().into_iter().cycle().map(Ok);
+    let mut last = None;
+    tr.train(&mut data, |s| last = Some(*s)).unwrap();
+    let after = tr.eval_loss(&pairs).unwrap();
+    assert_eq!(last.map(|s| s.step), Some(25));
+    assert!(after < 0.7 * before, "loss {before} -> {after}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture_dir("e2e/tiny-chat");
+    tr.save_into(&src, dir.path()).unwrap();
+    let old = load_tensors(&src, DType::F32, &Device::Cpu).unwrap();
+    let new = load_tensors(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(old.len(), new.len());
+    let differs = |name: &str| {
+        let a = old[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = new[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        a != b
+    };
+    assert!(differs(
+        "model.vision_model.encoder.layers.0.self_attn.q_proj.weight"
+    ));
+    assert!(
+        !differs("model.text_model.embed_tokens.weight"),
+        "text side not written back"
+    );
+    assert!(!differs("model.connector.perceiver_resampler.latents"));
+    // The result loads as a model.
+    crate::Idefics2ForConditionalGeneration::load(dir.path(), &Default::default()).unwrap();
+    assert!(dir.path().join("tokenizer.json").is_file());
+}
+
+#[test]
+fn the_scalar_learning_rate_scale_moves_temperature_and_bias_further() {
+    let pairs = colour_pairs();
+    let moved = |scale: f64| {
+        let opts = SiglipOptions {
+            embed_dim: 16,
+            longest_edges: vec![32],
+            batch_size: 8,
+            steps: 3,
+            lr: 1e-3,
+            scalar_lr_scale: scale,
+            warmup_steps: 0,
+            ..Default::default()
+        };
+        let mut tr =
+            SiglipTrainer::from_checkpoint(&fixture_dir("e2e/tiny-chat"), opts, &Device::Cpu)
+                .unwrap();
+        let mut data = pairs.clone().into_iter().cycle().map(Ok);
+        tr.train(&mut data, |_| {}).unwrap();
+        let (t, b) = tr.model.temperature_and_bias().unwrap();
+        ((t.ln() - INIT_T_PRIME).abs(), (b - INIT_BIAS).abs())
+    };
+    let (dt0, db0) = moved(0.0);
+    assert!(
+        dt0 < 1e-6 && db0 < 1e-6,
+        "scale 0 must freeze them: {dt0} {db0}"
+    );
+    let (dt1, db1) = moved(1.0);
+    let (dt10, db10) = moved(10.0);
+    assert!(dt1 > 0.0 && db1 > 0.0);
+    // Adam's step is about the learning rate, so ten times the rate moves them several times further.
+    assert!(
+        dt10 > 5.0 * dt1 && db10 > 5.0 * db1,
+        "{dt1} {db1} / {dt10} {db10}"
+    );
+}
+
+#[test]
+fn several_resolutions_train_more_rows_of_the_position_table() {
+    let name = "model.vision_model.embeddings.position_embedding.weight";
+    let changed_rows = |edges: Vec<usize>| {
+        let opts = SiglipOptions {
+            embed_dim: 16,
+            longest_edges: edges,
+            batch_size: 8,
+            steps: 2,
+            lr: 1e-2,
+            warmup_steps: 0,
+            ..Default::default()
+        };
+        let mut tr =
+            SiglipTrainer::from_checkpoint(&fixture_dir("e2e/tiny-chat"), opts, &Device::Cpu)
+                .unwrap();
+        let before = tr.model.vision_vars()[name].as_tensor().copy().unwrap();
+        let mut data = colour_pairs().into_iter().cycle().map(Ok);
+        tr.train(&mut data, |_| {}).unwrap();
+        let after = tr.model.vision_vars()[name].as_tensor();
+        let diff = (after - &before).unwrap().abs().unwrap().sum(1).unwrap();
+        let diff = diff.to_vec1::<f32>().unwrap();
+        // Weight decay alone moves an unvisited row by ~1e-7; an Adam step moves a visited one by ~lr.
+        diff.iter().filter(|&&d| d > 1e-3).count()
+    };
+    let tr = tiny_trainer(1);
+    assert_eq!(tr.longest_edge_at(0), 32);
+    // Patch 4, a 16 x 16 table: at longest side 32 the 40x24 and 24x40 images are 8 x 5 and 5 x 8 patches,
+    // which visit 71 buckets (two 8 x 5 grids with 9 in common).
+    let low = changed_rows(vec![32]);
+    let both = changed_rows(vec![32, 64]);
+    assert_eq!(low, 71);
+    assert!(both > low + 32, "{low} rows at 32 px, {both} at 32 + 64 px");
+}
+
+#[test]
+fn resolutions_are_validated_and_taken_in_turn() {
+    let build = |edges: Vec<usize>| {
+        let opts = SiglipOptions {
+            embed_dim: 16,
+            longest_edges: edges,
+            batch_size: 8,
+            ..Default::default()
+        };
+        SiglipTrainer::from_checkpoint(&fixture_dir("e2e/tiny-chat"), opts, &Device::Cpu)
+    };
+    assert!(build(vec![]).is_err());
+    assert!(build(vec![32, 2]).is_err()); // below the patch size
+    let tr = build(vec![32, 48, 64]).unwrap();
+    let seq: Vec<usize> = (0..5).map(|k| tr.longest_edge_at(k)).collect();
+    assert_eq!(seq, [32, 48, 64, 32, 48]);
+}
