@@ -10,9 +10,7 @@
 //!
 //! One departure: pairs whose captions tokenise identically are positives of each other (`labels_ij = +1`),
 //! not negatives. Web-scale batches almost never repeat a caption; synthetic ones do ("A plain red image."),
-//! and counting the repeats as negatives asks one text embedding to match an image and reject its twin. In
-//! the fifth session's run that held the temperature at its initial 10 (with b = -10 a positive logit can
-//! then not exceed 0) and the loss on a plateau.
+//! and counting the repeats as negatives asks one text embedding to match an image and reject its twin.
 //!
 //! Image side: our Idefics2 [`VisionTransformer`] at native resolution (aspect ratio kept, sides rounded to
 //! whole patches), mean-pooled over its patches, then a linear head. Mean pooling rather than SigLIP's MAP
@@ -524,12 +522,8 @@ impl SiglipTrainer {
 
     /// The longest image side of the batch of step `step` (0-based).
     pub fn longest_edge_at(&self, step: u64) -> usize {
-        let n = self.opts.longest_edges.len().max(1) as u64;
-        self.opts
-            .longest_edges
-            .get((step % n) as usize)
-            .copied()
-            .unwrap_or(112)
+        let edges = &self.opts.longest_edges; // non-empty: checked in `new`
+        edges[(step % edges.len() as u64) as usize]
     }
 
     fn prepare(&self, batch: &[PairSample]) -> Result<(Vec<Tensor>, Vec<Vec<u32>>), TrainError> {
