@@ -77,8 +77,10 @@ impl Family {
             .into_iter()
             .find(|f| f.name() == s.trim())
             .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
                 DataError::Invalid(format!(
-                    "unknown task family `{s}` (expected shapes, ocr, docs, charts or basics)"
+                    "unknown task family `{s}` (expected one of {})",
+                    names.join(", ")
                 ))
             })
     }
