@@ -37,6 +37,13 @@ pub struct BenchTrainArgs {
     /// Write the batch here (safetensors) so that the torch side trains on the same tensors.
     #[arg(long)]
     pub write_batch: Option<PathBuf>,
+    /// Micro-batches per step (gradient accumulation), each a copy of the batch.
+    #[arg(long, default_value_t = 1)]
+    pub micro_batches: usize,
+    /// Micro-batches run at once on their own threads (`[run] parallel_micro_batches`); above 1 this sets
+    /// RAYON_NUM_THREADS=1 unless it is set.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
 }
 
 /// Peak and current resident memory of this process, in bytes (Linux `/proc/self/status`).
@@ -116,6 +123,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         "dora" => Tuning::Dora,
         other => bail!("--mode {other:?}: use full, lora or dora"),
     };
+    super::train_cmd::single_threaded_ops_for(args.parallel);
     let t0 = Instant::now();
     let model = Idefics2ForConditionalGeneration::load(&args.model, &LoadOptions::default())
         .with_context(|| format!("loading {}", args.model.display()))?;
@@ -191,21 +199,23 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         LoopConfig {
             steps: (args.steps + 1) as u64,
             batch_size: args.batch_size,
-            grad_accum: 1,
+            grad_accum: args.micro_batches,
             seed: 0,
             log_every: 1,
             save_every: None,
             keep_checkpoints: 1,
             neftune_alpha: None,
             eval_every: None,
+            parallel_micro_batches: args.parallel,
         },
         &out,
     )?;
-    trainer.train_step(std::slice::from_ref(&batch))?;
+    let batches = vec![batch.clone(); args.micro_batches];
+    trainer.train_step(&batches)?;
     let mut times = Vec::new();
     let mut losses = Vec::new();
     for _ in 0..args.steps {
-        let m = trainer.train_step(std::slice::from_ref(&batch))?;
+        let m = trainer.train_step(&batches)?;
         times.push(m.step_time_s);
         losses.push(m.loss);
     }
@@ -216,6 +226,9 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         "impl": "idefics-rs",
         "mode": args.mode,
         "batch_size": args.batch_size,
+        "micro_batches": args.micro_batches,
+        "parallel_micro_batches": args.parallel,
+        "candle_threads": candle_core::utils::get_num_threads(),
         "seq_len": batch.labels.dim(1)?,
         "image_size": args.image_size,
         "trainable_params": n_trainable,

@@ -44,6 +44,10 @@ pub struct SynthArgs {
     /// Rows per parquet row group.
     #[arg(long, default_value_t = 64)]
     pub rows_per_group: usize,
+    /// Questions per training image (distinct question kinds; a family with fewer kinds gives fewer). The
+    /// images and the first questions are the same for any value; the held-out split always has 3.
+    #[arg(long, default_value_t = synth::DEFAULT_QUESTIONS_PER_IMAGE)]
+    pub questions_per_image: usize,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -92,6 +96,7 @@ fn synth_cmd(a: SynthArgs) -> Result<()> {
         seed: a.seed,
         families,
         rows_per_group: a.rows_per_group,
+        questions_per_image: a.questions_per_image,
     };
     let meta =
         synth::generate(&cfg).with_context(|| format!("generating into {}", a.out.display()))?;

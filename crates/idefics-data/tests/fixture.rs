@@ -19,6 +19,7 @@ fn fixture_config(out: &Path) -> SynthConfig {
         seed: 0,
         families: Family::ALL.to_vec(),
         rows_per_group: 2,
+        questions_per_image: synth::DEFAULT_QUESTIONS_PER_IMAGE,
     }
 }
 

@@ -14,6 +14,7 @@ fn config(out: &Path, n: usize, heldout: usize, seed: u64) -> SynthConfig {
         seed,
         families: Family::ALL.to_vec(),
         rows_per_group: 4,
+        questions_per_image: synth::DEFAULT_QUESTIONS_PER_IMAGE,
     }
 }
 
@@ -401,4 +402,42 @@ fn generation_throughput() {
         550.0 / secs,
         bytes as f64 / 1e6
     );
+}
+
+#[test]
+fn more_questions_per_image_only_add_turns() {
+    let fonts = Fonts::load().unwrap();
+    let mut added = 0;
+    for family in Family::ALL {
+        for i in 0..6 {
+            let base = generate_example(family, 3, i, &fonts);
+            let more = synth::generate_example_with_questions(family, 3, i, &fonts, 9);
+            assert_eq!(base.image, more.image, "{family:?} {i}: image changed");
+            assert_eq!(base.caption, more.caption);
+            assert!(base.qas.len() <= synth::DEFAULT_QUESTIONS_PER_IMAGE);
+            assert_eq!(base.qas[..], more.qas[..base.qas.len()], "{family:?} {i}");
+            let mut kinds: Vec<&str> = more.qas.iter().map(|q| q.kind.as_str()).collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            assert_eq!(kinds.len(), more.qas.len(), "{family:?} {i}: repeated kind");
+            added += more.qas.len() - base.qas.len();
+        }
+    }
+    assert!(added > 30, "only {added} questions added");
+
+    // The training split gets the extra questions, the held-out split keeps the default.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 4, 4, 5);
+    cfg.questions_per_image = 9;
+    let meta = synth::generate(&cfg).unwrap();
+    let (train, heldout) = (&meta.splits["train"], &meta.splits["heldout"]);
+    let shapes = |s: &synth::SplitMetadata| s.families["shapes"].questions;
+    assert!(shapes(train) > 4 * 3, "{}", shapes(train));
+    assert!(shapes(heldout) <= 4 * 3, "{}", shapes(heldout));
+    assert_eq!(meta.questions_per_image["train"], 9);
+    assert_eq!(meta.questions_per_image["heldout"], 3);
+
+    cfg.questions_per_image = 0;
+    let err = synth::generate(&cfg).unwrap_err().to_string();
+    assert!(err.contains("at least 1"), "{err}");
 }

@@ -15,6 +15,7 @@ fn generate(out: &Path) -> synth::Metadata {
         seed: 7,
         families: Family::ALL.to_vec(),
         rows_per_group: 64,
+        questions_per_image: synth::DEFAULT_QUESTIONS_PER_IMAGE,
     })
     .unwrap()
 }

@@ -266,6 +266,7 @@ fn synth_heldout_evaluates_in_memory_with_per_family_scores() {
         seed: 3,
         families: Family::ALL.to_vec(),
         rows_per_group: 64,
+        questions_per_image: synth::DEFAULT_QUESTIONS_PER_IMAGE,
     })
     .unwrap();
     let data = read_eval_data(&synth_dir, "synth", None).unwrap();

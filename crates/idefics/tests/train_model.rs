@@ -281,6 +281,30 @@ fn trainer_for(
     neftune_alpha: Option<f64>,
     out: &std::path::Path,
 ) -> Result<Trainer, TrainError> {
+    trainer_with_loop(tm, steps, neftune_alpha, out, |_| {})
+}
+
+/// [`trainer_for`] with the loop settings edited by `edit`.
+fn trainer_with_loop(
+    tm: TrainableModel,
+    steps: u64,
+    neftune_alpha: Option<f64>,
+    out: &std::path::Path,
+    edit: impl FnOnce(&mut LoopConfig),
+) -> Result<Trainer, TrainError> {
+    let mut cfg = LoopConfig {
+        steps,
+        batch_size: 1,
+        grad_accum: 1,
+        seed: 9,
+        log_every: 1,
+        save_every: Some(3),
+        keep_checkpoints: 2,
+        neftune_alpha,
+        eval_every: None,
+        parallel_micro_batches: 1,
+    };
+    edit(&mut cfg);
     Trainer::new(
         tm,
         AdamWConfig {
@@ -297,17 +321,7 @@ fn trainer_for(
             decay: Decay::Cosine,
             min_ratio: 0.1,
         },
-        LoopConfig {
-            steps,
-            batch_size: 1,
-            grad_accum: 1,
-            seed: 9,
-            log_every: 1,
-            save_every: Some(3),
-            keep_checkpoints: 2,
-            neftune_alpha,
-            eval_every: None,
-        },
+        cfg,
         out,
     )
 }
@@ -410,4 +424,78 @@ fn gradient_accumulation_equals_a_larger_batch() -> TestResult {
         "accumulated step differs from the big batch by {worst}"
     );
     Ok(())
+}
+
+#[test]
+fn parallel_micro_batches_give_the_same_step_bit_for_bit() -> TestResult {
+    let batch = fixture_batch();
+    let dir = tempfile::tempdir()?;
+    let split = |row: usize| row_batch(&batch, row);
+    let build = |parallel: usize| -> Result<Trainer, TrainError> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let spec = AdapterSpec {
+            r: 4,
+            alpha: 8.0,
+            ..Default::default()
+        };
+        let tm = TrainableModel::new(
+            load_model(&case()),
+            &loop_plan(Tuning::Dora),
+            &spec,
+            &mut rng,
+        )?;
+        // NEFTune on: its noise must be drawn in the same order whatever the threading.
+        trainer_with_loop(tm, 4, Some(5.0), dir.path(), |c| {
+            c.grad_accum = 2;
+            c.parallel_micro_batches = parallel;
+        })
+    };
+    let (mut seq, mut par) = (build(1)?, build(2)?);
+    for _ in 0..2 {
+        let a = seq.train_step(&[split(0), split(1)])?;
+        let b = par.train_step(&[split(0), split(1)])?;
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits());
+        assert_eq!(a.grad_norm.to_bits(), b.grad_norm.to_bits());
+        assert_eq!(a.tokens, b.tokens);
+    }
+    let (wa, wb) = (
+        seq.model().merged_state_dict()?,
+        par.model().merged_state_dict()?,
+    );
+    for (name, a) in &wa {
+        let d = (a - &wb[name])?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(d, 0.0, "{name} differs by {d}");
+    }
+    Ok(())
+}
+
+#[test]
+fn parallel_micro_batches_are_validated() {
+    let cfg = LoopConfig {
+        steps: 1,
+        batch_size: 1,
+        grad_accum: 2,
+        seed: 0,
+        log_every: 1,
+        save_every: None,
+        keep_checkpoints: 1,
+        neftune_alpha: None,
+        eval_every: None,
+        parallel_micro_batches: 3,
+    };
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("parallel_micro_batches must be between 1 and grad_accum (2)"),
+        "{err}"
+    );
+    let zero = LoopConfig {
+        parallel_micro_batches: 0,
+        ..cfg.clone()
+    };
+    assert!(zero.validate().is_err());
+    let ok = LoopConfig {
+        parallel_micro_batches: 2,
+        ..cfg
+    };
+    ok.validate().unwrap();
 }

@@ -133,7 +133,7 @@ fn receipt(rng: &mut Rng, fonts: &Fonts) -> Example {
     Example {
         image: c.img,
         caption,
-        qas: choose_questions(rng, qas, 3),
+        qas: choose_questions(rng, qas, usize::MAX),
         record,
     }
 }
@@ -268,7 +268,7 @@ fn table(rng: &mut Rng, fonts: &Fonts) -> Example {
     Example {
         image: c.img,
         caption,
-        qas: choose_questions(rng, qas, 3),
+        qas: choose_questions(rng, qas, usize::MAX),
         record,
     }
 }
@@ -367,7 +367,7 @@ fn form(rng: &mut Rng, fonts: &Fonts) -> Example {
     Example {
         image: c.img,
         caption,
-        qas: choose_questions(rng, qas, 3),
+        qas: choose_questions(rng, qas, usize::MAX),
         record,
     }
 }

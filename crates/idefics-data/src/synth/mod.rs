@@ -1,8 +1,8 @@
 //! The synthetic data generator: `idefics data synth --out DIR --n N --seed S`.
 //!
 //! Five task families (shapes, OCR, documents, charts, and `basics`: single-object scenes that only the image
-//! can answer, a curriculum for small models), each image with a caption and up to 3 questions whose
-//! answers are short and exact (a word, a number, a colour, yes/no, or a letter for multiple-choice variants).
+//! can answer, a curriculum for small models), each image with a caption and up to 3 questions (or
+//! `--questions-per-image K` for the training split) whose answers are short and exact (a word, a number, a colour, yes/no, or a letter for multiple-choice variants).
 //! Everything derives from the seed: example `i` of family `f` uses `Rng::derive([seed, f, i])`, so examples do
 //! not depend on each other or on which families are selected. Output (per split `train` / `heldout`):
 //!
@@ -90,16 +90,35 @@ impl Family {
     }
 }
 
-/// Generates example `index` of `family` for `seed` (deterministic; independent of other examples).
+/// Questions per image unless asked otherwise (the held-out split always uses this).
+pub const DEFAULT_QUESTIONS_PER_IMAGE: usize = 3;
+
+/// Generates example `index` of `family` for `seed` (deterministic; independent of other examples), with up
+/// to [`DEFAULT_QUESTIONS_PER_IMAGE`] questions.
 pub fn generate_example(family: Family, seed: u64, index: u64, fonts: &Fonts) -> Example {
+    generate_example_with_questions(family, seed, index, fonts, DEFAULT_QUESTIONS_PER_IMAGE)
+}
+
+/// [`generate_example`] with up to `questions` questions of distinct kinds. The image, the caption and the
+/// first questions do not depend on `questions`: every family draws all its candidate questions in one
+/// shuffled order and this keeps a prefix, so more questions per image only adds turns.
+pub fn generate_example_with_questions(
+    family: Family,
+    seed: u64,
+    index: u64,
+    fonts: &Fonts,
+    questions: usize,
+) -> Example {
     let mut rng = Rng::derive(&[seed, family.id(), index]);
-    match family {
+    let mut ex = match family {
         Family::Shapes => shapes::generate(&mut rng),
         Family::Ocr => ocr::generate(&mut rng, fonts),
         Family::Docs => docs::generate(&mut rng, fonts),
         Family::Charts => charts::generate(&mut rng, fonts),
         Family::Basics => basics::generate(&mut rng),
-    }
+    };
+    ex.qas.truncate(questions);
+    ex
 }
 
 /// The held-out seed for a training seed.
@@ -119,6 +138,9 @@ pub struct SynthConfig {
     pub families: Vec<Family>,
     /// Rows per parquet row group (the unit the readers shuffle).
     pub rows_per_group: usize,
+    /// Questions per training image (distinct kinds, as many as the family has at most). The held-out split
+    /// keeps [`DEFAULT_QUESTIONS_PER_IMAGE`], so that evaluations stay comparable.
+    pub questions_per_image: usize,
 }
 
 /// Chance levels and counts for one question type.
@@ -191,6 +213,7 @@ pub struct Metadata {
     pub seed: u64,
     pub n_per_family: usize,
     pub heldout_per_family: usize,
+    pub questions_per_image: BTreeMap<String, usize>,
     pub splits: BTreeMap<String, SplitMetadata>,
 }
 
@@ -199,20 +222,33 @@ pub fn generate(cfg: &SynthConfig) -> Result<Metadata> {
     if cfg.families.is_empty() {
         return Err(DataError::Invalid("no task families selected".into()));
     }
+    if cfg.questions_per_image == 0 {
+        return Err(DataError::Invalid(
+            "questions per image must be at least 1".into(),
+        ));
+    }
     let fonts = Fonts::load()?;
     let mut splits = BTreeMap::new();
-    for (split, seed, n) in [
-        ("train", cfg.seed, cfg.n),
-        ("heldout", heldout_seed(cfg.seed), cfg.heldout),
+    let mut questions_per_image = BTreeMap::new();
+    for (split, seed, n, questions) in [
+        ("train", cfg.seed, cfg.n, cfg.questions_per_image),
+        (
+            "heldout",
+            heldout_seed(cfg.seed),
+            cfg.heldout,
+            DEFAULT_QUESTIONS_PER_IMAGE,
+        ),
     ] {
-        let meta = write_split(cfg, &cfg.out.join(split), seed, n, &fonts)?;
+        let meta = write_split(cfg, &cfg.out.join(split), seed, n, questions, &fonts)?;
         splits.insert(split.to_string(), meta);
+        questions_per_image.insert(split.to_string(), questions);
     }
     let metadata = Metadata {
         generator_version: GENERATOR_VERSION.to_string(),
         seed: cfg.seed,
         n_per_family: cfg.n,
         heldout_per_family: cfg.heldout,
+        questions_per_image,
         splits,
     };
     let path = cfg.out.join("metadata.json");
@@ -227,6 +263,7 @@ fn write_split(
     dir: &Path,
     seed: u64,
     n: usize,
+    questions: usize,
     fonts: &Fonts,
 ) -> Result<SplitMetadata> {
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
@@ -241,7 +278,7 @@ fn write_split(
         let mut chat = ParquetWriter::<ChatSample>::create(&dir.join(&name), cfg.rows_per_group)?;
         let mut stats = FamilyStats::default();
         for i in 0..n {
-            let ex = generate_example(family, seed, i as u64, fonts);
+            let ex = generate_example_with_questions(family, seed, i as u64, fonts, questions);
             stats.add(&ex);
             let png = png_bytes(&ex.image)?;
             let source = format!("synth_{}", family.name());

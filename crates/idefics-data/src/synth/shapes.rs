@@ -188,7 +188,7 @@ pub fn generate(rng: &mut Rng) -> Example {
             ));
         }
     }
-    let qas = choose_questions(rng, qas, 3);
+    let qas = choose_questions(rng, qas, usize::MAX);
 
     let parts: Vec<String> = objects
         .iter()

@@ -133,7 +133,8 @@ pub fn region(x: f32, y: f32, w: f32, h: f32) -> String {
     }
 }
 
-/// Picks up to `k` questions with distinct kinds, in random order.
+/// Picks up to `k` questions with distinct kinds, in random order (the families pass `usize::MAX`;
+/// [`super::generate_example_with_questions`] keeps a prefix).
 pub fn choose_questions(rng: &mut Rng, mut qas: Vec<Qa>, k: usize) -> Vec<Qa> {
     rng.shuffle(&mut qas);
     let mut out: Vec<Qa> = Vec::new();

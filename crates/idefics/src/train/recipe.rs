@@ -37,7 +37,9 @@
 //!
 //! [run]
 //! steps = 1000
-//! batch_size = 8
+//! batch_size = 4                     # examples per micro-batch
+//! grad_accum = 2                     # micro-batches per optimizer step (8 examples)
+//! parallel_micro_batches = 2         # run at once, one thread each (CPU: faster for small models)
 //! neftune_alpha = 5.0
 //!
 //! [eval]                             # optional: scored every `run.eval_every` steps

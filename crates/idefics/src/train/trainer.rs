@@ -3,7 +3,9 @@
 //!
 //! One optimizer step over `grad_accum` micro-batches minimises the mean token loss of their union: the
 //! micro-batches are drawn first, their label tokens counted, and each micro-batch's summed loss is divided by
-//! that total, so accumulation equals one larger batch (not a mean of per-micro-batch means).
+//! that total, so accumulation equals one larger batch (not a mean of per-micro-batch means). With
+//! `parallel_micro_batches > 1` several micro-batches run forward and backward at once on their own threads;
+//! their gradients are then added in micro-batch order, so the step is the same as the sequential one.
 
 use super::accumulate::GradAccumulator;
 use super::checkpoint::{
@@ -15,7 +17,8 @@ use super::rng::TrainRng;
 use super::schedule::LrSchedule;
 use super::trainable::TrainableModel;
 use super::TrainError;
-use crate::model::ModelInputs;
+use crate::model::{Idefics2ForConditionalGeneration, ModelInputs};
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -60,6 +63,12 @@ pub struct LoopConfig {
     /// Evaluate every N steps (when the caller gives an evaluator).
     #[serde(default)]
     pub eval_every: Option<u64>,
+    /// Micro-batches (of the `grad_accum`) run at once, each on its own thread. Same result as one at a time
+    /// (the gradients are summed in order), more memory (one autograd graph per thread). Pays off on CPU when
+    /// each op is too small for candle's intra-op threads: run with `RAYON_NUM_THREADS=1` (`idefics train`
+    /// sets it when this is above 1); see `tools/bench/threads_bench.sh`.
+    #[serde(default = "one")]
+    pub parallel_micro_batches: usize,
 }
 
 fn one() -> usize {
@@ -80,6 +89,12 @@ impl LoopConfig {
         }
         if self.batch_size == 0 || self.grad_accum == 0 {
             return bad("batch_size and grad_accum must be at least 1");
+        }
+        if self.parallel_micro_batches == 0 || self.parallel_micro_batches > self.grad_accum {
+            return bad(&format!(
+                "parallel_micro_batches must be between 1 and grad_accum ({}), got {}",
+                self.grad_accum, self.parallel_micro_batches
+            ));
         }
         if self.log_every == 0 {
             return bad("log_every must be at least 1");
@@ -354,33 +369,60 @@ impl Trainer {
         let mut acc = GradAccumulator::new(vars.clone());
         let mut loss_total = 0f64;
         let mut tokens = 0usize;
+        // Noise first, in micro-batch order, so that the RNG stream does not depend on the threading.
+        let mut inputs = Vec::with_capacity(batches.len());
         for batch in batches {
-            let mut inputs = batch.inputs.clone();
-            inputs.embedding_noise = self.neftune_noise(&inputs)?;
-            tokens += match &inputs.attention_mask {
-                Some(m) => m
-                    .to_dtype(candle_core::DType::F32)?
-                    .sum_all()?
-                    .to_scalar::<f32>()? as usize,
-                None => inputs
-                    .input_ids
-                    .as_ref()
-                    .map(|t| t.elem_count())
-                    .unwrap_or(0),
+            let mut x = batch.inputs.clone();
+            x.embedding_noise = self.neftune_noise(&x)?;
+            tokens += sequence_tokens(&x)?;
+            inputs.push(x);
+        }
+        let model = self.model.model();
+        let parallel = self.cfg.parallel_micro_batches.max(1);
+        let indices: Vec<usize> = (0..batches.len()).collect();
+        for group in indices.chunks(parallel) {
+            let run =
+                |i: usize| micro_batch_grads(model, &inputs[i], &batches[i].labels, total_labels);
+            let results: Vec<Result<(f64, Option<GradStore>), TrainError>> = if group.len() == 1 {
+                vec![run(group[0])]
+            } else {
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = group
+                        .iter()
+                        .map(|&i| {
+                            // candle's backward walks the graph recursively: give these threads the
+                            // headroom of a main thread and more (std's default for spawned ones is 2 MiB).
+                            std::thread::Builder::new()
+                                .name(format!("micro-batch-{i}"))
+                                .stack_size(MICRO_BATCH_STACK_BYTES)
+                                .spawn_scoped(s, move || run(i))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| match h {
+                            Ok(h) => h.join().unwrap_or_else(|_| {
+                                Err(TrainError::Invalid("a micro-batch thread panicked".into()))
+                            }),
+                            Err(e) => Err(TrainError::Invalid(format!(
+                                "could not start a micro-batch thread: {e}"
+                            ))),
+                        })
+                        .collect()
+                })
             };
-            let logits = self.model.model().forward(&inputs, None)?;
-            let sum = causal_lm_loss_sum(&logits, &batch.labels)?;
-            let loss = sum.sum.affine(1.0 / total_labels as f64, 0.0)?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    what: format!("loss at step {}", self.step + 1),
-                    value,
-                });
+            // Summed in micro-batch order: the same gradients as the sequential loop, bit for bit.
+            for r in results {
+                let (value, grads) = r?;
+                let Some(grads) = grads else {
+                    return Err(TrainError::NonFinite {
+                        what: format!("loss at step {}", self.step + 1),
+                        value,
+                    });
+                };
+                loss_total += value;
+                acc.add(&grads, 1.0)?;
             }
-            loss_total += value;
-            let grads = loss.backward()?;
-            acc.add(&grads, 1.0)?;
         }
         self.model.set_training(false);
         let mut grads = acc.take();
@@ -497,6 +539,43 @@ impl Trainer {
         }
         Ok(history)
     }
+}
+
+/// Stack of a micro-batch thread (address space; only the touched pages cost memory).
+const MICRO_BATCH_STACK_BYTES: usize = 64 << 20;
+
+/// Non-padding tokens of a micro-batch (all of them without an attention mask).
+fn sequence_tokens(inputs: &ModelInputs) -> Result<usize, TrainError> {
+    Ok(match &inputs.attention_mask {
+        Some(m) => m
+            .to_dtype(candle_core::DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as usize,
+        None => inputs
+            .input_ids
+            .as_ref()
+            .map(|t| t.elem_count())
+            .unwrap_or(0),
+    })
+}
+
+/// Forward + backward of one micro-batch: its share of the step's mean token loss (summed loss over the
+/// step's `total_labels`) and the gradients of that share.
+fn micro_batch_grads(
+    model: &Idefics2ForConditionalGeneration,
+    inputs: &ModelInputs,
+    labels: &Tensor,
+    total_labels: usize,
+) -> Result<(f64, Option<GradStore>), TrainError> {
+    let logits = model.forward(inputs, None)?;
+    let sum = causal_lm_loss_sum(&logits, labels)?;
+    let loss = sum.sum.affine(1.0 / total_labels as f64, 0.0)?;
+    let value = loss.to_scalar::<f32>()? as f64;
+    if !value.is_finite() {
+        // Reported by the caller with the step number; no backward through a non-finite loss.
+        return Ok((value, None));
+    }
+    Ok((value, Some(loss.backward()?)))
 }
 
 /// Drops metrics lines of steps after `step` (a run killed after logging but before its next checkpoint
