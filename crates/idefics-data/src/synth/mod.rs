@@ -2,7 +2,8 @@
 //!
 //! Five task families (shapes, OCR, documents, charts, and `basics`: single-object scenes that only the image
 //! can answer, a curriculum for small models), each image with a caption and up to 3 questions (or
-//! `--questions-per-image K` for the training split) whose answers are short and exact (a word, a number, a colour, yes/no, or a letter for multiple-choice variants).
+//! `--questions-per-image K` for the training split) whose answers are short and exact (a word, a number, a
+//! colour, yes/no, or a letter for multiple-choice variants).
 //! Everything derives from the seed: example `i` of family `f` uses `Rng::derive([seed, f, i])`, so examples do
 //! not depend on each other or on which families are selected. Output (per split `train` / `heldout`):
 //!

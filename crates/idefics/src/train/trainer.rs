@@ -378,9 +378,8 @@ impl Trainer {
             inputs.push(x);
         }
         let model = self.model.model();
-        let parallel = self.cfg.parallel_micro_batches.max(1);
         let indices: Vec<usize> = (0..batches.len()).collect();
-        for group in indices.chunks(parallel) {
+        for group in indices.chunks(self.cfg.parallel_micro_batches.max(1)) {
             let run =
                 |i: usize| micro_batch_grads(model, &inputs[i], &batches[i].labels, total_labels);
             let results: Vec<Result<(f64, Option<GradStore>), TrainError>> = if group.len() == 1 {
