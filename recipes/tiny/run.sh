@@ -52,8 +52,10 @@ stage init      "$IDEFICS" init --config "$REC/config.json" --tokenizer "$RUN/to
 stage lm        "$IDEFICS" train --config "$REC/lm.toml"
 # Batches alternate between longest side 112 (stage 1) and 224 (stage 2, SFT, inference): at 112 alone
 # the tower never trains half of its position table, which the later stages freeze and 224 px then uses.
+# --parallel 2: the batch's image-size groups go through the tower on two threads (1.7x per step).
 stage siglip    "$IDEFICS" pretrain-vision --model "$RUN/lm/final" --data "$RUN/data/train" \
-                  --steps "$SIGLIP_STEPS" --batch-size 32 --longest-edge 112,224 --lr 1e-3 --out "$RUN/siglip"
+                  --steps "$SIGLIP_STEPS" --batch-size 32 --longest-edge 112,224 --lr 1e-3 --parallel 2 \
+                  --out "$RUN/siglip"
 # Small random perceiver latents instead of transformers' ones: with ones the perceiver collapsed in stage 1
 # (its output stopped depending on the image); see `init::LatentsInit`.
 stage assemble  "$IDEFICS" assemble --text "$RUN/lm/final" --vision "$RUN/siglip" --out "$RUN/assembled" \

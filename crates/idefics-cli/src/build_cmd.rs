@@ -128,6 +128,11 @@ pub struct PretrainVisionArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 10)]
     pub log_every: u64,
+    /// Threads sharing the tower's forward and backward (images of a batch go in size groups, dealt to
+    /// them). With more than 1, ops run single-threaded (RAYON_NUM_THREADS=1) unless RAYON_NUM_THREADS is
+    /// set. Same gradients up to float summation order.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
 }
 
 /// Text of every sample in the dataset folders / files (captions, conversation turns, document texts).
@@ -353,6 +358,7 @@ fn pair_files(paths: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 pub fn pretrain_vision(a: PretrainVisionArgs) -> Result<()> {
+    super::train_cmd::single_threaded_ops_for(a.parallel);
     let opts = SiglipOptions {
         embed_dim: a.embed_dim,
         longest_edges: a.longest_edge.clone(),
@@ -365,6 +371,7 @@ pub fn pretrain_vision(a: PretrainVisionArgs) -> Result<()> {
         weight_decay: a.weight_decay,
         max_grad_norm: 1.0,
         seed: a.seed,
+        parallel_images: a.parallel,
     };
     let dev = Device::Cpu;
     let mut trainer = SiglipTrainer::from_checkpoint(&a.model, opts, &dev)

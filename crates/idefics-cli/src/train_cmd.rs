@@ -115,24 +115,24 @@ impl TrainObserver for ProgressObserver {
     }
 }
 
-/// With micro-batches on several threads, candle's own intra-op threads only contend with them: make each op
-/// single-threaded, unless the user chose a thread count. Must run before the first tensor op (candle sizes
-/// its thread pool once).
-pub fn single_threaded_ops_for(parallel_micro_batches: usize) {
-    if parallel_micro_batches <= 1 {
+/// With training work on several threads of ours (micro-batches, SigLIP image groups), candle's own intra-op
+/// threads only contend with them: make each op single-threaded, unless the user chose a thread count. Must
+/// run before the first tensor op (candle sizes its thread pool once).
+pub fn single_threaded_ops_for(worker_threads: usize) {
+    if worker_threads <= 1 {
         return;
     }
     match std::env::var("RAYON_NUM_THREADS") {
         Ok(v) => tracing::warn!(
             RAYON_NUM_THREADS = %v,
-            "parallel micro-batches with RAYON_NUM_THREADS set by the caller; 1 is usually fastest"
+            "worker threads with RAYON_NUM_THREADS set by the caller; 1 is usually fastest"
         ),
         Err(_) => {
             // Called at start-up, before any other thread exists.
             std::env::set_var("RAYON_NUM_THREADS", "1");
             tracing::info!(
-                parallel_micro_batches,
-                "RAYON_NUM_THREADS=1 (one thread per micro-batch)"
+                worker_threads,
+                "RAYON_NUM_THREADS=1 (one op thread per worker)"
             );
         }
     }

@@ -23,6 +23,7 @@ pub mod recipe;
 pub mod rng;
 pub mod schedule;
 pub mod siglip;
+mod threads;
 pub mod trainable;
 pub mod trainer;
 

@@ -146,6 +146,9 @@ pub struct SiglipOptions {
     pub weight_decay: f64,
     pub max_grad_norm: f64,
     pub seed: u64,
+    /// Threads that share the tower's work in a step (size groups dealt to them; `siglip_parallel.rs`).
+    /// 1 = the plain single-graph step.
+    pub parallel_images: usize,
 }
 
 impl Default for SiglipOptions {
@@ -162,6 +165,7 @@ impl Default for SiglipOptions {
             weight_decay: 1e-4,
             max_grad_norm: 1.0,
             seed: 0,
+            parallel_images: 1,
         }
     }
 }
@@ -341,34 +345,55 @@ impl SiglipModel {
         Ok(Tensor::from_vec(data, (3, th, tw), &self.device)?)
     }
 
-    /// Image embeddings `[n, e]`: images of equal size go through the tower together.
-    pub fn embed_images(&self, images: &[Tensor]) -> Result<Tensor, TrainError> {
+    /// Indices of the images of each size, sizes in ascending (height, width) order: images of equal size
+    /// go through the tower together.
+    fn size_groups(images: &[Tensor]) -> Result<Vec<Vec<usize>>, TrainError> {
         let mut groups: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
         for (i, img) in images.iter().enumerate() {
             let (_, h, w) = img.dims3()?;
             groups.entry((h, w)).or_default().push(i);
         }
-        let mut pooled = Vec::new();
-        let mut order = Vec::new();
-        for idx in groups.values() {
-            let batch = Tensor::stack(
-                &idx.iter()
-                    .filter_map(|&i| images.get(i))
-                    .collect::<Vec<_>>(),
-                0,
-            )?;
-            let hidden = self.tower.forward(&batch, PositionIdRule::Hf5)?;
-            pooled.push(hidden.mean(1)?);
-            order.extend(idx.iter().copied());
-        }
-        let pooled = Tensor::cat(&pooled, 0)?;
-        // Back to the input order.
-        let mut inverse = vec![0u32; order.len()];
-        for (pos, &i) in order.iter().enumerate() {
+        Ok(groups.into_values().collect())
+    }
+
+    /// Mean-pooled tower outputs `[k, d_vis]` of the images `idx` (all of one size).
+    fn pool_group(&self, images: &[Tensor], idx: &[usize]) -> Result<Tensor, TrainError> {
+        let batch = Tensor::stack(
+            &idx.iter()
+                .filter_map(|&i| images.get(i))
+                .collect::<Vec<_>>(),
+            0,
+        )?;
+        let hidden = self.tower.forward(&batch, PositionIdRule::Hf5)?;
+        Ok(hidden.mean(1)?)
+    }
+
+    /// Rows pooled group by group (`pooled[g]` holds the images `groups[g]`) put back in input order.
+    fn in_input_order(&self, groups: &[&[usize]], pooled: &[Tensor]) -> Result<Tensor, TrainError> {
+        let pooled = Tensor::cat(pooled, 0)?;
+        let n: usize = groups.iter().map(|g| g.len()).sum();
+        let mut inverse = vec![0u32; n];
+        for (pos, &i) in groups.iter().flat_map(|g| g.iter()).enumerate() {
             inverse[i] = pos as u32;
         }
         let inverse = Tensor::new(inverse, &self.device)?;
-        Ok(head(&self.img_head).forward(&pooled.index_select(&inverse, 0)?)?)
+        Ok(pooled.index_select(&inverse, 0)?)
+    }
+
+    /// Mean-pooled tower outputs `[n, d_vis]` of every image, in input order.
+    fn pool_images(&self, images: &[Tensor]) -> Result<Tensor, TrainError> {
+        let groups = Self::size_groups(images)?;
+        let pooled = groups
+            .iter()
+            .map(|idx| self.pool_group(images, idx))
+            .collect::<Result<Vec<_>, _>>()?;
+        let groups: Vec<&[usize]> = groups.iter().map(Vec::as_slice).collect();
+        self.in_input_order(&groups, &pooled)
+    }
+
+    /// Image embeddings `[n, e]`.
+    pub fn embed_images(&self, images: &[Tensor]) -> Result<Tensor, TrainError> {
+        Ok(head(&self.img_head).forward(&self.pool_images(images)?)?)
     }
 
     /// Text embeddings `[n, e]` of token-id rows (each non-empty).
@@ -402,7 +427,12 @@ impl SiglipModel {
     /// The loss of a batch of prepared images and tokenised captions; identical captions are positives of
     /// each other (module docs).
     pub fn loss(&self, images: &[Tensor], ids: &[Vec<u32>]) -> Result<Tensor, TrainError> {
-        let zi = self.embed_images(images)?;
+        self.loss_from_pooled(&self.pool_images(images)?, ids)
+    }
+
+    /// The loss from the pooled tower outputs `[n, d_vis]` (input order).
+    fn loss_from_pooled(&self, pooled: &Tensor, ids: &[Vec<u32>]) -> Result<Tensor, TrainError> {
+        let zi = head(&self.img_head).forward(pooled)?;
         let zt = self.embed_texts(ids)?;
         let positives = identical_caption_positives(ids, &self.device)?;
         sigmoid_loss_with_positives(
@@ -456,6 +486,11 @@ impl SiglipTrainer {
                 "longest_edges {:?}: give at least one size, each >= the patch size {patch}",
                 opts.longest_edges
             )));
+        }
+        if opts.parallel_images == 0 {
+            return Err(TrainError::Invalid(
+                "parallel_images must be >= 1 (1 = no worker threads)".into(),
+            ));
         }
         if opts.batch_size < 2 {
             return Err(TrainError::Invalid(
@@ -539,15 +574,25 @@ impl SiglipTrainer {
     /// One optimizer step on `batch`.
     pub fn step(&mut self, batch: &[PairSample]) -> Result<SiglipStep, TrainError> {
         let (images, ids) = self.prepare(batch)?;
-        let loss = self.model.loss(&images, &ids)?;
-        let loss_v = loss.to_scalar::<f32>()? as f64;
-        if !loss_v.is_finite() {
+        let (loss_v, grads) = if self.opts.parallel_images > 1 {
+            let mut vars: Vec<Var> = self.opt_main.vars().into_iter().cloned().collect();
+            vars.extend(self.opt_scalar.vars().into_iter().cloned());
+            self.model
+                .loss_and_grads_parallel(&images, &ids, self.opts.parallel_images, vars)?
+        } else {
+            let loss = self.model.loss(&images, &ids)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            (
+                value,
+                value.is_finite().then(|| loss.backward()).transpose()?,
+            )
+        };
+        let Some(mut grads) = grads else {
             return Err(TrainError::NonFinite {
                 what: format!("SigLIP loss at step {}", self.step),
                 value: loss_v,
             });
-        }
-        let mut grads = loss.backward()?;
+        };
         let mut vars: Vec<&Var> = self.opt_main.vars();
         vars.extend(self.opt_scalar.vars());
         let grad_norm = clip_grad_norm(&mut grads, &vars, self.opts.max_grad_norm)?;
@@ -608,6 +653,9 @@ impl SiglipTrainer {
         save_hf_checkpoint(out_dir, &config, &tensors, &[model_dir])
     }
 }
+
+#[path = "siglip_parallel.rs"]
+mod parallel;
 
 #[cfg(test)]
 #[path = "siglip_tests.rs"]

@@ -342,3 +342,104 @@ fn resolutions_are_validated_and_taken_in_turn() {
     let seq: Vec<usize> = (0..5).map(|k| tr.longest_edge_at(k)).collect();
     assert_eq!(seq, [32, 48, 64, 32, 48]);
 }
+
+/// `colour_pairs` plus square images: three size groups.
+fn three_size_pairs() -> Vec<PairSample> {
+    let mut pairs = colour_pairs();
+    for (i, grey) in [40u8, 120, 200].into_iter().enumerate() {
+        pairs.push(PairSample {
+            image: RgbImage::new(30, 30, vec![grey; 30 * 30 * 3]).unwrap(),
+            text: format!("a grey square number {i}"),
+        });
+    }
+    pairs
+}
+
+#[test]
+fn size_groups_are_dealt_largest_first_to_the_least_loaded_worker() {
+    use super::parallel::deal_groups;
+    // 5 -> w0, 4 -> w1, 2 -> w1 (4 < 5), 1 -> w0 (5 < 6); each share in group order.
+    assert_eq!(deal_groups(&[5, 1, 4, 2], 2), vec![vec![0, 1], vec![2, 3]]);
+    // More workers than groups: the idle ones are dropped.
+    assert_eq!(deal_groups(&[3, 7], 4), vec![vec![1], vec![0]]);
+    assert_eq!(deal_groups(&[3, 7], 1), vec![vec![0, 1]]);
+}
+
+#[test]
+fn parallel_image_groups_give_the_same_loss_and_gradients() {
+    let tr = tiny_trainer(1);
+    let (images, ids) = tr.prepare(&three_size_pairs()).unwrap();
+    let loss = tr.model.loss(&images, &ids).unwrap();
+    let want_loss = loss.to_scalar::<f32>().unwrap() as f64;
+    let want = loss.backward().unwrap();
+    let mut vars: Vec<Var> = tr.model.main_params().into_iter().map(|(_, v)| v).collect();
+    vars.extend(tr.model.scalar_params().into_iter().map(|(_, v)| v));
+    for workers in [2, 3, 8] {
+        let (got_loss, got) = tr
+            .model
+            .loss_and_grads_parallel(&images, &ids, workers, vars.clone())
+            .unwrap();
+        let got = got.expect("finite loss");
+        // Same pooled rows through the same head: the loss is bit-identical.
+        assert_eq!(got_loss, want_loss, "{workers} workers");
+        for (name, var) in tr
+            .model
+            .main_params()
+            .into_iter()
+            .chain(tr.model.scalar_params())
+        {
+            let flat = |g: Option<&Tensor>| {
+                g.unwrap_or_else(|| panic!("{workers} workers: no gradient for {name}"))
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            let (a, b) = (
+                flat(got.get(var.as_tensor())),
+                flat(want.get(var.as_tensor())),
+            );
+            let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+            let worst = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                worst <= 1e-5 * scale,
+                "{workers} workers, {name}: max diff {worst} vs max |grad| {scale}"
+            );
+        }
+    }
+}
+
+#[test]
+fn parallel_steps_train_like_sequential_ones_and_are_validated() {
+    let run = |parallel_images: usize| {
+        let opts = SiglipOptions {
+            embed_dim: 16,
+            longest_edges: vec![32],
+            batch_size: 11,
+            steps: 4,
+            lr: 3e-3,
+            warmup_steps: 0,
+            parallel_images,
+            ..Default::default()
+        };
+        let mut tr =
+            SiglipTrainer::from_checkpoint(&fixture_dir("e2e/tiny-chat"), opts, &Device::Cpu)?;
+        let mut data = three_size_pairs().into_iter().cycle().map(Ok);
+        let mut losses = Vec::new();
+        tr.train(&mut data, |s| losses.push(s.loss))?;
+        Ok::<_, TrainError>(losses)
+    };
+    let seq = run(1).unwrap();
+    let par = run(2).unwrap();
+    assert_eq!(seq.len(), 4);
+    assert_eq!(seq[0], par[0]);
+    for (a, b) in seq.iter().zip(&par) {
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "losses {seq:?} vs {par:?}");
+    }
+    assert!(seq[3] < seq[0], "the loss went down: {seq:?}");
+    let err = run(0).unwrap_err().to_string();
+    assert!(err.contains("parallel_images"), "{err}");
+}

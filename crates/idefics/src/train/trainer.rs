@@ -382,34 +382,7 @@ impl Trainer {
         for group in indices.chunks(self.cfg.parallel_micro_batches.max(1)) {
             let run =
                 |i: usize| micro_batch_grads(model, &inputs[i], &batches[i].labels, total_labels);
-            let results: Vec<Result<(f64, Option<GradStore>), TrainError>> = if group.len() == 1 {
-                vec![run(group[0])]
-            } else {
-                std::thread::scope(|s| {
-                    let handles: Vec<_> = group
-                        .iter()
-                        .map(|&i| {
-                            // candle's backward walks the graph recursively: give these threads the
-                            // headroom of a main thread and more (std's default for spawned ones is 2 MiB).
-                            std::thread::Builder::new()
-                                .name(format!("micro-batch-{i}"))
-                                .stack_size(MICRO_BATCH_STACK_BYTES)
-                                .spawn_scoped(s, move || run(i))
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| match h {
-                            Ok(h) => h.join().unwrap_or_else(|_| {
-                                Err(TrainError::Invalid("a micro-batch thread panicked".into()))
-                            }),
-                            Err(e) => Err(TrainError::Invalid(format!(
-                                "could not start a micro-batch thread: {e}"
-                            ))),
-                        })
-                        .collect()
-                })
-            };
+            let results = super::threads::run_scoped("micro-batch", group, run);
             // Summed in micro-batch order: the same gradients as the sequential loop, bit for bit.
             for r in results {
                 let (value, grads) = r?;
@@ -539,9 +512,6 @@ impl Trainer {
         Ok(history)
     }
 }
-
-/// Stack of a micro-batch thread (address space; only the touched pages cost memory).
-const MICRO_BATCH_STACK_BYTES: usize = 64 << 20;
 
 /// Non-padding tokens of a micro-batch (all of them without an attention mask).
 fn sequence_tokens(inputs: &ModelInputs) -> Result<usize, TrainError> {
