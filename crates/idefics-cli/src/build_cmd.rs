@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use idefics::train::hf_checkpoint::{load_tensors, read_config_json, save_hf_checkpoint};
 use idefics::train::init::{self, Component};
-use idefics::train::siglip::{PairSample, SiglipOptions, SiglipTrainer};
+use idefics::train::siglip::{PairSample, PatchPool, SiglipOptions, SiglipTrainer};
 use idefics::train::TrainError;
 use idefics::Idefics2Config;
 use idefics_data::{CauldronReader, DocItem, ObelicsReader, PairReader, ReaderOptions};
@@ -133,6 +133,16 @@ pub struct PretrainVisionArgs {
     /// set. Same gradients up to float summation order.
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
+    /// Pooling of the tower's patch outputs for the loss: mean, or max per feature (keeps what a few patches
+    /// show, such as a shape's outline, which the mean dilutes with the background).
+    #[arg(long, value_enum, default_value_t = PoolArg::Mean)]
+    pub pool: PoolArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum PoolArg {
+    Mean,
+    Max,
 }
 
 /// Text of every sample in the dataset folders / files (captions, conversation turns, document texts).
@@ -372,6 +382,10 @@ pub fn pretrain_vision(a: PretrainVisionArgs) -> Result<()> {
         max_grad_norm: 1.0,
         seed: a.seed,
         parallel_images: a.parallel,
+        pool: match a.pool {
+            PoolArg::Mean => PatchPool::Mean,
+            PoolArg::Max => PatchPool::Max,
+        },
     };
     let dev = Device::Cpu;
     let mut trainer = SiglipTrainer::from_checkpoint(&a.model, opts, &dev)

@@ -13,9 +13,11 @@
 //! and counting the repeats as negatives asks one text embedding to match an image and reject its twin.
 //!
 //! Image side: our Idefics2 [`VisionTransformer`] at native resolution (aspect ratio kept, sides rounded to
-//! whole patches), mean-pooled over its patches, then a linear head. Mean pooling rather than SigLIP's MAP
-//! head because the VLM consumes every patch output (through the perceiver), not a pooled token: the loss
-//! then pushes all patches to carry the caption's content, and no pooling head is thrown away.
+//! whole patches), pooled over its patches (mean, or max per feature: [`PatchPool`]), then a linear head. A
+//! parameter-free pooling rather than SigLIP's MAP head because the VLM consumes every patch output (through
+//! the perceiver), not a pooled token: no pooling head is thrown away. The mean suits attributes spread over
+//! the image (colour); what a few patches show (a shape's outline) is diluted by the background in a mean and
+//! kept by a max.
 //! Text side: the checkpoint's token embeddings (trainable copy), mean-pooled over the caption tokens, then a
 //! linear head. A bag of embeddings suffices for the synthetic captions, whose content is carried by words
 //! (colours, shapes, numbers, titles); it ignores word order, so relations ("left of") are not learned
@@ -123,6 +125,16 @@ pub fn sigmoid_loss_with_positives(
     Ok(loss?)
 }
 
+/// How the tower's patch outputs are pooled into one image vector for the loss.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PatchPool {
+    /// Mean over the patches.
+    #[default]
+    Mean,
+    /// Maximum over the patches, feature by feature.
+    Max,
+}
+
 /// Settings of the SigLIP stage.
 #[derive(Debug, Clone)]
 pub struct SiglipOptions {
@@ -149,6 +161,8 @@ pub struct SiglipOptions {
     /// Threads that share the tower's work in a step (size groups dealt to them; `siglip_parallel.rs`).
     /// 1 = the plain single-graph step.
     pub parallel_images: usize,
+    /// Pooling of the patch outputs on the image side.
+    pub pool: PatchPool,
 }
 
 impl Default for SiglipOptions {
@@ -166,6 +180,7 @@ impl Default for SiglipOptions {
             max_grad_norm: 1.0,
             seed: 0,
             parallel_images: 1,
+            pool: PatchPool::Mean,
         }
     }
 }
@@ -201,6 +216,7 @@ pub struct SiglipModel {
     t_prime: Var,
     bias: Var,
     lut: NormalizeLut,
+    pool: PatchPool,
     device: Device,
 }
 
@@ -279,6 +295,7 @@ impl SiglipModel {
             t_prime: Var::from_tensor(&Tensor::new(INIT_T_PRIME as f32, device)?)?,
             bias: Var::from_tensor(&Tensor::new(INIT_BIAS as f32, device)?)?,
             lut,
+            pool: opts.pool,
             device: device.clone(),
         })
     }
@@ -356,7 +373,7 @@ impl SiglipModel {
         Ok(groups.into_values().collect())
     }
 
-    /// Mean-pooled tower outputs `[k, d_vis]` of the images `idx` (all of one size).
+    /// Pooled tower outputs `[k, d_vis]` of the images `idx` (all of one size).
     fn pool_group(&self, images: &[Tensor], idx: &[usize]) -> Result<Tensor, TrainError> {
         let batch = Tensor::stack(
             &idx.iter()
@@ -365,7 +382,10 @@ impl SiglipModel {
             0,
         )?;
         let hidden = self.tower.forward(&batch, PositionIdRule::Hf5)?;
-        Ok(hidden.mean(1)?)
+        Ok(match self.pool {
+            PatchPool::Mean => hidden.mean(1)?,
+            PatchPool::Max => hidden.max(1)?,
+        })
     }
 
     /// Rows pooled group by group (`pooled[g]` holds the images `groups[g]`) put back in input order.
@@ -380,7 +400,7 @@ impl SiglipModel {
         Ok(pooled.index_select(&inverse, 0)?)
     }
 
-    /// Mean-pooled tower outputs `[n, d_vis]` of every image, in input order.
+    /// Pooled tower outputs `[n, d_vis]` of every image, in input order.
     fn pool_images(&self, images: &[Tensor]) -> Result<Tensor, TrainError> {
         let groups = Self::size_groups(images)?;
         let pooled = groups

@@ -443,3 +443,57 @@ fn parallel_steps_train_like_sequential_ones_and_are_validated() {
     let err = run(0).unwrap_err().to_string();
     assert!(err.contains("parallel_images"), "{err}");
 }
+
+#[test]
+fn max_pooling_keeps_what_a_few_patches_show() {
+    // Two images that differ in one small corner only: the max-pooled vectors differ by far more than the mean-pooled ones.
+    let pooled = |pool: PatchPool| {
+        let opts = SiglipOptions {
+            embed_dim: 16,
+            longest_edges: vec![32],
+            batch_size: 8,
+            pool,
+            ..Default::default()
+        };
+        let tr = SiglipTrainer::from_checkpoint(&fixture_dir("e2e/tiny-chat"), opts, &Device::Cpu)
+            .unwrap();
+        let plain = RgbImage::new(32, 32, vec![250; 32 * 32 * 3]).unwrap();
+        let mut data = vec![250u8; 32 * 32 * 3];
+        for y in 0..4 {
+            for x in 0..4 {
+                data[(y * 32 + x) * 3..(y * 32 + x) * 3 + 3].copy_from_slice(&[200, 20, 20]);
+            }
+        }
+        let dot = RgbImage::new(32, 32, data).unwrap();
+        let images = [
+            tr.model.image_tensor(&plain, 32).unwrap(),
+            tr.model.image_tensor(&dot, 32).unwrap(),
+        ];
+        let p = tr.model.pool_images(&images).unwrap();
+        let d = (p.get(0).unwrap() - p.get(1).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // The loss still trains the tower through the max.
+        let (ids, imgs) = (
+            tr.tokenize(&["a white image", "a red dot"]).unwrap(),
+            images.to_vec(),
+        );
+        let grads = tr.model.loss(&imgs, &ids).unwrap().backward().unwrap();
+        let name = "model.vision_model.embeddings.patch_embedding.weight";
+        assert!(grads
+            .get(tr.model.vision_vars()[name].as_tensor())
+            .is_some());
+        d
+    };
+    let mean = pooled(PatchPool::Mean);
+    let max = pooled(PatchPool::Max);
+    assert!(
+        max > 2.0 * mean,
+        "max-pooled difference {max}, mean-pooled {mean}"
+    );
+}
