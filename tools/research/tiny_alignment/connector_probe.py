@@ -4,11 +4,14 @@ from PIL import Image
 from transformers import AutoProcessor, Idefics2ForConditionalGeneration
 ap = argparse.ArgumentParser(); ap.add_argument('--model', required=True); ap.add_argument('--pairs', required=True)
 ap.add_argument('--mode', default='tower'); ap.add_argument('--steps', type=int, default=300); ap.add_argument('--lr', type=float, default=1e-3)
-ap.add_argument('--size', type=int, default=112); ap.add_argument('--pool', default='mean', help='tower mode: mean or max over the patches'); ap.add_argument('--train', default='vision,connector'); ap.add_argument('--n', type=int, default=3000)
+ap.add_argument('--size', type=int, default=112); ap.add_argument('--pool', default='mean', help='tower mode: mean or max over the patches'); ap.add_argument('--train', default='vision,connector'); ap.add_argument('--n', type=int, default=3000); ap.add_argument('--qk-scale', type=float, default=1.0, help='multiply the perceiver q/k projections (sharper attention from the start)')
 a = ap.parse_args()
 torch.manual_seed(0); random.seed(0); torch.set_num_threads(1)
 proc = AutoProcessor.from_pretrained(a.model)
 m = Idefics2ForConditionalGeneration.from_pretrained(a.model).model
+with torch.no_grad():
+    for layer in m.connector.perceiver_resampler.layers:
+        layer.self_attn.q_proj.weight.mul_(a.qk_scale); layer.self_attn.k_proj.weight.mul_(a.qk_scale)
 S = ['circle', 'square', 'triangle', 'diamond']
 rows = [r for r in pq.read_table(a.pairs).to_pylist() if r['text'].startswith('A large')][:a.n]
 pv, ys = [], []
