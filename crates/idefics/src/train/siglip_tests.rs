@@ -174,17 +174,28 @@ fn colour_pairs() -> Vec<PairSample> {
     out
 }
 
-fn tiny_trainer(steps: u64) -> SiglipTrainer {
-    let opts = SiglipOptions {
+/// Options for the tiny fixture tower: 16-wide embeddings, 32 px, batch 8, lr 3e-3 without warm-up.
+fn tiny_opts() -> SiglipOptions {
+    SiglipOptions {
         embed_dim: 16,
         longest_edges: vec![32],
         batch_size: 8,
-        steps,
         lr: 3e-3,
         warmup_steps: 0,
         ..Default::default()
-    };
-    SiglipTrainer::from_checkpoint(&fixture_dir("e2e/tiny-chat"), opts, &Device::Cpu).unwrap()
+    }
+}
+
+fn fixture_trainer(opts: SiglipOptions) -> Result<SiglipTrainer, TrainError> {
+    SiglipTrainer::from_checkpoint(&fixture_dir("e2e/tiny-chat"), opts, &Device::Cpu)
+}
+
+fn tiny_trainer(steps: u64) -> SiglipTrainer {
+    fixture_trainer(SiglipOptions {
+        steps,
+        ..tiny_opts()
+    })
+    .unwrap()
 }
 
 #[test]
@@ -415,18 +426,12 @@ fn parallel_image_groups_give_the_same_loss_and_gradients() {
 #[test]
 fn parallel_steps_train_like_sequential_ones_and_are_validated() {
     let run = |parallel_images: usize| {
-        let opts = SiglipOptions {
-            embed_dim: 16,
-            longest_edges: vec![32],
+        let mut tr = fixture_trainer(SiglipOptions {
             batch_size: 11,
             steps: 4,
-            lr: 3e-3,
-            warmup_steps: 0,
             parallel_images,
-            ..Default::default()
-        };
-        let mut tr =
-            SiglipTrainer::from_checkpoint(&fixture_dir("e2e/tiny-chat"), opts, &Device::Cpu)?;
+            ..tiny_opts()
+        })?;
         let mut data = three_size_pairs().into_iter().cycle().map(Ok);
         let mut losses = Vec::new();
         tr.train(&mut data, |s| losses.push(s.loss))?;
@@ -446,17 +451,14 @@ fn parallel_steps_train_like_sequential_ones_and_are_validated() {
 
 #[test]
 fn max_pooling_keeps_what_a_few_patches_show() {
-    // Two images that differ in one small corner only: the max-pooled vectors differ by far more than the mean-pooled ones.
+    // Two images that differ in one small corner only: their max-pooled vectors differ by far more than
+    // their mean-pooled ones.
     let pooled = |pool: PatchPool| {
-        let opts = SiglipOptions {
-            embed_dim: 16,
-            longest_edges: vec![32],
-            batch_size: 8,
+        let tr = fixture_trainer(SiglipOptions {
             pool,
-            ..Default::default()
-        };
-        let tr = SiglipTrainer::from_checkpoint(&fixture_dir("e2e/tiny-chat"), opts, &Device::Cpu)
-            .unwrap();
+            ..tiny_opts()
+        })
+        .unwrap();
         let plain = RgbImage::new(32, 32, vec![250; 32 * 32 * 3]).unwrap();
         let mut data = vec![250u8; 32 * 32 * 3];
         for y in 0..4 {
