@@ -26,6 +26,16 @@ fn mat(v: &Value) -> Tensor {
     Tensor::from_vec(rows.concat(), (n, e), &Device::Cpu).unwrap()
 }
 
+/// Sum of the absolute values of a tensor's elements.
+fn abs_sum(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -212,13 +222,7 @@ fn tower_gradients_are_finite_and_non_zero() {
         let g = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("no gradient for {name}"));
-        let s = g
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let s = abs_sum(g);
         assert!(s.is_finite(), "{name}: non-finite gradient");
         if s > 0.0 {
             nonzero += 1;
@@ -472,20 +476,10 @@ fn max_pooling_keeps_what_a_few_patches_show() {
             tr.model.image_tensor(&dot, 32).unwrap(),
         ];
         let p = tr.model.pool_images(&images).unwrap();
-        let d = (p.get(0).unwrap() - p.get(1).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = abs_sum(&(p.get(0).unwrap() - p.get(1).unwrap()).unwrap());
         // The loss still trains the tower through the max.
-        let (ids, imgs) = (
-            tr.tokenize(&["a white image", "a red dot"]).unwrap(),
-            images.to_vec(),
-        );
-        let grads = tr.model.loss(&imgs, &ids).unwrap().backward().unwrap();
+        let ids = tr.tokenize(&["a white image", "a red dot"]).unwrap();
+        let grads = tr.model.loss(&images, &ids).unwrap().backward().unwrap();
         let name = "model.vision_model.embeddings.patch_embedding.weight";
         assert!(grads
             .get(tr.model.vision_vars()[name].as_tensor())
