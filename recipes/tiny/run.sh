@@ -53,13 +53,16 @@ stage lm        "$IDEFICS" train --config "$REC/lm.toml"
 # Batches alternate between longest side 112 (stage 1) and 224 (stage 2, SFT, inference): at 112 alone
 # the tower never trains half of its position table, which the later stages freeze and 224 px then uses.
 # --parallel 2: the batch's image-size groups go through the tower on two threads (1.7x per step).
+# --pool mean-max: the loss sees the mean of the patch outputs (colour) and their max (a shape's outline,
+# which the mean dilutes with the background).
 stage siglip    "$IDEFICS" pretrain-vision --model "$RUN/lm/final" --data "$RUN/data/train" \
                   --steps "$SIGLIP_STEPS" --batch-size 32 --longest-edge 112,224 --lr 1e-3 --parallel 2 \
-                  --out "$RUN/siglip"
+                  --pool mean-max --out "$RUN/siglip"
 # Small random perceiver latents instead of transformers' ones: with ones the perceiver collapsed in stage 1
-# (its output stopped depending on the image); see `init::LatentsInit`.
+# (its output stopped depending on the image); see `init::LatentsInit`. Perceiver q/k x5: attention sharp
+# enough from the start to pick out the patches of an outline (see `init::scale_perceiver_qk`).
 stage assemble  "$IDEFICS" assemble --text "$RUN/lm/final" --vision "$RUN/siglip" --out "$RUN/assembled" \
-                  --seed "$SEED" --latents-std 0.02
+                  --seed "$SEED" --latents-std 0.02 --perceiver-qk-scale 5
 stage stage1    "$IDEFICS" train --config "$REC/stage1.toml"
 
 # Stage 2 starts from stage 1 at the full resolution: same weights, processor longest side 224.

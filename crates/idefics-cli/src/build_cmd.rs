@@ -88,6 +88,10 @@ pub struct AssembleArgs {
     /// image-independent output (see `init::LatentsInit`), so recipes/tiny passes 0.02.
     #[arg(long)]
     pub latents_std: Option<f64>,
+    /// Multiply the new perceiver's query and key projections by this factor: sharper attention from the
+    /// start (see `init::scale_perceiver_qk`). 1 keeps transformers' initialisation.
+    #[arg(long, default_value_t = 1.0)]
+    pub perceiver_qk_scale: f64,
 }
 
 #[derive(clap::Args)]
@@ -133,8 +137,9 @@ pub struct PretrainVisionArgs {
     /// set. Same gradients up to float summation order.
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
-    /// Pooling of the tower's patch outputs for the loss: mean, or max per feature (keeps what a few patches
-    /// show, such as a shape's outline, which the mean dilutes with the background).
+    /// Pooling of the tower's patch outputs for the loss: mean, max per feature (keeps what a few patches
+    /// show, such as a shape's outline, which the mean dilutes with the background), or mean-max (both,
+    /// concatenated).
     #[arg(long, value_enum, default_value_t = PoolArg::Mean)]
     pub pool: PoolArg,
 }
@@ -143,6 +148,7 @@ pub struct PretrainVisionArgs {
 pub enum PoolArg {
     Mean,
     Max,
+    MeanMax,
 }
 
 /// Text of every sample in the dataset folders / files (captions, conversation turns, document texts).
@@ -340,7 +346,11 @@ pub fn assemble(a: AssembleArgs) -> Result<()> {
         Some(s) if s.is_finite() && s > 0.0 => init::LatentsInit::Normal { std: s },
         Some(s) => bail!("--latents-std must be a positive number, got {s}"),
     };
-    let (tensors, n_new) = init::assemble(text, vision, &config, std, latents, a.seed, &dev)?;
+    let (mut tensors, n_new) = init::assemble(text, vision, &config, std, latents, a.seed, &dev)?;
+    if a.perceiver_qk_scale != 1.0 {
+        init::scale_perceiver_qk(&mut tensors, &config, a.perceiver_qk_scale)
+            .context("--perceiver-qk-scale")?;
+    }
     save_hf_checkpoint(&a.out, &cfg_json, &tensors, &[&a.text])?;
     println!(
         "assembled {}: text from {}, {n_vision} vision tensors from {}, {n_new} new connector tensors (seed {})",
@@ -385,6 +395,7 @@ pub fn pretrain_vision(a: PretrainVisionArgs) -> Result<()> {
         pool: match a.pool {
             PoolArg::Mean => PatchPool::Mean,
             PoolArg::Max => PatchPool::Max,
+            PoolArg::MeanMax => PatchPool::MeanMax,
         },
     };
     let dev = Device::Cpu;

@@ -13,7 +13,7 @@
 //! and counting the repeats as negatives asks one text embedding to match an image and reject its twin.
 //!
 //! Image side: our Idefics2 [`VisionTransformer`] at native resolution (aspect ratio kept, sides rounded to
-//! whole patches), pooled over its patches (mean, or max per feature: [`PatchPool`]), then a linear head. A
+//! whole patches), pooled over its patches (mean, max per feature, or both: [`PatchPool`]), then a linear head. A
 //! parameter-free pooling rather than SigLIP's MAP head because the VLM consumes every patch output (through
 //! the perceiver), not a pooled token: no pooling head is thrown away. The mean suits attributes spread over
 //! the image (colour); what a few patches show (a shape's outline) is diluted by the background in a mean and
@@ -133,6 +133,18 @@ pub enum PatchPool {
     Mean,
     /// Maximum over the patches, feature by feature.
     Max,
+    /// Both, side by side (`[mean, max]`, twice the width): colour from the mean, outlines from the max.
+    MeanMax,
+}
+
+impl PatchPool {
+    /// Width of the pooled vector for a tower of width `d_vis`.
+    pub fn width(self, d_vis: usize) -> usize {
+        match self {
+            PatchPool::Mean | PatchPool::Max => d_vis,
+            PatchPool::MeanMax => 2 * d_vis,
+        }
+    }
 }
 
 /// Settings of the SigLIP stage.
@@ -289,7 +301,13 @@ impl SiglipModel {
             config: config.clone(),
             tower,
             vision_vars,
-            img_head: linear_vars(e, d_vis, opts.seed, "siglip.img_head", device)?,
+            img_head: linear_vars(
+                e,
+                opts.pool.width(d_vis),
+                opts.seed,
+                "siglip.img_head",
+                device,
+            )?,
             text_embed: Var::from_tensor(&emb)?,
             txt_head: linear_vars(e, d_text, opts.seed, "siglip.txt_head", device)?,
             t_prime: Var::from_tensor(&Tensor::new(INIT_T_PRIME as f32, device)?)?,
@@ -373,7 +391,7 @@ impl SiglipModel {
         Ok(groups.into_values().collect())
     }
 
-    /// Pooled tower outputs `[k, d_vis]` of the images `idx` (all of one size).
+    /// Pooled tower outputs `[k, pool.width(d_vis)]` of the images `idx` (all of one size).
     fn pool_group(&self, images: &[Tensor], idx: &[usize]) -> Result<Tensor, TrainError> {
         let batch = Tensor::stack(
             &idx.iter()
@@ -385,6 +403,7 @@ impl SiglipModel {
         Ok(match self.pool {
             PatchPool::Mean => hidden.mean(1)?,
             PatchPool::Max => hidden.max(1)?,
+            PatchPool::MeanMax => Tensor::cat(&[hidden.mean(1)?, hidden.max(1)?], 1)?,
         })
     }
 
@@ -400,7 +419,7 @@ impl SiglipModel {
         Ok(pooled.index_select(&inverse, 0)?)
     }
 
-    /// Pooled tower outputs `[n, d_vis]` of every image, in input order.
+    /// Pooled tower outputs `[n, pool.width(d_vis)]` of every image, in input order.
     fn pool_images(&self, images: &[Tensor]) -> Result<Tensor, TrainError> {
         let groups = Self::size_groups(images)?;
         let pooled = groups
@@ -450,7 +469,7 @@ impl SiglipModel {
         self.loss_from_pooled(&self.pool_images(images)?, ids)
     }
 
-    /// The loss from the pooled tower outputs `[n, d_vis]` (input order).
+    /// The loss from the pooled tower outputs `[n, pool.width(d_vis)]` (input order).
     fn loss_from_pooled(&self, pooled: &Tensor, ids: &[Vec<u32>]) -> Result<Tensor, TrainError> {
         let zi = head(&self.img_head).forward(pooled)?;
         let zt = self.embed_texts(ids)?;

@@ -493,3 +493,44 @@ fn max_pooling_keeps_what_a_few_patches_show() {
         "max-pooled difference {max}, mean-pooled {mean}"
     );
 }
+
+#[test]
+fn mean_max_pooling_puts_both_poolings_side_by_side_and_trains() {
+    let image = |seed: u8| {
+        let data: Vec<u8> = (0..32 * 32 * 3)
+            .map(|i| ((i * 37 + seed as usize * 11) % 251) as u8)
+            .collect();
+        RgbImage::new(32, 32, data).unwrap()
+    };
+    let pooled = |pool: PatchPool| {
+        let tr = fixture_trainer(SiglipOptions {
+            pool,
+            ..tiny_opts()
+        })
+        .unwrap();
+        let images = [
+            tr.model.image_tensor(&image(1), 32).unwrap(),
+            tr.model.image_tensor(&image(2), 32).unwrap(),
+        ];
+        let p = tr.model.pool_images(&images).unwrap();
+        let ids = tr.tokenize(&["a white image", "a red dot"]).unwrap();
+        let loss = tr.model.loss(&images, &ids).unwrap();
+        assert!(loss.to_scalar::<f32>().unwrap().is_finite());
+        let grads = loss.backward().unwrap();
+        let name = "model.vision_model.embeddings.patch_embedding.weight";
+        assert!(grads
+            .get(tr.model.vision_vars()[name].as_tensor())
+            .is_some());
+        p
+    };
+    let mean = pooled(PatchPool::Mean);
+    let max = pooled(PatchPool::Max);
+    let both = pooled(PatchPool::MeanMax);
+    let d = mean.dim(1).unwrap();
+    assert_eq!(both.dims(), &[2, 2 * d]);
+    assert_eq!(PatchPool::MeanMax.width(d), 2 * d);
+    let gap = |a: &Tensor, b: &Tensor| abs_sum(&(a - b).unwrap());
+    assert!(gap(&both.narrow(1, 0, d).unwrap(), &mean) < 1e-4);
+    assert!(gap(&both.narrow(1, d, d).unwrap(), &max) < 1e-4);
+    assert!(gap(&mean, &max) > 1e-2, "the two poolings differ");
+}
