@@ -453,38 +453,44 @@ fn parallel_steps_train_like_sequential_ones_and_are_validated() {
     assert!(err.contains("parallel_images"), "{err}");
 }
 
+/// The fixture tower's pooled vectors `[2, width]` of two 32 x 32 images under `pool`, after checking that
+/// the SigLIP loss on them is finite and its gradient reaches the tower through that pooling.
+fn pooled_pair_that_trains(pool: PatchPool, a: &RgbImage, b: &RgbImage) -> Tensor {
+    let tr = fixture_trainer(SiglipOptions {
+        pool,
+        ..tiny_opts()
+    })
+    .unwrap();
+    let images = [
+        tr.model.image_tensor(a, 32).unwrap(),
+        tr.model.image_tensor(b, 32).unwrap(),
+    ];
+    let ids = tr.tokenize(&["a white image", "a red dot"]).unwrap();
+    let loss = tr.model.loss(&images, &ids).unwrap();
+    assert!(loss.to_scalar::<f32>().unwrap().is_finite());
+    let grads = loss.backward().unwrap();
+    let name = "model.vision_model.embeddings.patch_embedding.weight";
+    assert!(grads
+        .get(tr.model.vision_vars()[name].as_tensor())
+        .is_some());
+    tr.model.pool_images(&images).unwrap()
+}
+
 #[test]
 fn max_pooling_keeps_what_a_few_patches_show() {
     // Two images that differ in one small corner only: their max-pooled vectors differ by far more than
     // their mean-pooled ones.
-    let pooled = |pool: PatchPool| {
-        let tr = fixture_trainer(SiglipOptions {
-            pool,
-            ..tiny_opts()
-        })
-        .unwrap();
-        let plain = RgbImage::new(32, 32, vec![250; 32 * 32 * 3]).unwrap();
-        let mut data = vec![250u8; 32 * 32 * 3];
-        for y in 0..4 {
-            for x in 0..4 {
-                data[(y * 32 + x) * 3..(y * 32 + x) * 3 + 3].copy_from_slice(&[200, 20, 20]);
-            }
+    let plain = RgbImage::new(32, 32, vec![250; 32 * 32 * 3]).unwrap();
+    let mut data = vec![250u8; 32 * 32 * 3];
+    for y in 0..4 {
+        for x in 0..4 {
+            data[(y * 32 + x) * 3..(y * 32 + x) * 3 + 3].copy_from_slice(&[200, 20, 20]);
         }
-        let dot = RgbImage::new(32, 32, data).unwrap();
-        let images = [
-            tr.model.image_tensor(&plain, 32).unwrap(),
-            tr.model.image_tensor(&dot, 32).unwrap(),
-        ];
-        let p = tr.model.pool_images(&images).unwrap();
-        let d = abs_sum(&(p.get(0).unwrap() - p.get(1).unwrap()).unwrap());
-        // The loss still trains the tower through the max.
-        let ids = tr.tokenize(&["a white image", "a red dot"]).unwrap();
-        let grads = tr.model.loss(&images, &ids).unwrap().backward().unwrap();
-        let name = "model.vision_model.embeddings.patch_embedding.weight";
-        assert!(grads
-            .get(tr.model.vision_vars()[name].as_tensor())
-            .is_some());
-        d
+    }
+    let dot = RgbImage::new(32, 32, data).unwrap();
+    let pooled = |pool: PatchPool| {
+        let p = pooled_pair_that_trains(pool, &plain, &dot);
+        abs_sum(&(p.get(0).unwrap() - p.get(1).unwrap()).unwrap())
     };
     let mean = pooled(PatchPool::Mean);
     let max = pooled(PatchPool::Max);
@@ -502,27 +508,8 @@ fn mean_max_pooling_puts_both_poolings_side_by_side_and_trains() {
             .collect();
         RgbImage::new(32, 32, data).unwrap()
     };
-    let pooled = |pool: PatchPool| {
-        let tr = fixture_trainer(SiglipOptions {
-            pool,
-            ..tiny_opts()
-        })
-        .unwrap();
-        let images = [
-            tr.model.image_tensor(&image(1), 32).unwrap(),
-            tr.model.image_tensor(&image(2), 32).unwrap(),
-        ];
-        let p = tr.model.pool_images(&images).unwrap();
-        let ids = tr.tokenize(&["a white image", "a red dot"]).unwrap();
-        let loss = tr.model.loss(&images, &ids).unwrap();
-        assert!(loss.to_scalar::<f32>().unwrap().is_finite());
-        let grads = loss.backward().unwrap();
-        let name = "model.vision_model.embeddings.patch_embedding.weight";
-        assert!(grads
-            .get(tr.model.vision_vars()[name].as_tensor())
-            .is_some());
-        p
-    };
+    let (a, b) = (image(1), image(2));
+    let pooled = |pool: PatchPool| pooled_pair_that_trains(pool, &a, &b);
     let mean = pooled(PatchPool::Mean);
     let max = pooled(PatchPool::Max);
     let both = pooled(PatchPool::MeanMax);
