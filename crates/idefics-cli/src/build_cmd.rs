@@ -353,11 +353,12 @@ pub fn assemble(a: AssembleArgs) -> Result<()> {
     }
     save_hf_checkpoint(&a.out, &cfg_json, &tensors, &[&a.text])?;
     println!(
-        "assembled {}: text from {}, {n_vision} vision tensors from {}, {n_new} new connector tensors (seed {})",
+        "assembled {}: text from {}, {n_vision} vision tensors from {}, {n_new} new connector tensors (seed {}, perceiver q/k x{})",
         a.out.display(),
         a.text.display(),
         a.vision.display(),
-        a.seed
+        a.seed,
+        a.perceiver_qk_scale
     );
     Ok(())
 }
