@@ -11,6 +11,7 @@ mod chat;
 mod data_cmd;
 mod eval_cmd;
 mod forward;
+mod malloc;
 mod model_source;
 mod serve_cmd;
 mod train_cmd;
@@ -60,7 +61,9 @@ enum Command {
 }
 
 fn main() {
+    let malloc = malloc::tune();
     init_logging();
+    tracing::debug!(?malloc, "glibc malloc tuning");
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Ask(args) => ask::run(args),

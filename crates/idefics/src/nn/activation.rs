@@ -26,8 +26,16 @@ impl Activation {
         }
     }
 
-    /// Applies the activation (all three are differentiable in candle).
+    /// Applies the activation (all three are differentiable in candle; in training on the CPU, the two that
+    /// the Idefics2 models use go through fused kernels with their own backward pass).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if super::train_kernels::applies(&[xs]) {
+            match self {
+                Self::Silu => return super::train_kernels::silu(xs),
+                Self::GeluPytorchTanh => return super::train_kernels::gelu_tanh(xs),
+                Self::Gelu => {}
+            }
+        }
         match self {
             Self::Silu => xs.silu(),
             // candle's `gelu` is the tanh approximation; `gelu_erf` the exact one.

@@ -40,6 +40,8 @@ pub fn eager_attention(
     let scores32 = scores.to_dtype(DType::F32)?;
     let probs = if kernels.use_fused(&[&scores32]) {
         candle_nn::ops::softmax_last_dim(&scores32)?
+    } else if super::train_kernels::applies(&[&scores32]) {
+        super::train_kernels::softmax_last_dim(&scores32)?
     } else {
         candle_nn::ops::softmax(&scores32, D::Minus1)?
     };

@@ -2,7 +2,8 @@
 //!
 //! Every block has a differentiable path made of ordinary candle ops. candle's fused kernels (`rms_norm`,
 //! `layer_norm`, `rope`, `softmax_last_dim`) have no backward pass (rust-stack.md §1.3), so they are used only
-//! when [`Kernels`] allows them AND no input takes part in autograd.
+//! when [`Kernels`] allows them AND no input takes part in autograd. When an input does, f32 tensors on the CPU
+//! go through [`train_kernels`], fused kernels with their own backward pass.
 
 pub mod activation;
 pub mod adapters;
@@ -13,6 +14,7 @@ pub mod mlp;
 pub mod norm;
 pub mod params;
 pub mod rope;
+pub mod train_kernels;
 
 pub use activation::Activation;
 pub use attention::{eager_attention, mask_min_value};

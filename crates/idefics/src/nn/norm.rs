@@ -1,6 +1,6 @@
 //! RMSNorm (Mistral / Idefics2) and LayerNorm (SigLIP).
 
-use super::Kernels;
+use super::{train_kernels, Kernels};
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -27,6 +27,9 @@ impl RmsNorm {
         // when activations are f32.
         if xs.dtype() == DType::F32 && self.kernels.use_fused(&[xs, &self.weight]) {
             return candle_nn::ops::rms_norm(&xs.contiguous()?, &self.weight, self.eps as f32);
+        }
+        if train_kernels::applies(&[xs, &self.weight]) {
+            return train_kernels::rms_norm(xs, &self.weight, self.eps);
         }
         let dtype = xs.dtype();
         let x32 = xs.to_dtype(DType::F32)?;
@@ -65,6 +68,9 @@ impl LayerNorm {
                 &self.bias,
                 self.eps as f32,
             );
+        }
+        if train_kernels::applies(&[xs, &self.weight, &self.bias]) {
+            return train_kernels::layer_norm(xs, &self.weight, &self.bias, self.eps);
         }
         let dtype = xs.dtype();
         let x32 = xs.to_dtype(DType::F32)?;

@@ -280,8 +280,8 @@ impl SiglipModel {
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
             .collect();
         let vb = VarBuilder::from_tensors(vb_map, DType::F32, device);
-        // Fused kernels have no backward; the composed ops are used whenever a variable is involved anyway.
-        let kernels = Kernels::new(false);
+        // candle's fused kernels serve the no-gradient parts; with a variable involved, `nn::train_kernels` does.
+        let kernels = Kernels::new(true);
         let tower = VisionTransformer::load(
             &config.vision_config,
             vb.pp("model").pp("vision_model"),
