@@ -20,7 +20,7 @@ SEED=${SEED:-0}
 N=${N:-1200}                # training examples per task family (5 families)
 HELDOUT=${HELDOUT:-50}      # held-out examples per family (derived seed: a different set)
 VOCAB=${VOCAB:-1024}
-SIGLIP_STEPS=${SIGLIP_STEPS:-1200}
+SIGLIP_STEPS=${SIGLIP_STEPS:-1800}
 
 if [ ! -x "$IDEFICS" ]; then
   echo "building $IDEFICS"; cargo build --release -p idefics-cli

@@ -19,7 +19,7 @@ const FRESH_SEED: &str = "20261128";
 /// single-object scenes, about 680 questions.
 const HELDOUT_PER_FAMILY: &str = "50";
 /// Overall exact-match floor (percent), stated in the README next to the measured accuracy.
-const OVERALL_FLOOR: f64 = 29.0;
+const OVERALL_FLOOR: f64 = 31.0;
 /// Points by which the single-object questions must score higher with their own images than with swapped
 /// ones (stated in the README next to the measured gap).
 const IMAGE_GAP_FLOOR: f64 = 30.0;
