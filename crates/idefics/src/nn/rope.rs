@@ -53,7 +53,10 @@ impl RotaryEmbedding {
             let sin = t.sin.narrow(D::Minus1, 0, half)?.contiguous()?;
             return candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin);
         }
-        if super::train_kernels::applies(&[xs]) && !t.cos.track_op() && !t.sin.track_op() {
+        if super::train_kernels::applies(&[xs, &t.cos, &t.sin])
+            && !t.cos.track_op()
+            && !t.sin.track_op()
+        {
             return super::train_kernels::rope(xs, &t.cos, &t.sin);
         }
         let cos = t.cos.unsqueeze(1)?;

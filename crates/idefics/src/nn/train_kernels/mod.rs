@@ -93,6 +93,8 @@ fn map_rows2(
 }
 
 /// Sums `f(a_row, b_row)` (each a length-`width` vector) over all rows: the parameter gradients of the norms.
+/// Rows are summed in fixed blocks whose partial sums are added in order, so the result is the same bits
+/// whatever the number of threads (training runs stay reproducible, `--resume` equal to an uninterrupted run).
 fn sum_rows(
     a: &[f32],
     b: &[f32],
@@ -100,22 +102,28 @@ fn sum_rows(
     width: usize,
     f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    let fold = |mut acc: Vec<f32>, (x, y): (&[f32], &[f32])| {
-        f(x, y, &mut acc);
+    const BLOCK_ROWS: usize = 64;
+    let block = BLOCK_ROWS * d;
+    let partial = |(x, y): (&[f32], &[f32])| {
+        let mut acc = vec![0f32; width];
+        x.chunks(d)
+            .zip(y.chunks(d))
+            .for_each(|(x, y)| f(x, y, &mut acc));
         acc
     };
-    let add = |mut s: Vec<f32>, t: Vec<f32>| {
-        s.iter_mut().zip(t).for_each(|(s, t)| *s += t);
-        s
-    };
-    if a.len() >= PAR_MIN_ELEMS {
-        a.par_chunks(d)
-            .zip(b.par_chunks(d))
-            .fold(|| vec![0f32; width], fold)
-            .reduce(|| vec![0f32; width], add)
+    let partials: Vec<Vec<f32>> = if a.len() >= PAR_MIN_ELEMS {
+        a.par_chunks(block)
+            .zip(b.par_chunks(block))
+            .map(partial)
+            .collect()
     } else {
-        a.chunks(d).zip(b.chunks(d)).fold(vec![0f32; width], fold)
+        a.chunks(block).zip(b.chunks(block)).map(partial).collect()
+    };
+    let mut total = vec![0f32; width];
+    for p in partials {
+        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
     }
+    total
 }
 
 fn grad_if(t: &Tensor, g: impl FnOnce() -> Result<Tensor>) -> Result<Option<Tensor>> {

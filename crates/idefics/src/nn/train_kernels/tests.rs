@@ -301,3 +301,35 @@ fn rope_matches_the_composed_rotation() {
     let tracked = Var::from_tensor(&random(&[1, 2, 4], 20, 1.0)).unwrap();
     assert!(rope(&x, tracked.as_tensor(), tracked.as_tensor()).is_err());
 }
+
+#[test]
+fn parameter_gradients_do_not_depend_on_the_thread_count() {
+    // Large enough for rayon's row split; the norm weights' gradients are sums over all rows.
+    let x = random(&[8, 64, 96], 21, 2.0);
+    let w = random(&[96], 22, 1.0);
+    let b = random(&[96], 23, 1.0);
+    let grads_with = |threads: usize| -> Vec<Vec<f32>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (_, gr) =
+                value_and_grads(&[x.clone(), w.clone()], &|t| rms_norm(&t[0], &t[1], 1e-6));
+            let (_, gl) = value_and_grads(&[x.clone(), w.clone(), b.clone()], &|t| {
+                layer_norm(&t[0], &t[1], &t[2], 1e-6)
+            });
+            [&gr[1], &gl[1], &gl[2]]
+                .iter()
+                .map(|g| g.to_vec1().unwrap())
+                .collect()
+        })
+    };
+    let one = grads_with(1);
+    for threads in [2, 3] {
+        assert!(
+            grads_with(threads) == one,
+            "{threads} threads changed the parameter gradients"
+        );
+    }
+}
