@@ -187,6 +187,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
+            lr_scales: Default::default(),
         },
         Some(1.0),
         LrSchedule {

@@ -312,6 +312,7 @@ fn trainer_with_loop(
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.01,
+            lr_scales: Default::default(),
         },
         Some(1.0),
         LrSchedule {

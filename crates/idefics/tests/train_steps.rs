@@ -100,6 +100,7 @@ fn adamw_matches_torch_with_groups_and_clipping() -> TestResult {
         beta2: 0.95,
         eps: 1e-8,
         weight_decay: 0.1,
+        lr_scales: Default::default(),
     };
     let mut opt = AdamW::new(vars.clone(), cfg)?;
     assert_eq!(

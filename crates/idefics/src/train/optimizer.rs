@@ -6,7 +6,11 @@
 //!   p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 //! with m, v and the update computed in f32 whatever the parameter dtype. Weight decay is off for
 //! biases and norm weights, decided by name as the HF Trainer does (`bias`, `norm` in the name).
+//! Each component can scale the learning rate (`[optim.lr_scale]`, [`LrScales`]), as nanoVLM gives the
+//! modality projection its own rate: a parameter's lr (and with it its weight decay) is the schedule's times
+//! its component's scale.
 
+use super::trainable::Component;
 use super::TrainError;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -20,6 +24,69 @@ pub struct AdamWConfig {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// Per-component multipliers of the learning rate (all 1 by default).
+    pub lr_scales: LrScales,
+}
+
+/// `[optim.lr_scale]` of a recipe: a learning-rate multiplier per component (parameters outside the six
+/// components keep 1). 0 freezes a component's trainable parameters in effect, without removing its adapters.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LrScales {
+    pub vision: f64,
+    pub projection: f64,
+    pub perceiver: f64,
+    pub text: f64,
+    pub embeddings: f64,
+    pub lm_head: f64,
+}
+
+impl Default for LrScales {
+    fn default() -> Self {
+        Self {
+            vision: 1.0,
+            projection: 1.0,
+            perceiver: 1.0,
+            text: 1.0,
+            embeddings: 1.0,
+            lm_head: 1.0,
+        }
+    }
+}
+
+impl LrScales {
+    /// The multiplier of the parameter named `name` (a checkpoint / module path).
+    pub fn of(&self, name: &str) -> f64 {
+        match Component::of(name) {
+            Some(Component::Vision) => self.vision,
+            Some(Component::Projection) => self.projection,
+            Some(Component::Perceiver) => self.perceiver,
+            Some(Component::Text) => self.text,
+            Some(Component::Embeddings) => self.embeddings,
+            Some(Component::LmHead) => self.lm_head,
+            None => 1.0,
+        }
+    }
+
+    /// Every multiplier must be finite and >= 0.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let all = [
+            ("vision", self.vision),
+            ("projection", self.projection),
+            ("perceiver", self.perceiver),
+            ("text", self.text),
+            ("embeddings", self.embeddings),
+            ("lm_head", self.lm_head),
+        ];
+        for (name, v) in all {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(TrainError::Invalid(format!(
+                    "optim.lr_scale.{name} must be a finite number >= 0, got {v}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for AdamWConfig {
@@ -30,6 +97,7 @@ impl Default for AdamWConfig {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.01,
+            lr_scales: LrScales::default(),
         }
     }
 }
@@ -112,6 +180,7 @@ fn fused_cpu_step(slot: &mut Slot, g: &Tensor, h: &StepHyper) -> Result<(), Trai
 struct Slot {
     name: String,
     var: Var,
+    lr_scale: f64,
     decay: bool,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
@@ -127,6 +196,7 @@ pub struct AdamW {
 impl AdamW {
     /// One slot per named variable; names must be unique (they key the saved state).
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self, TrainError> {
+        cfg.lr_scales.validate()?;
         let mut seen = std::collections::HashSet::new();
         let mut slots = Vec::with_capacity(params.len());
         for (name, var) in params {
@@ -138,6 +208,7 @@ impl AdamW {
             let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
             slots.push(Slot {
                 decay: !no_weight_decay(&name),
+                lr_scale: cfg.lr_scales.of(&name),
                 name,
                 var,
                 exp_avg: zeros.clone(),
@@ -179,6 +250,7 @@ impl AdamW {
             beta2,
             eps,
             weight_decay,
+            ..
         } = self.cfg;
         self.step += 1;
         let t = self.step as i32;
@@ -189,12 +261,12 @@ impl AdamW {
                 continue;
             };
             let h = StepHyper {
-                lr,
+                lr: lr * slot.lr_scale,
                 beta1,
                 beta2,
                 eps,
                 decay: if slot.decay { weight_decay } else { 0.0 },
-                step_size,
+                step_size: step_size * slot.lr_scale,
                 bc2_sqrt,
             };
             if slot.var.device().is_cpu() {
@@ -332,6 +404,7 @@ mod tests {
                 name: "w".into(),
                 var: Var::from_tensor(&p.reshape((3, 4)).unwrap()).unwrap(),
                 decay: true,
+                lr_scale: 1.0,
                 exp_avg: Tensor::full(0.01f32, (3, 4), &dev).unwrap(),
                 exp_avg_sq: Tensor::full(0.002f32, (3, 4), &dev).unwrap(),
             }
@@ -365,5 +438,56 @@ mod tests {
         let bad = Tensor::new(&[[f32::NAN; 4]; 3], &dev).unwrap();
         let err = fused_cpu_step(&mut a, &bad, &h).unwrap_err().to_string();
         assert!(err.contains("gradient of w"), "{err}");
+    }
+
+    /// A component's scale multiplies its update (weight decay included); 0 leaves it where it was.
+    #[test]
+    fn lr_scales_multiply_each_components_update() {
+        let dev = Device::Cpu;
+        let names = [
+            "model.text_model.layers.0.mlp.up_proj.weight",
+            "model.connector.perceiver_resampler.latents",
+            "model.vision_model.embeddings.patch_embedding.weight",
+        ];
+        let start = Tensor::new(&[[0.5f32, -1.0], [2.0, 0.25]], &dev).unwrap();
+        let params: Vec<(String, Var)> = names
+            .iter()
+            .map(|n| (n.to_string(), Var::from_tensor(&start).unwrap()))
+            .collect();
+        let cfg = AdamWConfig {
+            weight_decay: 0.1,
+            lr_scales: LrScales {
+                perceiver: 0.25,
+                vision: 0.0,
+                ..LrScales::default()
+            },
+            ..AdamWConfig::default()
+        };
+        let mut opt = AdamW::new(params.clone(), cfg).unwrap();
+        let loss = params
+            .iter()
+            .map(|(_, v)| v.as_tensor().sqr().unwrap().sum_all().unwrap())
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap();
+        opt.step(&loss.backward().unwrap(), 1e-2).unwrap();
+        let moved = |i: usize| -> Vec<f32> {
+            let d = (params[i].1.as_tensor() - &start).unwrap();
+            d.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let (full, quarter, frozen) = (moved(0), moved(1), moved(2));
+        assert!(full.iter().all(|d| d.abs() > 1e-3), "{full:?}");
+        for (f, q) in full.iter().zip(&quarter) {
+            assert!((q - 0.25 * f).abs() < 1e-7, "{q} is not a quarter of {f}");
+        }
+        assert!(frozen.iter().all(|d| *d == 0.0), "{frozen:?}");
+
+        let bad = AdamWConfig {
+            lr_scales: LrScales {
+                text: f64::NAN,
+                ..LrScales::default()
+            },
+            ..AdamWConfig::default()
+        };
+        assert!(AdamW::new(params, bad).is_err());
     }
 }

@@ -35,6 +35,9 @@
 //! warmup_steps = 50
 //! decay = "cosine"
 //!
+//! [optim.lr_scale]                   # optional: lr multipliers per component (default 1)
+//! perceiver = 0.3
+//!
 //! [run]
 //! steps = 1000
 //! batch_size = 4                     # examples per micro-batch
@@ -49,7 +52,7 @@
 
 use super::collate::CollateConfig;
 use super::data::SourceSpec;
-use super::optimizer::AdamWConfig;
+use super::optimizer::{AdamWConfig, LrScales};
 use super::schedule::{Decay, LrSchedule};
 use super::trainable::{AdapterSpec, TrainablePlan};
 use super::trainer::LoopConfig;
@@ -127,6 +130,9 @@ pub struct OptimSection {
     /// Floor of the decay as a fraction of `lr`.
     #[serde(default)]
     pub min_lr_ratio: f64,
+    /// `[optim.lr_scale]`: learning-rate multipliers per component (default 1).
+    #[serde(default)]
+    pub lr_scale: LrScales,
 }
 
 fn default_betas() -> [f64; 2] {
@@ -197,6 +203,7 @@ impl Recipe {
                 "[optim] betas must be in [0, 1) and eps > 0".into(),
             ));
         }
+        o.lr_scale.validate()?;
         if self.data.sources.is_empty() {
             return Err(TrainError::Invalid(
                 "[data] needs at least one [[data.sources]] entry".into(),
@@ -227,6 +234,7 @@ impl Recipe {
             beta2: self.optim.betas[1],
             eps: self.optim.eps,
             weight_decay: self.optim.weight_decay,
+            lr_scales: self.optim.lr_scale,
         }
     }
 
@@ -291,5 +299,32 @@ steps = 10
             .unwrap_err()
             .to_string();
         assert!(err.contains("eval_every"), "{err}");
+    }
+
+    #[test]
+    fn lr_scales_per_component_parse_and_validate() {
+        let scaled = format!("{MINIMAL}\n[optim.lr_scale]\nperceiver = 0.3\nvision = 0.0\n");
+        let scales = Recipe::from_toml(&scaled).unwrap().adamw().lr_scales;
+        assert_eq!(
+            (scales.perceiver, scales.vision, scales.text),
+            (0.3, 0.0, 1.0)
+        );
+        assert_eq!(
+            scales.of("model.connector.perceiver_resampler.latents"),
+            0.3
+        );
+        assert_eq!(
+            scales.of("model.text_model.layers.0.mlp.up_proj.lora_A"),
+            1.0
+        );
+        let typo = format!("{MINIMAL}\n[optim.lr_scale]\nconnector = 0.3\n");
+        let err = Recipe::from_toml(&typo).unwrap_err().to_string();
+        assert!(
+            err.contains("connector"),
+            "an unknown component must be an error: {err}"
+        );
+        let negative = format!("{MINIMAL}\n[optim.lr_scale]\ntext = -1.0\n");
+        let err = Recipe::from_toml(&negative).unwrap_err().to_string();
+        assert!(err.contains("optim.lr_scale.text"), "{err}");
     }
 }
