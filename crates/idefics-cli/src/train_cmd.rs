@@ -200,6 +200,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         trainable.num_trainable() as f64 / 1e6,
         model_dir.display()
     );
+    if recipe.optim.lr_scale != Default::default() {
+        eprintln!(
+            "learning-rate multipliers per component: {:?}",
+            recipe.optim.lr_scale
+        );
+    }
 
     let collator = Collator::from_model_dir(&model_dir, recipe.data.collate.clone())?;
     let stream = MixtureStream::new(&recipe.data.sources, collator, recipe.data_seed())?;
