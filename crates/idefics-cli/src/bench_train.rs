@@ -44,6 +44,10 @@ pub struct BenchTrainArgs {
     /// RAYON_NUM_THREADS=1 unless it is set.
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
+    /// Label only the last N text tokens of each row, as answer-only fine-tuning does (default: all of
+    /// them, as pre-training does).
+    #[arg(long)]
+    pub answer_tokens: Option<usize>,
 }
 
 /// Peak and current resident memory of this process, in bytes (Linux `/proc/self/status`).
@@ -60,7 +64,8 @@ fn rss() -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-/// `<fake><image>*n<fake>` then random text, all labelled except the image block; one random image per row.
+/// `<fake><image>*n<fake>` then random text, labelled except the image block (or only the last
+/// `--answer-tokens` of it); one random image per row.
 fn synthetic_batch(
     model: &Idefics2ForConditionalGeneration,
     args: &BenchTrainArgs,
@@ -80,6 +85,13 @@ fn synthetic_batch(
     };
     let b = args.batch_size;
     let len = n_img + 2 + args.text_len;
+    let answer = args.answer_tokens.unwrap_or(args.text_len);
+    if answer == 0 || answer > args.text_len {
+        bail!(
+            "--answer-tokens {answer} must be between 1 and --text-len {}",
+            args.text_len
+        );
+    }
     let mut ids = Vec::with_capacity(b * len);
     let mut labels = Vec::with_capacity(b * len);
     for _ in 0..b {
@@ -91,10 +103,14 @@ fn synthetic_batch(
         }
         ids.push(fake);
         labels.push(-100);
-        for _ in 0..args.text_len {
+        for i in 0..args.text_len {
             let t = 3 + (next() % (vocab as u64 - 10)) as u32;
             ids.push(t);
-            labels.push(t as i64);
+            labels.push(if i + answer >= args.text_len {
+                t as i64
+            } else {
+                -100
+            });
         }
     }
     let s = args.image_size;
@@ -110,7 +126,7 @@ fn synthetic_batch(
             pixel_attention_mask: Some(Tensor::ones((b, 1, s, s), DType::U8, &dev)?),
             ..Default::default()
         },
-        n_label_tokens: b * args.text_len,
+        n_label_tokens: b * answer,
         n_tokens: b * len,
         labels: Tensor::from_vec(labels, (b, len), &dev)?,
     })

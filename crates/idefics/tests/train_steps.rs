@@ -6,7 +6,7 @@ use idefics::train::accumulate::GradAccumulator;
 use idefics::train::checkpoint::{
     load_checkpoint, save_checkpoint, verify_checkpoint, CheckpointContents, TrainerState,
 };
-use idefics::train::loss::{causal_lm_loss, causal_lm_loss_sum};
+use idefics::train::loss::{causal_lm_loss, causal_lm_loss_sum, causal_lm_loss_sum_from_hidden};
 use idefics::train::optimizer::{clip_grad_norm, no_weight_decay, AdamW, AdamWConfig};
 use idefics::train::peft::PeftAdapter;
 use idefics::train::rng::TrainRng;
@@ -84,6 +84,70 @@ fn cross_entropy_bad_labels() -> TestResult {
     assert!(err.contains("label 5 at [0, 2]"), "{err}");
     let wrong_shape = Tensor::new(&[[0i64, 1, 2]], &dev)?;
     assert!(causal_lm_loss(&logits, &wrong_shape).is_err());
+    Ok(())
+}
+
+/// The loss from hidden states (labelled positions only through the head when labels are sparse) gives the
+/// token losses and gradients of the full logits path, for sparse labels (answer-only fine-tuning), dense
+/// labels (the full path) and padding rows; and the same errors.
+#[test]
+fn cross_entropy_from_hidden_states_matches_full_logits() -> TestResult {
+    let dev = Device::Cpu;
+    let (b, t, d, v) = (3, 7, 5, 11);
+    let hidden = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, d), &dev)?)?;
+    let weight = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, d), &dev)?)?;
+    let head = |h: &Tensor| h.broadcast_matmul(&weight.as_tensor().t()?);
+    let sparse = Tensor::new(
+        &[
+            [-100i64, -100, -100, -100, 4, 9, -100],
+            [-100, -100, -100, -100, -100, -100, -100],
+            [-100, -100, 3, -100, -100, 0, 10],
+        ],
+        &dev,
+    )?;
+    let dense = Tensor::new(
+        &[
+            [1i64, 2, 3, 4, 5, 6, 7],
+            [8, 9, 10, 0, 1, 2, 3],
+            [-100, 4, 5, 6, 7, 8, 9],
+        ],
+        &dev,
+    )?;
+    for labels in [&sparse, &dense] {
+        let full = causal_lm_loss_sum(&head(hidden.as_tensor())?, labels)?;
+        let from_hidden = causal_lm_loss_sum_from_hidden(hidden.as_tensor(), head, v, labels)?;
+        assert_eq!(full.n_tokens, from_hidden.n_tokens);
+        let (a, c) = (
+            full.sum.to_scalar::<f32>()?,
+            from_hidden.sum.to_scalar::<f32>()?,
+        );
+        assert!((a - c).abs() <= 1e-5 * a.abs().max(1.0), "loss {a} vs {c}");
+        let (ga, gc) = (full.sum.backward()?, from_hidden.sum.backward()?);
+        for var in [&hidden, &weight] {
+            let r = rel_diff(
+                gc.get(var.as_tensor()).expect("grad"),
+                ga.get(var.as_tensor()).expect("grad"),
+            );
+            assert!(r <= 1e-5, "grad rel diff {r}");
+        }
+    }
+    // Rows without labels get exactly zero gradient on the sparse path.
+    let g = causal_lm_loss_sum_from_hidden(hidden.as_tensor(), head, v, &sparse)?
+        .sum
+        .backward()?;
+    let row1 = g.get(hidden.as_tensor()).expect("grad").get(1)?;
+    assert_eq!(row1.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+
+    let out_of_range = sparse
+        .clone()
+        .slice_assign(&[0..1, 4..5], &Tensor::new(&[[11i64]], &dev)?)?;
+    let err = causal_lm_loss_sum_from_hidden(hidden.as_tensor(), head, v, &out_of_range)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("label 11 at [0, 4]"), "{err}");
+    let narrow_head = |h: &Tensor| h.narrow(1, 0, 2);
+    assert!(causal_lm_loss_sum_from_hidden(hidden.as_tensor(), narrow_head, v, &sparse).is_err());
+    assert!(causal_lm_loss_sum_from_hidden(&hidden.as_tensor().get(0)?, head, v, &sparse).is_err());
     Ok(())
 }
 

@@ -166,6 +166,10 @@ impl Idefics2ForConditionalGeneration {
     pub fn connector(&self) -> &Connector {
         &self.connector
     }
+    /// The output head (hidden states -> vocabulary logits).
+    pub fn lm_head(&self) -> &Linear {
+        &self.lm_head
+    }
     pub fn text_model(&self) -> &TextModel {
         &self.text_model
     }

@@ -8,6 +8,9 @@
 //! When every label is ignored, torch returns NaN (0 / 0). We return [`TrainError::Invalid`]
 //! instead, so a training loop can skip the batch knowingly; use [`causal_lm_loss_sum`] to
 //! accumulate over micro-batches (transformers' `num_items_in_batch`).
+//!
+//! The trainer calls [`causal_lm_loss_sum_from_hidden`]: with answer-only labels most positions do not
+//! count, and only the labelled ones need the `[*, vocab]` head output and its softmax.
 
 use super::TrainError;
 use candle_core::{DType, Tensor, D};
@@ -24,6 +27,67 @@ pub struct LossSum {
     pub n_tokens: usize,
 }
 
+/// Labels shifted left by one, checked against the vocabulary: per predicting position `(row, pos)` with
+/// `pos < t - 1`, in row-major order, the target and whether it counts.
+struct ShiftedLabels {
+    targets: Vec<u32>,
+    keep: Vec<bool>,
+}
+
+impl ShiftedLabels {
+    fn new(labels: &Tensor, b: usize, t: usize, v: usize) -> Result<Self, TrainError> {
+        if labels.dims() != [b, t] {
+            return Err(TrainError::Invalid(format!(
+                "labels shape {:?} does not match [batch, seq] = [{b}, {t}]",
+                labels.dims()
+            )));
+        }
+        // Shift on the host: labels are small, and checking their range here gives a clear error where
+        // torch would raise "Target n is out of bounds".
+        let labels = labels.to_dtype(DType::I64)?.to_vec2::<i64>()?;
+        let mut targets = Vec::with_capacity(b * t.saturating_sub(1));
+        let mut keep = Vec::with_capacity(targets.capacity());
+        for (row, ls) in labels.iter().enumerate() {
+            for (pos, &l) in ls.iter().enumerate().skip(1) {
+                if l == IGNORE_INDEX {
+                    targets.push(0u32);
+                    keep.push(false);
+                } else if l < 0 || l as usize >= v {
+                    return Err(TrainError::Invalid(format!(
+                        "label {l} at [{row}, {pos}] is outside the vocabulary [0, {v}) and is not {IGNORE_INDEX}"
+                    )));
+                } else {
+                    targets.push(l as u32);
+                    keep.push(true);
+                }
+            }
+        }
+        Ok(Self { targets, keep })
+    }
+
+    fn n_tokens(&self) -> usize {
+        self.keep.iter().filter(|&&k| k).count()
+    }
+}
+
+/// Sum over rows of `logits [n, v]` of `logsumexp(z) - z[target]`, each row weighted by `weight` (1 or 0).
+fn nll_sum(z: &Tensor, targets: Vec<u32>, weight: Option<Vec<f32>>) -> Result<Tensor, TrainError> {
+    let (n, _) = z.dims2()?;
+    let dev = z.device();
+    let z = z.to_dtype(DType::F32)?;
+    // The max only stabilises exp(); it cancels in the gradient, so it is taken off the graph.
+    let max = z.max_keepdim(D::Minus1)?.detach();
+    let shifted = z.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?; // [n, 1]
+    let targets = Tensor::from_vec(targets, (n, 1), dev)?;
+    let picked = shifted.gather(&targets, D::Minus1)?; // [n, 1]
+    let nll = (lse - picked)?.squeeze(1)?;
+    Ok(match weight {
+        Some(w) => (nll * Tensor::from_vec(w, n, dev)?)?.sum_all()?,
+        None => nll.sum_all()?,
+    })
+}
+
 /// Sum of the causal-LM token losses for `logits [b, t, v]` and `labels [b, t]` (integer dtype).
 pub fn causal_lm_loss_sum(logits: &Tensor, labels: &Tensor) -> Result<LossSum, TrainError> {
     let (b, t, v) = logits.dims3().map_err(|_| {
@@ -32,54 +96,70 @@ pub fn causal_lm_loss_sum(logits: &Tensor, labels: &Tensor) -> Result<LossSum, T
             logits.dims()
         ))
     })?;
-    if labels.dims() != [b, t] {
-        return Err(TrainError::Invalid(format!(
-            "labels shape {:?} does not match logits [batch, seq] = [{b}, {t}]",
-            labels.dims()
-        )));
-    }
-    // Shift on the host: labels are small, and checking their range here gives a clear error where
-    // torch would raise "Target n is out of bounds".
-    let labels = labels.to_dtype(DType::I64)?.to_vec2::<i64>()?;
-    let mut targets = Vec::with_capacity(b * t.saturating_sub(1));
-    let mut keep = Vec::with_capacity(targets.capacity());
-    for (row, ls) in labels.iter().enumerate() {
-        for (pos, &l) in ls.iter().enumerate().skip(1) {
-            if l == IGNORE_INDEX {
-                targets.push(0u32);
-                keep.push(0f32);
-            } else if l < 0 || l as usize >= v {
-                return Err(TrainError::Invalid(format!(
-                    "label {l} at [{row}, {pos}] is outside the vocabulary [0, {v}) and is not {IGNORE_INDEX}"
-                )));
-            } else {
-                targets.push(l as u32);
-                keep.push(1f32);
-            }
-        }
-    }
-    let n_tokens = keep.iter().filter(|&&k| k > 0.0).count();
-    let n = targets.len();
-    let dev = logits.device();
+    let shifted = ShiftedLabels::new(labels, b, t, v)?;
+    let n_tokens = shifted.n_tokens();
+    let n = shifted.targets.len();
     if n == 0 {
         return Ok(LossSum {
-            sum: Tensor::zeros((), DType::F32, dev)?,
+            sum: Tensor::zeros((), DType::F32, logits.device())?,
             n_tokens: 0,
         });
     }
-    let z = logits
-        .narrow(1, 0, t - 1)?
-        .to_dtype(DType::F32)?
-        .reshape((n, v))?;
-    // The max only stabilises exp(); it cancels in the gradient, so it is taken off the graph.
-    let max = z.max_keepdim(D::Minus1)?.detach();
-    let shifted = z.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?; // [n, 1]
-    let targets = Tensor::from_vec(targets, (n, 1), dev)?;
-    let picked = shifted.gather(&targets, D::Minus1)?; // [n, 1]
-    let nll = (lse - picked)?.squeeze(1)?;
-    let keep = Tensor::from_vec(keep, n, dev)?;
-    let sum = (nll * keep)?.sum_all()?;
+    let z = logits.narrow(1, 0, t - 1)?.reshape((n, v))?;
+    let weight = shifted
+        .keep
+        .iter()
+        .map(|&k| f32::from(u8::from(k)))
+        .collect();
+    let sum = nll_sum(&z, shifted.targets, Some(weight))?;
+    Ok(LossSum { sum, n_tokens })
+}
+
+/// The same sum from the final hidden states `hidden [b, t, d]` and the output head `head` (`[k, d]` ->
+/// `[k, v]`), with `vocab` its output width. When fewer than three quarters of the positions have a label
+/// (answer-only fine-tuning, where most of a sequence is prompt and image tokens), only the labelled
+/// positions go through the head and the softmax: the same token losses and gradients, without the
+/// `[b, t, v]` logits of positions that do not count. Otherwise every position does, as
+/// [`causal_lm_loss_sum`] (gathering rows would cost more than it saves).
+pub fn causal_lm_loss_sum_from_hidden(
+    hidden: &Tensor,
+    head: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    vocab: usize,
+    labels: &Tensor,
+) -> Result<LossSum, TrainError> {
+    let (b, t, d) = hidden.dims3().map_err(|_| {
+        TrainError::Invalid(format!(
+            "hidden states must be [batch, seq, hidden], got {:?}",
+            hidden.dims()
+        ))
+    })?;
+    let shifted = ShiftedLabels::new(labels, b, t, vocab)?;
+    let n_tokens = shifted.n_tokens();
+    let n = shifted.targets.len();
+    // No label at all keeps the full path: its zero sum stays attached to the graph, as before.
+    if n_tokens == 0 || n_tokens * 4 >= n * 3 {
+        return causal_lm_loss_sum(&head(hidden)?, labels);
+    }
+    // Predicting position `pos` of `row` is row `row * t + pos` of the flattened hidden states.
+    let mut rows = Vec::with_capacity(n_tokens);
+    let mut targets = Vec::with_capacity(n_tokens);
+    for (i, (&keep, &target)) in shifted.keep.iter().zip(&shifted.targets).enumerate() {
+        if keep {
+            let (row, pos) = (i / (t - 1), i % (t - 1));
+            rows.push((row * t + pos) as u32);
+            targets.push(target);
+        }
+    }
+    let rows = Tensor::from_vec(rows, n_tokens, hidden.device())?;
+    let selected = hidden.reshape((b * t, d))?.index_select(&rows, 0)?;
+    let z = head(&selected)?;
+    if z.dims() != [n_tokens, vocab] {
+        return Err(TrainError::Invalid(format!(
+            "the output head gave {:?} for {n_tokens} positions, expected [{n_tokens}, {vocab}]",
+            z.dims()
+        )));
+    }
+    let sum = nll_sum(&z, targets, None)?;
     Ok(LossSum { sum, n_tokens })
 }
 

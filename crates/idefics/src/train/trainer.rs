@@ -11,7 +11,7 @@ use super::accumulate::GradAccumulator;
 use super::checkpoint::{
     load_checkpoint, save_checkpoint, verify_checkpoint, CheckpointContents, TrainerState,
 };
-use super::loss::causal_lm_loss_sum;
+use super::loss::causal_lm_loss_sum_from_hidden;
 use super::optimizer::{clip_grad_norm, grad_norm, AdamW, AdamWConfig};
 use super::rng::TrainRng;
 use super::schedule::LrSchedule;
@@ -536,8 +536,10 @@ fn micro_batch_grads(
     labels: &Tensor,
     total_labels: usize,
 ) -> Result<(f64, Option<GradStore>), TrainError> {
-    let logits = model.forward(inputs, None)?;
-    let sum = causal_lm_loss_sum(&logits, labels)?;
+    let hidden = model.forward_hidden(inputs, None)?;
+    let vocab = model.config().text_config.vocab_size;
+    let sum =
+        causal_lm_loss_sum_from_hidden(&hidden, |h| model.lm_head().forward(h), vocab, labels)?;
     let loss = sum.sum.affine(1.0 / total_labels as f64, 0.0)?;
     let value = loss.to_scalar::<f32>()? as f64;
     if !value.is_finite() {
