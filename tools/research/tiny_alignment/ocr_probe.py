@@ -5,12 +5,9 @@
 # direct labels). Score: precision@1 (the top-scored word is in the image) against the frequency baseline.
 import argparse, io, random, re, time, torch, pyarrow.parquet as pq
 from PIL import Image
+from synth_words import WORDS
 from transformers import AutoProcessor, Idefics2ForConditionalGeneration
 
-WORDS = ["apple", "river", "stone", "cloud", "green", "house", "train", "music", "tiger", "ocean", "paper", "light",
-         "horse", "table", "chair", "bread", "plant", "clock", "water", "smile", "dream", "storm", "beach", "forest",
-         "garden", "window", "rocket", "silver", "yellow", "planet", "market", "doctor", "winter", "summer", "island",
-         "castle", "bridge", "candle", "pencil", "mirror"]
 ap = argparse.ArgumentParser()
 ap.add_argument('--model', required=True)
 ap.add_argument('--train-pairs', required=True); ap.add_argument('--test-pairs', required=True)

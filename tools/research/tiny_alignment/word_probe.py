@@ -4,12 +4,9 @@
 # checkpoint's tower, the same tower re-initialised (--arch random, optionally with another --patch) and a CNN.
 import argparse, random, time, torch
 from PIL import Image, ImageDraw, ImageFont
+from synth_words import WORDS
 from transformers import Idefics2ForConditionalGeneration
 
-WORDS = ["apple", "river", "stone", "cloud", "green", "house", "train", "music", "tiger", "ocean", "paper", "light",
-         "horse", "table", "chair", "bread", "plant", "clock", "water", "smile", "dream", "storm", "beach", "forest",
-         "garden", "window", "rocket", "silver", "yellow", "planet", "market", "doctor", "winter", "summer", "island",
-         "castle", "bridge", "candle", "pencil", "mirror"]
 ap = argparse.ArgumentParser()
 ap.add_argument('--model', required=True)
 ap.add_argument('--arch', default='tower', choices=['tower', 'random', 'cnn'])
