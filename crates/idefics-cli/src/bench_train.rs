@@ -5,11 +5,11 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
-use idefics::train::optimizer::AdamWConfig;
-use idefics::train::schedule::{Decay, LrSchedule};
-use idefics::train::trainable::{AdapterSpec, TrainableModel, TrainablePlan, Tuning};
-use idefics::train::trainer::{LoopConfig, TrainBatch, Trainer};
 use idefics::{Idefics2ForConditionalGeneration, LoadOptions, ModelInputs};
+use idefics_train::optimizer::AdamWConfig;
+use idefics_train::schedule::{Decay, LrSchedule};
+use idefics_train::trainable::{AdapterSpec, TrainableModel, TrainablePlan, Tuning};
+use idefics_train::trainer::{LoopConfig, TrainBatch, Trainer};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -50,18 +50,12 @@ pub struct BenchTrainArgs {
     pub answer_tokens: Option<usize>,
 }
 
-/// Peak and current resident memory of this process, in bytes (Linux `/proc/self/status`).
+/// Peak and current resident memory of this process, in bytes (0 where the system does not tell).
 fn rss() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
+    (
+        idefics::weights::peak_rss_bytes().unwrap_or(0),
+        idefics::weights::current_rss_bytes().unwrap_or(0),
+    )
 }
 
 /// `<fake><image>*n<fake>` then random text, labelled except the image block (or only the last
@@ -192,7 +186,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         alpha: 2.0 * args.rank as f64,
         ..Default::default()
     };
-    let mut rng = idefics::train::rng::TrainRng::seed_from_u64(0);
+    let mut rng = idefics_train::rng::TrainRng::seed_from_u64(0);
     let trainable = TrainableModel::new(model, &plan, &spec, &mut rng)?;
     let n_trainable = trainable.num_trainable();
     let out = tempdir_path();

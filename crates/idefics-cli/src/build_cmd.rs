@@ -6,16 +6,17 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use idefics::train::hf_checkpoint::{load_tensors, read_config_json, save_hf_checkpoint};
-use idefics::train::init::{self, Component};
-use idefics::train::siglip::{PairSample, PatchPool, SiglipOptions, SiglipTrainer};
-use idefics::train::TrainError;
+use idefics::model::Component;
 use idefics::Idefics2Config;
 use idefics_data::{CauldronReader, DocItem, ObelicsReader, PairReader, ReaderOptions};
 use idefics_processor::tokenizer_train::{
     save_tokenizer_dir, train_tokenizer, TinyTokenIds, TokenizerTrainOptions,
 };
 use idefics_processor::{decode_image, DecodeLimits, TextTokenizer};
+use idefics_train::hf_checkpoint::{load_tensors, read_config_json, save_hf_checkpoint};
+use idefics_train::init;
+use idefics_train::siglip::{PairSample, PatchPool, SiglipOptions, SiglipTrainer};
+use idefics_train::TrainError;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use idefics::eval_runner::{checkpoint_revision, run_eval, EvalRunConfig, PromptStyle};
 use idefics::hub::{resolve_model, HubConfig};
 use idefics::pipeline::Idefics2Pipeline;
 use idefics::LoadOptions;
 use idefics_eval::data::{read_eval_data, EvalData};
+use idefics_eval::runner::{checkpoint_revision, run_eval, EvalRunConfig, PromptStyle};
 use idefics_eval::{Metric, RunInfo};
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -148,6 +148,6 @@ fn read_inputs(path: &std::path::Path, device: &Device) -> Result<ModelInputs> {
         position_ids: get("position_ids"),
         pixel_values: get("pixel_values"),
         pixel_attention_mask: get("pixel_attention_mask"),
-        embedding_noise: None,
+        inputs_embeds: None,
     })
 }

@@ -1,25 +1,17 @@
-//! `idefics train --config recipe.toml [--resume]` and `idefics merge`.
-//!
-//! Output directory of a run: `recipe.toml` (the copy it ran with), `metrics.jsonl` (one line per step, with
-//! evaluations beside the loss), `checkpoints/step-N/` (resumable), `loss.png`, `final/` (a full Hugging Face
-//! checkpoint, adapters merged) and `adapter/` (peft files, when something trains with LoRA / DoRA).
+//! `idefics train --config recipe.toml [--resume]` (`idefics_train::run::run_recipe` with a progress bar and
+//! evaluation during training) and `idefics merge`.
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Args;
-use idefics::train::collate::Collator;
-use idefics::train::data::MixtureStream;
-use idefics::train::export::{export_trained, merge_adapter};
-use idefics::train::recipe::Recipe;
-use idefics::train::trainable::TrainableModel;
-use idefics::train::trainer::{
-    latest_checkpoint, StepMetrics, StreamBatches, TrainObserver, Trainer,
-};
-use idefics::train::TrainError;
-use idefics::{Idefics2ForConditionalGeneration, LoadOptions};
-use idefics_data::plot::{line_chart_png, Series};
+use idefics_train::export::merge_adapter;
+use idefics_train::recipe::Recipe;
+use idefics_train::run::run_recipe;
+use idefics_train::trainable::TrainableModel;
+use idefics_train::trainer::{StepMetrics, TrainObserver};
+use idefics_train::TrainError;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -49,12 +41,10 @@ pub struct MergeArgs {
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
-    Ok(match s {
-        "f32" | "float32" => DType::F32,
-        "bf16" | "bfloat16" => DType::BF16,
-        "f16" | "float16" => DType::F16,
-        other => bail!("--dtype {other:?}: use f32, bf16 or f16"),
-    })
+    match idefics::weights::parse_dtype(s) {
+        Ok(d) if d != DType::F64 => Ok(d),
+        _ => bail!("--dtype {s:?}: use f32, bf16 or f16"),
+    }
 }
 
 pub fn run_merge(args: MergeArgs) -> Result<()> {
@@ -97,7 +87,12 @@ impl TrainObserver for ProgressObserver {
     }
 
     fn on_message(&mut self, message: &str) {
-        self.bar.println(message);
+        // A hidden bar (stderr not a terminal) prints nothing: the message must still reach the user.
+        if self.bar.is_hidden() {
+            eprintln!("{message}");
+        } else {
+            self.bar.println(message);
+        }
     }
 
     fn evaluate(
@@ -109,8 +104,8 @@ impl TrainObserver for ProgressObserver {
             return Ok(None);
         };
         let result = eval.run(model)?;
-        self.bar
-            .println(format!("step {step}: eval {}", eval.summary(&result)));
+        let line = format!("step {step}: eval {}", eval.summary(&result));
+        self.on_message(&line);
         Ok(Some(result))
     }
 }
@@ -141,91 +136,7 @@ pub fn single_threaded_ops_for(worker_threads: usize) {
 pub fn run(args: TrainArgs) -> Result<()> {
     let recipe = Recipe::from_file(&args.config)?;
     single_threaded_ops_for(recipe.run.parallel_micro_batches);
-    let out = recipe.output.dir.clone();
-    let model_dir = recipe.model.path.clone();
     let device = super::model_source::device()?;
-
-    let resume_from = if args.resume {
-        let ck = latest_checkpoint(&out)?;
-        if ck.is_none() {
-            bail!(
-                "--resume: no checkpoint under {}/checkpoints",
-                out.display()
-            );
-        }
-        ck
-    } else {
-        if out.join("checkpoints").is_dir()
-            && std::fs::read_dir(out.join("checkpoints"))?.next().is_some()
-        {
-            bail!(
-                "{} already holds checkpoints of a run: pass --resume to continue it, or choose another [output] dir",
-                out.display()
-            );
-        }
-        None
-    };
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::copy(&args.config, out.join("recipe.toml"))
-        .with_context(|| format!("copying the recipe into {}", out.display()))?;
-
-    let model = Idefics2ForConditionalGeneration::load(
-        &model_dir,
-        &LoadOptions {
-            device: device.clone(),
-            dtype: DType::F32,
-            ..Default::default()
-        },
-    )
-    .with_context(|| format!("loading {}", model_dir.display()))?;
-    let trainable = match &resume_from {
-        Some(ck) => {
-            let loaded = idefics::train::checkpoint::load_checkpoint(ck, &device)?;
-            match &loaded.adapter {
-                Some(adapter) => TrainableModel::with_adapter(model, &recipe.trainable, adapter)?,
-                None => {
-                    let mut rng = idefics::train::rng::TrainRng::seed_from_u64(recipe.run.seed);
-                    TrainableModel::new(model, &recipe.trainable, &recipe.lora, &mut rng)?
-                }
-            }
-        }
-        None => {
-            let mut rng = idefics::train::rng::TrainRng::seed_from_u64(recipe.run.seed);
-            TrainableModel::new(model, &recipe.trainable, &recipe.lora, &mut rng)?
-        }
-    };
-    eprintln!(
-        "training {} tensors ({:.2} M parameters) of {}",
-        trainable.params().len(),
-        trainable.num_trainable() as f64 / 1e6,
-        model_dir.display()
-    );
-    if recipe.optim.lr_scale != Default::default() {
-        eprintln!(
-            "learning-rate multipliers per component: {:?}",
-            recipe.optim.lr_scale
-        );
-    }
-
-    let collator = Collator::from_model_dir(&model_dir, recipe.data.collate.clone())?;
-    let stream = MixtureStream::new(&recipe.data.sources, collator, recipe.data_seed())?;
-    let mut data = StreamBatches {
-        stream,
-        device: device.clone(),
-    };
-    let mut trainer = Trainer::new(
-        trainable,
-        recipe.adamw(),
-        recipe.optim.max_grad_norm,
-        recipe.schedule(),
-        recipe.run.clone(),
-        &out,
-    )?;
-    if let Some(ck) = &resume_from {
-        trainer.restore(ck, &mut data)?;
-        eprintln!("resumed from {} (step {})", ck.display(), trainer.step());
-    }
-
     let bar = ProgressBar::new(recipe.run.steps);
     bar.set_style(
         ProgressStyle::with_template(
@@ -234,92 +145,28 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let eval = match &recipe.eval {
-        Some(e) => Some(super::train_eval::TrainEval::new(e, &model_dir)?),
+        Some(e) => Some(super::train_eval::TrainEval::new(e, &recipe.model.path)?),
         None => None,
     };
     let mut observer = ProgressObserver {
         bar: bar.clone(),
         eval,
     };
-    let result = trainer.run(&mut data, &mut observer);
+    let result = run_recipe(&recipe, &args.config, args.resume, &device, &mut observer);
     bar.finish_and_clear();
-    data.stream.skips().log_summary();
-    let skipped = data.stream.skips().total_skipped();
-    if skipped > 0 {
-        eprintln!("skipped {skipped} samples: {:?}", data.stream.skips());
-    }
-    // The curve is drawn even when the run stopped (NaN, data error): it shows what happened.
-    if let Err(e) = plot_metrics(&out) {
-        eprintln!("warning: no loss curve: {e:#}");
-    }
-    result?;
-
-    let final_dir = out.join("final");
-    export_trained(
-        trainer.model(),
-        &model_dir,
-        &final_dir,
-        recipe.save_dtype()?,
-    )?;
-    if let Some(adapter) = trainer.model().peft_adapter()? {
-        adapter.save(&out.join("adapter"))?;
+    let summary = result.with_context(|| format!("training run {}", args.config.display()))?;
+    if summary.skipped.total_skipped() > 0 {
+        eprintln!(
+            "skipped {} samples: {:?}",
+            summary.skipped.total_skipped(),
+            summary.skipped
+        );
     }
     println!(
         "done: {} steps; merged checkpoint in {}, metrics in {}",
-        trainer.step(),
-        final_dir.display(),
-        out.join("metrics.jsonl").display()
+        summary.steps,
+        summary.final_dir.display(),
+        summary.metrics_path.display()
     );
-    Ok(())
-}
-
-/// `loss.png` from the whole `metrics.jsonl` (a resumed run plots its full curve), with evaluation accuracy
-/// when present.
-fn plot_metrics(out: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(out.join("metrics.jsonl"))?;
-    let mut loss = Vec::new();
-    let mut eval = Vec::new();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        let (Some(step), Some(l)) = (v["step"].as_f64(), v["loss"].as_f64()) else {
-            continue;
-        };
-        loss.push((step, l));
-        if let Some(acc) = v["eval"]["overall"].as_f64() {
-            eval.push((step, acc / 100.0));
-        }
-    }
-    // A moving average makes the trend readable over noisy per-step losses.
-    let window = (loss.len() / 50).max(1);
-    let smooth: Vec<(f64, f64)> = loss
-        .iter()
-        .enumerate()
-        .map(|(i, &(s, _))| {
-            let lo = i.saturating_sub(window - 1);
-            let mean = loss[lo..=i].iter().map(|p| p.1).sum::<f64>() / (i - lo + 1) as f64;
-            (s, mean)
-        })
-        .collect();
-    let mut series = vec![
-        Series {
-            name: "loss",
-            points: &loss,
-            color: [170, 190, 230],
-        },
-        Series {
-            name: "loss (moving average)",
-            points: &smooth,
-            color: [30, 80, 200],
-        },
-    ];
-    if !eval.is_empty() {
-        series.push(Series {
-            name: "eval accuracy (fraction)",
-            points: &eval,
-            color: [210, 60, 30],
-        });
-    }
-    let png = line_chart_png("training", "step", "loss / accuracy", &series)?;
-    std::fs::write(out.join("loss.png"), png)?;
     Ok(())
 }

@@ -1,12 +1,12 @@
 //! Evaluation during training (`[eval]` of a recipe): the model being trained answers a held-out set in memory
 //! (no checkpoint written or re-read), scored per task family as `idefics eval` scores it.
 
-use idefics::eval_metrics::data::{read_eval_data, EvalData, EvalSample};
-use idefics::eval_runner::{evaluate, EvalRunConfig};
 use idefics::pipeline::Idefics2Pipeline;
-use idefics::train::recipe::EvalSection;
-use idefics::train::trainable::TrainableModel;
-use idefics::train::TrainError;
+use idefics_eval::data::{read_eval_data, EvalData, EvalSample};
+use idefics_eval::runner::{evaluate, EvalRunConfig};
+use idefics_train::recipe::EvalSection;
+use idefics_train::trainable::TrainableModel;
+use idefics_train::TrainError;
 use std::path::{Path, PathBuf};
 
 /// The held-out samples (read once) and how to score them.

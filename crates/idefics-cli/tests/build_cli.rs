@@ -109,7 +109,7 @@ fn tokenizer_init_siglip_assemble_chain() {
     let out = idefics(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.contains("new connector tensors"), "{out}");
     // The recipe's small random latents (not transformers' ones) are what was written.
-    let tensors = idefics::train::hf_checkpoint::load_tensors(
+    let tensors = idefics_train::hf_checkpoint::load_tensors(
         &dir.path().join("vlm"),
         candle_core::DType::F32,
         &candle_core::Device::Cpu,

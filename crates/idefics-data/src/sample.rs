@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 
-/// Where an image's bytes are: inline (parquet `bytes`) or a file on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where an image's bytes are: inline (parquet `bytes`) or a file on disk. Training data and benchmark
+/// samples alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ImageSource {
     /// Encoded image bytes (PNG, JPEG, ...), e.g. the `bytes` field of a HF `Image` struct.
     Bytes(Vec<u8>),

@@ -12,12 +12,7 @@ use serde::Deserialize;
 use crate::report::Baseline;
 use crate::{EvalError, Result};
 
-/// Where an image comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ImageSource {
-    Path(PathBuf),
-    Bytes(Vec<u8>),
-}
+pub use idefics_data::ImageSource;
 
 /// One benchmark question, whatever file it came from.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -2,8 +2,9 @@
 //! around them: benchmark data readers, the paper's prompts, the predictions file and the report.
 //!
 //! Pipeline place: data readers -> [`prompt`] -> (generation, in `idefics`) -> [`predictions`] ->
-//! [`scoring`] -> [`report`]. Candle-free, so scores can be recomputed without a model
-//! (`idefics eval --rescore`).
+//! [`scoring`] -> [`report`]. Candle-free by default, so scores can be recomputed without a model
+//! (`idefics eval --rescore`); the `runner` feature adds `runner`, which drives an `idefics` pipeline over a
+//! data set.
 //!
 //! One file per official scorer: [`vqa`] (GT-Vision-Lab/VQA), [`anls`] (RRC ANLS), [`relaxed`]
 //! (pix2struct ChartQA), [`choice`] (MMMU letter extraction), [`open`] (MMMU free-form answers), [`exact`],
@@ -24,6 +25,8 @@ pub mod ptb;
 pub mod pytext;
 pub mod relaxed;
 pub mod report;
+#[cfg(feature = "runner")]
+pub mod runner;
 pub mod scoring;
 pub mod vqa;
 

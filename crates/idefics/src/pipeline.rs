@@ -177,7 +177,7 @@ impl Idefics2Pipeline {
                 position_ids: None,
                 pixel_values,
                 pixel_attention_mask,
-                embedding_noise: None,
+                inputs_embeds: None,
             },
             prompt_ids,
             image_tokens,

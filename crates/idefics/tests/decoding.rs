@@ -75,7 +75,7 @@ fn batch_equals_per_sample() {
                 pixel_attention_mask: t
                     .get("pixel_attention_mask")
                     .map(|p| p.i(b..b + 1).unwrap()),
-                embedding_noise: None,
+                inputs_embeds: None,
             };
             let alone = model.forward(&single, None).unwrap();
             let theirs = batch.i((b..b + 1, start..)).unwrap();

@@ -50,9 +50,10 @@ pub struct ModelInputs {
     pub pixel_values: Option<Tensor>,
     /// `[B, M, H, W]`, nonzero = valid pixel; `None` = every pixel valid.
     pub pixel_attention_mask: Option<Tensor>,
-    /// `[B, L, Dt]` added to the token embeddings before the image features replace the `<image>` rows:
-    /// NEFTune's noise in training (transformers adds it in a forward hook on the input embeddings).
-    pub embedding_noise: Option<Tensor>,
+    /// `[B, L, Dt]` token embeddings to use instead of looking up `input_ids` (transformers'
+    /// `inputs_embeds`); `input_ids` still say where the `<image>` rows go. Training passes NEFTune's noisy
+    /// embeddings here.
+    pub inputs_embeds: Option<Tensor>,
 }
 
 /// Image features of one batch, in image order (sample by sample, then slot by slot; padding images dropped).
@@ -414,17 +415,19 @@ impl Idefics2ForConditionalGeneration {
         };
 
         let ids_u32 = ids.to_dtype(DType::U32)?;
-        let mut embeds = self.text_model.embed(&ids_u32)?;
-        if let Some(noise) = &inputs.embedding_noise {
-            if noise.dims() != embeds.dims() {
-                return Err(Error::Input(format!(
-                    "embedding_noise has shape {:?}, expected {:?}",
-                    noise.dims(),
-                    embeds.dims()
-                )));
+        let mut embeds = match &inputs.inputs_embeds {
+            Some(given) => {
+                let d = self.config.text_config.hidden_size;
+                if given.dims() != [b, l, d] {
+                    return Err(Error::Input(format!(
+                        "inputs_embeds has shape {:?}, expected [{b}, {l}, {d}]",
+                        given.dims()
+                    )));
+                }
+                given.to_dtype(self.dtype)?
             }
-            embeds = (embeds + noise.to_dtype(self.dtype)?)?;
-        }
+            None => self.text_model.embed(&ids_u32)?,
+        };
         if let Some(pv) = &inputs.pixel_values {
             if pv.dim(0).ok() != Some(b) {
                 return Err(Error::Input(format!(

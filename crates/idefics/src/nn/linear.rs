@@ -1,26 +1,27 @@
 //! Dense layer `y = x W^T + b` with PyTorch's `[out, in]` weight layout.
 //!
-//! At inference a layer is plain tensors. For training, [`crate::train::trainable`] turns each layer into
-//! what its component needs: trainable tensors (full fine-tuning), a frozen op that gives no weight gradient,
-//! or a LoRA / DoRA adapter over that frozen op.
+//! At inference a layer is plain tensors. Training (the `idefics-train` crate) plugs in what a component needs
+//! through [`LinearHook`]: a frozen op that gives no weight gradient, or a LoRA / DoRA adapter over it; full
+//! fine-tuning just swaps the tensors for trainable ones ([`Linear::set_dense`]).
 
-use super::adapters::AdaptedLinear;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::any::Any;
 use std::sync::Arc;
 
-/// Shared "training" switch of a model's adapters (adapter dropout is active only while it is on).
-#[derive(Debug, Clone, Default)]
-pub struct TrainMode(Arc<AtomicBool>);
-
-impl TrainMode {
-    pub fn set(&self, training: bool) {
-        self.0.store(training, Ordering::Relaxed)
-    }
-    pub fn is_training(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
+/// A forward pass that replaces a linear layer's own, plugged in from outside the model (the trainer's frozen
+/// and adapted layers). The model keeps the layer's name and place; only the arithmetic changes.
+pub trait LinearHook: std::fmt::Debug + Send + Sync + 'static {
+    /// `[.., in] -> [.., out]`.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor>;
+    /// The base weight `[out, in]`, without any adapter update.
+    fn weight(&self) -> &Tensor;
+    /// The base bias `[out]`.
+    fn bias(&self) -> Option<&Tensor>;
+    /// The weight with any adapter update merged, in f32, `[out, in]`.
+    fn merged_weight_f32(&self) -> Result<Tensor>;
+    /// The concrete hook, for its owner to downcast.
+    fn as_any(&self) -> &dyn Any;
 }
 
 #[derive(Debug, Clone)]
@@ -30,11 +31,8 @@ enum Kind {
         weight: Tensor,
         bias: Option<Tensor>,
     },
-    /// Frozen base (gradient w.r.t. the input only), possibly with a LoRA / DoRA adapter.
-    Adapted {
-        layer: AdaptedLinear,
-        mode: TrainMode,
-    },
+    /// A forward plugged in from outside (see [`LinearHook`]).
+    Hooked(Arc<dyn LinearHook>),
 }
 
 /// A PyTorch `nn.Linear`.
@@ -79,21 +77,21 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         match &self.kind {
             Kind::Dense { weight, .. } => weight,
-            Kind::Adapted { layer, .. } => layer.base().weight(),
+            Kind::Hooked(hook) => hook.weight(),
         }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
         match &self.kind {
             Kind::Dense { bias, .. } => bias.as_ref(),
-            Kind::Adapted { layer, .. } => layer.base().bias(),
+            Kind::Hooked(hook) => hook.bias(),
         }
     }
 
-    /// The adapter view of this layer, when it has been converted for training.
-    pub fn adapted(&self) -> Option<&AdaptedLinear> {
+    /// The hook plugged into this layer, if any.
+    pub fn hook(&self) -> Option<&dyn LinearHook> {
         match &self.kind {
-            Kind::Adapted { layer, .. } => Some(layer),
+            Kind::Hooked(hook) => Some(hook.as_ref()),
             Kind::Dense { .. } => None,
         }
     }
@@ -103,16 +101,16 @@ impl Linear {
         self.kind = Kind::Dense { weight, bias };
     }
 
-    /// Replaces the layer by a frozen or adapted one; `mode` switches its adapter dropout.
-    pub fn set_adapted(&mut self, layer: AdaptedLinear, mode: TrainMode) {
-        self.kind = Kind::Adapted { layer, mode };
+    /// Replaces the layer's forward by `hook`'s.
+    pub fn set_hook(&mut self, hook: Arc<dyn LinearHook>) {
+        self.kind = Kind::Hooked(hook);
     }
 
     /// The weight with any adapter merged, in f32 (peft's merge), `[out, in]`.
     pub fn merged_weight_f32(&self) -> Result<Tensor> {
         match &self.kind {
             Kind::Dense { weight, .. } => weight.detach().to_dtype(candle_core::DType::F32),
-            Kind::Adapted { layer, .. } => layer.merged_weight_f32(),
+            Kind::Hooked(hook) => hook.merged_weight_f32(),
         }
     }
 
@@ -120,7 +118,7 @@ impl Linear {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (weight, bias) = match &self.kind {
             Kind::Dense { weight, bias } => (weight, bias),
-            Kind::Adapted { layer, mode } => return layer.forward_t(xs, mode.is_training()),
+            Kind::Hooked(hook) => return hook.forward(xs),
         };
         let dims = xs.dims().to_vec();
         let (lead, in_dim) = match dims.split_last() {

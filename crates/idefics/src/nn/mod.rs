@@ -6,9 +6,7 @@
 //! go through [`train_kernels`], fused kernels with their own backward pass.
 
 pub mod activation;
-pub mod adapters;
 pub mod attention;
-pub mod frozen;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
@@ -18,7 +16,7 @@ pub mod train_kernels;
 
 pub use activation::Activation;
 pub use attention::{eager_attention, mask_min_value};
-pub use linear::{Linear, TrainMode};
+pub use linear::{Linear, LinearHook};
 pub use mlp::GatedMlp;
 pub use norm::{LayerNorm, RmsNorm};
 pub use params::{join_path, ParamVisitor, VisitParams};

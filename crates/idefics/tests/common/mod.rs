@@ -48,7 +48,7 @@ pub fn case_inputs(t: &HashMap<String, Tensor>, with_positions: bool) -> ModelIn
         },
         pixel_values: t.get("pixel_values").cloned(),
         pixel_attention_mask: t.get("pixel_attention_mask").cloned(),
-        embedding_noise: None,
+        inputs_embeds: None,
     }
 }
 

@@ -13,7 +13,7 @@
 //!
 //! ```no_run
 //! # fn demo(model: idefics::Idefics2ForConditionalGeneration) -> idefics::Result<()> {
-//! use idefics::eval_runner::{evaluate, EvalRunConfig};
+//! use idefics_eval::runner::{evaluate, EvalRunConfig};
 //! use idefics::pipeline::Idefics2Pipeline;
 //! use idefics_eval::data::read_eval_data;
 //! use std::path::Path;
@@ -35,9 +35,9 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use idefics_eval::data::EvalData;
-use idefics_eval::prompt::{self as eval_prompt, STOP_WORDS};
-use idefics_eval::{
+use crate::data::EvalData;
+use crate::prompt::{self as eval_prompt, STOP_WORDS};
+use crate::{
     build_report, read_predictions, EvalSample, ImageSource, Metric, Prediction, PredictionWriter,
     Report, RunInfo,
 };
@@ -46,9 +46,9 @@ use idefics_processor::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
-use crate::generate::{GenerationRequest, SamplingParams};
-use crate::pipeline::{Idefics2Pipeline, Prompt, PromptInput};
+use idefics::generate::{GenerationRequest, SamplingParams};
+use idefics::pipeline::{Idefics2Pipeline, Prompt, PromptInput};
+use idefics::{Error, Result};
 
 /// How prompts are built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,7 +371,7 @@ fn answer_samples(
     Ok(failures)
 }
 
-fn eval_err(e: idefics_eval::EvalError) -> Error {
+fn eval_err(e: crate::EvalError) -> Error {
     Error::Input(e.to_string())
 }
 

@@ -7,8 +7,8 @@ use super::atomic::atomic_write;
 use super::peft::{safetensors_bytes, PeftAdapter};
 use super::trainable::{merged_state_dict, TrainableModel, TrainablePlan, Tuning};
 use super::TrainError;
-use crate::model::{Idefics2ForConditionalGeneration, LoadOptions};
 use candle_core::{DType, Device, Tensor};
+use idefics::model::{Idefics2ForConditionalGeneration, LoadOptions};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 

@@ -17,9 +17,9 @@ use super::rng::TrainRng;
 use super::schedule::LrSchedule;
 use super::trainable::TrainableModel;
 use super::TrainError;
-use crate::model::{Idefics2ForConditionalGeneration, ModelInputs};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use idefics::model::{Idefics2ForConditionalGeneration, ModelInputs};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -278,8 +278,6 @@ impl Trainer {
         let full = self.model.full_tensors();
         let state = TrainerState {
             step: self.step,
-            epoch: 0,
-            data_position: 0,
             rng_state: self.rng.state(),
             schedule: self.schedule.clone(),
             extra: serde_json::json!({ "data": data.state(), "tokens_seen": self.tokens_seen }),
@@ -318,9 +316,10 @@ impl Trainer {
         Ok(())
     }
 
-    /// NEFTune noise for `embeds [B, L, D]`: uniform in `±alpha / sqrt(L * D)` (Jain et al. 2023, as
-    /// transformers' `neftune_post_forward_hook`), drawn from the loop's seeded RNG so resumes repeat it.
-    fn neftune_noise(&mut self, inputs: &ModelInputs) -> Result<Option<Tensor>, TrainError> {
+    /// NEFTune's noisy token embeddings: uniform noise in `±alpha / sqrt(L * D)` added to the embeddings
+    /// `[B, L, D]` (Jain et al. 2023, as transformers' `neftune_post_forward_hook`), drawn from the loop's
+    /// seeded RNG so resumes repeat it. `None` without NEFTune.
+    fn neftune_embeds(&mut self, inputs: &ModelInputs) -> Result<Option<Tensor>, TrainError> {
         let Some(alpha) = self.cfg.neftune_alpha else {
             return Ok(None);
         };
@@ -328,16 +327,17 @@ impl Trainer {
             return Ok(None);
         };
         let (b, l) = ids.dims2()?;
-        let d = self.model.model().config().text_config.hidden_size;
+        let model = self.model.model();
+        let d = model.config().text_config.hidden_size;
         let mag = alpha / ((l * d) as f64).sqrt();
         let values: Vec<f32> = (0..b * l * d)
             .map(|_| (self.rng.random_range(-1.0..1.0) * mag) as f32)
             .collect();
-        Ok(Some(Tensor::from_vec(
-            values,
-            (b, l, d),
-            self.model.model().device(),
-        )?))
+        let noise = Tensor::from_vec(values, (b, l, d), model.device())?;
+        let embeds = model
+            .text_model()
+            .embed(&ids.to_dtype(candle_core::DType::U32)?)?;
+        Ok(Some((embeds + noise)?))
     }
 
     /// One optimizer step over `batches` (the micro-batches of the step).
@@ -373,7 +373,7 @@ impl Trainer {
         let mut inputs = Vec::with_capacity(batches.len());
         for batch in batches {
             let mut x = batch.inputs.clone();
-            x.embedding_noise = self.neftune_noise(&x)?;
+            x.inputs_embeds = self.neftune_embeds(&x)?;
             tokens += sequence_tokens(&x)?;
             inputs.push(x);
         }

@@ -5,14 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use idefics::train::collate::{CollateConfig, Collator, TrainExample, UpscaleConfig};
-use idefics::train::data::{MixtureState, MixtureStream, SourceKind, SourceSpec};
-use idefics::train::loss::IGNORE_INDEX;
-use idefics::train::packing::{PackLimits, PairPacker, Segment};
-use idefics::train::rng::TrainRng;
 use idefics_data::{
     write_parquet, CauldronReader, ChatSample, ImageSource, PairReader, ReaderOptions, Turn,
 };
+use idefics_train::collate::{CollateConfig, Collator, Segment, TrainExample, UpscaleConfig};
+use idefics_train::data::{MixtureState, MixtureStream, SourceKind, SourceSpec};
+use idefics_train::loss::IGNORE_INDEX;
+use idefics_train::packing::{PackLimits, PairPacker};
+use idefics_train::rng::TrainRng;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -532,7 +532,7 @@ fn over_long_samples_are_skipped_not_truncated() {
     let skip = c
         .encode_chat(&long, false, &mut TrainRng::seed_from_u64(0))
         .unwrap_err();
-    assert_eq!(skip.reason, idefics::train::collate::SkipReason::TooLong);
+    assert_eq!(skip.reason, idefics_train::collate::SkipReason::TooLong);
     let many = ChatSample {
         images: vec![fixture_image(); 5],
         turns: vec![turn("?", "x")],
@@ -542,7 +542,7 @@ fn over_long_samples_are_skipped_not_truncated() {
         .unwrap_err();
     assert_eq!(
         skip.reason,
-        idefics::train::collate::SkipReason::TooManyImages
+        idefics_train::collate::SkipReason::TooManyImages
     );
 }
 

@@ -2,7 +2,7 @@
 //!
 //! API: [`CollateConfig`] (read from the TOML recipe), [`Collator::from_model_dir`], then
 //! [`Collator::encode_chat`] (The Cauldron, instruction tuning), [`Collator::encode_pair`] /
-//! [`Collator::encode_document`] (pre-training pieces that [`super::packing`] assembles into rows) and
+//! [`Collator::encode_document`] (pre-training pieces, [`Segment`]s, that [`super::packing`] assembles into rows) and
 //! [`Collator::collate`] -> [`TrainBatch`]. A sample that cannot be used gives a [`Skip`] (counted by the caller,
 //! never replaced by a blank image or truncated).
 //!
@@ -38,10 +38,9 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::loss::IGNORE_INDEX;
-use super::packing::Segment;
 use super::rng::TrainRng;
 use super::TrainError;
-use crate::model::ModelInputs;
+use idefics::model::ModelInputs;
 
 /// How samples become examples (the `[data.collate]` table of a recipe; every key optional).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +119,32 @@ impl CollateConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// An encoded piece of a row: tokens with their labels and the frames of the images it holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Segment {
+    pub ids: Vec<u32>,
+    pub labels: Vec<i64>,
+    pub frames: Vec<RgbImage>,
+    pub n_images: usize,
+}
+
+impl Segment {
+    /// Appends a token, labelled with itself or ignored.
+    pub fn push(&mut self, id: u32, labelled: bool) {
+        self.ids.push(id);
+        self.labels.push(if labelled {
+            i64::from(id)
+        } else {
+            IGNORE_INDEX
+        });
+    }
+
+    /// Labelled tokens.
+    pub fn n_labels(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
     }
 }
 
@@ -666,16 +691,7 @@ impl Collator {
         {
             let frames: Vec<Vec<RgbImage>> = examples.iter().map(|e| e.frames.clone()).collect();
             let packed = self.images.pack(&frames).map_err(invalid)?;
-            let values = Tensor::from_slice(
-                &packed.pixel_values,
-                packed.pixel_values_shape.to_vec(),
-                device,
-            )?;
-            let pmask = Tensor::from_slice(
-                &packed.pixel_attention_mask,
-                packed.mask_shape().to_vec(),
-                device,
-            )?;
+            let (values, pmask) = idefics::pipeline::image_tensors(&packed, device)?;
             (Some(values), Some(pmask))
         } else {
             (None, None)
@@ -687,7 +703,7 @@ impl Collator {
                 position_ids: None,
                 pixel_values,
                 pixel_attention_mask,
-                embedding_noise: None,
+                inputs_embeds: None,
             },
             labels: Tensor::from_vec(labels, (b, width), device)?,
             n_label_tokens: examples.iter().map(TrainExample::n_label_tokens).sum(),

@@ -15,9 +15,13 @@
 //!   `||W_i + s (BA)_i||^2 = ||W_i||^2 + 2 s <B_i, (W A^T)_i> + s^2 B_i (A A^T) B_i^T`,
 //! with `||W_i||^2` cached, all in f32.
 
-use super::frozen::{add_frozen_bias, FrozenLinear};
+use crate::frozen::{add_frozen_bias, FrozenLinear};
 use candle_core::{DType, Result, Tensor, Var, D};
+use idefics::nn::{Linear, LinearHook};
 use rand::Rng;
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Hyper-parameters of one adapted layer (peft `LoraConfig` fields that change the math).
 #[derive(Clone, Debug, PartialEq)]
@@ -309,8 +313,8 @@ impl DoraLinear {
 
 /// `y * scale` over the last dimension: one fused pass (and one backward) when training on the CPU.
 fn scale_columns(y: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    if super::train_kernels::applies(&[y, scale]) {
-        super::train_kernels::scale_columns(y, scale)
+    if idefics::nn::train_kernels::applies(&[y, scale]) {
+        idefics::nn::train_kernels::scale_columns(y, scale)
     } else {
         y.broadcast_mul(scale)
     }
@@ -377,6 +381,55 @@ impl AdaptedLinear {
             Self::Lora(l) => l.merged_weight_f32(),
             Self::Dora(l) => l.merged_weight_f32(),
         }
+    }
+}
+
+/// Shared "training" switch of a model's adapters (adapter dropout is active only while it is on).
+#[derive(Debug, Clone, Default)]
+pub struct TrainMode(Arc<AtomicBool>);
+
+impl TrainMode {
+    pub fn set(&self, training: bool) {
+        self.0.store(training, Ordering::Relaxed)
+    }
+    pub fn is_training(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A frozen or adapted layer plugged into a model's [`Linear`] (see [`idefics::nn::LinearHook`]).
+#[derive(Debug, Clone)]
+pub struct AdapterHook {
+    pub layer: AdaptedLinear,
+    pub mode: TrainMode,
+}
+
+impl AdapterHook {
+    /// The adapted layer behind `linear`, if the trainer plugged one in.
+    pub fn of(linear: &Linear) -> Option<&AdaptedLinear> {
+        linear
+            .hook()?
+            .as_any()
+            .downcast_ref::<AdapterHook>()
+            .map(|h| &h.layer)
+    }
+}
+
+impl LinearHook for AdapterHook {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.layer.forward_t(xs, self.mode.is_training())
+    }
+    fn weight(&self) -> &Tensor {
+        self.layer.base().weight()
+    }
+    fn bias(&self) -> Option<&Tensor> {
+        self.layer.base().bias()
+    }
+    fn merged_weight_f32(&self) -> Result<Tensor> {
+        self.layer.merged_weight_f32()
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 

@@ -4,7 +4,7 @@
 //! The gradient memory is the total size of the tensors left in the `GradStore` by one backward.
 
 use candle_core::{DType, Device, Tensor, Var};
-use idefics::train::frozen::FrozenLinear;
+use idefics_train::frozen::FrozenLinear;
 use std::time::Instant;
 
 fn grad_bytes(grads: &candle_core::backprop::GradStore) -> usize {

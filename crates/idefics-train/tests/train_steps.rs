@@ -2,15 +2,15 @@
 //! fixtures where a reference exists (tools/reference/make_train_fixtures.py).
 
 use candle_core::{DType, Device, Tensor, Var};
-use idefics::train::accumulate::GradAccumulator;
-use idefics::train::checkpoint::{
+use idefics_train::accumulate::GradAccumulator;
+use idefics_train::checkpoint::{
     load_checkpoint, save_checkpoint, verify_checkpoint, CheckpointContents, TrainerState,
 };
-use idefics::train::loss::{causal_lm_loss, causal_lm_loss_sum, causal_lm_loss_sum_from_hidden};
-use idefics::train::optimizer::{clip_grad_norm, no_weight_decay, AdamW, AdamWConfig};
-use idefics::train::peft::PeftAdapter;
-use idefics::train::rng::TrainRng;
-use idefics::train::schedule::{Decay, LrSchedule};
+use idefics_train::loss::{causal_lm_loss, causal_lm_loss_sum, causal_lm_loss_sum_from_hidden};
+use idefics_train::optimizer::{clip_grad_norm, no_weight_decay, AdamW, AdamWConfig};
+use idefics_train::peft::PeftAdapter;
+use idefics_train::rng::TrainRng;
+use idefics_train::schedule::{Decay, LrSchedule};
 use std::path::{Path, PathBuf};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -360,8 +360,6 @@ fn checkpoint_fixture(
     rand::RngCore::next_u64(&mut rng);
     let state = TrainerState {
         step: 1,
-        epoch: 0,
-        data_position: 16,
         rng_state: rng.state(),
         schedule: LrSchedule {
             peak_lr: 1e-3,
@@ -478,5 +476,42 @@ fn damaged_checkpoints_are_refused() -> TestResult {
         .expect("no manifest must fail")
         .to_string();
     assert!(err.contains("manifest.json"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn manifests_naming_files_outside_the_checkpoint_are_refused() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("ckpt");
+    checkpoint_fixture(&dir)?;
+    // A file beside the checkpoint that a hostile manifest points at, with its true size and sha256 (so only
+    // the name check can refuse it).
+    let outside = tmp.path().join("secret.txt");
+    std::fs::write(&outside, b"not part of the checkpoint")?;
+    let manifest_path = dir.join("manifest.json");
+    let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path)?)?;
+    for name in [
+        "../secret.txt",
+        outside.to_str().expect("utf-8 temp path"),
+        "sub/../../secret.txt",
+        "",
+    ] {
+        let mut manifest = original.clone();
+        manifest["files"][name] = serde_json::json!({
+            "bytes": 26,
+            "sha256": "945d4523981166685f1433c671d90dc6430b1b1db8566a79275e8b6ab416382f",
+        });
+        std::fs::write(&manifest_path, serde_json::to_vec(&manifest)?)?;
+        let err = verify_checkpoint(&dir)
+            .err()
+            .unwrap_or_else(|| panic!("{name:?} must be refused"))
+            .to_string();
+        assert!(
+            err.contains("not a file of the checkpoint folder"),
+            "{name:?}: {err}"
+        );
+    }
+    std::fs::write(&manifest_path, serde_json::to_vec(&original)?)?;
+    verify_checkpoint(&dir)?;
     Ok(())
 }

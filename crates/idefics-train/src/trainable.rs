@@ -12,16 +12,17 @@
 //! tensors (`base_model.model.<path>.lora_A.weight`), so optimizer state and checkpoints read like the files
 //! others write.
 
-use super::adapters::{AdaptedLinear, LoraSettings};
+use super::adapters::{AdaptedLinear, AdapterHook, LoraSettings, TrainMode};
 use super::frozen::FrozenLinear;
 use super::peft::{ModuleSelector, PeftAdapter, PeftLoraConfig, PEFT_KEY_PREFIX};
 use super::TrainError;
-use crate::model::Idefics2ForConditionalGeneration;
-use crate::nn::{Linear, ParamVisitor, TrainMode, VisitParams};
 use candle_core::{DType, Tensor, Var};
+use idefics::model::{Component, Idefics2ForConditionalGeneration};
+use idefics::nn::{Linear, ParamVisitor, VisitParams};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// How one component trains.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,50 +38,6 @@ pub enum Tuning {
 impl Tuning {
     fn is_adapter(self) -> bool {
         matches!(self, Tuning::Lora | Tuning::Dora)
-    }
-}
-
-/// The parts of Idefics2 that the paper trains differently.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Component {
-    Vision,
-    Projection,
-    Perceiver,
-    Text,
-    Embeddings,
-    LmHead,
-}
-
-impl Component {
-    /// The component a checkpoint name / module path belongs to.
-    pub fn of(path: &str) -> Option<Component> {
-        let starts = |p: &str| path == p || path.starts_with(&format!("{p}."));
-        Some(if starts("model.vision_model") {
-            Component::Vision
-        } else if starts("model.connector.modality_projection") {
-            Component::Projection
-        } else if starts("model.connector.perceiver_resampler") {
-            Component::Perceiver
-        } else if starts("model.text_model.embed_tokens") {
-            Component::Embeddings
-        } else if starts("model.text_model") {
-            Component::Text
-        } else if starts("lm_head") {
-            Component::LmHead
-        } else {
-            return None;
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Component::Vision => "vision",
-            Component::Projection => "projection",
-            Component::Perceiver => "perceiver",
-            Component::Text => "text",
-            Component::Embeddings => "embeddings",
-            Component::LmHead => "lm_head",
-        }
     }
 }
 
@@ -509,7 +466,10 @@ impl<R: Rng + ?Sized> Converter<'_, R> {
         } else {
             AdaptedLinear::Frozen(base)
         };
-        layer.set_adapted(adapted, self.mode.clone());
+        layer.set_hook(Arc::new(AdapterHook {
+            layer: adapted,
+            mode: self.mode.clone(),
+        }));
         Ok(())
     }
 }
@@ -542,7 +502,7 @@ struct LayerCollector {
 
 impl ParamVisitor for LayerCollector {
     fn linear(&mut self, path: &str, layer: &mut Linear) -> candle_core::Result<()> {
-        if let Some(a) = layer.adapted() {
+        if let Some(a) = AdapterHook::of(layer) {
             self.layers.push((path.to_string(), a.clone()));
         }
         Ok(())

@@ -13,78 +13,16 @@
 
 use super::rng::TrainRng;
 use super::TrainError;
-use crate::config::Idefics2Config;
-use crate::model::{Idefics2ForConditionalGeneration, LoadOptions};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use idefics::config::Idefics2Config;
+use idefics::model::{Component, Idefics2ForConditionalGeneration, LoadOptions};
 use rand::RngCore;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
 /// transformers' default `initializer_range`.
 pub const DEFAULT_INITIALIZER_RANGE: f64 = 0.02;
-
-/// The parts of the model, by checkpoint-name prefix (what a training stage freezes, adapts or re-creates).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Component {
-    /// `model.vision_model.*`: the SigLIP tower.
-    Vision,
-    /// `model.connector.modality_projection.*`: the MLP from vision to text width.
-    Projection,
-    /// `model.connector.perceiver_resampler.*`: the perceiver pooling.
-    Perceiver,
-    /// `model.text_model.*` (embeddings included).
-    Text,
-    /// `lm_head.*`.
-    LmHead,
-}
-
-impl Component {
-    pub const ALL: [Component; 5] = [
-        Self::Vision,
-        Self::Projection,
-        Self::Perceiver,
-        Self::Text,
-        Self::LmHead,
-    ];
-
-    /// The checkpoint-name prefix of the component's tensors.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Self::Vision => "model.vision_model.",
-            Self::Projection => "model.connector.modality_projection.",
-            Self::Perceiver => "model.connector.perceiver_resampler.",
-            Self::Text => "model.text_model.",
-            Self::LmHead => "lm_head.",
-        }
-    }
-
-    /// The component a tensor belongs to.
-    pub fn of(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| name.starts_with(c.prefix()))
-    }
-
-    /// Parses `vision`, `projection`, `perceiver`, `text`, `lm_head` (and `connector` for both connector parts).
-    pub fn parse_list(s: &str) -> Result<Vec<Self>, TrainError> {
-        let mut out = Vec::new();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            match part {
-                "vision" => out.push(Self::Vision),
-                "projection" | "modality_projection" => out.push(Self::Projection),
-                "perceiver" | "perceiver_resampler" => out.push(Self::Perceiver),
-                "connector" => out.extend([Self::Projection, Self::Perceiver]),
-                "text" => out.push(Self::Text),
-                "lm_head" => out.push(Self::LmHead),
-                other => {
-                    return Err(TrainError::Invalid(format!(
-                        "unknown component {other:?} (expected vision, projection, perceiver, connector, text, lm_head)"
-                    )))
-                }
-            }
-        }
-        Ok(out)
-    }
-}
 
 /// `initializer_range` of a raw config.json (top level, else the text config, else 0.02), as transformers
 /// picks `self.config.initializer_range` and falls back to the text config's.
@@ -339,7 +277,12 @@ pub fn assemble(
 ) -> Result<(HashMap<String, Tensor>, usize), TrainError> {
     let mut tensors: HashMap<String, Tensor> = text
         .into_iter()
-        .filter(|(k, _)| matches!(Component::of(k), Some(Component::Text | Component::LmHead)))
+        .filter(|(k, _)| {
+            matches!(
+                Component::of(k),
+                Some(Component::Text | Component::Embeddings | Component::LmHead)
+            )
+        })
         .collect();
     tensors.extend(
         vision
@@ -554,7 +497,7 @@ mod tests {
         };
         for (k, _) in out.iter() {
             let want = match Component::of(k) {
-                Some(Component::Text | Component::LmHead) => &text,
+                Some(Component::Text | Component::Embeddings | Component::LmHead) => &text,
                 Some(Component::Vision) => &vision,
                 _ => &fresh,
             };
@@ -608,22 +551,5 @@ mod tests {
                 assert_ne!(a[i], a[j], "latents {i} and {j}");
             }
         }
-    }
-
-    #[test]
-    fn component_lists_parse() {
-        assert_eq!(
-            Component::parse_list("connector, vision").unwrap(),
-            vec![
-                Component::Projection,
-                Component::Perceiver,
-                Component::Vision
-            ]
-        );
-        assert!(Component::parse_list("decoder").is_err());
-        assert_eq!(
-            Component::of("model.connector.perceiver_resampler.norm.weight"),
-            Some(Component::Perceiver)
-        );
     }
 }

@@ -2,14 +2,15 @@
 //! the gradient of every trainable tensor, for full fine-tuning, LoRA and DoRA on the cfg_a fixture model.
 //! Done when the relative difference is <= 1e-4.
 
+#[path = "../../idefics/tests/common/mod.rs"]
 mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use idefics::train::loss::causal_lm_loss;
-use idefics::train::peft::PeftAdapter;
-use idefics::train::trainable::{AdapterSpec, TrainableModel, TrainablePlan, Tuning};
 use idefics::ModelInputs;
+use idefics_train::loss::causal_lm_loss;
+use idefics_train::peft::PeftAdapter;
+use idefics_train::trainable::{AdapterSpec, TrainableModel, TrainablePlan, Tuning};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -191,7 +192,7 @@ fn merged_checkpoints_match_the_adapted_model() -> TestResult {
     for sub in ["lora", "dora"] {
         let out = tempfile::tempdir()?;
         let merged_dir = out.path().join("merged");
-        idefics::train::export::merge_adapter(
+        idefics_train::export::merge_adapter(
             &fixtures_root().join("cfg_a/model"),
             &dir().join(sub).join("adapter"),
             &merged_dir,

@@ -1,6 +1,7 @@
 //! Training readiness: with every weight a candle `Var`, one forward + backward gives every weight a finite,
 //! non-zero gradient (candle's fused kernels have no backward and must be bypassed automatically).
 
+#[path = "../../idefics/tests/common/mod.rs"]
 mod common;
 
 use candle_core::{DType, Device, Tensor};

@@ -27,11 +27,11 @@ use super::hf_checkpoint::{load_tensors, read_config_json, save_hf_checkpoint};
 use super::optimizer::{clip_grad_norm, AdamW, AdamWConfig};
 use super::schedule::LrSchedule;
 use super::TrainError;
-use crate::config::Idefics2Config;
-use crate::model::{PositionIdRule, VisionTransformer};
-use crate::nn::{Kernels, Linear};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::VarBuilder;
+use idefics::config::Idefics2Config;
+use idefics::model::{PositionIdRule, VisionTransformer};
+use idefics::nn::{Kernels, Linear};
 use idefics_processor::image::NormalizeLut;
 use idefics_processor::{
     resize, Idefics2ImageProcessorConfig, ResampleFilter, RgbImage, TextTokenizer,

@@ -2,10 +2,10 @@
 //! sample (tests/fixtures/eval_vqav2_sample). The answers of a random model are meaningless: these tests
 //! check structure, resumption, determinism, per-sample failures and that the report equals a rescore.
 
-use idefics::eval_runner::{run_eval, EvalProgress, EvalRunConfig, PromptStyle};
 use idefics::pipeline::Idefics2Pipeline;
 use idefics::LoadOptions;
 use idefics_eval::data::{read_jsonl, read_vqav2_dir};
+use idefics_eval::runner::{run_eval, EvalProgress, EvalRunConfig, PromptStyle};
 use idefics_eval::{read_predictions, rescore, EvalSample, ImageSource, Metric, RunInfo};
 use std::path::{Path, PathBuf};
 
@@ -37,7 +37,7 @@ fn run(
     samples: &[EvalSample],
     config: &EvalRunConfig,
     out: &Path,
-) -> (idefics::eval_runner::EvalOutcome, Vec<EvalProgress>) {
+) -> (idefics_eval::runner::EvalOutcome, Vec<EvalProgress>) {
     let mut seen = Vec::new();
     let info = RunInfo {
         model: Some("tiny-chat".into()),
@@ -251,11 +251,11 @@ fn batching_does_not_change_the_prompts_or_count() {
 /// independent recomputation, the chance levels, the splitting switch, and that it agrees with `run_eval`.
 #[test]
 fn synth_heldout_evaluates_in_memory_with_per_family_scores() {
-    use idefics::eval_runner::evaluate;
     use idefics::Idefics2ForConditionalGeneration;
     use idefics_data::synth::{self, Family, SynthConfig};
     use idefics_eval::data::read_eval_data;
     use idefics_eval::exact::{exact_match, ExactNormalization};
+    use idefics_eval::runner::evaluate;
 
     let dir = tempfile::tempdir().unwrap();
     let synth_dir = dir.path().join("synth");

@@ -218,14 +218,15 @@ impl Recipe {
     }
 
     pub fn save_dtype(&self) -> Result<DType, TrainError> {
-        match self.output.save_dtype.as_str() {
-            "f32" | "float32" => Ok(DType::F32),
-            "bf16" | "bfloat16" => Ok(DType::BF16),
-            "f16" | "float16" => Ok(DType::F16),
-            other => Err(TrainError::Invalid(format!(
-                "[output] save_dtype {other:?}: use f32, bf16 or f16"
-            ))),
-        }
+        let name = &self.output.save_dtype;
+        idefics::weights::parse_dtype(name)
+            .ok()
+            .filter(|d| *d != DType::F64)
+            .ok_or_else(|| {
+                TrainError::Invalid(format!(
+                    "[output] save_dtype {name:?}: use f32, bf16 or f16"
+                ))
+            })
     }
 
     pub fn adamw(&self) -> AdamWConfig {

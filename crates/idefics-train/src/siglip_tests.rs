@@ -264,7 +264,7 @@ fn a_few_steps_lower_the_loss_and_the_tower_is_written_back() {
     );
     assert!(!differs("model.connector.perceiver_resampler.latents"));
     // The result loads as a model.
-    crate::Idefics2ForConditionalGeneration::load(dir.path(), &Default::default()).unwrap();
+    idefics::Idefics2ForConditionalGeneration::load(dir.path(), &Default::default()).unwrap();
     assert!(dir.path().join("tokenizer.json").is_file());
 }
 

@@ -34,10 +34,6 @@ const FORMAT_VERSION: u32 = 1;
 pub struct TrainerState {
     /// Optimizer updates done.
     pub step: u64,
-    /// Passes over the data started.
-    pub epoch: u64,
-    /// Index of the next sample within the epoch (after shuffling).
-    pub data_position: u64,
     /// xoshiro256++ state of the training RNG ([`super::rng::TrainRng::state`]).
     pub rng_state: [u64; 4],
     pub schedule: LrSchedule,
@@ -206,6 +202,15 @@ pub fn verify_checkpoint(dir: &Path) -> Result<Manifest, TrainError> {
         ));
     }
     for (fname, rec) in &manifest.files {
+        // The manifest comes with the checkpoint: it may only name plain files inside the folder.
+        if !is_plain_file_name(fname) {
+            return Err(ckpt_err(
+                dir,
+                format!(
+                    "the manifest names {fname:?}, which is not a file of the checkpoint folder"
+                ),
+            ));
+        }
         let path = dir.join(fname);
         let bytes = std::fs::read(&path).map_err(|e| {
             ckpt_err(
@@ -236,6 +241,15 @@ pub fn verify_checkpoint(dir: &Path) -> Result<Manifest, TrainError> {
         }
     }
     Ok(manifest)
+}
+
+/// A single normal path component: no separator, no `..`, not absolute, not empty.
+fn is_plain_file_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    ) && !name.contains(['/', '\\'])
 }
 
 /// Verifies and reads the checkpoint in `dir`.

@@ -5,8 +5,8 @@
 use super::atomic::atomic_write;
 use super::peft::safetensors_bytes;
 use super::TrainError;
-use crate::weights::Checkpoint;
 use candle_core::{DType, Device, Tensor};
+use idefics::weights::Checkpoint;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -67,7 +67,7 @@ pub fn save_hf_checkpoint(
 ) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     // Validate before writing: a config our loader refuses must not reach disk.
-    crate::Idefics2Config::from_json_value(config)
+    idefics::Idefics2Config::from_json_value(config)
         .map_err(|e| TrainError::Invalid(format!("config for {}: {e}", dir.display())))?;
     let cpath = dir.join("config.json");
     let json = serde_json::to_vec_pretty(config).map_err(|source| TrainError::Json {

@@ -3,11 +3,11 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use idefics::train::adapters::{AdaptedLinear, LoraSettings};
-use idefics::train::frozen::FrozenLinear;
-use idefics::train::grad_check::check_gradient_flow;
-use idefics::train::optimizer::{AdamW, AdamWConfig};
-use idefics::train::peft::{ModuleSelector, PeftAdapter, PeftLoraConfig, PEFT_KEY_PREFIX};
+use idefics_train::adapters::{AdaptedLinear, LoraSettings};
+use idefics_train::frozen::FrozenLinear;
+use idefics_train::grad_check::check_gradient_flow;
+use idefics_train::optimizer::{AdamW, AdamWConfig};
+use idefics_train::peft::{ModuleSelector, PeftAdapter, PeftLoraConfig, PEFT_KEY_PREFIX};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

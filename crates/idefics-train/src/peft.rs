@@ -9,7 +9,7 @@
 
 use super::atomic::atomic_write;
 use super::TrainError;
-use crate::train::adapters::{AdaptedLinear, LoraSettings};
+use crate::adapters::{AdaptedLinear, LoraSettings};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -429,7 +429,7 @@ impl PeftAdapter {
     pub fn adapt(
         &self,
         module_path: &str,
-        base: crate::train::frozen::FrozenLinear,
+        base: crate::frozen::FrozenLinear,
     ) -> Result<AdaptedLinear, TrainError> {
         let Some(m) = self.modules.get(module_path) else {
             return Ok(AdaptedLinear::Frozen(base));
@@ -440,7 +440,7 @@ impl PeftAdapter {
         };
         Ok(if settings.use_dora {
             AdaptedLinear::Dora(
-                crate::train::adapters::DoraLinear::from_weights(
+                crate::adapters::DoraLinear::from_weights(
                     base,
                     m.lora_a.clone(),
                     m.lora_b.clone(),
@@ -451,7 +451,7 @@ impl PeftAdapter {
             )
         } else {
             AdaptedLinear::Lora(
-                crate::train::adapters::LoraLinear::from_weights(
+                crate::adapters::LoraLinear::from_weights(
                     base,
                     m.lora_a.clone(),
                     m.lora_b.clone(),

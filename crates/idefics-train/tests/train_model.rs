@@ -2,21 +2,22 @@
 //! gradient flow, frozen weights without gradients, DoRA's step-0 identity, and the loop (loss falls, resume
 //! equals an uninterrupted run, accumulation equals a larger batch).
 
+#[path = "../../idefics/tests/common/mod.rs"]
 mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use idefics::nn::{Linear, ParamVisitor, VisitParams};
-use idefics::train::grad_check::check_gradient_flow;
-use idefics::train::loss::causal_lm_loss;
-use idefics::train::optimizer::AdamWConfig;
-use idefics::train::schedule::{Decay, LrSchedule};
-use idefics::train::trainable::{AdapterSpec, TrainableModel, TrainablePlan, Tuning};
-use idefics::train::trainer::{
+use idefics::ModelInputs;
+use idefics_train::grad_check::check_gradient_flow;
+use idefics_train::loss::causal_lm_loss;
+use idefics_train::optimizer::AdamWConfig;
+use idefics_train::schedule::{Decay, LrSchedule};
+use idefics_train::trainable::{AdapterSpec, TrainableModel, TrainablePlan, Tuning};
+use idefics_train::trainer::{
     latest_checkpoint, BatchSource, LoopConfig, Silent, TrainBatch, Trainer,
 };
-use idefics::train::TrainError;
-use idefics::ModelInputs;
+use idefics_train::TrainError;
 use rand::SeedableRng;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -76,7 +77,7 @@ fn plan(t: Tuning) -> TrainablePlan {
 struct FrozenWeights(Vec<(String, Tensor)>);
 impl ParamVisitor for FrozenWeights {
     fn linear(&mut self, path: &str, layer: &mut Linear) -> candle_core::Result<()> {
-        if layer.adapted().is_some() {
+        if idefics_train::adapters::AdapterHook::of(layer).is_some() {
             self.0.push((path.to_string(), layer.weight().clone()));
         }
         Ok(())
@@ -216,7 +217,7 @@ fn row_batch(b: &TrainBatch, row: usize) -> TrainBatch {
             position_ids: None,
             pixel_values: pick(&b.inputs.pixel_values),
             pixel_attention_mask: pick(&b.inputs.pixel_attention_mask),
-            embedding_noise: None,
+            inputs_embeds: None,
         },
         labels,
         n_label_tokens: n,
@@ -368,7 +369,7 @@ fn resumed_run_matches_uninterrupted_run() -> TestResult {
     };
     first.run(&mut data, &mut Silent)?;
     let ck = latest_checkpoint(dir.path())?.expect("a checkpoint");
-    let loaded = idefics::train::checkpoint::load_checkpoint(&ck, &Device::Cpu)?;
+    let loaded = idefics_train::checkpoint::load_checkpoint(&ck, &Device::Cpu)?;
     let tm = TrainableModel::with_adapter(
         load_model(&case()),
         &loop_plan(Tuning::Lora),

@@ -11,36 +11,8 @@
 //!
 //! Rows are plain causal sequences (no per-pair attention reset), as in m4.
 
-use idefics_processor::RgbImage;
-
-use super::collate::{Skip, SkipReason, TrainExample};
+use super::collate::{Segment, Skip, SkipReason, TrainExample};
 use super::loss::IGNORE_INDEX;
-
-/// An encoded piece of a row: tokens with their labels and the frames of the images it holds.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Segment {
-    pub ids: Vec<u32>,
-    pub labels: Vec<i64>,
-    pub frames: Vec<RgbImage>,
-    pub n_images: usize,
-}
-
-impl Segment {
-    /// Appends a token, labelled with itself or ignored.
-    pub fn push(&mut self, id: u32, labelled: bool) {
-        self.ids.push(id);
-        self.labels.push(if labelled {
-            i64::from(id)
-        } else {
-            IGNORE_INDEX
-        });
-    }
-
-    /// Labelled tokens.
-    pub fn n_labels(&self) -> usize {
-        self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
-    }
-}
 
 /// Row limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

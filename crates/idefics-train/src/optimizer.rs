@@ -10,10 +10,10 @@
 //! modality projection its own rate: a parameter's lr (and with it its weight decay) is the schedule's times
 //! its component's scale.
 
-use super::trainable::Component;
 use super::TrainError;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use idefics::model::Component;
 use std::collections::HashMap;
 use std::path::Path;
 

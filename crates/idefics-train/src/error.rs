@@ -8,7 +8,7 @@ pub enum TrainError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
-    Model(#[from] crate::error::Error),
+    Model(#[from] idefics::Error),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

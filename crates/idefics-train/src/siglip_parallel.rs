@@ -12,9 +12,9 @@
 //! reproducible: groups go to workers by a fixed rule and the worker gradients are summed in worker order.
 
 use super::SiglipModel;
-use crate::train::accumulate::GradAccumulator;
-use crate::train::threads::run_scoped;
-use crate::train::TrainError;
+use crate::accumulate::GradAccumulator;
+use crate::threads::run_scoped;
+use crate::TrainError;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
