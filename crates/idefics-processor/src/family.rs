@@ -1,0 +1,339 @@
+//! One entry for every supported checkpoint family: read `config.json`'s `model_type` and build the matching
+//! processor (Idefics2, or Idefics3 / SmolVLM), so that callers process a prompt and its images without knowing
+//! the family.
+//!
+//! | `model_type` | processor | image processor | text expansion |
+//! |---|---|---|---|
+//! | `idefics2` | `Idefics2Processor` | [`Idefics2ImageProcessor`] (BILINEAR, 4 crops + full) | [`PromptProcessor`] |
+//! | `idefics3` | `Idefics3Processor` | [`Idefics3ImageProcessor`] (LANCZOS, tiles + global) | [`Idefics3PromptProcessor`] |
+//! | `smolvlm` | `SmolVLMProcessor` | [`Idefics3ImageProcessor`] (same code) | [`Idefics3PromptProcessor`] + videos |
+//!
+//! Without a `config.json`, the family comes from `processor_class` (processor_config.json) or
+//! `image_processor_type` (preprocessor_config.json).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::idefics3_prompt::Idefics3PromptProcessor;
+use crate::image::{
+    Idefics2ImageProcessor, Idefics3ImageProcessor, ImageBatch, ImageError, RgbImage, TileGrid,
+};
+use crate::processor_config::read_json_if_exists;
+use crate::prompt::{PromptError, PromptProcessor};
+use crate::tokenizer::TextTokenizer;
+use crate::video::{expand_video_prompts, VideoClip};
+
+/// The checkpoint families, by `config.json` `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFamily {
+    /// `idefics2`: Mistral + perceiver (HuggingFaceM4/idefics2-8b).
+    Idefics2,
+    /// `idefics3`: Llama + pixel shuffle (HuggingFaceM4/Idefics3-8B-Llama3, HuggingFaceTB/SmolVLM-Instruct).
+    Idefics3,
+    /// `smolvlm`: the SmolVLM2 checkpoints (and SmolVLM-256M/500M as re-saved by transformers 5.x).
+    SmolVlm,
+}
+
+impl ModelFamily {
+    /// The family of a `model_type` string.
+    pub fn from_model_type(model_type: &str) -> Option<Self> {
+        match model_type {
+            "idefics2" => Some(Self::Idefics2),
+            "idefics3" => Some(Self::Idefics3),
+            "smolvlm" => Some(Self::SmolVlm),
+            _ => None,
+        }
+    }
+
+    /// The family of a processor or image-processor class name (`Idefics3Processor`, `SmolVLMImageProcessorPil`).
+    pub fn from_class_name(class: &str) -> Option<Self> {
+        [
+            ("Idefics2", Self::Idefics2),
+            ("Idefics3", Self::Idefics3),
+            ("SmolVLM", Self::SmolVlm),
+        ]
+        .into_iter()
+        .find_map(|(prefix, f)| class.starts_with(prefix).then_some(f))
+    }
+
+    /// `config.json`'s `model_type` for this family.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Idefics2 => "idefics2",
+            Self::Idefics3 => "idefics3",
+            Self::SmolVlm => "smolvlm",
+        }
+    }
+
+    /// The family of a checkpoint directory: `config.json` `model_type`, else the processor / image-processor
+    /// class of processor_config.json / preprocessor_config.json.
+    pub fn from_dir(dir: &Path) -> Result<Self, ProcessorError> {
+        let unknown = |message: String| ProcessorError::Family {
+            dir: dir.to_path_buf(),
+            message,
+        };
+        if let Some(config) = read_json_if_exists(&dir.join("config.json"))? {
+            let model_type = config.get("model_type").and_then(Value::as_str);
+            return match model_type {
+                Some(t) => Self::from_model_type(t).ok_or_else(|| {
+                    unknown(format!(
+                        "config.json model_type {t:?} is not supported (expected idefics2, idefics3 or smolvlm)"
+                    ))
+                }),
+                None => Err(unknown("config.json has no model_type".into())),
+            };
+        }
+        let processor = read_json_if_exists(&dir.join("processor_config.json"))?;
+        let preprocessor = read_json_if_exists(&dir.join("preprocessor_config.json"))?;
+        let classes = [
+            processor.as_ref().and_then(|p| p.get("processor_class")),
+            processor
+                .as_ref()
+                .and_then(|p| p.get("image_processor"))
+                .and_then(|p| p.get("image_processor_type")),
+            preprocessor
+                .as_ref()
+                .and_then(|p| p.get("processor_class")),
+            preprocessor
+                .as_ref()
+                .and_then(|p| p.get("image_processor_type")),
+        ];
+        classes
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find_map(Self::from_class_name)
+            .ok_or_else(|| {
+                unknown("no config.json model_type and no Idefics2 / Idefics3 / SmolVLM processor class".into())
+            })
+    }
+}
+
+/// Errors of the family-level processor.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    /// Text side (tokenizer, template, configs, slot counts).
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    /// Image side (decode limits, configs, sizes).
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The checkpoint's family could not be determined or is not supported.
+    #[error("{dir}: {message}")]
+    Family {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// A request the family cannot serve (e.g. a video for Idefics2).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Model inputs for one prompt: what transformers' processor returns for a batch of one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessedInputs {
+    /// Token ids.
+    pub input_ids: Vec<u32>,
+    /// `pixel_values [1, M, 3, H, W]` and `pixel_attention_mask [1, M, H, W]` (M = 0 without images).
+    pub images: ImageBatch,
+    /// The prompt text before image expansion (chats: the rendered template).
+    pub text: String,
+    /// Idefics3 / SmolVLM: the grid of each image (empty for Idefics2).
+    pub grids: Vec<TileGrid>,
+}
+
+/// The processor of a checkpoint, whatever its family.
+#[derive(Debug, Clone)]
+pub enum FamilyProcessor {
+    /// Idefics2.
+    Idefics2 {
+        /// Image side.
+        image: Idefics2ImageProcessor,
+        /// Text side.
+        prompt: PromptProcessor,
+    },
+    /// Idefics3 and SmolVLM (same processing; SmolVLM adds videos).
+    Idefics3 {
+        /// Which of the two.
+        family: ModelFamily,
+        /// Image side.
+        image: Idefics3ImageProcessor,
+        /// Text side.
+        prompt: Idefics3PromptProcessor,
+    },
+}
+
+impl FamilyProcessor {
+    /// Build the processor of a checkpoint directory, choosing the family with [`ModelFamily::from_dir`].
+    pub fn from_dir(dir: &Path) -> Result<Self, ProcessorError> {
+        Self::for_family(ModelFamily::from_dir(dir)?, dir)
+    }
+
+    /// Build the processor of a checkpoint directory for a known family.
+    pub fn for_family(family: ModelFamily, dir: &Path) -> Result<Self, ProcessorError> {
+        Ok(match family {
+            ModelFamily::Idefics2 => Self::Idefics2 {
+                image: Idefics2ImageProcessor::from_model_dir(dir)?,
+                prompt: PromptProcessor::from_dir(dir)?,
+            },
+            ModelFamily::Idefics3 | ModelFamily::SmolVlm => Self::Idefics3 {
+                family,
+                image: Idefics3ImageProcessor::from_model_dir(dir)?,
+                prompt: Idefics3PromptProcessor::from_dir(dir)?,
+            },
+        })
+    }
+
+    /// The family.
+    pub fn family(&self) -> ModelFamily {
+        match self {
+            Self::Idefics2 { .. } => ModelFamily::Idefics2,
+            Self::Idefics3 { family, .. } => *family,
+        }
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        match self {
+            Self::Idefics2 { prompt, .. } => prompt.tokenizer(),
+            Self::Idefics3 { prompt, .. } => prompt.tokenizer(),
+        }
+    }
+
+    /// The chat template, if the checkpoint has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        match self {
+            Self::Idefics2 { prompt, .. } => prompt.chat_template(),
+            Self::Idefics3 { prompt, .. } => prompt.chat_template(),
+        }
+    }
+
+    /// `<image>` tokens per (sub-)image / tile.
+    pub fn image_seq_len(&self) -> usize {
+        match self {
+            Self::Idefics2 { prompt, .. } => prompt.config().image_seq_len,
+            Self::Idefics3 { prompt, .. } => prompt.config().image_seq_len,
+        }
+    }
+
+    /// A raw prompt whose `<image>` markers stand for `images` (in order), as `processor(text=prompt,
+    /// images=images)`. `do_image_splitting` overrides the checkpoint's setting when `Some`.
+    pub fn process_prompt(
+        &self,
+        prompt: &str,
+        images: &[RgbImage],
+        do_image_splitting: Option<bool>,
+    ) -> Result<ProcessedInputs, ProcessorError> {
+        match self {
+            Self::Idefics2 { image, prompt: p } => {
+                let encoded = p.encode_prompt(prompt, images.len(), do_image_splitting)?;
+                let batch = image.preprocess(&[images.to_vec()], Some(encoded.do_image_splitting))?;
+                encoded.check_image_rows(batch.pixel_values_shape[1])?;
+                Ok(ProcessedInputs {
+                    input_ids: encoded.input_ids,
+                    images: batch,
+                    text: encoded.text,
+                    grids: Vec::new(),
+                })
+            }
+            Self::Idefics3 { image, prompt: p, .. } => {
+                let batch = image.preprocess(&[images.to_vec()], do_image_splitting)?;
+                let grids = batch.grids.into_iter().next().unwrap_or_default();
+                let encoded = p.encode_prompt(prompt, &grids)?;
+                encoded.check_frames(batch.images.pixel_values_shape[1])?;
+                Ok(ProcessedInputs {
+                    input_ids: encoded.input_ids,
+                    images: batch.images,
+                    text: encoded.text,
+                    grids,
+                })
+            }
+        }
+    }
+
+    /// A chat rendered with the checkpoint's template; `images` fill the image parts in order.
+    pub fn process_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        images: &[RgbImage],
+        do_image_splitting: Option<bool>,
+    ) -> Result<ProcessedInputs, ProcessorError> {
+        match self {
+            Self::Idefics2 { image, prompt: p } => {
+                let encoded = p.encode_chat(
+                    messages,
+                    add_generation_prompt,
+                    images.len(),
+                    do_image_splitting,
+                )?;
+                let batch = image.preprocess(&[images.to_vec()], Some(encoded.do_image_splitting))?;
+                encoded.check_image_rows(batch.pixel_values_shape[1])?;
+                Ok(ProcessedInputs {
+                    input_ids: encoded.input_ids,
+                    images: batch,
+                    text: encoded.text,
+                    grids: Vec::new(),
+                })
+            }
+            Self::Idefics3 { image, prompt: p, .. } => {
+                let batch = image.preprocess(&[images.to_vec()], do_image_splitting)?;
+                let grids = batch.grids.into_iter().next().unwrap_or_default();
+                let encoded = p.encode_chat(messages, add_generation_prompt, &grids)?;
+                encoded.check_frames(batch.images.pixel_values_shape[1])?;
+                Ok(ProcessedInputs {
+                    input_ids: encoded.input_ids,
+                    images: batch.images,
+                    text: encoded.text,
+                    grids,
+                })
+            }
+        }
+    }
+
+    /// SmolVLM2 videos: a prompt whose `<video>` markers stand for `videos` (frames already chosen, e.g. with
+    /// [`crate::video::sample_frame_indices`], and their timestamps). Every frame is one unsplit image, resized
+    /// with `longest_edge` (the video processor's `size`, e.g. `video_sampling.video_size`) then to the tile.
+    pub fn process_video_prompt(
+        &self,
+        prompt: &str,
+        videos: &[(Vec<RgbImage>, VideoClip)],
+        longest_edge: usize,
+    ) -> Result<ProcessedInputs, ProcessorError> {
+        let Self::Idefics3 { image, prompt: p, .. } = self else {
+            return Err(ProcessorError::Unsupported(
+                "videos need a SmolVLM / Idefics3 checkpoint; Idefics2 takes images only".into(),
+            ));
+        };
+        for (frames, clip) in videos {
+            if frames.len() != clip.timestamps.len() {
+                return Err(ProcessorError::Unsupported(format!(
+                    "a video has {} frames but {} timestamps",
+                    frames.len(),
+                    clip.timestamps.len()
+                )));
+            }
+        }
+        let clips: Vec<VideoClip> = videos.iter().map(|(_, c)| c.clone()).collect();
+        let seq = p.config().image_seq_len;
+        let expanded = expand_video_prompts(prompt, &clips, seq)?;
+        let input_ids = p.tokenizer().encode(&expanded, true)?;
+        let mut frames = Vec::new();
+        for (video, _) in videos {
+            for f in video {
+                frames.push(image.video_frame(f, longest_edge)?);
+            }
+        }
+        let n = frames.len();
+        Ok(ProcessedInputs {
+            input_ids,
+            images: image.pack(&[frames])?,
+            text: prompt.to_string(),
+            grids: vec![TileGrid::default(); n],
+        })
+    }
+}

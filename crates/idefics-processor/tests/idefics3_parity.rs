@@ -1,0 +1,358 @@
+//! Parity of the Idefics3 / SmolVLM processor with transformers 5.24 + Pillow 12.3, on the fixtures of
+//! tools/reference/make_idefics3_processor_fixtures.py: tile grids, bit-identical `pixel_values` and
+//! `pixel_attention_mask` (digests of the float32 / int64 bytes), uint8 frames where stored, rendered chat text,
+//! `input_ids`, SmolVLM2 video prompts, frame sampling and `num2words`.
+
+use std::path::{Path, PathBuf};
+
+use idefics_processor::image::idefics3::{Idefics3ImageProcessor, TileGrid};
+use idefics_processor::video::{
+    expand_video_prompts, num2words_en, sample_frame_indices, VideoClip, VideoMetadata,
+};
+use idefics_processor::{
+    decode_image_file, ChatMessage, DecodeLimits, FamilyProcessor, ModelFamily, RgbImage,
+};
+use safetensors::SafeTensors;
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn fixtures() -> PathBuf {
+    root().join("idefics3/processor")
+}
+
+fn manifest() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The hash image of make_image_fixtures.py `synthetic_rgb(h, w, seed)`.
+fn synthetic_rgb(h: usize, w: usize, seed: u64) -> RgbImage {
+    let mut data = Vec::with_capacity(h * w * 3);
+    for y in 0..h as u64 {
+        for x in 0..w as u64 {
+            let ramp = ((x * 255) / (w as u64).max(1) + (y * 255) / (h as u64).max(1)) / 2;
+            for c in 0..3u64 {
+                let mut v = (x * 73856093) ^ (y * 19349663) ^ (c * 83492791);
+                v = (v ^ seed.wrapping_mul(2654435761)) & 0xFFFF_FFFF;
+                v ^= v >> 13;
+                v = v.wrapping_mul(0x5BD1E995) & 0xFFFF_FFFF;
+                v ^= v >> 15;
+                let noise = v & 0xFF;
+                data.push(((noise / 4 + ramp * 3 / 4) % 256) as u8);
+            }
+        }
+    }
+    RgbImage::new(w, h, data).unwrap()
+}
+
+/// zlib CRC-32 and byte sum, formatted as the fixtures' `digest`.
+fn digest(bytes: &[u8]) -> String {
+    let mut table = [0u32; 256];
+    for (i, t) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *t = c;
+    }
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc = table[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    let sum: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
+    format!("{:08x}:{sum}", crc ^ 0xFFFF_FFFF)
+}
+
+/// A case's image spec: a committed file (decoded as transformers' `load_image` does) or a hash image.
+fn load_image(spec: &Value) -> RgbImage {
+    match spec["kind"].as_str().unwrap() {
+        "file" => {
+            let path = root()
+                .join("images/files")
+                .join(spec["name"].as_str().unwrap());
+            decode_image_file(&path, &DecodeLimits::default()).unwrap()
+        }
+        _ => {
+            let n = |k: &str| spec[k].as_u64().unwrap();
+            synthetic_rgb(n("h") as usize, n("w") as usize, n("seed"))
+        }
+    }
+}
+
+fn samples(case: &Value) -> Vec<Vec<RgbImage>> {
+    case["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_array().unwrap().iter().map(load_image).collect())
+        .collect()
+}
+
+fn ckpt(case: &Value) -> PathBuf {
+    fixtures().join(format!("ckpt_{}", case["checkpoint"].as_str().unwrap()))
+}
+
+fn split_override(case: &Value) -> Option<bool> {
+    case.get("do_image_splitting").and_then(Value::as_bool)
+}
+
+fn cases() -> Vec<Value> {
+    manifest()["cases"].as_array().unwrap().clone()
+}
+
+fn ids_of(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn family_is_read_from_model_type() {
+    for (name, family) in [
+        ("smolvlm_small", ModelFamily::SmolVlm),
+        ("smolvlm_hub", ModelFamily::SmolVlm),
+        ("idefics3_small", ModelFamily::Idefics3),
+        ("idefics3_8b", ModelFamily::Idefics3),
+    ] {
+        let dir = fixtures().join(format!("ckpt_{name}"));
+        assert_eq!(ModelFamily::from_dir(&dir).unwrap(), family, "{name}");
+        assert_eq!(FamilyProcessor::from_dir(&dir).unwrap().family(), family);
+    }
+    let idefics2 = root().join("tokenizer");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&idefics2).unwrap() {
+        let f = f.unwrap();
+        if f.path().is_file() {
+            std::fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
+        }
+    }
+    // No config.json: the family comes from processor_config.json's processor_class.
+    assert_eq!(
+        ModelFamily::from_dir(tmp.path()).unwrap(),
+        ModelFamily::Idefics2
+    );
+    std::fs::write(tmp.path().join("config.json"), r#"{"model_type": "llava"}"#).unwrap();
+    let e = ModelFamily::from_dir(tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("llava"), "{e}");
+}
+
+#[test]
+fn image_settings_are_read_from_both_file_layouts() {
+    let saved = Idefics3ImageProcessor::from_model_dir(&fixtures().join("ckpt_smolvlm_small")).unwrap();
+    assert_eq!(saved.config().size.longest_edge, Some(128));
+    assert_eq!(saved.config().max_image_size, 32);
+    let hub = Idefics3ImageProcessor::from_model_dir(&fixtures().join("ckpt_smolvlm_256m")).unwrap();
+    assert_eq!(hub.config().size.longest_edge, Some(2048));
+    assert_eq!(hub.config().max_image_size, 512);
+    let p = FamilyProcessor::from_dir(&fixtures().join("ckpt_smolvlm_256m")).unwrap();
+    assert_eq!(p.image_seq_len(), 64);
+}
+
+#[test]
+fn pixel_values_and_grids_are_bit_identical_to_transformers() {
+    let frames_bytes = std::fs::read(fixtures().join("frames.safetensors")).unwrap();
+    let stored = SafeTensors::deserialize(&frames_bytes).unwrap();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in cases() {
+        let name = case["name"].as_str().unwrap();
+        let Some(shape) = case.get("pixel_values_shape") else {
+            continue;
+        };
+        let proc = Idefics3ImageProcessor::from_model_dir(&ckpt(&case)).unwrap();
+        let samples = samples(&case);
+        let out = proc.preprocess(&samples, split_override(&case)).unwrap();
+        let grids: Vec<Vec<(u64, u64)>> = out
+            .grids
+            .iter()
+            .map(|s| s.iter().map(|g| (g.rows as u64, g.cols as u64)).collect())
+            .collect();
+        let expected_grids: Vec<Vec<(u64, u64)>> = (0..samples.len())
+            .map(|b| {
+                let rows = case["rows"][b].as_array().unwrap();
+                let cols = case["cols"][b].as_array().unwrap();
+                rows.iter()
+                    .zip(cols)
+                    .map(|(r, c)| (r.as_u64().unwrap(), c.as_u64().unwrap()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(grids, expected_grids, "{name}: rows / cols");
+        let shape: Vec<usize> = shape
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(
+            out.images.pixel_values_shape.to_vec(),
+            shape,
+            "{name}: shape"
+        );
+        if case.get("stored").is_some() {
+            // Frame by frame on uint8, to say where a difference is.
+            let t = stored.tensor(&format!("{name}/frames")).unwrap();
+            let (m, h, w) = (shape[1], shape[3], shape[4]);
+            for (b, sample) in samples.iter().enumerate() {
+                let mut at = 0;
+                for image in sample {
+                    let (frames, _) = proc.frames(image, split_override(&case).unwrap_or(proc.config().do_image_splitting)).unwrap();
+                    for f in frames {
+                        let base = (b * m + at) * 3 * h * w;
+                        let want = &t.data()[base..base + 3 * h * w];
+                        let got: Vec<u8> = (0..3)
+                            .flat_map(|c| f.as_bytes().iter().skip(c).step_by(3).copied())
+                            .collect();
+                        let n = got.iter().zip(want).filter(|(a, b)| a != b).count();
+                        if n > 0 {
+                            failures.push(format!("{name}: sample {b} frame {at}: {n} bytes differ"));
+                        }
+                        at += 1;
+                    }
+                }
+            }
+            let mask = stored.tensor(&format!("{name}/mask")).unwrap();
+            assert_eq!(out.images.pixel_attention_mask, mask.data(), "{name}: mask");
+        }
+        let pv: Vec<u8> = out
+            .images
+            .pixel_values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        if digest(&pv) != case["pixel_values_digest"].as_str().unwrap() {
+            failures.push(format!("{name}: pixel_values digest differs"));
+        }
+        let mask64: Vec<u8> = out
+            .images
+            .pixel_attention_mask
+            .iter()
+            .flat_map(|&v| i64::from(v).to_le_bytes())
+            .collect();
+        assert_eq!(
+            digest(&mask64),
+            case["pixel_attention_mask_digest"].as_str().unwrap(),
+            "{name}: mask digest"
+        );
+        checked += 1;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked >= 20, "only {checked} cases");
+}
+
+#[test]
+fn input_ids_and_chat_text_match_transformers() {
+    let mut checked = 0;
+    for case in cases() {
+        let name = case["name"].as_str().unwrap();
+        let proc = FamilyProcessor::from_dir(&ckpt(&case)).unwrap();
+        let samples = samples(&case);
+        for (b, images) in samples.iter().enumerate() {
+            let mask = ids_of(&case["attention_mask"][b]);
+            let all = ids_of(&case["input_ids"][b]);
+            // Batches are left-padded by the reference; the prompt itself is the unmasked tail.
+            let expected: Vec<u32> = all
+                .iter()
+                .zip(&mask)
+                .filter(|(_, &m)| m == 1)
+                .map(|(&id, _)| id)
+                .collect();
+            let got = match case.get("messages") {
+                Some(msgs) => {
+                    let messages: Vec<ChatMessage> =
+                        serde_json::from_value(msgs[b].clone()).unwrap();
+                    let out = proc
+                        .process_chat(&messages, true, images, split_override(&case))
+                        .unwrap();
+                    assert_eq!(out.text, case["text"][b].as_str().unwrap(), "{name}: text");
+                    out
+                }
+                None => {
+                    let prompt = case["prompts"][b].as_str().unwrap();
+                    proc.process_prompt(prompt, images, split_override(&case))
+                        .unwrap()
+                }
+            };
+            assert_eq!(got.input_ids, expected, "{name} sample {b}");
+            let grids: Vec<(u64, u64)> = got
+                .grids
+                .iter()
+                .map(|g: &TileGrid| (g.rows as u64, g.cols as u64))
+                .collect();
+            let rows = case["rows"][b].as_array().unwrap();
+            assert_eq!(grids.len(), rows.len(), "{name}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 24, "only {checked} prompts");
+}
+
+#[test]
+fn video_prompts_match_smolvlm_processor() {
+    let m = manifest();
+    for v in m["videos"].as_array().unwrap() {
+        let name = v["name"].as_str().unwrap();
+        let proc = FamilyProcessor::from_dir(&fixtures().join("ckpt_smolvlm_small")).unwrap();
+        let timestamps: Vec<f64> = v["timestamps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_f64().unwrap())
+            .collect();
+        let clip = VideoClip {
+            timestamps,
+            duration: v["duration"].as_f64(),
+        };
+        let text = v["text"].as_str().unwrap();
+        let expanded = expand_video_prompts("<video>", std::slice::from_ref(&clip), 4).unwrap();
+        assert_eq!(expanded, v["replacement"].as_str().unwrap(), "{name}");
+        let frames = vec![synthetic_rgb(20, 30, 1); clip.timestamps.len()];
+        let out = proc
+            .process_video_prompt(text, &[(frames, clip)], 64)
+            .unwrap();
+        assert_eq!(out.input_ids, ids_of(&v["input_ids"]), "{name}");
+        assert_eq!(out.images.pixel_values_shape[1], out.grids.len());
+    }
+}
+
+#[test]
+fn frame_sampling_matches_smolvlm_video_processor() {
+    for s in manifest()["sampling"].as_array().unwrap() {
+        let total = s["total_num_frames"].as_u64().unwrap() as usize;
+        let fps = s["fps"].as_f64().unwrap();
+        let meta = VideoMetadata {
+            total_num_frames: total,
+            fps,
+            duration: total as f64 / fps,
+        };
+        let got = sample_frame_indices(
+            &meta,
+            s["max_frames"].as_u64().unwrap() as usize,
+            s["target_fps"].as_f64().unwrap(),
+            1.0,
+        );
+        let want: Vec<usize> = s["indices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(got, want, "{s}");
+    }
+}
+
+#[test]
+fn num2words_matches_python() {
+    for (n, words) in manifest()["num2words"].as_object().unwrap() {
+        assert_eq!(num2words_en(n.parse().unwrap()), words.as_str().unwrap());
+    }
+}
