@@ -93,21 +93,22 @@ impl ModelFamily {
                 .as_ref()
                 .and_then(|p| p.get("image_processor"))
                 .and_then(|p| p.get("image_processor_type")),
-            preprocessor
-                .as_ref()
-                .and_then(|p| p.get("processor_class")),
+            preprocessor.as_ref().and_then(|p| p.get("processor_class")),
             preprocessor
                 .as_ref()
                 .and_then(|p| p.get("image_processor_type")),
         ];
-        classes
+        let found = classes
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
-            .find_map(Self::from_class_name)
-            .ok_or_else(|| {
-                unknown("no config.json model_type and no Idefics2 / Idefics3 / SmolVLM processor class".into())
-            })
+            .find_map(Self::from_class_name);
+        found.ok_or_else(|| {
+            unknown(
+                "no config.json model_type and no Idefics2 / Idefics3 / SmolVLM processor class"
+                    .into(),
+            )
+        })
     }
 }
 
@@ -231,7 +232,8 @@ impl FamilyProcessor {
         match self {
             Self::Idefics2 { image, prompt: p } => {
                 let encoded = p.encode_prompt(prompt, images.len(), do_image_splitting)?;
-                let batch = image.preprocess(&[images.to_vec()], Some(encoded.do_image_splitting))?;
+                let batch =
+                    image.preprocess(&[images.to_vec()], Some(encoded.do_image_splitting))?;
                 encoded.check_image_rows(batch.pixel_values_shape[1])?;
                 Ok(ProcessedInputs {
                     input_ids: encoded.input_ids,
@@ -240,7 +242,9 @@ impl FamilyProcessor {
                     grids: Vec::new(),
                 })
             }
-            Self::Idefics3 { image, prompt: p, .. } => {
+            Self::Idefics3 {
+                image, prompt: p, ..
+            } => {
                 let batch = image.preprocess(&[images.to_vec()], do_image_splitting)?;
                 let grids = batch.grids.into_iter().next().unwrap_or_default();
                 let encoded = p.encode_prompt(prompt, &grids)?;
@@ -271,7 +275,8 @@ impl FamilyProcessor {
                     images.len(),
                     do_image_splitting,
                 )?;
-                let batch = image.preprocess(&[images.to_vec()], Some(encoded.do_image_splitting))?;
+                let batch =
+                    image.preprocess(&[images.to_vec()], Some(encoded.do_image_splitting))?;
                 encoded.check_image_rows(batch.pixel_values_shape[1])?;
                 Ok(ProcessedInputs {
                     input_ids: encoded.input_ids,
@@ -280,7 +285,9 @@ impl FamilyProcessor {
                     grids: Vec::new(),
                 })
             }
-            Self::Idefics3 { image, prompt: p, .. } => {
+            Self::Idefics3 {
+                image, prompt: p, ..
+            } => {
                 let batch = image.preprocess(&[images.to_vec()], do_image_splitting)?;
                 let grids = batch.grids.into_iter().next().unwrap_or_default();
                 let encoded = p.encode_chat(messages, add_generation_prompt, &grids)?;
@@ -304,7 +311,10 @@ impl FamilyProcessor {
         videos: &[(Vec<RgbImage>, VideoClip)],
         longest_edge: usize,
     ) -> Result<ProcessedInputs, ProcessorError> {
-        let Self::Idefics3 { image, prompt: p, .. } = self else {
+        let Self::Idefics3 {
+            image, prompt: p, ..
+        } = self
+        else {
             return Err(ProcessorError::Unsupported(
                 "videos need a SmolVLM / Idefics3 checkpoint; Idefics2 takes images only".into(),
             ));

@@ -269,9 +269,7 @@ impl Idefics3PromptProcessor {
             .config()
             .bos_token()
             .is_some_and(|bos| !bos.is_empty() && rendered.text.starts_with(bos));
-        let input_ids = self
-            .tokenizer
-            .encode_pieces(&pieces, !template_wrote_bos)?;
+        let input_ids = self.tokenizer.encode_pieces(&pieces, !template_wrote_bos)?;
         Ok(EncodedIdefics3Prompt {
             input_ids,
             grids: grids.to_vec(),

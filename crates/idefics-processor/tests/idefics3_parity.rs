@@ -147,10 +147,12 @@ fn family_is_read_from_model_type() {
 
 #[test]
 fn image_settings_are_read_from_both_file_layouts() {
-    let saved = Idefics3ImageProcessor::from_model_dir(&fixtures().join("ckpt_smolvlm_small")).unwrap();
+    let saved =
+        Idefics3ImageProcessor::from_model_dir(&fixtures().join("ckpt_smolvlm_small")).unwrap();
     assert_eq!(saved.config().size.longest_edge, Some(128));
     assert_eq!(saved.config().max_image_size, 32);
-    let hub = Idefics3ImageProcessor::from_model_dir(&fixtures().join("ckpt_smolvlm_256m")).unwrap();
+    let hub =
+        Idefics3ImageProcessor::from_model_dir(&fixtures().join("ckpt_smolvlm_256m")).unwrap();
     assert_eq!(hub.config().size.longest_edge, Some(2048));
     assert_eq!(hub.config().max_image_size, 512);
     let p = FamilyProcessor::from_dir(&fixtures().join("ckpt_smolvlm_256m")).unwrap();
@@ -205,7 +207,12 @@ fn pixel_values_and_grids_are_bit_identical_to_transformers() {
             for (b, sample) in samples.iter().enumerate() {
                 let mut at = 0;
                 for image in sample {
-                    let (frames, _) = proc.frames(image, split_override(&case).unwrap_or(proc.config().do_image_splitting)).unwrap();
+                    let (frames, _) = proc
+                        .frames(
+                            image,
+                            split_override(&case).unwrap_or(proc.config().do_image_splitting),
+                        )
+                        .unwrap();
                     for f in frames {
                         let base = (b * m + at) * 3 * h * w;
                         let want = &t.data()[base..base + 3 * h * w];
@@ -214,7 +221,8 @@ fn pixel_values_and_grids_are_bit_identical_to_transformers() {
                             .collect();
                         let n = got.iter().zip(want).filter(|(a, b)| a != b).count();
                         if n > 0 {
-                            failures.push(format!("{name}: sample {b} frame {at}: {n} bytes differ"));
+                            failures
+                                .push(format!("{name}: sample {b} frame {at}: {n} bytes differ"));
                         }
                         at += 1;
                     }

@@ -163,7 +163,8 @@ impl Idefics3ImageProcessorConfig {
 
     fn from_raw(raw: RawConfig) -> Result<Self, ImageError> {
         if let Some(t) = &raw.image_processor_type {
-            if !(t.starts_with("Idefics3ImageProcessor") || t.starts_with("SmolVLMImageProcessor")) {
+            if !(t.starts_with("Idefics3ImageProcessor") || t.starts_with("SmolVLMImageProcessor"))
+            {
                 return Err(ImageError::Config {
                     field: "image_processor_type",
                     message: format!(
@@ -426,7 +427,11 @@ impl Idefics3ImageProcessor {
     /// One video frame as SmolVLM's video processor prepares it: never split, the long side scaled to
     /// `longest_edge` (the video processor's `size`), then squared to the tile. transformers runs this step
     /// with torchvision; here it is Pillow's LANCZOS like the image path, so video pixels are not bit-exact.
-    pub fn video_frame(&self, image: &RgbImage, longest_edge: usize) -> Result<RgbImage, ImageError> {
+    pub fn video_frame(
+        &self,
+        image: &RgbImage,
+        longest_edge: usize,
+    ) -> Result<RgbImage, ImageError> {
         let (w, h) = (image.width(), image.height());
         if w == 0 || h == 0 || longest_edge == 0 {
             return Err(ImageError::ZeroSize {
