@@ -379,6 +379,20 @@ def sampling_cases():
     return cases
 
 
+def animation_frames(tensors):
+    """Pillow's frames of the animated fixtures (ImageSequence, each frame's canvas converted to RGB); the pixels
+    go to frames.safetensors as `anim/<file>/<i>` (HWC uint8)."""
+    from PIL import ImageSequence
+    out = {}
+    for name in ["gif_animated.gif", "webp_animated.webp", "gif_single.gif", "webp_lossy.webp"]:
+        with Image.open(FILES / name) as im:
+            frames = [np.ascontiguousarray(np.array(f.convert("RGB"))) for f in ImageSequence.Iterator(im)]
+        for i, f in enumerate(frames):
+            tensors[f"anim/{name}/{i}"] = f
+        out[name] = len(frames)
+    return out
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer()
@@ -394,6 +408,7 @@ def main():
         "cases": cases,
         "videos": video_cases(load_proc("smolvlm_small")),
         "sampling": sampling_cases(),
+        "animations": animation_frames(tensors),
         "num2words": {str(n): num2words(n) for n in list(range(0, 130)) + [200, 999, 1000, 1001, 1234, 2000,
                                                                            10000, 12345, 100000, 999999]},
     }

@@ -364,3 +364,47 @@ fn num2words_matches_python() {
         assert_eq!(num2words_en(n.parse().unwrap()), words.as_str().unwrap());
     }
 }
+
+#[test]
+fn animation_frames_match_pillow_image_sequence() {
+    use idefics_processor::image::decode_animation;
+    let frames_bytes = std::fs::read(fixtures().join("frames.safetensors")).unwrap();
+    let stored = SafeTensors::deserialize(&frames_bytes).unwrap();
+    for (name, count) in manifest()["animations"].as_object().unwrap() {
+        let bytes = std::fs::read(root().join("images/files").join(name)).unwrap();
+        let got = decode_animation(&bytes, &DecodeLimits::default()).unwrap();
+        assert_eq!(
+            got.len() as u64,
+            count.as_u64().unwrap(),
+            "{name}: frame count"
+        );
+        for (i, frame) in got.iter().enumerate() {
+            let want = stored.tensor(&format!("anim/{name}/{i}")).unwrap();
+            let shape = (frame.image.height(), frame.image.width(), 3);
+            assert_eq!(
+                want.shape(),
+                [shape.0, shape.1, shape.2],
+                "{name} frame {i}"
+            );
+            let (n, max) = frame
+                .image
+                .as_bytes()
+                .iter()
+                .zip(want.data())
+                .filter(|(a, b)| a != b)
+                .fold((0, 0), |(n, m), (a, b)| (n + 1, m.max(a.abs_diff(*b))));
+            // GIF frames and the first (lossless) WebP frame are exact; later frames of this animated WebP are
+            // lossy VP8 composited by image-webp, whose YUV -> RGB rounding differs from libwebp's by at most 1.
+            let lossy_webp_frame = name.ends_with(".webp") && i > 0;
+            let allowed = if lossy_webp_frame { 1 } else { 0 };
+            assert!(
+                max <= allowed,
+                "{name} frame {i}: {n} samples differ, max {max}"
+            );
+        }
+        assert!(
+            got.windows(2).all(|p| p[0].timestamp < p[1].timestamp),
+            "{name}"
+        );
+    }
+}

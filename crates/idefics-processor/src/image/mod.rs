@@ -5,6 +5,7 @@
 //! [`processor`] (Idefics2: split, Pillow-exact [`resize`], rescale/normalize, pad) or [`idefics3`]
 //! (Idefics3 / SmolVLM: longest-edge resize, tiles + global image, rescale/normalize, pad).
 
+pub mod animation;
 pub mod decode;
 pub mod error;
 pub mod idefics3;
@@ -12,6 +13,7 @@ pub mod processor;
 pub mod resize;
 mod transparency;
 
+pub use animation::{decode_animation, AnimationFrame};
 pub use decode::{decode_image, decode_image_file, DecodeLimits, ImageFormatKind};
 pub use error::ImageError;
 pub use idefics3::{
