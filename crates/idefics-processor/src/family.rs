@@ -129,6 +129,15 @@ pub enum ProcessorError {
         /// What was wrong.
         message: String,
     },
+    /// A text-side error in one row of a batch.
+    #[error("prompt {row}: {source}")]
+    Row {
+        /// Row index in the batch.
+        row: usize,
+        /// The error.
+        #[source]
+        source: Box<PromptError>,
+    },
     /// A request the family cannot serve (e.g. a video for Idefics2).
     #[error("{0}")]
     Unsupported(String),
@@ -145,6 +154,46 @@ pub struct ProcessedInputs {
     pub text: String,
     /// Idefics3 / SmolVLM: the grid of each image (empty for Idefics2).
     pub grids: Vec<TileGrid>,
+}
+
+/// The text of one batch row: a raw prompt with `<image>` markers, or chat messages with image parts.
+#[derive(Debug, Clone, Copy)]
+pub enum PromptText<'a> {
+    /// `<image>` marks each image.
+    Raw(&'a str),
+    /// Rendered with the checkpoint's chat template.
+    Chat(&'a [ChatMessage]),
+}
+
+/// One batch row: its text and its images, in slot order.
+#[derive(Debug, Clone, Copy)]
+pub struct PromptRow<'a> {
+    /// The prompt.
+    pub text: PromptText<'a>,
+    /// The images of the row's image slots.
+    pub images: &'a [RgbImage],
+}
+
+/// Model inputs for a batch (token ids not padded: padding side and id are the caller's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessedBatch {
+    /// Token ids per row.
+    pub input_ids: Vec<Vec<u32>>,
+    /// `pixel_values [B, M, 3, H, W]` / `pixel_attention_mask [B, M, H, W]`; `None` when no row has images.
+    pub images: Option<ImageBatch>,
+    /// Each row's text before image expansion (chats: the rendered template).
+    pub texts: Vec<String>,
+    /// Idefics3 / SmolVLM: the grid of each image of each row (empty rows for Idefics2).
+    pub grids: Vec<Vec<TileGrid>>,
+    /// The splitting flag used for text and images alike.
+    pub do_image_splitting: bool,
+}
+
+fn row_err(row: usize, e: PromptError) -> ProcessorError {
+    ProcessorError::Row {
+        row,
+        source: Box::new(e),
+    }
 }
 
 /// The processor of a checkpoint, whatever its family.
@@ -221,6 +270,82 @@ impl FamilyProcessor {
         }
     }
 
+    /// A batch as transformers' `processor(text=[...], images=[[...], ...])` computes it: per row the token ids
+    /// (not padded), and one `pixel_values` for the whole batch (padded to the most frames of any row; `None`
+    /// when no row has images). `do_image_splitting` overrides the checkpoint's setting when `Some`.
+    pub fn process_batch(
+        &self,
+        rows: &[PromptRow<'_>],
+        add_generation_prompt: bool,
+        do_image_splitting: Option<bool>,
+    ) -> Result<ProcessedBatch, ProcessorError> {
+        let samples: Vec<Vec<RgbImage>> = rows.iter().map(|r| r.images.to_vec()).collect();
+        let any_image = samples.iter().any(|s| !s.is_empty());
+        match self {
+            Self::Idefics2 { image, prompt } => {
+                let splitting = prompt.resolve_splitting(do_image_splitting);
+                let mut encoded = Vec::with_capacity(rows.len());
+                for (i, row) in rows.iter().enumerate() {
+                    let n = row.images.len();
+                    let e = match row.text {
+                        PromptText::Raw(t) => prompt.encode_prompt(t, n, Some(splitting)),
+                        PromptText::Chat(m) => {
+                            prompt.encode_chat(m, add_generation_prompt, n, Some(splitting))
+                        }
+                    }
+                    .map_err(|e| row_err(i, e))?;
+                    encoded.push(e);
+                }
+                let images = if any_image {
+                    let batch = image.preprocess(&samples, Some(splitting))?;
+                    for (i, (e, &got)) in encoded.iter().zip(&batch.frames_per_sample).enumerate() {
+                        e.check_image_rows(got).map_err(|e| row_err(i, e))?;
+                    }
+                    Some(batch)
+                } else {
+                    None
+                };
+                let (input_ids, texts) = encoded.into_iter().map(|e| (e.input_ids, e.text)).unzip();
+                Ok(ProcessedBatch {
+                    input_ids,
+                    images,
+                    texts,
+                    grids: vec![Vec::new(); rows.len()],
+                    do_image_splitting: splitting,
+                })
+            }
+            Self::Idefics3 { image, prompt, .. } => {
+                let splitting = do_image_splitting.unwrap_or(image.config().do_image_splitting);
+                let (images, grids) = if any_image {
+                    let batch = image.preprocess(&samples, Some(splitting))?;
+                    (Some(batch.images), batch.grids)
+                } else {
+                    (None, vec![Vec::new(); rows.len()])
+                };
+                let mut input_ids = Vec::with_capacity(rows.len());
+                let mut texts = Vec::with_capacity(rows.len());
+                for (i, (row, g)) in rows.iter().zip(&grids).enumerate() {
+                    let e = match row.text {
+                        PromptText::Raw(t) => prompt.encode_prompt(t, g),
+                        PromptText::Chat(m) => prompt.encode_chat(m, add_generation_prompt, g),
+                    }
+                    .map_err(|e| row_err(i, e))?;
+                    let frames = images.as_ref().map_or(0, |b| b.frames_per_sample[i]);
+                    e.check_frames(frames).map_err(|e| row_err(i, e))?;
+                    input_ids.push(e.input_ids);
+                    texts.push(e.text);
+                }
+                Ok(ProcessedBatch {
+                    input_ids,
+                    images,
+                    texts,
+                    grids,
+                    do_image_splitting: splitting,
+                })
+            }
+        }
+    }
+
     /// A raw prompt whose `<image>` markers stand for `images` (in order), as `processor(text=prompt,
     /// images=images)`. `do_image_splitting` overrides the checkpoint's setting when `Some`.
     pub fn process_prompt(
@@ -229,34 +354,11 @@ impl FamilyProcessor {
         images: &[RgbImage],
         do_image_splitting: Option<bool>,
     ) -> Result<ProcessedInputs, ProcessorError> {
-        match self {
-            Self::Idefics2 { image, prompt: p } => {
-                let encoded = p.encode_prompt(prompt, images.len(), do_image_splitting)?;
-                let batch =
-                    image.preprocess(&[images.to_vec()], Some(encoded.do_image_splitting))?;
-                encoded.check_image_rows(batch.pixel_values_shape[1])?;
-                Ok(ProcessedInputs {
-                    input_ids: encoded.input_ids,
-                    images: batch,
-                    text: encoded.text,
-                    grids: Vec::new(),
-                })
-            }
-            Self::Idefics3 {
-                image, prompt: p, ..
-            } => {
-                let batch = image.preprocess(&[images.to_vec()], do_image_splitting)?;
-                let grids = batch.grids.into_iter().next().unwrap_or_default();
-                let encoded = p.encode_prompt(prompt, &grids)?;
-                encoded.check_frames(batch.images.pixel_values_shape[1])?;
-                Ok(ProcessedInputs {
-                    input_ids: encoded.input_ids,
-                    images: batch.images,
-                    text: encoded.text,
-                    grids,
-                })
-            }
-        }
+        let row = PromptRow {
+            text: PromptText::Raw(prompt),
+            images,
+        };
+        self.single(row, false, do_image_splitting)
     }
 
     /// A chat rendered with the checkpoint's template; `images` fill the image parts in order.
@@ -267,39 +369,33 @@ impl FamilyProcessor {
         images: &[RgbImage],
         do_image_splitting: Option<bool>,
     ) -> Result<ProcessedInputs, ProcessorError> {
-        match self {
-            Self::Idefics2 { image, prompt: p } => {
-                let encoded = p.encode_chat(
-                    messages,
-                    add_generation_prompt,
-                    images.len(),
-                    do_image_splitting,
-                )?;
-                let batch =
-                    image.preprocess(&[images.to_vec()], Some(encoded.do_image_splitting))?;
-                encoded.check_image_rows(batch.pixel_values_shape[1])?;
-                Ok(ProcessedInputs {
-                    input_ids: encoded.input_ids,
-                    images: batch,
-                    text: encoded.text,
-                    grids: Vec::new(),
-                })
-            }
-            Self::Idefics3 {
-                image, prompt: p, ..
-            } => {
-                let batch = image.preprocess(&[images.to_vec()], do_image_splitting)?;
-                let grids = batch.grids.into_iter().next().unwrap_or_default();
-                let encoded = p.encode_chat(messages, add_generation_prompt, &grids)?;
-                encoded.check_frames(batch.images.pixel_values_shape[1])?;
-                Ok(ProcessedInputs {
-                    input_ids: encoded.input_ids,
-                    images: batch.images,
-                    text: encoded.text,
-                    grids,
-                })
-            }
-        }
+        let row = PromptRow {
+            text: PromptText::Chat(messages),
+            images,
+        };
+        self.single(row, add_generation_prompt, do_image_splitting)
+    }
+
+    fn single(
+        &self,
+        row: PromptRow<'_>,
+        add_generation_prompt: bool,
+        do_image_splitting: Option<bool>,
+    ) -> Result<ProcessedInputs, ProcessorError> {
+        let mut b = self.process_batch(&[row], add_generation_prompt, do_image_splitting)?;
+        let images = b.images.take().unwrap_or(ImageBatch {
+            pixel_values: Vec::new(),
+            pixel_values_shape: [1, 0, 3, 0, 0],
+            pixel_attention_mask: Vec::new(),
+            frames_per_sample: vec![0],
+            frame_sizes: vec![Vec::new()],
+        });
+        Ok(ProcessedInputs {
+            input_ids: b.input_ids.pop().unwrap_or_default(),
+            images,
+            text: b.texts.pop().unwrap_or_default(),
+            grids: b.grids.pop().unwrap_or_default(),
+        })
     }
 
     /// SmolVLM2 videos: a prompt whose `<video>` markers stand for `videos` (frames already chosen, e.g. with

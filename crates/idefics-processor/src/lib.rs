@@ -17,7 +17,10 @@ pub use self::image::{
     Idefics3ImageProcessorConfig, ImageBatch, ImageError, ResampleFilter, RgbImage, TileGrid,
 };
 pub use chat_template::{ChatMessage, ChatTemplate, ContentPart, MessageContent, RenderedChat};
-pub use family::{FamilyProcessor, ModelFamily, ProcessedInputs, ProcessorError};
+pub use family::{
+    FamilyProcessor, ModelFamily, ProcessedBatch, ProcessedInputs, ProcessorError, PromptRow,
+    PromptText,
+};
 pub use idefics3_prompt::{
     EncodedIdefics3Prompt, Idefics3ProcessorConfig, Idefics3PromptProcessor,
 };

@@ -10,7 +10,8 @@ use idefics_processor::video::{
     expand_video_prompts, num2words_en, sample_frame_indices, VideoClip, VideoMetadata,
 };
 use idefics_processor::{
-    decode_image_file, ChatMessage, DecodeLimits, FamilyProcessor, ModelFamily, RgbImage,
+    decode_image_file, ChatMessage, DecodeLimits, FamilyProcessor, ModelFamily, PromptRow,
+    PromptText, RgbImage,
 };
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -112,6 +113,21 @@ fn ids_of(v: &Value) -> Vec<u32> {
         .unwrap()
         .iter()
         .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Row `b`'s ids without the reference's left padding (the tail where `attention_mask` is 1).
+fn unpadded(case: &Value, b: usize) -> Vec<u32> {
+    let mask = ids_of(&case["attention_mask"][b]);
+    let ids = ids_of(&case["input_ids"][b]);
+    assert!(
+        mask.windows(2).all(|w| w[0] <= w[1]),
+        "padding is on the left"
+    );
+    ids.into_iter()
+        .zip(mask)
+        .filter(|&(_, m)| m == 1)
+        .map(|(id, _)| id)
         .collect()
 }
 
@@ -258,50 +274,79 @@ fn pixel_values_and_grids_are_bit_identical_to_transformers() {
 }
 
 #[test]
-fn input_ids_and_chat_text_match_transformers() {
+fn batches_match_transformers_input_ids_text_and_pixels() {
     let mut checked = 0;
     for case in cases() {
         let name = case["name"].as_str().unwrap();
         let proc = FamilyProcessor::from_dir(&ckpt(&case)).unwrap();
         let samples = samples(&case);
-        for (b, images) in samples.iter().enumerate() {
-            let mask = ids_of(&case["attention_mask"][b]);
-            let all = ids_of(&case["input_ids"][b]);
-            // Batches are left-padded by the reference; the prompt itself is the unmasked tail.
-            let expected: Vec<u32> = all
-                .iter()
-                .zip(&mask)
-                .filter(|(_, &m)| m == 1)
-                .map(|(&id, _)| id)
-                .collect();
-            let got = match case.get("messages") {
-                Some(msgs) => {
-                    let messages: Vec<ChatMessage> =
-                        serde_json::from_value(msgs[b].clone()).unwrap();
-                    let out = proc
-                        .process_chat(&messages, true, images, split_override(&case))
-                        .unwrap();
-                    assert_eq!(out.text, case["text"][b].as_str().unwrap(), "{name}: text");
-                    out
-                }
-                None => {
-                    let prompt = case["prompts"][b].as_str().unwrap();
-                    proc.process_prompt(prompt, images, split_override(&case))
-                        .unwrap()
-                }
-            };
-            assert_eq!(got.input_ids, expected, "{name} sample {b}");
-            let grids: Vec<(u64, u64)> = got
-                .grids
-                .iter()
-                .map(|g: &TileGrid| (g.rows as u64, g.cols as u64))
-                .collect();
-            let rows = case["rows"][b].as_array().unwrap();
-            assert_eq!(grids.len(), rows.len(), "{name}");
+        let messages: Vec<Vec<ChatMessage>> = case
+            .get("messages")
+            .map(|m| serde_json::from_value(m.clone()).unwrap())
+            .unwrap_or_default();
+        let rows: Vec<PromptRow> = samples
+            .iter()
+            .enumerate()
+            .map(|(b, images)| PromptRow {
+                text: match messages.get(b) {
+                    Some(m) => PromptText::Chat(m),
+                    None => PromptText::Raw(case["prompts"][b].as_str().unwrap()),
+                },
+                images,
+            })
+            .collect();
+        let out = proc
+            .process_batch(&rows, true, split_override(&case))
+            .unwrap();
+        for b in 0..rows.len() {
+            assert_eq!(out.input_ids[b], unpadded(&case, b), "{name} row {b}");
+            assert_eq!(
+                out.texts[b],
+                case["text"][b].as_str().unwrap(),
+                "{name}: text"
+            );
+            let grids: Vec<TileGrid> = out.grids[b].clone();
+            assert_eq!(grids.len(), samples[b].len(), "{name}");
             checked += 1;
+        }
+        match (&out.images, case.get("pixel_values_digest")) {
+            (Some(images), Some(d)) => {
+                let pv: Vec<u8> = images
+                    .pixel_values
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
+                assert_eq!(digest(&pv), d.as_str().unwrap(), "{name}: pixel_values");
+            }
+            (None, None) => {}
+            (got, want) => panic!("{name}: images {:?} vs digest {want:?}", got.is_some()),
         }
     }
     assert!(checked >= 24, "only {checked} prompts");
+}
+
+#[test]
+fn single_prompt_entry_and_errors() {
+    let dir = fixtures().join("ckpt_smolvlm_hub");
+    let proc = FamilyProcessor::from_dir(&dir).unwrap();
+    let img = synthetic_rgb(40, 100, 6);
+    let one = proc
+        .process_prompt("<image>What is this?", std::slice::from_ref(&img), None)
+        .unwrap();
+    let case = cases()
+        .into_iter()
+        .find(|c| c["name"] == "hub_batch")
+        .unwrap();
+    assert_eq!(one.input_ids, unpadded(&case, 0));
+    assert_eq!(one.grids, vec![TileGrid { rows: 1, cols: 2 }]);
+    assert_eq!(one.images.pixel_values_shape, [1, 3, 3, 32, 32]);
+    let e = proc
+        .process_prompt("<image><image>", std::slice::from_ref(&img), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 image slot") && e.contains("1 image"), "{e}");
+    let text_only = proc.process_prompt("Hello", &[], None).unwrap();
+    assert_eq!(text_only.images.pixel_values_shape[1], 0);
 }
 
 #[test]
@@ -406,5 +451,27 @@ fn animation_frames_match_pillow_image_sequence() {
             got.windows(2).all(|p| p[0].timestamp < p[1].timestamp),
             "{name}"
         );
+    }
+}
+
+#[test]
+fn idefics2_through_the_family_entry_equals_the_idefics2_api() {
+    use idefics_processor::{Idefics2ImageProcessor, PromptProcessor};
+    let dir = root().join("tokenizer");
+    let family = FamilyProcessor::from_dir(&dir).unwrap();
+    assert_eq!(family.family(), ModelFamily::Idefics2);
+    let images = [synthetic_rgb(50, 70, 3), synthetic_rgb(30, 20, 4)];
+    let prompt = "User:<image>What is this?<image><end_of_utterance>\nAssistant:";
+    for split in [None, Some(false)] {
+        let got = family.process_prompt(prompt, &images, split).unwrap();
+        let text = PromptProcessor::from_dir(&dir).unwrap();
+        let encoded = text.encode_prompt(prompt, 2, split).unwrap();
+        let pixels = Idefics2ImageProcessor::from_model_dir(&dir)
+            .unwrap()
+            .preprocess(&[images.to_vec()], Some(encoded.do_image_splitting))
+            .unwrap();
+        assert_eq!(got.input_ids, encoded.input_ids);
+        assert_eq!(got.images, pixels);
+        assert!(got.grids.is_empty());
     }
 }
