@@ -119,6 +119,10 @@ CHECKPOINTS = {
     # Idefics3 family (Idefics3Processor), odd tile 24, longest edge 72.
     "idefics3_small": ("idefics3", "saved", dict(IMAGE_DEFAULTS, size={"longest_edge": 72},
                                                   max_image_size={"longest_edge": 24}), 5, IDEFICS3_TEMPLATE),
+    # No step-2 resize, BICUBIC, chat template only in tokenizer_config.json (the lowest-precedence place).
+    "idefics3_noresize": ("idefics3", "tokenizer_template", dict(IMAGE_DEFAULTS, do_resize=False, resample=3,
+                                                                  max_image_size={"longest_edge": 16}),
+                          2, IDEFICS3_TEMPLATE),
     # The real SmolVLM-256M / SmolVLM2-256M values (2048 / 512, 64 tokens per tile).
     "smolvlm_256m": ("smolvlm", "hub", dict(IMAGE_DEFAULTS, size={"longest_edge": 2048},
                                              max_image_size={"longest_edge": 512}), 64, SMOLVLM_TEMPLATE),
@@ -177,6 +181,12 @@ def write_checkpoint(name, tokenizer):
         (d / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
     elif layout == "saved":
         proc.save_pretrained(d)
+    elif layout == "tokenizer_template":
+        proc.save_pretrained(d)
+        (d / "chat_template.jinja").unlink()
+        tok_cfg = json.loads((d / "tokenizer_config.json").read_text())
+        tok_cfg["chat_template"] = template
+        (d / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
     else:
         tokenizer.save_pretrained(d)
         pre = dict(ip_cfg, image_processor_type=type(ip).__name__.removesuffix("Pil"),
@@ -242,7 +252,10 @@ def run_case(case, tensors):
     if "do_image_splitting" in case:
         kwargs["do_image_splitting"] = case["do_image_splitting"]
     if "messages" in case:
-        texts = [proc.apply_chat_template(m, add_generation_prompt=True) for m in case["messages"]]
+        # A template only in tokenizer_config.json is not the processor's in 5.24 (processing_utils.py
+        # `_resolve_chat_template` raises): render it with the tokenizer, as users then do.
+        render = proc.apply_chat_template if proc.chat_template else proc.tokenizer.apply_chat_template
+        texts = [render(m, add_generation_prompt=True, tokenize=False) for m in case["messages"]]
     else:
         texts = case["prompts"]
     padding = len(texts) > 1
@@ -324,6 +337,15 @@ def image_cases():
                   images=[[syn(25, 25, 16)]],
                   messages=[[{"role": "user", "content": [{"type": "image"},
                                                           {"type": "text", "text": "Describe the picture."}]}]]))
+    c.append(dict(name="i3_noresize_chat", checkpoint="idefics3_noresize", images=[[syn(37, 20, 19)]],
+                  messages=[[{"role": "user", "content": [{"type": "text", "text": "Read the text in the image."},
+                                                          {"type": "image"}]}]]))
+    c.append(dict(name="i3_noresize_tiny_files", checkpoint="idefics3_noresize",
+                  images=[[file_("png_1x1.png"), file_("png_3x3.png"), file_("png_la.png")]],
+                  prompts=["<image><image>\n<image>"]))
+    c.append(dict(name="smol_tiny_files", checkpoint="smolvlm_small",
+                  images=[[file_("png_1x1.png"), file_("png_2x2.png"), file_("gif_transparent.gif")]],
+                  prompts=["<image> <image> <image>"]))
     c.append(dict(name="i3_text_only", checkpoint="idefics3_small", images=[[]],
                   prompts=["There is a dog on the grass."]))
     # Real geometries: digests only (13 or more frames of 512x512 / 364x364).
