@@ -415,6 +415,31 @@ def animation_frames(tensors):
     return out
 
 
+def gpt2_rebuild_case():
+    """transformers 5.24's GPT2Tokenizer rebuilds the pipeline from the vocabulary (tokenization_gpt2.py): no
+    normalizer, a plain ByteLevel pre-tokenizer, whatever tokenizer.json says; the post-processor is kept. A
+    tokenizer.json with an NFKC normalizer, SmolLM's Digits pre-tokenizer and a BOS post-processor shows it."""
+    from transformers import AutoTokenizer
+    d = OUT / "tokenizer_gpt2_rebuild"
+    d.mkdir(parents=True, exist_ok=True)
+    src = OUT / "ckpt_smolvlm_hub"
+    data = json.loads((src / "tokenizer.json").read_text())
+    data["normalizer"] = {"type": "NFKC"}
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, data["pre_tokenizer"]]}
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}}}
+    (d / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+    (d / "tokenizer_config.json").write_text((src / "tokenizer_config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(d)
+    assert type(tok).__name__ == "GPT2Tokenizer"
+    texts = ["The ﬁrst 12345 frames", "Frame from 00:01:<image>", " two  spaces\n\nand\tTab ²", "café ①"]
+    return [dict(text=t, input_ids=tok(t)["input_ids"]) for t in texts]
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer()
@@ -431,6 +456,7 @@ def main():
         "videos": video_cases(load_proc("smolvlm_small")),
         "sampling": sampling_cases(),
         "animations": animation_frames(tensors),
+        "gpt2_rebuild": gpt2_rebuild_case(),
         "num2words": {str(n): num2words(n) for n in list(range(0, 130)) + [200, 999, 1000, 1001, 1234, 2000,
                                                                            10000, 12345, 100000, 999999]},
     }

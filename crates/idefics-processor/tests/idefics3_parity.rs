@@ -475,3 +475,18 @@ fn idefics2_through_the_family_entry_equals_the_idefics2_api() {
         assert!(got.grids.is_empty());
     }
 }
+
+#[test]
+fn gpt2_tokenizer_is_rebuilt_like_transformers() {
+    let tok =
+        idefics_processor::TextTokenizer::from_dir(&fixtures().join("tokenizer_gpt2_rebuild"))
+            .unwrap();
+    for case in manifest()["gpt2_rebuild"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            ids_of(&case["input_ids"]),
+            "{text:?}"
+        );
+    }
+}
