@@ -381,6 +381,26 @@ def video_cases(proc):
         ids = proc.tokenizer(expanded)["input_ids"]
         out.append(dict(s, replacement=replacement, input_ids=ids, checkpoint="smolvlm_small",
                         timestamps=md.timestamps))
+    # Chats with video parts: SmolVLMProcessor.apply_chat_template switches to its DEFAULT_CHAT_TEMPLATE.
+    chats = [
+        dict(name="video_chat", frames_indices=[0, 24, 48, 72], fps=24.0, total=96, duration=4.0,
+             messages=[{"role": "user", "content": [{"type": "video"},
+                                                    {"type": "text", "text": "What happens in the video?"}]}]),
+        dict(name="video_chat_text_first", frames_indices=[0, 75], fps=25.0, total=100, duration=4.0,
+             messages=[{"role": "user", "content": [{"type": "text", "text": "Describe the video."},
+                                                    {"type": "video"}]},
+                       {"role": "assistant", "content": [{"type": "text", "text": "A dog on the grass."}]},
+                       {"role": "user", "content": [{"type": "text", "text": "And the cat?"}]}]),
+    ]
+    for s in chats:
+        md = VideoMetadata(total_num_frames=s["total"], fps=s["fps"], duration=s["duration"],
+                           frames_indices=s["frames_indices"])
+        n = len(s["frames_indices"])
+        text = proc.apply_chat_template(s["messages"], add_generation_prompt=True, tokenize=False)
+        inputs = {"pixel_values": np.zeros((1, n, 3, 1, 1), dtype=np.float32), "video_metadata": [md]}
+        expanded = text.replace("<video>", proc.replace_video_token(inputs, video_idx=0))
+        out.append(dict(s, text=text, input_ids=proc.tokenizer(expanded)["input_ids"], checkpoint="smolvlm_small",
+                        timestamps=md.timestamps))
     return out
 
 

@@ -398,19 +398,34 @@ impl FamilyProcessor {
         })
     }
 
-    /// SmolVLM2 videos: a prompt whose `<video>` markers stand for `videos` (frames already chosen, e.g. with
-    /// [`crate::video::sample_frame_indices`], and their timestamps). Every frame is one unsplit image, resized
-    /// with `longest_edge` (the video processor's `size`, e.g. `video_sampling.video_size`) then to the tile.
-    pub fn process_video_prompt(
+    /// SmolVLM2 videos in a chat: video parts of `messages` stand for `videos` (in order); the chat is rendered
+    /// with SmolVLM's video template, as `SmolVLMProcessor.apply_chat_template` does. Frames as in
+    /// [`Self::process_video_prompt`].
+    pub fn process_video_chat(
         &self,
-        prompt: &str,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
         videos: &[(Vec<RgbImage>, VideoClip)],
         longest_edge: usize,
     ) -> Result<ProcessedInputs, ProcessorError> {
-        let Self::Idefics3 {
-            image, prompt: p, ..
-        } = self
-        else {
+        let (image, p) = self.video_parts(videos)?;
+        let clips: Vec<VideoClip> = videos.iter().map(|(_, c)| c.clone()).collect();
+        let encoded = p.encode_video_chat(messages, add_generation_prompt, &clips)?;
+        let images = video_frames(image, videos, longest_edge)?;
+        encoded.check_frames(images.pixel_values_shape[1])?;
+        Ok(ProcessedInputs {
+            input_ids: encoded.input_ids,
+            images,
+            text: encoded.text,
+            grids: encoded.grids,
+        })
+    }
+
+    fn video_parts(
+        &self,
+        videos: &[(Vec<RgbImage>, VideoClip)],
+    ) -> Result<(&Idefics3ImageProcessor, &Idefics3PromptProcessor), ProcessorError> {
+        let Self::Idefics3 { image, prompt, .. } = self else {
             return Err(ProcessorError::Unsupported(
                 "videos need a SmolVLM / Idefics3 checkpoint; Idefics2 takes images only".into(),
             ));
@@ -424,22 +439,44 @@ impl FamilyProcessor {
                 )));
             }
         }
+        Ok((image, prompt))
+    }
+
+    /// SmolVLM2 videos: a prompt whose `<video>` markers stand for `videos` (frames already chosen, e.g. with
+    /// [`crate::video::sample_frame_indices`], and their timestamps). Every frame is one unsplit image, resized
+    /// with `longest_edge` (the video processor's `size`, e.g. `video_sampling.video_size`) then to the tile.
+    pub fn process_video_prompt(
+        &self,
+        prompt: &str,
+        videos: &[(Vec<RgbImage>, VideoClip)],
+        longest_edge: usize,
+    ) -> Result<ProcessedInputs, ProcessorError> {
+        let (image, p) = self.video_parts(videos)?;
         let clips: Vec<VideoClip> = videos.iter().map(|(_, c)| c.clone()).collect();
-        let seq = p.config().image_seq_len;
-        let expanded = expand_video_prompts(prompt, &clips, seq)?;
+        let expanded = expand_video_prompts(prompt, &clips, p.config().image_seq_len)?;
         let input_ids = p.tokenizer().encode(&expanded, true)?;
-        let mut frames = Vec::new();
-        for (video, _) in videos {
-            for f in video {
-                frames.push(image.video_frame(f, longest_edge)?);
-            }
-        }
-        let n = frames.len();
+        let images = video_frames(image, videos, longest_edge)?;
+        let n = images.pixel_values_shape[1];
         Ok(ProcessedInputs {
             input_ids,
-            images: image.pack(&[frames])?,
+            images,
             text: prompt.to_string(),
             grids: vec![TileGrid::default(); n],
         })
     }
+}
+
+/// Every frame of every video as one unsplit image, all in one sample.
+fn video_frames(
+    image: &Idefics3ImageProcessor,
+    videos: &[(Vec<RgbImage>, VideoClip)],
+    longest_edge: usize,
+) -> Result<ImageBatch, ImageError> {
+    let mut frames = Vec::new();
+    for (video, _) in videos {
+        for f in video {
+            frames.push(image.video_frame(f, longest_edge)?);
+        }
+    }
+    image.pack(&[frames])
 }

@@ -19,6 +19,7 @@ use crate::image::TileGrid;
 use crate::processor_config::read_json_if_exists;
 use crate::prompt::PromptError;
 use crate::tokenizer::{Piece, TextTokenizer, FAKE_IMAGE_TOKEN, IMAGE_TOKEN};
+use crate::video::{frame_label, video_intro, VideoClip, VIDEO_OUTRO, VIDEO_TOKEN};
 
 /// Opens the global (whole-image) frame of every image.
 pub const GLOBAL_IMAGE_TOKEN: &str = "<global-img>";
@@ -26,6 +27,10 @@ pub const GLOBAL_IMAGE_TOKEN: &str = "<global-img>";
 pub const DEFAULT_IDEFICS3_IMAGE_SEQ_LEN: usize = 169;
 /// The tokenizers of these families have `<row_r_col_c>` tokens for r, c in 1..=6.
 pub const MAX_GRID_TOKENS: usize = 6;
+
+/// `SmolVLMProcessor.apply_chat_template` renders every chat that has a video part with this template
+/// (processing_smolvlm.py `DEFAULT_CHAT_TEMPLATE`), whatever the checkpoint ships.
+pub const SMOLVLM_VIDEO_CHAT_TEMPLATE: &str = "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'] is string %}{{': ' + message['content']}}{% else %}{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
 
 /// The marker of tile (row `r`, column `c`), 1-based.
 pub fn row_col_token(r: usize, c: usize) -> String {
@@ -163,6 +168,7 @@ struct MarkerIds {
     global: Option<u32>,
     /// `row_col[(r - 1) * 6 + (c - 1)]`
     row_col: Vec<Option<u32>>,
+    video: Option<u32>,
 }
 
 /// Text side of the Idefics3 / SmolVLM processor: tokenizer + grid expansion + chat template.
@@ -203,6 +209,7 @@ impl Idefics3PromptProcessor {
             image: special.image,
             global: tokenizer.token_to_id(GLOBAL_IMAGE_TOKEN),
             row_col,
+            video: tokenizer.token_to_id(VIDEO_TOKEN),
         };
         Self {
             tokenizer,
@@ -263,7 +270,7 @@ impl Idefics3PromptProcessor {
                 images: grids.len(),
             });
         }
-        let pieces = self.expand_pieces(&rendered.pieces, grids);
+        let pieces = self.expand_pieces(&rendered.pieces, grids, &[]);
         let template_wrote_bos = self
             .tokenizer
             .config()
@@ -277,9 +284,62 @@ impl Idefics3PromptProcessor {
         })
     }
 
-    /// The piece-level twin of [`expand_image_prompts`]: `Token(image)` pieces are image slots. Adjacent text is
-    /// merged so that it is tokenized as transformers tokenizes the expanded string (between added tokens).
-    fn expand_pieces(&self, pieces: &[Piece], grids: &[TileGrid]) -> Vec<Piece> {
+    /// A SmolVLM2 chat whose video parts stand for `clips` (in order), rendered with
+    /// [`SMOLVLM_VIDEO_CHAT_TEMPLATE`] as `SmolVLMProcessor.apply_chat_template` does for chats with videos. Image
+    /// parts are refused: transformers' processor returns one `pixel_values`, so images and videos cannot share
+    /// a call.
+    pub fn encode_video_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        clips: &[VideoClip],
+    ) -> Result<EncodedIdefics3Prompt, PromptError> {
+        let video_id = self.ids.video.ok_or_else(|| {
+            PromptError::Tokenizer(format!("the tokenizer has no {VIDEO_TOKEN} token"))
+        })?;
+        let template = ChatTemplate::from_source(
+            SMOLVLM_VIDEO_CHAT_TEMPLATE,
+            "processing_smolvlm.py DEFAULT_CHAT_TEMPLATE",
+            &self.tokenizer,
+        )?;
+        let rendered = template.render_pieces(messages, add_generation_prompt)?;
+        let images = rendered.image_slots();
+        if images > 0 {
+            return Err(PromptError::Messages(format!(
+                "a chat with videos cannot also have image parts ({images} found)"
+            )));
+        }
+        let slots = rendered.count_token(video_id);
+        if slots != clips.len() {
+            return Err(PromptError::Messages(format!(
+                "the chat has {slots} video part(s) but {} video(s) were given",
+                clips.len()
+            )));
+        }
+        let pieces = self.expand_pieces(&rendered.pieces, &[], clips);
+        let template_wrote_bos = self
+            .tokenizer
+            .config()
+            .bos_token()
+            .is_some_and(|bos| !bos.is_empty() && rendered.text.starts_with(bos));
+        let input_ids = self.tokenizer.encode_pieces(&pieces, !template_wrote_bos)?;
+        let frames = clips.iter().map(|c| c.timestamps.len()).sum();
+        Ok(EncodedIdefics3Prompt {
+            input_ids,
+            grids: vec![TileGrid::default(); frames],
+            text: rendered.text,
+        })
+    }
+
+    /// The piece-level twin of [`expand_image_prompts`] (and of the video expansion): `Token(image)` /
+    /// `Token(video)` pieces are slots, filled in order from `grids` / `clips`. Adjacent text is merged so that it
+    /// is tokenized as transformers tokenizes the expanded string (between added tokens).
+    fn expand_pieces(
+        &self,
+        pieces: &[Piece],
+        grids: &[TileGrid],
+        clips: &[VideoClip],
+    ) -> Vec<Piece> {
         let mut out: Vec<Piece> = Vec::with_capacity(pieces.len());
         let push_text = |out: &mut Vec<Piece>, t: &str| match out.last_mut() {
             Some(Piece::Text(prev)) => prev.push_str(t),
@@ -292,9 +352,28 @@ impl Idefics3PromptProcessor {
             // A tokenizer without the marker token: transformers tokenizes the marker string as text.
             None => push_text(out, text),
         };
+        let single_frame = |out: &mut Vec<Piece>| {
+            out.push(Piece::Token(ids.fake));
+            marker(out, ids.global, GLOBAL_IMAGE_TOKEN);
+            out.extend(std::iter::repeat_n(Piece::Token(ids.image), seq));
+            out.push(Piece::Token(ids.fake));
+        };
         let mut grids = grids.iter();
+        let mut clips = clips.iter();
         for piece in pieces {
             match piece {
+                Piece::Token(id) if Some(*id) == ids.video => {
+                    let Some(clip) = clips.next() else {
+                        out.push(piece.clone());
+                        continue;
+                    };
+                    push_text(&mut out, &video_intro(clip));
+                    for &t in &clip.timestamps {
+                        push_text(&mut out, &frame_label(t));
+                        single_frame(&mut out);
+                    }
+                    push_text(&mut out, VIDEO_OUTRO);
+                }
                 Piece::Token(id) if *id == ids.image => {
                     let grid = grids.next().copied().unwrap_or_default();
                     for r in 1..=grid.rows {
@@ -311,10 +390,7 @@ impl Idefics3PromptProcessor {
                     if grid.rows > 0 || grid.cols > 0 {
                         push_text(&mut out, "\n");
                     }
-                    out.push(Piece::Token(ids.fake));
-                    marker(&mut out, ids.global, GLOBAL_IMAGE_TOKEN);
-                    out.extend(std::iter::repeat_n(Piece::Token(ids.image), seq));
-                    out.push(Piece::Token(ids.fake));
+                    single_frame(&mut out);
                 }
                 Piece::Text(t) if t.is_empty() => {}
                 Piece::Text(t) => push_text(&mut out, t),

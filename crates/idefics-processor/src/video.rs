@@ -138,27 +138,37 @@ pub fn num2words_en(n: u64) -> String {
     below_thousand(n.min(999))
 }
 
-/// The text a `<video>` becomes for `clip` (each frame a single-image block of `image_seq_len` tokens).
-pub fn video_prompt_string(clip: &VideoClip, image_seq_len: usize) -> String {
+/// What follows a video's last frame (`DEFAULT_MEDIA_OUTTRO`).
+pub const VIDEO_OUTRO: &str = "\n\n";
+
+/// The sentence that opens a video (`DEFAULT_VIDEO_INTRO`): frame count in words, duration as `H:MM:SS`.
+pub fn video_intro(clip: &VideoClip) -> String {
     let duration = clip
         .duration
         .or_else(|| clip.timestamps.last().copied())
         .unwrap_or(0.0);
-    let mut out = format!(
+    format!(
         "You are provided the following series of {} frames from a {} [H:MM:SS] video.\n",
         num2words_en(clip.timestamps.len() as u64),
         timedelta_str(duration.max(0.0) as u64)
-    );
+    )
+}
+
+/// The text before one frame's image block (`FRAME_TIMESTAMP_MESSAGE`): `\nFrame from MM:SS:`.
+pub fn frame_label(timestamp: f64) -> String {
+    let (minutes, seconds) = py_divmod(timestamp, 60.0);
+    format!("\nFrame from {:02}:{:02}:", minutes as i64, seconds as i64)
+}
+
+/// The text a `<video>` becomes for `clip` (each frame a single-image block of `image_seq_len` tokens).
+pub fn video_prompt_string(clip: &VideoClip, image_seq_len: usize) -> String {
+    let mut out = video_intro(clip);
     let block = image_prompt_string(TileGrid::default(), image_seq_len);
     for &t in &clip.timestamps {
-        let (minutes, seconds) = py_divmod(t, 60.0);
-        out.push_str(&format!(
-            "\nFrame from {:02}:{:02}:",
-            minutes as i64, seconds as i64
-        ));
+        out.push_str(&frame_label(t));
         out.push_str(&block);
     }
-    out.push_str("\n\n");
+    out.push_str(VIDEO_OUTRO);
     out
 }
 

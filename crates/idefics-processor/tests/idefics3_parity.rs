@@ -366,14 +366,28 @@ fn video_prompts_match_smolvlm_processor() {
             duration: v["duration"].as_f64(),
         };
         let text = v["text"].as_str().unwrap();
-        let expanded = expand_video_prompts("<video>", std::slice::from_ref(&clip), 4).unwrap();
-        assert_eq!(expanded, v["replacement"].as_str().unwrap(), "{name}");
         let frames = vec![synthetic_rgb(20, 30, 1); clip.timestamps.len()];
-        let out = proc
-            .process_video_prompt(text, &[(frames, clip)], 64)
-            .unwrap();
+        let n = frames.len();
+        let out = match v.get("messages") {
+            Some(m) => {
+                let messages: Vec<ChatMessage> = serde_json::from_value(m.clone()).unwrap();
+                let out = proc
+                    .process_video_chat(&messages, true, &[(frames, clip)], 64)
+                    .unwrap();
+                assert_eq!(out.text, text, "{name}: rendered chat");
+                out
+            }
+            None => {
+                let expanded =
+                    expand_video_prompts("<video>", std::slice::from_ref(&clip), 4).unwrap();
+                assert_eq!(expanded, v["replacement"].as_str().unwrap(), "{name}");
+                proc.process_video_prompt(text, &[(frames, clip)], 64)
+                    .unwrap()
+            }
+        };
         assert_eq!(out.input_ids, ids_of(&v["input_ids"]), "{name}");
-        assert_eq!(out.images.pixel_values_shape[1], out.grids.len());
+        assert_eq!(out.images.pixel_values_shape, [1, n, 3, 32, 32], "{name}");
+        assert_eq!(out.grids.len(), n);
     }
 }
 
