@@ -23,7 +23,7 @@ use crate::image::{
 use crate::processor_config::read_json_if_exists;
 use crate::prompt::{PromptError, PromptProcessor};
 use crate::tokenizer::TextTokenizer;
-use crate::video::{expand_video_prompts, VideoClip};
+use crate::video::{expand_video_prompts, VideoClip, VideoProcessorSettings};
 
 /// The checkpoint families, by `config.json` `model_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +238,40 @@ impl FamilyProcessor {
         })
     }
 
+    /// Idefics3 / SmolVLM: set the two options that leave parity with transformers (off by default): at most
+    /// `max_tiles` tiles per image, and `upscale = false` to keep images smaller than `size.longest_edge` at their
+    /// size (see [`crate::image::Idefics3ImageProcessorConfig`]). Idefics2 has no tiling: asking it for a
+    /// non-default is an error.
+    pub fn with_tiling_options(
+        self,
+        max_tiles: Option<usize>,
+        upscale: bool,
+    ) -> Result<Self, ProcessorError> {
+        match self {
+            Self::Idefics3 {
+                family,
+                image,
+                prompt,
+            } => {
+                let config = crate::image::Idefics3ImageProcessorConfig {
+                    max_tiles,
+                    upscale,
+                    ..image.config().clone()
+                };
+                Ok(Self::Idefics3 {
+                    family,
+                    image: Idefics3ImageProcessor::new(config)?,
+                    prompt,
+                })
+            }
+            Self::Idefics2 { .. } if max_tiles.is_none() && upscale => Ok(self),
+            Self::Idefics2 { .. } => Err(ProcessorError::Unsupported(
+                "max_tiles / no-upscale apply to Idefics3 / SmolVLM tiling; Idefics2 splits into 4 crops + the image"
+                    .into(),
+            )),
+        }
+    }
+
     /// The family.
     pub fn family(&self) -> ModelFamily {
         match self {
@@ -406,12 +440,12 @@ impl FamilyProcessor {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
         videos: &[(Vec<RgbImage>, VideoClip)],
-        longest_edge: usize,
+        settings: &VideoProcessorSettings,
     ) -> Result<ProcessedInputs, ProcessorError> {
         let (image, p) = self.video_parts(videos)?;
         let clips: Vec<VideoClip> = videos.iter().map(|(_, c)| c.clone()).collect();
         let encoded = p.encode_video_chat(messages, add_generation_prompt, &clips)?;
-        let images = video_frames(image, videos, longest_edge)?;
+        let images = video_frames(image, videos, settings)?;
         encoded.check_frames(images.pixel_values_shape[1])?;
         Ok(ProcessedInputs {
             input_ids: encoded.input_ids,
@@ -444,18 +478,18 @@ impl FamilyProcessor {
 
     /// SmolVLM2 videos: a prompt whose `<video>` markers stand for `videos` (frames already chosen, e.g. with
     /// [`crate::video::sample_frame_indices`], and their timestamps). Every frame is one unsplit image, resized
-    /// with `longest_edge` (the video processor's `size`, e.g. `video_sampling.video_size`) then to the tile.
+    /// as `settings` say ([`VideoProcessorSettings::from_dir`]).
     pub fn process_video_prompt(
         &self,
         prompt: &str,
         videos: &[(Vec<RgbImage>, VideoClip)],
-        longest_edge: usize,
+        settings: &VideoProcessorSettings,
     ) -> Result<ProcessedInputs, ProcessorError> {
         let (image, p) = self.video_parts(videos)?;
         let clips: Vec<VideoClip> = videos.iter().map(|(_, c)| c.clone()).collect();
         let expanded = expand_video_prompts(prompt, &clips, p.config().image_seq_len)?;
         let input_ids = p.tokenizer().encode(&expanded, true)?;
-        let images = video_frames(image, videos, longest_edge)?;
+        let images = video_frames(image, videos, settings)?;
         let n = images.pixel_values_shape[1];
         Ok(ProcessedInputs {
             input_ids,
@@ -470,12 +504,12 @@ impl FamilyProcessor {
 fn video_frames(
     image: &Idefics3ImageProcessor,
     videos: &[(Vec<RgbImage>, VideoClip)],
-    longest_edge: usize,
+    settings: &VideoProcessorSettings,
 ) -> Result<ImageBatch, ImageError> {
     let mut frames = Vec::new();
     for (video, _) in videos {
         for f in video {
-            frames.push(image.video_frame(f, longest_edge)?);
+            frames.push(image.video_frame(f, settings.longest_edge, settings.max_image_size)?);
         }
     }
     image.pack(&[frames])

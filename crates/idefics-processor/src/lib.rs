@@ -27,4 +27,4 @@ pub use idefics3_prompt::{
 pub use processor_config::ProcessorConfig;
 pub use prompt::{expand_image_tokens, EncodedPrompt, PromptError, PromptProcessor};
 pub use tokenizer::{Piece, SpecialTokenIds, TextTokenizer, TokenizerConfig};
-pub use video::{VideoClip, VideoMetadata};
+pub use video::{VideoClip, VideoMetadata, VideoProcessorSettings};

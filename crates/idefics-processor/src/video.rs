@@ -194,6 +194,80 @@ pub fn expand_video_prompts(
     Ok(out)
 }
 
+/// The video processor's settings of a SmolVLM2 checkpoint (`SmolVLMVideoProcessor`), found as transformers 5.24
+/// finds them (video_processing_utils.py): the `video_processor` object nested in processor_config.json, else
+/// video_preprocessor_config.json, else preprocessor_config.json. In SmolVLMVideoProcessor.__init__,
+/// `video_sampling` gives `max_frames`, `fps` and the frame size, and an explicit `size` wins over
+/// `video_sampling.video_size`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoProcessorSettings {
+    /// Frames are first scaled so that their long side is this (class default 4 x 364).
+    pub longest_edge: usize,
+    /// Then squared to this side (class default 364).
+    pub max_image_size: usize,
+    /// Most frames `sample_frames` keeps (`video_sampling.max_frames` / `num_frames`), if set.
+    pub max_frames: Option<usize>,
+    /// Frames per second `sample_frames` aims at (`video_sampling.fps` / `fps`), if set.
+    pub fps: Option<f64>,
+}
+
+impl Default for VideoProcessorSettings {
+    fn default() -> Self {
+        Self {
+            longest_edge: 4 * 364,
+            max_image_size: 364,
+            max_frames: None,
+            fps: None,
+        }
+    }
+}
+
+impl VideoProcessorSettings {
+    /// Read the settings of a checkpoint directory (class defaults where nothing is set).
+    pub fn from_dir(dir: &std::path::Path) -> Result<Self, PromptError> {
+        use crate::processor_config::read_json_if_exists;
+        let nested = read_json_if_exists(&dir.join("processor_config.json"))?
+            .and_then(|p| p.get("video_processor").cloned());
+        let value = match nested {
+            Some(v) => Some(v),
+            None => match read_json_if_exists(&dir.join("video_preprocessor_config.json"))? {
+                Some(v) => Some(v),
+                None => read_json_if_exists(&dir.join("preprocessor_config.json"))?,
+            },
+        };
+        Ok(value.map(|v| Self::from_value(&v)).unwrap_or_default())
+    }
+
+    /// Settings from one video-processor JSON object.
+    pub fn from_value(v: &serde_json::Value) -> Self {
+        let d = Self::default();
+        let longest = |x: Option<&serde_json::Value>| {
+            x.and_then(|s| s.get("longest_edge"))
+                .and_then(serde_json::Value::as_u64)
+                .map(|n| n as usize)
+        };
+        let sampling = v.get("video_sampling");
+        let longest_edge = longest(v.get("size"))
+            .or_else(|| longest(sampling.and_then(|s| s.get("video_size"))))
+            .unwrap_or(d.longest_edge);
+        let max_frames = sampling
+            .and_then(|s| s.get("max_frames"))
+            .or_else(|| v.get("num_frames"))
+            .and_then(serde_json::Value::as_u64)
+            .map(|n| n as usize);
+        let fps = sampling
+            .and_then(|s| s.get("fps"))
+            .or_else(|| v.get("fps"))
+            .and_then(serde_json::Value::as_f64);
+        Self {
+            longest_edge,
+            max_image_size: longest(v.get("max_image_size")).unwrap_or(d.max_image_size),
+            max_frames,
+            fps,
+        }
+    }
+}
+
 /// A decoded video as `sample_frames` sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VideoMetadata {
@@ -263,6 +337,23 @@ mod tests {
         assert_eq!(num2words_en(1001), "one thousand and one");
         assert_eq!(timedelta_str(75), "0:01:15");
         assert_eq!(timedelta_str(90_061), "1 day, 1:01:01");
+    }
+
+    #[test]
+    fn video_settings_precedence() {
+        let v = serde_json::json!({
+            "video_sampling": {"fps": 1, "max_frames": 64, "video_size": {"longest_edge": 512}},
+            "max_image_size": {"longest_edge": 512}
+        });
+        let s = VideoProcessorSettings::from_value(&v);
+        assert_eq!((s.longest_edge, s.max_image_size), (512, 512));
+        assert_eq!((s.max_frames, s.fps), (Some(64), Some(1.0)));
+        let v = serde_json::json!({"size": {"longest_edge": 2048}, "video_sampling": {"video_size": {"longest_edge": 512}}});
+        assert_eq!(VideoProcessorSettings::from_value(&v).longest_edge, 2048);
+        assert_eq!(
+            VideoProcessorSettings::from_value(&serde_json::json!({})),
+            VideoProcessorSettings::default()
+        );
     }
 
     #[test]

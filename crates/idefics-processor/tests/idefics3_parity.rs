@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use idefics_processor::image::idefics3::{Idefics3ImageProcessor, TileGrid};
 use idefics_processor::video::{
     expand_video_prompts, num2words_en, sample_frame_indices, VideoClip, VideoMetadata,
+    VideoProcessorSettings,
 };
 use idefics_processor::{
     decode_image_file, ChatMessage, DecodeLimits, FamilyProcessor, ModelFamily, PromptRow,
@@ -354,7 +355,15 @@ fn video_prompts_match_smolvlm_processor() {
     let m = manifest();
     for v in m["videos"].as_array().unwrap() {
         let name = v["name"].as_str().unwrap();
-        let proc = FamilyProcessor::from_dir(&fixtures().join("ckpt_smolvlm_small")).unwrap();
+        let dir = fixtures().join("ckpt_smolvlm_small");
+        let proc = FamilyProcessor::from_dir(&dir).unwrap();
+        // This checkpoint has no video-processor settings: SmolVLMVideoProcessor's class defaults, with a small
+        // long side and the image side's tile so that frames stay small.
+        let settings = VideoProcessorSettings {
+            longest_edge: 64,
+            max_image_size: 32,
+            ..VideoProcessorSettings::from_dir(&dir).unwrap()
+        };
         let timestamps: Vec<f64> = v["timestamps"]
             .as_array()
             .unwrap()
@@ -372,7 +381,7 @@ fn video_prompts_match_smolvlm_processor() {
             Some(m) => {
                 let messages: Vec<ChatMessage> = serde_json::from_value(m.clone()).unwrap();
                 let out = proc
-                    .process_video_chat(&messages, true, &[(frames, clip)], 64)
+                    .process_video_chat(&messages, true, &[(frames, clip)], &settings)
                     .unwrap();
                 assert_eq!(out.text, text, "{name}: rendered chat");
                 out
@@ -381,7 +390,7 @@ fn video_prompts_match_smolvlm_processor() {
                 let expanded =
                     expand_video_prompts("<video>", std::slice::from_ref(&clip), 4).unwrap();
                 assert_eq!(expanded, v["replacement"].as_str().unwrap(), "{name}");
-                proc.process_video_prompt(text, &[(frames, clip)], 64)
+                proc.process_video_prompt(text, &[(frames, clip)], &settings)
                     .unwrap()
             }
         };
@@ -503,4 +512,37 @@ fn gpt2_tokenizer_is_rebuilt_like_transformers() {
             "{text:?}"
         );
     }
+}
+
+#[test]
+fn tiling_options_leave_parity_only_when_asked() {
+    let dir = fixtures().join("ckpt_smolvlm_small");
+    let img = synthetic_rgb(90, 120, 2);
+    let parity = FamilyProcessor::from_dir(&dir).unwrap();
+    let full = parity
+        .process_prompt("<image>", std::slice::from_ref(&img), None)
+        .unwrap();
+    assert_eq!(full.grids, vec![TileGrid { rows: 3, cols: 4 }]);
+    let capped = FamilyProcessor::from_dir(&dir)
+        .unwrap()
+        .with_tiling_options(Some(4), true)
+        .unwrap();
+    let out = capped
+        .process_prompt("<image>", std::slice::from_ref(&img), None)
+        .unwrap();
+    assert_eq!(out.grids, vec![TileGrid { rows: 2, cols: 2 }]);
+    assert_eq!(out.images.pixel_values_shape[1], 5);
+    let small = synthetic_rgb(30, 20, 3);
+    let keep = FamilyProcessor::from_dir(&dir)
+        .unwrap()
+        .with_tiling_options(None, false)
+        .unwrap();
+    let out = keep
+        .process_prompt("<image>", std::slice::from_ref(&small), None)
+        .unwrap();
+    assert_eq!(out.grids, vec![TileGrid::default()]);
+    let up = parity.process_prompt("<image>", &[small], None).unwrap();
+    assert_eq!(up.grids, vec![TileGrid { rows: 4, cols: 3 }]);
+    let idefics2 = FamilyProcessor::from_dir(&root().join("tokenizer")).unwrap();
+    assert!(idefics2.with_tiling_options(Some(2), true).is_err());
 }

@@ -425,22 +425,29 @@ impl Idefics3ImageProcessor {
     }
 
     /// One video frame as SmolVLM's video processor prepares it: never split, the long side scaled to
-    /// `longest_edge` (the video processor's `size`), then squared to the tile. transformers runs this step
-    /// with torchvision; here it is Pillow's LANCZOS like the image path, so video pixels are not bit-exact.
+    /// `longest_edge` (the video processor's `size`), then squared to `tile` (its `max_image_size`).
+    /// transformers runs this step with torchvision; here it is Pillow's LANCZOS like the image path, so video
+    /// pixels are not bit-exact.
     pub fn video_frame(
         &self,
         image: &RgbImage,
         longest_edge: usize,
+        tile: usize,
     ) -> Result<RgbImage, ImageError> {
         let (w, h) = (image.width(), image.height());
-        if w == 0 || h == 0 || longest_edge == 0 {
+        if w == 0 || h == 0 {
             return Err(ImageError::ZeroSize {
                 width: w,
                 height: h,
             });
         }
+        if longest_edge == 0 || tile == 0 {
+            return Err(ImageError::ResizeTarget {
+                width: longest_edge,
+                height: tile,
+            });
+        }
         let (th, tw) = longest_edge_size(h, w, longest_edge.min(MAX_IMAGE_SIZE));
-        let tile = self.config.max_image_size;
         let img = resize(image, tw, th, self.config.resample)?;
         resize(&img, tile, tile, self.config.resample)
     }
