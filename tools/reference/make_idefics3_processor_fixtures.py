@@ -119,6 +119,10 @@ CHECKPOINTS = {
     # Idefics3 family (Idefics3Processor), odd tile 24, longest edge 72.
     "idefics3_small": ("idefics3", "saved", dict(IMAGE_DEFAULTS, size={"longest_edge": 72},
                                                   max_image_size={"longest_edge": 24}), 5, IDEFICS3_TEMPLATE),
+    # idefics3_small with a tokenizer whose post-processor adds a BOS (as Idefics3-8B's Llama-3 tokenizer does):
+    # tokenizer.json replaced by tokenizer_gpt2_rebuild's after saving.
+    "idefics3_bos": ("idefics3", "saved", dict(IMAGE_DEFAULTS, size={"longest_edge": 72},
+                                                max_image_size={"longest_edge": 24}), 5, IDEFICS3_TEMPLATE),
     # No step-2 resize, BICUBIC, chat template only in tokenizer_config.json (the lowest-precedence place).
     "idefics3_noresize": ("idefics3", "tokenizer_template", dict(IMAGE_DEFAULTS, do_resize=False, resample=3,
                                                                   max_image_size={"longest_edge": 16}),
@@ -262,8 +266,14 @@ def run_case(case, tensors):
     if padding:
         proc.tokenizer.padding_side = "left"
     has_images = any(len(s) for s in images)
+    if "messages" in case:
+        # What processor.apply_chat_template(tokenize=True) does (processing_utils.py): no second BOS when the
+        # rendered text starts with it.
+        bos = proc.tokenizer.bos_token
+        kwargs["add_special_tokens"] = not (bos is not None and texts[0].startswith(bos))
     out = proc(text=texts, images=images if has_images else None, padding=padding, return_tensors="np", **kwargs)
     # rows / cols per image, as the image processor reports them (the prompt expansion follows them).
+    kwargs.pop("add_special_tokens", None)
     if has_images:
         rc = proc.image_processor(images, return_row_col_info=True, return_tensors="np", **kwargs)
         rows, cols = rc["rows"], rc["cols"]
@@ -337,6 +347,11 @@ def image_cases():
                   images=[[syn(25, 25, 16)]],
                   messages=[[{"role": "user", "content": [{"type": "image"},
                                                           {"type": "text", "text": "Describe the picture."}]}]]))
+    c.append(dict(name="i3_bos_chat", checkpoint="idefics3_bos", images=[[syn(40, 30, 20)]],
+                  messages=[[{"role": "user", "content": [{"type": "image"},
+                                                          {"type": "text", "text": "What is the ﬁrst sign?"}]}]]))
+    c.append(dict(name="i3_bos_raw", checkpoint="idefics3_bos", images=[[syn(40, 30, 20)]],
+                  prompts=["User:<image>What is the ﬁrst sign? 123<end_of_utterance>\nAssistant:"]))
     c.append(dict(name="i3_noresize_chat", checkpoint="idefics3_noresize", images=[[syn(37, 20, 19)]],
                   messages=[[{"role": "user", "content": [{"type": "text", "text": "Read the text in the image."},
                                                           {"type": "image"}]}]]))
@@ -466,6 +481,9 @@ def main():
     tokenizer.save_pretrained(OUT / "tokenizer")
     for name in CHECKPOINTS:
         write_checkpoint(name, tokenizer)
+    gpt2_rebuild = gpt2_rebuild_case()
+    (OUT / "ckpt_idefics3_bos" / "tokenizer.json").write_text(
+        (OUT / "tokenizer_gpt2_rebuild" / "tokenizer.json").read_text())
     tensors, cases = {}, []
     for case in image_cases():
         cases.append(run_case(case, tensors))
@@ -476,7 +494,7 @@ def main():
         "videos": video_cases(load_proc("smolvlm_small")),
         "sampling": sampling_cases(),
         "animations": animation_frames(tensors),
-        "gpt2_rebuild": gpt2_rebuild_case(),
+        "gpt2_rebuild": gpt2_rebuild,
         "num2words": {str(n): num2words(n) for n in list(range(0, 130)) + [200, 999, 1000, 1001, 1234, 2000,
                                                                            10000, 12345, 100000, 999999]},
     }
