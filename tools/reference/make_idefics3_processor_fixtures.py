@@ -15,12 +15,14 @@ Writes tests/fixtures/idefics3/processor/:
                            (processor_config.json with the nested image_processor, chat_template.jinja) or the Hub
                            layout (preprocessor_config.json + processor_config.json + chat_template.json), plus a
                            config.json holding only `model_type`
+  tokenizer_gpt2_rebuild/  that tokenizer.json with an NFKC normalizer, a Digits pre-tokenizer and a BOS post-processor
+                           (transformers' GPT2Tokenizer drops the first two), and ids transformers gives
   frames.safetensors       per case: the uint8 frames [B, M, 3, H, W] the float pixel_values decode to, and the
-                           pixel_attention_mask as uint8 (small cases only)
+                           pixel_attention_mask as uint8 (small cases only); Pillow's frames of the animated fixtures
   manifest.json            per case: inputs, checkpoint, splitting, rendered prompt text, input_ids, attention_mask,
                            rows / cols per image, shapes, and a digest (CRC-32 + byte sum) of the float32
                            pixel_values bytes and of the int64 mask bytes (every case, including the large ones);
-                           the video prompt cases; frame-sampling cases; num2words words
+                           the video prompt cases (raw and chat); frame-sampling cases; num2words words
   VERSIONS.json            library versions
 
 Images: committed files of tests/fixtures/images/files (passed as paths: transformers' load_image decodes them) and
