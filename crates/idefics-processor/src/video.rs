@@ -28,6 +28,9 @@ pub struct VideoClip {
 
 impl VideoClip {
     /// Timestamps of frames `indices` of a video decoded at `fps` frames per second (`index / fps`).
+    /// Frames given without video metadata (`--frames a.png b.png`) are, in transformers 5.24
+    /// (video_utils.py `make_batched_metadata`, processing_smolvlm.py), indices `0..n` at [`DEFAULT_VIDEO_FPS`]
+    /// with no duration.
     pub fn from_indices(indices: &[usize], fps: f64, duration: Option<f64>) -> Self {
         Self {
             timestamps: indices.iter().map(|&i| i as f64 / fps).collect(),
