@@ -63,6 +63,8 @@ pub enum ContentPart {
     },
     /// One image slot.
     Image {},
+    /// One video slot (SmolVLM2; rendered as `<video>` by its template).
+    Video {},
 }
 
 impl ChatMessage {
@@ -113,6 +115,14 @@ pub struct RenderedChat {
 }
 
 impl RenderedChat {
+    /// Number of template-written pieces of token `id` (e.g. `<video>` slots).
+    pub fn count_token(&self, id: u32) -> usize {
+        self.pieces
+            .iter()
+            .filter(|p| matches!(p, Piece::Token(t) if *t == id))
+            .count()
+    }
+
     /// Number of image slots (template-written `<image>` tokens).
     pub fn image_slots(&self) -> usize {
         self.pieces
@@ -241,6 +251,7 @@ impl ChatTemplate {
                             ("text", JValue::from(mark_control_tokens(&text, &tokens))),
                         ]),
                         ContentPart::Image {} => map(vec![("type", JValue::from("image"))]),
+                        ContentPart::Video {} => map(vec![("type", JValue::from("video"))]),
                     })
                     .collect();
                 map(vec![
@@ -368,7 +379,7 @@ fn fold_system_messages(messages: &[ChatMessage]) -> Vec<ChatMessage> {
         .flat_map(|m| m.parts_vec())
         .filter_map(|p| match p {
             ContentPart::Text { text } => Some(text),
-            ContentPart::Image {} => None,
+            ContentPart::Image {} | ContentPart::Video {} => None,
         })
         .collect();
     let prefix = ContentPart::Text {

@@ -1,11 +1,13 @@
 //! The checkpoint's text tokenizer (tokenizer.json + tokenizer_config.json), run as transformers 5.x runs it.
 //!
-//! Two things differ from "load tokenizer.json and call encode":
+//! Three things differ from "load tokenizer.json and call encode":
 //! * transformers 5.x rebuilds a `LlamaTokenizer`'s pipeline from the vocabulary instead of trusting the file's
 //!   normalizer / pre-tokenizer (transformers src/transformers/models/llama/tokenization_llama.py): no normalizer,
 //!   `Metaspace("▁", prepend_scheme = "first" when legacy=false, split=false)`. idefics2-8b ships a legacy
 //!   Mistral tokenizer.json (`Prepend("▁")` normalizer), so without the rebuild "<image>What" would give "▁What"
 //!   where transformers gives "What". We do the same rebuild.
+//! * `GPT2Tokenizer` (SmolVLM) is rebuilt the same way: no normalizer, a plain `ByteLevel` pre-tokenizer
+//!   (src/transformers/models/gpt2/tokenization_gpt2.py), whatever tokenizer.json holds.
 //! * Chat text from users is encoded with special-token parsing off ([`TextTokenizer::encode_pieces`]), so that a
 //!   literal "<image>" typed by a user stays text.
 
@@ -167,6 +169,8 @@ impl TextTokenizer {
             Tokenizer::from_file(tokenizer_json).map_err(|e| tok_err(tokenizer_json, e))?;
         if is_llama_class(config.tokenizer_class.as_deref()) {
             rebuild_llama_pipeline(&mut inner, &config).map_err(|e| tok_err(tokenizer_json, e))?;
+        } else if is_gpt2_class(config.tokenizer_class.as_deref()) {
+            rebuild_gpt2_pipeline(&mut inner, &config).map_err(|e| tok_err(tokenizer_json, e))?;
         }
         // processing_idefics2.py adds the image tokens and <end_of_utterance> when the tokenizer lacks them.
         let missing: Vec<AddedToken> = [FAKE_IMAGE_TOKEN, IMAGE_TOKEN, END_OF_UTTERANCE_TOKEN]
@@ -329,6 +333,32 @@ impl TextTokenizer {
 
 fn is_llama_class(class: Option<&str>) -> bool {
     matches!(class, Some("LlamaTokenizer" | "LlamaTokenizerFast"))
+}
+
+fn is_gpt2_class(class: Option<&str>) -> bool {
+    matches!(class, Some("GPT2Tokenizer" | "GPT2TokenizerFast"))
+}
+
+/// Mirror transformers 5.x `GPT2Tokenizer.__init__` (src/transformers/models/gpt2/tokenization_gpt2.py; the SmolVLM
+/// checkpoints' class): the pipeline is rebuilt from the vocabulary, so tokenizer.json's normalizer is dropped and
+/// its pre-tokenizer (SmolLM's `Digits` + `ByteLevel`) becomes a plain `ByteLevel(add_prefix_space)`; the
+/// post-processor is kept.
+fn rebuild_gpt2_pipeline(tok: &mut Tokenizer, config: &TokenizerConfig) -> Result<(), String> {
+    let add_prefix_space = config.add_prefix_space.unwrap_or(false);
+    let byte_level = |prefix: bool| {
+        serde_json::json!({
+            "type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": true, "use_regex": true
+        })
+    };
+    let pre: PreTokenizerWrapper =
+        serde_json::from_value(byte_level(add_prefix_space)).map_err(|e| e.to_string())?;
+    let decoder: tokenizers::DecoderWrapper =
+        serde_json::from_value(byte_level(true)).map_err(|e| e.to_string())?;
+    tok.with_normalizer(None::<tokenizers::NormalizerWrapper>)
+        .map_err(|e| e.to_string())?;
+    tok.with_pre_tokenizer(Some(pre));
+    tok.with_decoder(Some(decoder));
+    Ok(())
 }
 
 /// Mirror transformers 5.x `LlamaTokenizer.__init__` + `update_post_processor` on a loaded tokenizer.json.

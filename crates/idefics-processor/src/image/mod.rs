@@ -1,17 +1,24 @@
-//! Images: file bytes -> RGB pixels -> Idefics2 `pixel_values` / `pixel_attention_mask`, as transformers
-//! computes them through `Idefics2Processor` with the PIL backend (idefics-spec.md §8).
+//! Images: file bytes -> RGB pixels -> `pixel_values` / `pixel_attention_mask`, as transformers computes them
+//! through `Idefics2Processor` / `Idefics3Processor` / `SmolVLMProcessor` with the PIL backend.
 //!
 //! Pipeline: [`decode`] (format sniffing, limits, EXIF orientation, Pillow's conversion to RGB) ->
-//! [`processor`] (split, Pillow-exact [`resize`], rescale/normalize, pad).
+//! [`processor`] (Idefics2: split, Pillow-exact [`resize`], rescale/normalize, pad) or [`idefics3`]
+//! (Idefics3 / SmolVLM: longest-edge resize, tiles + global image, rescale/normalize, pad).
 
+pub mod animation;
 pub mod decode;
 pub mod error;
+pub mod idefics3;
 pub mod processor;
 pub mod resize;
 mod transparency;
 
+pub use animation::{decode_animation, AnimationFrame};
 pub use decode::{decode_image, decode_image_file, DecodeLimits, ImageFormatKind};
 pub use error::ImageError;
+pub use idefics3::{
+    Idefics3ImageBatch, Idefics3ImageProcessor, Idefics3ImageProcessorConfig, TileGrid,
+};
 pub use processor::{
     read_image_seq_len, Idefics2ImageProcessor, Idefics2ImageProcessorConfig, ImageBatch,
     ImageSize, NormalizeLut,

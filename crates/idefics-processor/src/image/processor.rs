@@ -31,13 +31,13 @@ pub struct ImageSize {
 /// A mean / std that configs write either as one number or one per channel.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum PerChannel {
+pub(crate) enum PerChannel {
     One(f64),
     Many(Vec<f64>),
 }
 
 impl PerChannel {
-    fn to3(&self, field: &'static str) -> Result<[f64; 3], ImageError> {
+    pub(crate) fn to3(&self, field: &'static str) -> Result<[f64; 3], ImageError> {
         match self {
             Self::One(v) => Ok([*v; 3]),
             Self::Many(v) => <[f64; 3]>::try_from(v.as_slice()).map_err(|_| ImageError::Config {
@@ -254,14 +254,14 @@ pub fn read_image_seq_len(dir: &Path) -> Result<Option<usize>, ImageError> {
     }
 }
 
-fn read(path: &Path) -> Result<String, ImageError> {
+pub(crate) fn read(path: &Path) -> Result<String, ImageError> {
     std::fs::read_to_string(path).map_err(|source| ImageError::Io {
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn file_err(path: &Path, e: impl std::fmt::Display) -> ImageError {
+pub(crate) fn file_err(path: &Path, e: impl std::fmt::Display) -> ImageError {
     ImageError::ConfigFile {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -280,16 +280,23 @@ pub struct NormalizeLut {
 impl NormalizeLut {
     /// The table for a config's `do_rescale` / `do_normalize` / factor / mean / std.
     pub fn new(cfg: &Idefics2ImageProcessorConfig) -> Self {
+        Self::from_settings(
+            cfg.do_rescale.then_some(cfg.rescale_factor),
+            cfg.do_normalize.then_some((cfg.image_mean, cfg.image_std)),
+        )
+    }
+
+    /// The table for a rescale factor (`None`: no rescale) and a per-channel mean / std (`None`: no normalize).
+    pub fn from_settings(rescale: Option<f64>, normalize: Option<([f64; 3], [f64; 3])>) -> Self {
         let mut table = [[0f32; 256]; 3];
         for (c, row) in table.iter_mut().enumerate() {
             for (v, out) in row.iter_mut().enumerate() {
-                let mut y = if cfg.do_rescale {
-                    (v as f64 * cfg.rescale_factor) as f32
-                } else {
-                    v as f32
+                let mut y = match rescale {
+                    Some(factor) => (v as f64 * factor) as f32,
+                    None => v as f32,
                 };
-                if cfg.do_normalize {
-                    y = (y - cfg.image_mean[c] as f32) / cfg.image_std[c] as f32;
+                if let Some((mean, std)) = normalize {
+                    y = (y - mean[c] as f32) / std[c] as f32;
                 }
                 *out = y;
             }
@@ -444,67 +451,78 @@ impl Idefics2ImageProcessor {
 
     /// Steps 5-7: rescale/normalize each uint8 frame, pad to the batch maximum, build the mask.
     pub fn pack(&self, frames: &[Vec<RgbImage>]) -> Result<ImageBatch, ImageError> {
-        let b = frames.len();
-        let m = frames.iter().map(Vec::len).max().unwrap_or(0);
-        let all = || frames.iter().flatten();
-        let hmax = all().map(RgbImage::height).max().unwrap_or(0);
-        let wmax = all().map(RgbImage::width).max().unwrap_or(0);
-        if !self.config.do_pad {
-            let uneven = all().any(|f| f.height() != hmax || f.width() != wmax)
-                || frames.iter().any(|s| s.len() != m);
-            if uneven {
-                return Err(ImageError::Unpadded {
-                    message: format!(
-                        "frame sizes {:?}",
-                        frames
-                            .iter()
-                            .map(|s| s
-                                .iter()
-                                .map(|f| (f.height(), f.width()))
-                                .collect::<Vec<_>>())
-                            .collect::<Vec<_>>()
-                    ),
-                });
-            }
-        }
-        let plane = hmax * wmax;
-        let mut pixel_values = vec![0f32; b * m * 3 * plane];
-        let mut mask = vec![0u8; b * m * plane];
-        for (bi, sample) in frames.iter().enumerate() {
-            for (mi, frame) in sample.iter().enumerate() {
-                let base = (bi * m + mi) * 3 * plane;
-                let mask_base = (bi * m + mi) * plane;
-                let (fh, fw) = (frame.height(), frame.width());
-                if fh == 0 || fw == 0 {
-                    continue;
-                }
-                for (y, row) in frame.as_bytes().chunks_exact(fw * 3).enumerate() {
-                    for (x, px) in row.chunks_exact(3).enumerate() {
-                        let at = y * wmax + x;
-                        pixel_values[base + at] = self.lut.table[0][px[0] as usize];
-                        pixel_values[base + plane + at] = self.lut.table[1][px[1] as usize];
-                        pixel_values[base + 2 * plane + at] = self.lut.table[2][px[2] as usize];
-                    }
-                    mask[mask_base + y * wmax..mask_base + y * wmax + fw].fill(1);
-                }
-            }
-        }
-        Ok(ImageBatch {
-            pixel_values,
-            pixel_values_shape: [b, m, 3, hmax, wmax],
-            pixel_attention_mask: mask,
-            frames_per_sample: frames.iter().map(Vec::len).collect(),
-            frame_sizes: frames
-                .iter()
-                .map(|s| s.iter().map(|f| (f.height(), f.width())).collect())
-                .collect(),
-        })
+        pack_frames(frames, &self.lut, self.config.do_pad)
     }
+}
+
+/// Rescale/normalize each uint8 frame through `lut`, zero-pad every frame to the batch's largest height and width
+/// and every sample to the largest frame count, and build `pixel_attention_mask` (shared by the Idefics2 and
+/// Idefics3 processors, whose `pad` steps are the same). Without padding, frames must already agree.
+pub(crate) fn pack_frames(
+    frames: &[Vec<RgbImage>],
+    lut: &NormalizeLut,
+    do_pad: bool,
+) -> Result<ImageBatch, ImageError> {
+    let b = frames.len();
+    let m = frames.iter().map(Vec::len).max().unwrap_or(0);
+    let all = || frames.iter().flatten();
+    let hmax = all().map(RgbImage::height).max().unwrap_or(0);
+    let wmax = all().map(RgbImage::width).max().unwrap_or(0);
+    if !do_pad {
+        let uneven = all().any(|f| f.height() != hmax || f.width() != wmax)
+            || frames.iter().any(|s| s.len() != m);
+        if uneven {
+            return Err(ImageError::Unpadded {
+                message: format!(
+                    "frame sizes {:?}",
+                    frames
+                        .iter()
+                        .map(|s| s
+                            .iter()
+                            .map(|f| (f.height(), f.width()))
+                            .collect::<Vec<_>>())
+                        .collect::<Vec<_>>()
+                ),
+            });
+        }
+    }
+    let plane = hmax * wmax;
+    let mut pixel_values = vec![0f32; b * m * 3 * plane];
+    let mut mask = vec![0u8; b * m * plane];
+    for (bi, sample) in frames.iter().enumerate() {
+        for (mi, frame) in sample.iter().enumerate() {
+            let base = (bi * m + mi) * 3 * plane;
+            let mask_base = (bi * m + mi) * plane;
+            let (fh, fw) = (frame.height(), frame.width());
+            if fh == 0 || fw == 0 {
+                continue;
+            }
+            for (y, row) in frame.as_bytes().chunks_exact(fw * 3).enumerate() {
+                for (x, px) in row.chunks_exact(3).enumerate() {
+                    let at = y * wmax + x;
+                    pixel_values[base + at] = lut.table[0][px[0] as usize];
+                    pixel_values[base + plane + at] = lut.table[1][px[1] as usize];
+                    pixel_values[base + 2 * plane + at] = lut.table[2][px[2] as usize];
+                }
+                mask[mask_base + y * wmax..mask_base + y * wmax + fw].fill(1);
+            }
+        }
+    }
+    Ok(ImageBatch {
+        pixel_values,
+        pixel_values_shape: [b, m, 3, hmax, wmax],
+        pixel_attention_mask: mask,
+        frames_per_sample: frames.iter().map(Vec::len).collect(),
+        frame_sizes: frames
+            .iter()
+            .map(|s| s.iter().map(|f| (f.height(), f.width())).collect())
+            .collect(),
+    })
 }
 
 /// `convert_to_rgb` of an RGB image that carries Pillow's `info["transparency"]` colour: RGBA with alpha 0 on
 /// that colour, composited over opaque white, so those pixels become exactly white.
-fn whiten_color_key(image: &RgbImage, key: [u8; 3]) -> RgbImage {
+pub(crate) fn whiten_color_key(image: &RgbImage, key: [u8; 3]) -> RgbImage {
     let mut data = image.as_bytes().to_vec();
     for px in data.chunks_exact_mut(3) {
         if px == key {
