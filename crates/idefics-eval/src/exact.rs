@@ -7,7 +7,7 @@
 //!   (`exact_match` via `aggregate_metrics`, max over answers);
 //! - [`ExactNormalization::Vqa`]: both sides through the official VQA answer normalisation
 //!   ([`crate::vqa::normalize_answer`]: whitespace, punctuation, number words, articles, contractions) and
-//!   then compared. This follows our reading of the Idefics2 evaluation code (m4, paper-notes §7.2): exact
+//!   then compared. This follows our reading of the Idefics2 evaluation code (huggingface/m4): exact
 //!   match for questions with a single ground truth, with its replica of the official normalisation
 //!   (`VQANormalizationGtVisionLab`) applied to prediction and answer alike. Not checked against m4 itself.
 //! - [`ExactNormalization::Loose`]: our own, for the synthetic set (`idefics data synth`), whose answers are

@@ -1,6 +1,6 @@
 //! MMMU-style scoring of open (free-form) answers, ported from MMMU-Benchmark/MMMU
 //! `mmmu/utils/eval_utils.py` (`parse_open_response`, `normalize_str`, `extract_numbers`, `eval_open`).
-//! m4 (the Idefics2 evaluation code) scores MMMU open questions and MathVista this way (paper-notes §7.4).
+//! m4 (the Idefics2 evaluation code) scores MMMU open questions and MathVista this way.
 //!
 //! The response is cut into "key" sub-responses (the text after the last indicator word such as `is `,
 //! `so `, `answer `, or `=` in the last line, the shortest one per line), numbers are extracted from them

@@ -1,4 +1,4 @@
-//! The prompts the Idefics2 paper evaluated with (paper-notes §7.1, Paper A.3.1 and m4's evaluation code).
+//! The prompts the Idefics2 paper evaluated with (the paper's appendix A.3.1 and m4's evaluation code).
 //!
 //! - Instruct models, zero-shot. The user turn holds the image(s), then the text; the chat template (the
 //!   processor's job) wraps it as `User:<image>...<end_of_utterance>\nAssistant:`.

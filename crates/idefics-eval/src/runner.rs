@@ -1,7 +1,7 @@
 //! Running a model on a benchmark: samples -> the paper's prompts -> batched greedy generation ->
 //! `predictions.jsonl` (one flushed line per answer, so an interrupted run resumes) -> scores -> report.
 //!
-//! Prompts (idefics_eval::prompt, paper-notes §7.1): an instruct model gets the zero-shot instruct prompt
+//! Prompts ([`crate::prompt`], the paper's appendix A.3.1): an instruct model gets the zero-shot instruct prompt
 //! through the checkpoint's chat template (images first in the user turn); a base model (or any `shots > 0`
 //! run) gets the k-shot `Image:<image>Question: ... Answer:` text with shots from a disjoint support split,
 //! and stops at the format's stop words. Decoding is greedy, as the paper evaluated. The Cauldron rows (the

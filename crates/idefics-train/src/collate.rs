@@ -14,7 +14,7 @@
 //!   the template writes after it is formatting, never generated (generation stops at `<end_of_utterance>`).
 //!   BOS, user turns, the "Assistant:" prompt, image and fake tokens and padding are `-100`.
 //! * pairs: the caption and the EOS that ends it; documents: every text token and the final EOS. Image and fake
-//!   tokens and BOS are `-100` (transformers' recipe: `labels[labels == image_token_id] = -100`, spec §9.5).
+//!   tokens and BOS are `-100` (transformers' recipe: `labels[labels == image_token_id] = -100`, as in the Hugging Face Idefics2 fine-tuning tutorial).
 //!
 //! Chats are rendered with the checkpoint's chat template once for the whole conversation; each assistant answer
 //! is located by rendering the conversation prefixes (`[..user_k]` with the generation prompt and `[..assistant_k]`

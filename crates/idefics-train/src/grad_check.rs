@@ -1,8 +1,8 @@
 //! Gradient-flow check: every trainable tensor must receive a finite, non-zero gradient.
 //!
-//! Guards against candle's fused ops that silently drop the backward pass (rust-stack §1.3: fused
-//! rms_norm / softmax_last_dim / rope / QMatMul leave upstream parameters without gradients while
-//! `backward()` still succeeds) and against NaN/inf steps.
+//! Guards against candle's fused ops that silently drop the backward pass (candle 0.11's fused rms_norm /
+//! softmax_last_dim / rope / QMatMul have no `bwd`: upstream parameters get no gradient while `backward()`
+//! still succeeds) and against NaN/inf steps.
 
 use super::TrainError;
 use candle_core::backprop::GradStore;

@@ -2,8 +2,8 @@
 //!
 //! Logits are upcast to f32; labels are shifted left by one (position t predicts label t+1, the last
 //! position predicts nothing); label `-100` is ignored; the loss is the mean over the remaining
-//! tokens. Built from differentiable candle ops only (the fused `softmax_last_dim` has no backward,
-//! rust-stack §1.3): `nll_i = logsumexp(z_i) - z_i[y_i]` with the row max subtracted for stability.
+//! tokens. Built from differentiable candle ops only (candle 0.11's fused `softmax_last_dim` has no backward):
+//! `nll_i = logsumexp(z_i) - z_i[y_i]` with the row max subtracted for stability.
 //!
 //! When every label is ignored, torch returns NaN (0 / 0). We return [`TrainError::Invalid`]
 //! instead, so a training loop can skip the batch knowingly; use [`causal_lm_loss_sum`] to

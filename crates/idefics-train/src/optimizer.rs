@@ -1,7 +1,7 @@
 //! AdamW with f32 moments, parameter groups, global-norm gradient clipping and resumable state.
 //!
 //! candle-nn's `AdamW` keeps its moments in the parameter dtype and has no groups or clipping
-//! (rust-stack §1.2). This one follows `torch.optim.AdamW` step for step:
+//! (candle-nn 0.11 `optim.rs`). This one follows `torch.optim.AdamW` step for step:
 //!   p <- p (1 - lr wd);  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
 //!   p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 //! with m, v and the update computed in f32 whatever the parameter dtype. Weight decay is off for

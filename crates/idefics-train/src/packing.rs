@@ -1,5 +1,5 @@
 //! Pre-training rows from pairs and documents, as the paper's data pipeline builds them (m4
-//! `DATA_DOCUMENTATION.md`, paper-notes §4):
+//! `vision/m4/training/DATA_DOCUMENTATION.md` in huggingface/m4; the paper's section 4.1):
 //!
 //! * [`PairPacker`]: image-text pairs are concatenated (`<s>` + `<fake><image>…<fake> caption</s>` + …) until the
 //!   next pair would exceed `max_seq_len` or `max_num_images`; a pair is never split. A pair longer than a whole

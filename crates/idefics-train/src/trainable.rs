@@ -4,7 +4,7 @@
 //! - full: every tensor of the component becomes an f32 `Var`; linear layers stay plain matmuls.
 //! - frozen: tensors are detached; linear layers go through [`FrozenLinear`], whose backward gives only the
 //!   input gradient, so no full-size gradient of a frozen weight is ever computed or stored (candle's matmul
-//!   backward would do both, rust-stack.md §1.3).
+//!   backward would do both: it computes `grad_rhs` for every matmul whatever the rhs).
 //! - lora / dora: the component's linear layers (those the target selector picks; by default all of them but
 //!   the conv patch embedding) get a peft-compatible adapter over a frozen base; its other tensors are frozen.
 //!
