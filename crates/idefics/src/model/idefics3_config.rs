@@ -384,9 +384,13 @@ mod tests {
 
     #[test]
     fn class_defaults_when_sections_are_missing() {
-        let c = Idefics3Config::from_json_str(r#"{"model_type": "smolvlm"}"#).unwrap();
+        // transformers' defaults alone are inconsistent (image_token_id 128257 with LlamaConfig's 32000-token
+        // vocabulary); such a config is refused, naming the field.
+        let e = err(r#"{"model_type": "smolvlm"}"#);
+        assert!(e.contains("image_token_id (128257)"), "{e}");
+        let c = Idefics3Config::from_json_str(r#"{"model_type": "smolvlm", "image_token_id": 7}"#)
+            .unwrap();
         assert_eq!(c.model_type, Idefics3Family::Smolvlm);
-        assert_eq!(c.image_token_id, 128257);
         assert_eq!(c.scale_factor, 2);
         assert_eq!(c.vision_config.hidden_size, 1152);
         assert_eq!(c.vision_config.patch_size, 32);
@@ -405,7 +409,7 @@ mod tests {
 
     #[test]
     fn rope_scaling_in_both_layouts() {
-        let v5 = r#"{"model_type": "idefics3", "text_config": {"max_position_embeddings": 4096,
+        let v5 = r#"{"model_type": "idefics3", "image_token_id": 7, "text_config": {"max_position_embeddings": 4096,
             "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
               "low_freq_factor": 1.0, "high_freq_factor": 4.0}}}"#;
         let c = Idefics3Config::from_json_str(v5).unwrap();
@@ -419,7 +423,7 @@ mod tests {
                 original_max_position_embeddings: 4096
             }
         );
-        let v4 = r#"{"model_type": "idefics3", "text_config": {"rope_theta": 1000.0,
+        let v4 = r#"{"model_type": "idefics3", "image_token_id": 7, "text_config": {"rope_theta": 1000.0,
             "rope_scaling": {"type": "linear", "factor": 2.0}, "attention_bias": true, "mlp_bias": true}}"#;
         let c = Idefics3Config::from_json_str(v4).unwrap();
         assert_eq!(c.text_config.rope_theta, 1000.0);
