@@ -47,7 +47,11 @@ fn input_sets() -> Vec<(PathBuf, String)> {
             out.push((case.clone(), s));
         }
     }
-    assert!(out.len() >= 4, "expected fixture input sets under {}", root().display());
+    assert!(
+        out.len() >= 4,
+        "expected fixture input sets under {}",
+        root().display()
+    );
     out
 }
 
@@ -88,7 +92,11 @@ fn logits_match_transformers() {
             let logits = model
                 .forward(&inputs_of(&inputs, with_positions), None)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(logits.dims(), expected["logits"].dims(), "{name}: logits shape");
+            assert_eq!(
+                logits.dims(),
+                expected["logits"].dims(),
+                "{name}: logits shape"
+            );
             let (diff, ref_max) = masked_logit_diff(&logits, &expected["logits"], &mask);
             let tol = 1e-4 * ref_max.max(1.0);
             println!(
@@ -123,12 +131,18 @@ fn vision_tower_and_connector_match_transformers() {
         let diff = max_abs_diff(vision, reference);
         let tol = tolerance(reference);
         println!("{name}: vision max diff {diff:.3e} (tol {tol:.3e})");
-        assert!(diff <= tol, "{name}: vision hidden states differ by {diff:e} > {tol:e}");
+        assert!(
+            diff <= tol,
+            "{name}: vision hidden states differ by {diff:e} > {tol:e}"
+        );
         let reference = &expected["connector_output"];
         let diff = max_abs_diff(&feats.features, reference);
         let tol = tolerance(reference);
         println!("{name}: connector max diff {diff:.3e} (tol {tol:.3e})");
-        assert!(diff <= tol, "{name}: connector output differs by {diff:e} > {tol:e}");
+        assert!(
+            diff <= tol,
+            "{name}: connector output differs by {diff:e} > {tol:e}"
+        );
         checked += 1;
     }
     assert!(checked >= 3);
@@ -181,7 +195,11 @@ fn rope_frequencies_match_transformers() {
         assert_eq!(ours.len(), theirs.len());
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
             let rel = ((a - b) / b).abs();
-            assert!(rel <= 2.4e-7, "{}: inv_freq[{i}] {a} vs {b}", name_of(&case, &set));
+            assert!(
+                rel <= 2.4e-7,
+                "{}: inv_freq[{i}] {a} vs {b}",
+                name_of(&case, &set)
+            );
         }
         let want_llama3 = case.ends_with("idefics3_llama3");
         match &cfg.decoder.rope_scaling {
@@ -234,7 +252,12 @@ fn greedy_generation_matches_transformers() {
             ids.len()
         ];
         let out = generator
-            .generate(&inputs_of(&inputs, false), &prompt_ids, &requests, |_, _| true)
+            .generate(
+                &inputs_of(&inputs, false),
+                &prompt_ids,
+                &requests,
+                |_, _| true,
+            )
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let reference: Vec<Vec<i64>> = expected["generated_ids"].to_vec2().unwrap();
         let prompt_len = ids[0].len();
@@ -244,19 +267,30 @@ fn greedy_generation_matches_transformers() {
                 Some(end) => (new[..end].to_vec(), FinishReason::Stop),
                 None => (new.clone(), FinishReason::Length),
             };
-            assert_eq!(ours.token_ids, want, "{name} row {row}: tokens differ from transformers");
+            assert_eq!(
+                ours.token_ids, want,
+                "{name} row {row}: tokens differ from transformers"
+            );
             assert_eq!(ours.finish_reason, want_reason, "{name} row {row}");
-            println!("{name} row {row}: {:?} ({:?}) as transformers", ours.token_ids, ours.finish_reason);
+            println!(
+                "{name} row {row}: {:?} ({:?}) as transformers",
+                ours.token_ids, ours.finish_reason
+            );
         }
     }
 }
 
 #[test]
 fn one_handle_loads_every_family() {
-    let idefics2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/idefics2/cfg_a/model");
+    let idefics2 =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/idefics2/cfg_a/model");
     let m = VlmModel::load(&idefics2, &LoadOptions::default()).unwrap();
     assert_eq!(m.family(), ModelFamily::Idefics2);
-    let m = VlmModel::load(&root().join("idefics3_llama3/model"), &LoadOptions::default()).unwrap();
+    let m = VlmModel::load(
+        &root().join("idefics3_llama3/model"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(m.family(), ModelFamily::Idefics3);
     assert_eq!(m.image_seq_len(), 9);
     let m = VlmModel::load(&root().join("smolvlm_tied/model"), &LoadOptions::default()).unwrap();
@@ -281,7 +315,10 @@ fn wrong_image_token_count_is_an_error_naming_both_counts() {
     bad.pixel_values = Some(pv);
     bad.pixel_attention_mask = Some(pm);
     let err = model.forward(&bad, None).unwrap_err().to_string();
-    assert!(err.contains("27 <image> tokens") && err.contains("18 feature rows"), "{err}");
+    assert!(
+        err.contains("27 <image> tokens") && err.contains("18 feature rows"),
+        "{err}"
+    );
 }
 
 /// Replaces every parameter by a `Var` (a tied head keeps the embedding's `Var`) and remembers them by name.
@@ -347,15 +384,91 @@ fn every_parameter_is_visited_and_gets_a_gradient() {
             let g = grads
                 .get(var.as_tensor())
                 .unwrap_or_else(|| panic!("{name}: no gradient"));
-            let norm: f32 = g
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
+            let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+            assert!(
+                norm > 0.0 && norm.is_finite(),
+                "{name}: gradient norm {norm}"
+            );
         }
-        println!("{}: {} parameters, all with a gradient", case.display(), visitor.vars.len());
+        println!(
+            "{}: {} parameters, all with a gradient",
+            case.display(),
+            visitor.vars.len()
+        );
     }
+}
+
+/// A copy of a fixture checkpoint with its tensors edited, in a fresh temporary directory.
+fn edited_checkpoint(
+    case: &str,
+    tag: &str,
+    edit: impl FnOnce(&mut HashMap<String, Tensor>),
+) -> PathBuf {
+    let src = root().join(case).join("model");
+    let dir = std::env::temp_dir().join(format!("idefics3-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let mut tensors = load_st(&src.join("model.safetensors"));
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    dir
+}
+
+#[test]
+fn loading_names_missing_and_unexpected_tensors() {
+    let opts = LoadOptions::default();
+    let missing = "model.connector.modality_projection.proj.weight";
+    let dir = edited_checkpoint("idefics3_llama3", "missing", |t| {
+        t.remove(missing);
+    });
+    let err = Idefics3ForConditionalGeneration::load(&dir, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(missing), "{err}");
+    let dir = edited_checkpoint("idefics3_llama3", "unexpected", |t| {
+        let extra = t["lm_head.weight"].clone();
+        t.insert("model.connector.extra.weight".into(), extra);
+    });
+    let err = Idefics3ForConditionalGeneration::load(&dir, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unexpected tensor model.connector.extra.weight"),
+        "{err}"
+    );
+    // The bias flags come from config.json: a checkpoint without the biases it announces is refused by name.
+    let dir = edited_checkpoint("idefics3_llama3", "nobias", |t| {
+        t.remove("model.text_model.layers.1.mlp.down_proj.bias");
+    });
+    let err = Idefics3ForConditionalGeneration::load(&dir, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.text_model.layers.1.mlp.down_proj.bias"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_stored_head_that_differs_from_the_embeddings_is_not_tied() {
+    // transformers (PreTrainedModel.tie_weights) keeps a stored lm_head.weight that differs from the embeddings,
+    // even with tie_word_embeddings true; an identical one is tied.
+    let opts = LoadOptions::default();
+    let dir = edited_checkpoint("smolvlm_tied", "ownhead", |t| {
+        let e = t["model.text_model.embed_tokens.weight"].clone();
+        t.insert("lm_head.weight".into(), (e * 0.5).unwrap());
+    });
+    let m = Idefics3ForConditionalGeneration::load(&dir, &opts).unwrap();
+    assert!(!m.is_tied());
+    let e = m.text_model().embed_tokens();
+    let half = (e * 0.5).unwrap();
+    assert_eq!(max_abs_diff(m.lm_head().weight(), &half), 0.0);
+    let dir = edited_checkpoint("smolvlm_tied", "samehead", |t| {
+        let e = t["model.text_model.embed_tokens.weight"].clone();
+        t.insert("lm_head.weight".into(), e);
+    });
+    assert!(Idefics3ForConditionalGeneration::load(&dir, &opts)
+        .unwrap()
+        .is_tied());
 }

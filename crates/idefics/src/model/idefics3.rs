@@ -269,7 +269,11 @@ impl Idefics3ForConditionalGeneration {
             let chunk = pixels.narrow(0, start, k)?;
             let hidden = self
                 .vision_model
-                .forward_grid(&chunk, &patch_valid[start..start + k], self.position_id_rule)
+                .forward_grid(
+                    &chunk,
+                    &patch_valid[start..start + k],
+                    self.position_id_rule,
+                )
                 .map_err(|e| match e {
                     candle_core::Error::Msg(msg) => Error::Input(format!(
                         "images {start}..{}: pixel_attention_mask: {msg}",

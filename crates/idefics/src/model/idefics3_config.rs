@@ -7,8 +7,7 @@
 
 use super::text::DecoderOptions;
 use crate::config::{
-    as_obj, get_act, get_bool, get_f64, get_side, get_u64, get_usize, Obj, TextConfig,
-    VisionConfig,
+    as_obj, get_act, get_bool, get_f64, get_side, get_u64, get_usize, Obj, TextConfig, VisionConfig,
 };
 use crate::error::{Error, Result};
 use crate::nn::{Activation, RopeScaling};
@@ -242,8 +241,7 @@ fn parse_llama(o: Option<&Obj>) -> Result<(TextConfig, DecoderOptions)> {
         intermediate_size: get_usize(o, "intermediate_size", s)?.unwrap_or(11008),
         num_hidden_layers: get_usize(o, "num_hidden_layers", s)?.unwrap_or(32),
         num_attention_heads,
-        num_key_value_heads: get_usize(o, "num_key_value_heads", s)?
-            .unwrap_or(num_attention_heads),
+        num_key_value_heads: get_usize(o, "num_key_value_heads", s)?.unwrap_or(num_attention_heads),
         head_dim: get_usize(o, "head_dim", s)?.unwrap_or(hidden_size / num_attention_heads),
         hidden_act: get_act(o, "hidden_act", s)?.unwrap_or(Activation::Silu),
         max_position_embeddings,
@@ -301,7 +299,9 @@ fn parse_rope(o: &Obj, max_position_embeddings: usize) -> Result<(f64, RopeScali
         .unwrap_or("default");
     let need = |name: &str| -> Result<f64> {
         get_f64(p, name, &sec)?.ok_or_else(|| {
-            Error::Config(format!("{sec}{name} is required for rope_type \"{rope_type}\""))
+            Error::Config(format!(
+                "{sec}{name} is required for rope_type \"{rope_type}\""
+            ))
         })
     };
     let scaling = match rope_type {
@@ -320,11 +320,9 @@ fn parse_rope(o: &Obj, max_position_embeddings: usize) -> Result<(f64, RopeScali
             )?
             .unwrap_or(max_position_embeddings),
         },
-        other => {
-            return Err(Error::Config(format!(
-                "text_config rope_type \"{other}\" is not supported (default, linear and llama3 are)"
-            )))
-        }
+        other => return Err(Error::Config(format!(
+            "text_config rope_type \"{other}\" is not supported (default, linear and llama3 are)"
+        ))),
     };
     if let RopeScaling::Llama3 {
         low_freq_factor,
@@ -450,7 +448,9 @@ mod tests {
         assert!(e.contains("low_freq_factor"), "{e}");
         let e = err(r#"{"model_type": "smolvlm", "scale_factor": 0}"#);
         assert!(e.contains("scale_factor"), "{e}");
-        let e = err(r#"{"model_type": "smolvlm", "image_token_id": 40000, "text_config": {"vocab_size": 300}}"#);
+        let e = err(
+            r#"{"model_type": "smolvlm", "image_token_id": 40000, "text_config": {"vocab_size": 300}}"#,
+        );
         assert!(e.contains("image_token_id"), "{e}");
     }
 

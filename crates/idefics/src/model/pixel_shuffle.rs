@@ -66,7 +66,10 @@ impl PixelShuffleConnector {
 
 impl VisitParams for PixelShuffleConnector {
     fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
-        v.linear(&join_path(prefix, "modality_projection.proj"), &mut self.proj)
+        v.linear(
+            &join_path(prefix, "modality_projection.proj"),
+            &mut self.proj,
+        )
     }
 }
 
@@ -82,7 +85,10 @@ mod tests {
         let data: Vec<f32> = (0..n * s * d).map(|i| i as f32).collect();
         let x = Tensor::from_vec(data.clone(), (n, s, d), &Device::Cpu).unwrap();
         let y: Vec<Vec<Vec<f32>>> = pixel_shuffle(&x, r).unwrap().to_vec3().unwrap();
-        assert_eq!((y.len(), y[0].len(), y[0][0].len()), (n, s / (r * r), d * r * r));
+        assert_eq!(
+            (y.len(), y[0].len(), y[0][0].len()),
+            (n, s / (r * r), d * r * r)
+        );
         for (k, img) in y.iter().enumerate() {
             for i in 0..g / r {
                 for j in 0..g / r {

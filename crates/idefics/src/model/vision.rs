@@ -10,7 +10,8 @@
 
 use crate::config::VisionConfig;
 use crate::nn::{
-    eager_attention, join_path, mask_min_value, Kernels, LayerNorm, Linear, ParamVisitor, VisitParams,
+    eager_attention, join_path, mask_min_value, Kernels, LayerNorm, Linear, ParamVisitor,
+    VisitParams,
 };
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -385,9 +386,7 @@ impl VisionTransformer {
                 .map(|&v| if v { 0.0 } else { min })
                 .collect();
             let s = xs.dim(1)?;
-            Some(
-                Tensor::from_vec(keys, (valid.len(), 1, 1, s), xs.device())?.to_dtype(dtype)?,
-            )
+            Some(Tensor::from_vec(keys, (valid.len(), 1, 1, s), xs.device())?.to_dtype(dtype)?)
         };
         for layer in &self.layers {
             xs = layer.forward_masked(&xs, mask.as_ref())?;
@@ -587,7 +586,8 @@ mod tests {
         let any = patch_valid_mask_with(&mask, 4, PatchRule::AnyPixel).unwrap();
         assert_eq!(all, vec![vec![vec![false]]]);
         assert_eq!(any, vec![vec![vec![true]]]);
-        let mask = Tensor::zeros((1, 8, 8), candle_core::DType::U8, &candle_core::Device::Cpu).unwrap();
+        let mask =
+            Tensor::zeros((1, 8, 8), candle_core::DType::U8, &candle_core::Device::Cpu).unwrap();
         let any = patch_valid_mask_with(&mask, 4, PatchRule::AnyPixel).unwrap();
         assert_eq!(any, vec![vec![vec![false; 2]; 2]]);
     }

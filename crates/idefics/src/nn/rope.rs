@@ -49,7 +49,11 @@ impl RopeScaling {
                 base.into_iter()
                     .map(|inv| {
                         let wavelen = inv.recip() * two_pi;
-                        let scaled = if wavelen > low_wavelen { inv / factor } else { inv };
+                        let scaled = if wavelen > low_wavelen {
+                            inv / factor
+                        } else {
+                            inv
+                        };
                         let is_medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                         if is_medium {
                             let smooth = (wavelen.recip() * old as f32 - low) / span;
