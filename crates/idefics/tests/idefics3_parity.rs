@@ -472,3 +472,44 @@ fn a_stored_head_that_differs_from_the_embeddings_is_not_tied() {
         .unwrap()
         .is_tied());
 }
+
+/// A realistic-shape checkpoint (bench_config/make_smolvlm_bench_checkpoints.py, then
+/// tools/reference/make_idefics3_big_reference.py; not committed):
+/// `IDEFICS3_BIG_CKPT=/work/bench-smolvlm-256m cargo test -p idefics --test idefics3_parity -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs a generated realistic-shape checkpoint (tools/reference/make_idefics3_big_reference.py)"]
+fn realistic_shape_checkpoint_matches_transformers() {
+    let dir = PathBuf::from(
+        std::env::var("IDEFICS3_BIG_CKPT").unwrap_or("/work/bench-smolvlm-256m".into()),
+    );
+    let t0 = std::time::Instant::now();
+    let model = VlmModel::load(&dir, &LoadOptions::default()).unwrap();
+    let VlmModel::Idefics3(inner) = &model else {
+        panic!("{}: not an Idefics3 / SmolVLM checkpoint", dir.display())
+    };
+    let load_s = t0.elapsed().as_secs_f64();
+    let inputs = load_st(&dir.join("parity_inputs.safetensors"));
+    let expected = load_st(&dir.join("parity_expected.safetensors"));
+    let t0 = std::time::Instant::now();
+    let logits = model.forward(&inputs_of(&inputs, false), None).unwrap();
+    let forward_s = t0.elapsed().as_secs_f64();
+    let mask = mask_rows(&inputs["attention_mask"]);
+    let (diff, ref_max) = masked_logit_diff(&logits, &expected["logits"], &mask);
+    let tol = 1e-4 * ref_max.max(1.0);
+    let feats = inner
+        .image_features(
+            &inputs["pixel_values"],
+            inputs.get("pixel_attention_mask"),
+            false,
+        )
+        .unwrap();
+    let cdiff = max_abs_diff(&feats.features, &expected["connector_output"]);
+    let ctol = tolerance(&expected["connector_output"]);
+    println!(
+        "{}: load {load_s:.1}s, forward {forward_s:.1}s; logits max diff {diff:.3e} (tol {tol:.3e}, max|ref| \
+         {ref_max:.3}); connector max diff {cdiff:.3e} (tol {ctol:.3e})",
+        dir.display()
+    );
+    assert!(cdiff <= ctol, "connector differs by {cdiff:e} > {ctol:e}");
+    assert!(diff <= tol, "logits differ by {diff:e} > {tol:e}");
+}

@@ -65,12 +65,12 @@ impl ModelFamily {
     }
 }
 
-/// A loaded model of any supported family.
+/// A loaded model of any supported family (boxed: the handles differ in size).
 #[derive(Debug, Clone)]
 pub enum VlmModel {
-    Idefics2(Idefics2ForConditionalGeneration),
+    Idefics2(Box<Idefics2ForConditionalGeneration>),
     /// Idefics3 and SmolVLM.
-    Idefics3(Idefics3ForConditionalGeneration),
+    Idefics3(Box<Idefics3ForConditionalGeneration>),
 }
 
 impl VlmModel {
@@ -78,12 +78,12 @@ impl VlmModel {
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let model_type = read_model_type(dir)?;
         match ModelFamily::from_model_type(&model_type) {
-            Some(ModelFamily::Idefics2) => Ok(Self::Idefics2(
+            Some(ModelFamily::Idefics2) => Ok(Self::Idefics2(Box::new(
                 Idefics2ForConditionalGeneration::load(dir, opts)?,
-            )),
-            Some(ModelFamily::Idefics3 | ModelFamily::SmolVlm) => Ok(Self::Idefics3(
+            ))),
+            Some(ModelFamily::Idefics3 | ModelFamily::SmolVlm) => Ok(Self::Idefics3(Box::new(
                 Idefics3ForConditionalGeneration::load(dir, opts)?,
-            )),
+            ))),
             None => Err(Error::Config(format!(
                 "{}: model_type \"{model_type}\" is not supported (idefics2, idefics3 and smolvlm are)",
                 dir.join("config.json").display()

@@ -320,9 +320,11 @@ fn parse_rope(o: &Obj, max_position_embeddings: usize) -> Result<(f64, RopeScali
             )?
             .unwrap_or(max_position_embeddings),
         },
-        other => return Err(Error::Config(format!(
+        other => {
+            return Err(Error::Config(format!(
             "text_config rope_type \"{other}\" is not supported (default, linear and llama3 are)"
-        ))),
+        )))
+        }
     };
     if let RopeScaling::Llama3 {
         low_freq_factor,
