@@ -304,9 +304,9 @@ impl Idefics2Config {
     }
 }
 
-type Obj = serde_json::Map<String, Value>;
+pub(crate) type Obj = serde_json::Map<String, Value>;
 
-fn get_u64(obj: &Obj, key: &str, section: &str) -> Result<Option<u64>> {
+pub(crate) fn get_u64(obj: &Obj, key: &str, section: &str) -> Result<Option<u64>> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v.as_u64().map(Some).ok_or_else(|| {
@@ -317,7 +317,7 @@ fn get_u64(obj: &Obj, key: &str, section: &str) -> Result<Option<u64>> {
     }
 }
 
-fn get_usize(obj: &Obj, key: &str, section: &str) -> Result<Option<usize>> {
+pub(crate) fn get_usize(obj: &Obj, key: &str, section: &str) -> Result<Option<usize>> {
     get_u64(obj, key, section)?
         .map(|x| {
             usize::try_from(x).map_err(|_| Error::Config(format!("{section}{key} is too large")))
@@ -325,7 +325,7 @@ fn get_usize(obj: &Obj, key: &str, section: &str) -> Result<Option<usize>> {
         .transpose()
 }
 
-fn get_f64(obj: &Obj, key: &str, section: &str) -> Result<Option<f64>> {
+pub(crate) fn get_f64(obj: &Obj, key: &str, section: &str) -> Result<Option<f64>> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -335,7 +335,7 @@ fn get_f64(obj: &Obj, key: &str, section: &str) -> Result<Option<f64>> {
     }
 }
 
-fn get_bool(obj: &Obj, key: &str, section: &str) -> Result<Option<bool>> {
+pub(crate) fn get_bool(obj: &Obj, key: &str, section: &str) -> Result<Option<bool>> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -345,7 +345,7 @@ fn get_bool(obj: &Obj, key: &str, section: &str) -> Result<Option<bool>> {
     }
 }
 
-fn get_act(obj: &Obj, key: &str, section: &str) -> Result<Option<Activation>> {
+pub(crate) fn get_act(obj: &Obj, key: &str, section: &str) -> Result<Option<Activation>> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Activation::from_hf_name(s).map(Some).ok_or_else(|| {
@@ -360,7 +360,7 @@ fn get_act(obj: &Obj, key: &str, section: &str) -> Result<Option<Activation>> {
 }
 
 /// `image_size` / `patch_size` may be an int or a square `[a, a]` pair in transformers.
-fn get_side(obj: &Obj, key: &str, section: &str) -> Result<Option<usize>> {
+pub(crate) fn get_side(obj: &Obj, key: &str, section: &str) -> Result<Option<usize>> {
     match obj.get(key) {
         Some(Value::Array(items)) => {
             let sides: Vec<Option<u64>> = items.iter().map(Value::as_u64).collect();
@@ -375,12 +375,12 @@ fn get_side(obj: &Obj, key: &str, section: &str) -> Result<Option<usize>> {
     }
 }
 
-fn as_obj(v: &Value) -> &Obj {
+pub(crate) fn as_obj(v: &Value) -> &Obj {
     static EMPTY: std::sync::OnceLock<Obj> = std::sync::OnceLock::new();
     v.as_object().unwrap_or_else(|| EMPTY.get_or_init(Obj::new))
 }
 
-fn parse_vision(v: &Value) -> Result<VisionConfig> {
+pub(crate) fn parse_vision(v: &Value) -> Result<VisionConfig> {
     let o = as_obj(v);
     let s = "vision_config.";
     let d = VisionConfig::default();

@@ -2,7 +2,7 @@
 
 use super::{GenerationConfig, IncrementalDecoder, Sampler, SamplingParams, StopStrings};
 use crate::error::{Error, Result};
-use crate::model::{Idefics2ForConditionalGeneration, KvCache, ModelInputs};
+use crate::model::{DecodeModel, KvCache, ModelInputs};
 use candle_core::{DType, Tensor};
 use tokenizers::Tokenizer;
 
@@ -49,7 +49,8 @@ pub struct GeneratedSequence {
 
 /// Everything the loop needs besides the model inputs.
 pub struct Generator<'a> {
-    pub model: &'a Idefics2ForConditionalGeneration,
+    /// Any family (`&Idefics2ForConditionalGeneration`, `&Idefics3ForConditionalGeneration`, `&VlmModel`).
+    pub model: &'a dyn DecodeModel,
     pub generation_config: &'a GenerationConfig,
     /// Token ids that end a row, in addition to the generation config's (e.g. `<end_of_utterance>`).
     pub extra_eos_token_ids: Vec<u32>,

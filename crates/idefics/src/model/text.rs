@@ -1,14 +1,26 @@
 //! Mistral decoder (spec §7): RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, sliding-window causal mask,
-//! left-padding mask and a KV cache for incremental decoding.
+//! left-padding mask and a KV cache for incremental decoding. The Llama decoder of Idefics3 / SmolVLM is the same
+//! network without the sliding window, with the options of [`DecoderOptions`] (transformers' `LlamaModel`).
 
 use crate::config::TextConfig;
 use crate::nn::rope::RopeTables;
 use crate::nn::{
     eager_attention, join_path, mask_min_value, GatedMlp, Kernels, Linear, ParamVisitor, RmsNorm,
-    RotaryEmbedding, VisitParams,
+    RopeScaling, RotaryEmbedding, VisitParams,
 };
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+
+/// What a Llama decoder has beyond a Mistral one (`LlamaConfig.attention_bias`, `mlp_bias`, `rope_parameters`).
+/// The default is Mistral's: no biases, unscaled rope.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct DecoderOptions {
+    /// Biases on q/k/v/o projections.
+    pub attention_bias: bool,
+    /// Biases on gate/up/down projections.
+    pub mlp_bias: bool,
+    pub rope_scaling: RopeScaling,
+}
 
 /// Keys and values of every layer for the tokens seen so far, plus their padding mask.
 ///
@@ -99,6 +111,16 @@ pub struct TextAttention {
 
 impl TextAttention {
     pub fn load(cfg: &TextConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
+        Self::load_with(cfg, vb, kernels, false)
+    }
+
+    /// As [`Self::load`], with biases on the four projections when `bias`.
+    pub fn load_with(
+        cfg: &TextConfig,
+        vb: VarBuilder,
+        kernels: &Kernels,
+        bias: bool,
+    ) -> Result<Self> {
         let (d, h, kv, hd) = (
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -106,10 +128,10 @@ impl TextAttention {
             cfg.head_dim,
         );
         Ok(Self {
-            q_proj: Linear::load(vb.pp("q_proj"), d, h * hd, false)?,
-            k_proj: Linear::load(vb.pp("k_proj"), d, kv * hd, false)?,
-            v_proj: Linear::load(vb.pp("v_proj"), d, kv * hd, false)?,
-            o_proj: Linear::load(vb.pp("o_proj"), h * hd, d, false)?,
+            q_proj: Linear::load(vb.pp("q_proj"), d, h * hd, bias)?,
+            k_proj: Linear::load(vb.pp("k_proj"), d, kv * hd, bias)?,
+            v_proj: Linear::load(vb.pp("v_proj"), d, kv * hd, bias)?,
+            o_proj: Linear::load(vb.pp("o_proj"), h * hd, d, bias)?,
             num_heads: h,
             num_kv_heads: kv,
             head_dim: hd,
@@ -164,17 +186,38 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     pub fn load(cfg: &TextConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
+        Self::load_with(cfg, vb, kernels, &DecoderOptions::default())
+    }
+
+    pub fn load_with(
+        cfg: &TextConfig,
+        vb: VarBuilder,
+        kernels: &Kernels,
+        opts: &DecoderOptions,
+    ) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Ok(Self {
             input_layernorm: RmsNorm::load(vb.pp("input_layernorm"), d, eps, kernels)?,
-            self_attn: TextAttention::load(cfg, vb.pp("self_attn"), kernels)?,
+            self_attn: TextAttention::load_with(
+                cfg,
+                vb.pp("self_attn"),
+                kernels,
+                opts.attention_bias,
+            )?,
             post_attention_layernorm: RmsNorm::load(
                 vb.pp("post_attention_layernorm"),
                 d,
                 eps,
                 kernels,
             )?,
-            mlp: GatedMlp::load(vb.pp("mlp"), d, cfg.intermediate_size, d, cfg.hidden_act)?,
+            mlp: GatedMlp::load_with_bias(
+                vb.pp("mlp"),
+                d,
+                cfg.intermediate_size,
+                d,
+                cfg.hidden_act,
+                opts.mlp_bias,
+            )?,
         })
     }
 }
@@ -191,8 +234,18 @@ pub struct TextModel {
 
 impl TextModel {
     pub fn load(cfg: &TextConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
+        Self::load_with(cfg, vb, kernels, &DecoderOptions::default())
+    }
+
+    /// A decoder with Llama's options (biases, rope scaling); `cfg.sliding_window` None for Llama.
+    pub fn load_with(
+        cfg: &TextConfig,
+        vb: VarBuilder,
+        kernels: &Kernels,
+        opts: &DecoderOptions,
+    ) -> Result<Self> {
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(cfg, vb.pp("layers").pp(i), kernels))
+            .map(|i| DecoderLayer::load_with(cfg, vb.pp("layers").pp(i), kernels, opts))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embed_tokens: vb
@@ -200,7 +253,13 @@ impl TextModel {
                 .get((cfg.vocab_size, cfg.hidden_size), "weight")?,
             layers,
             norm: RmsNorm::load(vb.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps, kernels)?,
-            rotary: RotaryEmbedding::new(cfg.rope_theta, cfg.head_dim, vb.device(), kernels)?,
+            rotary: RotaryEmbedding::with_scaling(
+                cfg.rope_theta,
+                cfg.head_dim,
+                &opts.rope_scaling,
+                vb.device(),
+                kernels,
+            )?,
             sliding_window: cfg.sliding_window,
         })
     }

@@ -4,10 +4,14 @@
 //! Masked keys get exactly zero attention weight (`exp(finfo.min - max) == 0`), so running each image alone at
 //! its valid size gives the same values for its valid patches (spec §11.6); we do that, grouping images of equal
 //! valid size into one batch. The output therefore holds valid patches only.
+//!
+//! Idefics3 / SmolVLM feed every patch of the padded grid (padded ones included) to their pixel shuffle, so for
+//! them [`VisionTransformer::forward_grid`] runs the padded grid with transformers' key mask and position ids.
 
 use crate::config::VisionConfig;
 use crate::nn::{
-    eager_attention, join_path, Kernels, LayerNorm, Linear, ParamVisitor, VisitParams,
+    eager_attention, join_path, mask_min_value, Kernels, LayerNorm, Linear, ParamVisitor,
+    VisitParams,
 };
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -40,7 +44,8 @@ impl PositionIdRule {
                 if h == 0 {
                     0
                 } else {
-                    (num_per_side * h).div_ceil(n) - 1
+                    // h >= n happens only on padded grids (Idefics3), where bucketize saturates at N - 1.
+                    ((num_per_side * h).div_ceil(n) - 1).min(num_per_side.saturating_sub(1))
                 }
             }
         }
@@ -78,6 +83,50 @@ pub fn patch_position_ids(
     rows.iter()
         .flat_map(|r| cols.iter().map(move |c| (r * num_per_side + c) as u32))
         .collect()
+}
+
+/// Which patches of a pixel mask count as valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PatchRule {
+    /// Idefics2: all pixels of the patch are valid.
+    #[default]
+    AllPixels,
+    /// Idefics3 / SmolVLM: at least one pixel of the patch is valid.
+    AnyPixel,
+}
+
+/// Position ids of a padded `valid` patch grid as transformers 5.x `Idefics3VisionEmbeddings` assigns them:
+/// `nb_h` = valid patches in column 0, `nb_w` = in row 0; a valid patch `(i, j)` gets
+/// `bucket(i; nb_h) * N + bucket(j; nb_w)`, an invalid one 0. Errors when a valid patch exists but row 0 or
+/// column 0 has none (transformers divides by zero there).
+pub fn grid_position_ids(
+    rule: PositionIdRule,
+    valid: &[Vec<bool>],
+    num_per_side: usize,
+) -> std::result::Result<Vec<u32>, String> {
+    let nb_h = valid
+        .iter()
+        .filter(|row| row.first().copied().unwrap_or(false))
+        .count();
+    let nb_w = valid
+        .first()
+        .map_or(0, |row| row.iter().filter(|&&v| v).count());
+    let any = valid.iter().any(|row| row.iter().any(|&v| v));
+    if any && (nb_h == 0 || nb_w == 0) {
+        return Err("its first patch row or column has no valid patch".into());
+    }
+    let mut ids = Vec::with_capacity(valid.len() * valid.first().map_or(0, Vec::len));
+    for (i, row) in valid.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            ids.push(if v {
+                (rule.bucket(i, nb_h, num_per_side) * num_per_side
+                    + rule.bucket(j, nb_w, num_per_side)) as u32
+            } else {
+                0
+            });
+        }
+    }
+    Ok(ids)
 }
 
 /// Patch embedding (a stride = kernel conv, done as reshape + matmul) plus bucketed position embeddings.
@@ -128,6 +177,46 @@ impl VisionEmbeddings {
         let pos = self.position_embedding.index_select(&ids, 0)?;
         embeds.broadcast_add(&pos)
     }
+
+    /// `pixels [n, C, gh * p, gw * p]` with a per-image patch validity grid `valid[n][gh][gw]` ->
+    /// `[n, gh * gw, D]`, position ids by [`grid_position_ids`].
+    pub fn forward_grid(
+        &self,
+        pixels: &Tensor,
+        valid: &[Vec<Vec<bool>>],
+        rule: PositionIdRule,
+    ) -> Result<Tensor> {
+        let (n, c, h, w) = pixels.dims4()?;
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        if c != self.num_channels || h % p != 0 || w % p != 0 || valid.len() != n {
+            candle_core::bail!(
+                "vision embeddings: pixels {:?} do not tile into {p}x{p} patches for {} masks",
+                pixels.dims(),
+                valid.len()
+            );
+        }
+        let patches = pixels
+            .reshape((n, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((n, gh * gw, c * p * p))?;
+        let embeds = self.patch_embedding.forward(&patches)?;
+        let mut ids = Vec::with_capacity(n * gh * gw);
+        for (k, grid) in valid.iter().enumerate() {
+            if grid.len() != gh || grid.iter().any(|r| r.len() != gw) {
+                candle_core::bail!("vision embeddings: patch mask of image {k} is not {gh}x{gw}");
+            }
+            let image_ids = grid_position_ids(rule, grid, self.num_patches_per_side)
+                .map_err(|e| candle_core::Error::Msg(format!("image {k}: {e}")))?;
+            ids.extend(image_ids);
+        }
+        let ids = Tensor::from_vec(ids, n * gh * gw, pixels.device())?;
+        let pos = self
+            .position_embedding
+            .index_select(&ids, 0)?
+            .reshape((n, gh * gw, ()))?;
+        embeds + pos
+    }
 }
 
 /// Multi-head self-attention with biases (non-causal).
@@ -157,6 +246,11 @@ impl VisionAttention {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_masked(xs, None)
+    }
+
+    /// With an additive key mask broadcastable to `[B, H, S, S]` (padded patches of a grid).
+    pub fn forward_masked(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, s, _) = xs.dims3()?;
         let heads = |t: Tensor| {
             t.reshape((b, s, self.num_heads, self.head_dim))?
@@ -166,7 +260,7 @@ impl VisionAttention {
         let k = heads(self.k_proj.forward(xs)?)?;
         let v = heads(self.v_proj.forward(xs)?)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let out = eager_attention(&q, &k, &v, None, scale, &self.kernels)?;
+        let out = eager_attention(&q, &k, &v, mask, scale, &self.kernels)?;
         self.out_proj.forward(&out)
     }
 }
@@ -223,7 +317,14 @@ impl EncoderLayer {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = (xs + self.self_attn.forward(&self.layer_norm1.forward(xs)?)?)?;
+        self.forward_masked(xs, None)
+    }
+
+    pub fn forward_masked(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let xs = (xs
+            + self
+                .self_attn
+                .forward_masked(&self.layer_norm1.forward(xs)?, mask)?)?;
         &xs + self.mlp.forward(&self.layer_norm2.forward(&xs)?)?
     }
 }
@@ -261,11 +362,52 @@ impl VisionTransformer {
         }
         self.post_layernorm.forward(&xs)
     }
+
+    /// The whole padded grid, as transformers runs Idefics3 / SmolVLM: `pixels [n, C, gh * p, gw * p]`,
+    /// `valid[n][gh][gw]` -> `[n, gh * gw, D]` for every patch. Invalid patches are masked as keys (finfo.min)
+    /// but still computed as queries, since the pixel shuffle consumes them.
+    pub fn forward_grid(
+        &self,
+        pixels: &Tensor,
+        valid: &[Vec<Vec<bool>>],
+        rule: PositionIdRule,
+    ) -> Result<Tensor> {
+        let mut xs = self.embeddings.forward_grid(pixels, valid, rule)?;
+        let mask = if valid.iter().flatten().flatten().all(|&v| v) {
+            // transformers adds a mask of zeros here: numerically the same as none.
+            None
+        } else {
+            let dtype = xs.dtype();
+            let min = mask_min_value(dtype) as f32;
+            let keys: Vec<f32> = valid
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|&v| if v { 0.0 } else { min })
+                .collect();
+            let s = xs.dim(1)?;
+            Some(Tensor::from_vec(keys, (valid.len(), 1, 1, s), xs.device())?.to_dtype(dtype)?)
+        };
+        for layer in &self.layers {
+            xs = layer.forward_masked(&xs, mask.as_ref())?;
+        }
+        self.post_layernorm.forward(&xs)
+    }
 }
 
 /// Which patches of a pixel mask are valid: a patch is valid iff all its `p*p` pixels are (trailing partial
 /// patches are dropped). `mask [n, H, W]` of any numeric dtype -> `[n][H/p][W/p]`.
 pub fn patch_valid_mask(mask: &Tensor, patch: usize) -> Result<Vec<Vec<Vec<bool>>>> {
+    patch_valid_mask_with(mask, patch, PatchRule::AllPixels)
+}
+
+/// [`patch_valid_mask`] under either family's rule: the sum of a patch's mask values equals `p*p`
+/// ([`PatchRule::AllPixels`]) or is positive ([`PatchRule::AnyPixel`]).
+pub fn patch_valid_mask_with(
+    mask: &Tensor,
+    patch: usize,
+    rule: PatchRule,
+) -> Result<Vec<Vec<Vec<bool>>>> {
     let (n, h, w) = mask.dims3()?;
     let (gh, gw) = (h / patch, w / patch);
     if gh == 0 || gw == 0 {
@@ -283,7 +425,14 @@ pub fn patch_valid_mask(mask: &Tensor, patch: usize) -> Result<Vec<Vec<Vec<bool>
         .into_iter()
         .map(|img| {
             img.into_iter()
-                .map(|row| row.into_iter().map(|s| s == full).collect())
+                .map(|row| {
+                    row.into_iter()
+                        .map(|s| match rule {
+                            PatchRule::AllPixels => s == full,
+                            PatchRule::AnyPixel => s > 0.0,
+                        })
+                        .collect()
+                })
                 .collect()
         })
         .collect())
@@ -402,6 +551,45 @@ mod tests {
         let ids = patch_position_ids(PositionIdRule::Hf5, 2, 3, 4);
         // rows 0,2 ; cols 0,1,2 (floor(4*j/3))
         assert_eq!(ids, vec![0, 1, 2, 8, 9, 10]);
+    }
+
+    #[test]
+    fn grid_position_ids_follow_the_valid_rectangle_and_zero_the_rest() {
+        // 3x4 grid, valid 2x3 top-left: nb_h = 2, nb_w = 3 on an N = 4 table.
+        let valid: Vec<Vec<bool>> = (0..3)
+            .map(|i| (0..4).map(|j| i < 2 && j < 3).collect())
+            .collect();
+        let ids = grid_position_ids(PositionIdRule::Hf5, &valid, 4).unwrap();
+        assert_eq!(ids, vec![0, 1, 2, 0, 8, 9, 10, 0, 0, 0, 0, 0]);
+        // All padding (SmolVLM's kept padding image): every id 0.
+        let none = vec![vec![false; 2]; 2];
+        assert_eq!(
+            grid_position_ids(PositionIdRule::Hf5, &none, 4).unwrap(),
+            vec![0; 4]
+        );
+        // A valid patch while column 0 has none: transformers divides by zero; refused.
+        let odd = vec![vec![false, true], vec![false, false]];
+        assert!(grid_position_ids(PositionIdRule::Hf5, &odd, 4).is_err());
+    }
+
+    #[test]
+    fn any_pixel_rule_counts_partial_patches() {
+        // 1 image 6x6, patch 4 (trailing 2 px dropped from the grid), valid pixels: rows 0..5, cols 0..3.
+        let mut m = vec![0f32; 36];
+        for y in 0..5 {
+            for x in 0..3 {
+                m[y * 6 + x] = 1.0;
+            }
+        }
+        let mask = Tensor::from_vec(m, (1, 6, 6), &candle_core::Device::Cpu).unwrap();
+        let all = patch_valid_mask_with(&mask, 4, PatchRule::AllPixels).unwrap();
+        let any = patch_valid_mask_with(&mask, 4, PatchRule::AnyPixel).unwrap();
+        assert_eq!(all, vec![vec![vec![false]]]);
+        assert_eq!(any, vec![vec![vec![true]]]);
+        let mask =
+            Tensor::zeros((1, 8, 8), candle_core::DType::U8, &candle_core::Device::Cpu).unwrap();
+        let any = patch_valid_mask_with(&mask, 4, PatchRule::AnyPixel).unwrap();
+        assert_eq!(any, vec![vec![vec![false; 2]; 2]]);
     }
 
     #[test]

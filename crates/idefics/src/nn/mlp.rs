@@ -1,5 +1,5 @@
-//! Gated (SwiGLU-style) MLP `down(act(gate(x)) * up(x))`, no biases: Mistral's MLP, the connector's modality
-//! projection and the perceiver's MLP (`Idefics2MLP` / `MistralMLP`).
+//! Gated (SwiGLU-style) MLP `down(act(gate(x)) * up(x))`: Mistral's and Llama's MLP, the connector's modality
+//! projection and the perceiver's MLP (`Idefics2MLP` / `MistralMLP` / `LlamaMLP`); biases only with Llama's `mlp_bias`.
 
 use super::{Activation, Linear};
 use candle_core::{Result, Tensor};
@@ -22,10 +22,22 @@ impl GatedMlp {
         out_dim: usize,
         act: Activation,
     ) -> Result<Self> {
+        Self::load_with_bias(vb, in_dim, hidden, out_dim, act, false)
+    }
+
+    /// As [`Self::load`], with biases on all three projections when `bias` (Llama's `mlp_bias`).
+    pub fn load_with_bias(
+        vb: VarBuilder,
+        in_dim: usize,
+        hidden: usize,
+        out_dim: usize,
+        act: Activation,
+        bias: bool,
+    ) -> Result<Self> {
         Ok(Self {
-            gate_proj: Linear::load(vb.pp("gate_proj"), in_dim, hidden, false)?,
-            up_proj: Linear::load(vb.pp("up_proj"), in_dim, hidden, false)?,
-            down_proj: Linear::load(vb.pp("down_proj"), hidden, out_dim, false)?,
+            gate_proj: Linear::load(vb.pp("gate_proj"), in_dim, hidden, bias)?,
+            up_proj: Linear::load(vb.pp("up_proj"), in_dim, hidden, bias)?,
+            down_proj: Linear::load(vb.pp("down_proj"), hidden, out_dim, bias)?,
             act,
         })
     }

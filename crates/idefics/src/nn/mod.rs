@@ -20,7 +20,7 @@ pub use linear::{Linear, LinearHook};
 pub use mlp::GatedMlp;
 pub use norm::{LayerNorm, RmsNorm};
 pub use params::{join_path, ParamVisitor, VisitParams};
-pub use rope::RotaryEmbedding;
+pub use rope::{RopeScaling, RotaryEmbedding};
 
 use candle_core::Tensor;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,199 @@
+//! One handle over the model families, chosen from `config.json`'s `model_type`, for code that only runs a
+//! model (generation, pipeline, forward, bench): every family takes the same [`ModelInputs`] and [`KvCache`].
+
+use super::idefics2::{Idefics2ForConditionalGeneration, LoadOptions, ModelInputs};
+use super::idefics3::Idefics3ForConditionalGeneration;
+use super::idefics3_config::read_model_type;
+use super::text::KvCache;
+use crate::error::{Error, Result};
+use crate::nn::{ParamVisitor, VisitParams};
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+
+/// What the decoding loop needs from a model: a cache, a prefill that returns the last position's logits, and
+/// one-token steps. Implemented by every family and by [`VlmModel`], so that [`crate::generate::Generator`] runs
+/// any of them.
+pub trait DecodeModel: Send + Sync {
+    /// An empty KV cache for this model.
+    fn new_cache(&self) -> KvCache;
+    /// Prefill (images included) and return the last position's logits `[B, V]`.
+    fn forward_last(&self, inputs: &ModelInputs, cache: &mut KvCache) -> Result<Tensor>;
+    /// Appends one token per row and returns the next-token logits `[B, V]`.
+    fn decode_step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor>;
+}
+
+macro_rules! impl_decode_model {
+    ($t:ty) => {
+        impl DecodeModel for $t {
+            fn new_cache(&self) -> KvCache {
+                <$t>::new_cache(self)
+            }
+            fn forward_last(&self, inputs: &ModelInputs, cache: &mut KvCache) -> Result<Tensor> {
+                <$t>::forward_last(self, inputs, cache)
+            }
+            fn decode_step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+                <$t>::decode_step(self, tokens, cache)
+            }
+        }
+    };
+}
+
+impl_decode_model!(Idefics2ForConditionalGeneration);
+impl_decode_model!(Idefics3ForConditionalGeneration);
+impl_decode_model!(VlmModel);
+
+/// The architecture families this crate runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFamily {
+    /// `idefics2`: perceiver connector, Mistral decoder.
+    Idefics2,
+    /// `idefics3`: pixel-shuffle connector, Llama decoder.
+    Idefics3,
+    /// `smolvlm` (SmolVLM2 checkpoints): Idefics3's network with SmolVLM's padding-image rule.
+    SmolVlm,
+}
+
+impl ModelFamily {
+    /// The family of a `model_type` string, `None` if unsupported.
+    pub fn from_model_type(model_type: &str) -> Option<Self> {
+        match model_type {
+            "idefics2" => Some(Self::Idefics2),
+            "idefics3" => Some(Self::Idefics3),
+            "smolvlm" => Some(Self::SmolVlm),
+            _ => None,
+        }
+    }
+}
+
+/// A loaded model of any supported family (boxed: the handles differ in size).
+#[derive(Debug, Clone)]
+pub enum VlmModel {
+    Idefics2(Box<Idefics2ForConditionalGeneration>),
+    /// Idefics3 and SmolVLM.
+    Idefics3(Box<Idefics3ForConditionalGeneration>),
+}
+
+impl VlmModel {
+    /// Loads the checkpoint in `dir`, picking the family from `config.json`'s `model_type`.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let model_type = read_model_type(dir)?;
+        match ModelFamily::from_model_type(&model_type) {
+            Some(ModelFamily::Idefics2) => Ok(Self::Idefics2(Box::new(
+                Idefics2ForConditionalGeneration::load(dir, opts)?,
+            ))),
+            Some(ModelFamily::Idefics3 | ModelFamily::SmolVlm) => Ok(Self::Idefics3(Box::new(
+                Idefics3ForConditionalGeneration::load(dir, opts)?,
+            ))),
+            None => Err(Error::Config(format!(
+                "{}: model_type \"{model_type}\" is not supported (idefics2, idefics3 and smolvlm are)",
+                dir.join("config.json").display()
+            ))),
+        }
+    }
+
+    pub fn family(&self) -> ModelFamily {
+        match self {
+            Self::Idefics2(_) => ModelFamily::Idefics2,
+            Self::Idefics3(m) => match m.config().model_type {
+                super::idefics3_config::Idefics3Family::Idefics3 => ModelFamily::Idefics3,
+                super::idefics3_config::Idefics3Family::Smolvlm => ModelFamily::SmolVlm,
+            },
+        }
+    }
+
+    /// Logits `[B, L, V]` of the new tokens (see the families' `forward`).
+    pub fn forward(&self, inputs: &ModelInputs, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        match self {
+            Self::Idefics2(m) => m.forward(inputs, cache),
+            Self::Idefics3(m) => m.forward(inputs, cache),
+        }
+    }
+
+    /// Final-normed hidden states `[B, L, Dt]`.
+    pub fn forward_hidden(
+        &self,
+        inputs: &ModelInputs,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Idefics2(m) => m.forward_hidden(inputs, cache),
+            Self::Idefics3(m) => m.forward_hidden(inputs, cache),
+        }
+    }
+
+    /// Prefill and return the last position's logits `[B, V]`.
+    pub fn forward_last(&self, inputs: &ModelInputs, cache: &mut KvCache) -> Result<Tensor> {
+        match self {
+            Self::Idefics2(m) => m.forward_last(inputs, cache),
+            Self::Idefics3(m) => m.forward_last(inputs, cache),
+        }
+    }
+
+    /// One decoding step, `[B, V]`.
+    pub fn decode_step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        match self {
+            Self::Idefics2(m) => m.decode_step(tokens, cache),
+            Self::Idefics3(m) => m.decode_step(tokens, cache),
+        }
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        match self {
+            Self::Idefics2(m) => m.new_cache(),
+            Self::Idefics3(m) => m.new_cache(),
+        }
+    }
+
+    /// The `<image>` token id of the checkpoint.
+    pub fn image_token_id(&self) -> u32 {
+        match self {
+            Self::Idefics2(m) => m.config().image_token_id,
+            Self::Idefics3(m) => m.config().image_token_id,
+        }
+    }
+
+    /// `<image>` tokens per image (Idefics2) or per tile (Idefics3 / SmolVLM).
+    pub fn image_seq_len(&self) -> usize {
+        match self {
+            Self::Idefics2(m) => m.config().image_seq_len(),
+            Self::Idefics3(m) => m.config().image_seq_len(),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Idefics2(m) => m.config().text_config.vocab_size,
+            Self::Idefics3(m) => m.config().text_config.vocab_size,
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Self::Idefics2(m) => m.dtype(),
+            Self::Idefics3(m) => m.dtype(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        match self {
+            Self::Idefics2(m) => m.device(),
+            Self::Idefics3(m) => m.device(),
+        }
+    }
+
+    pub fn set_use_fused_kernels(&self, fused: bool) {
+        match self {
+            Self::Idefics2(m) => m.set_use_fused_kernels(fused),
+            Self::Idefics3(m) => m.set_use_fused_kernels(fused),
+        }
+    }
+}
+
+impl VisitParams for VlmModel {
+    fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> candle_core::Result<()> {
+        match self {
+            Self::Idefics2(m) => m.visit_params(prefix, v),
+            Self::Idefics3(m) => m.visit_params(prefix, v),
+        }
+    }
+}

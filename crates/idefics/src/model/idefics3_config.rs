@@ -1,0 +1,481 @@
+//! `config.json` of an Idefics3 (`model_type` `idefics3`) or SmolVLM / SmolVLM2 (`smolvlm`) checkpoint.
+//!
+//! Both layouts transformers writes are accepted: 4.x (`text_config.rope_theta` and `rope_scaling`, `torch_dtype`)
+//! and 5.x (`text_config.rope_parameters = {rope_theta, rope_type, ...}`, `dtype`). Missing fields take the class
+//! defaults of transformers 5.24 (`Idefics3Config` / `SmolVLMConfig`, `Idefics3VisionConfig` /
+//! `SmolVLMVisionConfig`, `LlamaConfig`; src/transformers/models/{idefics3,smolvlm,llama}/configuration_*.py).
+
+use super::text::DecoderOptions;
+use crate::config::{
+    as_obj, get_act, get_bool, get_f64, get_side, get_u64, get_usize, Obj, TextConfig, VisionConfig,
+};
+use crate::error::{Error, Result};
+use crate::nn::{Activation, RopeScaling};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+/// Which of the two transformers classes the checkpoint names. The networks are the same; SmolVLM keeps the
+/// first image of a batch whose images are all padding (`SmolVLMModel.get_image_features`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Idefics3Family {
+    Idefics3,
+    Smolvlm,
+}
+
+impl Idefics3Family {
+    /// The `model_type` string of config.json.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Idefics3 => "idefics3",
+            Self::Smolvlm => "smolvlm",
+        }
+    }
+}
+
+/// The whole checkpoint configuration (`Idefics3Config` / `SmolVLMConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Idefics3Config {
+    pub model_type: Idefics3Family,
+    /// SigLIP tower (`Idefics3VisionConfig`; same fields as Idefics2's).
+    pub vision_config: VisionConfig,
+    /// Llama decoder sizes (`sliding_window` is always `None`).
+    pub text_config: TextConfig,
+    /// Llama's biases and rope scaling.
+    pub decoder: DecoderOptions,
+    /// Pixel-shuffle factor r: `r * r` patches become one token.
+    pub scale_factor: usize,
+    pub image_token_id: u32,
+    pub tie_word_embeddings: bool,
+    /// Stored dtype as named by the file (`dtype` in 5.x, `torch_dtype` in 4.x), informational only.
+    pub dtype: Option<String>,
+}
+
+impl Idefics3Config {
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", path.display())))?;
+        Self::from_json_value(&value).map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("not valid JSON: {e}")))?;
+        Self::from_json_value(&value)
+    }
+
+    /// Parses a config from a JSON value, applying transformers' defaults and validating it.
+    pub fn from_json_value(v: &Value) -> Result<Self> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::Config("config.json must be a JSON object".into()))?;
+        let model_type = match obj.get("model_type").and_then(Value::as_str) {
+            Some("idefics3") => Idefics3Family::Idefics3,
+            Some("smolvlm") => Idefics3Family::Smolvlm,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "model_type is \"{other}\", expected \"idefics3\" or \"smolvlm\""
+                )))
+            }
+            None => {
+                return Err(Error::Config(
+                    "model_type is missing, expected \"idefics3\" or \"smolvlm\"".into(),
+                ))
+            }
+        };
+        let sub = |key: &str| -> Result<Option<&Obj>> {
+            match obj.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Object(o)) => Ok(Some(o)),
+                Some(_) => Err(Error::Config(format!("{key} must be an object"))),
+            }
+        };
+        let vision_config = parse_vision(sub("vision_config")?)?;
+        let (text_config, decoder) = parse_llama(sub("text_config")?)?;
+        let image_token_id = get_u64(obj, "image_token_id", "")?.unwrap_or(128257);
+        let cfg = Self {
+            model_type,
+            vision_config,
+            text_config,
+            decoder,
+            scale_factor: get_usize(obj, "scale_factor", "")?.unwrap_or(2),
+            image_token_id: u32::try_from(image_token_id).map_err(|_| {
+                Error::Config(format!("image_token_id {image_token_id} is too large"))
+            })?,
+            tie_word_embeddings: get_bool(obj, "tie_word_embeddings", "")?.unwrap_or(false),
+            dtype: obj
+                .get("dtype")
+                .or_else(|| obj.get("torch_dtype"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the values this implementation supports; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        let v = &self.vision_config;
+        let t = &self.text_config;
+        let positive = [
+            ("vision_config.hidden_size", v.hidden_size),
+            ("vision_config.intermediate_size", v.intermediate_size),
+            ("vision_config.num_attention_heads", v.num_attention_heads),
+            ("vision_config.num_channels", v.num_channels),
+            ("vision_config.patch_size", v.patch_size),
+            ("text_config.vocab_size", t.vocab_size),
+            ("text_config.hidden_size", t.hidden_size),
+            ("text_config.intermediate_size", t.intermediate_size),
+            ("text_config.num_attention_heads", t.num_attention_heads),
+            ("text_config.num_key_value_heads", t.num_key_value_heads),
+            ("text_config.head_dim", t.head_dim),
+            ("scale_factor", self.scale_factor),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(Error::Config(format!("{name} must be > 0")));
+            }
+        }
+        if v.image_size < v.patch_size {
+            return Err(Error::Config(format!(
+                "vision_config.image_size ({}) is smaller than patch_size ({})",
+                v.image_size, v.patch_size
+            )));
+        }
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
+            return Err(Error::Config(format!(
+                "vision_config.hidden_size ({}) is not divisible by num_attention_heads ({})",
+                v.hidden_size, v.num_attention_heads
+            )));
+        }
+        if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
+            return Err(Error::Config(format!(
+                "text_config.num_attention_heads ({}) is not divisible by num_key_value_heads ({})",
+                t.num_attention_heads, t.num_key_value_heads
+            )));
+        }
+        if !t.head_dim.is_multiple_of(2) {
+            return Err(Error::Config(format!(
+                "text_config.head_dim ({}) must be even for RoPE",
+                t.head_dim
+            )));
+        }
+        if self.image_token_id as usize >= t.vocab_size {
+            return Err(Error::Config(format!(
+                "image_token_id ({}) is not below text_config.vocab_size ({})",
+                self.image_token_id, t.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// `<image>` tokens per image (tile): `(image_size / patch_size)^2 / scale_factor^2`
+    /// (`Idefics3Model.image_seq_len`).
+    pub fn image_seq_len(&self) -> usize {
+        let side = self.vision_config.num_patches_per_side();
+        side * side / (self.scale_factor * self.scale_factor)
+    }
+}
+
+/// `Idefics3VisionConfig` / `SmolVLMVisionConfig` class defaults (wider than `Idefics2VisionConfig`'s).
+fn parse_vision(o: Option<&Obj>) -> Result<VisionConfig> {
+    let empty = Obj::new();
+    let o = o.unwrap_or(&empty);
+    let s = "vision_config.";
+    Ok(VisionConfig {
+        hidden_size: get_usize(o, "hidden_size", s)?.unwrap_or(1152),
+        intermediate_size: get_usize(o, "intermediate_size", s)?.unwrap_or(3072),
+        num_hidden_layers: get_usize(o, "num_hidden_layers", s)?.unwrap_or(12),
+        num_attention_heads: get_usize(o, "num_attention_heads", s)?.unwrap_or(16),
+        num_channels: get_usize(o, "num_channels", s)?.unwrap_or(3),
+        image_size: get_side(o, "image_size", s)?.unwrap_or(224),
+        patch_size: get_side(o, "patch_size", s)?.unwrap_or(32),
+        hidden_act: get_act(o, "hidden_act", s)?.unwrap_or(Activation::GeluPytorchTanh),
+        layer_norm_eps: get_f64(o, "layer_norm_eps", s)?.unwrap_or(1e-6),
+    })
+}
+
+/// A Llama `text_config`: missing keys take `LlamaConfig` class defaults; a missing `text_config` is
+/// `LlamaConfig(rms_norm_eps=1e-5)` (the composite config's `sub_configs_defaults`).
+fn parse_llama(o: Option<&Obj>) -> Result<(TextConfig, DecoderOptions)> {
+    let absent = o.is_none();
+    let empty = Obj::new();
+    let o = o.unwrap_or(&empty);
+    let s = "text_config.";
+    if let Some(mt) = o.get("model_type").and_then(Value::as_str) {
+        if mt != "llama" {
+            return Err(Error::Config(format!(
+                "text_config.model_type \"{mt}\" is not supported (only \"llama\")"
+            )));
+        }
+    }
+    let hidden_size = get_usize(o, "hidden_size", s)?.unwrap_or(4096);
+    let num_attention_heads = get_usize(o, "num_attention_heads", s)?.unwrap_or(32);
+    if num_attention_heads == 0 {
+        return Err(Error::Config(
+            "text_config.num_attention_heads must be > 0".into(),
+        ));
+    }
+    let max_position_embeddings = get_usize(o, "max_position_embeddings", s)?.unwrap_or(2048);
+    let (rope_theta, rope_scaling) = parse_rope(o, max_position_embeddings)?;
+    let opt_u32 = |key: &str, default: Option<u32>| -> Result<Option<u32>> {
+        match o.get(key) {
+            None => Ok(default),
+            Some(Value::Null) => Ok(None),
+            Some(_) => get_u64(o, key, s)?
+                .map(|x| {
+                    u32::try_from(x).map_err(|_| Error::Config(format!("{s}{key} is too large")))
+                })
+                .transpose(),
+        }
+    };
+    let text = TextConfig {
+        vocab_size: get_usize(o, "vocab_size", s)?.unwrap_or(32000),
+        hidden_size,
+        intermediate_size: get_usize(o, "intermediate_size", s)?.unwrap_or(11008),
+        num_hidden_layers: get_usize(o, "num_hidden_layers", s)?.unwrap_or(32),
+        num_attention_heads,
+        num_key_value_heads: get_usize(o, "num_key_value_heads", s)?.unwrap_or(num_attention_heads),
+        head_dim: get_usize(o, "head_dim", s)?.unwrap_or(hidden_size / num_attention_heads),
+        hidden_act: get_act(o, "hidden_act", s)?.unwrap_or(Activation::Silu),
+        max_position_embeddings,
+        rms_norm_eps: get_f64(o, "rms_norm_eps", s)?.unwrap_or(if absent { 1e-5 } else { 1e-6 }),
+        rope_theta,
+        sliding_window: None,
+        pad_token_id: opt_u32("pad_token_id", None)?,
+        bos_token_id: opt_u32("bos_token_id", Some(1))?,
+        eos_token_id: match o.get("eos_token_id") {
+            None => Some(Value::from(2)),
+            Some(Value::Null) => None,
+            Some(v) => Some(v.clone()),
+        },
+    };
+    let decoder = DecoderOptions {
+        attention_bias: get_bool(o, "attention_bias", s)?.unwrap_or(false),
+        mlp_bias: get_bool(o, "mlp_bias", s)?.unwrap_or(false),
+        rope_scaling,
+    };
+    Ok((text, decoder))
+}
+
+/// `rope_theta` and the frequency scaling, as transformers 5.x standardises them
+/// (`RotaryEmbeddingConfigMixin.convert_rope_params_to_dict`): a 4.x `rope_scaling` dict replaces
+/// `rope_parameters`; `rope_theta` inside the dict wins over the top-level one; `rope_type` falls back to `type`;
+/// llama3's `original_max_position_embeddings` defaults to `max_position_embeddings`.
+fn parse_rope(o: &Obj, max_position_embeddings: usize) -> Result<(f64, RopeScaling)> {
+    let mut theta = get_f64(o, "rope_theta", "text_config.")?.unwrap_or(10000.0);
+    let (key, params) = match (o.get("rope_scaling"), o.get("rope_parameters")) {
+        (Some(Value::Object(p)), _) => ("rope_scaling", Some(p)),
+        (_, Some(Value::Object(p))) => ("rope_parameters", Some(p)),
+        (Some(v), _) if !v.is_null() => {
+            return Err(Error::Config(format!(
+                "text_config.rope_scaling must be an object, got {v}"
+            )))
+        }
+        (_, Some(v)) if !v.is_null() => {
+            return Err(Error::Config(format!(
+                "text_config.rope_parameters must be an object, got {v}"
+            )))
+        }
+        _ => ("rope_parameters", None),
+    };
+    let Some(p) = params else {
+        return Ok((theta, RopeScaling::Default));
+    };
+    let sec = format!("text_config.{key}.");
+    if let Some(t) = get_f64(p, "rope_theta", &sec)? {
+        theta = t;
+    }
+    let rope_type = p
+        .get("rope_type")
+        .or_else(|| p.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let need = |name: &str| -> Result<f64> {
+        get_f64(p, name, &sec)?.ok_or_else(|| {
+            Error::Config(format!(
+                "{sec}{name} is required for rope_type \"{rope_type}\""
+            ))
+        })
+    };
+    let scaling = match rope_type {
+        "default" => RopeScaling::Default,
+        "linear" => RopeScaling::Linear {
+            factor: need("factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: need("factor")?,
+            low_freq_factor: need("low_freq_factor")?,
+            high_freq_factor: need("high_freq_factor")?,
+            original_max_position_embeddings: get_usize(
+                p,
+                "original_max_position_embeddings",
+                &sec,
+            )?
+            .unwrap_or(max_position_embeddings),
+        },
+        other => {
+            return Err(Error::Config(format!(
+            "text_config rope_type \"{other}\" is not supported (default, linear and llama3 are)"
+        )))
+        }
+    };
+    if let RopeScaling::Llama3 {
+        low_freq_factor,
+        high_freq_factor,
+        ..
+    } = scaling
+    {
+        if high_freq_factor <= low_freq_factor {
+            return Err(Error::Config(format!(
+                "{sec}high_freq_factor ({high_freq_factor}) must exceed low_freq_factor ({low_freq_factor})"
+            )));
+        }
+    }
+    Ok((theta, scaling))
+}
+
+/// `model_type` of a checkpoint directory's config.json (to pick the family before loading).
+pub fn read_model_type(dir: &Path) -> Result<String> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", path.display())))?;
+    as_obj(&value)
+        .get("model_type")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| Error::Config(format!("{}: model_type is missing", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SmolVLM-256M-Instruct text and vision sizes (idefics-spec table of hub configs), 4.x layout.
+    const SMOLVLM_256M: &str = r#"{
+      "model_type": "idefics3", "image_token_id": 49190, "scale_factor": 4, "tie_word_embeddings": false,
+      "torch_dtype": "bfloat16",
+      "text_config": {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-05, "rope_theta": 100000, "vocab_size": 49280,
+        "perceiver_config": {"model_type": "idefics3"}, "pixel_shuffle_factor": 4, "use_resampler": false},
+      "vision_config": {"hidden_size": 768, "image_size": 512, "patch_size": 16, "num_attention_heads": 12,
+        "intermediate_size": 3072, "num_hidden_layers": 12}
+    }"#;
+
+    #[test]
+    fn smolvlm_256m_shapes() {
+        let c = Idefics3Config::from_json_str(SMOLVLM_256M).unwrap();
+        assert_eq!(c.model_type, Idefics3Family::Idefics3);
+        assert_eq!(c.image_seq_len(), 64);
+        assert_eq!(c.text_config.head_dim, 64);
+        assert_eq!(c.text_config.rope_theta, 100000.0);
+        assert_eq!(c.text_config.sliding_window, None);
+        assert_eq!(c.decoder, DecoderOptions::default());
+        assert_eq!(c.dtype.as_deref(), Some("bfloat16"));
+    }
+
+    #[test]
+    fn class_defaults_when_sections_are_missing() {
+        // transformers' defaults alone are inconsistent (image_token_id 128257 with LlamaConfig's 32000-token
+        // vocabulary); such a config is refused, naming the field.
+        let e = err(r#"{"model_type": "smolvlm"}"#);
+        assert!(e.contains("image_token_id (128257)"), "{e}");
+        let c = Idefics3Config::from_json_str(r#"{"model_type": "smolvlm", "image_token_id": 7}"#)
+            .unwrap();
+        assert_eq!(c.model_type, Idefics3Family::Smolvlm);
+        assert_eq!(c.scale_factor, 2);
+        assert_eq!(c.vision_config.hidden_size, 1152);
+        assert_eq!(c.vision_config.patch_size, 32);
+        // No text_config: LlamaConfig(rms_norm_eps=1e-5); a given text_config keeps the class default 1e-6.
+        assert_eq!(c.text_config.rms_norm_eps, 1e-5);
+        assert_eq!(c.text_config.num_key_value_heads, 32);
+        let c = Idefics3Config::from_json_str(
+            r#"{"model_type": "smolvlm", "text_config": {"vocab_size": 200000}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.text_config.rms_norm_eps, 1e-6);
+        // 224 / 32 = 7 patches per side: int(7 * 7 / 2^2) = 12, as transformers computes it (such a config runs
+        // text only; its pixel shuffle fails on images, in transformers and here).
+        assert_eq!(c.image_seq_len(), 12);
+    }
+
+    #[test]
+    fn rope_scaling_in_both_layouts() {
+        let v5 = r#"{"model_type": "idefics3", "image_token_id": 7, "text_config": {"max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+              "low_freq_factor": 1.0, "high_freq_factor": 4.0}}}"#;
+        let c = Idefics3Config::from_json_str(v5).unwrap();
+        assert_eq!(c.text_config.rope_theta, 500000.0);
+        assert_eq!(
+            c.decoder.rope_scaling,
+            RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 4096
+            }
+        );
+        let v4 = r#"{"model_type": "idefics3", "image_token_id": 7, "text_config": {"rope_theta": 1000.0,
+            "rope_scaling": {"type": "linear", "factor": 2.0}, "attention_bias": true, "mlp_bias": true}}"#;
+        let c = Idefics3Config::from_json_str(v4).unwrap();
+        assert_eq!(c.text_config.rope_theta, 1000.0);
+        assert_eq!(c.decoder.rope_scaling, RopeScaling::Linear { factor: 2.0 });
+        assert!(c.decoder.attention_bias && c.decoder.mlp_bias);
+    }
+
+    fn err(json: &str) -> String {
+        Idefics3Config::from_json_str(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rejects_unsupported_values_naming_the_field() {
+        assert!(err(r#"{"model_type": "idefics2"}"#).contains("idefics2"));
+        let e = err(r#"{"model_type": "smolvlm", "text_config": {"model_type": "mistral"}}"#);
+        assert!(e.contains("text_config.model_type"), "{e}");
+        let e = err(
+            r#"{"model_type": "smolvlm", "text_config": {"rope_parameters": {"rope_type": "yarn", "factor": 2}}}"#,
+        );
+        assert!(e.contains("yarn"), "{e}");
+        let e = err(
+            r#"{"model_type": "smolvlm", "text_config": {"rope_parameters": {"rope_type": "llama3", "factor": 2}}}"#,
+        );
+        assert!(e.contains("low_freq_factor"), "{e}");
+        let e = err(r#"{"model_type": "smolvlm", "scale_factor": 0}"#);
+        assert!(e.contains("scale_factor"), "{e}");
+        let e = err(
+            r#"{"model_type": "smolvlm", "image_token_id": 40000, "text_config": {"vocab_size": 300}}"#,
+        );
+        assert!(e.contains("image_token_id"), "{e}");
+    }
+
+    #[test]
+    fn llama3_frequencies_follow_the_three_bands() {
+        let scaling = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let base = RopeScaling::Default.inv_freq(500000.0, 128);
+        let scaled = scaling.inv_freq(500000.0, 128);
+        // Highest frequency (wavelength 2 pi < 2048) is kept; the lowest (wavelength > 8192) divided by 8.
+        assert_eq!(scaled[0], base[0]);
+        assert_eq!(scaled[63], base[63] / 8.0);
+        // In between, strictly between the two.
+        let mid = (0..64)
+            .find(|&i| {
+                let w = 2.0 * std::f32::consts::PI / base[i];
+                w > 2048.0 && w < 8192.0
+            })
+            .unwrap();
+        assert!(scaled[mid] < base[mid] && scaled[mid] > base[mid] / 8.0);
+    }
+}
