@@ -71,7 +71,7 @@ fn inputs_of(t: &HashMap<String, Tensor>, with_positions: bool) -> ModelInputs {
         },
         pixel_values: t.get("pixel_values").cloned(),
         pixel_attention_mask: t.get("pixel_attention_mask").cloned(),
-        embedding_noise: None,
+        inputs_embeds: None,
     }
 }
 

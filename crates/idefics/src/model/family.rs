@@ -42,28 +42,8 @@ impl_decode_model!(Idefics2ForConditionalGeneration);
 impl_decode_model!(Idefics3ForConditionalGeneration);
 impl_decode_model!(VlmModel);
 
-/// The architecture families this crate runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelFamily {
-    /// `idefics2`: perceiver connector, Mistral decoder.
-    Idefics2,
-    /// `idefics3`: pixel-shuffle connector, Llama decoder.
-    Idefics3,
-    /// `smolvlm` (SmolVLM2 checkpoints): Idefics3's network with SmolVLM's padding-image rule.
-    SmolVlm,
-}
-
-impl ModelFamily {
-    /// The family of a `model_type` string, `None` if unsupported.
-    pub fn from_model_type(model_type: &str) -> Option<Self> {
-        match model_type {
-            "idefics2" => Some(Self::Idefics2),
-            "idefics3" => Some(Self::Idefics3),
-            "smolvlm" => Some(Self::SmolVlm),
-            _ => None,
-        }
-    }
-}
+/// The architecture families, one definition for the processor and the model.
+pub use idefics_processor::ModelFamily;
 
 /// A loaded model of any supported family (boxed: the handles differ in size).
 #[derive(Debug, Clone)]

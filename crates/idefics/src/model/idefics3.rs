@@ -360,17 +360,23 @@ impl Idefics3ForConditionalGeneration {
             self.config.text_config.vocab_size,
         )?;
         let ids_u32 = step.ids.to_dtype(DType::U32)?;
-        let mut embeds = self.text_model.embed(&ids_u32)?;
-        if let Some(noise) = &inputs.embedding_noise {
-            if noise.dims() != embeds.dims() {
-                return Err(Error::Input(format!(
-                    "embedding_noise has shape {:?}, expected {:?}",
-                    noise.dims(),
-                    embeds.dims()
-                )));
+        let mut embeds = match &inputs.inputs_embeds {
+            Some(given) => {
+                let (b, l, d) = (
+                    step.batch,
+                    step.ids.dim(1)?,
+                    self.config.text_config.hidden_size,
+                );
+                if given.dims() != [b, l, d] {
+                    return Err(Error::Input(format!(
+                        "inputs_embeds has shape {:?}, expected [{b}, {l}, {d}]",
+                        given.dims()
+                    )));
+                }
+                given.to_dtype(self.dtype)?
             }
-            embeds = (embeds + noise.to_dtype(self.dtype)?)?;
-        }
+            None => self.text_model.embed(&ids_u32)?,
+        };
         if let Some(pv) = &inputs.pixel_values {
             if pv.dim(0).ok() != Some(step.batch) {
                 return Err(Error::Input(format!(
