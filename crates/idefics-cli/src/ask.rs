@@ -3,7 +3,7 @@
 use crate::model_source::ModelArgs;
 use anyhow::{Context, Result};
 use idefics::generate::{GenerationRequest, SamplingParams};
-use idefics::pipeline::{Idefics2Pipeline, Prompt, PromptInput};
+use idefics::pipeline::{Pipeline, Prompt, PromptInput};
 use idefics::processor::{decode_image_file, ChatMessage, ContentPart, DecodeLimits, RgbImage};
 use std::io::Write;
 use std::path::PathBuf;
@@ -148,7 +148,7 @@ pub struct Answer {
 
 /// Runs one chat turn; streams the text to stdout when `stream` is set.
 pub fn answer(
-    pipeline: &Idefics2Pipeline,
+    pipeline: &Pipeline,
     messages: Vec<ChatMessage>,
     images: Vec<RgbImage>,
     decoding: &DecodingArgs,

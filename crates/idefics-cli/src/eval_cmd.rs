@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use idefics::hub::{resolve_model, HubConfig};
-use idefics::pipeline::Idefics2Pipeline;
+use idefics::pipeline::Pipeline;
 use idefics::LoadOptions;
 use idefics_eval::data::{read_eval_data, EvalData};
 use idefics_eval::runner::{checkpoint_revision, run_eval, EvalRunConfig, PromptStyle};
@@ -152,8 +152,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         device: crate::model_source::device()?,
         ..LoadOptions::default()
     };
-    let pipeline = Idefics2Pipeline::load(&dir, &opts)
-        .with_context(|| format!("loading {}", dir.display()))?;
+    let pipeline =
+        Pipeline::load(&dir, &opts).with_context(|| format!("loading {}", dir.display()))?;
     let revision = match hub_commit {
         Some(commit) => commit,
         None => checkpoint_revision(&dir)?,

@@ -2,9 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use idefics::pipeline::{Idefics2Pipeline, Prompt, PromptInput};
+use idefics::pipeline::{Pipeline, Prompt, PromptInput};
 use idefics::weights::parse_dtype;
-use idefics::{Idefics2ForConditionalGeneration, LoadOptions, ModelInputs, PositionIdRule};
+use idefics::{LoadOptions, ModelInputs, PositionIdRule, VlmModel};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -80,7 +80,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     let (model, inputs) = match (&args.prompt, &args.inputs) {
         (Some(prompt), _) => {
             let images = crate::ask::load_images(&args.images)?;
-            let pipeline = Idefics2Pipeline::load(&args.model, &opts)
+            let pipeline = Pipeline::load(&args.model, &opts)
                 .with_context(|| format!("loading {}", args.model.display()))?;
             let prepared = pipeline.prepare(
                 &[PromptInput {
@@ -108,7 +108,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
             (pipeline.model, inputs)
         }
         (None, Some(path)) => {
-            let model = Idefics2ForConditionalGeneration::load(&args.model, &opts)
+            let model = VlmModel::load(&args.model, &opts)
                 .with_context(|| format!("loading {}", args.model.display()))?;
             (model, read_inputs(path, &device)?)
         }

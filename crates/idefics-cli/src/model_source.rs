@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use idefics::hub::{resolve_model, DownloadProgress, HubConfig};
-use idefics::pipeline::Idefics2Pipeline;
+use idefics::pipeline::Pipeline;
 use idefics::LoadOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -70,13 +70,13 @@ impl ModelArgs {
     }
 
     /// Resolves and loads the whole pipeline (model, processors, generation defaults).
-    pub fn load_pipeline(&self) -> Result<Idefics2Pipeline> {
+    pub fn load_pipeline(&self) -> Result<Pipeline> {
         let dir = self.resolve()?;
         let opts = LoadOptions {
             device: device()?,
             ..LoadOptions::default()
         };
-        Idefics2Pipeline::load(&dir, &opts).with_context(|| format!("loading {}", dir.display()))
+        Pipeline::load(&dir, &opts).with_context(|| format!("loading {}", dir.display()))
     }
 }
 

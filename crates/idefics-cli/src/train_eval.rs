@@ -1,7 +1,7 @@
 //! Evaluation during training (`[eval]` of a recipe): the model being trained answers a held-out set in memory
 //! (no checkpoint written or re-read), scored per task family as `idefics eval` scores it.
 
-use idefics::pipeline::Idefics2Pipeline;
+use idefics::pipeline::Pipeline;
 use idefics_eval::data::{read_eval_data, EvalData, EvalSample};
 use idefics_eval::runner::{evaluate, EvalRunConfig};
 use idefics_train::recipe::EvalSection;
@@ -35,7 +35,7 @@ impl TrainEval {
 
     /// Scores the current weights: `{"overall": %, "per_source": {...}, "n": samples}`.
     pub fn run(&mut self, model: &TrainableModel) -> Result<serde_json::Value, TrainError> {
-        let pipeline = Idefics2Pipeline::from_parts(model.model().clone(), &self.processor_dir)?;
+        let pipeline = Pipeline::from_parts(model.model().clone(), &self.processor_dir)?;
         let scores = evaluate(&pipeline, &self.data, &self.config)?;
         Ok(serde_json::json!({
             "overall": scores.overall(),

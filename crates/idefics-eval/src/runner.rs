@@ -14,12 +14,12 @@
 //! ```no_run
 //! # fn demo(model: idefics::Idefics2ForConditionalGeneration) -> idefics::Result<()> {
 //! use idefics_eval::runner::{evaluate, EvalRunConfig};
-//! use idefics::pipeline::Idefics2Pipeline;
+//! use idefics::pipeline::Pipeline;
 //! use idefics_eval::data::read_eval_data;
 //! use std::path::Path;
 //!
 //! // The trained model (a clone shares its weights) + the tokenizer / processor files of its checkpoint.
-//! let pipeline = Idefics2Pipeline::from_parts(model.clone(), Path::new("checkpoint-dir"))?;
+//! let pipeline = Pipeline::from_parts(model.clone(), Path::new("checkpoint-dir"))?;
 //! // `idefics data synth` output (its held-out split), at most 64 questions.
 //! let data = read_eval_data(Path::new("synth"), "synth", Some(64))
 //!     .map_err(|e| idefics::Error::Input(e.to_string()))?;
@@ -47,7 +47,7 @@ use idefics_processor::{
 use sha2::{Digest, Sha256};
 
 use idefics::generate::{GenerationRequest, SamplingParams};
-use idefics::pipeline::{Idefics2Pipeline, Prompt, PromptInput};
+use idefics::pipeline::{Pipeline, Prompt, PromptInput};
 use idefics::{Error, Result};
 
 /// How prompts are built.
@@ -157,7 +157,7 @@ struct PreparedSample<'a> {
 /// processor, prompt, decoding, shots and seed fields. `support` is the split shots are drawn from (checked
 /// disjoint from `samples`); it may be empty for zero-shot runs.
 pub fn run_eval(
-    pipeline: &Idefics2Pipeline,
+    pipeline: &Pipeline,
     samples: &[EvalSample],
     support: &[EvalSample],
     config: &EvalRunConfig,
@@ -263,10 +263,10 @@ impl EvalScores {
 /// Evaluate in memory (zero-shot, or the base format without shots): the model of `pipeline` answers every
 /// sample of `data` (greedy, batches of `config.batch_size`), and the answers are scored per task and per
 /// source, next to `data`'s chance levels. Nothing is written to disk. For evaluation during training: build
-/// the pipeline with [`Idefics2Pipeline::from_parts`] and read the data once with
+/// the pipeline with [`Pipeline::from_parts`] and read the data once with
 /// `idefics_eval::data::read_eval_data`.
 pub fn evaluate(
-    pipeline: &Idefics2Pipeline,
+    pipeline: &Pipeline,
     data: &EvalData,
     config: &EvalRunConfig,
 ) -> Result<EvalScores> {
@@ -311,7 +311,7 @@ pub fn evaluate(
 /// and returns the samples that failed.
 #[allow(clippy::too_many_arguments)]
 fn answer_samples(
-    pipeline: &Idefics2Pipeline,
+    pipeline: &Pipeline,
     todo: &[&EvalSample],
     support: &[EvalSample],
     config: &EvalRunConfig,
@@ -393,8 +393,8 @@ fn write_failures(path: &Path, failures: &[SampleFailure]) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
-fn resolve_style(pipeline: &Idefics2Pipeline, config: &EvalRunConfig) -> Result<PromptStyle> {
-    let has_template = pipeline.prompts.chat_template().is_some();
+fn resolve_style(pipeline: &Pipeline, config: &EvalRunConfig) -> Result<PromptStyle> {
+    let has_template = pipeline.processor.chat_template().is_some();
     match config.style {
         Some(PromptStyle::Instruct) if config.shots > 0 => Err(Error::Input(
             "the instruct prompt is zero-shot; shots use the base-model format".into(),
@@ -443,7 +443,7 @@ fn eval_prompt_of(
 }
 
 fn prepare_sample<'a>(
-    pipeline: &Idefics2Pipeline,
+    pipeline: &Pipeline,
     sample: &'a EvalSample,
     support: &[EvalSample],
     config: &EvalRunConfig,
@@ -466,7 +466,7 @@ fn prepare_sample<'a>(
             });
             let messages = vec![ChatMessage::parts("user", parts)];
             let rendered = pipeline
-                .prompts
+                .processor
                 .chat_template()
                 .map(|t| t.render(&messages, true))
                 .transpose()?
@@ -505,7 +505,7 @@ fn load_image(source: &ImageSource) -> Result<RgbImage> {
 /// One generate call; the answers, whitespace-trimmed (the scorers ignore it; base prompts answer after
 /// `Answer:` with a leading space).
 fn generate_batch(
-    pipeline: &Idefics2Pipeline,
+    pipeline: &Pipeline,
     batch: &[PreparedSample],
     splitting: Option<bool>,
 ) -> Result<Vec<String>> {
@@ -521,25 +521,14 @@ fn generate_batch(
 
 /// Completes the caller's run description with what this run uses.
 fn fill_run_info(
-    pipeline: &Idefics2Pipeline,
+    pipeline: &Pipeline,
     samples: &[EvalSample],
     support: &[EvalSample],
     config: &EvalRunConfig,
     style: PromptStyle,
     mut info: RunInfo,
 ) -> Result<RunInfo> {
-    let processor = pipeline.prompts.config();
-    let image = pipeline.images.config();
-    let splitting = pipeline
-        .prompts
-        .resolve_splitting(config.do_image_splitting);
-    info.processor = Some(serde_json::json!({
-        "do_image_splitting": splitting,
-        "image_seq_len": processor.image_seq_len,
-        "shortest_edge": image.size.shortest_edge,
-        "longest_edge": image.size.longest_edge,
-        "resample": format!("{:?}", image.resample),
-    }));
+    info.processor = Some(pipeline.processor.settings_json(config.do_image_splitting));
     // Every template this run's samples use (open-ended and multiple choice may mix), and each metric's cap.
     let mut templates = BTreeSet::new();
     let mut caps = BTreeSet::new();

@@ -2,7 +2,7 @@
 //! sample (tests/fixtures/eval_vqav2_sample). The answers of a random model are meaningless: these tests
 //! check structure, resumption, determinism, per-sample failures and that the report equals a rescore.
 
-use idefics::pipeline::Idefics2Pipeline;
+use idefics::pipeline::Pipeline;
 use idefics::LoadOptions;
 use idefics_eval::data::{read_jsonl, read_vqav2_dir};
 use idefics_eval::runner::{run_eval, EvalProgress, EvalRunConfig, PromptStyle};
@@ -13,8 +13,8 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn pipeline() -> Idefics2Pipeline {
-    Idefics2Pipeline::load(
+fn pipeline() -> Pipeline {
+    Pipeline::load(
         &root().join("tests/fixtures/e2e/tiny-chat"),
         &LoadOptions::default(),
     )
@@ -33,7 +33,7 @@ fn config(batch_size: usize) -> EvalRunConfig {
 }
 
 fn run(
-    p: &Idefics2Pipeline,
+    p: &Pipeline,
     samples: &[EvalSample],
     config: &EvalRunConfig,
     out: &Path,
@@ -274,7 +274,7 @@ fn synth_heldout_evaluates_in_memory_with_per_family_scores() {
 
     let ckpt = root().join("tests/fixtures/e2e/tiny-chat");
     let model = Idefics2ForConditionalGeneration::load(&ckpt, &LoadOptions::default()).unwrap();
-    let p = Idefics2Pipeline::from_parts(model.clone(), &ckpt).unwrap();
+    let p = Pipeline::from_parts(model.clone(), &ckpt).unwrap();
     let config = EvalRunConfig {
         batch_size: 4,
         do_image_splitting: Some(false),

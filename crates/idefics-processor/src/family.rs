@@ -296,6 +296,115 @@ impl FamilyProcessor {
         }
     }
 
+    /// The splitting flag a request gets: `override_splitting`, else the checkpoint's setting.
+    pub fn resolve_splitting(&self, override_splitting: Option<bool>) -> bool {
+        match self {
+            Self::Idefics2 { prompt, .. } => prompt.resolve_splitting(override_splitting),
+            Self::Idefics3 { image, .. } => {
+                override_splitting.unwrap_or(image.config().do_image_splitting)
+            }
+        }
+    }
+
+    /// The tile grid a `width x height` image gets (Idefics3 / SmolVLM), computed from its size alone.
+    fn grid_for_size(
+        image: &Idefics3ImageProcessor,
+        width: usize,
+        height: usize,
+        split: bool,
+    ) -> TileGrid {
+        if !split {
+            return TileGrid::default();
+        }
+        let tile = image.config().max_image_size;
+        let (h, w) = if image.config().do_resize {
+            image.resize_target(height.max(1), width.max(1), true)
+        } else {
+            (height, width)
+        };
+        let (vh, vw) = crate::image::idefics3::vision_encoder_size(h, w, tile);
+        crate::image::idefics3::grid_for(vh, vw, tile)
+    }
+
+    /// `<image>` tokens a `width x height` image costs in a prompt, without decoding it (admission checks).
+    pub fn image_token_cost(&self, width: usize, height: usize, split: Option<bool>) -> usize {
+        let split = self.resolve_splitting(split);
+        let frames = match self {
+            Self::Idefics2 { .. } if split => 5,
+            Self::Idefics2 { .. } => 1,
+            Self::Idefics3 { image, .. } => {
+                Self::grid_for_size(image, width, height, split).frames()
+            }
+        };
+        frames * self.image_seq_len()
+    }
+
+    /// The token ids of a chat whose image parts stand for images of these `(width, height)` sizes, without
+    /// processing any pixels (what admission and usage counting need).
+    pub fn chat_token_ids(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        image_sizes: &[(usize, usize)],
+        split: Option<bool>,
+    ) -> Result<Vec<u32>, ProcessorError> {
+        let split = self.resolve_splitting(split);
+        Ok(match self {
+            Self::Idefics2 { prompt, .. } => {
+                prompt
+                    .encode_chat(
+                        messages,
+                        add_generation_prompt,
+                        image_sizes.len(),
+                        Some(split),
+                    )?
+                    .input_ids
+            }
+            Self::Idefics3 { image, prompt, .. } => {
+                let grids: Vec<TileGrid> = image_sizes
+                    .iter()
+                    .map(|&(w, h)| Self::grid_for_size(image, w, h, split))
+                    .collect();
+                prompt
+                    .encode_chat(messages, add_generation_prompt, &grids)?
+                    .input_ids
+            }
+        })
+    }
+
+    /// The settings that shape a run's inputs, for run descriptions (eval reports).
+    pub fn settings_json(&self, override_splitting: Option<bool>) -> Value {
+        let mut out = serde_json::json!({
+            "family": self.family().model_type(),
+            "do_image_splitting": self.resolve_splitting(override_splitting),
+            "image_seq_len": self.image_seq_len(),
+        });
+        let extra = match self {
+            Self::Idefics2 { image, .. } => {
+                let c = image.config();
+                serde_json::json!({
+                    "shortest_edge": c.size.shortest_edge,
+                    "longest_edge": c.size.longest_edge,
+                    "resample": format!("{:?}", c.resample),
+                })
+            }
+            Self::Idefics3 { image, .. } => {
+                let c = image.config();
+                serde_json::json!({
+                    "longest_edge": c.size.longest_edge,
+                    "max_image_size": c.max_image_size,
+                    "resample": format!("{:?}", c.resample),
+                    "max_tiles": c.max_tiles,
+                    "upscale": c.upscale,
+                })
+            }
+        };
+        if let (Some(out), Value::Object(extra)) = (out.as_object_mut(), extra) {
+            out.extend(extra);
+        }
+        out
+    }
+
     /// `<image>` tokens per (sub-)image / tile.
     pub fn image_seq_len(&self) -> usize {
         match self {

@@ -6,7 +6,7 @@ use crate::engine::{
     PromptTokens, Role,
 };
 use idefics::generate::{FinishReason, GenerationRequest, SamplingParams};
-use idefics::pipeline::{Idefics2Pipeline, Prompt, PromptInput};
+use idefics::pipeline::{Pipeline, Prompt, PromptInput};
 use idefics::processor::{ChatMessage, ContentPart, RgbImage};
 
 /// A request in the processor's types: messages, images in slot order, and the splitting flag it asks for.
@@ -14,13 +14,13 @@ type ConvertedPrompt = (Vec<ChatMessage>, Vec<RgbImage>, Option<bool>);
 
 /// Serves one loaded checkpoint.
 pub struct PipelineEngine {
-    pipeline: Idefics2Pipeline,
+    pipeline: Pipeline,
     model_id: String,
     max_batch_size: usize,
 }
 
 impl PipelineEngine {
-    pub fn new(pipeline: Idefics2Pipeline, model_id: String, max_batch_size: usize) -> Self {
+    pub fn new(pipeline: Pipeline, model_id: String, max_batch_size: usize) -> Self {
         Self {
             pipeline,
             model_id,
@@ -146,27 +146,24 @@ impl ChatEngine for PipelineEngine {
         self.pipeline.context_length()
     }
 
-    fn image_token_cost(&self, _width: u32, _height: u32, split: Option<bool>) -> usize {
-        let prompts = &self.pipeline.prompts;
-        let per_image = prompts.config().image_seq_len;
-        if prompts.resolve_splitting(split) {
-            per_image * 5
-        } else {
-            per_image
-        }
+    fn image_token_cost(&self, width: u32, height: u32, split: Option<bool>) -> usize {
+        self.pipeline
+            .processor
+            .image_token_cost(width as usize, height as usize, split)
     }
 
     fn count_prompt_tokens(&self, prompt: &ChatPrompt) -> Result<PromptTokens, EngineError> {
         let (messages, images, split) = Self::convert(prompt)?;
+        let sizes: Vec<(usize, usize)> = images.iter().map(|i| (i.width(), i.height())).collect();
         let encoded = self
             .pipeline
-            .prompts
-            .encode_chat(&messages, true, images.len(), split)
+            .processor
+            .chat_token_ids(&messages, true, &sizes, split)
             .map_err(|e| EngineError::BadInput(e.to_string()))?;
-        let image_id = self.pipeline.prompts.tokenizer().special_ids().image;
-        let image_tokens = encoded.input_ids.iter().filter(|&&t| t == image_id).count();
+        let image_id = self.pipeline.processor.tokenizer().special_ids().image;
+        let image_tokens = encoded.iter().filter(|&&t| t == image_id).count();
         Ok(PromptTokens {
-            total: encoded.input_ids.len(),
+            total: encoded.len(),
             image_tokens,
         })
     }

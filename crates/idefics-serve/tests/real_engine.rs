@@ -7,7 +7,7 @@ mod common;
 use base64::Engine as _;
 use common::*;
 use idefics::generate::GenerationRequest;
-use idefics::pipeline::{Idefics2Pipeline, Prompt, PromptInput};
+use idefics::pipeline::{Pipeline, Prompt, PromptInput};
 use idefics::processor::{decode_image, ChatMessage, ContentPart, DecodeLimits};
 use idefics::LoadOptions;
 use idefics_serve::pipeline_engine::PipelineEngine;
@@ -36,7 +36,7 @@ fn served_answers_equal_the_pipeline_and_bad_images_fail_alone() {
     );
 
     // The reference: the pipeline called directly with the same chat, greedy.
-    let pipeline = Idefics2Pipeline::load(&checkpoint(), &LoadOptions::default()).unwrap();
+    let pipeline = Pipeline::load(&checkpoint(), &LoadOptions::default()).unwrap();
     let messages = vec![ChatMessage::parts(
         "user",
         vec![
@@ -69,7 +69,7 @@ fn served_answers_equal_the_pipeline_and_bad_images_fail_alone() {
         .remove(0);
 
     let engine = PipelineEngine::new(
-        Idefics2Pipeline::load(&checkpoint(), &LoadOptions::default()).unwrap(),
+        Pipeline::load(&checkpoint(), &LoadOptions::default()).unwrap(),
         "tiny".into(),
         4,
     );

@@ -18,6 +18,9 @@ pub enum Error {
     /// An image could not be decoded or processed.
     #[error("image: {0}")]
     Image(#[from] idefics_processor::ImageError),
+    /// The checkpoint's processor could not be built or refused a prompt (family-level errors).
+    #[error("processor: {0}")]
+    Processor(#[from] idefics_processor::ProcessorError),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -1,4 +1,4 @@
-//! idefics: Idefics2 vision-language models on candle.
+//! idefics: Idefics2, Idefics3 and SmolVLM vision-language models on candle.
 //!
 //! Data flows one way: files -> [`processor`] -> [`model`] -> [`generate`] -> CLI / server, and
 //! [`pipeline`] is where they meet. Training (`idefics-train`) and evaluation (`idefics-eval`'s runner) are
@@ -16,7 +16,8 @@ pub mod weights;
 pub use config::Idefics2Config;
 pub use error::{Error, Result};
 pub use model::{
-    Idefics2ForConditionalGeneration, KvCache, LoadOptions, ModelInputs, PositionIdRule,
+    Idefics2ForConditionalGeneration, Idefics3ForConditionalGeneration, KvCache, LoadOptions,
+    ModelFamily, ModelInputs, PositionIdRule, VlmModel,
 };
 
 pub use idefics_processor as processor;

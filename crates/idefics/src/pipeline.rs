@@ -5,10 +5,10 @@
 
 use crate::error::{Error, Result};
 use crate::generate::{GeneratedSequence, GenerationConfig, GenerationRequest, Generator};
-use crate::model::{Idefics2ForConditionalGeneration, LoadOptions, ModelInputs};
+use crate::model::{LoadOptions, ModelInputs, VlmModel};
 use candle_core::{Device, Tensor};
 use idefics_processor::{
-    ChatMessage, EncodedPrompt, Idefics2ImageProcessor, ImageBatch, PromptProcessor, RgbImage,
+    ChatMessage, FamilyProcessor, ImageBatch, ProcessorError, PromptRow, PromptText, RgbImage,
 };
 use std::path::Path;
 
@@ -41,53 +41,49 @@ pub struct PreparedBatch {
     pub images: Option<ImageBatch>,
 }
 
-/// Checkpoint + processors + generation defaults.
-pub struct Idefics2Pipeline {
-    pub model: Idefics2ForConditionalGeneration,
-    pub prompts: PromptProcessor,
-    pub images: Idefics2ImageProcessor,
+/// Checkpoint + processor + generation defaults, for any supported family (Idefics2, Idefics3, SmolVLM).
+pub struct Pipeline {
+    pub model: VlmModel,
+    /// Tokenizer, chat template, prompt expansion and image processing of the checkpoint's family.
+    pub processor: FamilyProcessor,
     pub generation_config: GenerationConfig,
 }
 
-impl Idefics2Pipeline {
-    /// Loads the model, tokenizer, chat template, image processor and generation config of `dir`.
+impl Pipeline {
+    /// Loads the model, tokenizer, chat template, image processor and generation config of `dir`; the family
+    /// comes from `config.json`'s `model_type`.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         // The small files first: a broken tokenizer fails before gigabytes of weights are read.
-        let (prompts, images, generation_config) = Self::processors(dir)?;
-        let model = Idefics2ForConditionalGeneration::load(dir, opts)?;
-        Self::assemble(model, prompts, images, generation_config)
+        let (processor, generation_config) = Self::processors(dir)?;
+        let model = VlmModel::load(dir, opts)?;
+        Self::assemble(model, processor, generation_config)
     }
 
     /// A pipeline around a model already in memory (e.g. the one being trained), with the tokenizer, chat
     /// template, processor and generation configs of `dir` (a checkpoint folder, or any folder holding
-    /// `tokenizer.json`, `tokenizer_config.json`, `processor_config.json` and optionally
-    /// `generation_config.json`). Nothing is written and no weights are read. `Idefics2ForConditionalGeneration`
-    /// is `Clone` and its clone shares the weight tensors, so a trainer can pass `model.clone()`.
-    pub fn from_parts(model: Idefics2ForConditionalGeneration, dir: &Path) -> Result<Self> {
-        let (prompts, images, generation_config) = Self::processors(dir)?;
-        Self::assemble(model, prompts, images, generation_config)
+    /// `config.json`, `tokenizer.json`, `tokenizer_config.json`, `processor_config.json` and optionally
+    /// `generation_config.json`). Nothing is written and no weights are read. The models are `Clone` and a
+    /// clone shares the weight tensors, so a trainer can pass `model.clone()`.
+    pub fn from_parts(model: impl Into<VlmModel>, dir: &Path) -> Result<Self> {
+        let (processor, generation_config) = Self::processors(dir)?;
+        Self::assemble(model.into(), processor, generation_config)
     }
 
-    fn processors(
-        dir: &Path,
-    ) -> Result<(PromptProcessor, Idefics2ImageProcessor, GenerationConfig)> {
-        let prompts = PromptProcessor::from_dir(dir)?;
-        let images = Idefics2ImageProcessor::from_model_dir(dir)?;
+    fn processors(dir: &Path) -> Result<(FamilyProcessor, GenerationConfig)> {
+        let processor = FamilyProcessor::from_dir(dir)?;
         let generation_config =
             GenerationConfig::from_dir(dir).map_err(|e| Error::Config(e.to_string()))?;
-        Ok((prompts, images, generation_config))
+        Ok((processor, generation_config))
     }
 
     fn assemble(
-        model: Idefics2ForConditionalGeneration,
-        prompts: PromptProcessor,
-        images: Idefics2ImageProcessor,
+        model: VlmModel,
+        processor: FamilyProcessor,
         generation_config: GenerationConfig,
     ) -> Result<Self> {
         let mut pipeline = Self {
             model,
-            prompts,
-            images,
+            processor,
             generation_config,
         };
         pipeline.check_consistency()?;
@@ -95,10 +91,19 @@ impl Idefics2Pipeline {
         Ok(pipeline)
     }
 
-    /// The tokenizer's special tokens must be the ones the model was built for.
+    /// The processor must be of the model's family, and the tokenizer's special tokens the ones the model was
+    /// built for.
     fn check_consistency(&self) -> Result<()> {
-        let ids = self.prompts.tokenizer().special_ids();
-        let expected = self.model.config().image_token_id;
+        let (processor, model) = (self.processor.family(), self.model.family());
+        if processor != model {
+            return Err(Error::Config(format!(
+                "the processor files are for {} but the model is {}",
+                processor.model_type(),
+                model.model_type()
+            )));
+        }
+        let ids = self.processor.tokenizer().special_ids();
+        let expected = self.model.image_token_id();
         if ids.image != expected {
             return Err(Error::Config(format!(
                 "the tokenizer's <image> id is {} but config.json says image_token_id = {expected}",
@@ -110,7 +115,7 @@ impl Idefics2Pipeline {
 
     /// Most tokens a row may hold (prompt + answer).
     pub fn context_length(&self) -> usize {
-        self.model.config().text_config.max_position_embeddings
+        self.model.max_position_embeddings()
     }
 
     /// Tokenizes and processes a batch; rows are left-padded. Errors (image count mismatch, bad image, prompt
@@ -123,52 +128,55 @@ impl Idefics2Pipeline {
         if batch.is_empty() {
             return Err(Error::Input("empty batch".into()));
         }
-        let mut encoded: Vec<EncodedPrompt> = Vec::with_capacity(batch.len());
-        for (row, input) in batch.iter().enumerate() {
-            let e = match &input.prompt {
-                Prompt::Chat(messages) => {
-                    self.prompts
-                        .encode_chat(messages, true, input.images.len(), do_image_splitting)
-                }
-                Prompt::Raw(text) => {
-                    self.prompts
-                        .encode_prompt(text, input.images.len(), do_image_splitting)
-                }
-            }
-            .map_err(|e| Error::Input(format!("prompt {row}: {e}")))?;
-            if e.input_ids.len() > self.context_length() {
+        let rows: Vec<PromptRow<'_>> = batch
+            .iter()
+            .map(|input| PromptRow {
+                text: match &input.prompt {
+                    Prompt::Chat(messages) => PromptText::Chat(messages),
+                    Prompt::Raw(text) => PromptText::Raw(text),
+                },
+                images: &input.images,
+            })
+            .collect();
+        let processed = self
+            .processor
+            .process_batch(&rows, true, do_image_splitting)
+            .map_err(|e| match e {
+                ProcessorError::Image(e) => Error::Image(e),
+                other => Error::Input(other.to_string()),
+            })?;
+        for (row, ids) in processed.input_ids.iter().enumerate() {
+            if ids.len() > self.context_length() {
                 return Err(Error::Input(format!(
                     "prompt {row} has {} tokens ({} of them image tokens) but the model's context is {}",
-                    e.input_ids.len(),
-                    self.count_image_tokens(&e.input_ids),
+                    ids.len(),
+                    self.count_image_tokens(ids),
                     self.context_length()
                 )));
             }
-            encoded.push(e);
         }
-        let splitting = encoded[0].do_image_splitting;
-        let image_tokens: Vec<usize> = encoded
+        let splitting = processed.do_image_splitting;
+        let image_tokens: Vec<usize> = processed
+            .input_ids
             .iter()
-            .map(|e| self.count_image_tokens(&e.input_ids))
+            .map(|ids| self.count_image_tokens(ids))
             .collect();
-        let prompt_ids: Vec<Vec<u32>> = encoded.into_iter().map(|e| e.input_ids).collect();
+        let prompt_ids = processed.input_ids;
 
         let device = self.model.device();
         let pad = self
             .generation_config
             .pad_token_id
-            .or(self.prompts.tokenizer().special_ids().pad)
+            .or(self.processor.tokenizer().special_ids().pad)
             .unwrap_or(0);
         let (input_ids, attention_mask) =
             crate::generate::left_padded_batch(&prompt_ids, pad, device)?;
-        let any_image = batch.iter().any(|b| !b.images.is_empty());
-        let (pixel_values, pixel_attention_mask, images) = if any_image {
-            let samples: Vec<Vec<RgbImage>> = batch.iter().map(|b| b.images.clone()).collect();
-            let processed = self.images.preprocess(&samples, Some(splitting))?;
-            let (values, mask) = image_tensors(&processed, device)?;
-            (Some(values), Some(mask), Some(processed))
-        } else {
-            (None, None, None)
+        let (pixel_values, pixel_attention_mask, images) = match processed.images {
+            Some(images) => {
+                let (values, mask) = image_tensors(&images, device)?;
+                (Some(values), Some(mask), Some(images))
+            }
+            None => (None, None, None),
         };
         Ok(PreparedBatch {
             inputs: ModelInputs {
@@ -187,7 +195,7 @@ impl Idefics2Pipeline {
     }
 
     fn count_image_tokens(&self, ids: &[u32]) -> usize {
-        let image = self.prompts.tokenizer().special_ids().image;
+        let image = self.processor.tokenizer().special_ids().image;
         ids.iter().filter(|&&t| t == image).count()
     }
 
@@ -208,12 +216,12 @@ impl Idefics2Pipeline {
                 )));
             }
         }
-        let special = self.prompts.tokenizer().special_ids();
+        let special = self.processor.tokenizer().special_ids();
         let generator = Generator {
             model: &self.model,
             generation_config: &self.generation_config,
             extra_eos_token_ids: vec![special.end_of_utterance],
-            tokenizer: Some(self.prompts.tokenizer().inner()),
+            tokenizer: Some(self.processor.tokenizer().inner()),
         };
         generator.generate(&batch.inputs, &batch.prompt_ids, requests, on_delta)
     }
@@ -221,7 +229,7 @@ impl Idefics2Pipeline {
     /// The image and fake-image tokens are never generated (idefics2-8b's `bad_words_ids`). We ban them even when
     /// a checkpoint's generation_config forgets to: they carry no text and would desynchronise image slots.
     fn ban_image_tokens(&mut self) {
-        let special = self.prompts.tokenizer().special_ids();
+        let special = self.processor.tokenizer().special_ids();
         for id in [special.fake_image, special.image] {
             if !self
                 .generation_config

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use idefics::generate::{FinishReason, GenerationRequest};
-use idefics::pipeline::{Idefics2Pipeline, Prompt, PromptInput};
+use idefics::pipeline::{Pipeline, Prompt, PromptInput};
 use idefics::processor::{decode_image_file, ChatMessage, DecodeLimits, RgbImage};
 use idefics::LoadOptions;
 use std::collections::HashMap;
@@ -71,7 +71,7 @@ fn check_checkpoint(checkpoint: &Path) {
         &std::fs::read_to_string(root().join("tests/fixtures/e2e/cases.json")).unwrap(),
     )
     .unwrap();
-    let pipeline = Idefics2Pipeline::load(checkpoint, &LoadOptions::default()).unwrap();
+    let pipeline = Pipeline::load(checkpoint, &LoadOptions::default()).unwrap();
     let max_new_tokens = cases["generate"]["max_new_tokens"].as_u64().unwrap() as usize;
     for case in cases["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();

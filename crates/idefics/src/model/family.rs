@@ -140,6 +140,14 @@ impl VlmModel {
         }
     }
 
+    /// Most positions the text model was trained for (prompt + answer).
+    pub fn max_position_embeddings(&self) -> usize {
+        match self {
+            Self::Idefics2(m) => m.config().text_config.max_position_embeddings,
+            Self::Idefics3(m) => m.config().text_config.max_position_embeddings,
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         match self {
             Self::Idefics2(m) => m.config().text_config.vocab_size,
@@ -166,6 +174,18 @@ impl VlmModel {
             Self::Idefics2(m) => m.set_use_fused_kernels(fused),
             Self::Idefics3(m) => m.set_use_fused_kernels(fused),
         }
+    }
+}
+
+impl From<Idefics2ForConditionalGeneration> for VlmModel {
+    fn from(model: Idefics2ForConditionalGeneration) -> Self {
+        Self::Idefics2(Box::new(model))
+    }
+}
+
+impl From<Idefics3ForConditionalGeneration> for VlmModel {
+    fn from(model: Idefics3ForConditionalGeneration) -> Self {
+        Self::Idefics3(Box::new(model))
     }
 }
 
