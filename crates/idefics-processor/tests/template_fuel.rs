@@ -14,7 +14,8 @@ fn tok_dir() -> PathBuf {
 fn endless_template_is_stopped_by_fuel() {
     let tok = TextTokenizer::from_dir(&tok_dir()).unwrap();
     // 10^15 loop iterations: hours of work without a bound.
-    let hostile = "{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}\
+    let hostile =
+        "{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}\
                    {% endfor %}{% endfor %}{% endfor %}done";
     let t = ChatTemplate::from_source(hostile, "hostile", &tok).unwrap();
     let started = Instant::now();

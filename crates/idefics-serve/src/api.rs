@@ -565,6 +565,48 @@ mod tests {
     }
 
     #[test]
+    fn tiny_temperatures_cannot_overflow_sampling() {
+        let with = |t: f64| {
+            parse(serde_json::json!({"messages": [{"role": "user", "content": "x"}], "temperature": t}))
+                .unwrap()
+                .temperature
+        };
+        // 1e-45 is a subnormal f32: logits / 1e-45 are infinities and nothing can be sampled.
+        assert_eq!(with(1e-45), 0.0);
+        assert_eq!(with(1e-6), 0.0);
+        assert_eq!(with(1e-3), 0.01);
+        assert_eq!(with(0.7), 0.7);
+        assert_eq!(with(0.0), 0.0);
+        let t = with(0.01);
+        assert!(t > 0.0 && (1.0f32 / t).is_finite());
+    }
+
+    #[test]
+    fn text_and_message_caps_apply_before_anything_is_copied() {
+        let limits = TextLimits {
+            max_messages: 2,
+            max_text_bytes: 10,
+        };
+        let body = |v: Value| v.to_string().into_bytes();
+        let ok = body(
+            serde_json::json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "0123456789"}]}]}),
+        );
+        assert!(parse_chat_request_limited(&ok, limits).is_ok());
+        let long =
+            body(serde_json::json!({"messages": [{"role": "user", "content": "01234567890"}]}));
+        assert_eq!(
+            parse_chat_request_limited(&long, limits).unwrap_err().code,
+            "text_too_long"
+        );
+        let many = body(serde_json::json!({"messages": [
+            {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}));
+        assert_eq!(
+            parse_chat_request_limited(&many, limits).unwrap_err().code,
+            "too_many_messages"
+        );
+    }
+
+    #[test]
     fn unsupported_params_are_refused_unless_neutral() {
         let with = |k: &str, v: Value| {
             let mut o = serde_json::json!({"messages": [{"role": "user", "content": "x"}]});

@@ -351,12 +351,7 @@ impl BatchItem {
 
 /// A queued item with no images, for unit tests (the receiver sees what `emit` sends).
 #[cfg(test)]
-pub(crate) fn test_item(
-    id: &str,
-) -> (
-    BatchItem,
-    tokio::sync::mpsc::UnboundedReceiver<Event>,
-) {
+pub(crate) fn test_item(id: &str) -> (BatchItem, tokio::sync::mpsc::UnboundedReceiver<Event>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let item = BatchItem {
         prompt: ChatPrompt::default(),

@@ -54,8 +54,8 @@ struct CheckedResolver {
 #[derive(Debug, Clone)]
 enum Refusal {
     NotPublic { host: String },
-    DnsTimeout { host: String },
-    DnsFailed { host: String, why: String },
+    DnsTimeout,
+    DnsFailed { why: String },
 }
 
 impl std::fmt::Debug for CheckedResolver {
@@ -89,21 +89,18 @@ impl CheckedResolver {
             });
         if spawned.is_err() {
             return Err(self.refuse(Refusal::DnsFailed {
-                host: host.into(),
                 why: "no thread for the lookup".into(),
             }));
         }
         match rx.recv_timeout(timeout) {
             Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
             Ok(Ok(_)) => Err(self.refuse(Refusal::DnsFailed {
-                host: host.into(),
                 why: "no addresses".into(),
             })),
             Ok(Err(e)) => Err(self.refuse(Refusal::DnsFailed {
-                host: host.into(),
                 why: e.kind().to_string(),
             })),
-            Err(_) => Err(self.refuse(Refusal::DnsTimeout { host: host.into() })),
+            Err(_) => Err(self.refuse(Refusal::DnsTimeout)),
         }
     }
 }
@@ -220,9 +217,7 @@ pub fn fetch_url(
         .proxy(None)
         .user_agent("idefics-serve")
         .build();
-    let connector = ()
-        .chain(TcpConnector::default())
-        .chain(RustlsConnector::default());
+    let connector = ().chain(TcpConnector::default()).chain(RustlsConnector::default());
     let agent = ureq::Agent::with_parts(config, connector, SharedResolver(resolver.clone()));
     if !cancel.register(&agent) {
         return Err(bad(index, "image_fetch_failed", "request cancelled"));
@@ -247,11 +242,7 @@ pub fn fetch_url(
         };
         let uri: ureq::http::Uri = current.parse().map_err(|e| {
             if hop == 0 {
-                bad(
-                    index,
-                    "invalid_image_url",
-                    format!("bad URL '{url}': {e}"),
-                )
+                bad(index, "invalid_image_url", format!("bad URL '{url}': {e}"))
             } else {
                 bad(
                     index,
@@ -397,7 +388,7 @@ fn transport_error(
             "image_url_not_allowed",
             format!("{shown}: a redirect led to a non-public address; refused (operator can allow private URLs)"),
         ),
-        (Some(Refusal::DnsTimeout { .. }), _) => bad(
+        (Some(Refusal::DnsTimeout), _) => bad(
             index,
             "image_fetch_failed",
             format!("{shown}: the name lookup timed out"),
@@ -512,7 +503,8 @@ pub fn is_public(ip: &IpAddr) -> bool {
                 || (seg[0] & 0xffc0) == 0xfe80 // link local
                 || (seg[0] & 0xffc0) == 0xfec0 // site local (deprecated)
                 || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
-                || (seg[0] == 0x0100 && seg[1] == 0 && seg[2] == 0 && seg[3] == 0)) // discard-only
+                || (seg[0] == 0x0100 && seg[1] == 0 && seg[2] == 0 && seg[3] == 0))
+            // discard-only
         }
     }
 }
@@ -572,7 +564,10 @@ mod tests {
 
     #[test]
     fn only_known_content_types_are_named() {
-        assert_eq!(known_content_type("text/html; charset=utf-8"), Some("text/html"));
+        assert_eq!(
+            known_content_type("text/html; charset=utf-8"),
+            Some("text/html")
+        );
         assert_eq!(known_content_type("text/x-secret-token-1234"), None);
     }
 }

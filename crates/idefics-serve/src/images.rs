@@ -213,7 +213,9 @@ pub fn decode_from(
                 "unsupported_image_format" => {
                     "unsupported image format (supported: JPEG, PNG, WebP, GIF, BMP)".to_string()
                 }
-                _ => "cannot decode image: not a valid JPEG, PNG, WebP, GIF or BMP file".to_string(),
+                _ => {
+                    "cannot decode image: not a valid JPEG, PNG, WebP, GIF or BMP file".to_string()
+                }
             };
             ApiError {
                 message: format!("image {index}: {what}"),

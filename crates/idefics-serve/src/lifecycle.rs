@@ -87,7 +87,7 @@ async fn serve_connections(
         };
         tokio::select! {
             biased;
-            _ = closing.wait_for(|c| *c) => break,
+            _ = closed(&mut closing) => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             (permit, accepted) = accept => {
                 let Ok(permit) = permit else { break };
@@ -126,6 +126,11 @@ async fn serve_connections(
     }
 }
 
+/// Resolves once shutdown has begun (or the sender is gone).
+async fn closed(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|c| *c).await;
+}
+
 /// After the grace period the scheduler cancels what is left; this margin lets those requests send their 503
 /// before the connections are dropped.
 const HARD_STOP_MARGIN: Duration = Duration::from_secs(1);
@@ -145,7 +150,7 @@ async fn serve_one(
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
-        _ = closing.wait_for(|c| *c) => {}
+        _ = closed(&mut closing) => {}
     }
     // Idle connections close now; a request in progress finishes its response first.
     conn.as_mut().graceful_shutdown();

@@ -424,7 +424,11 @@ mod tests {
                 })
             },
         );
-        assert_eq!(reran, vec!["b", "c"], "a must not be rerun: its text was sent");
+        assert_eq!(
+            reran,
+            vec!["b", "c"],
+            "a must not be rerun: its text was sent"
+        );
         assert!(matches!(results[0], Some(Err(EngineError::Internal(_)))));
         assert!(matches!(results[1], Some(Ok(_))));
         assert!(matches!(results[2], Some(Err(EngineError::BadInput(_)))));

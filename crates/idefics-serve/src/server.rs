@@ -370,15 +370,14 @@ async fn load_one(
         let cancel = FetchCancel::default();
         let mut guard = CancelFetchOnDrop(Some(cancel.clone()));
         let (url, cfg) = (url.clone(), cfg.clone());
-        let bytes = tokio::task::spawn_blocking(move || {
-            load_image_bytes(&url, index, &cfg, &cancel)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(ApiError::internal(format!(
-                "image {index}: fetch failed: {e}"
-            )))
-        })?;
+        let bytes =
+            tokio::task::spawn_blocking(move || load_image_bytes(&url, index, &cfg, &cancel))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(ApiError::internal(format!(
+                        "image {index}: fetch failed: {e}"
+                    )))
+                })?;
         guard.0 = None;
         Some(bytes)
     } else {
@@ -433,9 +432,13 @@ async fn load_prompt(
             n += 1;
             let (url, param, st) = (url.clone(), param.clone(), st.clone());
             tasks.spawn(async move {
-                let r = load_one(st, url, index, split)
-                    .await
-                    .map_err(|e| if e.param.is_none() { e.at(param) } else { e });
+                let r = load_one(st, url, index, split).await.map_err(|e| {
+                    if e.param.is_none() {
+                        e.at(param)
+                    } else {
+                        e
+                    }
+                });
                 (index, r)
             });
         }
@@ -457,11 +460,7 @@ async fn load_prompt(
     if let Some((_, e)) = first_error {
         return Err(e);
     }
-    let bytes: usize = loaded
-        .iter()
-        .flatten()
-        .map(|i| i.as_raw().len())
-        .sum();
+    let bytes: usize = loaded.iter().flatten().map(|i| i.as_raw().len()).sum();
     let reservation = if bytes == 0 {
         None
     } else {

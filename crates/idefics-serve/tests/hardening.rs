@@ -89,7 +89,7 @@ fn public_and_internal() -> (u16, Arc<AtomicUsize>) {
                 s,
                 "302 Found",
                 &format!(
-                    "Location: http://rebind.test:{}/img.png\r\n",
+                    "Location: http://localhost:{}/img.png\r\n",
                     s.local_addr().unwrap().port()
                 ),
                 b"",
@@ -119,7 +119,7 @@ fn dns_rebinding_cannot_reach_an_internal_address() {
     let (port, internal_hits) = public_and_internal();
     let public: IpAddr = "127.0.0.2".parse().unwrap();
     let internal: IpAddr = "127.0.0.1".parse().unwrap();
-    let (dns, lookups) = rebinding_dns("rebind.test", public, internal);
+    let (dns, lookups) = rebinding_dns("localhost", public, internal);
     let srv = start(
         MockEngine::default(),
         ServerConfig {
@@ -128,18 +128,22 @@ fn dns_rebinding_cannot_reach_an_internal_address() {
             ..Default::default()
         },
     );
-    // First lookup says 127.0.0.2 (allowed); any second lookup would say 127.0.0.1. The fetch must connect to
-    // the address it checked.
+    // First lookup says 127.0.0.2 (allowed); any second lookup (ours, or the system resolver's if the HTTP
+    // client resolved the name again) says 127.0.0.1. The fetch must connect to the address it checked.
     let (status, body) = post(
         &srv,
-        &image_request(&format!("http://rebind.test:{port}/img.png")),
+        &image_request(&format!("http://localhost:{port}/img.png")),
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["choices"][0]["message"]["content"],
         "You said: u | turn 1, 1 image(s): 6x4 #0000ff"
     );
-    assert_eq!(lookups.load(Ordering::SeqCst), 1, "the host was resolved again");
+    assert_eq!(
+        lookups.load(Ordering::SeqCst),
+        1,
+        "the host was resolved again"
+    );
     assert_eq!(internal_hits.load(Ordering::SeqCst), 0);
 
     // A redirect back to the same name is a new hop: resolved and checked again, and now refused.
@@ -159,7 +163,10 @@ fn one_deadline_covers_every_redirect_hop() {
     // hop is well within it.
     let chain = route_server("127.0.0.1:0", |path, s| {
         std::thread::sleep(Duration::from_millis(400));
-        match path.strip_prefix("/chain/").and_then(|n| n.parse::<u32>().ok()) {
+        match path
+            .strip_prefix("/chain/")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
             Some(0) => png_reply(s, [0, 0, 255]),
             Some(n) => reply(
                 s,
@@ -233,16 +240,10 @@ fn fetch_errors_quote_nothing_the_remote_side_sent() {
             let _ = s.write_all(format!("{SECRET} redis banner\r\n\r\n").as_bytes());
         }
         "/header" => {
-            let _ = s.write_all(
-                format!("HTTP/1.1 200 OK\r\nBad Header {SECRET}\r\n\r\n").as_bytes(),
-            );
+            let _ =
+                s.write_all(format!("HTTP/1.1 200 OK\r\nBad Header {SECRET}\r\n\r\n").as_bytes());
         }
-        "/redirect" => reply(
-            s,
-            "302 Found",
-            &format!("Location: /{SECRET}\r\n"),
-            b"",
-        ),
+        "/redirect" => reply(s, "302 Found", &format!("Location: /{SECRET}\r\n"), b""),
         _ => reply(s, "404 Not Found", "", SECRET.as_bytes()),
     });
     let srv = start(
@@ -296,7 +297,11 @@ fn oversized_text_is_refused_before_tokenising() {
         .collect();
     let (status, resp) = post(&srv, &json!({ "messages": many }));
     assert_eq!(error_of(status, &resp, 400).0, "too_many_messages");
-    assert_eq!(engine.prompts_counted(), 0, "a refused prompt was tokenised");
+    assert_eq!(
+        engine.prompts_counted(),
+        0,
+        "a refused prompt was tokenised"
+    );
     assert_eq!(post(&srv, &simple("fine")).0, 200);
     srv.shutdown();
 }
@@ -330,7 +335,10 @@ fn queued_image_memory_is_bounded() {
         // Wait until the first request holds its images.
         let t0 = Instant::now();
         while get(&srv, "/health").1["image_bytes"].as_u64() != Some(24_576) {
-            assert!(t0.elapsed() < Duration::from_secs(10), "first request never admitted");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "first request never admitted"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let (status, body) = post(&srv, &one);
@@ -483,7 +491,12 @@ fn slow_headers_and_slow_bodies_are_cut_off() {
     s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
     let mut head = [0u8; 12];
     let n = s.read(&mut head).unwrap_or(0);
-    assert_eq!(&head[..n.min(12)], b"HTTP/1.1 408", "{:?}", String::from_utf8_lossy(&head[..n]));
+    assert_eq!(
+        &head[..n.min(12)],
+        b"HTTP/1.1 408",
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
     assert_eq!(post(&srv, &simple("still fine")).0, 200);
     srv.shutdown();
 }
@@ -514,7 +527,10 @@ fn connections_are_capped() {
             .into();
         agent.get(&srv.url("/health")).call().is_ok()
     };
-    assert!(!served(Duration::from_millis(700)), "a third connection was served");
+    assert!(
+        !served(Duration::from_millis(700)),
+        "a third connection was served"
+    );
     // ...and is as soon as one closes.
     drop(holders);
     assert!(served(Duration::from_secs(5)));
@@ -544,7 +560,11 @@ fn shutdown_is_not_held_up_by_slow_clients() {
     stop.store(true, Ordering::SeqCst);
     drop(idle);
     assert!(done.is_ok(), "shutdown still waiting after 6 s");
-    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 /// A host whose `/hang` answers only after `hold`, recording when the fetching side closed its connection.
@@ -629,7 +649,10 @@ fn a_client_that_leaves_cancels_its_image_fetch() {
     while closed_at.lock().unwrap().is_none() && t0.elapsed() < Duration::from_secs(6) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let closed = closed_at.lock().unwrap().expect("the fetch was never cancelled");
+    let closed = closed_at
+        .lock()
+        .unwrap()
+        .expect("the fetch was never cancelled");
     assert!(
         closed.duration_since(left) < Duration::from_secs(2),
         "the fetch went on for {:?} after the client left",

@@ -89,9 +89,7 @@ fn images_reduced_at_admission_give_the_same_model_input() {
     );
     // Small images are not enlarged.
     assert_eq!(
-        engine
-            .reduce_image(photo(10, 12), Some(false))
-            .dimensions(),
+        engine.reduce_image(photo(10, 12), Some(false)).dimensions(),
         (10, 12)
     );
 
