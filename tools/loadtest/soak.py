@@ -182,7 +182,7 @@ def main():
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=180.0)
     ap.add_argument("--hostile-every", type=int, default=10, help="one request in N is hostile")
-    ap.add_argument("--rss-limit-mib", type=float, default=1024.0)
+    ap.add_argument("--rss-limit-mib", type=float, default=256.0)
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args()
     header_timeout = 5.0
