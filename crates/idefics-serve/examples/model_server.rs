@@ -36,7 +36,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 config.max_queued_image_bytes = value.parse::<usize>()? * 1024 * 1024
             }
             "--max-prefill-mib" => config.max_prefill_bytes = value.parse::<u64>()? * 1024 * 1024,
-            other => return Err(format!("unknown option {other} (see the file's doc comment)").into()),
+            other => {
+                return Err(format!("unknown option {other} (see the file's doc comment)").into())
+            }
         }
     }
     let pipeline = Idefics2Pipeline::load(&model, &LoadOptions::default())?;
