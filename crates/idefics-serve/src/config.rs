@@ -9,7 +9,10 @@ use std::time::Duration;
 /// A name resolver used instead of the system's for image URLs (`host`, `port` -> addresses). Tests use it to
 /// play a rebinding DNS server; an operator could plug in their own DNS policy.
 #[derive(Clone)]
-pub struct Dns(pub Arc<dyn Fn(&str, u16) -> std::io::Result<Vec<IpAddr>> + Send + Sync>);
+pub struct Dns(pub Arc<ResolveFn>);
+
+/// `(host, port)` -> the host's addresses.
+pub type ResolveFn = dyn Fn(&str, u16) -> std::io::Result<Vec<IpAddr>> + Send + Sync;
 
 impl fmt::Debug for Dns {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
