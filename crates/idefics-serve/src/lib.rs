@@ -54,6 +54,7 @@ pub mod error;
 pub mod fetch;
 pub mod images;
 mod lifecycle;
+mod loader;
 mod memory;
 pub mod mock;
 pub mod pipeline_engine;
