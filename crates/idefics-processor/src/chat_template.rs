@@ -103,6 +103,11 @@ impl ChatMessage {
     }
 }
 
+/// Instructions one render may run (minijinja's fuel). Real chat templates use a few dozen per message, so this
+/// allows conversations of tens of thousands of messages while stopping an endless template within about a
+/// second.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
 /// A rendered chat split into trusted control tokens and plain text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedChat {
@@ -166,6 +171,8 @@ impl ChatTemplate {
             .build()
             .map_err(|e| PromptError::Template(e.to_string()))?;
         env.set_syntax(syntax);
+        // The template comes with the checkpoint: bound its work so that a hostile one cannot hang a thread.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);

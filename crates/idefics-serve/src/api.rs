@@ -11,6 +11,13 @@ use crate::error::ApiError;
 
 /// OpenAI allows at most four stop sequences.
 pub const MAX_STOP_STRINGS: usize = 4;
+/// Longest stop sequence, in UTF-8 bytes. A stop string is a few words in practice; the cap keeps the held-back
+/// text (which waits until it cannot start a stop string) short.
+pub const MAX_STOP_BYTES: usize = 256;
+/// Temperatures below this are greedy decoding (vLLM's `_SAMPLING_EPS`): dividing logits by them overflows.
+pub const GREEDY_BELOW_TEMPERATURE: f64 = 1e-5;
+/// Positive temperatures are raised to at least this (vLLM's `_MAX_TEMP`), which keeps `logits / t` finite.
+pub const MIN_SAMPLING_TEMPERATURE: f64 = 1e-2;
 
 /// A content part before its image (if any) is loaded.
 #[derive(Debug, Clone)]
@@ -46,6 +53,18 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// UTF-8 bytes of every text part.
+    pub fn text_bytes(&self) -> usize {
+        self.messages
+            .iter()
+            .flat_map(|m| &m.parts)
+            .map(|p| match p {
+                RawPart::Text(t) => t.len(),
+                RawPart::Image { .. } => 0,
+            })
+            .sum()
+    }
+
     pub fn image_count(&self) -> usize {
         self.messages
             .iter()
@@ -70,8 +89,30 @@ fn is_neutral(v: &Value) -> bool {
     }
 }
 
+/// Size limits checked on the parsed JSON, before any text is copied, rendered or tokenised.
+#[derive(Debug, Clone, Copy)]
+pub struct TextLimits {
+    pub max_messages: usize,
+    pub max_text_bytes: usize,
+}
+
+impl TextLimits {
+    pub const NONE: TextLimits = TextLimits {
+        max_messages: usize::MAX,
+        max_text_bytes: usize::MAX,
+    };
+}
+
 /// Parse the request body.
 pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    parse_chat_request_limited(body, TextLimits::NONE)
+}
+
+/// Parse the request body, refusing too many messages or too much text first.
+pub fn parse_chat_request_limited(
+    body: &[u8],
+    limits: TextLimits,
+) -> Result<ChatRequest, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
@@ -84,6 +125,7 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
             "request body must be a JSON object",
         ));
     };
+    check_sizes(&obj, limits)?;
     check_unsupported(&obj)?;
 
     let model = match obj.get("model") {
@@ -137,6 +179,13 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
             format!("'temperature' must be in [0, 2], got {temperature}"),
         ));
     }
+    // `1e-45` passes the range check but divides logits into infinities: tiny temperatures mean greedy, small
+    // ones are raised to a safe minimum (what vLLM does), so sampling can never fail on them.
+    let temperature = if temperature < GREEDY_BELOW_TEMPERATURE {
+        0.0
+    } else {
+        temperature.max(MIN_SAMPLING_TEMPERATURE)
+    };
     let top_p = opt_f64(&obj, "top_p")?.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(invalid(
@@ -200,6 +249,50 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         stream,
         include_usage,
     })
+}
+
+/// Message count and text bytes, read off the JSON tree (no copies), so that an oversized request costs one
+/// parse and nothing more.
+fn check_sizes(obj: &Map<String, Value>, limits: TextLimits) -> Result<(), ApiError> {
+    let Some(Value::Array(messages)) = obj.get("messages") else {
+        return Ok(());
+    };
+    if messages.len() > limits.max_messages {
+        return Err(ApiError::bad_request(
+            "too_many_messages",
+            format!(
+                "request has {} messages; the limit is {} per request",
+                messages.len(),
+                limits.max_messages
+            ),
+        )
+        .at("messages"));
+    }
+    let mut total = 0usize;
+    for m in messages {
+        match m.get("content") {
+            Some(Value::String(s)) => total = total.saturating_add(s.len()),
+            Some(Value::Array(parts)) => {
+                for p in parts {
+                    if let Some(Value::String(t)) = p.get("text") {
+                        total = total.saturating_add(t.len());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if total > limits.max_text_bytes {
+        return Err(ApiError::bad_request(
+            "text_too_long",
+            format!(
+                "the messages hold {total} bytes of text; the limit is {} bytes per request",
+                limits.max_text_bytes
+            ),
+        )
+        .at("messages"));
+    }
+    Ok(())
 }
 
 /// Keys we implement, and keys we accept only at their neutral value.
@@ -303,6 +396,15 @@ fn parse_stop(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
     }
     if list.iter().any(String::is_empty) {
         return Err(invalid("stop", "'stop' strings must not be empty"));
+    }
+    if let Some(long) = list.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(invalid(
+            "stop",
+            format!(
+                "'stop' strings may be at most {MAX_STOP_BYTES} bytes long, got one of {} bytes",
+                long.len()
+            ),
+        ));
     }
     Ok(list)
 }
@@ -460,6 +562,48 @@ mod tests {
             .message
             .contains("at most 4"));
         assert!(base(serde_json::json!([""])).is_err());
+    }
+
+    #[test]
+    fn tiny_temperatures_cannot_overflow_sampling() {
+        let with = |t: f64| {
+            parse(serde_json::json!({"messages": [{"role": "user", "content": "x"}], "temperature": t}))
+                .unwrap()
+                .temperature
+        };
+        // 1e-45 is a subnormal f32: logits / 1e-45 are infinities and nothing can be sampled.
+        assert_eq!(with(1e-45), 0.0);
+        assert_eq!(with(1e-6), 0.0);
+        assert_eq!(with(1e-3), 0.01);
+        assert_eq!(with(0.7), 0.7);
+        assert_eq!(with(0.0), 0.0);
+        let t = with(0.01);
+        assert!(t > 0.0 && (1.0f32 / t).is_finite());
+    }
+
+    #[test]
+    fn text_and_message_caps_apply_before_anything_is_copied() {
+        let limits = TextLimits {
+            max_messages: 2,
+            max_text_bytes: 10,
+        };
+        let body = |v: Value| v.to_string().into_bytes();
+        let ok = body(
+            serde_json::json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "0123456789"}]}]}),
+        );
+        assert!(parse_chat_request_limited(&ok, limits).is_ok());
+        let long =
+            body(serde_json::json!({"messages": [{"role": "user", "content": "01234567890"}]}));
+        assert_eq!(
+            parse_chat_request_limited(&long, limits).unwrap_err().code,
+            "text_too_long"
+        );
+        let many = body(serde_json::json!({"messages": [
+            {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}));
+        assert_eq!(
+            parse_chat_request_limited(&many, limits).unwrap_err().code,
+            "too_many_messages"
+        );
     }
 
     #[test]

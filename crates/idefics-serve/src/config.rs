@@ -1,7 +1,24 @@
 //! Operator-facing settings: request limits, image fetching policy, queueing and timeouts.
 
+use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// A name resolver used instead of the system's for image URLs (`host`, `port` -> addresses). Tests use it to
+/// play a rebinding DNS server; an operator could plug in their own DNS policy.
+#[derive(Clone)]
+pub struct Dns(pub Arc<ResolveFn>);
+
+/// `(host, port)` -> the host's addresses.
+pub type ResolveFn = dyn Fn(&str, u16) -> std::io::Result<Vec<IpAddr>> + Send + Sync;
+
+impl fmt::Debug for Dns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Dns(custom resolver)")
+    }
+}
 
 /// Everything the server can be told at start-up. `Default` is a safe public-facing configuration.
 #[derive(Debug, Clone)]
@@ -24,16 +41,44 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// On shutdown, in-flight and queued requests may finish for this long before being cancelled.
     pub shutdown_grace: Duration,
-    /// Timeout for fetching one `http(s)://` image (connect + headers + body).
+    /// Total time for fetching one `http(s)://` image: every redirect hop, name lookup, connect, headers and
+    /// body together.
     pub fetch_timeout: Duration,
+    /// Time allowed for one name lookup of an image URL's host (within `fetch_timeout`).
+    pub dns_timeout: Duration,
     /// Allow image URLs that resolve to loopback / private / link-local addresses. Off by default (SSRF guard).
     pub allow_private_urls: bool,
+    /// Addresses allowed as image URL targets even though they are not public (e.g. an internal image store).
+    pub allowed_url_ips: Vec<IpAddr>,
+    /// Resolver for image URL hosts; `None` = the system resolver.
+    pub dns: Option<Dns>,
+    /// Image fetches waiting on the network at once (they do not hold a decoding slot).
+    pub fetch_concurrency: usize,
     /// Local image paths (`file://` or plain paths) are refused unless they are inside this directory.
     pub allowed_local_dir: Option<PathBuf>,
     /// Default `max_tokens` when the request gives none (clamped to what fits in the context).
     pub default_max_tokens: usize,
-    /// Image decoding / fetching running at once (CPU work off the async threads).
+    /// Image decoding running at once (CPU work off the async threads).
     pub preprocess_concurrency: usize,
+    /// UTF-8 bytes of text over all messages, checked right after parsing (before any template or tokenizer).
+    pub max_text_bytes: usize,
+    /// Messages per request.
+    pub max_messages: usize,
+    /// Bytes of decoded images held by admitted requests (queued or running), after each image is reduced to
+    /// what the processor uses; past it new requests with images get a 503.
+    pub max_queued_image_bytes: usize,
+    /// Estimated memory of one request's prefill (attention scores and activations); larger prompts get a 400.
+    pub max_prefill_bytes: u64,
+    /// Other names requests may give as `model` (the served name is always accepted).
+    pub model_aliases: Vec<String>,
+    /// Accept any `model` value (llama.cpp's behaviour) instead of answering 404 for unknown names (vLLM's).
+    pub accept_any_model: bool,
+    /// From accepting a connection (or the end of the previous response) to the end of the request headers.
+    pub header_read_timeout: Duration,
+    /// For reading the whole request body.
+    pub body_read_timeout: Duration,
+    /// Open client connections; further clients wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -49,12 +94,25 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(10),
+            dns_timeout: Duration::from_secs(3),
             allow_private_urls: false,
+            allowed_url_ips: Vec::new(),
+            dns: None,
+            fetch_concurrency: 64,
             allowed_local_dir: None,
             default_max_tokens: 512,
             preprocess_concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            max_text_bytes: 1024 * 1024,
+            max_messages: 512,
+            max_queued_image_bytes: 1024 * 1024 * 1024,
+            max_prefill_bytes: 16 * 1024 * 1024 * 1024,
+            model_aliases: Vec::new(),
+            accept_any_model: false,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 1024,
         }
     }
 }

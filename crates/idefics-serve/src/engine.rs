@@ -159,6 +159,22 @@ pub trait ChatEngine: Send + Sync + 'static {
     fn count_prompt_tokens(&self, prompt: &ChatPrompt) -> Result<PromptTokens, EngineError>;
     /// Largest batch `generate` accepts.
     fn max_batch_size(&self) -> usize;
+    /// Most UTF-8 bytes of text one prompt token can stand for, when known: the server then refuses text that
+    /// cannot fit the context by its length alone, before rendering or tokenising it.
+    fn max_bytes_per_token(&self) -> Option<usize> {
+        None
+    }
+    /// Estimated peak memory (bytes) of running this prompt's prefill alone: attention scores and activations of
+    /// the vision encoder and the text model. 0 = unknown (no prefill budget is enforced).
+    fn prefill_bytes(&self, _prompt: &ChatPrompt, _tokens: PromptTokens) -> u64 {
+        0
+    }
+    /// Called once per image as soon as it is decoded: return the smallest image that gives the same model input
+    /// (e.g. already resized to what the processor would resize it to), so that queued requests hold no more
+    /// pixels than needed. `split` is the image's `detail` override. The default keeps the image.
+    fn reduce_image(&self, image: RgbImage, _split: Option<bool>) -> RgbImage {
+        image
+    }
     /// Generate for every item of the batch (1 ..= `max_batch_size` items) and return one result per item, in
     /// order. Push text with [`BatchItem::emit`] as it is decoded; stop an item when `emit` returns
     /// [`Flow::Stop`] or [`BatchItem::is_cancelled`] becomes true (check it between steps, and before prefill).
@@ -248,6 +264,8 @@ pub struct BatchItem {
     pub(crate) tx: tokio::sync::mpsc::UnboundedSender<Event>,
     pub(crate) cause: StopCause,
     pub(crate) emitted_any: bool,
+    /// This request's share of the image memory budget, given back when the item is dropped.
+    pub(crate) _image_memory: Option<crate::memory::ImageReservation>,
 }
 
 impl BatchItem {
@@ -329,4 +347,29 @@ impl BatchItem {
     pub(crate) fn abort(self, outcome: Outcome) {
         let _ = self.tx.send(Event::Done(outcome));
     }
+}
+
+/// A queued item with no images, for unit tests (the receiver sees what `emit` sends).
+#[cfg(test)]
+pub(crate) fn test_item(id: &str) -> (BatchItem, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let item = BatchItem {
+        prompt: ChatPrompt::default(),
+        params: SamplingParams {
+            max_tokens: 8,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: None,
+        },
+        prompt_tokens: PromptTokens::default(),
+        request_id: id.to_string(),
+        stop: StopStrings::default(),
+        cancel: CancelFlag::default(),
+        deadline: Instant::now() + std::time::Duration::from_secs(60),
+        tx,
+        cause: StopCause::None,
+        emitted_any: false,
+        _image_memory: None,
+    };
+    (item, rx)
 }

@@ -8,9 +8,7 @@
 #[cfg(test)]
 use std::io::Cursor;
 use std::io::Read;
-use std::net::{IpAddr, ToSocketAddrs};
 use std::path::Path;
-use std::time::Duration;
 
 use base64::Engine as _;
 #[cfg(test)]
@@ -19,17 +17,37 @@ use image::RgbImage;
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
-
-/// Formats the workspace's `image` crate is built with.
-/// Redirects followed by hand, so that every hop passes the address check.
-const MAX_REDIRECTS: usize = 5;
+#[cfg(test)]
+use crate::fetch::is_public;
+use crate::fetch::{fetch_url, FetchCancel};
 
 fn bad(index: usize, code: &'static str, msg: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(code, format!("image {index}: {msg}"))
 }
 
-/// Get the encoded bytes behind an `image_url.url` (blocking: run it off the async threads).
-pub fn load_image_bytes(url: &str, index: usize, cfg: &ServerConfig) -> Result<Vec<u8>, ApiError> {
+/// Where an image's bytes came from: remote bytes are never quoted in error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A data URI or an operator-allowed local file.
+    Client,
+    /// An `http(s)://` URL.
+    Remote,
+}
+
+/// Whether `url` is fetched over the network (such images are loaded without holding a decoding slot).
+pub fn is_remote(url: &str) -> bool {
+    let lower = url.trim().get(..8).unwrap_or(url).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// Get the encoded bytes behind an `image_url.url` (blocking: run it off the async threads). `cancel` aborts a
+/// network fetch from another thread.
+pub fn load_image_bytes(
+    url: &str,
+    index: usize,
+    cfg: &ServerConfig,
+    cancel: &FetchCancel,
+) -> Result<Vec<u8>, ApiError> {
     let url = url.trim();
     if url.is_empty() {
         return Err(bad(index, "invalid_image_url", "image_url.url is empty"));
@@ -38,7 +56,7 @@ pub fn load_image_bytes(url: &str, index: usize, cfg: &ServerConfig) -> Result<V
     if lower.starts_with("data:") {
         decode_data_uri(url, index, cfg.max_image_bytes)
     } else if lower.starts_with("http://") || lower.starts_with("https://") {
-        fetch_url(url, index, cfg)
+        fetch_url(url, index, cfg, cancel)
     } else if lower.starts_with("file://") || url.starts_with('/') || url.starts_with("./") {
         read_local(url.strip_prefix("file://").unwrap_or(url), index, cfg)
     } else {
@@ -123,199 +141,6 @@ fn too_large(index: usize, got: usize, max: usize) -> ApiError {
     )
 }
 
-fn fetch_url(url: &str, index: usize, cfg: &ServerConfig) -> Result<Vec<u8>, ApiError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(cfg.fetch_timeout))
-        .max_redirects(0)
-        .max_redirects_will_error(false)
-        .http_status_as_error(false)
-        .user_agent("idefics-serve")
-        .build()
-        .into();
-    let mut current = url.to_string();
-    for _hop in 0..=MAX_REDIRECTS {
-        let uri: ureq::http::Uri = current.parse().map_err(|e| {
-            bad(
-                index,
-                "invalid_image_url",
-                format!("bad URL '{current}': {e}"),
-            )
-        })?;
-        if !cfg.allow_private_urls {
-            check_public_host(&uri, index)?;
-        }
-        let mut resp = agent
-            .get(&current)
-            .call()
-            .map_err(|e| fetch_error(index, &current, e, cfg.fetch_timeout))?;
-        let status = resp.status();
-        if status.is_redirection() {
-            let location = resp
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| {
-                    bad(
-                        index,
-                        "image_fetch_failed",
-                        format!("{current} redirected without a Location"),
-                    )
-                })?;
-            current = resolve_location(&uri, location);
-            continue;
-        }
-        if !status.is_success() {
-            return Err(bad(
-                index,
-                "image_fetch_failed",
-                format!("fetching {current} returned HTTP {}", status.as_u16()),
-            ));
-        }
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        if !(content_type.starts_with("image/")
-            || content_type.starts_with("application/octet-stream"))
-        {
-            return Err(bad(
-                index,
-                "invalid_image",
-                format!("{current} returned content type '{content_type}', not an image"),
-            ));
-        }
-        let declared = resp
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        if let Some(len) = declared.filter(|&l| l > cfg.max_image_bytes) {
-            return Err(too_large(index, len, cfg.max_image_bytes));
-        }
-        return resp
-            .body_mut()
-            .with_config()
-            .limit(cfg.max_image_bytes as u64)
-            .read_to_vec()
-            .map_err(|e| match e {
-                ureq::Error::BodyExceedsLimit(_) => bad(
-                    index,
-                    "image_too_large",
-                    format!(
-                        "{current} is over the limit of {} bytes per image",
-                        cfg.max_image_bytes
-                    ),
-                ),
-                e => fetch_error(index, &current, e, cfg.fetch_timeout),
-            });
-    }
-    Err(bad(
-        index,
-        "image_fetch_failed",
-        format!("{url}: more than {MAX_REDIRECTS} redirects"),
-    ))
-}
-
-fn fetch_error(index: usize, url: &str, e: ureq::Error, timeout: Duration) -> ApiError {
-    match e {
-        ureq::Error::Timeout(_) => bad(
-            index,
-            "image_fetch_failed",
-            format!(
-                "fetching {url} timed out after {:.1} s",
-                timeout.as_secs_f64()
-            ),
-        ),
-        e => bad(
-            index,
-            "image_fetch_failed",
-            format!("could not fetch {url}: {e}"),
-        ),
-    }
-}
-
-/// Absolute redirect targets as they are; `/path` and relative ones against the current URL.
-fn resolve_location(base: &ureq::http::Uri, location: &str) -> String {
-    if location.contains("://") {
-        return location.to_string();
-    }
-    let scheme = base.scheme_str().unwrap_or("http");
-    let authority = base.authority().map(|a| a.as_str()).unwrap_or("");
-    if location.starts_with('/') {
-        format!("{scheme}://{authority}{location}")
-    } else {
-        let path = base.path();
-        let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
-        format!("{scheme}://{authority}{dir}{location}")
-    }
-}
-
-/// Refuse hosts that resolve to loopback, private, link-local or otherwise internal addresses.
-fn check_public_host(uri: &ureq::http::Uri, index: usize) -> Result<(), ApiError> {
-    let host = uri
-        .host()
-        .ok_or_else(|| bad(index, "invalid_image_url", "URL has no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
-    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => (host, port)
-            .to_socket_addrs()
-            .map_err(|e| {
-                bad(
-                    index,
-                    "image_fetch_failed",
-                    format!("cannot resolve host '{host}': {e}"),
-                )
-            })?
-            .map(|a| a.ip())
-            .collect(),
-    };
-    if let Some(ip) = addrs.iter().find(|ip| !is_public(ip)) {
-        return Err(bad(
-            index,
-            "image_url_not_allowed",
-            format!("host '{host}' resolves to the non-public address {ip}; refused (operator can allow private URLs)"),
-        ));
-    }
-    Ok(())
-}
-
-fn is_public(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.is_multicast()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)) // 100.64.0.0/10, carrier-grade NAT
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(&IpAddr::V4(v4));
-            }
-            let seg0 = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg0 & 0xfe00) == 0xfc00 // unique local
-                || (seg0 & 0xffc0) == 0xfe80) // link local
-        }
-    }
-}
-
 fn read_local(path: &str, index: usize, cfg: &ServerConfig) -> Result<Vec<u8>, ApiError> {
     let Some(dir) = &cfg.allowed_local_dir else {
         return Err(bad(
@@ -369,7 +194,35 @@ fn read_local(path: &str, index: usize, cfg: &ServerConfig) -> Result<Vec<u8>, A
 /// transformers' `load_image` would see: format sniffed from the bytes (never trusted from the MIME type), pixel
 /// count checked from the header before decoding, EXIF orientation applied, then a plain RGB conversion.
 pub fn decode_image(bytes: &[u8], index: usize, max_pixels: u64) -> Result<RgbImage, ApiError> {
+    decode_from(bytes, index, max_pixels, Source::Client)
+}
+
+/// [`decode_image`], with error messages that quote nothing from `bytes` when they came from the network
+/// (decoders name first bytes, chunk types and the like).
+pub fn decode_from(
+    bytes: &[u8],
+    index: usize,
+    max_pixels: u64,
+    source: Source,
+) -> Result<RgbImage, ApiError> {
     use idefics_processor::ImageError as E;
+    if source == Source::Remote {
+        return decode_from(bytes, index, max_pixels, Source::Client).map_err(|e| {
+            let what = match e.code {
+                "image_too_large" => "the image has more pixels than the limit".to_string(),
+                "unsupported_image_format" => {
+                    "unsupported image format (supported: JPEG, PNG, WebP, GIF, BMP)".to_string()
+                }
+                _ => {
+                    "cannot decode image: not a valid JPEG, PNG, WebP, GIF or BMP file".to_string()
+                }
+            };
+            ApiError {
+                message: format!("image {index}: {what}"),
+                ..e
+            }
+        });
+    }
     let limits = idefics_processor::DecodeLimits {
         max_pixels,
         max_bytes: usize::MAX,

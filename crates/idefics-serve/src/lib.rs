@@ -6,10 +6,13 @@
 //!
 //! # Pipeline
 //! ```text
-//! HTTP body ─ api::parse_chat_request ─ images::{load_image_bytes, decode_image} ─ ChatEngine::count_prompt_tokens
-//!   ─ context check ─ Scheduler (bounded queue → batches) ─ ChatEngine::generate ─ BatchItem::emit
-//!   ─ stop strings / cancellation ─ JSON response or SSE chunks
+//! HTTP body (size cap, read timeout) ─ api::parse_chat_request_limited (message / text caps) ─ length check
+//!   ─ images: fetch (fetch::fetch_url, no decoding slot) → decode → ChatEngine::reduce_image → memory budget
+//!   ─ ChatEngine::count_prompt_tokens ─ context + prefill checks ─ Scheduler (bounded queue → batches)
+//!   ─ ChatEngine::generate ─ BatchItem::emit ─ stop strings / cancellation ─ JSON response or SSE chunks
 //! ```
+//! Connections are served by our own accept loop (`lifecycle`): header read timeout, a cap on open
+//! connections, and a hard stop after the shutdown grace.
 //!
 //! # Plugging in the real model
 //! Everything model-specific is behind [`ChatEngine`]. To serve Idefics2, implement it for a struct that owns
@@ -48,14 +51,17 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod fetch;
 pub mod images;
 mod lifecycle;
+mod loader;
+mod memory;
 pub mod mock;
 pub mod pipeline_engine;
 mod scheduler;
 mod server;
 
-pub use config::ServerConfig;
+pub use config::{Dns, ServerConfig};
 pub use engine::{
     BatchItem, ChatEngine, ChatMessage, ChatPrompt, EngineError, EngineFinish, Flow, Generation,
     ImageInput, Part, PromptTokens, Role, SamplingParams,

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -32,6 +33,8 @@ pub async fn run(
         engine,
         scheduler,
         preprocess: tokio::sync::Semaphore::new(config.preprocess_concurrency.max(1)),
+        fetches: tokio::sync::Semaphore::new(config.fetch_concurrency.max(1)),
+        image_memory: crate::memory::ImageMemory::new(config.max_queued_image_bytes),
         config: Arc::new(config),
         closing: AtomicBool::new(false),
         next_id: AtomicU64::new(0),
@@ -41,7 +44,7 @@ pub async fn run(
         addr = %listener.local_addr()?, model = state.engine.model_id(),
         context_length = state.engine.context_length(), "idefics-serve listening"
     );
-    let (closing_tx, mut closing_rx) = tokio::sync::watch::channel(false);
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let watcher_state = state.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -56,15 +59,102 @@ pub async fn run(
         tracing::warn!("shutdown grace over: cancelling remaining requests");
         watcher_state.scheduler.cancel_all();
     });
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = closing_rx.wait_for(|closing| *closing).await;
-        })
-        .await?;
+    let cfg = state.config.clone();
+    serve_connections(listener, router(state.clone()), &cfg, closing_rx).await;
     let st = state.clone();
     let _ = tokio::task::spawn_blocking(move || st.scheduler.join()).await;
     tracing::info!("idefics-serve stopped");
     Ok(())
+}
+
+/// Accept connections (at most `max_connections` open; more wait in the listen backlog), serve each with a
+/// header read timeout, and on shutdown close idle connections at once, let busy ones finish their response for
+/// the grace period, then drop whatever is still open: a client that trickles bytes or stops reading cannot keep
+/// the process alive.
+async fn serve_connections(
+    listener: TcpListener,
+    app: axum::Router,
+    cfg: &ServerConfig,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
+    let mut conns = tokio::task::JoinSet::new();
+    let header_timeout = cfg.header_read_timeout;
+    loop {
+        let accept = async {
+            let permit = slots.clone().acquire_owned().await;
+            (permit, listener.accept().await)
+        };
+        tokio::select! {
+            biased;
+            _ = closed(&mut closing) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            (permit, accepted) = accept => {
+                let Ok(permit) = permit else { break };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let closing = closing.clone();
+                conns.spawn(async move {
+                    let _permit = permit;
+                    serve_one(stream, app, header_timeout, closing).await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    let hard_stop = cfg.shutdown_grace + HARD_STOP_MARGIN;
+    let drained = tokio::time::timeout(hard_stop, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = conns.len(),
+            "connections still open after the shutdown grace: closing them"
+        );
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
+}
+
+/// Resolves once shutdown has begun (or the sender is gone).
+async fn closed(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|c| *c).await;
+}
+
+/// After the grace period the scheduler cancels what is left; this margin lets those requests send their 503
+/// before the connections are dropped.
+const HARD_STOP_MARGIN: Duration = Duration::from_secs(1);
+
+async fn serve_one(
+    stream: tokio::net::TcpStream,
+    app: axum::Router,
+    header_timeout: Duration,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = closed(&mut closing) => {}
+    }
+    // Idle connections close now; a request in progress finishes its response first.
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 /// A server running on its own thread and runtime (tests, embedding). Dropping it also shuts it down.

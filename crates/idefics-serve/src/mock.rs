@@ -35,6 +35,8 @@ pub struct MockEngine {
     pub split_images: bool,
     /// Sleep per decoding step (simulates model time; lets tests cancel mid-generation).
     pub step_delay: Duration,
+    /// Attention heads of a pretend eager prefill: `prefill_bytes` = 4 × 2 × heads × tokens². 0 = no estimate.
+    pub attention_heads: usize,
     /// Batching statistics, for tests.
     pub stats: MockStats,
 }
@@ -44,6 +46,7 @@ pub struct MockEngine {
 pub struct MockStats {
     max_batch_seen: AtomicUsize,
     batches: AtomicUsize,
+    counted: AtomicUsize,
 }
 
 impl Default for MockEngine {
@@ -54,6 +57,7 @@ impl Default for MockEngine {
             max_batch_size: 8,
             split_images: false,
             step_delay: Duration::ZERO,
+            attention_heads: 0,
             stats: MockStats::default(),
         }
     }
@@ -63,6 +67,11 @@ impl MockEngine {
     /// Largest batch `generate` has been called with so far.
     pub fn max_batch_seen(&self) -> usize {
         self.stats.max_batch_seen.load(Ordering::SeqCst)
+    }
+
+    /// Number of `count_prompt_tokens` calls so far (prompts that reached tokenisation).
+    pub fn prompts_counted(&self) -> usize {
+        self.stats.counted.load(Ordering::SeqCst)
     }
 
     /// Number of `generate` calls so far.
@@ -141,6 +150,7 @@ impl ChatEngine for MockEngine {
     }
 
     fn count_prompt_tokens(&self, prompt: &ChatPrompt) -> Result<PromptTokens, EngineError> {
+        self.stats.counted.fetch_add(1, Ordering::SeqCst);
         let mut total = GENERATION_PROMPT_TOKENS;
         let mut image_tokens = 0;
         for m in &prompt.messages {
@@ -163,6 +173,16 @@ impl ChatEngine for MockEngine {
 
     fn max_batch_size(&self) -> usize {
         self.max_batch_size
+    }
+
+    /// A mock token is 3 characters of at most 4 bytes.
+    fn max_bytes_per_token(&self) -> Option<usize> {
+        Some(CHARS_PER_TOKEN * 4)
+    }
+
+    fn prefill_bytes(&self, _prompt: &ChatPrompt, tokens: PromptTokens) -> u64 {
+        let n = tokens.total as u64;
+        4 * 2 * self.attention_heads as u64 * n * n
     }
 
     fn generate(&self, batch: &mut [BatchItem]) -> Vec<Result<Generation, EngineError>> {

@@ -7,7 +7,7 @@ use crate::engine::{
 };
 use idefics::generate::{FinishReason, GenerationRequest, SamplingParams};
 use idefics::pipeline::{Pipeline, Prompt, PromptInput};
-use idefics::processor::{ChatMessage, ContentPart, RgbImage};
+use idefics::processor::{ChatMessage, ContentPart, FamilyProcessor, RgbImage};
 
 /// A request in the processor's types: messages, images in slot order, and the splitting flag it asks for.
 type ConvertedPrompt = (Vec<ChatMessage>, Vec<RgbImage>, Option<bool>);
@@ -17,15 +17,78 @@ pub struct PipelineEngine {
     pipeline: Pipeline,
     model_id: String,
     max_batch_size: usize,
+    /// Upper bound on the text bytes one token stands for (see [`ChatEngine::max_bytes_per_token`]).
+    max_bytes_per_token: Option<usize>,
 }
 
 impl PipelineEngine {
     pub fn new(pipeline: Pipeline, model_id: String, max_batch_size: usize) -> Self {
+        // A token's text is at most its vocabulary string (SentencePiece's "▁" and byte-level BPE's "Ġ" are longer
+        // than the space they stand for; byte-fallback "<0x41>" is 6 bytes for 1); the factor 4 covers
+        // normalizers that shrink text (NFKC maps some 3-byte characters to 1 byte).
+        let longest = pipeline
+            .processor
+            .tokenizer()
+            .inner()
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max();
         Self {
             pipeline,
             model_id,
             max_batch_size: max_batch_size.max(1),
+            max_bytes_per_token: longest.map(|l| 4 * l.max(1)),
         }
+    }
+
+    /// The splitting flag a request asks for (the first image `detail`), or an error when its images disagree.
+    fn requested_split(prompt: &ChatPrompt) -> Result<Option<bool>, EngineError> {
+        let mut split = None;
+        for input in prompt.images() {
+            if let Some(s) = input.split {
+                if split.is_some_and(|prev| prev != s) {
+                    return Err(EngineError::BadInput(format!(
+                        "image {}: all images of a request must use the same `detail`",
+                        input.index + 1
+                    )));
+                }
+                split = Some(s);
+            }
+        }
+        Ok(split)
+    }
+
+    /// The chat messages of a request in the processor's types, with `<image>` parts but no pixels.
+    /// `(width, height)` of each image, in order.
+    fn image_sizes(prompt: &ChatPrompt) -> Vec<(usize, usize)> {
+        prompt
+            .images()
+            .map(|input| (input.image.width() as usize, input.image.height() as usize))
+            .collect()
+    }
+
+    fn messages(prompt: &ChatPrompt) -> Vec<ChatMessage> {
+        prompt
+            .messages
+            .iter()
+            .map(|message| {
+                let parts = message
+                    .content
+                    .iter()
+                    .map(|part| match part {
+                        Part::Text(text) => ContentPart::Text { text: text.clone() },
+                        Part::Image(_) => ContentPart::Image {},
+                    })
+                    .collect();
+                let role = match message.role {
+                    Role::System => "system",
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                };
+                ChatMessage::parts(role, parts)
+            })
+            .collect()
     }
 
     /// The chat messages and images of a request, in the processor's types.
@@ -127,6 +190,38 @@ impl PipelineEngine {
     }
 }
 
+fn back(src: RgbImage) -> image::RgbImage {
+    let (w, h) = (src.width() as u32, src.height() as u32);
+    image::RgbImage::from_raw(w, h, src.into_bytes()).unwrap_or_default()
+}
+
+/// A shared batch failed (one request's bad input, a sampling error, a model error): as the scheduler does for
+/// panics, members that have not streamed anything yet are run again one by one, so only the culprit fails;
+/// members whose text already went out cannot be rerun without sending it twice, so they end with the error.
+fn isolate_failure(
+    batch: &mut [BatchItem],
+    members: &[usize],
+    error: &EngineError,
+    results: &mut [Option<Result<Generation, EngineError>>],
+    mut run_alone: impl FnMut(&mut BatchItem) -> Result<Generation, EngineError>,
+) {
+    for &i in members {
+        let item = &mut batch[i];
+        results[i] = Some(if item.emitted_any {
+            Err(EngineError::Internal(format!(
+                "the batch failed after this answer started: {error}"
+            )))
+        } else if item.is_cancelled() {
+            Ok(Generation {
+                completion_tokens: 0,
+                finish: EngineFinish::StoppedByCaller,
+            })
+        } else {
+            run_alone(item)
+        });
+    }
+}
+
 /// Input problems are the client's (400); anything else is ours (500).
 fn engine_error(e: idefics::Error) -> EngineError {
     match e {
@@ -153,8 +248,10 @@ impl ChatEngine for PipelineEngine {
     }
 
     fn count_prompt_tokens(&self, prompt: &ChatPrompt) -> Result<PromptTokens, EngineError> {
-        let (messages, images, split) = Self::convert(prompt)?;
-        let sizes: Vec<(usize, usize)> = images.iter().map(|i| (i.width(), i.height())).collect();
+        // Counting needs the images' sizes, not their pixels: no copy of them here.
+        let split = Self::requested_split(prompt)?;
+        let messages = Self::messages(prompt);
+        let sizes = Self::image_sizes(prompt);
         let encoded = self
             .pipeline
             .processor
@@ -172,6 +269,80 @@ impl ChatEngine for PipelineEngine {
         self.max_batch_size
     }
 
+    fn max_bytes_per_token(&self) -> Option<usize> {
+        self.max_bytes_per_token
+    }
+
+    /// Eager attention's cost, the larger of the two stages: the vision encoder over every frame at once
+    /// (`frames × (2 × heads × patches² + patches × (4 × hidden + 3 × intermediate))` f32 values: scores, their
+    /// softmax, q/k/v/o and the MLP), then one text layer over the prompt (the same terms with tokens for patches).
+    fn prefill_bytes(&self, prompt: &ChatPrompt, tokens: PromptTokens) -> u64 {
+        const F32: u64 = 4;
+        let stage = |n: u64, heads: usize, hidden: usize, inter: usize| -> u64 {
+            n.saturating_mul(n)
+                .saturating_mul(2 * heads as u64)
+                .saturating_add(n.saturating_mul((4 * hidden + 3 * inter) as u64))
+        };
+        let t = self.pipeline.model.text_config();
+        let text = stage(
+            tokens.total as u64,
+            t.num_attention_heads,
+            t.hidden_size,
+            t.intermediate_size,
+        );
+        let v = self.pipeline.model.vision_config();
+        let split = Self::requested_split(prompt).unwrap_or(None);
+        let processor = &self.pipeline.processor;
+        let per_frame = processor.image_seq_len().max(1);
+        let frames: u64 = Self::image_sizes(prompt)
+            .iter()
+            .map(|&(w, h)| (processor.image_token_cost(w, h, split) / per_frame) as u64)
+            .sum();
+        let side = (v.image_size / v.patch_size.max(1)) as u64;
+        let vision = stage(
+            side * side,
+            v.num_attention_heads,
+            v.hidden_size,
+            v.intermediate_size,
+        )
+        .saturating_mul(frames);
+        text.max(vision).saturating_mul(F32)
+    }
+
+    /// Without splitting, the processor's first step resizes the whole image to `target_size`; doing that step
+    /// now gives the very same pixels later (the processor's resize to the size an image already has is a copy),
+    /// so a 40-megapixel photo waits in the queue as at most `longest_edge`² pixels. With splitting the crops are
+    /// cut from the original pixels, so the image is kept as it is.
+    fn reduce_image(&self, image: image::RgbImage, split: Option<bool>) -> image::RgbImage {
+        // Idefics2 only: Idefics3 / SmolVLM resize twice (longest edge, then tile multiples), so their images
+        // are kept as they are.
+        let FamilyProcessor::Idefics2 {
+            image: processor, ..
+        } = &self.pipeline.processor
+        else {
+            return image;
+        };
+        let cfg = processor.config();
+        if !cfg.do_resize || self.pipeline.processor.resolve_splitting(split) {
+            return image;
+        }
+        let (w, h) = (image.width() as usize, image.height() as usize);
+        let (th, tw) = processor.target_size(h, w);
+        if th.saturating_mul(tw) >= h.saturating_mul(w) {
+            return image;
+        }
+        // The image crate guarantees w × h × 3 bytes, so this conversion (a move, no copy) cannot fail.
+        let Ok(src) = RgbImage::new(w, h, image.into_raw()) else {
+            tracing::error!("image buffer does not match {w}x{h}");
+            return image::RgbImage::new(0, 0);
+        };
+        match idefics::processor::resize(&src, tw, th, cfg.resample) {
+            Ok(small) => image::RgbImage::from_raw(tw as u32, th as u32, small.into_bytes())
+                .unwrap_or_else(|| back(src)),
+            Err(_) => back(src),
+        }
+    }
+
     fn generate(&self, batch: &mut [BatchItem]) -> Vec<Result<Generation, EngineError>> {
         let mut results: Vec<Option<Result<Generation, EngineError>>> =
             (0..batch.len()).map(|_| None).collect();
@@ -185,8 +356,8 @@ impl ChatEngine for PipelineEngine {
                 }));
                 continue;
             }
-            match Self::convert(&item.prompt) {
-                Ok((_, _, split)) => match groups.iter_mut().find(|(s, _)| *s == split) {
+            match Self::requested_split(&item.prompt) {
+                Ok(split) => match groups.iter_mut().find(|(s, _)| *s == split) {
                     Some((_, members)) => members.push(i),
                     None => groups.push((split, vec![i])),
                 },
@@ -209,16 +380,11 @@ impl ChatEngine for PipelineEngine {
                         results[*i] = Some(Ok(g));
                     }
                 }
-                // A request the processor refuses (found while preparing the shared batch, before any text was
-                // sent) must not fail the others: run them one by one.
-                Err(EngineError::BadInput(_)) if members.len() > 1 => {
-                    for &i in &members {
-                        let mut single: Vec<&mut BatchItem> = vec![&mut batch[i]];
-                        results[i] = Some(
-                            self.generate_group(&mut single, split)
-                                .map(|mut g| g.remove(0)),
-                        );
-                    }
+                Err(e) if members.len() > 1 => {
+                    isolate_failure(batch, &members, &e, &mut results, |item| {
+                        self.generate_group(&mut [item], split)
+                            .map(|mut g| g.remove(0))
+                    });
                 }
                 Err(e) => {
                     for &i in &members {
@@ -233,5 +399,54 @@ impl ChatEngine for PipelineEngine {
                 r.unwrap_or_else(|| Err(EngineError::Internal("item was not generated".into())))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::test_item;
+
+    #[test]
+    fn a_failed_batch_reruns_only_members_that_sent_nothing() {
+        let (mut a, mut rx_a) = test_item("a");
+        let (b, _rx_b) = test_item("b");
+        let (c, _rx_c) = test_item("c");
+        // `a` streamed text before the batch failed; `b` and `c` had not.
+        assert_eq!(a.emit("hello "), Flow::Continue);
+        let mut batch = vec![a, b, c];
+        let mut results: Vec<Option<Result<Generation, EngineError>>> = vec![None, None, None];
+        let mut reran = Vec::new();
+        isolate_failure(
+            &mut batch,
+            &[0, 1, 2],
+            &EngineError::BadInput("row 2: bad".into()),
+            &mut results,
+            |item| {
+                reran.push(item.request_id.clone());
+                if item.request_id == "c" {
+                    return Err(EngineError::BadInput("bad".into()));
+                }
+                let _ = item.emit("fresh");
+                Ok(Generation {
+                    completion_tokens: 1,
+                    finish: EngineFinish::EndOfTurn,
+                })
+            },
+        );
+        assert_eq!(
+            reran,
+            vec!["b", "c"],
+            "a must not be rerun: its text was sent"
+        );
+        assert!(matches!(results[0], Some(Err(EngineError::Internal(_)))));
+        assert!(matches!(results[1], Some(Ok(_))));
+        assert!(matches!(results[2], Some(Err(EngineError::BadInput(_)))));
+        // Nothing was sent to `a` twice.
+        let mut sent = String::new();
+        while let Ok(crate::engine::Event::Delta(t)) = rx_a.try_recv() {
+            sent.push_str(&t);
+        }
+        assert_eq!(sent, "hello ");
     }
 }

@@ -14,14 +14,15 @@ use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::api::{parse_chat_request, ChatRequest, RawPart};
+use crate::api::{parse_chat_request_limited, ChatRequest, TextLimits};
 use crate::config::ServerConfig;
 use crate::engine::{
-    BatchItem, CancelFlag, ChatEngine, ChatMessage, ChatPrompt, EngineError, EngineFinish, Event,
-    Generation, ImageInput, Outcome, Part, PromptTokens, SamplingParams, StopCause,
+    BatchItem, CancelFlag, ChatEngine, ChatPrompt, EngineError, EngineFinish, Event, Generation,
+    Outcome, PromptTokens, SamplingParams, StopCause,
 };
 use crate::error::ApiError;
-use crate::images::{decode_image, load_image_bytes};
+use crate::loader::load_prompt;
+use crate::memory::ImageMemory;
 use crate::scheduler::{Scheduler, SubmitError};
 use idefics::generate::StopStrings;
 
@@ -30,7 +31,11 @@ pub(crate) struct AppState {
     pub(crate) engine: Arc<dyn ChatEngine>,
     pub(crate) scheduler: Scheduler,
     pub(crate) config: Arc<ServerConfig>,
+    /// Decoding slots (CPU work).
     pub(crate) preprocess: tokio::sync::Semaphore,
+    /// Network fetches waiting at once (they hold no decoding slot while they wait).
+    pub(crate) fetches: tokio::sync::Semaphore,
+    pub(crate) image_memory: Arc<ImageMemory>,
     pub(crate) closing: AtomicBool,
     pub(crate) next_id: AtomicU64,
     pub(crate) created: u64,
@@ -81,6 +86,8 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
         "model": st.engine.model_id(),
         "queue": st.scheduler.queue_len(),
         "max_queue": st.scheduler.max_queue(),
+        "image_bytes": st.image_memory.used(),
+        "max_image_bytes": st.image_memory.max(),
     });
     json_response(
         if closing {
@@ -115,8 +122,17 @@ async fn models(State(st): State<Arc<AppState>>) -> Response {
     )
 }
 
+/// Whether a request's `model` names this server's model: the served name, a configured alias, or anything
+/// when the operator chose `accept_any_model`; an absent or empty `model` always does.
+fn model_matches(st: &AppState, asked: &str) -> bool {
+    asked.is_empty()
+        || asked == st.engine.model_id()
+        || st.config.model_aliases.iter().any(|a| a == asked)
+        || st.config.accept_any_model
+}
+
 async fn model_by_id(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    if id == st.engine.model_id() {
+    if !id.is_empty() && model_matches(&st, &id) {
         json_response(StatusCode::OK, &model_card(&st))
     } else {
         model_not_found(&id, st.engine.model_id()).into_response()
@@ -193,21 +209,39 @@ async fn admit(
     if st.closing.load(Ordering::SeqCst) {
         return Err(ApiError::overloaded("server is shutting down"));
     }
-    let bytes = axum::body::to_bytes(body, cfg.max_body_bytes)
-        .await
-        .map_err(|_| ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            ..ApiError::bad_request(
-                "request_too_large",
-                format!(
-                    "request body is over the limit of {} bytes",
-                    cfg.max_body_bytes
-                ),
-            )
-        })?;
-    let req = parse_chat_request(&bytes)?;
+    let read = tokio::time::timeout(
+        cfg.body_read_timeout,
+        axum::body::to_bytes(body, cfg.max_body_bytes),
+    )
+    .await
+    .map_err(|_| ApiError {
+        status: StatusCode::REQUEST_TIMEOUT,
+        ..ApiError::bad_request(
+            "request_timeout",
+            format!(
+                "the request body was not received within {:.0} s",
+                cfg.body_read_timeout.as_secs_f64()
+            ),
+        )
+    })?;
+    let bytes = read.map_err(|_| ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        ..ApiError::bad_request(
+            "request_too_large",
+            format!(
+                "request body is over the limit of {} bytes",
+                cfg.max_body_bytes
+            ),
+        )
+    })?;
+    let limits = TextLimits {
+        max_messages: cfg.max_messages,
+        max_text_bytes: cfg.max_text_bytes,
+    };
+    let req = parse_chat_request_limited(&bytes, limits)?;
+    drop(bytes);
     let model_id = st.engine.model_id().to_string();
-    if !req.model.is_empty() && req.model != model_id {
+    if !model_matches(st, &req.model) {
         return Err(model_not_found(&req.model, &model_id));
     }
     let n_images = req.image_count();
@@ -221,7 +255,8 @@ async fn admit(
         )
         .at("messages"));
     }
-    let prompt = load_prompt(st, &req).await?;
+    check_text_fits(st, &req)?;
+    let (prompt, image_memory) = load_prompt(st, &req).await?;
     let engine = st.engine.clone();
     let counted_prompt = prompt.clone();
     let prompt_tokens =
@@ -230,7 +265,6 @@ async fn admit(
             .map_err(|e| ApiError::internal(format!("token counting failed: {e}")))?
             .map_err(engine_error)?;
     let max_tokens = budget(st, &req, &prompt, prompt_tokens)?;
-
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancelFlag::default();
     let deadline = started + cfg.request_timeout;
@@ -250,6 +284,7 @@ async fn admit(
         tx,
         cause: StopCause::None,
         emitted_any: false,
+        _image_memory: image_memory,
     };
     st.scheduler.submit(item).map_err(|(e, _)| match e {
         SubmitError::QueueFull => ApiError::overloaded(format!(
@@ -284,62 +319,25 @@ fn engine_error(e: EngineError) -> ApiError {
     }
 }
 
-/// Fetch and decode every image (concurrently, bounded by `preprocess_concurrency`), keeping message order.
-async fn load_prompt(st: &Arc<AppState>, req: &ChatRequest) -> Result<ChatPrompt, ApiError> {
-    let mut tasks = Vec::new();
-    for part in req.messages.iter().flat_map(|m| &m.parts) {
-        if let RawPart::Image { url, param, .. } = part {
-            let index = tasks.len();
-            let (url, param, st) = (url.clone(), param.clone(), st.clone());
-            tasks.push(tokio::spawn(async move {
-                let _permit = st.preprocess.acquire().await;
-                let cfg = st.config.clone();
-                tokio::task::spawn_blocking(move || {
-                    let bytes = load_image_bytes(&url, index, &cfg)?;
-                    decode_image(&bytes, index, cfg.max_image_pixels)
-                })
-                .await
-                .unwrap_or_else(|e| {
-                    Err(ApiError::internal(format!(
-                        "image {index}: decoder failed: {e}"
-                    )))
-                })
-                .map_err(|e| if e.param.is_none() { e.at(param) } else { e })
-            }));
-        }
+/// Refuse text that cannot fit the context by its length alone (no template, no tokenizer): with at most
+/// `max_bytes_per_token` bytes per token, the text is at least `bytes / max_bytes_per_token` tokens.
+fn check_text_fits(st: &AppState, req: &ChatRequest) -> Result<(), ApiError> {
+    let Some(per_token) = st.engine.max_bytes_per_token().filter(|&b| b > 0) else {
+        return Ok(());
+    };
+    let bytes = req.text_bytes();
+    let at_least = bytes / per_token;
+    let ctx = st.engine.context_length();
+    if at_least >= ctx {
+        return Err(ApiError::bad_request(
+            "context_length_exceeded",
+            format!(
+                "the text alone is {bytes} bytes, at least {at_least} tokens, which does not fit the context length of {ctx}"
+            ),
+        )
+        .at("messages"));
     }
-    let mut decoded = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        decoded.push(
-            t.await
-                .unwrap_or_else(|e| Err(ApiError::internal(format!("image task failed: {e}"))))?,
-        );
-    }
-    let mut decoded = decoded.into_iter().enumerate();
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
-        let mut content = Vec::with_capacity(m.parts.len());
-        for part in &m.parts {
-            match part {
-                RawPart::Text(t) => content.push(Part::Text(t.clone())),
-                RawPart::Image { split, .. } => {
-                    let (index, image) = decoded
-                        .next()
-                        .ok_or_else(|| ApiError::internal("image count changed while loading"))?;
-                    content.push(Part::Image(ImageInput {
-                        index,
-                        image: Arc::new(image),
-                        split: *split,
-                    }));
-                }
-            }
-        }
-        messages.push(ChatMessage {
-            role: m.role,
-            content,
-        });
-    }
-    Ok(ChatPrompt { messages })
+    Ok(())
 }
 
 /// Check the prompt against the context and choose `max_tokens`; errors name what the images cost
@@ -375,6 +373,21 @@ fn budget(
         return Err(ApiError::bad_request(
             "context_length_exceeded",
             format!("prompt is {} tokens ({detail}), which leaves no room in the context length of {ctx}", tokens.total),
+        )
+        .at("messages"));
+    }
+    let prefill = st.engine.prefill_bytes(prompt, tokens);
+    let limit = st.config.max_prefill_bytes;
+    if prefill > limit {
+        const MIB: u64 = 1024 * 1024;
+        return Err(ApiError::bad_request(
+            "prefill_too_large",
+            format!(
+                "prompt is {} tokens ({detail}); its prefill needs about {} MiB (attention and activations), over the server's limit of {} MiB; shorten the prompt or send fewer images or 'detail: low'",
+                tokens.total,
+                prefill.div_ceil(MIB),
+                limit / MIB
+            ),
         )
         .at("messages"));
     }

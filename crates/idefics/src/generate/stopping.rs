@@ -4,19 +4,77 @@
 ///
 /// Text is released only when it can no longer turn into a stop string: a suffix that is a prefix of some stop
 /// string is held back until the next token decides it. The stop string itself is never released (it is trimmed,
-/// as OpenAI's API and transformers' `stop_strings` do).
+/// as OpenAI's API and transformers' `stop_strings` do). When several stop strings complete in the same text,
+/// the one that ends first wins.
+///
+/// Matching is incremental (one Knuth-Morris-Pratt automaton per stop string, fed each new byte once), so the
+/// cost of a token is proportional to its own length, whatever the length of the stop strings.
 #[derive(Debug, Clone, Default)]
 pub struct StopStrings {
-    stops: Vec<String>,
+    stops: Vec<Matcher>,
     text: String,
     released: usize,
     stopped: bool,
 }
 
+/// A stop string's failure table and how much of it the text currently ends with.
+#[derive(Debug, Clone)]
+struct Matcher {
+    pattern: Vec<u8>,
+    /// `fail[i]`: length of the longest proper border of `pattern[..=i]`.
+    fail: Vec<usize>,
+    /// Length of the longest suffix of the text that is a prefix of `pattern` (always < its length).
+    state: usize,
+}
+
+impl Matcher {
+    fn new(pattern: &str) -> Self {
+        let p = pattern.as_bytes().to_vec();
+        let mut fail = vec![0; p.len()];
+        let mut k = 0;
+        for i in 1..p.len() {
+            while k > 0 && p[i] != p[k] {
+                k = fail[k - 1];
+            }
+            if p[i] == p[k] {
+                k += 1;
+            }
+            fail[i] = k;
+        }
+        Self {
+            pattern: p,
+            fail,
+            state: 0,
+        }
+    }
+
+    /// Feeds one byte; true when the whole pattern now ends the text.
+    fn step(&mut self, b: u8) -> bool {
+        let mut k = self.state;
+        while k > 0 && self.pattern[k] != b {
+            k = self.fail[k - 1];
+        }
+        if self.pattern[k] == b {
+            k += 1;
+        }
+        if k == self.pattern.len() {
+            // Keep the automaton valid (not needed after a stop, but cheap).
+            self.state = self.fail[k - 1];
+            return true;
+        }
+        self.state = k;
+        false
+    }
+}
+
 impl StopStrings {
     /// Empty stop strings are ignored (they would stop before the first token).
     pub fn new(stops: impl IntoIterator<Item = String>) -> Self {
-        let stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
+        let stops = stops
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| Matcher::new(&s))
+            .collect();
         Self {
             stops,
             ..Default::default()
@@ -28,26 +86,22 @@ impl StopStrings {
         if self.stopped {
             return (String::new(), true);
         }
-        // Only the tail can contain a new match: start early enough to catch a stop spanning the boundary.
-        let longest = self.stops.iter().map(String::len).max().unwrap_or(0);
-        let mut search_from = self.text.len().saturating_sub(longest);
-        while !self.text.is_char_boundary(search_from) {
-            search_from -= 1;
-        }
+        let base = self.text.len();
         self.text.push_str(delta);
-        let earliest = self
-            .stops
-            .iter()
-            .filter_map(|s| {
-                self.text[search_from..]
-                    .find(s.as_str())
-                    .map(|p| p + search_from)
-            })
-            .min();
-        if let Some(end) = earliest {
-            self.text.truncate(end);
-            self.stopped = true;
-            return (self.release_up_to(end), true);
+        for (offset, &b) in delta.as_bytes().iter().enumerate() {
+            let end = base + offset + 1;
+            let mut matched_start = None;
+            for m in &mut self.stops {
+                if m.step(b) {
+                    let start = end - m.pattern.len();
+                    matched_start = Some(matched_start.map_or(start, |s: usize| s.min(start)));
+                }
+            }
+            if let Some(start) = matched_start {
+                self.text.truncate(start);
+                self.stopped = true;
+                return (self.release_up_to(start), true);
+            }
         }
         let safe_end = self.text.len() - self.held_back_len();
         (self.release_up_to(safe_end), false)
@@ -73,17 +127,10 @@ impl StopStrings {
         self.text[start..end].to_string()
     }
 
-    /// Length of the longest suffix of the text that is a proper prefix of a stop string.
+    /// Length of the longest suffix of the text that is a proper prefix of a stop string: the automata's states.
+    /// Such a suffix starts where a stop string starts, so on a character boundary.
     fn held_back_len(&self) -> usize {
-        let mut best = 0;
-        for stop in &self.stops {
-            for (len, _) in stop.char_indices().skip(1) {
-                if len > best && self.text.ends_with(&stop[..len]) {
-                    best = len;
-                }
-            }
-        }
-        best
+        self.stops.iter().map(|m| m.state).max().unwrap_or(0)
     }
 }
 
@@ -195,6 +242,38 @@ mod tests {
         assert_eq!(
             run_concat(&["日本"], &["今日は日", "曜"]),
             ("今日は日曜".into(), false)
+        );
+    }
+
+    #[test]
+    fn cost_does_not_grow_with_the_stop_length() {
+        // Four 1 MiB stop strings that the text keeps almost matching: the old matcher rescanned every prefix of
+        // every stop string on each token (minutes here); the automata take one step per new byte.
+        let long: Vec<String> = (0..4)
+            .map(|i| format!("{}{}", "a".repeat(1 << 20), i))
+            .collect();
+        let mut m = StopStrings::new(long);
+        let started = std::time::Instant::now();
+        let mut shown = String::new();
+        for _ in 0..20_000 {
+            let (out, hit) = m.push("a");
+            shown.push_str(&out);
+            assert!(!hit);
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        // Everything is a prefix of the stops: all of it is held back until decided.
+        assert_eq!(shown, "");
+        let (out, hit) = m.push("x");
+        assert!(!hit);
+        assert_eq!(out.len(), 20_001);
+        // Overlapping prefixes: "aab" after "aa" must still be found (failure links).
+        assert_eq!(
+            run_concat(&["aab"], &["xaa", "aab tail"]),
+            ("xaa".into(), true)
         );
     }
 

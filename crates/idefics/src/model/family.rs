@@ -140,6 +140,22 @@ impl VlmModel {
         }
     }
 
+    /// The vision tower's sizes (the same SigLIP config in every family).
+    pub fn vision_config(&self) -> &crate::config::VisionConfig {
+        match self {
+            Self::Idefics2(m) => &m.config().vision_config,
+            Self::Idefics3(m) => &m.config().vision_config,
+        }
+    }
+
+    /// The text decoder's sizes (Mistral or Llama).
+    pub fn text_config(&self) -> &crate::config::TextConfig {
+        match self {
+            Self::Idefics2(m) => &m.config().text_config,
+            Self::Idefics3(m) => &m.config().text_config,
+        }
+    }
+
     /// Most positions the text model was trained for (prompt + answer).
     pub fn max_position_embeddings(&self) -> usize {
         match self {
