@@ -6,6 +6,7 @@
 
 pub mod decode;
 pub mod error;
+mod jpeg;
 pub mod processor;
 pub mod resize;
 mod transparency;
