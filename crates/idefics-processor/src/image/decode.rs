@@ -274,6 +274,7 @@ fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErr
         );
     }
     let (w, h) = (decoded.width, decoded.height);
+    tracing::debug!("JPEG {w}x{h}, Pillow mode {:?}", decoded.mode);
     let orientation = jpeg::orientation(decoded.exif.as_deref(), decoded.xmp.as_deref())
         .and_then(::image::metadata::Orientation::from_exif)
         .unwrap_or(::image::metadata::Orientation::NoTransforms);

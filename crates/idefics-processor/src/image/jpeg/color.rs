@@ -110,8 +110,9 @@ fn h2v1_fancy(src: &[u8], out: &mut [u8]) {
 fn h2v2_fancy(near: &[u8], far: &[u8], out: &mut [u8]) {
     let w = near.len();
     let col = |i: usize| u32::from(near[i]) * 3 + u32::from(far[i]);
-    let (mut last, mut this) = (0, col(0));
+    let mut this = col(0);
     let mut next = col(1);
+    let mut last;
     out[0] = ((this * 4 + 8) >> 4) as u8;
     out[1] = ((this * 3 + next + 7) >> 4) as u8;
     for i in 1..w - 1 {

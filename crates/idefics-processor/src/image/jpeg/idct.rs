@@ -1,116 +1,79 @@
 //! libjpeg's "islow" inverse DCT (the default `JDCT_ISLOW` that Pillow decodes with), integer for
-//! integer: 13-bit constants, 2 extra bits between the passes, 64-bit intermediates, the same
-//! all-zero-AC shortcuts and the same wrapping range limit (`& 1023` into `sample_range_limit`).
-//! Reference: libjpeg-turbo `jidctint.c` (`jpeg_idct_islow`) and `jdmaster.c`
-//! (`prepare_range_limit_table`), https://github.com/libjpeg-turbo/libjpeg-turbo.
+//! integer: 13-bit constants, 2 extra bits between the passes, as libjpeg-turbo's AVX2 kernel computes
+//! it. References: libjpeg-turbo `jidctint.c` (`jpeg_idct_islow`) and `simd/x86_64/jidctint-avx2.asm`,
+//! https://github.com/libjpeg-turbo/libjpeg-turbo.
 
 const CONST_BITS: u32 = 13;
 const PASS1_BITS: u32 = 2;
 
-const FIX_0_298631336: i64 = 2446;
-const FIX_0_390180644: i64 = 3196;
-const FIX_0_541196100: i64 = 4433;
-const FIX_0_765366865: i64 = 6270;
-const FIX_0_899976223: i64 = 7373;
-const FIX_1_175875602: i64 = 9633;
-const FIX_1_501321110: i64 = 12299;
-const FIX_1_847759065: i64 = 15137;
-const FIX_1_961570560: i64 = 16069;
-const FIX_2_053119869: i64 = 16819;
-const FIX_2_562915447: i64 = 20995;
-const FIX_3_072711026: i64 = 25172;
-
+/// One 1-D 8-point pass of the AVX2 kernel on 16-bit inputs: products and sums in 32 bits, except the
+/// four input sums the kernel forms with 16-bit adds (they wrap), and a descale that saturates to 16 bits.
 #[inline(always)]
-fn descale(x: i64, n: u32) -> i64 {
-    (x + (1i64 << (n - 1))) >> n
-}
-
-/// `range_limit[x & RANGE_MASK]` of the IDCT: clamps x + 128 to 0..=255 for x in -512..=511 and wraps
-/// outside (libjpeg's table layout), so corrupt coefficients give the same bytes as libjpeg's C code.
-#[inline(always)]
-fn range_limit(x: i64) -> u8 {
-    let t = (x & 1023) as u32;
-    if t < 128 {
-        (t + 128) as u8
-    } else if t < 512 {
-        255
-    } else if t < 896 {
-        0
-    } else {
-        (t - 896) as u8
-    }
-}
-
-/// The even and odd halves of one 1-D 8-point IDCT, shared by both passes.
-#[inline(always)]
-fn butterfly(v: [i64; 8]) -> [i64; 8] {
-    let (z2, z3) = (v[2], v[6]);
-    let z1 = (z2 + z3) * FIX_0_541196100;
-    let tmp2 = z1 + z3 * -FIX_1_847759065;
-    let tmp3 = z1 + z2 * FIX_0_765366865;
-    let tmp0 = (v[0] + v[4]).wrapping_shl(CONST_BITS);
-    let tmp1 = (v[0] - v[4]).wrapping_shl(CONST_BITS);
+fn pass_16bit(v: [i16; 8], shift: u32) -> [i16; 8] {
+    let i = |k: usize| i32::from(v[k]);
+    let w = |a: i16, b: i16| i32::from(a.wrapping_add(b));
+    let (f0298, f0390, f0541, f0765) = (2446, 3196, 4433, 6270);
+    let (f0899, f1175, f1501, f1847) = (7373, 9633, 12299, 15137);
+    let (f1961, f2053, f2562, f3072) = (16069, 16819, 20995, 25172);
+    let tmp3 = i(2) * (f0541 + f0765) + i(6) * f0541;
+    let tmp2 = i(6) * (f0541 - f1847) + i(2) * f0541;
+    let tmp0 = w(v[0], v[4]) << CONST_BITS;
+    let tmp1 = i32::from(v[0].wrapping_sub(v[4])) << CONST_BITS;
     let (tmp10, tmp13, tmp11, tmp12) = (tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2);
-
-    let (mut t0, mut t1, mut t2, mut t3) = (v[7], v[5], v[3], v[1]);
-    let (mut z1, mut z2, mut z3, mut z4) = (t0 + t3, t1 + t2, t0 + t2, t1 + t3);
-    let z5 = (z3 + z4) * FIX_1_175875602;
-    t0 *= FIX_0_298631336;
-    t1 *= FIX_2_053119869;
-    t2 *= FIX_3_072711026;
-    t3 *= FIX_1_501321110;
-    z1 *= -FIX_0_899976223;
-    z2 *= -FIX_2_562915447;
-    z3 *= -FIX_1_961570560;
-    z4 *= -FIX_0_390180644;
-    z3 += z5;
-    z4 += z5;
-    t0 += z1 + z3;
-    t1 += z2 + z4;
-    t2 += z2 + z3;
-    t3 += z1 + z4;
+    let (s73, s51) = (w(v[7], v[3]), w(v[5], v[1]));
+    let z3 = s73 * (f1175 - f1961) + s51 * f1175;
+    let z4 = s51 * (f1175 - f0390) + s73 * f1175;
+    let t0 = i(7) * (f0298 - f0899) - i(1) * f0899 + z3;
+    let t1 = i(5) * (f2053 - f2562) - i(3) * f2562 + z4;
+    let t3 = -i(7) * f0899 + i(1) * (f1501 - f0899) + z4;
+    let t2 = -i(5) * f2562 + i(3) * (f3072 - f2562) + z3;
+    let d = |x: i32| ((x + (1 << (shift - 1))) >> shift).clamp(-32768, 32767) as i16;
     [
-        tmp10 + t3,
-        tmp11 + t2,
-        tmp12 + t1,
-        tmp13 + t0,
-        tmp13 - t0,
-        tmp12 - t1,
-        tmp11 - t2,
-        tmp10 - t3,
+        d(tmp10 + t3),
+        d(tmp11 + t2),
+        d(tmp12 + t1),
+        d(tmp13 + t0),
+        d(tmp13 - t0),
+        d(tmp12 - t1),
+        d(tmp11 - t2),
+        d(tmp10 - t3),
     ]
 }
 
 /// Inverse-transforms one block of coefficients (natural order) with its quantisation table (natural
 /// order, as libjpeg's 16-bit multiplier table) into 8 rows of `out` starting at `out[0]`, `stride`
 /// bytes apart.
+///
+/// The arithmetic is that of `jsimd_idct_islow_avx2`, the kernel Pillow's libjpeg-turbo runs on x86-64
+/// (simd/x86_64/jidctint-avx2.asm). It equals the C `jpeg_idct_islow` for every coefficient a real
+/// encoder writes; on corrupt data the kernel's 16-bit lanes (wrapping dequantisation products and input
+/// sums, saturating passes and output) give other bytes than the C code's 64-bit math and wrapping
+/// range-limit table, and Pillow's bytes are the kernel's.
 pub(super) fn idct_islow(coef: &[i16], quant: &[i16; 64], out: &mut [u8], stride: usize) {
-    let mut ws = [0i32; 64];
-    for col in 0..8 {
-        let c = |r: usize| i64::from(coef[r * 8 + col]) * i64::from(quant[r * 8 + col]);
-        if (1..8).all(|r| coef[r * 8 + col] == 0) {
-            let dc = (c(0) << PASS1_BITS) as i32;
-            for r in 0..8 {
-                ws[r * 8 + col] = dc;
-            }
-            continue;
-        }
-        let o = butterfly([c(0), c(1), c(2), c(3), c(4), c(5), c(6), c(7)]);
+    let deq: [i16; 64] = std::array::from_fn(|k| coef[k].wrapping_mul(quant[k]));
+    let mut ws = [0i16; 64];
+    if coef[8..64].iter().all(|&c| c == 0) {
+        // The kernel's shortcut when only the first row is non-zero: columns are flat.
         for r in 0..8 {
-            ws[r * 8 + col] = descale(o[r], CONST_BITS - PASS1_BITS) as i32;
+            for c in 0..8 {
+                ws[r * 8 + c] = ((deq[c] as u16) << PASS1_BITS) as i16;
+            }
+        }
+    } else {
+        for col in 0..8 {
+            let o = pass_16bit(std::array::from_fn(|r| deq[r * 8 + col]), CONST_BITS - PASS1_BITS);
+            for r in 0..8 {
+                ws[r * 8 + col] = o[r];
+            }
         }
     }
     for row in 0..8 {
-        let w = &ws[row * 8..row * 8 + 8];
-        let dst = &mut out[row * stride..row * stride + 8];
-        if w[1..].iter().all(|&v| v == 0) {
-            let v = range_limit(descale(i64::from(w[0]), PASS1_BITS + 3));
-            dst.fill(v);
-            continue;
-        }
-        let o = butterfly(std::array::from_fn(|i| i64::from(w[i])));
-        for (d, v) in dst.iter_mut().zip(o) {
-            *d = range_limit(descale(v, CONST_BITS + PASS1_BITS + 3));
+        let o = pass_16bit(
+            std::array::from_fn(|c| ws[row * 8 + c]),
+            CONST_BITS + PASS1_BITS + 3,
+        );
+        for (d, v) in out[row * stride..row * stride + 8].iter_mut().zip(o) {
+            *d = (v.clamp(-128, 127) + 128) as u8;
         }
     }
 }
@@ -120,7 +83,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flat_blocks_and_range_limit() {
+    fn flat_blocks_and_saturation() {
         let mut coef = [0i16; 64];
         let quant = [1i16; 64];
         let mut out = [0u8; 64];
@@ -130,12 +93,13 @@ mod tests {
         coef[0] = 800;
         idct_islow(&coef, &quant, &mut out, 8);
         assert!(out.iter().all(|&v| v == 228), "{out:?}");
-        assert_eq!(range_limit(127), 255);
-        assert_eq!(range_limit(-129), 0);
-        assert_eq!(range_limit(511), 255);
-        assert_eq!(range_limit(-512), 0);
-        // libjpeg's table wraps outside -512..=511.
-        assert_eq!(range_limit(600), 0);
-        assert_eq!(range_limit(1024 + 5), 133);
+        // Saturation where the C table wraps (C gives 0 here, then 255).
+        coef[0] = 6000;
+        idct_islow(&coef, &quant, &mut out, 8);
+        assert!(out.iter().all(|&v| v == 255), "{out:?}");
+        coef[0] = -6000;
+        coef[9] = 5;
+        idct_islow(&coef, &quant, &mut out, 8);
+        assert!(out.iter().all(|&v| v == 0), "{out:?}");
     }
 }

@@ -362,7 +362,7 @@ impl Frame {
         let mut st = ScanState::new(t.restart_interval);
         let band = (scan.ss, scan.se, scan.al);
         let ri = t.restart_interval;
-        let mut block = |comps: &mut [Component],
+        let block = |comps: &mut [Component],
                          s: &mut Stream,
                          st: &mut ScanState,
                          si: usize,
