@@ -72,11 +72,7 @@ fn every_fixture_decodes_as_pillow_decodes_it() {
         };
         let size = |k: &str| meta[k].as_u64().unwrap() as usize;
         if (img.height(), img.width()) != (size("height"), size("width")) {
-            failures.push(format!(
-                "{name}: size {}x{}",
-                img.height(),
-                img.width()
-            ));
+            failures.push(format!("{name}: size {}x{}", img.height(), img.width()));
             continue;
         }
         let same = match meta.get("digest") {
@@ -91,7 +87,8 @@ fn every_fixture_decodes_as_pillow_decodes_it() {
                 None => {
                     let t = expected.tensor(name).unwrap();
                     let d = t.data().iter().zip(img.as_bytes()).filter(|(a, b)| a != b);
-                    let (count, max) = d.fold((0, 0), |(n, m), (a, b)| (n + 1, m.max(a.abs_diff(*b))));
+                    let (count, max) =
+                        d.fold((0, 0), |(n, m), (a, b)| (n + 1, m.max(a.abs_diff(*b))));
                     format!("{count} bytes, max {max}")
                 }
             };
@@ -120,7 +117,10 @@ fn truncated_at_any_length_is_refused_exactly_where_pillow_refuses() {
         let sos = data.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
         for n in sos..=data.len() {
             match decode(&data[..n]) {
-                Ok(_) => assert!(accepted.contains(&n), "{name}: {n} bytes decoded, Pillow refuses"),
+                Ok(_) => assert!(
+                    accepted.contains(&n),
+                    "{name}: {n} bytes decoded, Pillow refuses"
+                ),
                 Err(e) => {
                     assert!(!accepted.contains(&n), "{name}: {n} bytes refused ({e})");
                     assert!(e.contains("image file is truncated"), "{name} at {n}: {e}");
@@ -157,7 +157,11 @@ fn pixel_values_match_transformers_bit_for_bit() {
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        assert_eq!(digest(&bytes), case["pixel_values"].as_str().unwrap(), "{case}");
+        assert_eq!(
+            digest(&bytes),
+            case["pixel_values"].as_str().unwrap(),
+            "{case}"
+        );
         assert_eq!(
             digest(&batch.pixel_attention_mask),
             case["mask"].as_str().unwrap(),

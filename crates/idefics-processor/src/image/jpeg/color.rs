@@ -13,7 +13,10 @@ pub(super) enum Upsample {
     H1V2Fancy,
     H2V2Fancy,
     /// Plain replication by integer factors (also h2v1 / h2v2 when the component is <= 2 samples wide).
-    Int { h: usize, v: usize },
+    Int {
+        h: usize,
+        v: usize,
+    },
 }
 
 impl Upsample {

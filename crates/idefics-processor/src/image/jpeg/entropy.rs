@@ -11,9 +11,9 @@
 /// goes past the end of the block writes coefficient 63, as libjpeg's `jpeg_natural_order` does.
 pub(super) const NATURAL_ORDER: [usize; 80] = [
     0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
-    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52,
-    45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63,
-    63, 63, 63, 63, 63,
+    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
+    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63,
+    63, 63, 63, 63, 63, 63,
 ];
 
 /// Bits kept in the bit buffer after a top-up (libjpeg's `MIN_GET_BITS` for a 64-bit buffer).
@@ -240,7 +240,11 @@ impl<'a> Stream<'a> {
     fn receive_extend(&mut self, s: i32) -> Result<i32, Truncated> {
         self.ensure(s)?;
         let r = self.get_bits(s);
-        Ok(if r < (1 << (s - 1)) { r + (-1 << s) + 1 } else { r })
+        Ok(if r < (1 << (s - 1)) {
+            r + (-1 << s) + 1
+        } else {
+            r
+        })
     }
 
     /// `HUFF_DECODE`: 8-bit lookahead, then bit-by-bit (`jpeg_huff_decode`); an invalid code gives 0.

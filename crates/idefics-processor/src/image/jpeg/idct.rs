@@ -61,18 +61,35 @@ pub(super) fn idct_islow(coef: &[i16], quant: &[i16; 64], out: &mut [u8], stride
         }
     } else {
         for col in 0..8 {
-            let o = pass_16bit(std::array::from_fn(|r| deq[r * 8 + col]), CONST_BITS - PASS1_BITS);
+            if (1..8).all(|r| deq[r * 8 + col] == 0) {
+                // What the full pass gives for a lone DC term (no 16-bit sum can wrap): 4x, saturated.
+                let v = (i32::from(deq[col]) << PASS1_BITS).clamp(-32768, 32767) as i16;
+                for r in 0..8 {
+                    ws[r * 8 + col] = v;
+                }
+                continue;
+            }
+            let o = pass_16bit(
+                std::array::from_fn(|r| deq[r * 8 + col]),
+                CONST_BITS - PASS1_BITS,
+            );
             for r in 0..8 {
                 ws[r * 8 + col] = o[r];
             }
         }
     }
     for row in 0..8 {
-        let o = pass_16bit(
-            std::array::from_fn(|c| ws[row * 8 + c]),
-            CONST_BITS + PASS1_BITS + 3,
-        );
-        for (d, v) in out[row * stride..row * stride + 8].iter_mut().zip(o) {
+        let w = &ws[row * 8..row * 8 + 8];
+        let dst = &mut out[row * stride..row * stride + 8];
+        if w[1..].iter().all(|&v| v == 0) {
+            // The full pass on a lone DC term: a rounded shift, never saturating at 16 bits.
+            let v = (i32::from(w[0]) + (1 << (CONST_BITS + PASS1_BITS + 3 - CONST_BITS - 1)))
+                >> (PASS1_BITS + 3);
+            dst.fill((v.clamp(-128, 127) + 128) as u8);
+            continue;
+        }
+        let o = pass_16bit(std::array::from_fn(|c| w[c]), CONST_BITS + PASS1_BITS + 3);
+        for (d, v) in dst.iter_mut().zip(o) {
             *d = (v.clamp(-128, 127) + 128) as u8;
         }
     }

@@ -81,10 +81,16 @@ struct Component {
     quant: Option<[i16; 64]>,
     width_in_blocks: usize,
     height_in_blocks: usize,
-    /// Allocated blocks per row / rows (the MCU grid).
+    /// Blocks per row / block rows of the MCU grid.
     bw: usize,
     bh: usize,
+    /// Coefficients of block rows `row_base..row_base + held_rows`: the whole image for multi-scan files,
+    /// one MCU row for single-scan ones (decoded, inverse-transformed and dropped row by row).
     coefs: Vec<i16>,
+    held_rows: usize,
+    row_base: usize,
+    /// Samples at the component's resolution, `bw * 8` per row.
+    samples: Vec<u8>,
     /// libjpeg's `coef_bits` (zigzag index -> last successive-approximation bit, -1 = never sent).
     coef_bits: [i8; 64],
 }
@@ -98,6 +104,8 @@ struct Frame {
     mcus_x: usize,
     mcus_y: usize,
     comps: Vec<Component>,
+    /// Single-scan file: coefficients are inverse-transformed and dropped one MCU row at a time.
+    streaming: bool,
 }
 
 /// Decodes JPEG bytes as Pillow 12.3 (libjpeg-turbo 3.1) would, refusing images over `max_pixels`
@@ -113,15 +121,18 @@ pub(crate) fn decode(data: &[u8], max_pixels: u64) -> Result<DecodedJpeg, Fail> 
         Event::Eoi => return Err(corrupt("no image before the EOI marker")),
     };
     tables.scans_started = true;
-    let header = tables.frame.as_ref().expect("SOS is only returned after SOF");
+    let header = tables
+        .frame
+        .as_ref()
+        .expect("SOS is only returned after SOF");
     let space = color_space(header, &tables);
-    let mut frame = Frame::new(header, max_pixels)?;
+    let has_multiple_scans = header.progressive || scan.components.len() < header.components.len();
+    let mut frame = Frame::new(header, max_pixels, !has_multiple_scans)?;
     let upsamplers = frame.upsamplers()?;
     // libjpeg-turbo installs the standard (Annex K) Huffman tables into empty slots 0 and 1 when the
     // decoder starts, for Motion-JPEG frames that omit DHT.
     install_std_huffman_tables(&mut tables);
 
-    let has_multiple_scans = frame.progressive || scan.components.len() < frame.comps.len();
     let mut scans = 0;
     loop {
         scans += 1;
@@ -147,11 +158,16 @@ pub(crate) fn decode(data: &[u8], max_pixels: u64) -> Result<DecodedJpeg, Fail> 
             "progressive JPEG with incomplete AC scans: libjpeg would smooth its blocks; this decode does not, so pixels may differ slightly from Pillow's"
         );
     }
-    let planes = frame.inverse_dct(&upsamplers);
-    let (mode, rgb) = frame.to_rgb(&planes, space);
+    if has_multiple_scans {
+        for ci in 0..frame.comps.len() {
+            frame.inverse_dct_held_rows(ci);
+        }
+    }
+    let (width, height) = (frame.width, frame.height);
+    let (mode, rgb) = frame.to_rgb(upsamplers, space);
     Ok(DecodedJpeg {
-        width: frame.width,
-        height: frame.height,
+        width,
+        height,
         rgb,
         mode,
         exif: tables.exif.take(),
@@ -202,25 +218,25 @@ fn install_std_huffman_tables(t: &mut Tables) {
     // Annex K.3 AC symbols: luminance, then chrominance.
     const AC_LUMA: &[u8] = &[
         1, 2, 3, 0, 4, 17, 5, 18, 33, 49, 65, 6, 19, 81, 97, 7, 34, 113, 20, 50, 129, 145, 161, 8,
-        35, 66, 177, 193, 21, 82, 209, 240, 36, 51, 98, 114, 130, 9, 10, 22, 23, 24, 25, 26, 37, 38,
-        39, 40, 41, 42, 52, 53, 54, 55, 56, 57, 58, 67, 68, 69, 70, 71, 72, 73, 74, 83, 84, 85, 86,
-        87, 88, 89, 90, 99, 100, 101, 102, 103, 104, 105, 106, 115, 116, 117, 118, 119, 120, 121,
-        122, 131, 132, 133, 134, 135, 136, 137, 138, 146, 147, 148, 149, 150, 151, 152, 153, 154,
-        162, 163, 164, 165, 166, 167, 168, 169, 170, 178, 179, 180, 181, 182, 183, 184, 185, 186,
-        194, 195, 196, 197, 198, 199, 200, 201, 202, 210, 211, 212, 213, 214, 215, 216, 217, 218,
-        225, 226, 227, 228, 229, 230, 231, 232, 233, 234, 241, 242, 243, 244, 245, 246, 247, 248,
-        249, 250,
+        35, 66, 177, 193, 21, 82, 209, 240, 36, 51, 98, 114, 130, 9, 10, 22, 23, 24, 25, 26, 37,
+        38, 39, 40, 41, 42, 52, 53, 54, 55, 56, 57, 58, 67, 68, 69, 70, 71, 72, 73, 74, 83, 84, 85,
+        86, 87, 88, 89, 90, 99, 100, 101, 102, 103, 104, 105, 106, 115, 116, 117, 118, 119, 120,
+        121, 122, 131, 132, 133, 134, 135, 136, 137, 138, 146, 147, 148, 149, 150, 151, 152, 153,
+        154, 162, 163, 164, 165, 166, 167, 168, 169, 170, 178, 179, 180, 181, 182, 183, 184, 185,
+        186, 194, 195, 196, 197, 198, 199, 200, 201, 202, 210, 211, 212, 213, 214, 215, 216, 217,
+        218, 225, 226, 227, 228, 229, 230, 231, 232, 233, 234, 241, 242, 243, 244, 245, 246, 247,
+        248, 249, 250,
     ];
     const AC_CHROMA: &[u8] = &[
         0, 1, 2, 3, 17, 4, 5, 33, 49, 6, 18, 65, 81, 7, 97, 113, 19, 34, 50, 129, 8, 20, 66, 145,
         161, 177, 193, 9, 35, 51, 82, 240, 21, 98, 114, 209, 10, 22, 36, 52, 225, 37, 241, 23, 24,
         25, 26, 38, 39, 40, 41, 42, 53, 54, 55, 56, 57, 58, 67, 68, 69, 70, 71, 72, 73, 74, 83, 84,
-        85, 86, 87, 88, 89, 90, 99, 100, 101, 102, 103, 104, 105, 106, 115, 116, 117, 118, 119, 120,
-        121, 122, 130, 131, 132, 133, 134, 135, 136, 137, 138, 146, 147, 148, 149, 150, 151, 152,
-        153, 154, 162, 163, 164, 165, 166, 167, 168, 169, 170, 178, 179, 180, 181, 182, 183, 184,
-        185, 186, 194, 195, 196, 197, 198, 199, 200, 201, 202, 210, 211, 212, 213, 214, 215, 216,
-        217, 218, 226, 227, 228, 229, 230, 231, 232, 233, 234, 242, 243, 244, 245, 246, 247, 248,
-        249, 250,
+        85, 86, 87, 88, 89, 90, 99, 100, 101, 102, 103, 104, 105, 106, 115, 116, 117, 118, 119,
+        120, 121, 122, 130, 131, 132, 133, 134, 135, 136, 137, 138, 146, 147, 148, 149, 150, 151,
+        152, 153, 154, 162, 163, 164, 165, 166, 167, 168, 169, 170, 178, 179, 180, 181, 182, 183,
+        184, 185, 186, 194, 195, 196, 197, 198, 199, 200, 201, 202, 210, 211, 212, 213, 214, 215,
+        216, 217, 218, 226, 227, 228, 229, 230, 231, 232, 233, 234, 242, 243, 244, 245, 246, 247,
+        248, 249, 250,
     ];
     for i in 0..2 {
         t.dc[i].get_or_insert_with(|| RawHuffman {
@@ -254,7 +270,8 @@ enum ScanKind {
 }
 
 impl Frame {
-    fn new(h: &FrameHeader, max_pixels: u64) -> Result<Self, Fail> {
+    /// `streaming`: single-scan file, whose coefficients are kept one MCU row at a time.
+    fn new(h: &FrameHeader, max_pixels: u64, streaming: bool) -> Result<Self, Fail> {
         if (h.width as u64) * (h.height as u64) > max_pixels {
             return Err(Fail::TooManyPixels(h.width, h.height));
         }
@@ -267,6 +284,11 @@ impl Frame {
             .iter()
             .map(|c| {
                 let (bw, bh) = (mcus_x * c.h, mcus_y * c.v);
+                let held_rows = match (streaming, h.components.len()) {
+                    (false, _) => bh,
+                    (true, 1) => 1, // a one-component scan goes block row by block row
+                    (true, _) => c.v,
+                };
                 Component {
                     h: c.h,
                     v: c.v,
@@ -276,7 +298,10 @@ impl Frame {
                     height_in_blocks: (h.height * c.v).div_ceil(8 * max_v),
                     bw,
                     bh,
-                    coefs: vec![0; bw * bh * 64],
+                    coefs: vec![0; bw * held_rows * 64],
+                    held_rows,
+                    row_base: 0,
+                    samples: vec![128; bw * 8 * bh * 8],
                     coef_bits: [-1; 64],
                 }
             })
@@ -290,6 +315,7 @@ impl Frame {
             mcus_x,
             mcus_y,
             comps,
+            streaming,
         })
     }
 
@@ -363,15 +389,15 @@ impl Frame {
         let band = (scan.ss, scan.se, scan.al);
         let ri = t.restart_interval;
         let block = |comps: &mut [Component],
-                         s: &mut Stream,
-                         st: &mut ScanState,
-                         si: usize,
-                         by: usize,
-                         bx: usize|
+                     s: &mut Stream,
+                     st: &mut ScanState,
+                     si: usize,
+                     by: usize,
+                     bx: usize|
          -> Result<(), Fail> {
             let (ci, _, _) = scan.components[si];
             let c = &mut comps[ci];
-            let off = (by * c.bw + bx) * 64;
+            let off = ((by - c.row_base) * c.bw + bx) * 64;
             let blk = &mut c.coefs[off..off + 64];
             let dc = dc_tables[si].as_ref();
             let ac = ac_tables[si].as_ref();
@@ -380,8 +406,10 @@ impl Frame {
                     entropy::decode_block_sequential(s, st, si, dc.unwrap(), ac.unwrap(), blk)?
                         .map_err(Fail::Corrupt)?
                 }
-                ScanKind::DcFirst => entropy::decode_dc_first(s, st, si, dc.unwrap(), scan.al, blk)?
-                    .map_err(Fail::Corrupt)?,
+                ScanKind::DcFirst => {
+                    entropy::decode_dc_first(s, st, si, dc.unwrap(), scan.al, blk)?
+                        .map_err(Fail::Corrupt)?
+                }
                 ScanKind::DcRefine => entropy::decode_dc_refine(s, scan.al, blk)?,
                 ScanKind::AcFirst => entropy::decode_ac_first(s, st, ac.unwrap(), band, blk)?,
                 ScanKind::AcRefine => entropy::decode_ac_refine(s, st, ac.unwrap(), band, blk)?,
@@ -403,6 +431,9 @@ impl Frame {
                         block(&mut self.comps, s, &mut st, 0, by, bx)?;
                     }
                 }
+                if self.streaming {
+                    self.inverse_dct_held_rows(ci);
+                }
             }
         } else {
             for my in 0..self.mcus_y {
@@ -419,6 +450,11 @@ impl Frame {
                                 block(&mut self.comps, s, &mut st, si, my * v + y, mx * h + x)?;
                             }
                         }
+                    }
+                }
+                if self.streaming {
+                    for &(ci, _, _) in &scan.components {
+                        self.inverse_dct_held_rows(ci);
                     }
                 }
             }
@@ -481,41 +517,52 @@ impl Frame {
         useful
     }
 
-    /// Each component's samples at its own resolution (a component with no scan stays mid-grey, as
-    /// libjpeg's zeroed coefficients and multipliers give).
-    fn inverse_dct(&self, upsamplers: &[Upsample]) -> Vec<Plane> {
-        self.comps
-            .iter()
-            .zip(upsamplers)
-            .map(|(c, &upsample)| {
-                let stride = c.bw * 8;
-                let mut data = vec![128u8; stride * c.bh * 8];
-                if let Some(q) = &c.quant {
-                    for by in 0..c.height_in_blocks {
-                        for bx in 0..c.width_in_blocks {
-                            let off = (by * c.bw + bx) * 64;
-                            let out = &mut data[by * 8 * stride + bx * 8..];
-                            idct::idct_islow(&c.coefs[off..off + 64], q, out, stride);
-                        }
-                    }
+    /// Inverse-transforms the held block rows of component `ci` into its samples, then moves the window
+    /// on (a component with no scan stays mid-grey, as libjpeg's zeroed coefficients and multipliers give).
+    fn inverse_dct_held_rows(&mut self, ci: usize) {
+        let c = &mut self.comps[ci];
+        let stride = c.bw * 8;
+        if let Some(q) = &c.quant {
+            let rows = c.row_base..(c.row_base + c.held_rows).min(c.height_in_blocks);
+            for by in rows {
+                for bx in 0..c.width_in_blocks {
+                    let off = ((by - c.row_base) * c.bw + bx) * 64;
+                    let out = &mut c.samples[by * 8 * stride + bx * 8..];
+                    idct::idct_islow(&c.coefs[off..off + 64], q, out, stride);
                 }
-                let (width, height) = self.downsampled(c);
-                Plane {
-                    data,
-                    stride,
-                    width,
-                    height,
-                    upsample,
-                }
-            })
-            .collect()
+            }
+        }
+        if self.streaming {
+            c.coefs.fill(0);
+            c.row_base += c.held_rows;
+        }
     }
 
     /// Upsampling, libjpeg's colour conversion to Pillow's mode, and Pillow's conversion to RGB.
-    fn to_rgb(&self, planes: &[Plane], space: ColorSpace) -> (PillowMode, Vec<u8>) {
+    fn to_rgb(self, upsamplers: Vec<Upsample>, space: ColorSpace) -> (PillowMode, Vec<u8>) {
         let (w, h) = (self.width, self.height);
-        let mut out = vec![0u8; w * h * 3];
         let row_len = self.mcus_x * self.max_h * 8 + 8;
+        let shapes: Vec<_> = self
+            .comps
+            .iter()
+            .zip(upsamplers)
+            .map(|(c, upsample)| {
+                let (width, height) = self.downsampled(c);
+                (c.bw * 8, width, height, upsample)
+            })
+            .collect();
+        let planes: Vec<Plane> = shapes
+            .into_iter()
+            .zip(self.comps.into_iter().map(|c| c.samples))
+            .map(|((stride, width, height, upsample), data)| Plane {
+                data,
+                stride,
+                width,
+                height,
+                upsample,
+            })
+            .collect();
+        let mut out = vec![0u8; w * h * 3];
         let mut rows = vec![vec![0u8; row_len]; planes.len()];
         let ycc = YccTables::new();
         let mode = match space {
@@ -528,19 +575,37 @@ impl Frame {
                 p.upsampled_row(y, row);
             }
             let dst = &mut out[y * w * 3..(y + 1) * w * 3];
-            for (x, px) in dst.chunks_exact_mut(3).enumerate() {
-                let v = |c: usize| rows[c][x];
-                let rgb = match space {
-                    ColorSpace::Gray => [v(0); 3],
-                    ColorSpace::Rgb => [v(0), v(1), v(2)],
-                    ColorSpace::YCbCr => ycc.rgb(v(0), v(1), v(2)),
-                    ColorSpace::Cmyk => pillow_cmyk_to_rgb(v(0), v(1), v(2), v(3)),
-                    ColorSpace::Ycck => {
-                        let [r, g, b] = ycc.rgb(v(0), v(1), v(2));
-                        pillow_cmyk_to_rgb(255 - r, 255 - g, 255 - b, v(3))
+            let px = dst.chunks_exact_mut(3);
+            let c = |i: usize| &rows[i][..w];
+            match space {
+                ColorSpace::Gray => {
+                    for (p, &v) in px.zip(c(0)) {
+                        p.fill(v);
                     }
-                };
-                px.copy_from_slice(&rgb);
+                }
+                ColorSpace::Rgb => {
+                    for (p, ((&r, &g), &b)) in px.zip(c(0).iter().zip(c(1)).zip(c(2))) {
+                        p.copy_from_slice(&[r, g, b]);
+                    }
+                }
+                ColorSpace::YCbCr => {
+                    for (p, ((&y, &cb), &cr)) in px.zip(c(0).iter().zip(c(1)).zip(c(2))) {
+                        p.copy_from_slice(&ycc.rgb(y, cb, cr));
+                    }
+                }
+                ColorSpace::Cmyk => {
+                    let src = c(0).iter().zip(c(1)).zip(c(2)).zip(c(3));
+                    for (p, (((&cc, &m), &yy), &k)) in px.zip(src) {
+                        p.copy_from_slice(&pillow_cmyk_to_rgb(cc, m, yy, k));
+                    }
+                }
+                ColorSpace::Ycck => {
+                    let src = c(0).iter().zip(c(1)).zip(c(2)).zip(c(3));
+                    for (p, (((&y, &cb), &cr), &k)) in px.zip(src) {
+                        let [r, g, b] = ycc.rgb(y, cb, cr);
+                        p.copy_from_slice(&pillow_cmyk_to_rgb(255 - r, 255 - g, 255 - b, k));
+                    }
+                }
             }
         }
         (mode, out)
