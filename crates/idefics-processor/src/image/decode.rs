@@ -15,7 +15,7 @@ use std::path::Path;
 
 use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
-use super::{jpeg, transparency, ImageError, RgbImage};
+use super::{jpeg, transparency, truncation, ImageError, RgbImage};
 
 /// Guards applied before and during decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,8 +205,11 @@ fn decode_sniffed(
     limits: &DecodeLimits,
 ) -> Result<RgbImage, ImageError> {
     let format = kind.name();
-    if kind == ImageFormatKind::Jpeg {
-        return decode_jpeg(bytes, limits);
+    match kind {
+        ImageFormatKind::Jpeg => return decode_jpeg(bytes, limits),
+        ImageFormatKind::WebP => truncation::check_webp(bytes)?,
+        ImageFormatKind::Gif => truncation::check_gif(bytes)?,
+        ImageFormatKind::Png | ImageFormatKind::Bmp => {}
     }
     let reader = ImageReader::with_format(Cursor::new(bytes), kind.image_format());
     let mut decoder = reader.into_decoder().map_err(|e| map_err(format, e))?;

@@ -10,6 +10,7 @@ mod jpeg;
 pub mod processor;
 pub mod resize;
 mod transparency;
+mod truncation;
 
 pub use decode::{decode_image, decode_image_file, DecodeLimits, ImageFormatKind};
 pub use error::ImageError;

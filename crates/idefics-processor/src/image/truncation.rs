@@ -1,0 +1,103 @@
+//! Truncation checks the decoders do not make, so that a cut file is refused as Pillow refuses it
+//! (with `ImageFile.LOAD_TRUNCATED_IMAGES` off) instead of being decoded with made-up pixels.
+//!
+//! - WebP: the `image-webp` decoder reads a lossy frame cut by a few bytes as if the missing bits were
+//!   zeros; libwebp (Pillow) checks the RIFF size first. Refused when the data is shorter than the RIFF
+//!   header says.
+//! - GIF: a first frame whose last data sub-block is cut still decodes when the cut falls after the
+//!   last pixel's code; Pillow refuses it. Refused when a sub-block of the first frame is cut (a
+//!   missing block terminator or trailer after complete data is accepted, as Pillow does).
+//!
+//! PNG, BMP and JPEG need nothing here: their decoders refuse missing pixel data themselves (and are
+//! stricter than Pillow about bytes after the pixels: a PNG missing only its final CRC / IEND, or a BMP
+//! missing its last padding byte, is refused where Pillow decodes it).
+
+use super::ImageError;
+
+fn truncated(format: &'static str) -> ImageError {
+    ImageError::Decode {
+        format,
+        message: "image file is truncated".into(),
+    }
+}
+
+/// WebP: the RIFF chunk must be complete.
+pub(crate) fn check_webp(bytes: &[u8]) -> Result<(), ImageError> {
+    let Some(size) = bytes.get(4..8) else {
+        return Err(truncated("WebP"));
+    };
+    let riff_len = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as u64 + 8;
+    if (bytes.len() as u64) < riff_len {
+        return Err(truncated("WebP"));
+    }
+    Ok(())
+}
+
+/// GIF: every data sub-block up to the end of the first image must be present.
+pub(crate) fn check_gif(bytes: &[u8]) -> Result<(), ImageError> {
+    let err = || truncated("GIF");
+    let mut pos = 13usize; // header + logical screen descriptor
+    let packed = *bytes.get(10).ok_or_else(err)?;
+    if packed & 0x80 != 0 {
+        pos += 3 << ((packed & 7) + 1);
+    }
+    // Sub-blocks until the terminator; `Ok(true)` if the data ended cleanly where a block would start.
+    let skip_sub_blocks = |pos: &mut usize| -> Result<bool, ImageError> {
+        loop {
+            let Some(&len) = bytes.get(*pos) else {
+                return Ok(true);
+            };
+            *pos += 1;
+            if len == 0 {
+                return Ok(false);
+            }
+            if *pos + usize::from(len) > bytes.len() {
+                return Err(err());
+            }
+            *pos += usize::from(len);
+        }
+    };
+    loop {
+        match bytes.get(pos) {
+            Some(0x21) => {
+                pos += 2; // introducer + label
+                if skip_sub_blocks(&mut pos)? {
+                    return Err(err());
+                }
+            }
+            Some(0x2C) => {
+                let packed = *bytes.get(pos + 9).ok_or_else(err)?;
+                pos += 10;
+                if packed & 0x80 != 0 {
+                    pos += 3 << ((packed & 7) + 1);
+                }
+                pos += 1; // LZW minimum code size
+                if pos > bytes.len() {
+                    return Err(err());
+                }
+                skip_sub_blocks(&mut pos)?;
+                return Ok(());
+            }
+            // Trailer, junk, or the end: the decoder reports what it makes of it.
+            _ => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn riff_size_and_gif_sub_blocks() {
+        let mut webp = b"RIFF\x0c\0\0\0WEBPVP8 ".to_vec();
+        webp.extend_from_slice(&[0; 8]);
+        assert!(check_webp(&webp).is_ok());
+        assert!(check_webp(&webp[..19]).is_err());
+        // GIF: no global table, one 1x1 image with one 2-byte data block.
+        let gif = b"GIF89a\x01\0\x01\0\0\0\0\x2c\0\0\0\0\x01\0\x01\0\0\x02\x02\x4c\x01\0\x3b";
+        assert!(check_gif(gif).is_ok());
+        assert!(check_gif(&gif[..gif.len() - 2]).is_ok()); // no terminator / trailer: accepted
+        assert!(check_gif(&gif[..gif.len() - 3]).is_err()); // data cut
+    }
+}
