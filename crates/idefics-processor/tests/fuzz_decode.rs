@@ -25,6 +25,7 @@ struct CountingAlloc;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+thread_local!(static TRACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
 
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -32,6 +33,22 @@ unsafe impl GlobalAlloc for CountingAlloc {
         if !p.is_null() {
             let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
             PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+            if layout.size() > (1 << 30) && std::env::var_os("IDEFICS_FUZZ_TRACE").is_some() {
+                TRACE.with(|t| {
+                    if !t.replace(true) {
+                        eprintln!("{}", std::backtrace::Backtrace::force_capture());
+                        t.set(false);
+                    }
+                });
+            }
         }
         p
     }
@@ -85,7 +102,7 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
-fn corpus() -> Vec<Vec<u8>> {
+fn corpus() -> Vec<(String, Vec<u8>)> {
     let mut seeds = Vec::new();
     for sub in ["images/files", "jpeg/files", "fuzz_regressions"] {
         let Ok(entries) = std::fs::read_dir(fixtures().join(sub)) else {
@@ -96,14 +113,17 @@ fn corpus() -> Vec<Vec<u8>> {
         for p in paths {
             let bytes = std::fs::read(&p).unwrap();
             if bytes.len() <= 64 << 10 {
-                seeds.push(bytes);
+                seeds.push((
+                    format!("{sub}/{}", p.file_name().unwrap().to_string_lossy()),
+                    bytes,
+                ));
             }
         }
     }
     seeds
 }
 
-fn mutate(rng: &mut Rng, seeds: &[Vec<u8>], input: &[u8]) -> Vec<u8> {
+fn mutate(rng: &mut Rng, seeds: &[(String, Vec<u8>)], input: &[u8]) -> Vec<u8> {
     let mut d = input.to_vec();
     for _ in 0..1 + rng.below(4) {
         if d.is_empty() {
@@ -136,7 +156,7 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>], input: &[u8]) -> Vec<u8> {
                 d.splice(i..i, bytes);
             }
             7 => {
-                let other = &seeds[rng.below(seeds.len())];
+                let other = &seeds[rng.below(seeds.len())].1;
                 let from = rng.below(other.len());
                 d.truncate(i);
                 d.extend_from_slice(&other[from..]);
@@ -240,9 +260,9 @@ fn fuzz_decode_and_processor() {
     // Every seed as is (including committed regressions), then mutants until the budget is spent.
     let deadline = Instant::now() + Duration::from_secs(secs);
     let bounded_execs = 3_000u64;
-    for s in &seeds {
+    for (name, s) in &seeds {
         if let Some(f) = run_one(s, &proc, &mut stats) {
-            failures.push((f, s.clone()));
+            failures.push((format!("{f} (seed {name})"), s.clone()));
         }
     }
     loop {
@@ -254,7 +274,7 @@ fn fuzz_decode_and_processor() {
         if done {
             break;
         }
-        let parent = &seeds[rng.below(seeds.len())];
+        let parent = &seeds[rng.below(seeds.len())].1;
         let input = mutate(&mut rng, &seeds, parent);
         if let Some(f) = run_one(&input, &proc, &mut stats) {
             let path = out_dir.join(format!("idefics-fuzz-{seed}-{}.bin", stats.execs));

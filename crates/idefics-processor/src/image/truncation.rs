@@ -3,7 +3,8 @@
 //!
 //! - WebP: the `image-webp` decoder reads a lossy frame cut by a few bytes as if the missing bits were
 //!   zeros; libwebp (Pillow) checks the RIFF size first. Refused when the data is shorter than the RIFF
-//!   header says.
+//!   header says, or when a chunk claims more bytes than the file holds (image-webp would allocate the
+//!   claimed size first: gigabytes for a crafted 4 KiB file).
 //! - GIF: a first frame whose last data sub-block is cut still decodes when the cut falls after the
 //!   last pixel's code; Pillow refuses it. Refused when a sub-block of the first frame is cut (a
 //!   missing block terminator or trailer after complete data is accepted, as Pillow does).
@@ -29,6 +30,29 @@ pub(crate) fn check_webp(bytes: &[u8]) -> Result<(), ImageError> {
     let riff_len = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as u64 + 8;
     if (bytes.len() as u64) < riff_len {
         return Err(truncated("WebP"));
+    }
+    // Every chunk must fit in the RIFF data: image-webp allocates a metadata chunk (EXIF, XMP, ICC) at
+    // the size its header claims before reading it, so a 4 GiB claim in a 4 KiB file allocates 4 GiB.
+    let end = riff_len.min(bytes.len() as u64) as usize;
+    let mut pos = 12usize;
+    while pos + 8 <= end {
+        let size = u32::from_le_bytes([
+            bytes[pos + 4],
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+        ]);
+        let next = pos as u64 + 8 + u64::from(size) + u64::from(size & 1);
+        if next > end as u64 + u64::from(size & 1) {
+            return Err(ImageError::Decode {
+                format: "WebP",
+                message: format!(
+                    "chunk {:?} claims {size} bytes, more than the file holds",
+                    String::from_utf8_lossy(&bytes[pos..pos + 4])
+                ),
+            });
+        }
+        pos = next as usize;
     }
     Ok(())
 }
@@ -94,6 +118,9 @@ mod tests {
         webp.extend_from_slice(&[0; 8]);
         assert!(check_webp(&webp).is_ok());
         assert!(check_webp(&webp[..19]).is_err());
+        let mut huge_chunk = webp.clone();
+        huge_chunk[16..20].copy_from_slice(&0xF000_0000u32.to_le_bytes());
+        assert!(check_webp(&huge_chunk).is_err());
         // GIF: no global table, one 1x1 image with one 2-byte data block.
         let gif = b"GIF89a\x01\0\x01\0\0\0\0\x2c\0\0\0\0\x01\0\x01\0\0\x02\x02\x4c\x01\0\x3b";
         assert!(check_gif(gif).is_ok());

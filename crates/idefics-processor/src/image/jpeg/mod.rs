@@ -397,7 +397,11 @@ impl Frame {
          -> Result<(), Fail> {
             let (ci, _, _) = scan.components[si];
             let c = &mut comps[ci];
-            let off = ((by - c.row_base) * c.bw + bx) * 64;
+            // A scan that names a component twice (libjpeg lets some through) must not leave the window.
+            let Some(row) = by.checked_sub(c.row_base).filter(|&r| r < c.held_rows) else {
+                return Err(corrupt("scan lists a component twice"));
+            };
+            let off = (row * c.bw + bx) * 64;
             let blk = &mut c.coefs[off..off + 64];
             let dc = dc_tables[si].as_ref();
             let ac = ac_tables[si].as_ref();
@@ -453,7 +457,7 @@ impl Frame {
                     }
                 }
                 if self.streaming {
-                    for &(ci, _, _) in &scan.components {
+                    for ci in 0..self.comps.len() {
                         self.inverse_dct_held_rows(ci);
                     }
                 }
