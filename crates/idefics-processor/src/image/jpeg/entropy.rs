@@ -183,6 +183,7 @@ impl<'a> Stream<'a> {
 
     /// `jpeg_fill_bit_buffer`: top up to `MIN_GET_BITS`; a marker stops reading and, if fewer than
     /// `nbits` are left, the segment continues as zero bits.
+    #[inline(never)]
     fn fill(&mut self, nbits: i32) -> Result<(), Truncated> {
         if self.unread_marker.is_none() {
             while self.bits_left < MIN_GET_BITS {
@@ -221,7 +222,7 @@ impl<'a> Stream<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn ensure(&mut self, nbits: i32) -> Result<(), Truncated> {
         if self.bits_left < nbits {
             self.fill(nbits)?;
@@ -229,14 +230,14 @@ impl<'a> Stream<'a> {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn get_bits(&mut self, n: i32) -> i32 {
         self.bits_left -= n;
         ((self.buf >> self.bits_left) & ((1u64 << n) - 1)) as i32
     }
 
     /// `receive` + `HUFF_EXTEND`: `s` (1..=15) magnitude bits as a signed value.
-    #[inline]
+    #[inline(always)]
     fn receive_extend(&mut self, s: i32) -> Result<i32, Truncated> {
         self.ensure(s)?;
         let r = self.get_bits(s);
@@ -248,7 +249,7 @@ impl<'a> Stream<'a> {
     }
 
     /// `HUFF_DECODE`: 8-bit lookahead, then bit-by-bit (`jpeg_huff_decode`); an invalid code gives 0.
-    #[inline]
+    #[inline(always)]
     fn decode(&mut self, t: &HuffTable) -> Result<i32, Truncated> {
         let mut nb = 1;
         if self.bits_left < LOOKAHEAD {

@@ -6,38 +6,52 @@
 const CONST_BITS: u32 = 13;
 const PASS1_BITS: u32 = 2;
 
-/// One 1-D 8-point pass of the AVX2 kernel on 16-bit inputs: products and sums in 32 bits, except the
-/// four input sums the kernel forms with 16-bit adds (they wrap), and a descale that saturates to 16 bits.
+/// Eight 1-D 8-point transforms side by side (`v[k][lane]` is input k of a lane), with the arithmetic of
+/// one pass of the AVX2 kernel on 16-bit inputs: products and sums in 32 bits, except the four input
+/// sums the kernel forms with 16-bit adds (they wrap), and a descale that saturates to 16 bits.
+/// Plain loops over the lanes, so that the compiler vectorises them.
 #[inline(always)]
-fn pass_16bit(v: [i16; 8], shift: u32) -> [i16; 8] {
-    let i = |k: usize| i32::from(v[k]);
-    let w = |a: i16, b: i16| i32::from(a.wrapping_add(b));
-    let (f0298, f0390, f0541, f0765) = (2446, 3196, 4433, 6270);
-    let (f0899, f1175, f1501, f1847) = (7373, 9633, 12299, 15137);
-    let (f1961, f2053, f2562, f3072) = (16069, 16819, 20995, 25172);
-    let tmp3 = i(2) * (f0541 + f0765) + i(6) * f0541;
-    let tmp2 = i(6) * (f0541 - f1847) + i(2) * f0541;
-    let tmp0 = w(v[0], v[4]) << CONST_BITS;
-    let tmp1 = i32::from(v[0].wrapping_sub(v[4])) << CONST_BITS;
-    let (tmp10, tmp13, tmp11, tmp12) = (tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2);
-    let (s73, s51) = (w(v[7], v[3]), w(v[5], v[1]));
-    let z3 = s73 * (f1175 - f1961) + s51 * f1175;
-    let z4 = s51 * (f1175 - f0390) + s73 * f1175;
-    let t0 = i(7) * (f0298 - f0899) - i(1) * f0899 + z3;
-    let t1 = i(5) * (f2053 - f2562) - i(3) * f2562 + z4;
-    let t3 = -i(7) * f0899 + i(1) * (f1501 - f0899) + z4;
-    let t2 = -i(5) * f2562 + i(3) * (f3072 - f2562) + z3;
-    let d = |x: i32| ((x + (1 << (shift - 1))) >> shift).clamp(-32768, 32767) as i16;
-    [
-        d(tmp10 + t3),
-        d(tmp11 + t2),
-        d(tmp12 + t1),
-        d(tmp13 + t0),
-        d(tmp13 - t0),
-        d(tmp12 - t1),
-        d(tmp11 - t2),
-        d(tmp10 - t3),
-    ]
+fn pass_16bit(v: &[[i16; 8]; 8], shift: u32) -> [[i16; 8]; 8] {
+    const F0298: i32 = 2446;
+    const F0390: i32 = 3196;
+    const F0541: i32 = 4433;
+    const F0765: i32 = 6270;
+    const F0899: i32 = 7373;
+    const F1175: i32 = 9633;
+    const F1501: i32 = 12299;
+    const F1847: i32 = 15137;
+    const F1961: i32 = 16069;
+    const F2053: i32 = 16819;
+    const F2562: i32 = 20995;
+    const F3072: i32 = 25172;
+    let round = 1i32 << (shift - 1);
+    let mut out = [[0i16; 8]; 8];
+    for l in 0..8 {
+        let i = |k: usize| i32::from(v[k][l]);
+        let tmp3 = i(2) * (F0541 + F0765) + i(6) * F0541;
+        let tmp2 = i(6) * (F0541 - F1847) + i(2) * F0541;
+        let tmp0 = i32::from(v[0][l].wrapping_add(v[4][l])) << CONST_BITS;
+        let tmp1 = i32::from(v[0][l].wrapping_sub(v[4][l])) << CONST_BITS;
+        let (tmp10, tmp13, tmp11, tmp12) = (tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2);
+        let s73 = i32::from(v[7][l].wrapping_add(v[3][l]));
+        let s51 = i32::from(v[5][l].wrapping_add(v[1][l]));
+        let z3 = s73 * (F1175 - F1961) + s51 * F1175;
+        let z4 = s51 * (F1175 - F0390) + s73 * F1175;
+        let t0 = i(7) * (F0298 - F0899) - i(1) * F0899 + z3;
+        let t1 = i(5) * (F2053 - F2562) - i(3) * F2562 + z4;
+        let t3 = -i(7) * F0899 + i(1) * (F1501 - F0899) + z4;
+        let t2 = -i(5) * F2562 + i(3) * (F3072 - F2562) + z3;
+        let d = |x: i32| ((x + round) >> shift).clamp(-32768, 32767) as i16;
+        out[0][l] = d(tmp10 + t3);
+        out[7][l] = d(tmp10 - t3);
+        out[1][l] = d(tmp11 + t2);
+        out[6][l] = d(tmp11 - t2);
+        out[2][l] = d(tmp12 + t1);
+        out[5][l] = d(tmp12 - t1);
+        out[3][l] = d(tmp13 + t0);
+        out[4][l] = d(tmp13 - t0);
+    }
+    out
 }
 
 /// Inverse-transforms one block of coefficients (natural order) with its quantisation table (natural
@@ -50,47 +64,36 @@ fn pass_16bit(v: [i16; 8], shift: u32) -> [i16; 8] {
 /// sums, saturating passes and output) give other bytes than the C code's 64-bit math and wrapping
 /// range-limit table, and Pillow's bytes are the kernel's.
 pub(super) fn idct_islow(coef: &[i16], quant: &[i16; 64], out: &mut [u8], stride: usize) {
-    let deq: [i16; 64] = std::array::from_fn(|k| coef[k].wrapping_mul(quant[k]));
-    let mut ws = [0i16; 64];
-    if coef[8..64].iter().all(|&c| c == 0) {
-        // The kernel's shortcut when only the first row is non-zero: columns are flat.
-        for r in 0..8 {
-            for c in 0..8 {
-                ws[r * 8 + c] = ((deq[c] as u16) << PASS1_BITS) as i16;
-            }
-        }
-    } else {
-        for col in 0..8 {
-            if (1..8).all(|r| deq[r * 8 + col] == 0) {
-                // What the full pass gives for a lone DC term (no 16-bit sum can wrap): 4x, saturated.
-                let v = (i32::from(deq[col]) << PASS1_BITS).clamp(-32768, 32767) as i16;
-                for r in 0..8 {
-                    ws[r * 8 + col] = v;
-                }
-                continue;
-            }
-            let o = pass_16bit(
-                std::array::from_fn(|r| deq[r * 8 + col]),
-                CONST_BITS - PASS1_BITS,
-            );
-            for r in 0..8 {
-                ws[r * 8 + col] = o[r];
-            }
+    let coef: &[i16; 64] = coef.try_into().expect("a block is 64 coefficients");
+    let mut deq = [[0i16; 8]; 8];
+    for r in 0..8 {
+        for c in 0..8 {
+            deq[r][c] = coef[r * 8 + c].wrapping_mul(quant[r * 8 + c]);
         }
     }
-    for row in 0..8 {
-        let w = &ws[row * 8..row * 8 + 8];
-        let dst = &mut out[row * stride..row * stride + 8];
-        if w[1..].iter().all(|&v| v == 0) {
-            // The full pass on a lone DC term: a rounded shift, never saturating at 16 bits.
-            let v = (i32::from(w[0]) + (1 << (CONST_BITS + PASS1_BITS + 3 - CONST_BITS - 1)))
-                >> (PASS1_BITS + 3);
-            dst.fill((v.clamp(-128, 127) + 128) as u8);
-            continue;
+    // Pass 1 on the columns (lane = column); the kernel's shortcut when only the first row is non-zero
+    // makes every column flat with a 16-bit (wrapping) shift.
+    let ws = if coef[8..].iter().all(|&c| c == 0) {
+        let mut row = [0i16; 8];
+        for c in 0..8 {
+            row[c] = ((deq[0][c] as u16) << PASS1_BITS) as i16;
         }
-        let o = pass_16bit(std::array::from_fn(|c| w[c]), CONST_BITS + PASS1_BITS + 3);
-        for (d, v) in dst.iter_mut().zip(o) {
-            *d = (v.clamp(-128, 127) + 128) as u8;
+        [row; 8]
+    } else {
+        pass_16bit(&deq, CONST_BITS - PASS1_BITS)
+    };
+    // Pass 2 on the rows (lane = row): transpose, transform, saturate to a signed byte, recentre.
+    let mut t = [[0i16; 8]; 8];
+    for r in 0..8 {
+        for c in 0..8 {
+            t[c][r] = ws[r][c];
+        }
+    }
+    let o = pass_16bit(&t, CONST_BITS + PASS1_BITS + 3);
+    for r in 0..8 {
+        let dst = &mut out[r * stride..r * stride + 8];
+        for c in 0..8 {
+            dst[c] = (o[c][r].clamp(-128, 127) + 128) as u8;
         }
     }
 }
