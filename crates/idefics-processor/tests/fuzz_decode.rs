@@ -243,7 +243,7 @@ fn fuzz_decode_and_processor() {
     let seed: u64 = std::env::var("IDEFICS_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x1DEF_1C5);
+        .unwrap_or(0x01DE_F1C5);
     let out_dir = std::env::var_os("IDEFICS_FUZZ_OUT")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);

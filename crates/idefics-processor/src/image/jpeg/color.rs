@@ -30,7 +30,7 @@ impl Upsample {
             Self::H1V2Fancy
         } else if h * 2 == max_h && v * 2 == max_v && width > 2 {
             Self::H2V2Fancy
-        } else if max_h % h == 0 && max_v % v == 0 {
+        } else if max_h.is_multiple_of(h) && max_v.is_multiple_of(v) {
             Self::Int {
                 h: max_h / h,
                 v: max_v / v,
@@ -64,7 +64,7 @@ impl Plane {
             Upsample::H2V1Fancy => h2v1_fancy(self.row(y), out),
             Upsample::H1V2Fancy => {
                 let (near, far) = self.rows_for_vertical(y);
-                let bias = if y % 2 == 0 { 1 } else { 2 };
+                let bias = if y.is_multiple_of(2) { 1 } else { 2 };
                 for ((o, &a), &b) in out.iter_mut().zip(near).zip(far) {
                     *o = ((u32::from(a) * 3 + u32::from(b) + bias) >> 2) as u8;
                 }
@@ -86,7 +86,7 @@ impl Plane {
     /// nearest (the row above for even `y`, below for odd), clamped to the component's real rows.
     fn rows_for_vertical(&self, y: usize) -> (&[u8], &[u8]) {
         let r = y / 2;
-        let other = if y % 2 == 0 {
+        let other = if y.is_multiple_of(2) {
             r.saturating_sub(1)
         } else {
             (r + 1).min(self.height - 1)

@@ -199,7 +199,8 @@ impl<'a> Stream<'a> {
                         c = 0xFF;
                     } else {
                         self.unread_marker = Some(c);
-                        return Ok(self.pad_after_marker(nbits));
+                        self.pad_after_marker(nbits);
+                        return Ok(());
                     }
                 }
                 self.buf = (self.buf << 8) | u64::from(c);
@@ -310,9 +311,10 @@ impl<'a> Stream<'a> {
             let d = i32::from(desired);
             let action = if marker < 0xC0 {
                 2
-            } else if !(0xD0..=0xD7).contains(&marker) {
-                3
-            } else if marker == rst(d + 1) || marker == rst(d + 2) {
+            } else if !(0xD0..=0xD7).contains(&marker)
+                || marker == rst(d + 1)
+                || marker == rst(d + 2)
+            {
                 3
             } else if marker == rst(d - 1) || marker == rst(d - 2) {
                 2

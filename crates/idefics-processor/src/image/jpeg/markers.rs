@@ -71,7 +71,7 @@ impl Tables {
                 }
             };
             match marker {
-                0xC0 | 0xC1 | 0xC2 => self.read_sof(s, marker == 0xC2)?,
+                0xC0..=0xC2 => self.read_sof(s, marker == 0xC2)?,
                 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
                     return Err(Fail::Unsupported(format!(
                         "{} JPEG (SOF marker 0x{marker:02X})",

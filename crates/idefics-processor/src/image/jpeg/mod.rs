@@ -81,9 +81,8 @@ struct Component {
     quant: Option<[i16; 64]>,
     width_in_blocks: usize,
     height_in_blocks: usize,
-    /// Blocks per row / block rows of the MCU grid.
+    /// Blocks per row of the MCU grid.
     bw: usize,
-    bh: usize,
     /// Coefficients of block rows `row_base..row_base + held_rows`: the whole image for multi-scan files,
     /// one MCU row for single-scan ones (decoded, inverse-transformed and dropped row by row).
     coefs: Vec<i16>,
@@ -164,7 +163,7 @@ pub(crate) fn decode(data: &[u8], max_pixels: u64) -> Result<DecodedJpeg, Fail> 
         }
     }
     let (width, height) = (frame.width, frame.height);
-    let (mode, rgb) = frame.to_rgb(upsamplers, space);
+    let (mode, rgb) = frame.into_rgb(upsamplers, space);
     Ok(DecodedJpeg {
         width,
         height,
@@ -297,7 +296,6 @@ impl Frame {
                     width_in_blocks: (h.width * c.h).div_ceil(8 * max_h),
                     height_in_blocks: (h.height * c.v).div_ceil(8 * max_v),
                     bw,
-                    bh,
                     coefs: vec![0; bw * held_rows * 64],
                     held_rows,
                     row_base: 0,
@@ -543,7 +541,7 @@ impl Frame {
     }
 
     /// Upsampling, libjpeg's colour conversion to Pillow's mode, and Pillow's conversion to RGB.
-    fn to_rgb(self, upsamplers: Vec<Upsample>, space: ColorSpace) -> (PillowMode, Vec<u8>) {
+    fn into_rgb(self, upsamplers: Vec<Upsample>, space: ColorSpace) -> (PillowMode, Vec<u8>) {
         let (w, h) = (self.width, self.height);
         let row_len = self.mcus_x * self.max_h * 8 + 8;
         let shapes: Vec<_> = self
