@@ -205,12 +205,15 @@ fn decode_sniffed(
     limits: &DecodeLimits,
 ) -> Result<RgbImage, ImageError> {
     let format = kind.name();
-    match kind {
+    let bytes = match kind {
         ImageFormatKind::Jpeg => return decode_jpeg(bytes, limits),
         ImageFormatKind::WebP => truncation::check_webp(bytes)?,
-        ImageFormatKind::Gif => truncation::check_gif(bytes)?,
-        ImageFormatKind::Png | ImageFormatKind::Bmp => {}
-    }
+        ImageFormatKind::Gif => {
+            truncation::check_gif(bytes, limits.max_pixels)?;
+            bytes
+        }
+        ImageFormatKind::Png | ImageFormatKind::Bmp => bytes,
+    };
     let reader = ImageReader::with_format(Cursor::new(bytes), kind.image_format());
     let mut decoder = reader.into_decoder().map_err(|e| map_err(format, e))?;
     let (width, height) = decoder.dimensions();

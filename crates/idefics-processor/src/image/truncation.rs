@@ -4,7 +4,8 @@
 //! - WebP: the `image-webp` decoder reads a lossy frame cut by a few bytes as if the missing bits were
 //!   zeros; libwebp (Pillow) checks the RIFF size first. Refused when the data is shorter than the RIFF
 //!   header says, or when a chunk claims more bytes than the file holds (image-webp would allocate the
-//!   claimed size first: gigabytes for a crafted 4 KiB file).
+//!   claimed size first: gigabytes for a crafted 4 KiB file). Bytes after the RIFF chunk are not passed
+//!   on (image-webp would read them as more chunks).
 //! - GIF: a first frame whose last data sub-block is cut still decodes when the cut falls after the
 //!   last pixel's code; Pillow refuses it. Refused when a sub-block of the first frame is cut (a
 //!   missing block terminator or trailer after complete data is accepted, as Pillow does).
@@ -22,8 +23,9 @@ fn truncated(format: &'static str) -> ImageError {
     }
 }
 
-/// WebP: the RIFF chunk must be complete.
-pub(crate) fn check_webp(bytes: &[u8]) -> Result<(), ImageError> {
+/// WebP: the RIFF chunk must be complete and its chunks must fit in it. Returns the RIFF chunk's bytes,
+/// which is all the decoder may see: image-webp also parses bytes after the RIFF end as chunks.
+pub(crate) fn check_webp(bytes: &[u8]) -> Result<&[u8], ImageError> {
     let Some(size) = bytes.get(4..8) else {
         return Err(truncated("WebP"));
     };
@@ -54,11 +56,13 @@ pub(crate) fn check_webp(bytes: &[u8]) -> Result<(), ImageError> {
         }
         pos = next as usize;
     }
-    Ok(())
+    Ok(&bytes[..end])
 }
 
-/// GIF: every data sub-block up to the end of the first image must be present.
-pub(crate) fn check_gif(bytes: &[u8]) -> Result<(), ImageError> {
+/// GIF: every data sub-block up to the end of the first image must be present, and the first frame
+/// must fit the pixel cap (the gif decoder allocates a frame at its declared size, which may exceed the
+/// logical screen size that the header check sees).
+pub(crate) fn check_gif(bytes: &[u8], max_pixels: u64) -> Result<(), ImageError> {
     let err = || truncated("GIF");
     let mut pos = 13usize; // header + logical screen descriptor
     let packed = *bytes.get(10).ok_or_else(err)?;
@@ -91,6 +95,16 @@ pub(crate) fn check_gif(bytes: &[u8]) -> Result<(), ImageError> {
             }
             Some(0x2C) => {
                 let packed = *bytes.get(pos + 9).ok_or_else(err)?;
+                let le = |o: usize| u64::from(u16::from_le_bytes([bytes[o], bytes[o + 1]]));
+                let (width, height) = (le(pos + 5), le(pos + 7));
+                if width * height > max_pixels {
+                    return Err(ImageError::TooManyPixels {
+                        width,
+                        height,
+                        pixels: width * height,
+                        max_pixels,
+                    });
+                }
                 pos += 10;
                 if packed & 0x80 != 0 {
                     pos += 3 << ((packed & 7) + 1);
@@ -123,8 +137,14 @@ mod tests {
         assert!(check_webp(&huge_chunk).is_err());
         // GIF: no global table, one 1x1 image with one 2-byte data block.
         let gif = b"GIF89a\x01\0\x01\0\0\0\0\x2c\0\0\0\0\x01\0\x01\0\0\x02\x02\x4c\x01\0\x3b";
-        assert!(check_gif(gif).is_ok());
-        assert!(check_gif(&gif[..gif.len() - 2]).is_ok()); // no terminator / trailer: accepted
-        assert!(check_gif(&gif[..gif.len() - 3]).is_err()); // data cut
+        assert!(check_gif(gif, 10).is_ok());
+        assert!(check_gif(&gif[..gif.len() - 2], 10).is_ok()); // no terminator / trailer: accepted
+        assert!(check_gif(&gif[..gif.len() - 3], 10).is_err()); // data cut
+        let mut big_frame = gif.to_vec();
+        big_frame[18..22].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0x00]); // frame 65535 x 255
+        assert!(matches!(
+            check_gif(&big_frame, 1 << 20),
+            Err(ImageError::TooManyPixels { .. })
+        ));
     }
 }
