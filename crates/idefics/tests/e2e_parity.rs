@@ -27,10 +27,7 @@ fn image_paths(conversation: &serde_json::Value) -> Vec<PathBuf> {
     out
 }
 
-/// Our decode of a fixture image. PNGs must equal Pillow's pixels exactly. JPEGs decode with zune-jpeg, whose
-/// IDCT differs from libjpeg-turbo by a few levels (measured max 4, see the image processor's tests), so for
-/// the JPEG files we check orientation, size and closeness, then continue from Pillow's pixels to keep the rest of
-/// the comparison exact.
+/// Our decode of a fixture image: it must equal Pillow's pixels exactly (PNG and JPEG alike).
 fn load_image(path: &Path, pillow: &HashMap<String, Tensor>) -> RgbImage {
     let ours = decode_image_file(path, &DecodeLimits::default()).unwrap();
     let name = path.file_name().unwrap().to_str().unwrap();
@@ -49,16 +46,8 @@ fn load_image(path: &Path, pillow: &HashMap<String, Tensor>) -> RgbImage {
         .map(|(a, b)| a.abs_diff(*b))
         .max()
         .unwrap_or(0);
-    if name.ends_with(".jpg") {
-        assert!(
-            max_diff <= 4,
-            "{name}: JPEG decode differs from Pillow by {max_diff} levels"
-        );
-        RgbImage::new(w, h, theirs).unwrap()
-    } else {
-        assert_eq!(max_diff, 0, "{name}: decode differs from Pillow");
-        ours
-    }
+    assert_eq!(max_diff, 0, "{name}: decode differs from Pillow");
+    ours
 }
 
 fn check_checkpoint(checkpoint: &Path) {

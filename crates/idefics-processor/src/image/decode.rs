@@ -15,7 +15,7 @@ use std::path::Path;
 
 use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
-use super::{transparency, ImageError, RgbImage};
+use super::{jpeg, transparency, truncation, ImageError, RgbImage};
 
 /// Guards applied before and during decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +40,7 @@ impl Default for DecodeLimits {
 /// The container formats recognised from the first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormatKind {
-    /// JPEG (baseline, progressive, grey, CMYK/YCCK), via zune-jpeg.
+    /// JPEG (baseline, progressive, grey, CMYK/YCCK), via the libjpeg-turbo port in `image::jpeg`.
     Jpeg,
     /// PNG (all colour types and bit depths, interlaced).
     Png,
@@ -205,6 +205,15 @@ fn decode_sniffed(
     limits: &DecodeLimits,
 ) -> Result<RgbImage, ImageError> {
     let format = kind.name();
+    let bytes = match kind {
+        ImageFormatKind::Jpeg => return decode_jpeg(bytes, limits),
+        ImageFormatKind::WebP => truncation::check_webp(bytes)?,
+        ImageFormatKind::Gif => {
+            truncation::check_gif(bytes, limits.max_pixels)?;
+            bytes
+        }
+        ImageFormatKind::Png | ImageFormatKind::Bmp => bytes,
+    };
     let reader = ImageReader::with_format(Cursor::new(bytes), kind.image_format());
     let mut decoder = reader.into_decoder().map_err(|e| map_err(format, e))?;
     let (width, height) = decoder.dimensions();
@@ -243,6 +252,46 @@ fn decode_sniffed(
         _ => None,
     };
     Ok(to_rgb_like_pillow(img, format)?.with_transparent_color(key))
+}
+
+/// JPEG through the libjpeg-turbo port of [`super::jpeg`] (bit-exact with Pillow), then EXIF orientation.
+fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+    use super::jpeg::Fail;
+    let format = "JPEG";
+    let decoded = jpeg::decode(bytes, limits.max_pixels).map_err(|e| match e {
+        Fail::Truncated => ImageError::Decode {
+            format,
+            message: "image file is truncated (the data ends before the image does)".into(),
+        },
+        Fail::Corrupt(message) => ImageError::Decode { format, message },
+        Fail::Unsupported(message) => ImageError::UnsupportedFeature { format, message },
+        Fail::ZeroSize(width, height) => ImageError::ZeroSize { width, height },
+        Fail::TooManyPixels(width, height) => ImageError::TooManyPixels {
+            width: width as u64,
+            height: height as u64,
+            pixels: width as u64 * height as u64,
+            max_pixels: limits.max_pixels,
+        },
+    })?;
+    if decoded.warnings > 0 {
+        tracing::warn!(
+            "JPEG data is corrupt ({} problems libjpeg decodes through); decoded as Pillow decodes it",
+            decoded.warnings
+        );
+    }
+    let (w, h) = (decoded.width, decoded.height);
+    tracing::debug!("JPEG {w}x{h}, Pillow mode {:?}", decoded.mode);
+    let orientation = jpeg::orientation(decoded.exif.as_deref(), decoded.xmp.as_deref())
+        .and_then(::image::metadata::Orientation::from_exif)
+        .unwrap_or(::image::metadata::Orientation::NoTransforms);
+    if orientation == ::image::metadata::Orientation::NoTransforms {
+        return RgbImage::new(w, h, decoded.rgb);
+    }
+    let buffer = ::image::RgbImage::from_raw(w as u32, h as u32, decoded.rgb)
+        .expect("the decoder returns width * height * 3 bytes");
+    let mut img = DynamicImage::ImageRgb8(buffer);
+    img.apply_orientation(orientation);
+    to_rgb_like_pillow(img, format)
 }
 
 /// PIL `convert("RGB")` semantics for every pixel layout the enabled decoders produce.

@@ -9,9 +9,11 @@ pub mod animation;
 pub mod decode;
 pub mod error;
 pub mod idefics3;
+mod jpeg;
 pub mod processor;
 pub mod resize;
 mod transparency;
+mod truncation;
 
 pub use animation::{decode_animation, AnimationFrame};
 pub use decode::{decode_image, decode_image_file, DecodeLimits, ImageFormatKind};
