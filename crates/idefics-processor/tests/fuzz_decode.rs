@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use idefics_processor::image::{
     decode_image, DecodeLimits, Idefics2ImageProcessor, Idefics2ImageProcessorConfig,
+    Idefics3ImageProcessor, Idefics3ImageProcessorConfig, ImageSize,
 };
 
 struct CountingAlloc;
@@ -186,7 +187,14 @@ struct Stats {
 }
 
 /// One input through decode + processor; returns a failure description if a check fails.
-fn run_one(data: &[u8], proc: &Idefics2ImageProcessor, stats: &mut Stats) -> Option<String> {
+/// Both processor families: Idefics2 (crops + full image) and Idefics3 / SmolVLM (tiles + global image, at a
+/// small tile size so that the bound on allocations stays meaningful).
+struct Processors {
+    idefics2: Idefics2ImageProcessor,
+    idefics3: Idefics3ImageProcessor,
+}
+
+fn run_one(data: &[u8], proc: &Processors, stats: &mut Stats) -> Option<String> {
     let limits = DecodeLimits {
         max_pixels: MAX_PIXELS,
         ..Default::default()
@@ -201,7 +209,8 @@ fn run_one(data: &[u8], proc: &Idefics2ImageProcessor, stats: &mut Stats) -> Opt
             stats.decoded += 1;
             let split = img.width() >= 2 && img.height() >= 2;
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                proc.preprocess(&[vec![img.clone()]], Some(split))
+                let _ = proc.idefics2.preprocess(&[vec![img.clone()]], Some(split));
+                let _ = proc.idefics3.preprocess(&[vec![img.clone()]], Some(split));
             }));
             if r.is_err() {
                 stats.panics += 1;
@@ -251,7 +260,18 @@ fn fuzz_decode_and_processor() {
         r#"{"do_image_splitting": true, "size": {"longest_edge": 98, "shortest_edge": 37}}"#,
     )
     .unwrap();
-    let proc = Idefics2ImageProcessor::new(cfg).unwrap();
+    let proc = Processors {
+        idefics2: Idefics2ImageProcessor::new(cfg).unwrap(),
+        idefics3: Idefics3ImageProcessor::new(Idefics3ImageProcessorConfig {
+            size: ImageSize {
+                longest_edge: Some(96),
+                ..Idefics3ImageProcessorConfig::default().size
+            },
+            max_image_size: 32,
+            ..Idefics3ImageProcessorConfig::default()
+        })
+        .unwrap(),
+    };
     // Silence the default panic message of decoders caught by catch_unwind (counted instead).
     std::panic::set_hook(Box::new(|_| {}));
     let mut stats = Stats::default();
