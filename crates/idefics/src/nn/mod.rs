@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod adapters;
 pub mod attention;
+pub mod cpu_kernels;
 pub mod frozen;
 pub mod linear;
 pub mod mlp;
@@ -17,7 +18,7 @@ pub mod rope;
 pub mod train_kernels;
 
 pub use activation::Activation;
-pub use attention::{eager_attention, mask_min_value};
+pub use attention::{attention, eager_attention, mask_min_value};
 pub use linear::{Linear, TrainMode};
 pub use mlp::GatedMlp;
 pub use norm::{LayerNorm, RmsNorm};
