@@ -3,6 +3,7 @@
 //! Data flows one way: files -> [`processor`] -> [`model`] -> [`generate`] -> CLI / server, and
 //! [`pipeline`] is where they meet. [`train`] and evaluation call the same processor and model.
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod eval_runner;
