@@ -189,9 +189,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     })?;
     let tps = req.n_tokens as f64 / pre_s;
     let cfg = model.config();
-    let pre_frac = limits.map(|l| {
-        l.compute_fraction(prefill_flops(cfg, 0, req.n_tokens, req.n_tokens), pre_s)
-    });
+    let pre_frac = limits
+        .map(|l| l.compute_fraction(prefill_flops(cfg, 0, req.n_tokens, req.n_tokens), pre_s));
     res.insert(
         "prefill_text_512".into(),
         json!({"s": pre_s, "tokens_per_s": tps, "runs_s": runs, "fraction_of_peak_flops": pre_frac}),
@@ -303,7 +302,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &mut rows,
             &format!("vision+connector {key}"),
             format!("{:9.1} ms", vis_s * 1e3),
-            format!("{shape:?}, {patches} patches{}", of_limit(vis_frac, "peak FLOP/s")),
+            format!(
+                "{shape:?}, {patches} patches{}",
+                of_limit(vis_frac, "peak FLOP/s")
+            ),
         );
         res.insert("vision".into(), Value::Object(vision.clone()));
         save(&res, &mut machine, false)?;
@@ -331,7 +333,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             argmax(&model.forward_last(&inputs, &mut cache)?)?;
             Ok(())
         })?;
-        let flops = vision_connector_flops(cfg, &per_image) + prefill_flops(cfg, 0, req.n_tokens, 1);
+        let flops =
+            vision_connector_flops(cfg, &per_image) + prefill_flops(cfg, 0, req.n_tokens, 1);
         let frac = limits.map(|l| l.compute_fraction(flops, s));
         ttft.insert(
             key.into(),
@@ -341,7 +344,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &mut rows,
             &format!("TTFT {key}"),
             format!("{:9.1} ms", s * 1e3),
-            format!("{} prompt tokens{}", req.n_tokens, of_limit(frac, "peak FLOP/s")),
+            format!(
+                "{} prompt tokens{}",
+                req.n_tokens,
+                of_limit(frac, "peak FLOP/s")
+            ),
         );
         res.insert("ttft".into(), Value::Object(ttft.clone()));
         save(&res, &mut machine, false)?;

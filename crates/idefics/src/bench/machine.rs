@@ -104,7 +104,8 @@ fn fma_loop() -> (usize, fn(u64)) {
             // SAFETY: AVX-512F is present.
             return (16, |n| unsafe { fma_loops::avx512(n) });
         }
-        if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: AVX and FMA are present.
             return (8, |n| unsafe { fma_loops::avx2(n) });
         }
@@ -182,7 +183,8 @@ pub fn probe_bandwidth(threads: usize, buffer_bytes: usize, trials: usize) -> Ba
     let mut dst = vec![0f32; n];
     let (mut copy_best, mut read_best) = (0f64, 0f64);
     for _ in 0..trials.max(1) {
-        let pairs: Vec<(&[f32], &mut [f32])> = src.chunks(chunk).zip(dst.chunks_mut(chunk)).collect();
+        let pairs: Vec<(&[f32], &mut [f32])> =
+            src.chunks(chunk).zip(dst.chunks_mut(chunk)).collect();
         let pairs: Vec<std::sync::Mutex<(&[f32], &mut [f32])>> =
             pairs.into_iter().map(std::sync::Mutex::new).collect();
         let dt = run_threads(pairs.len(), |t| {

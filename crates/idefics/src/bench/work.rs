@@ -112,7 +112,10 @@ mod tests {
         let params = 54.15e6 - 16.39e6 + 16.39e6;
         // One token: 2 FLOPs a weight (the embedding is a lookup) and 12 layers x 4 x 8 heads x 64 of attention.
         let expected = 2.0 * params + 12.0 * 4.0 * 8.0 * 64.0;
-        assert!((one - expected).abs() / expected < 0.01, "{one} vs {expected}");
+        assert!(
+            (one - expected).abs() / expected < 0.01,
+            "{one} vs {expected}"
+        );
     }
 
     #[test]

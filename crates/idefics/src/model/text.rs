@@ -46,7 +46,10 @@ impl LayerKv {
     }
 
     fn filled(&self) -> Result<(Tensor, Tensor)> {
-        Ok((self.k.narrow(2, 0, self.len)?, self.v.narrow(2, 0, self.len)?))
+        Ok((
+            self.k.narrow(2, 0, self.len)?,
+            self.v.narrow(2, 0, self.len)?,
+        ))
     }
 
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
@@ -450,7 +453,8 @@ mod tests {
         let b = kv(2, 1, -2.0e4)?;
         let (ka, _) = other.append(0, &a, &a)?;
         let (kb, _) = cache.append(0, &b, &b)?;
-        let last = |t: &Tensor| -> Result<Vec<f32>> { t.narrow(2, 260, 1)?.flatten_all()?.to_vec1() };
+        let last =
+            |t: &Tensor| -> Result<Vec<f32>> { t.narrow(2, 260, 1)?.flatten_all()?.to_vec1() };
         assert_eq!(last(&ka)?, a.flatten_all()?.to_vec1::<f32>()?);
         assert_eq!(last(&kb)?, b.flatten_all()?.to_vec1::<f32>()?);
         Ok(())

@@ -6,9 +6,7 @@
 //! valid size into one batch. The output therefore holds valid patches only.
 
 use crate::config::VisionConfig;
-use crate::nn::{
-    attention, join_path, Kernels, LayerNorm, Linear, ParamVisitor, VisitParams,
-};
+use crate::nn::{attention, join_path, Kernels, LayerNorm, Linear, ParamVisitor, VisitParams};
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
 

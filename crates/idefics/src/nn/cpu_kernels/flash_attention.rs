@@ -36,7 +36,10 @@ impl<'a> View<'a> {
     fn new(data: &'a [f32], layout: &Layout, what: &str) -> Result<Self> {
         let stride: [usize; 4] = match layout.stride().try_into() {
             Ok(s) => s,
-            Err(_) => bail!("flash_attention: {what} must be 4-d, got {:?}", layout.dims()),
+            Err(_) => bail!(
+                "flash_attention: {what} must be 4-d, got {:?}",
+                layout.dims()
+            ),
         };
         Ok(Self {
             data,
@@ -87,7 +90,11 @@ pub fn flash_attention(
         // Broadcasting gives stride 0 on the broadcast dims; a key stride of 1 lets tiles add mask rows directly.
         Some(m) => {
             let m = m.broadcast_as((b, h, lq, lk))?;
-            Some(if m.stride()[3] == 1 { m } else { m.contiguous()? })
+            Some(if m.stride()[3] == 1 {
+                m
+            } else {
+                m.contiguous()?
+            })
         }
         None => None,
     };

@@ -36,7 +36,10 @@ pub fn linear_gemv(x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resul
     let (rows, in_dim) = x2.dims2()?;
     let (out_dim, w_in) = weight.dims2()?;
     if w_in != in_dim {
-        bail!("gemv: x has {in_dim} columns but the weight {:?}", weight.dims());
+        bail!(
+            "gemv: x has {in_dim} columns but the weight {:?}",
+            weight.dims()
+        );
     }
     let x = contiguous_f32(x2, "x")?;
     let bias = match bias {

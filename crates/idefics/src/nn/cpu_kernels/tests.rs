@@ -7,7 +7,9 @@ use candle_core::{DType, Device, Result, Tensor};
 fn rand(shape: &[usize], seed: u64) -> Result<Tensor> {
     // A fixed-seed LCG keeps the tests deterministic without another dependency.
     let n: usize = shape.iter().product();
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let data: Vec<f32> = (0..n)
         .map(|_| {
             state = state
@@ -94,7 +96,13 @@ fn text_prefill_causal_left_padding_sliding_window() -> Result<()> {
     let v = rand(&[b, hkv, l, d], 9)?;
     for window in [None, Some(70), Some(4096)] {
         let mask = text_mask(&real, 0, l, window)?;
-        check(&q, &k, &v, Some(&mask), &format!("prefill window {window:?}"))?;
+        check(
+            &q,
+            &k,
+            &v,
+            Some(&mask),
+            &format!("prefill window {window:?}"),
+        )?;
     }
     Ok(())
 }
@@ -114,7 +122,13 @@ fn text_decode_with_cache_offset() -> Result<()> {
         let real: Vec<Vec<bool>> = real.iter().map(|r| r[..past + lq].to_vec()).collect();
         for window in [None, Some(100)] {
             let mask = text_mask(&real, past, lq, window)?;
-            check(&q, &k, &v, Some(&mask), &format!("decode lq {lq} window {window:?}"))?;
+            check(
+                &q,
+                &k,
+                &v,
+                Some(&mask),
+                &format!("decode lq {lq} window {window:?}"),
+            )?;
         }
     }
     Ok(())
@@ -122,8 +136,16 @@ fn text_decode_with_cache_offset() -> Result<()> {
 
 #[test]
 fn all_keys_masked_gives_eager_uniform_mean() -> Result<()> {
-    let (q, k, v) = (rand(&[1, 2, 5, 8], 13)?, rand(&[1, 2, 9, 8], 14)?, rand(&[1, 2, 9, 8], 15)?);
-    let mask = Tensor::full(mask_min_value(DType::F32) as f32, (1, 1, 5, 9), &Device::Cpu)?;
+    let (q, k, v) = (
+        rand(&[1, 2, 5, 8], 13)?,
+        rand(&[1, 2, 9, 8], 14)?,
+        rand(&[1, 2, 9, 8], 15)?,
+    );
+    let mask = Tensor::full(
+        mask_min_value(DType::F32) as f32,
+        (1, 1, 5, 9),
+        &Device::Cpu,
+    )?;
     check(&q, &k, &v, Some(&mask), "all masked")?;
     // And the values are the mean of v, not zeros or NaN.
     let got = flash_attention(&q, &k, &v, Some(&mask), 0.5)?;
@@ -138,7 +160,10 @@ fn exp_matches_std() {
     let want: Vec<f32> = xs.iter().map(|x| x.exp()).collect();
     let sum = simd::exp_sub_sum(&mut xs, 0.0);
     for (g, w) in xs.iter().zip(&want) {
-        assert!((g - w).abs() <= 4.0 * f32::EPSILON * w.abs() + 1e-37, "{g} vs {w}");
+        assert!(
+            (g - w).abs() <= 4.0 * f32::EPSILON * w.abs() + 1e-37,
+            "{g} vs {w}"
+        );
     }
     let want_sum: f64 = want.iter().map(|&w| w as f64).sum();
     assert!(((sum as f64 - want_sum) / want_sum).abs() < 1e-5);
