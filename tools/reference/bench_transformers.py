@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Time transformers on the random benchmark checkpoint (make_bench_checkpoint.py), as the baseline for idefics-rs.
 
-CPU, float32, eager attention, torch threads = 2 (default), inference mode. Every figure is the median of --repeat
-timed runs after --warmup untimed ones. Inputs come from OUT/bench_inputs.json, so the Rust benchmark can time the
-very same requests:
+CPU, float32, eager attention (--attn sdpa: PyTorch's scaled_dot_product_attention), torch threads = 2 (default),
+inference mode. Every figure is the median of --repeat timed runs after --warmup untimed ones. Inputs come from
+OUT/bench_inputs.json, so the Rust benchmark can time the very same requests:
   preprocess   PIL image processor on one image (load + split + resize + normalize + pad)
   vision       model.model.get_image_features(pixel_values, pixel_attention_mask): vision tower + connector
                (perceiver), per input image; 980x980 and 640x480, with and without splitting
@@ -87,6 +87,8 @@ def main() -> None:
     ap.add_argument("--image-repeat", type=int, default=None, help="repeat for vision/TTFT (default --repeat)")
     ap.add_argument("--skip", nargs="*", default=[],
                     help="request keys to leave out of the vision / TTFT timings (e.g. photo_980x980_split)")
+    ap.add_argument("--attn", choices=["eager", "sdpa"], default="eager",
+                    help="transformers' attn_implementation (sdpa: PyTorch's fused attention, its fastest on CPU)")
     ap.add_argument("--json", default=None, help="result file (default results/<date>-transformers.json)")
     args = ap.parse_args()
 
@@ -102,7 +104,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     model = Idefics2ForConditionalGeneration.from_pretrained(args.ckpt, dtype=torch.float32,
-                                                             attn_implementation="eager").eval()
+                                                             attn_implementation=args.attn).eval()
     load_s = time.perf_counter() - t0
     rss_after_load = rss_mb()
     n_params = sum(p.numel() for p in model.parameters())
@@ -130,7 +132,7 @@ def main() -> None:
             "complete": final,
             "checkpoint": args.ckpt,
             "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "settings": {"threads": args.threads, "dtype": "float32", "attn_implementation": "eager",
+            "settings": {"threads": args.threads, "dtype": "float32", "attn_implementation": args.attn,
                          "warmup": W, "repeat": N, "image_warmup": VW, "image_repeat": VN,
                          "statistic": "median", "decode_tokens": args.decode_tokens,
                          "skipped": args.skip},
@@ -233,7 +235,7 @@ def main() -> None:
 
     print()
     print(f"transformers {R.versions()['transformers']}, torch {R.versions()['torch']}, threads {args.threads}, "
-          f"float32 eager, {n_params / 1e6:.1f} M params, median of {N} after {W} warmup")
+          f"float32 {args.attn}, {n_params / 1e6:.1f} M params, median of {N} after {W} warmup")
     for a, b, c in rows:
         print(f"  {a:40s} {b:>16s}  {c}")
 

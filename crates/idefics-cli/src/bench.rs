@@ -7,6 +7,9 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use clap::Args;
+use idefics::bench::{
+    decode_bytes_per_token, prefill_flops, vision_connector_flops, MachineLimits,
+};
 use idefics::model::ImageFeatures;
 use idefics::pipeline::image_tensors;
 use idefics::{Idefics2ForConditionalGeneration, LoadOptions, ModelInputs};
@@ -57,6 +60,10 @@ pub struct BenchArgs {
     /// Request keys to leave out of the vision / TTFT timings (e.g. photo_980x980_split).
     #[arg(long, num_args = 0..)]
     skip: Vec<String>,
+    /// Also measure the machine's peak FLOP/s and memory bandwidth, and report every phase as a fraction of the
+    /// limit that bounds it (arithmetic for vision / prefill / TTFT, bandwidth for decoding).
+    #[arg(long)]
+    machine: bool,
     /// Result file (default benches/results/<date>-idefics-rs.json).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -112,6 +119,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let mut machine = machine_info();
     let command: Vec<String> = std::env::args().collect();
+    // Probed before the model loads, on as many threads as candle's and our kernels use.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limits = args.machine.then(|| MachineLimits::measure(threads));
+    if let Some(l) = &limits {
+        machine.insert("measured_limits".into(), json!({
+            "peak_gflops": l.peak.flops / 1e9, "fma_lanes": l.peak.lanes, "threads": l.peak.threads,
+            "copy_gb_s": l.bandwidth.copy / 1e9, "read_gb_s": l.bandwidth.read / 1e9,
+            "bandwidth_buffer_mib": l.bandwidth.buffer_bytes >> 20,
+            "method": "peak: 12 independent FMA chains per thread on the widest vectors, best of 3; bandwidth: copy (2n bytes) and read passes over 256 MiB, best of 3",
+        }));
+        eprintln!(
+            "machine: peak {:.1} GFLOP/s ({} threads, {}-lane FMA), copy {:.1} GB/s, read {:.1} GB/s",
+            l.peak.flops / 1e9, l.peak.threads, l.peak.lanes, l.bandwidth.copy / 1e9, l.bandwidth.read / 1e9
+        );
+    }
     let t0 = Instant::now();
     let opts = LoadOptions {
         device: Device::Cpu,
@@ -166,15 +188,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Ok(())
     })?;
     let tps = req.n_tokens as f64 / pre_s;
+    let cfg = model.config();
+    let pre_frac = limits
+        .map(|l| l.compute_fraction(prefill_flops(cfg, 0, req.n_tokens, req.n_tokens), pre_s));
     res.insert(
         "prefill_text_512".into(),
-        json!({"s": pre_s, "tokens_per_s": tps, "runs_s": runs}),
+        json!({"s": pre_s, "tokens_per_s": tps, "runs_s": runs, "fraction_of_peak_flops": pre_frac}),
     );
     push(
         &mut rows,
         "prefill 512 text tokens",
         format!("{:9.1} ms", pre_s * 1e3),
-        format!("{tps:8.1} tok/s"),
+        format!("{tps:8.1} tok/s{}", of_limit(pre_frac, "peak FLOP/s")),
     );
     save(&res, &mut machine, false)?;
 
@@ -204,7 +229,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if !all_steps.is_empty() {
         let mean = all_steps.iter().sum::<f64>() / all_steps.len() as f64;
         let med = median(&mut all_steps);
+        // Mean context over the steps: the prompt plus half the new tokens.
+        let bytes = decode_bytes_per_token(cfg, req.n_tokens + steps_n / 2, 4);
+        let dec_frac = limits.map(|l| l.bandwidth_fraction(bytes, med));
         res.insert("decode".into(), json!({
+            "bytes_per_token": bytes, "fraction_of_bandwidth": dec_frac,
             "request": TEXT_REQUEST, "prompt_tokens": req.n_tokens, "new_tokens": steps_n,
             "median_step_s": med, "tokens_per_s": 1.0 / med, "ms_per_token": med * 1e3, "mean_step_s": mean,
             "method": "prefill once, then N greedy single-token forwards with the KV cache; median over all steps of all repeats",
@@ -213,7 +242,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &mut rows,
             &format!("decode {steps_n} tokens (ctx {})", req.n_tokens),
             format!("{:9.1} ms/tok", med * 1e3),
-            format!("{:8.1} tok/s", 1.0 / med),
+            format!("{:8.1} tok/s{}", 1.0 / med, of_limit(dec_frac, "bandwidth")),
         );
         save(&res, &mut machine, false)?;
     }
@@ -249,11 +278,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .map(|f| f.patch_grids.iter().map(|(h, w)| h * w).sum())
             .unwrap_or(0);
         let shape = batch.pixel_values_shape;
+        let per_image: Vec<usize> = feats
+            .as_ref()
+            .map(|f| f.patch_grids.iter().map(|(h, w)| h * w).collect())
+            .unwrap_or_default();
+        let vis_flops = vision_connector_flops(cfg, &per_image);
+        let vis_frac = limits.map(|l| l.compute_fraction(vis_flops, vis_s));
         vision.insert(
             key.into(),
             json!({
                 "preprocess_s": prep_s, "vision_encode_s": vis_s, "vision_runs_s": runs,
                 "pixel_values_shape": shape, "valid_patches_total": patches,
+                "flops": vis_flops, "fraction_of_peak_flops": vis_frac,
             }),
         );
         push(
@@ -266,7 +302,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &mut rows,
             &format!("vision+connector {key}"),
             format!("{:9.1} ms", vis_s * 1e3),
-            format!("{shape:?}, {patches} patches"),
+            format!(
+                "{shape:?}, {patches} patches{}",
+                of_limit(vis_frac, "peak FLOP/s")
+            ),
         );
         res.insert("vision".into(), Value::Object(vision.clone()));
         save(&res, &mut machine, false)?;
@@ -279,8 +318,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             continue;
         }
         let req = request(key)?;
+        let mut per_image = Vec::new();
         let (s, runs) = timed(vw, vn, || {
             let batch = preprocess(req)?;
+            per_image = batch_patches(&batch, cfg.vision_config.patch_size);
             let (pv, pm) = image_tensors(&batch, &Device::Cpu)?;
             let inputs = ModelInputs {
                 input_ids: Some(Tensor::new(req.input_ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?),
@@ -292,15 +333,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
             argmax(&model.forward_last(&inputs, &mut cache)?)?;
             Ok(())
         })?;
+        let flops =
+            vision_connector_flops(cfg, &per_image) + prefill_flops(cfg, 0, req.n_tokens, 1);
+        let frac = limits.map(|l| l.compute_fraction(flops, s));
         ttft.insert(
             key.into(),
-            json!({"s": s, "prompt_tokens": req.n_tokens, "runs_s": runs}),
+            json!({"s": s, "prompt_tokens": req.n_tokens, "runs_s": runs, "fraction_of_peak_flops": frac}),
         );
         push(
             &mut rows,
             &format!("TTFT {key}"),
             format!("{:9.1} ms", s * 1e3),
-            format!("{} prompt tokens", req.n_tokens),
+            format!(
+                "{} prompt tokens{}",
+                req.n_tokens,
+                of_limit(frac, "peak FLOP/s")
+            ),
         );
         res.insert("ttft".into(), Value::Object(ttft.clone()));
         save(&res, &mut machine, false)?;
@@ -329,6 +377,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     save(&res, &mut machine, true)?;
     println!("wrote {}", out_path.display());
     Ok(())
+}
+
+/// `", 42.0% of peak FLOP/s"` when the machine was probed.
+fn of_limit(fraction: Option<f64>, limit: &str) -> String {
+    fraction.map_or(String::new(), |f| format!(", {:.1}% of {limit}", f * 100.0))
+}
+
+/// Valid patches of every (sub-)image of a preprocessed batch, as the vision tower counts them.
+fn batch_patches(batch: &ImageBatch, patch: usize) -> Vec<usize> {
+    batch
+        .frame_sizes
+        .iter()
+        .flatten()
+        .map(|&(h, w)| (h / patch) * (w / patch))
+        .collect()
 }
 
 fn push(rows: &mut Vec<(String, String, String)>, what: &str, value: String, note: String) {

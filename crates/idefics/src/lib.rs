@@ -4,6 +4,7 @@
 //! [`pipeline`] is where they meet. Training (`idefics-train`) and evaluation (`idefics-eval`'s runner) are
 //! crates above this one and call the same processor and model.
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod generate;

@@ -2,7 +2,7 @@
 
 use crate::config::{Idefics2Config, PerceiverConfig};
 use crate::nn::{
-    eager_attention, join_path, mask_min_value, GatedMlp, Kernels, Linear, ParamVisitor, RmsNorm,
+    attention, join_path, mask_min_value, GatedMlp, Kernels, Linear, ParamVisitor, RmsNorm,
     VisitParams,
 };
 use candle_core::{DType, Result, Tensor};
@@ -67,7 +67,7 @@ impl PerceiverAttention {
             .reshape((n, s + l, self.num_kv_heads, self.head_dim))?
             .transpose(1, 2)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let out = eager_attention(&q, &k, &v, mask, scale, &self.kernels)?;
+        let out = attention(&q, &k, &v, mask, scale, &self.kernels)?;
         self.o_proj.forward(&out)
     }
 }

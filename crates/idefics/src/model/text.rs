@@ -5,11 +5,72 @@
 use crate::config::TextConfig;
 use crate::nn::rope::RopeTables;
 use crate::nn::{
-    eager_attention, join_path, mask_min_value, GatedMlp, Kernels, Linear, ParamVisitor, RmsNorm,
+    attention, join_path, mask_min_value, GatedMlp, Kernels, Linear, ParamVisitor, RmsNorm,
     RopeScaling, RotaryEmbedding, VisitParams,
 };
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+
+/// Keys and values of one layer: buffers `[B, Hkv, capacity, D]` of which the first `len` positions are filled.
+///
+/// New positions are written in place (`slice_set`); the buffers grow geometrically, so decoding copies the cache
+/// only when it outgrows its capacity instead of concatenating all of it at every token. Clones share the buffers
+/// until one of them appends: `owner` counts the sharers, and a shared buffer is copied before it is written
+/// (copy on write), so clones never see each other's tokens.
+#[derive(Debug, Clone)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+    owner: std::sync::Arc<()>,
+}
+
+impl LayerKv {
+    fn capacity(&self) -> usize {
+        self.k.dim(2).unwrap_or(0)
+    }
+
+    /// Buffers for `capacity` positions holding a copy of `k, v` (`[B, Hkv, L, D]`, L <= capacity) at the start.
+    fn with_capacity(k: &Tensor, v: &Tensor, capacity: usize) -> Result<Self> {
+        let (b, h, l, d) = k.dims4()?;
+        let alloc = |src: &Tensor| -> Result<Tensor> {
+            let buf = Tensor::zeros((b, h, capacity, d), src.dtype(), src.device())?;
+            buf.slice_set(&src.contiguous()?, 2, 0)?;
+            Ok(buf)
+        };
+        Ok(Self {
+            k: alloc(k)?,
+            v: alloc(v)?,
+            len: l,
+            owner: std::sync::Arc::new(()),
+        })
+    }
+
+    fn filled(&self) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.k.narrow(2, 0, self.len)?,
+            self.v.narrow(2, 0, self.len)?,
+        ))
+    }
+
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let l = k.dim(2)?;
+        let needed = self.len + l;
+        if needed > self.capacity() || std::sync::Arc::strong_count(&self.owner) > 1 {
+            let (pk, pv) = self.filled()?;
+            *self = Self::with_capacity(&pk, &pv, grown_capacity(needed))?;
+        }
+        self.k.slice_set(&k.contiguous()?, 2, self.len)?;
+        self.v.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = needed;
+        Ok(())
+    }
+}
+
+/// Capacity for `needed` positions: powers of two from 256, so a generation of n tokens copies O(n) positions.
+fn grown_capacity(needed: usize) -> usize {
+    needed.max(256).next_power_of_two()
+}
 
 /// What a Llama decoder has beyond a Mistral one (`LlamaConfig.attention_bias`, `mlp_bias`, `rope_parameters`).
 /// The default is Mistral's: no biases, unscaled rope.
@@ -27,7 +88,7 @@ pub struct DecoderOptions {
 /// The cache owns the attention-mask history, so each call only describes its NEW tokens.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
     /// `mask[b][j]` = 1 if cached token j of row b is a real token (0 = padding).
     mask: Vec<Vec<u8>>,
 }
@@ -79,12 +140,18 @@ impl KvCache {
             Some(s) => s,
             None => candle_core::bail!("kv cache has no layer {layer}"),
         };
-        let kv = match slot.take() {
-            None => (k.clone(), v.clone()),
-            Some((pk, pv)) => (Tensor::cat(&[&pk, k], 2)?, Tensor::cat(&[&pv, v], 2)?),
-        };
-        *slot = Some(kv.clone());
-        Ok(kv)
+        match slot {
+            None => {
+                let layer = LayerKv::with_capacity(k, v, grown_capacity(k.dim(2)?))?;
+                let filled = layer.filled()?;
+                *slot = Some(layer);
+                Ok(filled)
+            }
+            Some(layer) => {
+                layer.append(k, v)?;
+                layer.filled()
+            }
+        }
     }
 }
 
@@ -170,7 +237,7 @@ impl TextAttention {
             None => (k, v),
         };
         let scale = (self.head_dim as f64).powf(-0.5);
-        let out = eager_attention(&q, &k, &v, Some(&ctx.mask), scale, &self.kernels)?;
+        let out = attention(&q, &k, &v, Some(&ctx.mask), scale, &self.kernels)?;
         self.o_proj.forward(&out)
     }
 }
@@ -413,5 +480,42 @@ impl VisitParams for TextModel {
             layer.visit_params(&join_path(prefix, &format!("layers.{i}")), v)?;
         }
         self.norm.visit_params(&join_path(prefix, "norm"), v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(b: usize, l: usize, start: f32) -> Result<Tensor> {
+        Tensor::arange(start, start + (b * 2 * l * 3) as f32, &Device::Cpu)?.reshape((b, 2, l, 3))
+    }
+
+    #[test]
+    fn cache_appends_in_place_across_growth_and_clones_stay_apart() -> Result<()> {
+        let mut cache = KvCache::new(1);
+        let mut want_k = kv(2, 250, 0.0)?;
+        let (k, _) = cache.append(0, &want_k, &want_k)?;
+        assert_eq!(k.dims(), [2, 2, 250, 3]);
+        // Ten single tokens cross the first capacity (256).
+        for step in 0..10 {
+            let new = kv(2, 1, 1000.0 * (step + 1) as f32)?;
+            let (k, v) = cache.append(0, &new, &new)?;
+            want_k = Tensor::cat(&[&want_k, &new], 2)?;
+            let diff = (&k - &want_k)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "step {step}");
+            assert_eq!((&v - &want_k)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        }
+        // A clone appends its own token without changing the original, and the other way round.
+        let mut other = cache.clone();
+        let a = kv(2, 1, -1.0e4)?;
+        let b = kv(2, 1, -2.0e4)?;
+        let (ka, _) = other.append(0, &a, &a)?;
+        let (kb, _) = cache.append(0, &b, &b)?;
+        let last =
+            |t: &Tensor| -> Result<Vec<f32>> { t.narrow(2, 260, 1)?.flatten_all()?.to_vec1() };
+        assert_eq!(last(&ka)?, a.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(last(&kb)?, b.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
     }
 }

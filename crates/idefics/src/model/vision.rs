@@ -10,8 +10,7 @@
 
 use crate::config::VisionConfig;
 use crate::nn::{
-    eager_attention, join_path, mask_min_value, Kernels, LayerNorm, Linear, ParamVisitor,
-    VisitParams,
+    attention, join_path, mask_min_value, Kernels, LayerNorm, Linear, ParamVisitor, VisitParams,
 };
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -260,7 +259,7 @@ impl VisionAttention {
         let k = heads(self.k_proj.forward(xs)?)?;
         let v = heads(self.v_proj.forward(xs)?)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let out = eager_attention(&q, &k, &v, mask, scale, &self.kernels)?;
+        let out = attention(&q, &k, &v, mask, scale, &self.kernels)?;
         self.out_proj.forward(&out)
     }
 }

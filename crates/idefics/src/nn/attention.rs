@@ -1,5 +1,6 @@
 //! Eager scaled-dot-product attention as transformers' `eager_attention_forward`: scores in the activation dtype,
-//! additive mask with the dtype's most negative finite value, softmax in f32, grouped-query heads.
+//! additive mask with the dtype's most negative finite value, softmax in f32, grouped-query heads. [`attention`]
+//! runs the fused CPU kernel instead ([`super::cpu_kernels::flash_attention`]) where it applies.
 
 use super::Kernels;
 use candle_core::{DType, Result, Tensor, D};
@@ -12,6 +13,26 @@ pub fn mask_min_value(dtype: DType) -> f64 {
         DType::F16 => half::f16::MIN.to_f64(),
         DType::F64 => f64::MIN,
         _ => f32::MIN as f64,
+    }
+}
+
+/// [`eager_attention`]'s result, computed by the fused CPU kernel when fused kernels are enabled and every input
+/// is f32 on the CPU without autograd (inference), and by [`eager_attention`] otherwise (training, CUDA, half
+/// precision).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    kernels: &Kernels,
+) -> Result<Tensor> {
+    let mut inputs = vec![q, k, v];
+    inputs.extend(mask);
+    if kernels.use_fused(&inputs) && super::cpu_kernels::applies(&inputs) {
+        super::cpu_kernels::flash_attention(q, k, v, mask, scale)
+    } else {
+        eager_attention(q, k, v, mask, scale, kernels)
     }
 }
 

@@ -127,10 +127,15 @@ impl Linear {
         };
         let rows: usize = lead.iter().product();
         let x2 = xs.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&weight.t()?)?;
-        if let Some(b) = bias {
-            y = y.broadcast_add(b)?;
-        }
+        let y = if super::cpu_kernels::gemv_applies(&x2, weight, bias.as_ref()) {
+            super::cpu_kernels::linear_gemv(&x2, weight, bias.as_ref())?
+        } else {
+            let y = x2.matmul(&weight.t()?)?;
+            match bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
+        };
         let mut out_dims = lead;
         out_dims.push(weight.dim(0)?);
         y.reshape(out_dims)

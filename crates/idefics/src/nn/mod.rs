@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod cpu_kernels;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
@@ -15,7 +16,7 @@ pub mod rope;
 pub mod train_kernels;
 
 pub use activation::Activation;
-pub use attention::{eager_attention, mask_min_value};
+pub use attention::{attention, eager_attention, mask_min_value};
 pub use linear::{Linear, LinearHook};
 pub use mlp::GatedMlp;
 pub use norm::{LayerNorm, RmsNorm};

@@ -1,0 +1,42 @@
+//! Forward-only CPU kernels for f32 inference: fused attention ([`flash_attention`]) and the matrix-vector
+//! product of decoding ([`gemv`]).
+//!
+//! candle composes attention from a score matmul, a mask add, a softmax and a second matmul, each pass writing a
+//! `[heads, Lq, Lk]` tensor (1.15 GB a layer for a 980x980 image), and runs `x W^T` with one row as a GEMM. These
+//! kernels replace both when no input takes part in autograd and every tensor is f32 on the CPU; elsewhere
+//! (training, CUDA, half precision) the composed ops remain, and they stay the reference the tests compare to.
+//! Set `IDEFICS_CPU_KERNELS=composed` to force the composed ops (benchmarks, bisecting).
+//!
+//! The vector loops are plain Rust over fixed-width lane arrays, compiled once per instruction set (AVX2 + FMA
+//! and the baseline) and chosen at run time, so the binary still runs on any x86-64 CPU. AVX-512 is left to the
+//! `gemm` crate (its `x86-v4` feature), which the attention tiles call: Rust 1.88, the workspace's minimum, does
+//! not accept AVX-512 in `#[target_feature]`.
+
+pub mod flash_attention;
+pub mod gemv;
+mod simd;
+
+#[cfg(test)]
+mod tests;
+
+pub use flash_attention::flash_attention;
+pub use gemv::{gemv_applies, linear_gemv};
+pub use simd::sum;
+
+use candle_core::{DType, Device, Tensor};
+use std::sync::OnceLock;
+
+/// Whether `IDEFICS_CPU_KERNELS` leaves these kernels on (anything but `composed`).
+pub fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("IDEFICS_CPU_KERNELS").map_or(true, |v| v != "composed"))
+}
+
+/// True when the inference kernels may replace the composed ops for `inputs`: enabled, every input f32 on the CPU,
+/// and none takes part in autograd (these kernels have no backward pass).
+pub fn applies(inputs: &[&Tensor]) -> bool {
+    enabled()
+        && inputs
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu) && !t.track_op())
+}

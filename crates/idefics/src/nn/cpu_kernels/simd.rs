@@ -1,0 +1,217 @@
+//! Vector loops of the inference kernels, written over fixed-width lane arrays so that LLVM vectorises them, and
+//! compiled twice: with AVX2 + FMA (chosen at run time when the CPU has them) and for the baseline target.
+
+/// Lanes per accumulator array: two AVX2 registers, enough independent chains to hide FMA latency.
+const LANES: usize = 16;
+
+/// `exp` is 0 below this (f32's smallest normal is `exp(-87.34)`), and is clamped above to stay finite.
+const EXP_LO: f32 = -87.336_54;
+const EXP_HI: f32 = 88.0;
+
+#[inline(always)]
+fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    // `mul_add` is one instruction with FMA and a slow library call without it.
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `exp(x)` to about 2 ulp (Cephes' `expf`: `2^k * exp(r)` with `|r| <= ln2 / 2` and a degree-6 polynomial),
+/// branch-free so that it vectorises; 0 for `x < -87.34` and `-inf`.
+#[inline(always)]
+fn exp_lane<const FMA: bool>(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that `k * LN2_HI` is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let xc = if x < EXP_LO {
+        EXP_LO
+    } else if x > EXP_HI {
+        EXP_HI
+    } else {
+        x
+    };
+    let k = (xc * LOG2E + 0.5).floor();
+    let r = fma::<FMA>(k, -LN2_HI, xc);
+    let r = fma::<FMA>(k, -LN2_LO, r);
+    let mut p = 1.987_569_1e-4_f32;
+    p = fma::<FMA>(p, r, 1.398_199_9e-3);
+    p = fma::<FMA>(p, r, 8.333_452e-3);
+    p = fma::<FMA>(p, r, 4.166_579_6e-2);
+    p = fma::<FMA>(p, r, 1.666_666_5e-1);
+    p = fma::<FMA>(p, r, 5.000_000_1e-1);
+    let y = fma::<FMA>(p, r * r, r) + 1.0;
+    let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    if x < EXP_LO {
+        0.0
+    } else {
+        y * two_k
+    }
+}
+
+#[inline(always)]
+fn reduce_max(acc: [f32; LANES], tail: &[f32]) -> f32 {
+    let mut m = f32::NEG_INFINITY;
+    for &x in acc.iter().chain(tail) {
+        if x > m {
+            m = x;
+        }
+    }
+    m
+}
+
+/// `s += mask` element-wise (when given), then the maximum of `s`.
+#[inline(always)]
+fn add_max_impl(s: &mut [f32], mask: Option<&[f32]>) -> f32 {
+    if let Some(mask) = mask {
+        for (x, m) in s.iter_mut().zip(mask) {
+            *x += m;
+        }
+    }
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = s.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    reduce_max(acc, chunks.remainder())
+}
+
+/// `s = exp(s - m)` element-wise; returns the sum of the new values.
+#[inline(always)]
+fn exp_sub_sum_impl<const FMA: bool>(s: &mut [f32], m: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = s.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            let e = exp_lane::<FMA>(c[l] - m);
+            c[l] = e;
+            acc[l] += e;
+        }
+    }
+    let mut sum = 0f32;
+    for x in chunks.into_remainder() {
+        *x = exp_lane::<FMA>(*x - m);
+        sum += *x;
+    }
+    acc.iter().sum::<f32>() + sum
+}
+
+/// `sum_i a[i] * b[i]` with `LANES` partial sums (the summation order differs from a sequential loop).
+#[inline(always)]
+fn dot_impl<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 2 * LANES];
+    let mut ca = a.chunks_exact(2 * LANES);
+    let mut cb = b.chunks_exact(2 * LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..2 * LANES {
+            acc[l] = fma::<FMA>(x[l], y[l], acc[l]);
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail = fma::<FMA>(*x, *y, tail);
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `sum_i a[i]` with `LANES` partial sums.
+#[inline(always)]
+fn sum_impl(a: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = a.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn sum(a: &[f32]) -> f32 {
+        super::sum_impl(a)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn add_max(s: &mut [f32], mask: Option<&[f32]>) -> f32 {
+        super::add_max_impl(s, mask)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_sub_sum(s: &mut [f32], m: f32) -> f32 {
+        super::exp_sub_sum_impl::<true>(s, m)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        super::dot_impl::<true>(a, b)
+    }
+}
+
+#[inline]
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // The standard library caches the detection; this is an atomic load.
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `s += mask` (when given), then `max(s)`.
+pub fn add_max(s: &mut [f32], mask: Option<&[f32]>) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { avx2::add_max(s, mask) };
+    }
+    add_max_impl(s, mask)
+}
+
+/// `s = exp(s - m)`; returns `sum(s)`.
+pub fn exp_sub_sum(s: &mut [f32], m: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { avx2::exp_sub_sum(s, m) };
+    }
+    exp_sub_sum_impl::<false>(s, m)
+}
+
+/// `exp(x)` of one value with the same approximation as [`exp_sub_sum`].
+pub fn exp(x: f32) -> f32 {
+    exp_lane::<false>(x)
+}
+
+/// Dot product of the common prefix of `a` and `b`.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { avx2::dot(a, b) };
+    }
+    dot_impl::<false>(a, b)
+}
+
+/// Sum of `a` (partial sums: the order differs from a sequential loop).
+pub fn sum(a: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { avx2::sum(a) };
+    }
+    sum_impl(a)
+}
+
+/// `xs *= c`.
+pub fn scale(xs: &mut [f32], c: f32) {
+    xs.iter_mut().for_each(|x| *x *= c);
+}
