@@ -447,19 +447,22 @@ pub fn pretrain_vision(a: PretrainVisionArgs) -> Result<()> {
     )?;
     let limits = DecodeLimits::default();
     // Decoded as batches are drawn: a resume skips the pairs already seen without decoding them.
-    let mut data = PairBatches::new(reader, |r| -> Result<PairSample, TrainError> {
-        let pair = r.map_err(|e| TrainError::Invalid(e.to_string()))?;
-        let bytes = pair
-            .image
-            .load_bytes()
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
-        let image = decode_image(&bytes, &limits)
-            .map_err(|e| TrainError::Invalid(format!("{}: {e}", pair.image.origin())))?;
-        Ok(PairSample {
-            image,
-            text: pair.text,
-        })
-    });
+    let mut data = PairBatches::new(
+        reader,
+        |r: <PairReader as Iterator>::Item| -> Result<PairSample, TrainError> {
+            let pair = r.map_err(|e| TrainError::Invalid(e.to_string()))?;
+            let bytes = pair
+                .image
+                .load_bytes()
+                .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            let image = decode_image(&bytes, &limits)
+                .map_err(|e| TrainError::Invalid(format!("{}: {e}", pair.image.origin())))?;
+            Ok(PairSample {
+                image,
+                text: pair.text,
+            })
+        },
+    );
     if let Some(ck) = &resume_from {
         trainer.restore(ck, &mut data)?;
         println!(
