@@ -15,7 +15,10 @@ use idefics_processor::tokenizer_train::{
 use idefics_processor::{decode_image, DecodeLimits, TextTokenizer};
 use idefics_train::hf_checkpoint::{load_tensors, read_config_json, save_hf_checkpoint};
 use idefics_train::init;
-use idefics_train::siglip::{PairSample, PatchPool, SiglipOptions, SiglipTrainer};
+use idefics_train::siglip::{
+    PairBatches, PairSample, PatchPool, SiglipOptions, SiglipStep, SiglipTask, SiglipTrainer,
+};
+use idefics_train::train_loop::{latest_checkpoint, StepMetrics, TrainObserver};
 use idefics_train::TrainError;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -143,6 +146,16 @@ pub struct PretrainVisionArgs {
     /// concatenated).
     #[arg(long, value_enum, default_value_t = PoolArg::Mean)]
     pub pool: PoolArg,
+    /// Folder of the run's metrics.jsonl and resumable checkpoints (default: `<out>.run`, beside --out).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Save a resumable checkpoint every N steps (one is always saved at the end).
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    /// Continue from the newest checkpoint of the run folder (same data and settings: the run then ends
+    /// exactly as an uninterrupted one).
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -399,10 +412,31 @@ pub fn pretrain_vision(a: PretrainVisionArgs) -> Result<()> {
             PoolArg::Max => PatchPool::Max,
             PoolArg::MeanMax => PatchPool::MeanMax,
         },
+        save_every: a.save_every,
+    };
+    let run_dir = a.run_dir.clone().unwrap_or_else(|| {
+        // `components` drops a trailing slash, so the folder lands beside --out, not inside it.
+        let mut dir = a.out.components().collect::<PathBuf>().into_os_string();
+        dir.push(".run");
+        PathBuf::from(dir)
+    });
+    let resume_from = if a.resume {
+        let ck = latest_checkpoint(&run_dir)?;
+        Some(ck.with_context(|| format!("--resume: no checkpoint under {}", run_dir.display()))?)
+    } else {
+        if latest_checkpoint(&run_dir)?.is_some() {
+            bail!(
+                "{} already holds checkpoints of a run: pass --resume to continue it, or choose another \
+                 --run-dir",
+                run_dir.display()
+            );
+        }
+        None
     };
     let dev = Device::Cpu;
     let mut trainer = SiglipTrainer::from_checkpoint(&a.model, opts, &dev)
         .with_context(|| format!("loading {}", a.model.display()))?;
+    trainer.set_run_dir(&run_dir);
     let reader = PairReader::open(
         &pair_files(&a.data),
         ReaderOptions {
@@ -412,19 +446,31 @@ pub fn pretrain_vision(a: PretrainVisionArgs) -> Result<()> {
         },
     )?;
     let limits = DecodeLimits::default();
-    let mut data = reader.map(|r| -> Result<PairSample, TrainError> {
-        let pair = r.map_err(|e| TrainError::Invalid(e.to_string()))?;
-        let bytes = pair
-            .image
-            .load_bytes()
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
-        let image = decode_image(&bytes, &limits)
-            .map_err(|e| TrainError::Invalid(format!("{}: {e}", pair.image.origin())))?;
-        Ok(PairSample {
-            image,
-            text: pair.text,
-        })
-    });
+    // Decoded as batches are drawn: a resume skips the pairs already seen without decoding them.
+    let mut data = PairBatches::new(
+        reader,
+        |r: <PairReader as Iterator>::Item| -> Result<PairSample, TrainError> {
+            let pair = r.map_err(|e| TrainError::Invalid(e.to_string()))?;
+            let bytes = pair
+                .image
+                .load_bytes()
+                .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            let image = decode_image(&bytes, &limits)
+                .map_err(|e| TrainError::Invalid(format!("{}: {e}", pair.image.origin())))?;
+            Ok(PairSample {
+                image,
+                text: pair.text,
+            })
+        },
+    );
+    if let Some(ck) = &resume_from {
+        trainer.restore(ck, &mut data)?;
+        println!(
+            "resumed from {} (step {})",
+            ck.display(),
+            trainer.step_count()
+        );
+    }
     let bar = ProgressBar::new(a.steps);
     bar.set_style(
         ProgressStyle::with_template(
@@ -433,28 +479,52 @@ pub fn pretrain_vision(a: PretrainVisionArgs) -> Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let t0 = Instant::now();
-    let log_every = a.log_every.max(1);
-    trainer.train(&mut data, |s| {
-        bar.set_position(s.step);
-        bar.set_message(format!("loss {:.4}", s.loss));
-        if s.step % log_every == 0 || s.step == 1 {
-            bar.suspend(|| {
+    let first_step = trainer.step_count();
+    let mut observer = SiglipProgress {
+        bar: &bar,
+        log_every: a.log_every.max(1),
+    };
+    trainer.run(&mut data, &mut observer)?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    trainer.save_into(&a.model, &a.out)?;
+    let steps = a.steps.saturating_sub(first_step);
+    println!(
+        "SigLIP: {steps} steps in {secs:.1}s ({:.2} steps/s, batch {}) -> {} (metrics and checkpoints: {})",
+        steps as f64 / secs.max(1e-9),
+        a.batch_size,
+        a.out.display(),
+        run_dir.display()
+    );
+    Ok(())
+}
+
+/// The progress bar and the step lines of `pretrain-vision`.
+struct SiglipProgress<'a> {
+    bar: &'a ProgressBar,
+    log_every: u64,
+}
+
+impl TrainObserver<SiglipTask> for SiglipProgress<'_> {
+    fn on_start(&mut self, first_step: u64, _total_steps: u64) {
+        self.bar.set_position(first_step);
+    }
+
+    fn on_step(&mut self, m: &StepMetrics) {
+        let s = SiglipStep::from(m);
+        self.bar.set_position(s.step);
+        self.bar.set_message(format!("loss {:.4}", s.loss));
+        if s.step % self.log_every == 0 || s.step == 1 {
+            self.bar.suspend(|| {
                 println!(
                     "step {:5}  loss {:.4}  lr {:.2e}  grad_norm {:.3}  t {:.2}  b {:.2}",
                     s.step, s.loss, s.lr, s.grad_norm, s.temperature, s.bias
                 )
             });
         }
-    })?;
-    bar.finish_and_clear();
-    let secs = t0.elapsed().as_secs_f64();
-    trainer.save_into(&a.model, &a.out)?;
-    println!(
-        "SigLIP: {} steps in {secs:.1}s ({:.2} steps/s, batch {}) -> {}",
-        a.steps,
-        a.steps as f64 / secs.max(1e-9),
-        a.batch_size,
-        a.out.display()
-    );
-    Ok(())
+    }
+
+    fn on_message(&mut self, message: &str) {
+        self.bar.suspend(|| eprintln!("{message}"));
+    }
 }

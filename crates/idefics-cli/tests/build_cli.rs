@@ -142,3 +142,116 @@ fn tokenizer_init_siglip_assemble_chain() {
         assert!(dir.path().join("vlm").join(f).is_file(), "{f}");
     }
 }
+
+/// `pretrain-vision` keeps metrics.jsonl and checkpoints in its run folder; a run that lost its last
+/// checkpoint (killed after step 1's) continues with `--resume` and writes the same tower, bit for bit, as
+/// the uninterrupted run. Without `--resume`, a run folder holding checkpoints is refused.
+#[test]
+fn pretrain_vision_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s).display().to_string();
+    idefics(&[
+        "data",
+        "synth",
+        "--out",
+        &p("data"),
+        "--n",
+        "6",
+        "--seed",
+        "5",
+    ]);
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/e2e/tiny-chat")
+        .display()
+        .to_string();
+    let args = |out: &str, run: &str| -> Vec<String> {
+        [
+            "pretrain-vision",
+            "--model",
+            &model,
+            "--data",
+            &p("data/train"),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--longest-edge",
+            "32",
+            "--embed-dim",
+            "8",
+            "--save-every",
+            "1",
+            "--out",
+            &p(out),
+            "--run-dir",
+            &p(run),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let run = |args: &[String]| idefics(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    run(&args("full", "full.run"));
+    let metrics = common::json_lines(&dir.path().join("full.run/metrics.jsonl"));
+    assert_eq!(metrics.len(), 2);
+    assert!(
+        metrics[1]["temperature"].as_f64().is_some(),
+        "{:?}",
+        metrics[1]
+    );
+
+    // The same run, then its step-2 checkpoint removed: as if killed after logging step 2.
+    run(&args("cut", "cut.run"));
+    std::fs::remove_dir_all(dir.path().join("cut.run/checkpoints/step-00000002")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("cut")).unwrap();
+    let refused = common::idefics(
+        &args("cut", "cut.run")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--resume"), "{err}");
+
+    let mut resume = args("cut", "cut.run");
+    resume.push("--resume".into());
+    let out = run(&resume);
+    assert!(
+        out.contains("resumed from") && out.contains("(step 1)"),
+        "{out}"
+    );
+    // Timings differ between runs; everything else is equal.
+    let without_timings = |lines: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        lines
+            .into_iter()
+            .map(|mut m| {
+                for k in ["tokens_per_s", "step_time_s", "elapsed_s", "eta_s"] {
+                    m[k] = serde_json::Value::Null;
+                }
+                m
+            })
+            .collect()
+    };
+    assert_eq!(
+        without_timings(common::json_lines(
+            &dir.path().join("cut.run/metrics.jsonl")
+        )),
+        without_timings(metrics)
+    );
+    let load = |d: &str| {
+        idefics_train::hf_checkpoint::load_tensors(
+            &dir.path().join(d),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (full, cut) = (load("full"), load("cut"));
+    assert_eq!(full.len(), cut.len());
+    for (name, t) in &full {
+        let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = cut[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(a == b, "{name} differs after the resume");
+    }
+}

@@ -27,6 +27,7 @@ pub mod run;
 pub mod schedule;
 pub mod siglip;
 mod threads;
+pub mod train_loop;
 pub mod trainable;
 pub mod trainer;
 

@@ -182,8 +182,21 @@ struct Slot {
     var: Var,
     lr_scale: f64,
     decay: bool,
+    /// Weight decay of the slot's group (applied when `decay`).
+    weight_decay: f64,
+    /// Learning-rate multiplier of the slot's group.
+    group_lr_scale: f64,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+}
+
+/// Parameters that share a weight decay and a learning-rate multiplier.
+pub struct ParamGroup {
+    pub params: Vec<(String, Var)>,
+    /// `None`: the optimizer's `weight_decay`.
+    pub weight_decay: Option<f64>,
+    /// Multiplies the step's learning rate (before the per-component `lr_scales`).
+    pub lr_scale: f64,
 }
 
 /// AdamW over named trainable variables.
@@ -196,24 +209,47 @@ pub struct AdamW {
 impl AdamW {
     /// One slot per named variable; names must be unique (they key the saved state).
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self, TrainError> {
+        Self::with_groups(
+            vec![ParamGroup {
+                params,
+                weight_decay: None,
+                lr_scale: 1.0,
+            }],
+            cfg,
+        )
+    }
+
+    /// Parameter groups with their own weight decay and learning-rate multiplier (torch's `param_groups`),
+    /// one step counter and one saved state for all; names must be unique across groups.
+    pub fn with_groups(groups: Vec<ParamGroup>, cfg: AdamWConfig) -> Result<Self, TrainError> {
         cfg.lr_scales.validate()?;
         let mut seen = std::collections::HashSet::new();
-        let mut slots = Vec::with_capacity(params.len());
-        for (name, var) in params {
-            if !seen.insert(name.clone()) {
+        let mut slots = Vec::new();
+        for group in groups {
+            if !(group.lr_scale.is_finite() && group.lr_scale >= 0.0) {
                 return Err(TrainError::Invalid(format!(
-                    "duplicate parameter name {name}"
+                    "a parameter group's learning-rate scale must be >= 0, got {}",
+                    group.lr_scale
                 )));
             }
-            let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
-            slots.push(Slot {
-                decay: !no_weight_decay(&name),
-                lr_scale: cfg.lr_scales.of(&name),
-                name,
-                var,
-                exp_avg: zeros.clone(),
-                exp_avg_sq: zeros,
-            });
+            for (name, var) in group.params {
+                if !seen.insert(name.clone()) {
+                    return Err(TrainError::Invalid(format!(
+                        "duplicate parameter name {name}"
+                    )));
+                }
+                let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                slots.push(Slot {
+                    decay: !no_weight_decay(&name),
+                    lr_scale: cfg.lr_scales.of(&name),
+                    weight_decay: group.weight_decay.unwrap_or(cfg.weight_decay),
+                    group_lr_scale: group.lr_scale,
+                    name,
+                    var,
+                    exp_avg: zeros.clone(),
+                    exp_avg_sq: zeros,
+                });
+            }
         }
         Ok(Self {
             cfg,
@@ -246,26 +282,25 @@ impl AdamW {
     /// training loop checks the global gradient norm on every device).
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<(), TrainError> {
         let AdamWConfig {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-            ..
+            beta1, beta2, eps, ..
         } = self.cfg;
         self.step += 1;
         let t = self.step as i32;
-        let step_size = lr / (1.0 - beta1.powi(t));
         let bc2_sqrt = (1.0 - beta2.powi(t)).sqrt();
         for slot in &mut self.slots {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
+            // The group's rate first, then the bias correction: the same floats as a separate optimizer
+            // stepped with `lr * group_lr_scale`.
+            let group_lr = lr * slot.group_lr_scale;
+            let step_size = group_lr / (1.0 - beta1.powi(t));
             let h = StepHyper {
-                lr: lr * slot.lr_scale,
+                lr: group_lr * slot.lr_scale,
                 beta1,
                 beta2,
                 eps,
-                decay: if slot.decay { weight_decay } else { 0.0 },
+                decay: if slot.decay { slot.weight_decay } else { 0.0 },
                 step_size: step_size * slot.lr_scale,
                 bc2_sqrt,
             };
@@ -405,6 +440,8 @@ mod tests {
                 var: Var::from_tensor(&p.reshape((3, 4)).unwrap()).unwrap(),
                 decay: true,
                 lr_scale: 1.0,
+                weight_decay: 0.1,
+                group_lr_scale: 1.0,
                 exp_avg: Tensor::full(0.01f32, (3, 4), &dev).unwrap(),
                 exp_avg_sq: Tensor::full(0.002f32, (3, 4), &dev).unwrap(),
             }

@@ -23,9 +23,6 @@
 //! (colours, shapes, numbers, titles); it ignores word order, so relations ("left of") are not learned
 //! contrastively. The text side is discarded after training; only the tower is written back.
 
-use super::hf_checkpoint::{load_tensors, read_config_json, save_hf_checkpoint};
-use super::optimizer::{clip_grad_norm, AdamW, AdamWConfig};
-use super::schedule::LrSchedule;
 use super::TrainError;
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::VarBuilder;
@@ -33,11 +30,8 @@ use idefics::config::Idefics2Config;
 use idefics::model::{PositionIdRule, VisionTransformer};
 use idefics::nn::{Kernels, Linear};
 use idefics_processor::image::NormalizeLut;
-use idefics_processor::{
-    resize, Idefics2ImageProcessorConfig, ResampleFilter, RgbImage, TextTokenizer,
-};
+use idefics_processor::{resize, ResampleFilter, RgbImage};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 
 /// Checkpoint-name prefix of the vision tower.
 const VISION_PREFIX: &str = "model.vision_model.";
@@ -175,6 +169,9 @@ pub struct SiglipOptions {
     pub parallel_images: usize,
     /// Pooling of the patch outputs on the image side.
     pub pool: PatchPool,
+    /// With a run folder ([`SiglipTrainer::set_run_dir`]): a resumable checkpoint every N steps (and always
+    /// at the end).
+    pub save_every: Option<u64>,
 }
 
 impl Default for SiglipOptions {
@@ -193,6 +190,7 @@ impl Default for SiglipOptions {
             seed: 0,
             parallel_images: 1,
             pool: PatchPool::Mean,
+            save_every: None,
         }
     }
 }
@@ -484,214 +482,9 @@ impl SiglipModel {
     }
 }
 
-/// The SigLIP training loop state: model, optimizers, schedule, tokenizer.
-pub struct SiglipTrainer {
-    pub model: SiglipModel,
-    opt_main: AdamW,
-    opt_scalar: AdamW,
-    schedule: LrSchedule,
-    tokenizer: TextTokenizer,
-    opts: SiglipOptions,
-    step: u64,
-}
-
-impl SiglipTrainer {
-    /// Loads the Idefics2 checkpoint in `model_dir` (config, weights, tokenizer, processor settings).
-    pub fn from_checkpoint(
-        model_dir: &Path,
-        opts: SiglipOptions,
-        device: &Device,
-    ) -> Result<Self, TrainError> {
-        let config = Idefics2Config::from_file(&model_dir.join("config.json"))
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
-        let tensors = load_tensors(model_dir, DType::F32, device)?;
-        let tokenizer = TextTokenizer::from_dir(model_dir)
-            .map_err(|e| TrainError::Invalid(format!("{}: {e}", model_dir.display())))?;
-        let ip = Idefics2ImageProcessorConfig::from_model_dir(model_dir).unwrap_or_default();
-        let lut = NormalizeLut::new(&ip);
-        let model = SiglipModel::new(&config, &tensors, &opts, lut, device)?;
-        Self::new(model, tokenizer, opts)
-    }
-
-    /// A trainer around an already built model.
-    pub fn new(
-        model: SiglipModel,
-        tokenizer: TextTokenizer,
-        opts: SiglipOptions,
-    ) -> Result<Self, TrainError> {
-        let patch = model.config.vision_config.patch_size;
-        if opts.longest_edges.is_empty() || opts.longest_edges.iter().any(|&e| e < patch) {
-            return Err(TrainError::Invalid(format!(
-                "longest_edges {:?}: give at least one size, each >= the patch size {patch}",
-                opts.longest_edges
-            )));
-        }
-        if opts.parallel_images == 0 {
-            return Err(TrainError::Invalid(
-                "parallel_images must be >= 1 (1 = no worker threads)".into(),
-            ));
-        }
-        if opts.batch_size < 2 {
-            return Err(TrainError::Invalid(
-                "batch_size must be >= 2 (the loss needs negatives)".into(),
-            ));
-        }
-        let opt_main = AdamW::new(
-            model.main_params(),
-            AdamWConfig {
-                weight_decay: opts.weight_decay,
-                ..Default::default()
-            },
-        )?;
-        let opt_scalar = AdamW::new(
-            model.scalar_params(),
-            AdamWConfig {
-                weight_decay: 0.0,
-                ..Default::default()
-            },
-        )?;
-        let schedule = LrSchedule {
-            peak_lr: opts.lr,
-            warmup_steps: opts.warmup_steps,
-            total_steps: opts.steps.max(1),
-            decay: super::schedule::Decay::Cosine,
-            min_ratio: 0.0,
-        };
-        schedule.validate()?;
-        Ok(Self {
-            model,
-            opt_main,
-            opt_scalar,
-            schedule,
-            tokenizer,
-            opts,
-            step: 0,
-        })
-    }
-
-    /// Tokenises captions: no BOS (it would add the same vector to every caption's mean), cut to `max_text_len`;
-    /// an empty caption is an error naming it.
-    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, TrainError> {
-        texts
-            .iter()
-            .map(|t| {
-                let mut ids = self
-                    .tokenizer
-                    .encode(t, false)
-                    .map_err(|e| TrainError::Invalid(e.to_string()))?;
-                ids.truncate(self.opts.max_text_len);
-                if ids.is_empty() {
-                    return Err(TrainError::Invalid(format!("caption {t:?} has no tokens")));
-                }
-                Ok(ids)
-            })
-            .collect()
-    }
-
-    /// The loss of a batch without updating anything.
-    pub fn eval_loss(&self, batch: &[PairSample]) -> Result<f64, TrainError> {
-        let (images, ids) = self.prepare(batch)?;
-        Ok(self.model.loss(&images, &ids)?.to_scalar::<f32>()? as f64)
-    }
-
-    /// The longest image side of the batch of step `step` (0-based).
-    pub fn longest_edge_at(&self, step: u64) -> usize {
-        let edges = &self.opts.longest_edges; // non-empty: checked in `new`
-        edges[(step % edges.len() as u64) as usize]
-    }
-
-    fn prepare(&self, batch: &[PairSample]) -> Result<(Vec<Tensor>, Vec<Vec<u32>>), TrainError> {
-        let edge = self.longest_edge_at(self.step);
-        let images = batch
-            .iter()
-            .map(|s| self.model.image_tensor(&s.image, edge))
-            .collect::<Result<Vec<_>, _>>()?;
-        let texts: Vec<&str> = batch.iter().map(|s| s.text.as_str()).collect();
-        Ok((images, self.tokenize(&texts)?))
-    }
-
-    /// One optimizer step on `batch`.
-    pub fn step(&mut self, batch: &[PairSample]) -> Result<SiglipStep, TrainError> {
-        let (images, ids) = self.prepare(batch)?;
-        let (loss_v, grads) = if self.opts.parallel_images > 1 {
-            let mut vars: Vec<Var> = self.opt_main.vars().into_iter().cloned().collect();
-            vars.extend(self.opt_scalar.vars().into_iter().cloned());
-            self.model
-                .loss_and_grads_parallel(&images, &ids, self.opts.parallel_images, vars)?
-        } else {
-            let loss = self.model.loss(&images, &ids)?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            (
-                value,
-                value.is_finite().then(|| loss.backward()).transpose()?,
-            )
-        };
-        let Some(mut grads) = grads else {
-            return Err(TrainError::NonFinite {
-                what: format!("SigLIP loss at step {}", self.step),
-                value: loss_v,
-            });
-        };
-        let mut vars: Vec<&Var> = self.opt_main.vars();
-        vars.extend(self.opt_scalar.vars());
-        let grad_norm = clip_grad_norm(&mut grads, &vars, self.opts.max_grad_norm)?;
-        let lr = self.schedule.lr(self.step);
-        self.opt_main.step(&grads, lr)?;
-        self.opt_scalar
-            .step(&grads, lr * self.opts.scalar_lr_scale)?;
-        self.step += 1;
-        let (temperature, bias) = self.model.temperature_and_bias()?;
-        Ok(SiglipStep {
-            step: self.step,
-            loss: loss_v,
-            lr,
-            grad_norm,
-            temperature,
-            bias,
-        })
-    }
-
-    /// Runs `opts.steps` steps on batches drawn from `data` (which should repeat), calling `on_step` after each.
-    pub fn train<I>(
-        &mut self,
-        data: &mut I,
-        mut on_step: impl FnMut(&SiglipStep),
-    ) -> Result<(), TrainError>
-    where
-        I: Iterator<Item = Result<PairSample, TrainError>>,
-    {
-        while self.step < self.opts.steps {
-            let mut batch = Vec::with_capacity(self.opts.batch_size);
-            while batch.len() < self.opts.batch_size {
-                match data.next() {
-                    Some(Ok(s)) => batch.push(s),
-                    Some(Err(e)) => tracing::warn!("skipping a pair: {e}"),
-                    None => break,
-                }
-            }
-            if batch.len() < 2 {
-                return Err(TrainError::Invalid(format!(
-                    "the pair data ran out at step {} (need at least 2 pairs per batch)",
-                    self.step
-                )));
-            }
-            let s = self.step(&batch)?;
-            on_step(&s);
-        }
-        Ok(())
-    }
-
-    /// Writes the checkpoint of `model_dir` to `out_dir` with the trained tower in place of the old one (all
-    /// other tensors, the config and the tokenizer / processor files unchanged).
-    pub fn save_into(&self, model_dir: &Path, out_dir: &Path) -> Result<(), TrainError> {
-        let config = read_config_json(model_dir)?;
-        let mut tensors = load_tensors(model_dir, DType::F32, &Device::Cpu)?;
-        for (name, var) in self.model.vision_vars() {
-            tensors.insert(name.clone(), var.as_tensor().to_device(&Device::Cpu)?);
-        }
-        save_hf_checkpoint(out_dir, &config, &tensors, &[model_dir])
-    }
-}
+#[path = "siglip_train.rs"]
+mod train;
+pub use train::{PairBatches, SiglipTask, SiglipTrainer};
 
 #[path = "siglip_parallel.rs"]
 mod parallel;

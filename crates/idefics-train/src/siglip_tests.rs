@@ -1,7 +1,10 @@
 //! Tests of `siglip.rs`: the loss against torch, gradients reaching the tower, a short training run.
 
 use super::*;
+use crate::hf_checkpoint::load_tensors;
+use crate::train_loop::{latest_checkpoint, BatchSource, Silent};
 use serde_json::Value;
+use std::path::Path;
 
 fn fixture_dir(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -215,10 +218,10 @@ fn tower_gradients_are_finite_and_non_zero() {
     // Native resolution: both aspect ratios kept (32x20 and 20x32 rounded to patch 4).
     assert_eq!(images[0].dims(), &[3, 20, 32]);
     assert_eq!(images[1].dims(), &[3, 32, 20]);
-    let loss = tr.model.loss(&images, &ids).unwrap();
+    let loss = tr.model().loss(&images, &ids).unwrap();
     let grads = loss.backward().unwrap();
     let mut nonzero = 0;
-    for (name, var) in tr.model.vision_vars() {
+    for (name, var) in tr.model().vision_vars() {
         let g = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("no gradient for {name}"));
@@ -229,7 +232,7 @@ fn tower_gradients_are_finite_and_non_zero() {
         }
     }
     // Every tower tensor except the unused position-embedding rows is touched; all get some gradient.
-    assert_eq!(nonzero, tr.model.vision_vars().len());
+    assert_eq!(nonzero, tr.model().vision_vars().len());
 }
 
 #[test]
@@ -287,7 +290,7 @@ fn the_scalar_learning_rate_scale_moves_temperature_and_bias_further() {
                 .unwrap();
         let mut data = pairs.clone().into_iter().cycle().map(Ok);
         tr.train(&mut data, |_| {}).unwrap();
-        let (t, b) = tr.model.temperature_and_bias().unwrap();
+        let (t, b) = tr.model().temperature_and_bias().unwrap();
         ((t.ln() - INIT_T_PRIME).abs(), (b - INIT_BIAS).abs())
     };
     let (dt0, db0) = moved(0.0);
@@ -321,10 +324,10 @@ fn several_resolutions_train_more_rows_of_the_position_table() {
         let mut tr =
             SiglipTrainer::from_checkpoint(&fixture_dir("e2e/tiny-chat"), opts, &Device::Cpu)
                 .unwrap();
-        let before = tr.model.vision_vars()[name].as_tensor().copy().unwrap();
+        let before = tr.model().vision_vars()[name].as_tensor().copy().unwrap();
         let mut data = colour_pairs().into_iter().cycle().map(Ok);
         tr.train(&mut data, |_| {}).unwrap();
-        let after = tr.model.vision_vars()[name].as_tensor();
+        let after = tr.model().vision_vars()[name].as_tensor();
         let diff = (after - &before).unwrap().abs().unwrap().sum(1).unwrap();
         let diff = diff.to_vec1::<f32>().unwrap();
         // Weight decay alone moves an unvisited row by ~1e-7; an Adam step moves a visited one by ~lr.
@@ -384,24 +387,29 @@ fn size_groups_are_dealt_largest_first_to_the_least_loaded_worker() {
 fn parallel_image_groups_give_the_same_loss_and_gradients() {
     let tr = tiny_trainer(1);
     let (images, ids) = tr.prepare(&three_size_pairs()).unwrap();
-    let loss = tr.model.loss(&images, &ids).unwrap();
+    let loss = tr.model().loss(&images, &ids).unwrap();
     let want_loss = loss.to_scalar::<f32>().unwrap() as f64;
     let want = loss.backward().unwrap();
-    let mut vars: Vec<Var> = tr.model.main_params().into_iter().map(|(_, v)| v).collect();
-    vars.extend(tr.model.scalar_params().into_iter().map(|(_, v)| v));
+    let mut vars: Vec<Var> = tr
+        .model()
+        .main_params()
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    vars.extend(tr.model().scalar_params().into_iter().map(|(_, v)| v));
     for workers in [2, 3, 8] {
         let (got_loss, got) = tr
-            .model
+            .model()
             .loss_and_grads_parallel(&images, &ids, workers, vars.clone())
             .unwrap();
         let got = got.expect("finite loss");
         // Same pooled rows through the same head: the loss is bit-identical.
         assert_eq!(got_loss, want_loss, "{workers} workers");
         for (name, var) in tr
-            .model
+            .model()
             .main_params()
             .into_iter()
-            .chain(tr.model.scalar_params())
+            .chain(tr.model().scalar_params())
         {
             let flat = |g: Option<&Tensor>| {
                 g.unwrap_or_else(|| panic!("{workers} workers: no gradient for {name}"))
@@ -462,18 +470,18 @@ fn pooled_pair_that_trains(pool: PatchPool, a: &RgbImage, b: &RgbImage) -> Tenso
     })
     .unwrap();
     let images = [
-        tr.model.image_tensor(a, 32).unwrap(),
-        tr.model.image_tensor(b, 32).unwrap(),
+        tr.model().image_tensor(a, 32).unwrap(),
+        tr.model().image_tensor(b, 32).unwrap(),
     ];
     let ids = tr.tokenize(&["a white image", "a red dot"]).unwrap();
-    let loss = tr.model.loss(&images, &ids).unwrap();
+    let loss = tr.model().loss(&images, &ids).unwrap();
     assert!(loss.to_scalar::<f32>().unwrap().is_finite());
     let grads = loss.backward().unwrap();
     let name = "model.vision_model.embeddings.patch_embedding.weight";
     assert!(grads
-        .get(tr.model.vision_vars()[name].as_tensor())
+        .get(tr.model().vision_vars()[name].as_tensor())
         .is_some());
-    tr.model.pool_images(&images).unwrap()
+    tr.model().pool_images(&images).unwrap()
 }
 
 #[test]
@@ -520,4 +528,114 @@ fn mean_max_pooling_puts_both_poolings_side_by_side_and_trains() {
     assert!(gap(&both.narrow(1, 0, d).unwrap(), &mean) < 1e-4);
     assert!(gap(&both.narrow(1, d, d).unwrap(), &max) < 1e-4);
     assert!(gap(&mean, &max) > 1e-2, "the two poolings differ");
+}
+
+/// A pair source that fails after `batches_left` batches: a run killed mid-way.
+struct KilledAfter<S> {
+    inner: S,
+    batches_left: usize,
+}
+
+impl<S: BatchSource<Vec<PairSample>>> BatchSource<Vec<PairSample>> for KilledAfter<S> {
+    fn next_batch(&mut self, batch_size: usize) -> Result<Vec<PairSample>, TrainError> {
+        if self.batches_left == 0 {
+            return Err(TrainError::Invalid("killed".into()));
+        }
+        self.batches_left -= 1;
+        self.inner.next_batch(batch_size)
+    }
+
+    fn state(&self) -> Value {
+        self.inner.state()
+    }
+
+    fn restore(&mut self, state: &Value) -> Result<(), TrainError> {
+        self.inner.restore(state)
+    }
+}
+
+/// A SigLIP run killed after its step-2 checkpoint (and one more logged step) and resumed from it ends as an
+/// uninterrupted run: the same step metrics, metrics.jsonl and trained tensors, bit for bit. Batches of 5 from
+/// 8 pairs and two image sizes in turn, so a wrong data position or step count would show.
+#[test]
+fn an_interrupted_siglip_run_resumes_exactly() {
+    let opts = SiglipOptions {
+        steps: 4,
+        save_every: Some(2),
+        batch_size: 5,
+        longest_edges: vec![32, 24],
+        ..tiny_opts()
+    };
+    let pairs = colour_pairs();
+    let source = || PairBatches::new(pairs.clone().into_iter().cycle(), Ok::<_, TrainError>);
+
+    let full_dir = tempfile::tempdir().unwrap();
+    let mut full = fixture_trainer(opts.clone()).unwrap();
+    full.set_run_dir(full_dir.path());
+    let full_steps = full.run(&mut source(), &mut Silent).unwrap();
+    assert_eq!(full_steps.len(), 4);
+
+    let cut_dir = tempfile::tempdir().unwrap();
+    let mut cut = fixture_trainer(opts.clone()).unwrap();
+    cut.set_run_dir(cut_dir.path());
+    let mut killed = KilledAfter {
+        inner: source(),
+        batches_left: 3,
+    };
+    let err = cut.run(&mut killed, &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("killed"), "{err}");
+    let ck = latest_checkpoint(cut_dir.path()).unwrap().unwrap();
+    assert!(
+        ck.ends_with("checkpoints/step-00000002"),
+        "{}",
+        ck.display()
+    );
+
+    let mut resumed = fixture_trainer(opts).unwrap();
+    resumed.set_run_dir(cut_dir.path());
+    let mut data = source();
+    resumed.restore(&ck, &mut data).unwrap();
+    assert_eq!(resumed.step_count(), 2);
+    let rest = resumed.run(&mut data, &mut Silent).unwrap();
+    assert_eq!(rest.len(), 2);
+    for (a, b) in full_steps[2..].iter().zip(&rest) {
+        assert_eq!(
+            (a.step, a.loss, a.lr, a.grad_norm),
+            (b.step, b.loss, b.lr, b.grad_norm)
+        );
+        assert_eq!(a.extra["temperature"], b.extra["temperature"]);
+        assert_eq!(a.extra["bias"], b.extra["bias"]);
+    }
+
+    let logged = |dir: &Path| -> Vec<(u64, f64)> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let full_log = logged(full_dir.path());
+    assert_eq!(full_log.len(), 4);
+    assert_eq!(full_log, logged(cut_dir.path()));
+
+    let trained = |tr: &SiglipTrainer| -> Vec<(String, Vec<f32>)> {
+        tr.model()
+            .main_params()
+            .into_iter()
+            .chain(tr.model().scalar_params())
+            .map(|(name, var)| {
+                let v = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+                (name, v)
+            })
+            .collect()
+    };
+    let (a, b) = (trained(&full), trained(&resumed));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (other, y)) in a.iter().zip(&b) {
+        assert_eq!(name, other);
+        assert!(x == y, "{name} differs after the resume");
+    }
 }

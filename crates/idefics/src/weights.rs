@@ -11,6 +11,8 @@
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
+use safetensors::tensor::Metadata;
+use safetensors::Dtype;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Seek, SeekFrom};
@@ -244,8 +246,11 @@ impl SimpleBackend for CheckpointBackend {
     }
 }
 
-/// Parses the safetensors header of `path`: `u64 LE header length`, JSON header, data. Validates dtypes, sizes
-/// and that every tensor's bytes lie inside the file (catches truncated downloads).
+/// Reads the safetensors header of `path` (`u64 LE header length`, JSON header, data) with the `safetensors`
+/// crate, which validates the header (offsets contiguous, byte sizes matching dtype and shape). Only the header
+/// is read, not the file: the crate's `SafeTensors::read_metadata` wants the whole file in one buffer, so the
+/// header bytes are deserialised into its `Metadata` directly. Then checks what the crate cannot without the
+/// data: float dtypes only, and every tensor's bytes inside the file (catches truncated downloads).
 fn read_header(path: &Path) -> Result<HashMap<String, TensorEntry>> {
     let bad = |msg: String| Error::Weights(format!("{}: {msg}", path.display()));
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -257,6 +262,7 @@ fn read_header(path: &Path) -> Result<HashMap<String, TensorEntry>> {
         ))
     })?;
     let header_len = u64::from_le_bytes(len_bytes);
+    // The crate's own bound on the header size (`MAX_HEADER_SIZE` in safetensors/src/tensor.rs).
     if header_len > 100_000_000 || 8 + header_len > file_len {
         return Err(bad(format!(
             "truncated or not a safetensors file (header of {header_len} bytes, file of {file_len} bytes)"
@@ -265,65 +271,37 @@ fn read_header(path: &Path) -> Result<HashMap<String, TensorEntry>> {
     let mut header = vec![0u8; header_len as usize];
     f.read_exact(&mut header)
         .map_err(|e| bad(format!("cannot read header: {e}")))?;
-    let v: Value = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let metadata: Metadata = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
     let data_start = 8 + header_len;
     let data_len = file_len - data_start;
     let mut out = HashMap::new();
-    for (name, info) in obj {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype_str = info.get("dtype").and_then(Value::as_str).unwrap_or("?");
-        let dtype = match dtype_str {
-            "F32" => DType::F32,
-            "BF16" => DType::BF16,
-            "F16" => DType::F16,
-            "F64" => DType::F64,
+    for (name, info) in metadata.tensors() {
+        let dtype = match info.dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::BF16 => DType::BF16,
+            Dtype::F16 => DType::F16,
+            Dtype::F64 => DType::F64,
             other => {
                 return Err(bad(format!(
-                    "tensor {name} has dtype {other}, expected a float dtype (F32, BF16 or F16)"
+                    "tensor {name} has dtype {other:?}, expected a float dtype (F32, BF16 or F16)"
                 )))
             }
         };
-        let shape: Option<Vec<usize>> = info
-            .get("shape")
-            .and_then(Value::as_array)
-            .and_then(|a| a.iter().map(|d| d.as_u64().map(|x| x as usize)).collect());
-        let shape = shape.ok_or_else(|| bad(format!("tensor {name} has no valid shape")))?;
-        let offsets: Option<Vec<u64>> = info
-            .get("data_offsets")
-            .and_then(Value::as_array)
-            .and_then(|a| a.iter().map(Value::as_u64).collect());
-        let (begin, end) = match offsets.as_deref() {
-            Some([b, e]) if b <= e => (*b, *e),
-            _ => return Err(bad(format!("tensor {name} has invalid data_offsets"))),
-        };
-        let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-        let expected = numel.and_then(|n| n.checked_mul(dtype.size_in_bytes()));
-        if expected != Some((end - begin) as usize) {
+        let (begin, end) = info.data_offsets;
+        if end as u64 > data_len {
             return Err(bad(format!(
-                "tensor {name}: shape {shape:?} of {dtype_str} does not match its {} data bytes",
-                end - begin
-            )));
-        }
-        if end > data_len {
-            return Err(bad(format!(
-                "truncated: tensor {name} needs bytes up to {} but the file has only {data_len} data bytes",
-                end
+                "truncated: tensor {name} needs bytes up to {end} but the file has only {data_len} data bytes"
             )));
         }
         out.insert(
-            name.clone(),
+            name,
             TensorEntry {
                 file: 0,
                 dtype,
-                shape,
-                offset: data_start + begin,
-                len: (end - begin) as usize,
+                shape: info.shape.clone(),
+                offset: data_start + begin as u64,
+                len: end - begin,
             },
         );
     }
