@@ -356,65 +356,13 @@ impl Idefics2ForConditionalGeneration {
         inputs: &ModelInputs,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let ids = inputs
-            .input_ids
-            .as_ref()
-            .ok_or_else(|| Error::Input("input_ids are required".into()))?;
-        let (b, l) = ids
-            .dims2()
-            .map_err(|_| Error::Input(format!("input_ids must be [B, L], got {:?}", ids.dims())))?;
-        if b == 0 || l == 0 {
-            return Err(Error::Input(format!(
-                "input_ids is empty (shape [{b}, {l}])"
-            )));
-        }
-        let ids_host: Vec<Vec<i64>> = ids.to_dtype(DType::I64)?.to_vec2()?;
-        let vocab = self.config.text_config.vocab_size as i64;
-        for row in &ids_host {
-            if let Some(bad) = row.iter().find(|&&t| t < 0 || t >= vocab) {
-                return Err(Error::Input(format!(
-                    "input_ids contains token id {bad}, outside the vocabulary of {vocab}"
-                )));
-            }
-        }
-        let new_mask: Vec<Vec<u8>> = match &inputs.attention_mask {
-            Some(mask) => {
-                if mask.dims() != [b, l] {
-                    return Err(Error::Input(format!(
-                        "attention_mask has shape {:?}, expected [{b}, {l}] like input_ids (new tokens only)",
-                        mask.dims()
-                    )));
-                }
-                mask.to_dtype(DType::I64)?
-                    .to_vec2::<i64>()?
-                    .into_iter()
-                    .map(|r| r.into_iter().map(|v| u8::from(v != 0)).collect())
-                    .collect()
-            }
-            None => vec![vec![1u8; l]; b],
-        };
-        if let Some(p) = &inputs.position_ids {
-            if p.dims() != [b, l] {
-                return Err(Error::Input(format!(
-                    "position_ids has shape {:?}, expected [{b}, {l}]",
-                    p.dims()
-                )));
-            }
-        }
-        let past: Vec<Vec<u8>> = match &cache {
-            Some(c) if !c.is_empty() => {
-                if c.batch_size() != b {
-                    return Err(Error::Input(format!(
-                        "batch size {b} does not match the cache's batch size {}",
-                        c.batch_size()
-                    )));
-                }
-                c.attention_mask().to_vec()
-            }
-            _ => vec![Vec::new(); b],
-        };
-
-        let ids_u32 = ids.to_dtype(DType::U32)?;
+        let step = super::step::StepInputs::check(
+            inputs,
+            cache.as_deref(),
+            self.config.text_config.vocab_size,
+        )?;
+        let (b, l) = (step.batch, step.ids.dim(1)?);
+        let ids_u32 = step.ids.to_dtype(DType::U32)?;
         let mut embeds = match &inputs.inputs_embeds {
             Some(given) => {
                 let d = self.config.text_config.hidden_size;
@@ -436,19 +384,19 @@ impl Idefics2ForConditionalGeneration {
                 )));
             }
             let feats = self.image_features(pv, inputs.pixel_attention_mask.as_ref())?;
-            embeds = self.merge_image_features(&embeds, &ids_host, &feats.features)?;
+            embeds = self.merge_image_features(&embeds, &step.ids_host, &feats.features)?;
         }
         let ctx = self.text_model.step_context(
-            &new_mask,
+            &step.new_mask,
             inputs.position_ids.as_ref(),
-            &past,
+            &step.past,
             self.dtype,
             &self.device,
         )?;
         match cache {
             Some(cache) => {
                 let hidden = self.text_model.forward_embeds(&embeds, &ctx, Some(cache))?;
-                TextModel::commit_mask(cache, &new_mask);
+                TextModel::commit_mask(cache, &step.new_mask);
                 Ok(hidden)
             }
             None => Ok(self.text_model.forward_embeds(&embeds, &ctx, None)?),
@@ -464,42 +412,13 @@ impl Idefics2ForConditionalGeneration {
         ids: &[Vec<i64>],
         features: &Tensor,
     ) -> Result<Tensor> {
-        let (b, l, d) = embeds.dims3()?;
-        let feat_rows = features.flatten_to(features.rank().saturating_sub(2))?;
-        let n_feat = feat_rows.dim(0)?;
-        let image_token = self.config.image_token_id as i64;
-        let n_tokens = ids.iter().flatten().filter(|&&t| t == image_token).count();
-        if n_tokens != n_feat {
-            return Err(Error::Input(format!(
-                "the prompt has {n_tokens} <image> tokens but the images give {n_feat} feature rows ({} per image); \
-                 each image needs exactly {} <image> tokens",
-                self.config.image_seq_len(),
-                self.config.image_seq_len()
-            )));
-        }
-        let mut next = 0u32;
-        let index: Vec<u32> = ids
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(pos, &t)| {
-                if t == image_token {
-                    next += 1;
-                    (b * l) as u32 + next - 1
-                } else {
-                    pos as u32
-                }
-            })
-            .collect();
-        let index = Tensor::from_vec(index, b * l, &self.device)?;
-        let table = Tensor::cat(
-            &[
-                &embeds.reshape((b * l, d))?,
-                &feat_rows.to_dtype(embeds.dtype())?,
-            ],
-            0,
-        )?;
-        Ok(table.index_select(&index, 0)?.reshape((b, l, d))?)
+        super::step::scatter_image_rows(
+            embeds,
+            ids,
+            features,
+            self.config.image_token_id,
+            self.config.image_seq_len(),
+        )
     }
 }
 
