@@ -9,6 +9,9 @@ use tokenizers::Tokenizer;
 /// and a windowed decode cannot stay consistent with byte-fallback tokens. A run of byte tokens (`<0x5E>`) is
 /// held back until it ends, because the ByteFallback decoder turns the whole run into replacement characters when
 /// any byte of it is invalid UTF-8 (a valid '^' followed by a stray 0x94 decodes as two U+FFFD).
+/// Byte-level BPE tokenizers (GPT-2 style, as SmolVLM's) spell a multi-byte character across tokens without
+/// marking them: a decode that ends inside a character ends with U+FFFD, which the next token may turn into the
+/// character, so trailing U+FFFD are held back until a later token or the end of the answer.
 pub struct IncrementalDecoder<'a> {
     tokenizer: &'a Tokenizer,
     ids: Vec<u32>,
@@ -31,7 +34,7 @@ impl<'a> IncrementalDecoder<'a> {
             return Ok(String::new());
         }
         let full = self.tokenizer.decode(&self.ids, true)?;
-        Ok(self.release(&full))
+        Ok(self.release(full.trim_end_matches(char::REPLACEMENT_CHARACTER)))
     }
 
     /// Releases whatever is held back (the answer is complete).
