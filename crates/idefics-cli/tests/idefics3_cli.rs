@@ -125,10 +125,11 @@ fn ask_on_smolvlm_answers_what_transformers_generates() {
         .unwrap()
         .len()
         .to_string();
+    let model = case_dir();
     let args = [
         "ask",
         "--model",
-        case_dir().to_str().unwrap(),
+        model.to_str().unwrap(),
         "--image",
         image.to_str().unwrap(),
         "--max-new-tokens",
