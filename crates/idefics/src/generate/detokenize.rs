@@ -60,3 +60,29 @@ impl<'a> IncrementalDecoder<'a> {
 fn is_byte_token(token: Option<&str>) -> bool {
     token.is_some_and(|t| t.len() == 6 && t.starts_with("<0x") && t.ends_with('>'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte-level BPE tokenizer of tests/fixtures/idefics3/processor (GPT-2 style, as SmolVLM's): ids 143 and
+    /// 157 are the single bytes 0xDE and 0xA1, which together spell U+07A1. The streamed deltas must add up to
+    /// the one-shot decode, which transformers returns.
+    #[test]
+    fn character_split_across_byte_level_tokens_is_not_lost() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/idefics3/processor/tokenizer/tokenizer.json");
+        let tokenizer = Tokenizer::from_file(path).unwrap();
+        let ids = [143u32, 157, 97, 157];
+        let mut decoder = IncrementalDecoder::new(&tokenizer);
+        let mut streamed = String::new();
+        for &id in &ids {
+            streamed += &decoder.push(id).unwrap();
+        }
+        streamed += &decoder.finish().unwrap();
+        let whole = tokenizer.decode(&ids, true).unwrap();
+        assert!(whole.contains('\u{7a1}'), "{whole:?}");
+        assert!(whole.ends_with(char::REPLACEMENT_CHARACTER), "{whole:?}");
+        assert_eq!(streamed, whole);
+    }
+}
