@@ -26,13 +26,7 @@ fn exp_lane<const FMA: bool>(x: f32) -> f32 {
     // ln 2 split in two so that `k * LN2_HI` is exact.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let xc = if x < EXP_LO {
-        EXP_LO
-    } else if x > EXP_HI {
-        EXP_HI
-    } else {
-        x
-    };
+    let xc = x.clamp(EXP_LO, EXP_HI);
     let k = (xc * LOG2E + 0.5).floor();
     let r = fma::<FMA>(k, -LN2_HI, xc);
     let r = fma::<FMA>(k, -LN2_LO, r);
@@ -41,7 +35,7 @@ fn exp_lane<const FMA: bool>(x: f32) -> f32 {
     p = fma::<FMA>(p, r, 8.333_452e-3);
     p = fma::<FMA>(p, r, 4.166_579_6e-2);
     p = fma::<FMA>(p, r, 1.666_666_5e-1);
-    p = fma::<FMA>(p, r, 5.000_000_1e-1);
+    p = fma::<FMA>(p, r, 0.5); // the fitted coefficient 5.0000001e-1 rounds to 0.5 in f32
     let y = fma::<FMA>(p, r * r, r) + 1.0;
     let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
     if x < EXP_LO {
