@@ -1,5 +1,5 @@
 //! Prompt -> input_ids: expansion of each `<image>` into the image-token block, then tokenization
-//! (transformers src/transformers/models/idefics2/processing_idefics2.py, 5.x behaviour; spec §9.2).
+//! (transformers src/transformers/models/idefics2/processing_idefics2.py, 5.x behaviour).
 //!
 //! One image becomes `<fake> <image>×image_seq_len <fake>`, five times when image splitting is on (4 crops + the
 //! whole image); adjacent `<fake><fake>` collapse to one (one non-overlapping pass, like Python's `str.replace`);

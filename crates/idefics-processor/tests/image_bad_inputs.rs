@@ -1,5 +1,6 @@
 //! Every bad image input gives a clear one-line error (never a panic), and edge-size images that the
-//! reference accepts are accepted (user-expectations.md §4, items 1-6, 9-14).
+//! reference accepts are accepted (the inputs that break peer tools: empty or mislabelled data, unsupported
+//! formats, truncated or corrupt files, decompression bombs, 1-3 pixel and extreme-aspect images).
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! The OpenAI chat-completions request, parsed and validated field by field.
 //!
 //! Parsing is by hand from `serde_json::Value` so that every problem names its field, and so that parameters we
-//! do not implement are refused with a 400 instead of being silently ignored (user-expectations §3, item 24):
+//! do not implement are refused with a 400 instead of being silently ignored:
 //! a parameter at its neutral value (`n: 1`, `logprobs: false`, `tools: []`, ...) is accepted, anything else is not.
 
 use serde_json::{Map, Value};

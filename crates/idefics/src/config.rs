@@ -2,7 +2,7 @@
 //!
 //! Both shapes written by transformers are accepted: 4.x (`rope_theta` at the top of `text_config`, `torch_dtype`)
 //! and 5.x (`rope_parameters = {rope_theta, rope_type}`, `dtype`). Missing fields take the class defaults of
-//! transformers (`Idefics2VisionConfig`, `Idefics2PerceiverConfig`, `MistralConfig`), see idefics-spec.md §1.
+//! transformers (`Idefics2VisionConfig`, `Idefics2PerceiverConfig`, `MistralConfig`), as in transformers 5.24.
 
 use crate::error::{Error, Result};
 use crate::nn::Activation;
@@ -197,7 +197,7 @@ impl Idefics2Config {
             Some(_) => parse_text(sub("text_config")?)?,
         };
         // Idefics2Config.__post_init__: the perceiver inherits hidden_size AND rms_norm_eps from the text config
-        // only when the hidden sizes differ (idefics2-8b: equal, so the perceiver keeps eps 1e-6; spec §1.2).
+        // only when the hidden sizes differ (idefics2-8b: equal, so the perceiver keeps eps 1e-6).
         if perceiver_config.hidden_size != text_config.hidden_size {
             perceiver_config.hidden_size = text_config.hidden_size;
             perceiver_config.rms_norm_eps = text_config.rms_norm_eps;
@@ -507,7 +507,7 @@ fn parse_text(v: &Value) -> Result<TextConfig> {
 mod tests {
     use super::*;
 
-    /// The hub config.json of HuggingFaceM4/idefics2-8b (4.x shape), spec §1.5.
+    /// The hub config.json of HuggingFaceM4/idefics2-8b (4.x shape).
     const IDEFICS2_8B: &str = r#"{
       "architectures": ["Idefics2ForConditionalGeneration"], "image_token_id": 32001, "model_type": "idefics2",
       "perceiver_config": {"model_type": "idefics2"},

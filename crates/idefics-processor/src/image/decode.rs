@@ -1,4 +1,4 @@
-//! Image bytes -> upright 8-bit RGB, as transformers' `load_image` produces it (idefics-spec.md §8 step 0):
+//! Image bytes -> upright 8-bit RGB, as transformers' `load_image` produces it:
 //! PIL open -> `ImageOps.exif_transpose` -> plain `convert("RGB")`.
 //!
 //! Pillow's conversion rules matched here: alpha is dropped (not composited over white: `load_image` does

@@ -492,7 +492,7 @@ mod tests {
     #[test]
     fn sizes_match_transformers_examples() {
         // SmolVLM-256M (2048 / 512): 640x480 -> 2048x1536 -> 4x3 tiles; 300x1000 -> 614x2048 -> 1024x2048;
-        // 100x100 -> 2048x2048 (idefics-spec examples, checked against transformers).
+        // 100x100 -> 2048x2048 (checked against transformers 5.24).
         assert_eq!(longest_edge_size(480, 640, 2048), (1536, 2048));
         assert_eq!(vision_encoder_size(1536, 2048, 512), (1536, 2048));
         assert_eq!(grid_for(1536, 2048, 512), TileGrid { rows: 3, cols: 4 });

@@ -1,5 +1,5 @@
 //! `Idefics2ImageProcessor` (PIL path, transformers 4.57 / 5.24 `Idefics2ImageProcessorPil`): RGB images ->
-//! `pixel_values [B, M, 3, H, W]` and `pixel_attention_mask [B, M, H, W]` (idefics-spec.md §8 steps 1-7).
+//! `pixel_values [B, M, 3, H, W]` and `pixel_attention_mask [B, M, H, W]` (transformers' `Idefics2ImageProcessorPil`, steps 1-7).
 //!
 //! Per image: the transparent-colour quirk of `convert_to_rgb` (see transparency.rs), optional split into
 //! 4 crops + the full image (on the *original* pixels), the Idefics2 resize
@@ -589,7 +589,7 @@ mod tests {
 
     #[test]
     fn hub_idefics2_8b_preprocessor_config() {
-        // HuggingFaceM4/idefics2-8b preprocessor_config.json (idefics-spec.md §1.5).
+        // HuggingFaceM4/idefics2-8b preprocessor_config.json on the Hub.
         let json = r#"{
   "do_convert_rgb": true, "do_image_splitting": true, "do_normalize": true, "do_pad": true,
   "do_rescale": true, "do_resize": true, "image_mean": [0.5, 0.5, 0.5],

@@ -6,7 +6,7 @@
 //! `ImagingResample` (src/libImaging/Resample.c) does: separable convolution, **horizontal pass first**
 //! (only if the width changes), then vertical (only if the height changes), each pass rounding and
 //! clipping to u8, with i32 fixed-point coefficients `trunc(w * 2^22 ± 0.5)` and an accumulator that
-//! starts at 2^21 (idefics-spec.md §8.1). Pillow 13 sometimes runs the vertical pass first; reference
+//! starts at 2^21 (Pillow's src/libImaging/Resample.c). Pillow 13 sometimes runs the vertical pass first; reference
 //! data is pinned to Pillow 12.3. NEAREST does not go through `ImagingResample` but through Pillow's
 //! affine "scale" transform (src/libImaging/Geometry.c, `ImagingScaleAffine`), reproduced below.
 

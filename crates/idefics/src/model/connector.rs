@@ -1,4 +1,4 @@
-//! Connector: SwiGLU modality projection, then the perceiver resampler (spec §5).
+//! Connector: SwiGLU modality projection, then the perceiver resampler (transformers' `Idefics2Connector`).
 
 use crate::config::{Idefics2Config, PerceiverConfig};
 use crate::nn::{

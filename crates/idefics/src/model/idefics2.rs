@@ -1,5 +1,5 @@
 //! `Idefics2ForConditionalGeneration`: vision tower + connector + Mistral, with image features scattered into
-//! the `<image>` token positions (spec §3, §6).
+//! the `<image>` token positions (transformers' `Idefics2Model.forward`, `inputs_merger`).
 
 use super::connector::Connector;
 use super::text::{KvCache, TextModel};
@@ -180,7 +180,7 @@ impl Idefics2ForConditionalGeneration {
         KvCache::new(self.text_model.num_layers())
     }
 
-    /// Vision tower + connector for `pixel_values [B, M, C, H, W]` (spec §3 step 2). Padding images (all 0.0)
+    /// Vision tower + connector for `pixel_values [B, M, C, H, W]` (transformers' `Idefics2Model.get_image_features`). Padding images (all 0.0)
     /// are dropped; each remaining image runs at its valid patch size.
     pub fn image_features(
         &self,

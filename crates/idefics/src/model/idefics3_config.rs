@@ -358,7 +358,7 @@ pub fn read_model_type(dir: &Path) -> Result<String> {
 mod tests {
     use super::*;
 
-    /// The SmolVLM-256M-Instruct text and vision sizes (idefics-spec table of hub configs), 4.x layout.
+    /// The SmolVLM-256M-Instruct text and vision sizes (the Hub's config.json), 4.x layout.
     const SMOLVLM_256M: &str = r#"{
       "model_type": "idefics3", "image_token_id": 49190, "scale_factor": 4, "tie_word_embeddings": false,
       "torch_dtype": "bfloat16",

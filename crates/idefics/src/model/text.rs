@@ -1,4 +1,4 @@
-//! Mistral decoder (spec §7): RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, sliding-window causal mask,
+//! Mistral / Llama decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, sliding-window causal mask,
 //! left-padding mask and a KV cache for incremental decoding. The Llama decoder of Idefics3 / SmolVLM is the same
 //! network without the sliding window, with the options of [`DecoderOptions`] (transformers' `LlamaModel`).
 

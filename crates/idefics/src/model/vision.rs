@@ -1,8 +1,8 @@
-//! SigLIP vision tower at native resolution (NaViT-style), spec §4.
+//! SigLIP vision tower at native resolution (NaViT-style), as transformers' `Idefics2VisionTransformer`.
 //!
 //! transformers runs all images of a batch padded to the batch-max size and masks padded patches as keys.
 //! Masked keys get exactly zero attention weight (`exp(finfo.min - max) == 0`), so running each image alone at
-//! its valid size gives the same values for its valid patches (spec §11.6); we do that, grouping images of equal
+//! its valid size gives the same values for its valid patches; we do that, grouping images of equal
 //! valid size into one batch. The output therefore holds valid patches only.
 //!
 //! Idefics3 / SmolVLM feed every patch of the padded grid (padded ones included) to their pixel shuffle, so for
@@ -16,7 +16,7 @@ use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 /// How fractional patch coordinates are bucketed into the position-embedding grid (changed across transformers
-/// versions, spec §4.3).
+/// versions: 5.x clamps, 4.55-4.57 used a ceiling division).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PositionIdRule {
     /// transformers 5.x: `min(f32(h) * f32(1/n), f32(1 - 1e-6))` bucketed against `f32(k/N)`, all in f32.

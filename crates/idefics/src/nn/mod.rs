@@ -1,7 +1,7 @@
 //! Building blocks shared by the vision tower, the connector and the text decoder.
 //!
 //! Every block has a differentiable path made of ordinary candle ops. candle's fused kernels (`rms_norm`,
-//! `layer_norm`, `rope`, `softmax_last_dim`) have no backward pass (rust-stack.md §1.3), so they are used only
+//! `layer_norm`, `rope`, `softmax_last_dim`) have no backward pass in candle 0.11, so they are used only
 //! when [`Kernels`] allows them AND no input takes part in autograd. When an input does, f32 tensors on the CPU
 //! go through [`train_kernels`], fused kernels with their own backward pass.
 

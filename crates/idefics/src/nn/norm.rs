@@ -5,7 +5,7 @@ use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 /// `w * cast_back(x32 * rsqrt(mean(x32^2) + eps))`: statistics in f32, cast back to the activation dtype BEFORE
-/// the weight multiply (transformers' `Idefics2RMSNorm` / `MistralRMSNorm`, spec §5.2).
+/// the weight multiply (transformers' `Idefics2RMSNorm` / `MistralRMSNorm`).
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
