@@ -434,17 +434,9 @@ fn argmax(logits: &Tensor) -> Result<u32> {
     ids.first().copied().context("empty logits")
 }
 
-/// Peak resident set (VmHWM of /proc/self/status) in MiB; the same quantity as Python's `ru_maxrss`.
+/// Peak resident set (VmHWM) in MiB; the same quantity as Python's `ru_maxrss`.
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    idefics::weights::peak_rss_bytes().map_or(0.0, |b| b as f64 / (1024.0 * 1024.0))
 }
 
 fn loadavg() -> Vec<f64> {
