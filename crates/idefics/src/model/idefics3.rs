@@ -331,21 +331,8 @@ impl Idefics3ForConditionalGeneration {
 
     /// One decoding step: appends `tokens` (one per row, all real) and returns the next-token logits `[B, V]`.
     pub fn decode_step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        if cache.is_empty() || tokens.len() != cache.batch_size() {
-            return Err(Error::Input(format!(
-                "decode_step got {} tokens for a cache of batch size {} (prefill first)",
-                tokens.len(),
-                cache.batch_size()
-            )));
-        }
-        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), &self.device)?;
-        self.forward_last(
-            &ModelInputs {
-                input_ids: Some(ids),
-                ..Default::default()
-            },
-            cache,
-        )
+        let inputs = super::step::decode_inputs(tokens, cache, &self.device)?;
+        self.forward_last(&inputs, cache)
     }
 
     /// Final-normed hidden states `[B, L, Dt]` (before the lm head).

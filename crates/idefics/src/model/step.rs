@@ -3,7 +3,7 @@
 use super::idefics2::ModelInputs;
 use super::text::KvCache;
 use crate::error::{Error, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 /// The checked text side of one forward call.
 #[derive(Debug)]
@@ -87,6 +87,22 @@ impl StepInputs {
             past,
         })
     }
+}
+
+/// The inputs of one decoding step: `tokens` (one per row, all real) after a prefill of the same batch.
+pub fn decode_inputs(tokens: &[u32], cache: &KvCache, device: &Device) -> Result<ModelInputs> {
+    if cache.is_empty() || tokens.len() != cache.batch_size() {
+        return Err(Error::Input(format!(
+            "decode_step got {} tokens for a cache of batch size {} (prefill first)",
+            tokens.len(),
+            cache.batch_size()
+        )));
+    }
+    let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), device)?;
+    Ok(ModelInputs {
+        input_ids: Some(ids),
+        ..Default::default()
+    })
 }
 
 /// Replaces the embeddings of `image_token` positions, row-major over the batch, with the feature rows in
