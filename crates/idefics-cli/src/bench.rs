@@ -67,6 +67,8 @@ pub struct BenchArgs {
     /// Result file (default benches/results/<date>-idefics-rs.json).
     #[arg(long)]
     json: Option<PathBuf>,
+    #[command(flatten)]
+    quant: crate::model_source::QuantArgs,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +140,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let opts = LoadOptions {
         device: Device::Cpu,
         use_fused_kernels: true,
+        quant: args.quant.config(),
         ..LoadOptions::default()
     };
     let model = Idefics2ForConditionalGeneration::load(&args.model, &opts)
@@ -164,6 +167,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "settings": {
                 "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
                 "dtype": "float32", "device": "cpu", "use_fused_kernels": true,
+                "quant": args.quant.quant.map(|q| q.name()), "quant_vision": args.quant.quant_vision,
                 "warmup": w, "repeat": n, "image_warmup": vw, "image_repeat": vn,
                 "statistic": "median", "decode_tokens": args.decode_tokens, "skipped": args.skip,
             },
@@ -419,7 +423,7 @@ fn timed(
 }
 
 /// Python's `statistics.median` (mean of the two middle values for an even count); 0 for no values.
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     match n {
@@ -435,11 +439,11 @@ fn argmax(logits: &Tensor) -> Result<u32> {
 }
 
 /// Peak resident set (VmHWM) in MiB; the same quantity as Python's `ru_maxrss`.
-fn peak_rss_mb() -> f64 {
+pub(crate) fn peak_rss_mb() -> f64 {
     idefics::weights::peak_rss_bytes().map_or(0.0, |b| b as f64 / (1024.0 * 1024.0))
 }
 
-fn loadavg() -> Vec<f64> {
+pub(crate) fn loadavg() -> Vec<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| {
             s.split_whitespace()
@@ -450,7 +454,7 @@ fn loadavg() -> Vec<f64> {
         .unwrap_or_default()
 }
 
-fn machine_info() -> Map<String, Value> {
+pub(crate) fn machine_info() -> Map<String, Value> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
@@ -488,7 +492,7 @@ fn machine_info() -> Map<String, Value> {
     m
 }
 
-fn build_profile() -> &'static str {
+pub(crate) fn build_profile() -> &'static str {
     if cfg!(debug_assertions) {
         "dev"
     } else {
@@ -505,7 +509,7 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 }
 
 /// Current UTC time as `YYYY-MM-DDTHH:MM:SS+00:00` (no date crate needed: civil-from-days).
-fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);

@@ -21,6 +21,8 @@ pub struct EvalArgs {
     /// Hub revision (branch, tag or commit) of a Hub model.
     #[arg(long, requires = "model")]
     pub revision: Option<String>,
+    #[command(flatten)]
+    pub quant: crate::model_source::QuantArgs,
     /// Benchmark name (vqav2, textvqa, okvqa, docvqa, chartqa, mmmu, mmbench, ai2d, coco, synth, ...): picks
     /// the official metric (synth: exact match, scored per task family next to its chance level).
     #[arg(long, required_unless_present = "rescore")]
@@ -150,6 +152,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let (dir, hub_commit) = resolve(&model, args.revision.as_deref())?;
     let opts = LoadOptions {
         device: crate::model_source::device()?,
+        quant: args.quant.config(),
         ..LoadOptions::default()
     };
     let pipeline =

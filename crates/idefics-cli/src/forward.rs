@@ -41,6 +41,8 @@ pub struct ForwardArgs {
     /// Device: `cpu` or `cuda:N` (needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub quant: crate::model_source::QuantArgs,
 }
 
 pub fn run(args: ForwardArgs) -> Result<()> {
@@ -70,6 +72,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         dtype,
         position_id_rule: rule,
         use_fused_kernels: true,
+        quant: args.quant.config(),
     };
     let splitting = match (args.split, args.no_split) {
         (true, _) => Some(true),

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod ask;
 mod bench;
+mod bench_quant;
 mod bench_train;
 mod build_cmd;
 mod chat;
@@ -13,6 +14,7 @@ mod eval_cmd;
 mod forward;
 mod malloc;
 mod model_source;
+mod quantize_cmd;
 mod serve_cmd;
 mod train_cmd;
 mod train_eval;
@@ -58,6 +60,10 @@ enum Command {
     BenchTrain(bench_train::BenchTrainArgs),
     /// Merge a peft adapter into its base model and write a full Hugging Face checkpoint.
     Merge(train_cmd::MergeArgs),
+    /// The text decoder in f32 and each quantized type side by side: peak RSS, prefill, decode, KL / top-1 / perplexity.
+    BenchQuant(bench_quant::BenchQuantArgs),
+    /// Quantize a checkpoint (q8_0 / q4k / q6k) once and save it as model.gguf, loadable with --model OUT.
+    Quantize(quantize_cmd::QuantizeArgs),
 }
 
 fn main() {
@@ -80,6 +86,8 @@ fn main() {
         Command::Train(args) => train_cmd::run(args),
         Command::Merge(args) => train_cmd::run_merge(args),
         Command::BenchTrain(args) => bench_train::run(args),
+        Command::Quantize(args) => quantize_cmd::run(args),
+        Command::BenchQuant(args) => bench_quant::run(args),
     };
     if let Err(err) = result {
         // One clear line (with its causes) instead of a panic or a debug dump.

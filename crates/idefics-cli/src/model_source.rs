@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use idefics::hub::{resolve_model, DownloadProgress, HubConfig};
 use idefics::pipeline::Pipeline;
+use idefics::quant::{QuantConfig, QuantType};
 use idefics::LoadOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -35,6 +36,33 @@ pub struct ModelArgs {
     /// Hub revision (branch, tag or commit).
     #[arg(long)]
     pub revision: Option<String>,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+}
+
+/// Quantized loading (CPU): `--quant` and `--quant-vision`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct QuantArgs {
+    /// Quantize the text decoder (linear layers, embeddings, head) while loading: q8_0, q4k or q6k (GGUF block
+    /// formats). Leaves exact parity with transformers; see the README's quantization table for the cost.
+    #[arg(long, value_parser = parse_quant)]
+    pub quant: Option<QuantType>,
+    /// With --quant: quantize the vision tower and connector too (default: they stay f32).
+    #[arg(long, requires = "quant")]
+    pub quant_vision: bool,
+}
+
+fn parse_quant(s: &str) -> std::result::Result<QuantType, String> {
+    s.parse()
+}
+
+impl QuantArgs {
+    pub fn config(&self) -> Option<QuantConfig> {
+        self.quant.map(|weights| QuantConfig {
+            weights,
+            vision: self.quant_vision,
+        })
+    }
 }
 
 impl ModelArgs {
@@ -74,6 +102,7 @@ impl ModelArgs {
         let dir = self.resolve()?;
         let opts = LoadOptions {
             device: device()?,
+            quant: self.quant.config(),
             ..LoadOptions::default()
         };
         Pipeline::load(&dir, &opts).with_context(|| format!("loading {}", dir.display()))

@@ -438,7 +438,7 @@ impl<R: Rng + ?Sized> Converter<'_, R> {
                 return Ok(());
             }
         } else if tuning == Tuning::Full {
-            let w = self.make_var(format!("{path}.weight"), layer.weight())?;
+            let w = self.make_var(format!("{path}.weight"), layer.weight()?)?;
             let b = match layer.bias().cloned() {
                 Some(b) => Some(self.make_var(format!("{path}.bias"), &b)?),
                 None => None,
@@ -446,7 +446,7 @@ impl<R: Rng + ?Sized> Converter<'_, R> {
             layer.set_dense(w, b);
             return Ok(());
         }
-        let base = FrozenLinear::new(layer.weight().detach(), layer.bias().map(|b| b.detach()))?;
+        let base = FrozenLinear::new(layer.weight()?.detach(), layer.bias().map(|b| b.detach()))?;
         let adapted = if self.wants_adapter(path, layer)? {
             let a = match &mut self.adapters {
                 AdapterSource::Fresh(rng) => {

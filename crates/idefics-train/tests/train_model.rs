@@ -78,7 +78,7 @@ struct FrozenWeights(Vec<(String, Tensor)>);
 impl ParamVisitor for FrozenWeights {
     fn linear(&mut self, path: &str, layer: &mut Linear) -> candle_core::Result<()> {
         if idefics_train::adapters::AdapterHook::of(layer).is_some() {
-            self.0.push((path.to_string(), layer.weight().clone()));
+            self.0.push((path.to_string(), layer.weight()?.clone()));
         }
         Ok(())
     }

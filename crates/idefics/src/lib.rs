@@ -12,6 +12,7 @@ pub mod hub;
 pub mod model;
 pub mod nn;
 pub mod pipeline;
+pub mod quant;
 pub mod weights;
 
 pub use config::Idefics2Config;

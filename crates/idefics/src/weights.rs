@@ -162,6 +162,43 @@ impl Checkpoint {
         Ok(t.to_dtype(dtype)?)
     }
 
+    /// Rows `start..start + n` of a 2-D tensor, in f32: one positioned read of just those rows' bytes.
+    pub fn load_rows_f32(&self, name: &str, start: usize, n: usize) -> Result<Vec<f32>> {
+        let entry = self.tensors.get(name).ok_or_else(|| {
+            Error::Weights(format!(
+                "missing tensor {name} (not in any checkpoint file)"
+            ))
+        })?;
+        let (rows, cols) = match entry.shape.as_slice() {
+            [r, c] => (*r, *c),
+            other => {
+                return Err(Error::Weights(format!(
+                    "tensor {name}: {other:?} is not a matrix"
+                )))
+            }
+        };
+        if start + n > rows {
+            return Err(Error::Weights(format!(
+                "tensor {name}: rows {start}..{} of {rows}",
+                start + n
+            )));
+        }
+        let row_bytes = cols * entry.dtype.size_in_bytes();
+        let path = &self.files[entry.file];
+        let mut buf = vec![0u8; n * row_bytes];
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        f.seek(SeekFrom::Start(entry.offset + (start * row_bytes) as u64))
+            .map_err(|e| Error::io(path, e))?;
+        f.read_exact(&mut buf).map_err(|e| {
+            Error::Weights(format!(
+                "tensor {name}: cannot read its data from {}: {e}",
+                path.display()
+            ))
+        })?;
+        let t = Tensor::from_raw_buffer(&buf, entry.dtype, &[n, cols], &Device::Cpu)?;
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
     /// Marks a tensor as consumed by the model (for the unexpected-tensor check).
     pub fn mark_used(&self, name: &str) {
         if let Ok(mut used) = self.used.lock() {
@@ -335,4 +372,203 @@ fn proc_status_kb(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Where a model's weights come from when it loads: the safetensors checkpoint (quantized tensor by tensor as
+/// it is read, when the load options ask for it) or a `model.gguf` saved by `idefics quantize` (see
+/// `crate::quant::store` and `crate::quant::streaming`).
+pub struct ModelWeights {
+    /// Reads the dense tensors (and sets the quantized ones aside for `quant`).
+    pub vb: candle_nn::VarBuilder<'static>,
+    /// Supplies the quantized weights; `None` = a dense model.
+    pub quant: Option<Box<dyn crate::quant::QuantSource>>,
+    /// Whether the vision tower and connector are quantized too.
+    pub quant_vision: bool,
+    /// The quantization asked for or stored.
+    pub quant_config: Option<crate::quant::QuantConfig>,
+    origin: Origin,
+}
+
+enum Origin {
+    Safetensors(std::sync::Arc<Checkpoint>),
+    Gguf(std::sync::Arc<crate::quant::store::GgufStore>),
+}
+
+impl ModelWeights {
+    /// Opens the weights of `dir` for `dtype` on `device`, quantized as `quant` asks. A directory with a saved
+    /// `model.gguf` loads it (its own quantization; asking for a different one is an error).
+    pub fn open(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        quant: Option<crate::quant::QuantConfig>,
+    ) -> Result<Self> {
+        use crate::quant::store::{GgufBackend, GgufStore};
+        use crate::quant::streaming::{PendingQuant, QuantizingBackend, Selection};
+        use crate::quant::InSituQuantizer;
+        use std::sync::{Arc, Mutex};
+        let cpu_only = || Error::Weights("quantized models run on the CPU only".to_string());
+        let pending: crate::quant::streaming::Pending = Default::default();
+        if let Some(store) = GgufStore::open(dir)? {
+            let saved = store.quant_config();
+            if let Some(asked) = quant {
+                if asked != saved {
+                    let vision = |v: bool| if v { " with the vision tower" } else { "" };
+                    return Err(Error::Weights(format!(
+                        "{} holds a model quantized as {}{}; it cannot be loaded as {}{} (quantize the original \
+                         checkpoint instead)",
+                        store.path().display(),
+                        saved.weights,
+                        vision(saved.vision),
+                        asked.weights,
+                        vision(asked.vision),
+                    )));
+                }
+            }
+            if !matches!(device, Device::Cpu) {
+                return Err(cpu_only());
+            }
+            let backend = GgufBackend {
+                store: store.clone(),
+                pending: pending.clone(),
+            };
+            let vb = candle_nn::VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
+            return Ok(Self {
+                vb,
+                quant: Some(Box::new(PendingQuant::new(pending, None))),
+                quant_vision: saved.vision,
+                quant_config: Some(saved),
+                origin: Origin::Gguf(store),
+            });
+        }
+        if quant.is_some() && !matches!(device, Device::Cpu) {
+            return Err(cpu_only());
+        }
+        let ck = Arc::new(Checkpoint::open(dir)?);
+        let dense: Box<dyn SimpleBackend> = Box::new(CheckpointBackend(ck.clone()));
+        let (backend, source): (
+            Box<dyn SimpleBackend>,
+            Option<Box<dyn crate::quant::QuantSource>>,
+        ) = match quant {
+            Some(q) => {
+                let quantizer = Arc::new(Mutex::new(InSituQuantizer::new(q.weights)));
+                let selection = Selection { vision: q.vision };
+                let backend = QuantizingBackend::new(
+                    dense,
+                    ck.clone(),
+                    selection,
+                    quantizer.clone(),
+                    pending.clone(),
+                );
+                (
+                    Box::new(backend),
+                    Some(Box::new(PendingQuant::new(pending, Some(quantizer)))),
+                )
+            }
+            None => (dense, None),
+        };
+        let vb = candle_nn::VarBuilder::from_backend(backend, dtype, device.clone());
+        Ok(Self {
+            vb,
+            quant: source,
+            quant_vision: quant.is_some_and(|q| q.vision),
+            quant_config: quant,
+            origin: Origin::Safetensors(ck),
+        })
+    }
+
+    /// The quantized-weight source for a model build.
+    pub fn source(&mut self) -> Option<&mut dyn crate::quant::QuantSource> {
+        match &mut self.quant {
+            Some(q) => Some(q.as_mut()),
+            None => None,
+        }
+    }
+
+    /// The one-line cause of a failed model build (the backend's first error, which candle would wrap).
+    pub fn explain(&self, e: Error) -> Error {
+        match &self.origin {
+            Origin::Safetensors(ck) => ck.take_error().map(Error::Weights).unwrap_or(e),
+            Origin::Gguf(_) => e,
+        }
+    }
+
+    /// Whether the weights hold tensor `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.origin {
+            Origin::Safetensors(ck) => ck.info(name).is_some(),
+            Origin::Gguf(_) => self.vb.contains_tensor(name),
+        }
+    }
+
+    /// Tensor `name` dense (dequantized if stored quantized), bypassing the quantization of the `VarBuilder`.
+    pub fn read_dense(&self, name: &str, dtype: DType) -> Result<Tensor> {
+        match &self.origin {
+            Origin::Safetensors(ck) => {
+                ck.mark_used(name);
+                ck.load(name, dtype, &Device::Cpu)
+            }
+            Origin::Gguf(store) => Ok(store
+                .read(name)?
+                .dequantize(&Device::Cpu)?
+                .to_dtype(dtype)?),
+        }
+    }
+
+    /// An output head read from `name` outside the model build (Idefics3's tie check): quantized as the
+    /// weights ask (the stored blocks of a `model.gguf`).
+    pub fn separate_head(&self, name: &str, dense: Tensor) -> Result<crate::nn::Linear> {
+        use crate::quant::{InSituQuantizer, QWeight, QuantSource, Role};
+        if let Origin::Gguf(store) = &self.origin {
+            if store.stored_quant_type(name).is_some() {
+                let q = QWeight::from_qtensor(store.read(name)?)?;
+                return Ok(crate::nn::Linear::from_quantized(q, None));
+            }
+            return Ok(crate::nn::Linear::new(dense, None));
+        }
+        if let Some(q) = self.quant_config {
+            if let Some(w) = InSituQuantizer::new(q.weights).quantize(name, &dense, Role::Head)? {
+                return Ok(crate::nn::Linear::from_quantized(w, None));
+            }
+        }
+        Ok(crate::nn::Linear::new(dense, None))
+    }
+
+    /// Counts `name` as used (a tied head stored anyway).
+    pub fn mark_used(&self, name: &str) {
+        if let Origin::Safetensors(ck) = &self.origin {
+            ck.mark_used(name)
+        }
+    }
+
+    /// Fails when a stored tensor was not used by the model (`family` names the expected architecture), or
+    /// when a quantized weight was prepared for a layer that never took it.
+    pub fn check_all_used(&self, family: &str) -> Result<()> {
+        if let Some(name) = self
+            .quant
+            .as_ref()
+            .and_then(|q| q.unclaimed().into_iter().next())
+        {
+            return Err(Error::Weights(format!(
+                "tensor {name} was quantized but no layer of the model took it"
+            )));
+        }
+        let (unused, file) = match &self.origin {
+            Origin::Safetensors(ck) => (ck.unused(), "checkpoint"),
+            Origin::Gguf(store) => (store.unused(), "model.gguf"),
+        };
+        match unused.first() {
+            Some(first) => Err(Error::Weights(format!(
+                "unexpected tensor {first} in the {file} ({} unexpected in all); is this an {family} checkpoint \
+                 matching config.json?",
+                unused.len()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// What was quantized (None for a dense model).
+    pub fn quant_report(&self) -> Option<crate::quant::QuantReport> {
+        self.quant.as_ref().map(|q| q.report())
+    }
 }

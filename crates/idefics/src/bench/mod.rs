@@ -3,6 +3,7 @@
 //! the bound that applies (arithmetic for the vision tower and prefill, bandwidth for decoding).
 
 pub mod machine;
+pub mod quant;
 pub mod work;
 
 pub use machine::{probe_bandwidth, probe_peak_flops, BandwidthProbe, PeakFlopsProbe};

@@ -191,6 +191,39 @@ impl VlmModel {
             Self::Idefics3(m) => m.set_use_fused_kernels(fused),
         }
     }
+
+    /// What was quantized at load (`None`: a dense model).
+    pub fn quant_report(&self) -> Option<&crate::quant::QuantReport> {
+        match self {
+            Self::Idefics2(m) => m.quant_report(),
+            Self::Idefics3(m) => m.quant_report(),
+        }
+    }
+
+    /// Whether the output head is the embedding matrix.
+    pub fn is_tied(&self) -> bool {
+        match self {
+            Self::Idefics2(m) => m.config().tie_word_embeddings,
+            Self::Idefics3(m) => m.is_tied(),
+        }
+    }
+
+    /// Saves this quantized model (loaded from `src_dir` with `quant`) as `out_dir/model.gguf` plus the
+    /// directory's config, tokenizer and processor files, so that loading `out_dir` skips quantization.
+    pub fn save_quantized(
+        &mut self,
+        quant: crate::quant::QuantConfig,
+        src_dir: &Path,
+        out_dir: &Path,
+    ) -> Result<()> {
+        if self.quant_report().is_none() {
+            return Err(Error::Weights(
+                "save_quantized: the model was loaded without quantization".to_string(),
+            ));
+        }
+        let tied = self.is_tied();
+        crate::quant::store::save(self, quant, tied, src_dir, out_dir)
+    }
 }
 
 impl From<Idefics2ForConditionalGeneration> for VlmModel {

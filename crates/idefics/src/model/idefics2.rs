@@ -7,11 +7,13 @@ use super::vision::{patch_valid_mask, PositionIdRule, VisionTransformer};
 use crate::config::Idefics2Config;
 use crate::error::{Error, Result};
 use crate::nn::{join_path, Kernels, Linear, ParamVisitor, VisitParams};
-use crate::weights::{Checkpoint, CheckpointBackend};
+use crate::quant::{
+    quantize_block, quantize_head, reborrow, InSituQuantizer, QuantConfig, QuantReport, QuantSource,
+};
+use crate::weights::ModelWeights;
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::VarBuilder;
 use std::path::Path;
-use std::sync::Arc;
 
 /// How to load a checkpoint.
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ pub struct LoadOptions {
     pub position_id_rule: PositionIdRule,
     /// Allow candle's fused forward-only kernels (never used where a gradient is needed).
     pub use_fused_kernels: bool,
+    /// Quantize the text decoder (and optionally the vision side) while loading; CPU only.
+    pub quant: Option<QuantConfig>,
 }
 
 impl Default for LoadOptions {
@@ -32,6 +36,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             position_id_rule: PositionIdRule::Hf5,
             use_fused_kernels: true,
+            quant: None,
         }
     }
 }
@@ -81,53 +86,76 @@ pub struct Idefics2ForConditionalGeneration {
     position_id_rule: PositionIdRule,
     dtype: DType,
     device: Device,
+    quant_report: Option<QuantReport>,
 }
 
 impl Idefics2ForConditionalGeneration {
-    /// Loads `dir/config.json` and the safetensors weights of `dir`. Fails on missing, unexpected or mis-shaped
-    /// tensors with one line naming the tensor and file.
+    /// Loads `dir/config.json` and the safetensors weights of `dir` (or its saved quantized `model.gguf`).
+    /// Fails on missing, unexpected or mis-shaped tensors with one line naming the tensor and file.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let config = Idefics2Config::from_file(&dir.join("config.json"))?;
-        let ck = Arc::new(Checkpoint::open(dir)?);
-        let vb = VarBuilder::from_backend(
-            Box::new(CheckpointBackend(ck.clone())),
-            opts.dtype,
-            opts.device.clone(),
-        );
-        let model = match Self::new(&config, vb, opts) {
-            Ok(m) => m,
-            Err(e) => return Err(ck.take_error().map(Error::Weights).unwrap_or(e)),
-        };
+        let mut weights = ModelWeights::open(dir, opts.dtype, &opts.device, opts.quant)?;
+        let vb = weights.vb.clone();
+        let quant_vision = weights.quant_vision;
+        let mut model = Self::build(&config, vb, opts, weights.source(), quant_vision)
+            .map_err(|e| weights.explain(e))?;
         if config.tie_word_embeddings {
             // The tied head may also be stored; it is the embedding matrix either way.
-            ck.mark_used("lm_head.weight");
+            weights.mark_used("lm_head.weight");
         }
-        let unused = ck.unused();
-        if let Some(first) = unused.first() {
-            return Err(Error::Weights(format!(
-                "unexpected tensor {first} in the checkpoint ({} unexpected in all); is this an Idefics2 \
-                 checkpoint matching config.json?",
-                unused.len()
-            )));
+        weights.check_all_used("Idefics2")?;
+        model.quant_report = weights.quant_report();
+        if let Some(report) = &model.quant_report {
+            tracing::info!("quantized: {}", report.summary());
         }
         tracing::info!(dir = %dir.display(), dtype = ?opts.dtype, "loaded Idefics2 checkpoint");
         Ok(model)
     }
 
-    /// Builds the model from any `VarBuilder` (checkpoint, `VarMap` for training, ...).
+    /// Builds the model from any `VarBuilder` (checkpoint, `VarMap` for training, ...), quantized in place as
+    /// `opts.quant` asks.
     pub fn new(config: &Idefics2Config, vb: VarBuilder, opts: &LoadOptions) -> Result<Self> {
+        let mut quantizer = opts.quant.map(|q| InSituQuantizer::new(q.weights));
+        let vision = opts.quant.is_some_and(|q| q.vision);
+        let source = quantizer.as_mut().map(|q| q as &mut dyn QuantSource);
+        let mut model = Self::build(config, vb, opts, source, vision)?;
+        model.quant_report = quantizer.map(|q| q.report);
+        Ok(model)
+    }
+
+    fn build(
+        config: &Idefics2Config,
+        vb: VarBuilder,
+        opts: &LoadOptions,
+        mut quant: Option<&mut dyn QuantSource>,
+        quant_vision: bool,
+    ) -> Result<Self> {
         config.validate()?;
         let kernels = Kernels::new(opts.use_fused_kernels);
         let m = vb.pp("model");
-        let vision_model =
+        let mut vision_model =
             VisionTransformer::load(&config.vision_config, m.pp("vision_model"), &kernels)?;
-        let connector = Connector::load(config, m.pp("connector"), &kernels)?;
-        let text_model = TextModel::load(&config.text_config, m.pp("text_model"), &kernels)?;
+        let mut connector = Connector::load(config, m.pp("connector"), &kernels)?;
+        if let (true, Some(source)) = (quant_vision, reborrow(&mut quant)) {
+            quantize_block(&mut vision_model, "model.vision_model", source)?;
+            quantize_block(&mut connector, "model.connector", source)?;
+        }
+        let text_model = TextModel::load_quantized(
+            &config.text_config,
+            m.pp("text_model"),
+            &kernels,
+            &Default::default(),
+            reborrow(&mut quant),
+        )?;
         let t = &config.text_config;
         let lm_head = if config.tie_word_embeddings {
-            Linear::new(text_model.embed_tokens().clone(), None)
+            text_model.tied_head()
         } else {
-            Linear::load(vb.pp("lm_head"), t.hidden_size, t.vocab_size, false)?
+            let mut head = Linear::load(vb.pp("lm_head"), t.hidden_size, t.vocab_size, false)?;
+            if let Some(source) = quant {
+                quantize_head(&mut head, "lm_head.weight", source)?;
+            }
+            head
         };
         Ok(Self {
             config: config.clone(),
@@ -139,7 +167,13 @@ impl Idefics2ForConditionalGeneration {
             position_id_rule: opts.position_id_rule,
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            quant_report: None,
         })
+    }
+
+    /// What was quantized at load (`None`: a dense model).
+    pub fn quant_report(&self) -> Option<&QuantReport> {
+        self.quant_report.as_ref()
     }
 
     pub fn config(&self) -> &Idefics2Config {
@@ -421,7 +455,7 @@ impl VisitParams for Idefics2ForConditionalGeneration {
         self.text_model
             .visit_params(&join_path(&m, "text_model"), v)?;
         if self.config.tie_word_embeddings {
-            self.lm_head = Linear::new(self.text_model.embed_tokens().clone(), None);
+            self.lm_head = self.text_model.tied_head();
         }
         v.linear(&join_path(prefix, "lm_head"), &mut self.lm_head)
     }

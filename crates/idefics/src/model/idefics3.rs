@@ -13,11 +13,13 @@ use super::text::{KvCache, TextModel};
 use super::vision::{patch_valid_mask_with, PatchRule, PositionIdRule, VisionTransformer};
 use crate::error::{Error, Result};
 use crate::nn::{join_path, Kernels, Linear, ParamVisitor, VisitParams};
-use crate::weights::{Checkpoint, CheckpointBackend};
+use crate::quant::{
+    quantize_block, quantize_head, reborrow, InSituQuantizer, QuantReport, QuantSource,
+};
+use crate::weights::ModelWeights;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use std::path::Path;
-use std::sync::Arc;
 
 /// Images run through the tower together at most this many at a time (bounds the attention scores' memory:
 /// a SmolVLM-256M tile has 1024 patches).
@@ -51,32 +53,35 @@ pub struct Idefics3ForConditionalGeneration {
     position_id_rule: PositionIdRule,
     dtype: DType,
     device: Device,
+    quant_report: Option<QuantReport>,
 }
 
 impl Idefics3ForConditionalGeneration {
-    /// Loads `dir/config.json` and the safetensors weights of `dir`. Fails on missing, unexpected or mis-shaped
-    /// tensors with one line naming the tensor and file.
+    /// Loads `dir/config.json` and the safetensors weights of `dir` (or its saved quantized `model.gguf`).
+    /// Fails on missing, unexpected or mis-shaped tensors with one line naming the tensor and file.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let config = Idefics3Config::from_file(&dir.join("config.json"))?;
-        let ck = Arc::new(Checkpoint::open(dir)?);
-        let vb = VarBuilder::from_backend(
-            Box::new(CheckpointBackend(ck.clone())),
-            opts.dtype,
-            opts.device.clone(),
-        );
-        let mut model = match Self::new(&config, vb.clone(), opts) {
-            Ok(m) => m,
-            Err(e) => return Err(ck.take_error().map(Error::Weights).unwrap_or(e)),
-        };
-        if config.tie_word_embeddings && ck.info("lm_head.weight").is_some() {
+        let mut weights = ModelWeights::open(dir, opts.dtype, &opts.device, opts.quant)?;
+        let vb = weights.vb.clone();
+        let quant_vision = weights.quant_vision;
+        let mut model = Self::build(&config, vb.clone(), opts, weights.source(), quant_vision)
+            .map_err(|e| weights.explain(e))?;
+        if config.tie_word_embeddings && weights.contains("lm_head.weight") {
             // transformers ties only when a stored head equals the embeddings; a different stored head is used
             // as is (`PreTrainedModel.tie_weights` warns and leaves it untied).
             let t = &config.text_config;
-            let head = Linear::load(vb.pp("lm_head"), t.hidden_size, t.vocab_size, false)
-                .map_err(|e| ck.take_error().map(Error::Weights).unwrap_or(e.into()))?;
+            let head = weights.read_dense("lm_head.weight", vb.dtype())?;
+            let embed = weights.read_dense("model.text_model.embed_tokens.weight", vb.dtype())?;
+            if head.dims() != [t.vocab_size, t.hidden_size] {
+                return Err(Error::Weights(format!(
+                    "lm_head.weight has shape {:?}, the config expects [{}, {}]",
+                    head.dims(),
+                    t.vocab_size,
+                    t.hidden_size
+                )));
+            }
             let same = head
-                .weight()
-                .eq(model.text_model.embed_tokens())?
+                .eq(&embed)?
                 .to_dtype(DType::F32)?
                 .flatten_all()?
                 .min(0)?
@@ -86,48 +91,69 @@ impl Idefics3ForConditionalGeneration {
                 tracing::warn!(
                     "tie_word_embeddings is true but lm_head.weight differs from the embeddings: not tied"
                 );
-                model.lm_head = head;
+                model.lm_head = weights.separate_head("lm_head.weight", head)?;
                 model.tied = false;
             }
         }
-        let unused = ck.unused();
-        if let Some(first) = unused.first() {
-            return Err(Error::Weights(format!(
-                "unexpected tensor {first} in the checkpoint ({} unexpected in all); is this an {} checkpoint \
-                 matching config.json?",
-                unused.len(),
-                config.model_type.model_type()
-            )));
+        weights.check_all_used(config.model_type.model_type())?;
+        model.quant_report = weights.quant_report();
+        if let Some(report) = &model.quant_report {
+            tracing::info!("quantized: {}", report.summary());
         }
         tracing::info!(dir = %dir.display(), dtype = ?opts.dtype, family = config.model_type.model_type(),
             "loaded checkpoint");
         Ok(model)
     }
 
-    /// Builds the model from any `VarBuilder` (checkpoint, `VarMap` for training, ...).
+    /// Builds the model from any `VarBuilder` (checkpoint, `VarMap` for training, ...), quantized in place as
+    /// `opts.quant` asks.
     pub fn new(config: &Idefics3Config, vb: VarBuilder, opts: &LoadOptions) -> Result<Self> {
+        let mut quantizer = opts.quant.map(|q| InSituQuantizer::new(q.weights));
+        let vision = opts.quant.is_some_and(|q| q.vision);
+        let source = quantizer.as_mut().map(|q| q as &mut dyn QuantSource);
+        let mut model = Self::build(config, vb, opts, source, vision)?;
+        model.quant_report = quantizer.map(|q| q.report);
+        Ok(model)
+    }
+
+    fn build(
+        config: &Idefics3Config,
+        vb: VarBuilder,
+        opts: &LoadOptions,
+        mut quant: Option<&mut dyn QuantSource>,
+        quant_vision: bool,
+    ) -> Result<Self> {
         config.validate()?;
         let kernels = Kernels::new(opts.use_fused_kernels);
         let m = vb.pp("model");
-        let vision_model =
+        let mut vision_model =
             VisionTransformer::load(&config.vision_config, m.pp("vision_model"), &kernels)?;
-        let connector = PixelShuffleConnector::load(
+        let mut connector = PixelShuffleConnector::load(
             m.pp("connector"),
             config.vision_config.hidden_size,
             config.text_config.hidden_size,
             config.scale_factor,
         )?;
-        let text_model = TextModel::load_with(
+        if let (true, Some(source)) = (quant_vision, reborrow(&mut quant)) {
+            quantize_block(&mut vision_model, "model.vision_model", source)?;
+            quantize_block(&mut connector, "model.connector", source)?;
+        }
+        let text_model = TextModel::load_quantized(
             &config.text_config,
             m.pp("text_model"),
             &kernels,
             &config.decoder,
+            reborrow(&mut quant),
         )?;
         let t = &config.text_config;
         let lm_head = if config.tie_word_embeddings {
-            Linear::new(text_model.embed_tokens().clone(), None)
+            text_model.tied_head()
         } else {
-            Linear::load(vb.pp("lm_head"), t.hidden_size, t.vocab_size, false)?
+            let mut head = Linear::load(vb.pp("lm_head"), t.hidden_size, t.vocab_size, false)?;
+            if let Some(source) = quant {
+                quantize_head(&mut head, "lm_head.weight", source)?;
+            }
+            head
         };
         Ok(Self {
             config: config.clone(),
@@ -140,7 +166,13 @@ impl Idefics3ForConditionalGeneration {
             position_id_rule: opts.position_id_rule,
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            quant_report: None,
         })
+    }
+
+    /// What was quantized at load (`None`: a dense model).
+    pub fn quant_report(&self) -> Option<&QuantReport> {
+        self.quant_report.as_ref()
     }
 
     pub fn config(&self) -> &Idefics3Config {
@@ -412,7 +444,7 @@ impl VisitParams for Idefics3ForConditionalGeneration {
         self.text_model
             .visit_params(&join_path(&m, "text_model"), v)?;
         if self.tied {
-            self.lm_head = Linear::new(self.text_model.embed_tokens().clone(), None);
+            self.lm_head = self.text_model.tied_head();
         }
         v.linear(&join_path(prefix, "lm_head"), &mut self.lm_head)
     }

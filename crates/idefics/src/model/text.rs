@@ -5,9 +5,10 @@
 use crate::config::TextConfig;
 use crate::nn::rope::RopeTables;
 use crate::nn::{
-    attention, join_path, mask_min_value, GatedMlp, Kernels, Linear, ParamVisitor, RmsNorm,
-    RopeScaling, RotaryEmbedding, VisitParams,
+    attention, join_path, mask_min_value, Embedding, GatedMlp, Kernels, Linear, ParamVisitor,
+    RmsNorm, RopeScaling, RotaryEmbedding, VisitParams,
 };
+use crate::quant::{reborrow, QuantSource, QuantizeLinears, Role};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -292,11 +293,13 @@ impl DecoderLayer {
 /// `MistralModel`: token embeddings, decoder layers, final norm (no lm head).
 #[derive(Debug, Clone)]
 pub struct TextModel {
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     rotary: RotaryEmbedding,
     sliding_window: Option<usize>,
+    /// Activation dtype (a quantized embedding dequantizes into it).
+    dtype: DType,
 }
 
 impl TextModel {
@@ -311,13 +314,40 @@ impl TextModel {
         kernels: &Kernels,
         opts: &DecoderOptions,
     ) -> Result<Self> {
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load_with(cfg, vb.pp("layers").pp(i), kernels, opts))
-            .collect::<Result<Vec<_>>>()?;
+        Self::load_quantized(cfg, vb, kernels, opts, None)
+    }
+
+    /// As [`Self::load_with`]; with `quant`, every layer is quantized right after it is read (its f32 tensors
+    /// are dropped before the next layer loads), and so are the token embeddings.
+    pub fn load_quantized(
+        cfg: &TextConfig,
+        vb: VarBuilder,
+        kernels: &Kernels,
+        opts: &DecoderOptions,
+        mut quant: Option<&mut dyn QuantSource>,
+    ) -> Result<Self> {
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let mut layer = DecoderLayer::load_with(cfg, vb.pp("layers").pp(i), kernels, opts)?;
+            if let Some(source) = reborrow(&mut quant) {
+                let path = join_path(&vb.prefix(), &format!("layers.{i}"));
+                layer.visit_params(&path, &mut QuantizeLinears { source })?;
+            }
+            layers.push(layer);
+        }
+        let table = vb
+            .pp("embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let name = join_path(&vb.prefix(), "embed_tokens.weight");
+        let embed_tokens = match quant {
+            Some(source) => match source.quantize(&name, &table, Role::Embedding)? {
+                Some(q) => Embedding::Quantized(q),
+                None => Embedding::Dense(table),
+            },
+            None => Embedding::Dense(table),
+        };
         Ok(Self {
-            embed_tokens: vb
-                .pp("embed_tokens")
-                .get((cfg.vocab_size, cfg.hidden_size), "weight")?,
+            embed_tokens,
             layers,
             norm: RmsNorm::load(vb.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps, kernels)?,
             rotary: RotaryEmbedding::with_scaling(
@@ -328,6 +358,7 @@ impl TextModel {
                 kernels,
             )?,
             sliding_window: cfg.sliding_window,
+            dtype: vb.dtype(),
         })
     }
 
@@ -335,18 +366,23 @@ impl TextModel {
         self.layers.len()
     }
 
-    /// The token embedding matrix `[V, D]` (an untied lm head is separate).
-    pub fn embed_tokens(&self) -> &Tensor {
+    /// The token embeddings `[V, D]` (an untied lm head is separate).
+    pub fn embed_tokens(&self) -> &Embedding {
         &self.embed_tokens
+    }
+
+    /// An output head tied to the embeddings (sharing the matrix, quantized or not).
+    pub fn tied_head(&self) -> Linear {
+        match &self.embed_tokens {
+            Embedding::Dense(t) => Linear::new(t.clone(), None),
+            Embedding::Quantized(q) => Linear::from_quantized(q.clone(), None),
+        }
     }
 
     /// `ids [B, L]` (u32) -> `[B, L, D]`.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, l) = ids.dims2()?;
-        let d = self.embed_tokens.dim(1)?;
-        self.embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, l, d))
+        ids.dims2()?;
+        self.embed_tokens.forward(ids, self.dtype)
     }
 
     /// Rope tables and mask for `new_mask` (one row per sample, 1 = real token) appended after the cache.
@@ -472,10 +508,11 @@ impl VisitParams for DecoderLayer {
 
 impl VisitParams for TextModel {
     fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
-        v.tensor(
-            &join_path(prefix, "embed_tokens.weight"),
-            &mut self.embed_tokens,
-        )?;
+        let name = join_path(prefix, "embed_tokens.weight");
+        match &mut self.embed_tokens {
+            Embedding::Dense(table) => v.tensor(&name, table)?,
+            Embedding::Quantized(q) => v.quantized(&name, q)?,
+        }
         for (i, layer) in self.layers.iter_mut().enumerate() {
             layer.visit_params(&join_path(prefix, &format!("layers.{i}")), v)?;
         }

@@ -2,8 +2,10 @@
 //!
 //! At inference a layer is plain tensors. Training (the `idefics-train` crate) plugs in what a component needs
 //! through [`LinearHook`]: a frozen op that gives no weight gradient, or a LoRA / DoRA adapter over it; full
-//! fine-tuning just swaps the tensors for trainable ones ([`Linear::set_dense`]).
+//! fine-tuning just swaps the tensors for trainable ones ([`Linear::set_dense`]). Quantized inference swaps the
+//! weight for its GGUF-block form ([`Linear::set_quantized`], see `crate::quant`).
 
+use crate::quant::QWeight;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use std::any::Any;
@@ -33,6 +35,11 @@ enum Kind {
     },
     /// A forward plugged in from outside (see [`LinearHook`]).
     Hooked(Arc<dyn LinearHook>),
+    /// A quantized weight (inference only: no gradient flows through it).
+    Quantized {
+        weight: QWeight,
+        bias: Option<Tensor>,
+    },
 }
 
 /// A PyTorch `nn.Linear`.
@@ -73,17 +80,49 @@ impl Linear {
         self.stored_shape.as_deref()
     }
 
-    /// The (base) weight `[out, in]`: without the adapter's update.
-    pub fn weight(&self) -> &Tensor {
+    /// The (base) weight `[out, in]`: without the adapter's update. A quantized layer has no dense weight
+    /// (see [`Self::quantized`] and [`Self::merged_weight_f32`]).
+    pub fn weight(&self) -> Result<&Tensor> {
         match &self.kind {
-            Kind::Dense { weight, .. } => weight,
-            Kind::Hooked(hook) => hook.weight(),
+            Kind::Dense { weight, .. } => Ok(weight),
+            Kind::Hooked(hook) => Ok(hook.weight()),
+            Kind::Quantized { weight, .. } => candle_core::bail!(
+                "this [{}, {}] layer is quantized ({}): it has no dense weight",
+                weight.out_dim(),
+                weight.in_dim(),
+                weight.quant_type()
+            ),
+        }
+    }
+
+    /// The plain weight when the layer is dense (not hooked, not quantized).
+    pub fn dense_weight(&self) -> Option<&Tensor> {
+        match &self.kind {
+            Kind::Dense { weight, .. } => Some(weight),
+            Kind::Hooked(_) | Kind::Quantized { .. } => None,
+        }
+    }
+
+    /// The quantized weight, when the layer is quantized.
+    pub fn quantized(&self) -> Option<&QWeight> {
+        match &self.kind {
+            Kind::Quantized { weight, .. } => Some(weight),
+            Kind::Dense { .. } | Kind::Hooked(_) => None,
+        }
+    }
+
+    /// Output features.
+    pub fn out_dim(&self) -> Result<usize> {
+        match &self.kind {
+            Kind::Dense { weight, .. } => weight.dim(0),
+            Kind::Hooked(hook) => hook.weight().dim(0),
+            Kind::Quantized { weight, .. } => Ok(weight.out_dim()),
         }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
         match &self.kind {
-            Kind::Dense { bias, .. } => bias.as_ref(),
+            Kind::Dense { bias, .. } | Kind::Quantized { bias, .. } => bias.as_ref(),
             Kind::Hooked(hook) => hook.bias(),
         }
     }
@@ -92,7 +131,21 @@ impl Linear {
     pub fn hook(&self) -> Option<&dyn LinearHook> {
         match &self.kind {
             Kind::Hooked(hook) => Some(hook.as_ref()),
-            Kind::Dense { .. } => None,
+            Kind::Dense { .. } | Kind::Quantized { .. } => None,
+        }
+    }
+
+    /// Replaces the weight by its quantized form `weight` (same `[out, in]`); the bias stays.
+    pub fn set_quantized(&mut self, weight: QWeight) {
+        let bias = self.bias().cloned();
+        self.kind = Kind::Quantized { weight, bias };
+    }
+
+    /// A layer over a quantized weight (e.g. a head tied to quantized embeddings).
+    pub fn from_quantized(weight: QWeight, bias: Option<Tensor>) -> Self {
+        Self {
+            kind: Kind::Quantized { weight, bias },
+            stored_shape: None,
         }
     }
 
@@ -111,6 +164,7 @@ impl Linear {
         match &self.kind {
             Kind::Dense { weight, .. } => weight.detach().to_dtype(candle_core::DType::F32),
             Kind::Hooked(hook) => hook.merged_weight_f32(),
+            Kind::Quantized { weight, .. } => weight.dequantize(),
         }
     }
 
@@ -119,6 +173,9 @@ impl Linear {
         let (weight, bias) = match &self.kind {
             Kind::Dense { weight, bias } => (weight, bias),
             Kind::Hooked(hook) => return hook.forward(xs),
+            Kind::Quantized { weight, bias } => {
+                return quantized_forward(weight, bias.as_ref(), xs)
+            }
         };
         let dims = xs.dims().to_vec();
         let (lead, in_dim) = match dims.split_last() {
@@ -140,4 +197,23 @@ impl Linear {
         out_dims.push(weight.dim(0)?);
         y.reshape(out_dims)
     }
+}
+
+/// `[.., in] -> [.., out]` through a quantized weight, in the input's dtype.
+fn quantized_forward(weight: &QWeight, bias: Option<&Tensor>, xs: &Tensor) -> Result<Tensor> {
+    let dims = xs.dims().to_vec();
+    let Some((&in_dim, lead)) = dims.split_last() else {
+        candle_core::bail!("linear: input must have at least one dimension")
+    };
+    let rows: usize = lead.iter().product();
+    let y = weight
+        .matmul_t(&xs.reshape((rows, in_dim))?)?
+        .to_dtype(xs.dtype())?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
+        None => y,
+    };
+    let mut out_dims = lead.to_vec();
+    out_dims.push(weight.out_dim());
+    y.reshape(out_dims)
 }

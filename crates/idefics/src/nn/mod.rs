@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod attention;
 pub mod cpu_kernels;
+pub mod embedding;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
@@ -17,6 +18,7 @@ pub mod train_kernels;
 
 pub use activation::Activation;
 pub use attention::{attention, eager_attention, mask_min_value};
+pub use embedding::Embedding;
 pub use linear::{Linear, LinearHook};
 pub use mlp::GatedMlp;
 pub use norm::{LayerNorm, RmsNorm};

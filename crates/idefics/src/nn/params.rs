@@ -6,6 +6,7 @@
 //! export uses it to write the weights back under the names transformers expects.
 
 use super::Linear;
+use crate::quant::QWeight;
 use candle_core::{Result, Tensor};
 
 /// Receives the parameters of a model, one at a time, and may replace them.
@@ -14,6 +15,11 @@ pub trait ParamVisitor {
     fn linear(&mut self, path: &str, layer: &mut Linear) -> Result<()>;
     /// Any other parameter tensor under its checkpoint name.
     fn tensor(&mut self, name: &str, tensor: &mut Tensor) -> Result<()>;
+    /// A quantized parameter that is not a linear layer's (quantized token embeddings) under its checkpoint
+    /// name. Inference only; the default skips it.
+    fn quantized(&mut self, _name: &str, _weight: &QWeight) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A block whose parameters can be walked.

@@ -1,0 +1,241 @@
+//! A quantized `[out, in]` weight and the two products inference needs from it: `x W^T` and row lookup.
+//!
+//! Storage is candle's [`QTensor`] (GGUF block layouts), so a weight can be written to and read from GGUF as it
+//! is. The product does not go through candle's `QMatMul`: on x86 with AVX-512 VNNI that op builds a second,
+//! repacked copy of every weight on first use and keeps both, which doubles the memory quantization is for.
+//! Instead:
+//! - few rows (decode): candle's `k_quants::matmul` on the blocks as stored (the activation quantized to the
+//!   block type's dot-product partner, AVX2 dot products picked at run time, rows split over candle's threads);
+//!   memory-bound, so its speed follows the bytes per weight;
+//! - many rows (prefill, images): the weight is dequantized to f32 once per call and multiplied with the f32
+//!   GEMM, which is compute-bound and as fast as the dense layer; the dequantized copy lives for one product.
+
+use super::QuantType;
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Result, Tensor};
+use std::sync::Arc;
+
+/// From this many rows on, a product dequantizes and uses the f32 GEMM (see the module docs).
+pub const GEMM_MIN_ROWS: usize = 16;
+
+/// A quantized `[out, in]` weight (shared: a tied head and the embedding use one copy).
+#[derive(Debug, Clone)]
+pub struct QWeight {
+    tensor: Arc<QTensor>,
+    out_dim: usize,
+    in_dim: usize,
+}
+
+impl QWeight {
+    /// Quantizes `weight [out, in]` (any float dtype, on the CPU) to `ty`. `in` must be a multiple of the type's
+    /// block size ([`QuantType::fits`]).
+    pub fn quantize(weight: &Tensor, ty: QuantType) -> Result<Self> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        Self::quantize_rows(out_dim, in_dim, ty, |start, n| {
+            weight
+                .narrow(0, start, n)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()
+        })
+    }
+
+    /// Quantizes an `[out, in]` weight whose rows `read(start, n)` returns in f32 (`n * in` values), a few MB at
+    /// a time, so that the whole weight is never held in f32.
+    pub fn quantize_rows(
+        out_dim: usize,
+        in_dim: usize,
+        ty: QuantType,
+        read: impl FnMut(usize, usize) -> Result<Vec<f32>>,
+    ) -> Result<Self> {
+        if !ty.fits(in_dim) {
+            candle_core::bail!(
+                "cannot quantize a [{out_dim}, {in_dim}] weight to {ty}: rows of {in_dim} are not a multiple of \
+                 its block of {}",
+                ty.block_size()
+            );
+        }
+        let q = match ty {
+            QuantType::Q8_0 => quantize_blocks::<BlockQ8_0>(out_dim, in_dim, read)?,
+            QuantType::Q4K => quantize_blocks::<BlockQ4K>(out_dim, in_dim, read)?,
+            QuantType::Q6K => quantize_blocks::<BlockQ6K>(out_dim, in_dim, read)?,
+        };
+        Self::from_qtensor(q)
+    }
+
+    /// Wraps a stored quantized tensor (from a GGUF file); it must be 2-D and of a supported type.
+    pub fn from_qtensor(tensor: QTensor) -> Result<Self> {
+        let (out_dim, in_dim) = tensor.shape().dims2()?;
+        if QuantType::from_ggml(tensor.dtype()).is_none() {
+            candle_core::bail!(
+                "quantized weight of type {:?} is not supported (q8_0, q4k, q6k)",
+                tensor.dtype()
+            );
+        }
+        if !matches!(tensor.device(), Device::Cpu) {
+            candle_core::bail!("quantized weights are supported on the CPU only");
+        }
+        Ok(Self {
+            tensor: Arc::new(tensor),
+            out_dim,
+            in_dim,
+        })
+    }
+
+    pub fn qtensor(&self) -> &QTensor {
+        &self.tensor
+    }
+
+    pub fn quant_type(&self) -> QuantType {
+        QuantType::from_ggml(self.tensor.dtype()).expect("checked at construction")
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    /// Bytes of the stored blocks.
+    pub fn size_in_bytes(&self) -> usize {
+        self.tensor.storage_size_in_bytes()
+    }
+
+    /// The weight in f32, `[out, in]`.
+    pub fn dequantize(&self) -> Result<Tensor> {
+        self.tensor.dequantize(&Device::Cpu)
+    }
+
+    /// `x [rows, in] -> [rows, out]` (f32).
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, in_dim) = x.dims2()?;
+        if in_dim != self.in_dim {
+            candle_core::bail!(
+                "quantized linear: input has {in_dim} features, the weight expects {}",
+                self.in_dim
+            );
+        }
+        if rows >= GEMM_MIN_ROWS {
+            let w = self.dequantize()?;
+            return x.to_dtype(DType::F32)?.matmul(&w.t()?);
+        }
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let lhs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut dst = vec![0f32; rows * self.out_dim];
+        let mkn = (rows, self.in_dim, self.out_dim);
+        let data = self.tensor.data()?;
+        match self.quant_type() {
+            QuantType::Q8_0 => candle_core::quantized::k_quants::matmul(
+                mkn,
+                &lhs,
+                blocks::<BlockQ8_0>(&data)?,
+                &mut dst,
+            )?,
+            QuantType::Q4K => candle_core::quantized::k_quants::matmul(
+                mkn,
+                &lhs,
+                blocks::<BlockQ4K>(&data)?,
+                &mut dst,
+            )?,
+            QuantType::Q6K => candle_core::quantized::k_quants::matmul(
+                mkn,
+                &lhs,
+                blocks::<BlockQ6K>(&data)?,
+                &mut dst,
+            )?,
+        }
+        Tensor::from_vec(dst, (rows, self.out_dim), &Device::Cpu)
+    }
+
+    /// Rows `ids` of the weight, dequantized: `[n] -> [n, in]` (an embedding lookup).
+    pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.out_dim) {
+            candle_core::bail!(
+                "token id {bad} is out of range (vocabulary of {})",
+                self.out_dim
+            );
+        }
+        let data = self.tensor.data()?;
+        let mut out = vec![0f32; ids.len() * self.in_dim];
+        match self.quant_type() {
+            QuantType::Q8_0 => gather_rows(blocks::<BlockQ8_0>(&data)?, self.in_dim, ids, &mut out),
+            QuantType::Q4K => gather_rows(blocks::<BlockQ4K>(&data)?, self.in_dim, ids, &mut out),
+            QuantType::Q6K => gather_rows(blocks::<BlockQ6K>(&data)?, self.in_dim, ids, &mut out),
+        }
+        Tensor::from_vec(out, (ids.len(), self.in_dim), &Device::Cpu)
+    }
+}
+
+/// Dequantizes rows `ids` of a `[_, in_dim]` block matrix into `out` (`ids.len() * in_dim`).
+fn gather_rows<T: GgmlType>(blocks: &[T], in_dim: usize, ids: &[u32], out: &mut [f32]) {
+    let per_row = in_dim / T::BLCK_SIZE;
+    for (slot, &id) in out.chunks_exact_mut(in_dim).zip(ids) {
+        let start = id as usize * per_row;
+        T::to_float(&blocks[start..start + per_row], slot);
+    }
+}
+
+/// Elements read and quantized per step of [`QWeight::quantize_rows`] (16 MB of f32).
+const ROWS_STEP_ELEMS: usize = 4 << 20;
+
+/// The blocks of an `[out, in]` weight, rows read a step at a time and quantized in parallel (the k-quants
+/// search for scales is the slow part of loading; candle's `QTensor::quantize` runs on one thread). Each row is
+/// quantized by `T::from_float` as `QTensor::quantize` does, so the blocks are the same.
+fn quantize_blocks<T: GgmlType + Send + Sync + 'static>(
+    out_dim: usize,
+    in_dim: usize,
+    mut read: impl FnMut(usize, usize) -> Result<Vec<f32>>,
+) -> Result<QTensor> {
+    use rayon::prelude::*;
+    let per_row = in_dim / T::BLCK_SIZE;
+    let mut blocks = vec![T::zeros(); out_dim * per_row];
+    let step = (ROWS_STEP_ELEMS / in_dim).max(1);
+    for start in (0..out_dim).step_by(step) {
+        let n = step.min(out_dim - start);
+        let src = read(start, n)?;
+        if src.len() != n * in_dim {
+            candle_core::bail!(
+                "quantize: read {} values for {n} rows of {in_dim}",
+                src.len()
+            );
+        }
+        blocks[start * per_row..(start + n) * per_row]
+            .par_chunks_mut(per_row)
+            .zip(src.par_chunks(in_dim))
+            .for_each(|(dst, row)| T::from_float(row, dst));
+    }
+    QTensor::new(
+        candle_core::quantized::QStorage::Cpu(Box::new(blocks)),
+        (out_dim, in_dim),
+    )
+}
+
+/// The stored bytes of a CPU `QTensor` seen as its blocks. candle keeps CPU blocks in a `Vec<T>`, so the bytes
+/// are aligned for `T`; both the alignment and the length are checked anyway.
+fn blocks<T: GgmlType>(data: &[u8]) -> Result<&[T]> {
+    let size = std::mem::size_of::<T>();
+    if !data.len().is_multiple_of(size)
+        || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+    {
+        candle_core::bail!(
+            "quantized storage of {} bytes is not a whole, aligned number of {:?} blocks",
+            data.len(),
+            T::DTYPE
+        );
+    }
+    // SAFETY: length and alignment checked above; the block types are plain data (f16 scales and byte arrays)
+    // valid for any bit pattern, and the slice borrows `data`.
+    Ok(unsafe { std::slice::from_raw_parts(data.as_ptr() as *const T, data.len() / size) })
+}
+
+/// The GGUF type of a supported quant type.
+pub(crate) fn ggml_of(ty: QuantType) -> GgmlDType {
+    match ty {
+        QuantType::Q8_0 => GgmlDType::Q8_0,
+        QuantType::Q4K => GgmlDType::Q4K,
+        QuantType::Q6K => GgmlDType::Q6K,
+    }
+}
