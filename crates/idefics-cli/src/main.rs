@@ -11,6 +11,7 @@ mod chat;
 mod data_cmd;
 mod eval_cmd;
 mod forward;
+mod frames;
 mod malloc;
 mod model_source;
 mod serve_cmd;
