@@ -256,3 +256,43 @@ fn merged_checkpoints_match_the_adapted_model() -> TestResult {
     }
     Ok(())
 }
+
+/// An adapter trained by `idefics train` on the tiny SmolVLM (tools/reference/check_trained_smolvlm_adapter.py,
+/// which also checked that peft's `PeftModel.from_pretrained` loads it): merging it into the base reproduces the
+/// logits peft computes with it, and the logits the run's own merged checkpoint gave.
+#[test]
+fn adapter_trained_by_us_matches_peft() -> TestResult {
+    let dir = fixtures().join("trained_adapter");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("result.json"))?)?;
+    assert_eq!(result["pass"], true, "{result}");
+    let ours = load_st(&dir.join("ours.safetensors"));
+    let inputs = ModelInputs {
+        input_ids: Some(ours["input_ids"].clone()),
+        attention_mask: Some(ours["attention_mask"].clone()),
+        position_ids: None,
+        pixel_values: Some(ours["pixel_values"].clone()),
+        pixel_attention_mask: Some(ours["pixel_attention_mask"].clone()),
+        inputs_embeds: None,
+    };
+    let base = fixtures().join("e2e/smolvlm_tied");
+    let out = tempfile::tempdir()?;
+    let merged_dir = out.path().join("merged");
+    idefics_train::export::merge_adapter(&base, &dir.join("adapter"), &merged_dir, DType::F32)?;
+    let merged = VlmModel::load(&merged_dir, &LoadOptions::default())?;
+    let logits = merged.forward(&inputs, None)?;
+    let peft_logits = &load_st(&dir.join("peft_logits.safetensors"))["logits"];
+    let diff = max_abs_of(&(&logits - peft_logits)?);
+    let tol = 1e-4 * max_abs_of(peft_logits).max(1.0);
+    eprintln!("trained adapter: merged logits vs peft {diff:.2e} (tolerance {tol:.2e})");
+    assert!(diff <= tol, "merged vs peft: {diff}");
+    let run_diff = max_abs_of(&(&logits - &ours["logits"])?);
+    assert!(
+        run_diff <= tol,
+        "merged vs the run's final checkpoint: {run_diff}"
+    );
+    // The adapter matters: the base model's logits are far from peft's.
+    let base_logits = VlmModel::load(&base, &LoadOptions::default())?.forward(&inputs, None)?;
+    assert!(max_abs_of(&(&base_logits - peft_logits)?) > 20.0 * tol);
+    Ok(())
+}
