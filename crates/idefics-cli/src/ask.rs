@@ -72,8 +72,9 @@ pub struct AskArgs {
     /// An image file (repeatable); images come before the question, in order.
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
-    /// SmolVLM2 (model_type smolvlm) video input, before the question: several image files taken as the frames
-    /// of one video, in order, or one animated GIF / WebP whose frames are used.
+    /// SmolVLM2 (model_type smolvlm) video input, shown before the question: several image files taken as the
+    /// frames of one video, in order, or one animated GIF / WebP whose frames are used. The list takes every
+    /// following value: write the question before --frames, or end the list with `--`.
     #[arg(long = "frames", num_args = 1.., conflicts_with = "images")]
     pub frames: Vec<PathBuf>,
     /// A system message.
