@@ -182,3 +182,46 @@ fn an_unreadable_frame_is_named() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/frame.png"));
 }
+
+#[test]
+fn chat_about_a_video_keeps_it_across_turns() {
+    let (_tmp, dir) = video_model();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_idefics"))
+        .args([
+            "chat",
+            "--model",
+            dir.to_str().unwrap(),
+            "--max-new-tokens",
+            "2",
+            "--frames",
+            file(FRAMES[0]).to_str().unwrap(),
+            file(FRAMES[1]).to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = child.stdin.as_mut().unwrap();
+        let image = file(FRAMES[2]);
+        write!(
+            stdin,
+            "What happens?\n/image {}\nAnd then?\n/quit\n",
+            image.display()
+        )
+        .unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // Two answered turns, the image refused, no other error.
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        2,
+        "{err}"
+    );
+    assert!(err.contains("images cannot be added"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+}
