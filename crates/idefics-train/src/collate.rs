@@ -24,11 +24,16 @@
 //! transformers Idefics2 fine-tuning examples). Image splitting is drawn per chat sample with probability
 //! `split_fraction` (paper §3.4: 50% suffices); pre-training pairs and documents are never split (the paper uses
 //! splitting only in instruction tuning).
+//!
+//! Families: the collator writes the inputs of the checkpoint's family ([`FamilyProcessor`], from `config.json`
+//! `model_type`). Idefics2 splits into 4 crops + the image and collapses adjacent fake tokens; Idefics3 / SmolVLM
+//! tile each image as their image processor does and expand it into its grid's block (`<row_r_col_c>` markers,
+//! `<global-img>`), which, like the image and fake tokens, is never labelled (processing_idefics3.py).
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
-use idefics_data::{ChatSample, DocItem, ImageSource, ImageTextPair, InterleavedDocument, Turn};
+use candle_core::Tensor;
+use idefics_data::{ChatSample, ImageSource, Turn};
 use idefics_processor::prompt::expand_pieces;
 use idefics_processor::{
     decode_image, resize, ChatMessage, ContentPart, DecodeLimits, FamilyProcessor,
@@ -37,6 +42,9 @@ use idefics_processor::{
 };
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+
+mod batch;
+mod pretrain;
 
 use super::loss::IGNORE_INDEX;
 use super::rng::TrainRng;
@@ -637,116 +645,6 @@ impl Collator {
         Ok((ids, labels))
     }
 
-    /// An image-text pair -> one packing segment: `<fake><image>…<fake> caption</s>` (Idefics3 / SmolVLM: the
-    /// unsplit block `<fake><global-img><image>…<fake>caption</s>`), caption and EOS labelled. With `text_only`,
-    /// just the caption.
-    pub fn encode_pair(
-        &self,
-        pair: &ImageTextPair,
-        text_only: bool,
-        rng: &mut TrainRng,
-    ) -> Result<Segment, Skip> {
-        let mut seg = Segment::default();
-        let mut pieces = Vec::new();
-        let mut grids = Vec::new();
-        if !text_only {
-            let (frames, grid) = self.image_frames(&pair.image, false, rng)?;
-            seg.frames = frames;
-            grids.push(grid);
-            seg.n_images = 1;
-            pieces.push(Piece::Token(self.special.image));
-        }
-        pieces.push(Piece::Text(pair.text.clone()));
-        let ids = self
-            .encode_pieces(&pieces, false, &grids, false)
-            .map_err(|e| Skip::new(SkipReason::MalformedRow, e.to_string()))?;
-        for id in ids {
-            seg.push(id, !self.is_image_token(id));
-        }
-        if let Some(eos) = self.special.eos {
-            seg.push(eos, true);
-        }
-        if seg.n_labels() == 0 {
-            return Err(Skip::new(SkipReason::NoLabels, "empty caption"));
-        }
-        Ok(seg)
-    }
-
-    /// An interleaved document -> one segment per item (text paragraphs joined by a blank line, an EOS after the
-    /// last); [`super::packing::document_windows`] cuts them into rows. With `text_only`, images are dropped.
-    pub fn encode_document(
-        &self,
-        doc: &InterleavedDocument,
-        text_only: bool,
-        rng: &mut TrainRng,
-    ) -> Result<Vec<Segment>, Skip> {
-        let mut segs: Vec<Segment> = Vec::new();
-        let mut prev_image: Option<bool> = None;
-        for item in &doc.items {
-            let mut seg = Segment::default();
-            match item {
-                DocItem::Image(_) if text_only => continue,
-                DocItem::Image(src) => {
-                    let (frames, grid) = self.image_frames(src, false, rng)?;
-                    seg.frames = frames;
-                    seg.n_images = 1;
-                    if self.family() == ModelFamily::Idefics2 {
-                        let n = self.image_seq_len();
-                        seg.push(self.special.fake_image, false);
-                        for _ in 0..n {
-                            seg.push(self.special.image, false);
-                        }
-                        seg.push(self.special.fake_image, false);
-                    } else {
-                        let block = self
-                            .encode_pieces(
-                                &[Piece::Token(self.special.image)],
-                                false,
-                                &[grid],
-                                false,
-                            )
-                            .map_err(|e| Skip::new(SkipReason::MalformedRow, e.to_string()))?;
-                        for id in block {
-                            seg.push(id, false);
-                        }
-                    }
-                    prev_image = Some(true);
-                }
-                DocItem::Text(t) if t.trim().is_empty() => continue,
-                DocItem::Text(t) => {
-                    let text = match prev_image {
-                        None => t.clone(),
-                        // transformers 5.x's Idefics2 processor puts a space after a closing fake token before a
-                        // word; Idefics3 / SmolVLM insert nothing (processing_idefics3.py).
-                        Some(true)
-                            if self.family() == ModelFamily::Idefics2
-                                && !t.starts_with(char::is_whitespace) =>
-                        {
-                            format!(" {t}")
-                        }
-                        Some(true) => t.clone(),
-                        Some(false) => format!("\n\n{t}"),
-                    };
-                    let ids = self
-                        .encode_text(&text, prev_image.is_none())
-                        .map_err(|e| Skip::new(SkipReason::MalformedRow, e.to_string()))?;
-                    for id in ids {
-                        seg.push(id, true);
-                    }
-                    prev_image = Some(false);
-                }
-            }
-            segs.push(seg);
-        }
-        if let (Some(eos), Some(last)) = (self.special.eos, segs.last_mut()) {
-            last.push(eos, true);
-        }
-        if segs.iter().all(|s| s.n_labels() == 0) {
-            return Err(Skip::new(SkipReason::NoLabels, "document has no text"));
-        }
-        Ok(segs)
-    }
-
     /// BOS id (if the tokenizer has one), which starts every packed row.
     pub fn bos(&self) -> Option<u32> {
         self.special.bos
@@ -756,78 +654,6 @@ impl Collator {
     /// `<fake><fake>` into one); `None` for Idefics3 / SmolVLM, whose processors keep both.
     pub fn collapsing_fake_image_id(&self) -> Option<u32> {
         (self.family() == ModelFamily::Idefics2).then_some(self.special.fake_image)
-    }
-
-    /// Pads a list of examples into a batch on `device` (right padding; pixel tensors padded to the most frames
-    /// per row and the largest frame, as transformers' processor does).
-    pub fn collate(
-        &self,
-        examples: &[TrainExample],
-        device: &Device,
-    ) -> Result<TrainBatch, TrainError> {
-        if examples.is_empty() {
-            return Err(invalid("cannot collate an empty batch"));
-        }
-        let width = examples
-            .iter()
-            .map(|e| e.input_ids.len())
-            .max()
-            .unwrap_or(0);
-        let b = examples.len();
-        let mut ids = Vec::with_capacity(b * width);
-        let mut mask = Vec::with_capacity(b * width);
-        let mut labels = Vec::with_capacity(b * width);
-        for ex in examples {
-            if ex.labels.len() != ex.input_ids.len() {
-                return Err(invalid(format!(
-                    "example has {} labels for {} tokens",
-                    ex.labels.len(),
-                    ex.input_ids.len()
-                )));
-            }
-            let pad = width - ex.input_ids.len();
-            ids.extend(
-                ex.input_ids
-                    .iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(self.pad_id, pad)),
-            );
-            mask.extend(
-                std::iter::repeat_n(1u32, ex.input_ids.len()).chain(std::iter::repeat_n(0, pad)),
-            );
-            labels.extend(
-                ex.labels
-                    .iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(IGNORE_INDEX, pad)),
-            );
-        }
-        let (pixel_values, pixel_attention_mask) = if examples.iter().any(|e| !e.frames.is_empty())
-        {
-            let frames: Vec<Vec<RgbImage>> = examples.iter().map(|e| e.frames.clone()).collect();
-            let packed = match &self.processor {
-                FamilyProcessor::Idefics2 { image, .. } => image.pack(&frames),
-                FamilyProcessor::Idefics3 { image, .. } => image.pack(&frames),
-            }
-            .map_err(invalid)?;
-            let (values, pmask) = idefics::pipeline::image_tensors(&packed, device)?;
-            (Some(values), Some(pmask))
-        } else {
-            (None, None)
-        };
-        Ok(TrainBatch {
-            inputs: ModelInputs {
-                input_ids: Some(Tensor::from_vec(ids, (b, width), device)?),
-                attention_mask: Some(Tensor::from_vec(mask, (b, width), device)?),
-                position_ids: None,
-                pixel_values,
-                pixel_attention_mask,
-                inputs_embeds: None,
-            },
-            labels: Tensor::from_vec(labels, (b, width), device)?,
-            n_label_tokens: examples.iter().map(TrainExample::n_label_tokens).sum(),
-            n_tokens: examples.iter().map(|e| e.input_ids.len()).sum(),
-        })
     }
 }
 
