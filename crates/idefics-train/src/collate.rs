@@ -236,6 +236,9 @@ pub struct Collator {
     processor: FamilyProcessor,
     config: CollateConfig,
     special: SpecialTokenIds,
+    /// BOS when the tokenizer puts it before a prompt (Idefics2's Llama / Mistral tokenizers do; SmolVLM's does
+    /// not, and its processor writes none).
+    bos: Option<u32>,
     /// Tokens of an image block that never carry a label: `<image>`, `<fake_token_around_image>`, and for Idefics3 /
     /// SmolVLM `<global-img>` and the `<row_r_col_c>` markers.
     image_block_ids: Vec<u32>,
@@ -284,6 +287,11 @@ impl Collator {
             .inner()
             .id_to_token(special.end_of_utterance)
             .unwrap_or_default();
+        let prefix = processor
+            .tokenizer()
+            .encode_pieces(&[], true)
+            .map_err(invalid)?;
+        let bos = special.bos.filter(|&b| prefix.first() == Some(&b));
         let mut image_block_ids = vec![special.image, special.fake_image];
         if processor.family() != ModelFamily::Idefics2 {
             use idefics_processor::idefics3_prompt::{
@@ -301,6 +309,7 @@ impl Collator {
             processor,
             config,
             special,
+            bos,
             image_block_ids,
             pad_id,
             eou,
@@ -600,7 +609,7 @@ impl Collator {
                 }
             }
         }
-        // transformers' processor adds BOS unless the template wrote it.
+        // transformers' processor adds BOS (when its tokenizer does) unless the template wrote it.
         let tok = self.processor.tokenizer();
         let template_wrote_bos = tok
             .config()
@@ -608,7 +617,7 @@ impl Collator {
             .is_some_and(|b| !b.is_empty() && full.text.starts_with(b));
         let (mut ids, mut labels) = (Vec::new(), Vec::new());
         if !template_wrote_bos {
-            if let Some(bos) = self.special.bos {
+            if let Some(bos) = self.bos {
                 ids.push(bos);
                 labels.push(IGNORE_INDEX);
             }
@@ -645,9 +654,9 @@ impl Collator {
         Ok((ids, labels))
     }
 
-    /// BOS id (if the tokenizer has one), which starts every packed row.
+    /// BOS id (if the tokenizer puts one before a prompt), which starts every packed row.
     pub fn bos(&self) -> Option<u32> {
-        self.special.bos
+        self.bos
     }
 
     /// The fake image token id when adjacent ones collapse as rows are assembled (Idefics2's processor turns

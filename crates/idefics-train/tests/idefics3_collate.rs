@@ -153,3 +153,41 @@ fn idefics3_chat_examples_match_the_processor() {
         false,
     );
 }
+
+/// A pre-training pair on SmolVLM: the segment is the processor's ids of `<image>caption` (an unsplit image; SmolVLM's
+/// tokenizer adds no BOS, so packed rows start without one), then EOS; only the caption and the EOS are labelled.
+#[test]
+fn smolvlm_pairs_match_the_processor() {
+    let dir = e2e("smolvlm_tied");
+    let collator = Collator::from_model_dir(&dir, CollateConfig::default()).unwrap();
+    let pair = idefics_data::ImageTextPair {
+        image: ImageSource::Path(image("square_33x33.png")),
+        text: "A small square.".into(),
+    };
+    let mut rng = TrainRng::seed_from_u64(1);
+    let seg = collator.encode_pair(&pair, false, &mut rng).unwrap();
+    let processor = FamilyProcessor::from_dir(&dir).unwrap();
+    let decoded = decode_image_file(&image("square_33x33.png"), &DecodeLimits::default()).unwrap();
+    let reference = processor
+        .process_prompt("<image>A small square.", &[decoded], Some(false))
+        .unwrap();
+    let special = collator.tokenizer().special_ids();
+    assert_eq!(collator.bos(), None);
+    let mut want = reference.input_ids.clone();
+    want.push(special.eos.unwrap());
+    assert_eq!(seg.ids, want);
+    assert_eq!(seg.frames.len(), 1);
+    let labelled: Vec<u32> = seg
+        .labels
+        .iter()
+        .filter(|&&l| l != IGNORE_INDEX)
+        .map(|&l| l as u32)
+        .collect();
+    let text = collator
+        .tokenizer()
+        .inner()
+        .decode(&labelled, false)
+        .unwrap();
+    assert!(text.starts_with("A small square."), "{text:?}");
+    assert!(!labelled.contains(&special.image) && !labelled.contains(&special.fake_image));
+}
