@@ -170,11 +170,16 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         candle_core::safetensors::save(&map, path)?;
     }
     let (_, rss_loaded) = rss();
+    // Idefics3 / SmolVLM have no perceiver (a plan for one is refused).
+    let perceiver = match &model {
+        VlmModel::Idefics2(_) => tuning,
+        VlmModel::Idefics3(_) => Tuning::Frozen,
+    };
     let plan = if tuning == Tuning::Full {
         TrainablePlan {
             vision: Tuning::Full,
             projection: Tuning::Full,
-            perceiver: Tuning::Full,
+            perceiver,
             text: Tuning::Full,
             embeddings: Tuning::Full,
             lm_head: Tuning::Full,
@@ -184,7 +189,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         TrainablePlan {
             vision: tuning,
             projection: tuning,
-            perceiver: tuning,
+            perceiver,
             text: tuning,
             ..Default::default()
         }

@@ -134,7 +134,10 @@ pub fn merge_adapter(
     let plan = TrainablePlan {
         vision: kind,
         projection: kind,
-        perceiver: kind,
+        perceiver: match model {
+            VlmModel::Idefics2(_) => kind,
+            VlmModel::Idefics3(_) => Tuning::Frozen,
+        },
         text: kind,
         embeddings: Tuning::Frozen,
         lm_head: if model.is_tied() {

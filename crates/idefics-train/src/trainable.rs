@@ -197,6 +197,14 @@ impl TrainableModel {
                 model.dtype()
             )));
         }
+        if matches!(model, VlmModel::Idefics3(_)) && plan.perceiver != Tuning::Frozen {
+            return Err(TrainError::Invalid(format!(
+                "[trainable] perceiver = {:?}, but this {} checkpoint has no perceiver resampler (its connector is \
+                 pixel shuffle + `projection`); set perceiver = \"frozen\"",
+                plan.perceiver,
+                model.family().model_type()
+            )));
+        }
         let tied = model.is_tied();
         if tied && plan.lm_head != Tuning::Frozen && plan.lm_head != plan.embeddings {
             return Err(TrainError::Invalid(format!(

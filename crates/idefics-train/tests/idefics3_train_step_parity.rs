@@ -126,6 +126,29 @@ fn check_loss(loss: &Tensor, case: &str, sub: &str) -> TestResult {
 }
 
 #[test]
+fn a_perceiver_plan_is_refused_where_there_is_none() {
+    let plan = TrainablePlan {
+        perceiver: Tuning::Full,
+        text: Tuning::Lora,
+        ..Default::default()
+    };
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    let err = TrainableModel::new(
+        load_model("smolvlm_tied"),
+        &plan,
+        &AdapterSpec::default(),
+        &mut rng,
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        err.contains("no perceiver") && err.contains("smolvlm"),
+        "{err}"
+    );
+}
+
+#[test]
 fn families_come_from_model_type() {
     assert_eq!(
         load_model("idefics3_llama3").family(),
@@ -144,10 +167,11 @@ fn full_fine_tuning_step_matches_transformers() -> TestResult {
         let all = TrainablePlan {
             vision: Tuning::Full,
             projection: Tuning::Full,
-            perceiver: Tuning::Full,
             text: Tuning::Full,
             embeddings: Tuning::Full,
             lm_head: Tuning::Full,
+            // No perceiver in these families.
+            perceiver: Tuning::Frozen,
         };
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
         let tm = TrainableModel::new(load_model(case), &all, &AdapterSpec::default(), &mut rng)?;
