@@ -33,7 +33,7 @@ struct Cli {
 enum Command {
     /// Ask a question about images; the answer is streamed.
     Ask(ask::AskArgs),
-    /// Chat with the model interactively (with images).
+    /// Chat with the model interactively (with images, or one SmolVLM2 video with --frames).
     Chat(chat::ChatArgs),
     /// Run the model on saved input tensors (or a prompt) and write the logits.
     Forward(forward::ForwardArgs),
