@@ -191,3 +191,48 @@ fn smolvlm_pairs_match_the_processor() {
     assert!(text.starts_with("A small square."), "{text:?}");
     assert!(!labelled.contains(&special.image) && !labelled.contains(&special.fake_image));
 }
+
+/// An interleaved document on SmolVLM: its segments, joined, are the processor's ids of the same text with
+/// `<image>` where the images are (paragraphs joined by a blank line, no space inserted after an image block, as
+/// processing_idefics3.py writes it), then EOS; images unsplit.
+#[test]
+fn smolvlm_documents_match_the_processor() {
+    use idefics_data::{DocItem, InterleavedDocument};
+    let dir = e2e("smolvlm_tied");
+    let collator = Collator::from_model_dir(&dir, CollateConfig::default()).unwrap();
+    let doc = InterleavedDocument {
+        items: vec![
+            DocItem::Text("A title.".into()),
+            DocItem::Image(ImageSource::Path(image("square_33x33.png"))),
+            DocItem::Text("The square is red.".into()),
+            DocItem::Text("It sits on grass.".into()),
+            DocItem::Image(ImageSource::Path(image("landscape_120x80.png"))),
+            DocItem::Image(ImageSource::Path(image("portrait_45x100.jpg"))),
+            DocItem::Text("Two more pictures.".into()),
+        ],
+    };
+    let mut rng = TrainRng::seed_from_u64(1);
+    let segs = collator.encode_document(&doc, false, &mut rng).unwrap();
+    let ids: Vec<u32> = segs.iter().flat_map(|s| s.ids.clone()).collect();
+    let decoded: Vec<_> = [
+        "square_33x33.png",
+        "landscape_120x80.png",
+        "portrait_45x100.jpg",
+    ]
+    .iter()
+    .map(|n| decode_image_file(&image(n), &DecodeLimits::default()).unwrap())
+    .collect();
+    let processor = FamilyProcessor::from_dir(&dir).unwrap();
+    let reference = processor
+        .process_prompt(
+            "A title.<image>The square is red.\n\nIt sits on grass.<image><image>Two more pictures.",
+            &decoded,
+            Some(false),
+        )
+        .unwrap();
+    let mut want = reference.input_ids.clone();
+    want.push(collator.tokenizer().special_ids().eos.unwrap());
+    assert_eq!(ids, want);
+    let frames: usize = segs.iter().map(|s| s.frames.len()).sum();
+    assert_eq!(frames, 3);
+}
