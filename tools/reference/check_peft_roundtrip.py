@@ -17,17 +17,34 @@ Runs on CPU, float32, eager attention, eval(), one thread.
 """
 
 import argparse
+import json
+import os
 import sys
 
 import safetensors.torch
 import torch
-from transformers import Idefics2ForConditionalGeneration
+from transformers import (
+    Idefics2ForConditionalGeneration,
+    Idefics3ForConditionalGeneration,
+    SmolVLMForConditionalGeneration,
+)
+
+# The model class of each config.json model_type (Idefics2, Idefics3, SmolVLM / SmolVLM2).
+CLASSES = {
+    "idefics2": Idefics2ForConditionalGeneration,
+    "idefics3": Idefics3ForConditionalGeneration,
+    "smolvlm": SmolVLMForConditionalGeneration,
+}
 
 INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask", "position_ids")
 
 
 def load(path):
-    return Idefics2ForConditionalGeneration.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    with open(os.path.join(path, "config.json")) as f:
+        model_type = json.load(f).get("model_type")
+    if model_type not in CLASSES:
+        sys.exit(f"{path}: model_type {model_type!r} is not one of {sorted(CLASSES)}")
+    return CLASSES[model_type].from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
 
 
 def main():

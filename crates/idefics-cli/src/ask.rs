@@ -3,7 +3,7 @@
 use crate::model_source::ModelArgs;
 use anyhow::{Context, Result};
 use idefics::generate::{GenerationRequest, SamplingParams};
-use idefics::pipeline::{Pipeline, Prompt, PromptInput};
+use idefics::pipeline::{Pipeline, PreparedBatch, Prompt, PromptInput};
 use idefics::processor::{decode_image_file, ChatMessage, ContentPart, DecodeLimits, RgbImage};
 use std::io::Write;
 use std::path::PathBuf;
@@ -72,6 +72,11 @@ pub struct AskArgs {
     /// An image file (repeatable); images come before the question, in order.
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
+    /// SmolVLM2 (model_type smolvlm) video input, shown before the question: several image files taken as the
+    /// frames of one video, in order, or one animated GIF / WebP whose frames are used. The list takes every
+    /// following value: write the question before --frames, or end the list with `--`.
+    #[arg(long = "frames", num_args = 1.., conflicts_with = "images")]
+    pub frames: Vec<PathBuf>,
     /// A system message.
     #[arg(long)]
     pub system: Option<String>,
@@ -107,6 +112,15 @@ pub fn run(args: AskArgs) -> Result<()> {
     // Check the cheap inputs before loading weights.
     let images = load_images(&args.images)?;
     args.decoding.request().sampling.validate()?;
+    let video = if args.frames.is_empty() {
+        None
+    } else {
+        let settings = crate::frames::video_settings(&args.model.resolve()?)?;
+        Some((
+            crate::frames::load_frames(&args.frames, &settings)?,
+            settings,
+        ))
+    };
     let load_start = Instant::now();
     let pipeline = args.model.load_pipeline()?;
     let load_secs = load_start.elapsed().as_secs_f64();
@@ -115,8 +129,19 @@ pub fn run(args: AskArgs) -> Result<()> {
     if let Some(system) = &args.system {
         messages.push(ChatMessage::text("system", system));
     }
-    messages.push(user_message(images.len(), &args.question));
-    let answer = answer(&pipeline, messages, images, &args.decoding, !args.json)?;
+    let answer = match video {
+        Some((video, settings)) => {
+            messages.push(crate::frames::video_message(&args.question));
+            let prepared = pipeline
+                .prepare_video_chat(&messages, video.frames, video.clip, &settings)
+                .context("--frames")?;
+            answer_prepared(&pipeline, &prepared, &args.decoding, !args.json)?
+        }
+        None => {
+            messages.push(user_message(images.len(), &args.question));
+            answer(&pipeline, messages, images, &args.decoding, !args.json)?
+        }
+    };
     if args.json {
         let report = serde_json::json!({
             "answer": answer.text,
@@ -154,7 +179,6 @@ pub fn answer(
     decoding: &DecodingArgs,
     stream: bool,
 ) -> Result<Answer> {
-    let start = Instant::now();
     let prepared = pipeline.prepare(
         &[PromptInput {
             prompt: Prompt::Chat(messages),
@@ -162,9 +186,20 @@ pub fn answer(
         }],
         decoding.splitting(),
     )?;
+    answer_prepared(pipeline, &prepared, decoding, stream)
+}
+
+/// Generates the answer of one prepared row; streams the text to stdout when `stream` is set.
+pub fn answer_prepared(
+    pipeline: &Pipeline,
+    prepared: &PreparedBatch,
+    decoding: &DecodingArgs,
+    stream: bool,
+) -> Result<Answer> {
+    let start = Instant::now();
     let mut first_token: Option<f64> = None;
     let mut stdout = std::io::stdout().lock();
-    let out = pipeline.generate(&prepared, &[decoding.request()], |_, delta| {
+    let out = pipeline.generate(prepared, &[decoding.request()], |_, delta| {
         if first_token.is_none() {
             first_token = Some(start.elapsed().as_secs_f64());
         }

@@ -5,7 +5,8 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
-use idefics::{Idefics2ForConditionalGeneration, LoadOptions, ModelInputs};
+use idefics::model::VlmModel;
+use idefics::{LoadOptions, ModelInputs};
 use idefics_train::optimizer::AdamWConfig;
 use idefics_train::schedule::{Decay, LrSchedule};
 use idefics_train::trainable::{AdapterSpec, TrainableModel, TrainablePlan, Tuning};
@@ -26,9 +27,10 @@ pub struct BenchTrainArgs {
     /// Text tokens per row (the image tokens come on top).
     #[arg(long, default_value_t = 256)]
     pub text_len: usize,
-    /// Square image side in pixels (one image per row, not split).
-    #[arg(long, default_value_t = 224)]
-    pub image_size: usize,
+    /// Square image side in pixels (one image per row, not split). Default: 224 for Idefics2; the vision tower's
+    /// `image_size` for Idefics3 / SmolVLM (one tile, the size their connector expects).
+    #[arg(long)]
+    pub image_size: Option<usize>,
     /// Timed steps (after one untimed warm-up step).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
@@ -58,16 +60,21 @@ fn rss() -> (u64, u64) {
     )
 }
 
+/// The image side a run uses (see `--image-size`).
+fn image_side(model: &VlmModel, args: &BenchTrainArgs) -> usize {
+    args.image_size.unwrap_or(match model {
+        VlmModel::Idefics2(_) => 224,
+        VlmModel::Idefics3(_) => model.vision_config().image_size,
+    })
+}
+
 /// `<fake><image>*n<fake>` then random text, labelled except the image block (or only the last
-/// `--answer-tokens` of it); one random image per row.
-fn synthetic_batch(
-    model: &Idefics2ForConditionalGeneration,
-    args: &BenchTrainArgs,
-) -> Result<TrainBatch> {
-    let cfg = model.config();
-    let image_id = cfg.image_token_id;
-    let n_img = cfg.perceiver_config.resampler_n_latents;
-    let vocab = cfg.text_config.vocab_size as u32;
+/// `--answer-tokens` of it); one random image per row. `n` is the image's token count of the family (the
+/// perceiver's latents, or one Idefics3 / SmolVLM tile).
+fn synthetic_batch(model: &VlmModel, args: &BenchTrainArgs) -> Result<TrainBatch> {
+    let image_id = model.image_token_id();
+    let n_img = model.image_seq_len();
+    let vocab = model.vocab_size() as u32;
     // The fake-image token: transformers' processor puts it around every image block; any id works here.
     let fake = image_id.saturating_sub(1);
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -107,7 +114,7 @@ fn synthetic_batch(
             });
         }
     }
-    let s = args.image_size;
+    let s = image_side(model, args);
     let pixels: Vec<f32> = (0..b * 3 * s * s)
         .map(|_| (next() % 2000) as f32 / 1000.0 - 1.0)
         .collect();
@@ -135,10 +142,11 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     };
     super::train_cmd::single_threaded_ops_for(args.parallel);
     let t0 = Instant::now();
-    let model = Idefics2ForConditionalGeneration::load(&args.model, &LoadOptions::default())
+    let model = VlmModel::load(&args.model, &LoadOptions::default())
         .with_context(|| format!("loading {}", args.model.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     let batch = synthetic_batch(&model, &args)?;
+    let image_size = image_side(&model, &args);
     if let Some(path) = &args.write_batch {
         let i = &batch.inputs;
         let mut map = std::collections::HashMap::new();
@@ -162,11 +170,16 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         candle_core::safetensors::save(&map, path)?;
     }
     let (_, rss_loaded) = rss();
+    // Idefics3 / SmolVLM have no perceiver (a plan for one is refused).
+    let perceiver = match &model {
+        VlmModel::Idefics2(_) => tuning,
+        VlmModel::Idefics3(_) => Tuning::Frozen,
+    };
     let plan = if tuning == Tuning::Full {
         TrainablePlan {
             vision: Tuning::Full,
             projection: Tuning::Full,
-            perceiver: Tuning::Full,
+            perceiver,
             text: Tuning::Full,
             embeddings: Tuning::Full,
             lm_head: Tuning::Full,
@@ -176,7 +189,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         TrainablePlan {
             vision: tuning,
             projection: tuning,
-            perceiver: tuning,
+            perceiver,
             text: tuning,
             ..Default::default()
         }
@@ -241,7 +254,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         "parallel_micro_batches": args.parallel,
         "candle_threads": candle_core::utils::get_num_threads(),
         "seq_len": batch.labels.dim(1)?,
-        "image_size": args.image_size,
+        "image_size": image_size,
         "trainable_params": n_trainable,
         "load_s": load_s,
         "step_s_median": median,

@@ -12,6 +12,7 @@ mod chat;
 mod data_cmd;
 mod eval_cmd;
 mod forward;
+mod frames;
 mod malloc;
 mod model_source;
 mod quantize_cmd;
@@ -34,7 +35,7 @@ struct Cli {
 enum Command {
     /// Ask a question about images; the answer is streamed.
     Ask(ask::AskArgs),
-    /// Chat with the model interactively (with images).
+    /// Chat with the model interactively (with images, or one SmolVLM2 video with --frames).
     Chat(chat::ChatArgs),
     /// Run the model on saved input tensors (or a prompt) and write the logits.
     Forward(forward::ForwardArgs),

@@ -334,6 +334,13 @@ impl Idefics3PromptProcessor {
     /// The piece-level twin of [`expand_image_prompts`] (and of the video expansion): `Token(image)` /
     /// `Token(video)` pieces are slots, filled in order from `grids` / `clips`. Adjacent text is merged so that it
     /// is tokenized as transformers tokenizes the expanded string (between added tokens).
+    /// The rendered pieces of a prompt with each `<image>` token replaced by the block of its grid (in order),
+    /// before tokenization: what [`Self::encode_chat`] tokenizes. Training cuts these pieces at the answer
+    /// boundaries to label them.
+    pub fn expand_image_pieces(&self, pieces: &[Piece], grids: &[TileGrid]) -> Vec<Piece> {
+        self.expand_pieces(pieces, grids, &[])
+    }
+
     fn expand_pieces(
         &self,
         pieces: &[Piece],

@@ -24,18 +24,27 @@
 //! transformers Idefics2 fine-tuning examples). Image splitting is drawn per chat sample with probability
 //! `split_fraction` (paper §3.4: 50% suffices); pre-training pairs and documents are never split (the paper uses
 //! splitting only in instruction tuning).
+//!
+//! Families: the collator writes the inputs of the checkpoint's family ([`FamilyProcessor`], from `config.json`
+//! `model_type`). Idefics2 splits into 4 crops + the image and collapses adjacent fake tokens; Idefics3 / SmolVLM
+//! tile each image as their image processor does and expand it into its grid's block (`<row_r_col_c>` markers,
+//! `<global-img>`), which, like the image and fake tokens, is never labelled (processing_idefics3.py).
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
-use idefics_data::{ChatSample, DocItem, ImageSource, ImageTextPair, InterleavedDocument, Turn};
+use candle_core::Tensor;
+use idefics_data::{ChatSample, ImageSource, Turn};
 use idefics_processor::prompt::expand_pieces;
 use idefics_processor::{
-    decode_image, resize, ChatMessage, ContentPart, DecodeLimits, Idefics2ImageProcessor, Piece,
-    PromptProcessor, RgbImage, SpecialTokenIds, TextTokenizer,
+    decode_image, resize, ChatMessage, ContentPart, DecodeLimits, FamilyProcessor,
+    Idefics2ImageProcessor, ModelFamily, Piece, PromptProcessor, ResampleFilter, RgbImage,
+    SpecialTokenIds, TextTokenizer, TileGrid,
 };
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+
+mod batch;
+mod pretrain;
 
 use super::loss::IGNORE_INDEX;
 use super::rng::TrainRng;
@@ -218,13 +227,21 @@ pub struct TrainBatch {
     pub n_tokens: usize,
 }
 
-/// Tokenizer + chat template + image processor + settings: turns samples into [`TrainExample`]s.
+/// Tokenizer + chat template + image processor + settings: turns samples into [`TrainExample`]s. The processor
+/// is the checkpoint family's ([`FamilyProcessor`]): Idefics2 expands an image into `<fake><image>…<fake>` (5 of
+/// them when split, adjacent fakes collapsed); Idefics3 / SmolVLM into its tile grid's block (row/col markers,
+/// `<global-img>`), as transformers' processors do.
 #[derive(Debug, Clone)]
 pub struct Collator {
-    prompts: PromptProcessor,
-    images: Idefics2ImageProcessor,
+    processor: FamilyProcessor,
     config: CollateConfig,
     special: SpecialTokenIds,
+    /// BOS when the tokenizer puts it before a prompt (Idefics2's Llama / Mistral tokenizers do; SmolVLM's does
+    /// not, and its processor writes none).
+    bos: Option<u32>,
+    /// Tokens of an image block that never carry a label: `<image>`, `<fake_token_around_image>`, and for Idefics3 /
+    /// SmolVLM `<global-img>` and the `<row_r_col_c>` markers.
+    image_block_ids: Vec<u32>,
     pad_id: u32,
     eou: String,
 }
@@ -234,34 +251,66 @@ fn invalid(e: impl std::fmt::Display) -> TrainError {
 }
 
 impl Collator {
-    /// Loads the tokenizer, chat template and image processor of a model directory.
+    /// Loads the tokenizer, chat template and image processor of a model directory, for the family of its
+    /// `config.json` `model_type`.
     pub fn from_model_dir(dir: &Path, config: CollateConfig) -> Result<Self, TrainError> {
-        let prompts = PromptProcessor::from_dir(dir)
+        let processor = FamilyProcessor::from_dir(dir)
             .map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
-        let images = Idefics2ImageProcessor::from_model_dir(dir)
-            .map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
-        Self::new(prompts, images, config)
+        Self::with_processor(processor, config)
     }
 
-    /// Assembles a collator from loaded parts.
+    /// Assembles an Idefics2 collator from loaded parts.
     pub fn new(
         prompts: PromptProcessor,
         images: Idefics2ImageProcessor,
         config: CollateConfig,
     ) -> Result<Self, TrainError> {
+        Self::with_processor(
+            FamilyProcessor::Idefics2 {
+                image: images,
+                prompt: prompts,
+            },
+            config,
+        )
+    }
+
+    /// Assembles a collator over the processor of any family.
+    pub fn with_processor(
+        processor: FamilyProcessor,
+        config: CollateConfig,
+    ) -> Result<Self, TrainError> {
         config.validate()?;
-        let special = prompts.tokenizer().special_ids();
+        let special = processor.tokenizer().special_ids();
         let pad_id = special.pad.unwrap_or(0);
-        let eou = prompts
+        let eou = processor
             .tokenizer()
             .inner()
             .id_to_token(special.end_of_utterance)
             .unwrap_or_default();
+        let prefix = processor
+            .tokenizer()
+            .encode_pieces(&[], true)
+            .map_err(invalid)?;
+        let bos = special.bos.filter(|&b| prefix.first() == Some(&b));
+        let mut image_block_ids = vec![special.image, special.fake_image];
+        if processor.family() != ModelFamily::Idefics2 {
+            use idefics_processor::idefics3_prompt::{
+                row_col_token, GLOBAL_IMAGE_TOKEN, MAX_GRID_TOKENS,
+            };
+            let tok = processor.tokenizer();
+            image_block_ids.extend(tok.token_to_id(GLOBAL_IMAGE_TOKEN));
+            for r in 1..=MAX_GRID_TOKENS {
+                for c in 1..=MAX_GRID_TOKENS {
+                    image_block_ids.extend(tok.token_to_id(&row_col_token(r, c)));
+                }
+            }
+        }
         Ok(Self {
-            prompts,
-            images,
+            processor,
             config,
             special,
+            bos,
+            image_block_ids,
             pad_id,
             eou,
         })
@@ -274,17 +323,28 @@ impl Collator {
 
     /// The tokenizer (to decode labels, count tokens).
     pub fn tokenizer(&self) -> &TextTokenizer {
-        self.prompts.tokenizer()
+        self.processor.tokenizer()
     }
 
-    /// `<image>` tokens one image takes (before collapsing shared fake tokens).
-    pub fn image_tokens_per_image(&self, split: bool) -> usize {
-        self.prompts.config().image_seq_len * if split { 5 } else { 1 }
+    /// The checkpoint family the collator writes inputs for.
+    pub fn family(&self) -> ModelFamily {
+        self.processor.family()
+    }
+
+    fn image_seq_len(&self) -> usize {
+        self.processor.image_seq_len()
+    }
+
+    fn resample(&self) -> ResampleFilter {
+        match &self.processor {
+            FamilyProcessor::Idefics2 { image, .. } => image.config().resample,
+            FamilyProcessor::Idefics3 { image, .. } => image.config().resample,
+        }
     }
 
     /// Text tokens as they come in a prompt: at its start (Metaspace "▁" prefix) or after a token.
     fn encode_text(&self, text: &str, at_start: bool) -> Result<Vec<u32>, TrainError> {
-        let tok = self.prompts.tokenizer();
+        let tok = self.processor.tokenizer();
         if at_start {
             return tok
                 .encode_pieces(&[Piece::Text(text.to_string())], false)
@@ -304,20 +364,37 @@ impl Collator {
         Ok(ids.get(1..).unwrap_or_default().to_vec())
     }
 
-    /// Tokens of a piece sequence (image slots expanded with `split`), `at_start` for the first text.
+    /// Tokens of a piece sequence (image slots expanded: Idefics2 with `split`, Idefics3 / SmolVLM with the grid
+    /// of each image, `grids[k]` for the k-th image slot of `pieces`), `at_start` for the first text.
     fn encode_pieces(
         &self,
         pieces: &[Piece],
         split: bool,
+        grids: &[TileGrid],
         mut at_start: bool,
     ) -> Result<Vec<u32>, TrainError> {
-        let expanded = expand_pieces(
-            pieces,
-            self.special.image,
-            self.special.fake_image,
-            self.prompts.config().image_seq_len,
-            split,
-        );
+        let expanded = match &self.processor {
+            FamilyProcessor::Idefics2 { .. } => expand_pieces(
+                pieces,
+                self.special.image,
+                self.special.fake_image,
+                self.image_seq_len(),
+                split,
+            ),
+            FamilyProcessor::Idefics3 { prompt, .. } => {
+                let slots = pieces
+                    .iter()
+                    .filter(|p| matches!(p, Piece::Token(id) if *id == self.special.image))
+                    .count();
+                if slots != grids.len() {
+                    return Err(invalid(format!(
+                        "{slots} image slots for {} processed images",
+                        grids.len()
+                    )));
+                }
+                prompt.expand_image_pieces(pieces, grids)
+            }
+        };
         let mut ids = Vec::new();
         for p in &expanded {
             match p {
@@ -331,16 +408,17 @@ impl Collator {
     }
 
     fn is_image_token(&self, id: u32) -> bool {
-        id == self.special.image || id == self.special.fake_image
+        self.image_block_ids.contains(&id)
     }
 
-    /// Decodes, optionally up-scales and processes one image into its frames.
+    /// Decodes, optionally up-scales and processes one image into its frames, and its tile grid (Idefics3 /
+    /// SmolVLM; the default grid for Idefics2).
     fn image_frames(
         &self,
         source: &ImageSource,
         split: bool,
         rng: &mut TrainRng,
-    ) -> Result<Vec<RgbImage>, Skip> {
+    ) -> Result<(Vec<RgbImage>, TileGrid), Skip> {
         let undecodable = |m: String| Skip::new(SkipReason::UndecodableImage, m);
         let bytes = source
             .load_bytes()
@@ -354,13 +432,17 @@ impl Collator {
                 let factor = 1.0 + amount * (up.max_factor - 1.0);
                 let w = ((image.width() as f64 * factor).round() as usize).max(1);
                 let h = ((image.height() as f64 * factor).round() as usize).max(1);
-                image = resize(&image, w, h, self.images.config().resample)
+                image = resize(&image, w, h, self.resample())
                     .map_err(|e| undecodable(format!("image {}: {e}", source.origin())))?;
             }
         }
-        self.images
-            .frames(&image, split)
-            .map_err(|e| undecodable(format!("image {}: {e}", source.origin())))
+        let processed = match &self.processor {
+            FamilyProcessor::Idefics2 { image: ip, .. } => ip
+                .frames(&image, split)
+                .map(|frames| (frames, TileGrid::default())),
+            FamilyProcessor::Idefics3 { image: ip, .. } => ip.frames(&image, split),
+        };
+        processed.map_err(|e| undecodable(format!("image {}: {e}", source.origin())))
     }
 
     /// A Cauldron conversation -> one example (answers labelled). `rng` draws the splitting / up-scaling;
@@ -388,11 +470,14 @@ impl Collator {
             ));
         }
         let mut frames = Vec::new();
+        let mut grids = Vec::with_capacity(images.len());
         for img in images {
-            frames.extend(self.image_frames(img, split, rng)?);
+            let (f, grid) = self.image_frames(img, split, rng)?;
+            frames.extend(f);
+            grids.push(grid);
         }
         let (input_ids, labels) = self
-            .chat_tokens(&sample.turns, images.len(), split)
+            .chat_tokens(&sample.turns, images.len(), split, &grids)
             .map_err(|e| Skip::new(SkipReason::MalformedRow, e.to_string()))?;
         let example = TrainExample {
             input_ids,
@@ -449,15 +534,17 @@ impl Collator {
         msgs
     }
 
-    /// Token ids and labels of a conversation (see the module docs for the labelling rule).
+    /// Token ids and labels of a conversation (see the module docs for the labelling rule). `grids` are the
+    /// images' tile grids (Idefics3 / SmolVLM).
     fn chat_tokens(
         &self,
         turns: &[Turn],
         n_images: usize,
         split: bool,
+        grids: &[TileGrid],
     ) -> Result<(Vec<u32>, Vec<i64>), TrainError> {
         let template = self
-            .prompts
+            .processor
             .chat_template()
             .ok_or_else(|| invalid("the model directory has no chat template"))?;
         let msgs = Self::chat_messages(turns, n_images);
@@ -488,7 +575,7 @@ impl Collator {
             spans.push((prompt.len(), end));
         }
         // Cut the rendered pieces at the span boundaries into runs of (pieces, labelled).
-        let inner = self.prompts.tokenizer().inner();
+        let inner = self.processor.tokenizer().inner();
         let labelled_at = |pos: usize| spans.iter().any(|&(s, e)| pos >= s && pos < e);
         let mut runs: Vec<(Vec<Piece>, bool)> = Vec::new();
         let mut push = |piece: Piece, lab: bool| match runs.last_mut() {
@@ -522,22 +609,41 @@ impl Collator {
                 }
             }
         }
-        // transformers' processor adds BOS unless the template wrote it.
-        let tok = self.prompts.tokenizer();
+        // transformers' processor adds BOS (when its tokenizer does) unless the template wrote it.
+        let tok = self.processor.tokenizer();
         let template_wrote_bos = tok
             .config()
             .bos_token()
             .is_some_and(|b| !b.is_empty() && full.text.starts_with(b));
         let (mut ids, mut labels) = (Vec::new(), Vec::new());
         if !template_wrote_bos {
-            if let Some(bos) = self.special.bos {
+            if let Some(bos) = self.bos {
                 ids.push(bos);
                 labels.push(IGNORE_INDEX);
             }
         }
         let mut at_start = true;
+        // Idefics3 / SmolVLM: each run expands the grids of its own image slots, in order.
+        let mut next_grid = 0usize;
         for (pieces, lab) in &runs {
-            let run_ids = self.encode_pieces(pieces, split, at_start)?;
+            let run_grids: &[TileGrid] = match self.family() {
+                ModelFamily::Idefics2 => &[],
+                ModelFamily::Idefics3 | ModelFamily::SmolVlm => {
+                    let slots = pieces
+                        .iter()
+                        .filter(|p| matches!(p, Piece::Token(id) if *id == self.special.image))
+                        .count();
+                    let g = grids.get(next_grid..next_grid + slots).ok_or_else(|| {
+                        invalid(format!(
+                            "the chat has more image slots than its {} images",
+                            grids.len()
+                        ))
+                    })?;
+                    next_grid += slots;
+                    g
+                }
+            };
+            let run_ids = self.encode_pieces(pieces, split, run_grids, at_start)?;
             at_start = false;
             for id in run_ids {
                 let keep = *lab && !self.is_image_token(id);
@@ -548,167 +654,15 @@ impl Collator {
         Ok((ids, labels))
     }
 
-    /// An image-text pair -> one packing segment: `<fake><image>…<fake> caption</s>`, caption and EOS labelled.
-    /// With `text_only`, just the caption.
-    pub fn encode_pair(
-        &self,
-        pair: &ImageTextPair,
-        text_only: bool,
-        rng: &mut TrainRng,
-    ) -> Result<Segment, Skip> {
-        let mut seg = Segment::default();
-        let mut pieces = Vec::new();
-        if !text_only {
-            seg.frames = self.image_frames(&pair.image, false, rng)?;
-            seg.n_images = 1;
-            pieces.push(Piece::Token(self.special.image));
-        }
-        pieces.push(Piece::Text(pair.text.clone()));
-        let ids = self
-            .encode_pieces(&pieces, false, false)
-            .map_err(|e| Skip::new(SkipReason::MalformedRow, e.to_string()))?;
-        for id in ids {
-            seg.push(id, !self.is_image_token(id));
-        }
-        if let Some(eos) = self.special.eos {
-            seg.push(eos, true);
-        }
-        if seg.n_labels() == 0 {
-            return Err(Skip::new(SkipReason::NoLabels, "empty caption"));
-        }
-        Ok(seg)
-    }
-
-    /// An interleaved document -> one segment per item (text paragraphs joined by a blank line, an EOS after the
-    /// last); [`super::packing::document_windows`] cuts them into rows. With `text_only`, images are dropped.
-    pub fn encode_document(
-        &self,
-        doc: &InterleavedDocument,
-        text_only: bool,
-        rng: &mut TrainRng,
-    ) -> Result<Vec<Segment>, Skip> {
-        let mut segs: Vec<Segment> = Vec::new();
-        let mut prev_image: Option<bool> = None;
-        for item in &doc.items {
-            let mut seg = Segment::default();
-            match item {
-                DocItem::Image(_) if text_only => continue,
-                DocItem::Image(src) => {
-                    seg.frames = self.image_frames(src, false, rng)?;
-                    seg.n_images = 1;
-                    let n = self.prompts.config().image_seq_len;
-                    seg.push(self.special.fake_image, false);
-                    for _ in 0..n {
-                        seg.push(self.special.image, false);
-                    }
-                    seg.push(self.special.fake_image, false);
-                    prev_image = Some(true);
-                }
-                DocItem::Text(t) if t.trim().is_empty() => continue,
-                DocItem::Text(t) => {
-                    let text = match prev_image {
-                        None => t.clone(),
-                        // transformers 5.x puts a space after a closing fake token before a word.
-                        Some(true) if !t.starts_with(char::is_whitespace) => format!(" {t}"),
-                        Some(true) => t.clone(),
-                        Some(false) => format!("\n\n{t}"),
-                    };
-                    let ids = self
-                        .encode_text(&text, prev_image.is_none())
-                        .map_err(|e| Skip::new(SkipReason::MalformedRow, e.to_string()))?;
-                    for id in ids {
-                        seg.push(id, true);
-                    }
-                    prev_image = Some(false);
-                }
-            }
-            segs.push(seg);
-        }
-        if let (Some(eos), Some(last)) = (self.special.eos, segs.last_mut()) {
-            last.push(eos, true);
-        }
-        if segs.iter().all(|s| s.n_labels() == 0) {
-            return Err(Skip::new(SkipReason::NoLabels, "document has no text"));
-        }
-        Ok(segs)
-    }
-
-    /// BOS id (if the tokenizer has one), which starts every packed row.
+    /// BOS id (if the tokenizer puts one before a prompt), which starts every packed row.
     pub fn bos(&self) -> Option<u32> {
-        self.special.bos
+        self.bos
     }
 
-    /// The fake image token id (adjacent ones collapse when rows are assembled).
-    pub fn fake_image_id(&self) -> u32 {
-        self.special.fake_image
-    }
-
-    /// Pads a list of examples into a batch on `device` (right padding; pixel tensors padded to the most frames
-    /// per row and the largest frame, as transformers' processor does).
-    pub fn collate(
-        &self,
-        examples: &[TrainExample],
-        device: &Device,
-    ) -> Result<TrainBatch, TrainError> {
-        if examples.is_empty() {
-            return Err(invalid("cannot collate an empty batch"));
-        }
-        let width = examples
-            .iter()
-            .map(|e| e.input_ids.len())
-            .max()
-            .unwrap_or(0);
-        let b = examples.len();
-        let mut ids = Vec::with_capacity(b * width);
-        let mut mask = Vec::with_capacity(b * width);
-        let mut labels = Vec::with_capacity(b * width);
-        for ex in examples {
-            if ex.labels.len() != ex.input_ids.len() {
-                return Err(invalid(format!(
-                    "example has {} labels for {} tokens",
-                    ex.labels.len(),
-                    ex.input_ids.len()
-                )));
-            }
-            let pad = width - ex.input_ids.len();
-            ids.extend(
-                ex.input_ids
-                    .iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(self.pad_id, pad)),
-            );
-            mask.extend(
-                std::iter::repeat_n(1u32, ex.input_ids.len()).chain(std::iter::repeat_n(0, pad)),
-            );
-            labels.extend(
-                ex.labels
-                    .iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(IGNORE_INDEX, pad)),
-            );
-        }
-        let (pixel_values, pixel_attention_mask) = if examples.iter().any(|e| !e.frames.is_empty())
-        {
-            let frames: Vec<Vec<RgbImage>> = examples.iter().map(|e| e.frames.clone()).collect();
-            let packed = self.images.pack(&frames).map_err(invalid)?;
-            let (values, pmask) = idefics::pipeline::image_tensors(&packed, device)?;
-            (Some(values), Some(pmask))
-        } else {
-            (None, None)
-        };
-        Ok(TrainBatch {
-            inputs: ModelInputs {
-                input_ids: Some(Tensor::from_vec(ids, (b, width), device)?),
-                attention_mask: Some(Tensor::from_vec(mask, (b, width), device)?),
-                position_ids: None,
-                pixel_values,
-                pixel_attention_mask,
-                inputs_embeds: None,
-            },
-            labels: Tensor::from_vec(labels, (b, width), device)?,
-            n_label_tokens: examples.iter().map(TrainExample::n_label_tokens).sum(),
-            n_tokens: examples.iter().map(|e| e.input_ids.len()).sum(),
-        })
+    /// The fake image token id when adjacent ones collapse as rows are assembled (Idefics2's processor turns
+    /// `<fake><fake>` into one); `None` for Idefics3 / SmolVLM, whose processors keep both.
+    pub fn collapsing_fake_image_id(&self) -> Option<u32> {
+        (self.family() == ModelFamily::Idefics2).then_some(self.special.fake_image)
     }
 }
 

@@ -431,7 +431,7 @@ impl MixtureStream {
             max_seq_len: cfg.max_seq_len,
             max_num_images: cfg.max_num_images,
             bos: collator.bos(),
-            fake_image: collator.fake_image_id(),
+            fake_image: collator.collapsing_fake_image_id(),
         };
         let sources = specs
             .iter()

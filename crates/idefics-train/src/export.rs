@@ -8,7 +8,7 @@ use super::peft::{safetensors_bytes, PeftAdapter};
 use super::trainable::{merged_state_dict, TrainableModel, TrainablePlan, Tuning};
 use super::TrainError;
 use candle_core::{DType, Device, Tensor};
-use idefics::model::{Idefics2ForConditionalGeneration, LoadOptions};
+use idefics::model::{LoadOptions, VlmModel};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -117,7 +117,7 @@ pub fn merge_adapter(
 ) -> Result<(), TrainError> {
     let device = Device::Cpu;
     let adapter = PeftAdapter::load(adapter_dir, &device)?;
-    let model = Idefics2ForConditionalGeneration::load(
+    let model = VlmModel::load(
         base_dir,
         &LoadOptions {
             device,
@@ -134,16 +134,19 @@ pub fn merge_adapter(
     let plan = TrainablePlan {
         vision: kind,
         projection: kind,
-        perceiver: kind,
+        perceiver: match model {
+            VlmModel::Idefics2(_) => kind,
+            VlmModel::Idefics3(_) => Tuning::Frozen,
+        },
         text: kind,
         embeddings: Tuning::Frozen,
-        lm_head: if model.config().tie_word_embeddings {
+        lm_head: if model.is_tied() {
             Tuning::Frozen
         } else {
             kind
         },
     };
-    let tied = model.config().tie_word_embeddings;
+    let tied = model.is_tied();
     let adapted = TrainableModel::with_adapter(model, &plan, &adapter)?;
     let state = merged_state_dict(adapted.model(), tied)?;
     write_hf_checkpoint(&state, base_dir, out_dir, dtype)

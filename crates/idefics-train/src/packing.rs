@@ -21,8 +21,9 @@ pub struct PackLimits {
     pub max_num_images: usize,
     /// Starts every row (unlabelled).
     pub bos: Option<u32>,
-    /// The fake image token: a row never holds two in a row (transformers collapses `<fake><fake>`).
-    pub fake_image: u32,
+    /// Idefics2's fake image token: a row never holds two in a row (its processor collapses `<fake><fake>`).
+    /// `None` for Idefics3 / SmolVLM, whose processors keep both.
+    pub fake_image: Option<u32>,
 }
 
 /// A row being assembled.
@@ -49,8 +50,9 @@ impl Row {
 
     /// Tokens `seg` would add here (one less when its first fake token merges with the row's last).
     fn cost(&self, limits: &PackLimits, seg_ids: &[u32]) -> usize {
-        let merge = self.ex.input_ids.last() == Some(&limits.fake_image)
-            && seg_ids.first() == Some(&limits.fake_image);
+        let merge = limits.fake_image.is_some()
+            && self.ex.input_ids.last().copied() == limits.fake_image
+            && seg_ids.first().copied() == limits.fake_image;
         seg_ids.len() - usize::from(merge)
     }
 

@@ -4,7 +4,8 @@
 //!
 //! ```toml
 //! [model]
-//! path = "runs/tiny/init"            # a Hugging Face checkpoint directory
+//! path = "runs/tiny/init"            # a Hugging Face checkpoint directory: Idefics2, Idefics3 or SmolVLM
+//!                                    # (config.json model_type)
 //!
 //! [output]
 //! dir = "runs/tiny/sft"              # checkpoints/, metrics.jsonl, loss.png, final/ (merged), adapter/
@@ -22,7 +23,7 @@
 //! [trainable]                        # frozen | full | lora | dora, per component
 //! vision = "dora"
 //! projection = "full"
-//! perceiver = "full"
+//! perceiver = "full"                # Idefics2 only (Idefics3 / SmolVLM have none: leave it out)
 //! text = "dora"
 //!
 //! [lora]

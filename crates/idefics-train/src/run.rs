@@ -14,7 +14,8 @@ use crate::trainable::TrainableModel;
 use crate::trainer::{latest_checkpoint, StreamBatches, TrainObserver, Trainer};
 use crate::TrainError;
 use candle_core::{DType, Device};
-use idefics::{Idefics2ForConditionalGeneration, LoadOptions};
+use idefics::model::VlmModel;
+use idefics::LoadOptions;
 use idefics_data::plot::{line_chart_png, Series};
 use std::path::{Path, PathBuf};
 
@@ -72,7 +73,8 @@ pub fn run_recipe(
     let recipe_copy = out.join("recipe.toml");
     std::fs::copy(recipe_path, &recipe_copy).map_err(|e| TrainError::io(&recipe_copy, e))?;
 
-    let model = Idefics2ForConditionalGeneration::load(
+    // The family (Idefics2, Idefics3, SmolVLM) comes from config.json's model_type.
+    let model = VlmModel::load(
         &model_dir,
         &LoadOptions {
             device: device.clone(),

@@ -17,7 +17,7 @@ use super::frozen::FrozenLinear;
 use super::peft::{ModuleSelector, PeftAdapter, PeftLoraConfig, PEFT_KEY_PREFIX};
 use super::TrainError;
 use candle_core::{DType, Tensor, Var};
-use idefics::model::{Component, Idefics2ForConditionalGeneration};
+use idefics::model::{Component, VlmModel};
 use idefics::nn::{Linear, ParamVisitor, VisitParams};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -132,7 +132,7 @@ impl Default for AdapterSpec {
 
 /// A model prepared for training, with its trainable variables.
 pub struct TrainableModel {
-    model: Idefics2ForConditionalGeneration,
+    model: VlmModel,
     plan: TrainablePlan,
     /// (name, var) of everything the optimizer updates, in a stable order.
     params: Vec<(String, Var)>,
@@ -151,18 +151,18 @@ enum AdapterSource<'a, R: Rng + ?Sized> {
 impl TrainableModel {
     /// Applies `plan` to `model` (loaded in f32), with fresh adapters initialised from `rng` as peft does.
     pub fn new<R: Rng + ?Sized>(
-        model: Idefics2ForConditionalGeneration,
+        model: impl Into<VlmModel>,
         plan: &TrainablePlan,
         spec: &AdapterSpec,
         rng: &mut R,
     ) -> Result<Self, TrainError> {
         let peft_config = peft_config_for(plan, spec)?;
-        Self::build(model, plan, peft_config, AdapterSource::Fresh(rng))
+        Self::build(model.into(), plan, peft_config, AdapterSource::Fresh(rng))
     }
 
     /// Applies `plan`, taking the adapter tensors from a saved peft adapter (resume, or continuing training).
     pub fn with_adapter(
-        model: Idefics2ForConditionalGeneration,
+        model: impl Into<VlmModel>,
         plan: &TrainablePlan,
         adapter: &PeftAdapter,
     ) -> Result<Self, TrainError> {
@@ -178,7 +178,7 @@ impl TrainableModel {
             )));
         }
         Self::build::<rand::rngs::StdRng>(
-            model,
+            model.into(),
             plan,
             Some(adapter.config.clone()),
             AdapterSource::Saved(adapter),
@@ -186,7 +186,7 @@ impl TrainableModel {
     }
 
     fn build<R: Rng + ?Sized>(
-        mut model: Idefics2ForConditionalGeneration,
+        mut model: VlmModel,
         plan: &TrainablePlan,
         peft_config: Option<PeftLoraConfig>,
         adapters: AdapterSource<'_, R>,
@@ -197,7 +197,15 @@ impl TrainableModel {
                 model.dtype()
             )));
         }
-        let tied = model.config().tie_word_embeddings;
+        if matches!(model, VlmModel::Idefics3(_)) && plan.perceiver != Tuning::Frozen {
+            return Err(TrainError::Invalid(format!(
+                "[trainable] perceiver = {:?}, but this {} checkpoint has no perceiver resampler (its connector is \
+                 pixel shuffle + `projection`); set perceiver = \"frozen\"",
+                plan.perceiver,
+                model.family().model_type()
+            )));
+        }
+        let tied = model.is_tied();
         if tied && plan.lm_head != Tuning::Frozen && plan.lm_head != plan.embeddings {
             return Err(TrainError::Invalid(format!(
                 "the lm head is tied to the embeddings (tie_word_embeddings); set lm_head = embeddings \
@@ -269,7 +277,7 @@ impl TrainableModel {
         })
     }
 
-    pub fn model(&self) -> &Idefics2ForConditionalGeneration {
+    pub fn model(&self) -> &VlmModel {
         &self.model
     }
 
@@ -340,13 +348,13 @@ impl TrainableModel {
     /// Every weight under its checkpoint name, adapters merged, in f32 (as peft's `merge_and_unload` then
     /// `save_pretrained`): a full Hugging Face state dict. A tied head is not written (transformers re-ties it).
     pub fn merged_state_dict(&self) -> Result<BTreeMap<String, Tensor>, TrainError> {
-        merged_state_dict(&self.model, self.model.config().tie_word_embeddings)
+        merged_state_dict(&self.model, self.model.is_tied())
     }
 }
 
 /// The state dict of any model (plain or converted), adapters merged, f32.
 pub fn merged_state_dict(
-    model: &Idefics2ForConditionalGeneration,
+    model: &VlmModel,
     skip_tied_head: bool,
 ) -> Result<BTreeMap<String, Tensor>, TrainError> {
     let mut collector = StateDictCollector {

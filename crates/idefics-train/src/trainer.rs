@@ -1,4 +1,4 @@
-//! The training loop of the Idefics2 model: [`TrainLoop`] over a [`TrainableModel`], with checkpoints that a
+//! The training loop of the Idefics models (Idefics2, Idefics3, SmolVLM): [`TrainLoop`] over a [`TrainableModel`], with checkpoints that a
 //! killed run resumes from exactly (weights / adapters, optimizer moments, schedule position, RNG, data
 //! position).
 //!
@@ -15,7 +15,7 @@ use super::trainable::TrainableModel;
 use super::TrainError;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
-use idefics::model::{Idefics2ForConditionalGeneration, ModelInputs};
+use idefics::model::{ModelInputs, VlmModel};
 use rand::Rng;
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,7 +26,7 @@ pub use super::train_loop::{
     TrainLoop, TrainObserver, TrainTask,
 };
 
-/// The loop that trains an Idefics2 model (full weights, adapters or both).
+/// The loop that trains a model of any family (full weights, adapters or both).
 pub type Trainer = TrainLoop<TrainableModel>;
 
 impl Trainer {
@@ -175,7 +175,7 @@ fn neftune_embeds(
     };
     let (b, l) = ids.dims2()?;
     let model = model.model();
-    let d = model.config().text_config.hidden_size;
+    let d = model.text_config().hidden_size;
     let mag = alpha / ((l * d) as f64).sqrt();
     let values: Vec<f32> = (0..b * l * d)
         .map(|_| (rng.random_range(-1.0..1.0) * mag) as f32)
@@ -205,13 +205,13 @@ fn sequence_tokens(inputs: &ModelInputs) -> Result<usize, TrainError> {
 /// Forward + backward of one micro-batch: its share of the step's mean token loss (summed loss over the
 /// step's `total_labels`) and the gradients of that share.
 fn micro_batch_grads(
-    model: &Idefics2ForConditionalGeneration,
+    model: &VlmModel,
     inputs: &ModelInputs,
     labels: &Tensor,
     total_labels: usize,
 ) -> Result<(f64, Option<GradStore>), TrainError> {
     let hidden = model.forward_hidden(inputs, None)?;
-    let vocab = model.config().text_config.vocab_size;
+    let vocab = model.vocab_size();
     let sum =
         causal_lm_loss_sum_from_hidden(&hidden, |h| model.lm_head().forward(h), vocab, labels)?;
     let loss = sum.sum.affine(1.0 / total_labels as f64, 0.0)?;

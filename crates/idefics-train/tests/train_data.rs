@@ -334,7 +334,7 @@ fn pair_packer_never_splits_a_pair() {
         max_seq_len: 20,
         max_num_images: 2,
         bos: Some(1),
-        fake_image: 3,
+        fake_image: Some(3),
     };
     let mut packer = PairPacker::new(limits);
     let mut rows = Vec::new();

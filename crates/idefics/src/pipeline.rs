@@ -8,7 +8,8 @@ use crate::generate::{GeneratedSequence, GenerationConfig, GenerationRequest, Ge
 use crate::model::{LoadOptions, ModelInputs, VlmModel};
 use candle_core::{Device, Tensor};
 use idefics_processor::{
-    ChatMessage, FamilyProcessor, ImageBatch, ProcessorError, PromptRow, PromptText, RgbImage,
+    ChatMessage, FamilyProcessor, ImageBatch, ModelFamily, ProcessorError, PromptRow, PromptText,
+    RgbImage, VideoClip, VideoProcessorSettings,
 };
 use std::path::Path;
 
@@ -155,14 +156,63 @@ impl Pipeline {
                 )));
             }
         }
-        let splitting = processed.do_image_splitting;
-        let image_tokens: Vec<usize> = processed
-            .input_ids
+        self.assemble_batch(
+            processed.input_ids,
+            processed.images,
+            processed.do_image_splitting,
+        )
+    }
+
+    /// SmolVLM2 (`model_type` smolvlm): one chat whose single video part stands for `frames`, shown at the times
+    /// of `clip`; rendered and expanded as `SmolVLMProcessor.apply_chat_template` with a video does (frames never
+    /// split, `Frame from MM:SS:` before each; [`FamilyProcessor::process_video_chat`]). Other families are
+    /// refused: their checkpoints were not trained on videos.
+    pub fn prepare_video_chat(
+        &self,
+        messages: &[ChatMessage],
+        frames: Vec<RgbImage>,
+        clip: VideoClip,
+        settings: &VideoProcessorSettings,
+    ) -> Result<PreparedBatch> {
+        let family = self.processor.family();
+        if family != ModelFamily::SmolVlm {
+            return Err(Error::Input(format!(
+                "video frames need a SmolVLM2 checkpoint (config.json model_type \"smolvlm\"); this one is \"{}\"",
+                family.model_type()
+            )));
+        }
+        if frames.is_empty() {
+            return Err(Error::Input("a video needs at least one frame".into()));
+        }
+        let processed = self
+            .processor
+            .process_video_chat(messages, true, &[(frames, clip)], settings)
+            .map_err(|e| match e {
+                ProcessorError::Image(e) => Error::Image(e),
+                other => Error::Input(other.to_string()),
+            })?;
+        if processed.input_ids.len() > self.context_length() {
+            return Err(Error::Input(format!(
+                "the prompt has {} tokens ({} of them image tokens) but the model's context is {}",
+                processed.input_ids.len(),
+                self.count_image_tokens(&processed.input_ids),
+                self.context_length()
+            )));
+        }
+        self.assemble_batch(vec![processed.input_ids], Some(processed.images), false)
+    }
+
+    /// Left-pads the rows and turns the processed images into tensors.
+    fn assemble_batch(
+        &self,
+        prompt_ids: Vec<Vec<u32>>,
+        images: Option<ImageBatch>,
+        splitting: bool,
+    ) -> Result<PreparedBatch> {
+        let image_tokens: Vec<usize> = prompt_ids
             .iter()
             .map(|ids| self.count_image_tokens(ids))
             .collect();
-        let prompt_ids = processed.input_ids;
-
         let device = self.model.device();
         let pad = self
             .generation_config
@@ -171,7 +221,7 @@ impl Pipeline {
             .unwrap_or(0);
         let (input_ids, attention_mask) =
             crate::generate::left_padded_batch(&prompt_ids, pad, device)?;
-        let (pixel_values, pixel_attention_mask, images) = match processed.images {
+        let (pixel_values, pixel_attention_mask, images) = match images {
             Some(images) => {
                 let (values, mask) = image_tensors(&images, device)?;
                 (Some(values), Some(mask), Some(images))

@@ -185,6 +185,31 @@ impl VlmModel {
         }
     }
 
+    /// The output head (for a tied head, a linear whose weight is the embedding matrix).
+    pub fn lm_head(&self) -> &crate::nn::Linear {
+        match self {
+            Self::Idefics2(m) => m.lm_head(),
+            Self::Idefics3(m) => m.lm_head(),
+        }
+    }
+
+    /// The text decoder (token embeddings included).
+    pub fn text_model(&self) -> &super::text::TextModel {
+        match self {
+            Self::Idefics2(m) => m.text_model(),
+            Self::Idefics3(m) => m.text_model(),
+        }
+    }
+
+    /// Whether the output head is the embedding matrix (Idefics3 / SmolVLM: as loaded, since a stored head that
+    /// differs from the embeddings is kept untied, as transformers does).
+    pub fn is_tied(&self) -> bool {
+        match self {
+            Self::Idefics2(m) => m.config().tie_word_embeddings,
+            Self::Idefics3(m) => m.is_tied(),
+        }
+    }
+
     pub fn set_use_fused_kernels(&self, fused: bool) {
         match self {
             Self::Idefics2(m) => m.set_use_fused_kernels(fused),
