@@ -225,14 +225,6 @@ impl VlmModel {
         }
     }
 
-    /// Whether the output head is the embedding matrix.
-    pub fn is_tied(&self) -> bool {
-        match self {
-            Self::Idefics2(m) => m.config().tie_word_embeddings,
-            Self::Idefics3(m) => m.is_tied(),
-        }
-    }
-
     /// Saves this quantized model (loaded from `src_dir` with `quant`) as `out_dir/model.gguf` plus the
     /// directory's config, tokenizer and processor files, so that loading `out_dir` skips quantization.
     pub fn save_quantized(
