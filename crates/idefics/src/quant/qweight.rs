@@ -104,9 +104,16 @@ impl QWeight {
         self.tensor.storage_size_in_bytes()
     }
 
-    /// The weight in f32, `[out, in]`.
+    /// The weight in f32, `[out, in]`, rows dequantized in parallel (candle's `dequantize` runs on one thread,
+    /// and prefill dequantizes every weight it multiplies).
     pub fn dequantize(&self) -> Result<Tensor> {
-        self.tensor.dequantize(&Device::Cpu)
+        let data = self.tensor.data()?;
+        let out = match self.quant_type() {
+            QuantType::Q8_0 => dequantize_rows(blocks::<BlockQ8_0>(&data)?, self.in_dim),
+            QuantType::Q4K => dequantize_rows(blocks::<BlockQ4K>(&data)?, self.in_dim),
+            QuantType::Q6K => dequantize_rows(blocks::<BlockQ6K>(&data)?, self.in_dim),
+        };
+        Tensor::from_vec(out, (self.out_dim, self.in_dim), &Device::Cpu)
     }
 
     /// `x [rows, in] -> [rows, out]` (f32).
@@ -167,6 +174,17 @@ impl QWeight {
         }
         Tensor::from_vec(out, (ids.len(), self.in_dim), &Device::Cpu)
     }
+}
+
+/// Every row of a `[_, in_dim]` block matrix in f32, rows in parallel.
+fn dequantize_rows<T: GgmlType + Sync>(blocks: &[T], in_dim: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let per_row = in_dim / T::BLCK_SIZE;
+    let mut out = vec![0f32; blocks.len() / per_row * in_dim];
+    out.par_chunks_mut(in_dim)
+        .zip(blocks.par_chunks(per_row))
+        .for_each(|(dst, row)| T::to_float(row, dst));
+    out
 }
 
 /// Dequantizes rows `ids` of a `[_, in_dim]` block matrix into `out` (`ids.len() * in_dim`).
