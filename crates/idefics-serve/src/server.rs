@@ -18,7 +18,7 @@ use crate::api::{parse_chat_request_limited, ChatRequest, TextLimits};
 use crate::config::ServerConfig;
 use crate::engine::{
     BatchItem, CancelFlag, ChatEngine, ChatPrompt, EngineError, EngineFinish, Event, Generation,
-    Outcome, PromptTokens, SamplingParams, StopCause,
+    Outcome, PromptTokens, StopCause,
 };
 use crate::error::ApiError;
 use crate::loader::load_prompt;
@@ -270,12 +270,7 @@ async fn admit(
     let deadline = started + cfg.request_timeout;
     let item = BatchItem {
         prompt,
-        params: SamplingParams {
-            max_tokens,
-            temperature: req.temperature,
-            top_p: req.top_p,
-            seed: req.seed,
-        },
+        params: req.generation_request(max_tokens),
         prompt_tokens,
         request_id: id.to_string(),
         stop: StopStrings::new(req.stop.clone()),
@@ -350,13 +345,15 @@ fn budget(
 ) -> Result<usize, ApiError> {
     let ctx = st.engine.context_length();
     let image_costs: Vec<String> = prompt
-        .images()
-        .map(|i| {
+        .images
+        .iter()
+        .zip(&prompt.image_splits)
+        .enumerate()
+        .map(|(index, (image, split))| {
             format!(
-                "image {} costs {}",
-                i.index,
+                "image {index} costs {}",
                 st.engine
-                    .image_token_cost(i.image.width(), i.image.height(), i.split)
+                    .image_token_cost(image.width() as u32, image.height() as u32, *split)
             )
         })
         .collect();
