@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod attention;
 pub mod cpu_kernels;
+pub mod kernel_choice;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
@@ -17,6 +18,7 @@ pub mod train_kernels;
 
 pub use activation::Activation;
 pub use attention::{attention, eager_attention, mask_min_value};
+pub use kernel_choice::{set_kernels, KernelChoice, KernelFamily};
 pub use linear::{Linear, LinearHook};
 pub use mlp::GatedMlp;
 pub use norm::{LayerNorm, RmsNorm};
