@@ -10,7 +10,7 @@ use common::{case_inputs, load_st, mask_rows, masked_logit_diff, max_abs_diff, t
 use idefics::generate::{FinishReason, GenerationConfig, GenerationRequest, Generator};
 use idefics::model::{Idefics3ForConditionalGeneration, ModelFamily, VlmModel};
 use idefics::nn::{Linear, ParamVisitor, RopeScaling, VisitParams};
-use idefics::{LoadOptions, ModelInputs};
+use idefics::LoadOptions;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
