@@ -258,12 +258,14 @@ async fn admit(
     check_text_fits(st, &req)?;
     let (prompt, image_memory) = load_prompt(st, &req).await?;
     let engine = st.engine.clone();
-    let counted_prompt = prompt.clone();
-    let prompt_tokens =
-        tokio::task::spawn_blocking(move || engine.count_prompt_tokens(&counted_prompt))
-            .await
-            .map_err(|e| ApiError::internal(format!("token counting failed: {e}")))?
-            .map_err(engine_error)?;
+    // The prompt (images included) moves to the counting thread and back: no copy of its pixels.
+    let (prompt, counted) = tokio::task::spawn_blocking(move || {
+        let counted = engine.count_prompt_tokens(&prompt);
+        (prompt, counted)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("token counting failed: {e}")))?;
+    let prompt_tokens = counted.map_err(engine_error)?;
     let max_tokens = budget(st, &req, &prompt, prompt_tokens)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancelFlag::default();
