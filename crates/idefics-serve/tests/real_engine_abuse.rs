@@ -97,6 +97,16 @@ fn images_reduced_at_admission_give_the_same_model_input() {
         (10, 12)
     );
 
+    // A colour key (PNG tRNS) reaches the processor with the original pixels: it is applied before resizing.
+    let keyed = engine.reduce_image(
+        original.clone().with_transparent_color(Some([1, 2, 3])),
+        Some(false),
+    );
+    assert_eq!(
+        (dimensions(&keyed), keyed.transparent_color()),
+        ((640, 480), Some([1, 2, 3]))
+    );
+
     let pipeline = Pipeline::load(&checkpoint(), &LoadOptions::default()).unwrap();
     let prepare = |img: &RgbImage| {
         let input = PromptInput {
