@@ -7,6 +7,7 @@ torch.Generator objects so the outputs are reproducible bit for bit on one machi
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
@@ -340,3 +341,20 @@ def dir_size(path: str) -> int:
         for f in files:
             total += os.path.getsize(os.path.join(root, f))
     return total
+
+
+def fixture_main(doc: str, default_out: str, cases: dict, make_case) -> None:
+    """The command line of the model fixture scripts: `--out DIR` (default `default_out`), `--only CASE...`;
+    writes VERSIONS.json, then each case with `make_case(name, spec, out)`, printing its summary as one JSON line."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", default=default_out)
+    ap.add_argument("--only", nargs="*", default=None)
+    args = ap.parse_args()
+    setup_torch()
+    os.makedirs(args.out, exist_ok=True)
+    write_json(os.path.join(args.out, "VERSIONS.json"), versions())
+    for name, spec in cases.items():
+        if args.only and name not in args.only:
+            continue
+        print(json.dumps(make_case(name, spec, args.out)))
+    print(f"total fixture bytes: {dir_size(args.out)}")

@@ -13,7 +13,6 @@ Deterministic: rerunning rewrites byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -289,20 +288,5 @@ def make_case(name: str, spec: dict, out_root: str) -> dict:
     return summary
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures", "idefics3"))
-    ap.add_argument("--only", nargs="*", default=None)
-    args = ap.parse_args()
-    R.setup_torch()
-    os.makedirs(args.out, exist_ok=True)
-    R.write_json(os.path.join(args.out, "VERSIONS.json"), R.versions())
-    for name, spec in CASES.items():
-        if args.only and name not in args.only:
-            continue
-        print(json.dumps(make_case(name, spec, args.out)))
-    print(f"total fixture bytes: {R.dir_size(args.out)}")
-
-
 if __name__ == "__main__":
-    main()
+    R.fixture_main(__doc__, os.path.join(REPO, "tests", "fixtures", "idefics3"), CASES, make_case)

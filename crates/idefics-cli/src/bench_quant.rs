@@ -4,9 +4,11 @@
 //! against f32 on one token sequence (KL divergence of the next-token distributions, top-1 agreement,
 //! perplexity).
 
-use crate::bench::{build_profile, loadavg, machine_info, median, peak_rss_mb, utc_now};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use idefics::bench::inference::{
+    build_profile, loadavg, machine_info, median, peak_rss_mb, utc_now,
+};
 use idefics::bench::quant::{divergence, TextOnlyModel};
 use idefics::quant::{QuantConfig, QuantType};
 use serde_json::{json, Value};

@@ -50,6 +50,10 @@ pub struct BenchTrainArgs {
     /// them, as pre-training does).
     #[arg(long)]
     pub answer_tokens: Option<usize>,
+    /// `fused`: this crate's CPU training kernels (norms, activations, rope, softmax with their own backward);
+    /// `composed`: candle's composed ops, as before those kernels existed.
+    #[arg(long, default_value = "fused")]
+    pub kernels: idefics::nn::KernelChoice,
 }
 
 /// Peak and current resident memory of this process, in bytes (0 where the system does not tell).
@@ -141,6 +145,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         other => bail!("--mode {other:?}: use full, lora or dora"),
     };
     super::train_cmd::single_threaded_ops_for(args.parallel);
+    idefics::nn::set_kernels(idefics::nn::KernelFamily::Training, args.kernels);
     let t0 = Instant::now();
     let model = VlmModel::load(&args.model, &LoadOptions::default())
         .with_context(|| format!("loading {}", args.model.display()))?;

@@ -6,7 +6,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::engine::Role;
+use idefics::generate::{GenerationRequest, SamplingParams};
+
 use crate::error::ApiError;
 
 /// OpenAI allows at most four stop sequences.
@@ -18,6 +19,25 @@ pub const MAX_STOP_BYTES: usize = 256;
 pub const GREEDY_BELOW_TEMPERATURE: f64 = 1e-5;
 /// Positive temperatures are raised to at least this (vLLM's `_MAX_TEMP`), which keeps `logits / t` finite.
 pub const MIN_SAMPLING_TEMPERATURE: f64 = 1e-2;
+
+/// Who wrote a message, as in the OpenAI API (`developer` is folded into `System`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    /// The OpenAI spelling, which is also the chat templates' role name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
 
 /// A content part before its image (if any) is loaded.
 #[derive(Debug, Clone)]
@@ -63,6 +83,22 @@ impl ChatRequest {
                 RawPart::Image { .. } => 0,
             })
             .sum()
+    }
+
+    /// The generator's parameters for this request, `max_new_tokens` chosen by the server (it fits the context).
+    /// A top_p of 1 keeps every token, so it is no filter; an absent seed is seed 0 (greedy decoding ignores it).
+    pub fn generation_request(&self, max_new_tokens: usize) -> GenerationRequest {
+        GenerationRequest {
+            max_new_tokens,
+            sampling: SamplingParams {
+                temperature: Some(self.temperature),
+                top_p: (self.top_p < 1.0).then_some(self.top_p),
+                seed: self.seed.unwrap_or(0),
+                ..SamplingParams::default()
+            },
+            // Stop strings are matched by the server (BatchItem::emit), across token boundaries.
+            stop_strings: Vec::new(),
+        }
     }
 
     pub fn image_count(&self) -> usize {

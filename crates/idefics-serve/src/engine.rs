@@ -10,95 +10,63 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use image::RgbImage;
+use idefics::generate::{GenerationRequest, StopStrings};
+use idefics::processor::{ChatMessage, ContentPart, MessageContent, RgbImage};
 
-use idefics::generate::StopStrings;
-
-/// Who wrote a message, as in the OpenAI API (`developer` is folded into `System`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-}
-
-impl Role {
-    /// The OpenAI spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-}
-
-/// One decoded, validated image: RGB8, EXIF orientation applied, alpha composited over white.
-#[derive(Debug, Clone)]
-pub struct ImageInput {
-    /// Position among all images of the request (0-based, in message order); used in error messages.
-    pub index: usize,
-    pub image: Arc<RgbImage>,
-    /// Per-image splitting override from `image_url.detail`: `low` = Some(false), `high` = Some(true),
-    /// `auto`/absent = None (the engine's default).
-    pub split: Option<bool>,
-}
-
-/// A piece of message content, in the order the client interleaved them.
-#[derive(Debug, Clone)]
-pub enum Part {
-    Text(String),
-    Image(ImageInput),
-}
-
-/// One chat turn.
-#[derive(Debug, Clone)]
-pub struct ChatMessage {
-    pub role: Role,
-    pub content: Vec<Part>,
-}
-
-impl ChatMessage {
-    /// The text parts joined (images skipped).
-    pub fn text(&self) -> String {
-        self.content
-            .iter()
-            .filter_map(|p| match p {
-                Part::Text(t) => Some(t.as_str()),
-                Part::Image(_) => None,
-            })
-            .collect()
-    }
-}
-
-/// A whole conversation, ready for the chat template.
+/// A whole conversation, validated and with its images decoded, in the processor's types (what
+/// `idefics::pipeline` takes): messages whose image parts are slots, and the images that fill them.
 #[derive(Debug, Clone, Default)]
 pub struct ChatPrompt {
+    /// Roles are `system` (OpenAI's `developer` folded in), `user` and `assistant`.
     pub messages: Vec<ChatMessage>,
+    /// Every image, in slot (message) order: RGB8, EXIF orientation applied, alpha composited over white; a
+    /// colour key (PNG `tRNS`) is kept for the processor, as `idefics ask` keeps it.
+    pub images: Vec<RgbImage>,
+    /// Per image, the splitting override from `image_url.detail`: `low` = Some(false), `high` = Some(true),
+    /// `auto`/absent = None (the engine's default).
+    pub image_splits: Vec<Option<bool>>,
 }
 
 impl ChatPrompt {
-    /// Every image of the conversation, in order.
-    pub fn images(&self) -> impl Iterator<Item = &ImageInput> {
-        self.messages.iter().flat_map(|m| {
-            m.content.iter().filter_map(|p| match p {
-                Part::Image(img) => Some(img),
-                Part::Text(_) => None,
-            })
-        })
+    /// `(width, height)` of each image, in order.
+    pub fn image_sizes(&self) -> Vec<(usize, usize)> {
+        self.images
+            .iter()
+            .map(|image| (image.width(), image.height()))
+            .collect()
+    }
+
+    /// The splitting flag the request asks for (the images' `detail`), or an error when its images disagree:
+    /// the processor expands every image of a request alike.
+    pub fn requested_split(&self) -> Result<Option<bool>, EngineError> {
+        let mut split = None;
+        for (index, s) in self.image_splits.iter().enumerate() {
+            if let Some(s) = *s {
+                if split.is_some_and(|prev| prev != s) {
+                    return Err(EngineError::BadInput(format!(
+                        "image {}: all images of a request must use the same `detail`",
+                        index + 1
+                    )));
+                }
+                split = Some(s);
+            }
+        }
+        Ok(split)
     }
 }
 
-/// Decoding parameters, already validated (ranges checked, defaults filled in).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SamplingParams {
-    /// Upper bound on generated tokens; prompt + this fits in the context.
-    pub max_tokens: usize,
-    /// 0 means greedy.
-    pub temperature: f32,
-    /// In (0, 1].
-    pub top_p: f32,
-    pub seed: Option<u64>,
+/// The text parts of a message joined (image slots skipped).
+pub fn message_text(message: &ChatMessage) -> String {
+    match &message.content {
+        MessageContent::Text(text) => text.clone(),
+        MessageContent::Parts(parts) => parts
+            .iter()
+            .filter_map(|p| match p {
+                ContentPart::Text { text } => Some(text.as_str()),
+                ContentPart::Image {} | ContentPart::Video {} => None,
+            })
+            .collect(),
+    }
 }
 
 /// Token counts for one prompt: `total` includes every image token the processor inserts.
@@ -253,7 +221,9 @@ pub(crate) enum StopCause {
 /// One request inside a batch: its prompt and parameters, plus the output side the engine writes to.
 pub struct BatchItem {
     pub prompt: ChatPrompt,
-    pub params: SamplingParams,
+    /// Validated (ranges checked, defaults filled in); `max_new_tokens` fits the context with the prompt.
+    /// `stop_strings` is empty: the server matches stop strings itself, across tokens ([`BatchItem::emit`]).
+    pub params: GenerationRequest,
     /// As counted by `count_prompt_tokens` at admission.
     pub prompt_tokens: PromptTokens,
     /// Server-side request id, for the engine's logs.
@@ -355,11 +325,9 @@ pub(crate) fn test_item(id: &str) -> (BatchItem, tokio::sync::mpsc::UnboundedRec
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let item = BatchItem {
         prompt: ChatPrompt::default(),
-        params: SamplingParams {
-            max_tokens: 8,
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: None,
+        params: GenerationRequest {
+            max_new_tokens: 8,
+            ..GenerationRequest::default()
         },
         prompt_tokens: PromptTokens::default(),
         request_id: id.to_string(),

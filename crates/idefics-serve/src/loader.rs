@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
+use idefics::processor::{ChatMessage, ContentPart, RgbImage};
+
 use crate::api::{ChatRequest, RawPart};
-use crate::engine::{ChatMessage, ChatPrompt, ImageInput, Part};
+use crate::engine::ChatPrompt;
 use crate::error::ApiError;
 use crate::fetch::FetchCancel;
 use crate::images::{decode_from, is_remote, load_image_bytes, Source};
@@ -29,7 +31,7 @@ async fn load_one(
     url: String,
     index: usize,
     split: Option<bool>,
-) -> Result<image::RgbImage, ApiError> {
+) -> Result<RgbImage, ApiError> {
     let cfg = st.config.clone();
     let fetched = if is_remote(&url) {
         let _slot = st
@@ -113,7 +115,7 @@ pub(crate) async fn load_prompt(
             });
         }
     }
-    let mut loaded: Vec<Option<image::RgbImage>> = (0..n).map(|_| None).collect();
+    let mut loaded: Vec<Option<RgbImage>> = (0..n).map(|_| None).collect();
     let mut first_error: Option<(usize, ApiError)> = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
@@ -130,7 +132,7 @@ pub(crate) async fn load_prompt(
     if let Some((_, e)) = first_error {
         return Err(e);
     }
-    let bytes: usize = loaded.iter().flatten().map(|i| i.as_raw().len()).sum();
+    let bytes: usize = loaded.iter().flatten().map(|i| i.as_bytes().len()).sum();
     let reservation = if bytes == 0 {
         None
     } else {
@@ -150,30 +152,35 @@ pub(crate) async fn load_prompt(
             ))
         })?)
     };
-    let mut decoded = loaded.into_iter().enumerate();
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
-        let mut content = Vec::with_capacity(m.parts.len());
-        for part in &m.parts {
-            match part {
-                RawPart::Text(t) => content.push(Part::Text(t.clone())),
-                RawPart::Image { split, .. } => {
-                    let (index, image) = decoded
-                        .next()
-                        .and_then(|(i, img)| img.map(|img| (i, img)))
-                        .ok_or_else(|| ApiError::internal("image count changed while loading"))?;
-                    content.push(Part::Image(ImageInput {
-                        index,
-                        image: Arc::new(image),
-                        split: *split,
-                    }));
-                }
-            }
-        }
-        messages.push(ChatMessage {
-            role: m.role,
-            content,
-        });
-    }
-    Ok((ChatPrompt { messages }, reservation))
+    let images: Vec<RgbImage> = loaded
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(|| ApiError::internal("image count changed while loading"))?;
+    let mut image_splits = Vec::with_capacity(images.len());
+    let messages = req
+        .messages
+        .iter()
+        .map(|m| {
+            let parts = m
+                .parts
+                .iter()
+                .map(|part| match part {
+                    RawPart::Text(t) => ContentPart::Text { text: t.clone() },
+                    RawPart::Image { split, .. } => {
+                        image_splits.push(*split);
+                        ContentPart::Image {}
+                    }
+                })
+                .collect();
+            ChatMessage::parts(m.role.as_str(), parts)
+        })
+        .collect();
+    Ok((
+        ChatPrompt {
+            messages,
+            images,
+            image_splits,
+        },
+        reservation,
+    ))
 }

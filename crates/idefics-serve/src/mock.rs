@@ -10,9 +10,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use idefics::processor::{ContentPart, MessageContent};
+
 use crate::engine::{
-    BatchItem, ChatEngine, ChatPrompt, EngineError, EngineFinish, Flow, Generation, Part,
-    PromptTokens, Role,
+    message_text, BatchItem, ChatEngine, ChatPrompt, EngineError, EngineFinish, Flow, Generation,
+    PromptTokens,
 };
 
 /// Image tokens per image without splitting (Idefics2 perceiver latents).
@@ -89,23 +91,20 @@ impl MockEngine {
             .messages
             .iter()
             .rev()
-            .find(|m| m.role == Role::User)
-            .map(|m| m.text())
+            .find(|m| m.role == "user")
+            .map(message_text)
             .unwrap_or_default();
-        let user_turns = prompt
-            .messages
-            .iter()
-            .filter(|m| m.role == Role::User)
-            .count();
+        let user_turns = prompt.messages.iter().filter(|m| m.role == "user").count();
         let mut answer = format!("You said: {last_user}");
         let sizes: Vec<String> = prompt
-            .images()
-            .map(|i| {
-                let p = i.image.get_pixel(0, 0).0;
+            .images
+            .iter()
+            .map(|image| {
+                let p = image.as_bytes();
                 format!(
                     "{}x{} #{:02x}{:02x}{:02x}",
-                    i.image.width(),
-                    i.image.height(),
+                    image.width(),
+                    image.height(),
                     p[0],
                     p[1],
                     p[2]
@@ -155,15 +154,20 @@ impl ChatEngine for MockEngine {
         let mut image_tokens = 0;
         for m in &prompt.messages {
             total += TOKENS_PER_MESSAGE;
-            for part in &m.content {
-                match part {
-                    Part::Text(t) => total += Self::text_tokens(t),
-                    Part::Image(img) => {
-                        image_tokens +=
-                            self.image_token_cost(img.image.width(), img.image.height(), img.split)
+            match &m.content {
+                MessageContent::Text(t) => total += Self::text_tokens(t),
+                MessageContent::Parts(parts) => {
+                    for part in parts {
+                        if let ContentPart::Text { text } = part {
+                            total += Self::text_tokens(text);
+                        }
                     }
                 }
             }
+        }
+        for (image, split) in prompt.images.iter().zip(&prompt.image_splits) {
+            image_tokens +=
+                self.image_token_cost(image.width() as u32, image.height() as u32, *split);
         }
         Ok(PromptTokens {
             total: total + image_tokens,
@@ -197,7 +201,7 @@ impl ChatEngine for MockEngine {
                 .prompt
                 .messages
                 .last()
-                .map(|m| m.text())
+                .map(message_text)
                 .unwrap_or_default();
             if last.contains("MOCK_PANIC") {
                 panic!("mock engine panic requested by {}", item.request_id);
@@ -231,7 +235,7 @@ impl ChatEngine for MockEngine {
                     results[i] = finished(produced[i], EngineFinish::StoppedByCaller);
                     continue;
                 }
-                if produced[i] >= item.params.max_tokens {
+                if produced[i] >= item.params.max_new_tokens {
                     results[i] = finished(produced[i], EngineFinish::MaxTokens);
                     continue;
                 }

@@ -2,15 +2,11 @@
 //! [`ChatEngine`].
 
 use crate::engine::{
-    BatchItem, ChatEngine, ChatPrompt, EngineError, EngineFinish, Flow, Generation, Part,
-    PromptTokens, Role,
+    BatchItem, ChatEngine, ChatPrompt, EngineError, EngineFinish, Flow, Generation, PromptTokens,
 };
-use idefics::generate::{FinishReason, GenerationRequest, SamplingParams};
-use idefics::pipeline::{Pipeline, Prompt, PromptInput};
-use idefics::processor::{ChatMessage, ContentPart, FamilyProcessor, RgbImage};
-
-/// A request in the processor's types: messages, images in slot order, and the splitting flag it asks for.
-type ConvertedPrompt = (Vec<ChatMessage>, Vec<RgbImage>, Option<bool>);
+use idefics::generate::{FinishReason, GenerationRequest};
+use idefics::pipeline::Pipeline;
+use idefics::processor::{FamilyProcessor, PromptRow, PromptText, RgbImage};
 
 /// Serves one loaded checkpoint.
 pub struct PipelineEngine {
@@ -42,131 +38,26 @@ impl PipelineEngine {
         }
     }
 
-    /// The splitting flag a request asks for (the first image `detail`), or an error when its images disagree.
-    fn requested_split(prompt: &ChatPrompt) -> Result<Option<bool>, EngineError> {
-        let mut split = None;
-        for input in prompt.images() {
-            if let Some(s) = input.split {
-                if split.is_some_and(|prev| prev != s) {
-                    return Err(EngineError::BadInput(format!(
-                        "image {}: all images of a request must use the same `detail`",
-                        input.index + 1
-                    )));
-                }
-                split = Some(s);
-            }
-        }
-        Ok(split)
-    }
-
-    /// The chat messages of a request in the processor's types, with `<image>` parts but no pixels.
-    /// `(width, height)` of each image, in order.
-    fn image_sizes(prompt: &ChatPrompt) -> Vec<(usize, usize)> {
-        prompt
-            .images()
-            .map(|input| (input.image.width() as usize, input.image.height() as usize))
-            .collect()
-    }
-
-    fn messages(prompt: &ChatPrompt) -> Vec<ChatMessage> {
-        prompt
-            .messages
-            .iter()
-            .map(|message| {
-                let parts = message
-                    .content
-                    .iter()
-                    .map(|part| match part {
-                        Part::Text(text) => ContentPart::Text { text: text.clone() },
-                        Part::Image(_) => ContentPart::Image {},
-                    })
-                    .collect();
-                let role = match message.role {
-                    Role::System => "system",
-                    Role::User => "user",
-                    Role::Assistant => "assistant",
-                };
-                ChatMessage::parts(role, parts)
-            })
-            .collect()
-    }
-
-    /// The chat messages and images of a request, in the processor's types.
-    fn convert(prompt: &ChatPrompt) -> Result<ConvertedPrompt, EngineError> {
-        let mut messages = Vec::with_capacity(prompt.messages.len());
-        let mut images = Vec::new();
-        let mut split = None;
-        for message in &prompt.messages {
-            let mut parts = Vec::with_capacity(message.content.len());
-            for part in &message.content {
-                match part {
-                    Part::Text(text) => parts.push(ContentPart::Text { text: text.clone() }),
-                    Part::Image(input) => {
-                        // One splitting flag per request: the processor expands every image alike.
-                        if let Some(s) = input.split {
-                            if split.is_some_and(|prev| prev != s) {
-                                return Err(EngineError::BadInput(format!(
-                                    "image {}: all images of a request must use the same `detail`",
-                                    input.index + 1
-                                )));
-                            }
-                            split = Some(s);
-                        }
-                        let (w, h) = input.image.dimensions();
-                        let image =
-                            RgbImage::new(w as usize, h as usize, input.image.as_raw().clone())
-                                .map_err(|e| {
-                                    EngineError::BadInput(format!("image {}: {e}", input.index + 1))
-                                })?;
-                        images.push(image);
-                        parts.push(ContentPart::Image {});
-                    }
-                }
-            }
-            let role = match message.role {
-                Role::System => "system",
-                Role::User => "user",
-                Role::Assistant => "assistant",
-            };
-            messages.push(ChatMessage::parts(role, parts));
-        }
-        Ok((messages, images, split))
-    }
-
-    fn request(item: &BatchItem) -> GenerationRequest {
-        let p = &item.params;
-        GenerationRequest {
-            max_new_tokens: p.max_tokens,
-            sampling: SamplingParams {
-                temperature: Some(p.temperature),
-                top_p: (p.top_p < 1.0).then_some(p.top_p),
-                seed: p.seed.unwrap_or(0),
-                ..SamplingParams::default()
-            },
-            // Stop strings are matched by the server (BatchItem::emit), across token boundaries.
-            stop_strings: Vec::new(),
-        }
-    }
-
     /// Generates for items that share one splitting flag.
     fn generate_group(
         &self,
         items: &mut [&mut BatchItem],
         split: Option<bool>,
     ) -> Result<Vec<Generation>, EngineError> {
-        let mut inputs = Vec::with_capacity(items.len());
-        for item in items.iter() {
-            let (messages, images, _) = Self::convert(&item.prompt)?;
-            inputs.push(PromptInput {
-                prompt: Prompt::Chat(messages),
-                images,
-            });
-        }
+        // The requests' messages and images are lent as they are: a failed batch may run them again.
+        let rows: Vec<PromptRow<'_>> = items
+            .iter()
+            .map(|item| PromptRow {
+                text: PromptText::Chat(&item.prompt.messages),
+                images: &item.prompt.images,
+            })
+            .collect();
         let prepared = self
             .pipeline
-            .prepare(&inputs, split)
+            .prepare_rows(&rows, split)
             .map_err(engine_error)?;
-        let requests: Vec<GenerationRequest> = items.iter().map(|i| Self::request(i)).collect();
+        drop(rows);
+        let requests: Vec<GenerationRequest> = items.iter().map(|i| i.params.clone()).collect();
         let out = self
             .pipeline
             .generate(&prepared, &requests, |row, delta| {
@@ -188,11 +79,6 @@ impl PipelineEngine {
             })
             .collect())
     }
-}
-
-fn back(src: RgbImage) -> image::RgbImage {
-    let (w, h) = (src.width() as u32, src.height() as u32);
-    image::RgbImage::from_raw(w, h, src.into_bytes()).unwrap_or_default()
 }
 
 /// A shared batch failed (one request's bad input, a sampling error, a model error): as the scheduler does for
@@ -249,13 +135,12 @@ impl ChatEngine for PipelineEngine {
 
     fn count_prompt_tokens(&self, prompt: &ChatPrompt) -> Result<PromptTokens, EngineError> {
         // Counting needs the images' sizes, not their pixels: no copy of them here.
-        let split = Self::requested_split(prompt)?;
-        let messages = Self::messages(prompt);
-        let sizes = Self::image_sizes(prompt);
+        let split = prompt.requested_split()?;
+        let sizes = prompt.image_sizes();
         let encoded = self
             .pipeline
             .processor
-            .chat_token_ids(&messages, true, &sizes, split)
+            .chat_token_ids(&prompt.messages, true, &sizes, split)
             .map_err(|e| EngineError::BadInput(e.to_string()))?;
         let image_id = self.pipeline.processor.tokenizer().special_ids().image;
         let image_tokens = encoded.iter().filter(|&&t| t == image_id).count();
@@ -291,10 +176,11 @@ impl ChatEngine for PipelineEngine {
             t.intermediate_size,
         );
         let v = self.pipeline.model.vision_config();
-        let split = Self::requested_split(prompt).unwrap_or(None);
+        let split = prompt.requested_split().unwrap_or(None);
         let processor = &self.pipeline.processor;
         let per_frame = processor.image_seq_len().max(1);
-        let frames: u64 = Self::image_sizes(prompt)
+        let frames: u64 = prompt
+            .image_sizes()
             .iter()
             .map(|&(w, h)| (processor.image_token_cost(w, h, split) / per_frame) as u64)
             .sum();
@@ -313,7 +199,8 @@ impl ChatEngine for PipelineEngine {
     /// now gives the very same pixels later (the processor's resize to the size an image already has is a copy),
     /// so a 40-megapixel photo waits in the queue as at most `longest_edge`² pixels. With splitting the crops are
     /// cut from the original pixels, so the image is kept as it is.
-    fn reduce_image(&self, image: image::RgbImage, split: Option<bool>) -> image::RgbImage {
+    /// An image with a colour key (PNG `tRNS`) is kept as it is: the processor applies the key before resizing.
+    fn reduce_image(&self, image: RgbImage, split: Option<bool>) -> RgbImage {
         // Idefics2 only: Idefics3 / SmolVLM resize twice (longest edge, then tile multiples), so their images
         // are kept as they are.
         let FamilyProcessor::Idefics2 {
@@ -323,24 +210,18 @@ impl ChatEngine for PipelineEngine {
             return image;
         };
         let cfg = processor.config();
-        if !cfg.do_resize || self.pipeline.processor.resolve_splitting(split) {
+        if !cfg.do_resize
+            || self.pipeline.processor.resolve_splitting(split)
+            || image.transparent_color().is_some()
+        {
             return image;
         }
-        let (w, h) = (image.width() as usize, image.height() as usize);
+        let (w, h) = (image.width(), image.height());
         let (th, tw) = processor.target_size(h, w);
         if th.saturating_mul(tw) >= h.saturating_mul(w) {
             return image;
         }
-        // The image crate guarantees w × h × 3 bytes, so this conversion (a move, no copy) cannot fail.
-        let Ok(src) = RgbImage::new(w, h, image.into_raw()) else {
-            tracing::error!("image buffer does not match {w}x{h}");
-            return image::RgbImage::new(0, 0);
-        };
-        match idefics::processor::resize(&src, tw, th, cfg.resample) {
-            Ok(small) => image::RgbImage::from_raw(tw as u32, th as u32, small.into_bytes())
-                .unwrap_or_else(|| back(src)),
-            Err(_) => back(src),
-        }
+        idefics::processor::resize(&image, tw, th, cfg.resample).unwrap_or(image)
     }
 
     fn generate(&self, batch: &mut [BatchItem]) -> Vec<Result<Generation, EngineError>> {
@@ -356,7 +237,7 @@ impl ChatEngine for PipelineEngine {
                 }));
                 continue;
             }
-            match Self::requested_split(&item.prompt) {
+            match item.prompt.requested_split() {
                 Ok(split) => match groups.iter_mut().find(|(s, _)| *s == split) {
                     Some((_, members)) => members.push(i),
                     None => groups.push((split, vec![i])),

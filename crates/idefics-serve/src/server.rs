@@ -18,7 +18,7 @@ use crate::api::{parse_chat_request_limited, ChatRequest, TextLimits};
 use crate::config::ServerConfig;
 use crate::engine::{
     BatchItem, CancelFlag, ChatEngine, ChatPrompt, EngineError, EngineFinish, Event, Generation,
-    Outcome, PromptTokens, SamplingParams, StopCause,
+    Outcome, PromptTokens, StopCause,
 };
 use crate::error::ApiError;
 use crate::loader::load_prompt;
@@ -258,24 +258,21 @@ async fn admit(
     check_text_fits(st, &req)?;
     let (prompt, image_memory) = load_prompt(st, &req).await?;
     let engine = st.engine.clone();
-    let counted_prompt = prompt.clone();
-    let prompt_tokens =
-        tokio::task::spawn_blocking(move || engine.count_prompt_tokens(&counted_prompt))
-            .await
-            .map_err(|e| ApiError::internal(format!("token counting failed: {e}")))?
-            .map_err(engine_error)?;
+    // The prompt (images included) moves to the counting thread and back: no copy of its pixels.
+    let (prompt, counted) = tokio::task::spawn_blocking(move || {
+        let counted = engine.count_prompt_tokens(&prompt);
+        (prompt, counted)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("token counting failed: {e}")))?;
+    let prompt_tokens = counted.map_err(engine_error)?;
     let max_tokens = budget(st, &req, &prompt, prompt_tokens)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancelFlag::default();
     let deadline = started + cfg.request_timeout;
     let item = BatchItem {
         prompt,
-        params: SamplingParams {
-            max_tokens,
-            temperature: req.temperature,
-            top_p: req.top_p,
-            seed: req.seed,
-        },
+        params: req.generation_request(max_tokens),
         prompt_tokens,
         request_id: id.to_string(),
         stop: StopStrings::new(req.stop.clone()),
@@ -350,13 +347,15 @@ fn budget(
 ) -> Result<usize, ApiError> {
     let ctx = st.engine.context_length();
     let image_costs: Vec<String> = prompt
-        .images()
-        .map(|i| {
+        .images
+        .iter()
+        .zip(&prompt.image_splits)
+        .enumerate()
+        .map(|(index, (image, split))| {
             format!(
-                "image {} costs {}",
-                i.index,
+                "image {index} costs {}",
                 st.engine
-                    .image_token_cost(i.image.width(), i.image.height(), i.split)
+                    .image_token_cost(image.width() as u32, image.height() as u32, *split)
             )
         })
         .collect();

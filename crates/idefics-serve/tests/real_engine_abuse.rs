@@ -76,26 +76,39 @@ fn an_underflowing_temperature_does_not_fail_its_batch() {
 #[test]
 fn images_reduced_at_admission_give_the_same_model_input() {
     let engine = engine();
-    let original = photo(640, 480);
+    // The server decodes into the processor's image type and hands that same value to the engine.
+    let processor_image = |img: image::RgbImage| {
+        let (w, h) = img.dimensions();
+        RgbImage::new(w as usize, h as usize, img.into_raw()).unwrap()
+    };
+    let dimensions = |img: &RgbImage| (img.width() as u32, img.height() as u32);
+    let original = processor_image(photo(640, 480));
     // No splitting: the processor resizes to longest edge 64 first, so the image can wait at that size.
     let reduced = engine.reduce_image(original.clone(), Some(false));
-    assert_eq!(reduced.dimensions(), (64, 48));
+    assert_eq!(dimensions(&reduced), (64, 48));
     // With splitting the crops come from the original pixels: kept as is.
     assert_eq!(
-        engine
-            .reduce_image(original.clone(), Some(true))
-            .dimensions(),
+        dimensions(&engine.reduce_image(original.clone(), Some(true))),
         (640, 480)
     );
     // Small images are not enlarged.
     assert_eq!(
-        engine.reduce_image(photo(10, 12), Some(false)).dimensions(),
+        dimensions(&engine.reduce_image(processor_image(photo(10, 12)), Some(false))),
         (10, 12)
     );
 
+    // A colour key (PNG tRNS) reaches the processor with the original pixels: it is applied before resizing.
+    let keyed = engine.reduce_image(
+        original.clone().with_transparent_color(Some([1, 2, 3])),
+        Some(false),
+    );
+    assert_eq!(
+        (dimensions(&keyed), keyed.transparent_color()),
+        ((640, 480), Some([1, 2, 3]))
+    );
+
     let pipeline = Pipeline::load(&checkpoint(), &LoadOptions::default()).unwrap();
-    let prepare = |img: &image::RgbImage| {
-        let (w, h) = img.dimensions();
+    let prepare = |img: &RgbImage| {
         let input = PromptInput {
             prompt: Prompt::Chat(vec![ChatMessage::parts(
                 "user",
@@ -104,7 +117,7 @@ fn images_reduced_at_admission_give_the_same_model_input() {
                     ContentPart::Text { text: "x".into() },
                 ],
             )]),
-            images: vec![RgbImage::new(w as usize, h as usize, img.as_raw().clone()).unwrap()],
+            images: vec![img.clone()],
         };
         pipeline.prepare(&[input], Some(false)).unwrap()
     };

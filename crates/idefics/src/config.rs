@@ -152,28 +152,17 @@ impl Default for Idefics2Config {
 impl Idefics2Config {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", path.display())))?;
-        Self::from_json_value(&value).map_err(|e| match e {
-            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
-            other => other,
-        })
+        read_config_file(path, Self::from_json_value)
     }
 
     /// Parses a config from JSON text.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| Error::Config(format!("not valid JSON: {e}")))?;
-        Self::from_json_value(&value)
+        Self::from_json_value(&parse_json(text)?)
     }
 
     /// Parses a config from a JSON value, applying transformers' defaults and validating it.
     pub fn from_json_value(v: &Value) -> Result<Self> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| Error::Config("config.json must be a JSON object".into()))?;
-        match obj.get("model_type").and_then(Value::as_str) {
+        match model_type_of(v)? {
             Some("idefics2") => {}
             Some(other) => {
                 return Err(Error::Config(format!(
@@ -182,19 +171,15 @@ impl Idefics2Config {
             }
             None => return Err(Error::Config("model_type is missing, expected \"idefics2\"".into())),
         }
-        let empty = Value::Object(Default::default());
-        let sub = |key: &str| -> Result<&Value> {
-            match obj.get(key) {
-                None | Some(Value::Null) => Ok(&empty),
-                Some(v @ Value::Object(_)) => Ok(v),
-                Some(_) => Err(Error::Config(format!("{key} must be an object"))),
-            }
-        };
-        let vision_config = parse_vision(sub("vision_config")?)?;
-        let mut perceiver_config = parse_perceiver(sub("perceiver_config")?)?;
-        let text_config = match obj.get("text_config") {
-            None | Some(Value::Null) => TextConfig::default(),
-            Some(_) => parse_text(sub("text_config")?)?,
+        let file: Idefics2File = deserialize_value(v)?;
+        let vision_config = file
+            .vision_config
+            .unwrap_or_default()
+            .resolve(VisionConfig::default());
+        let mut perceiver_config = file.perceiver_config.unwrap_or_default().resolve();
+        let text_config = match file.text_config {
+            None => TextConfig::default(),
+            Some(text) => text.mistral()?,
         };
         // Idefics2Config.__post_init__: the perceiver inherits hidden_size AND rms_norm_eps from the text config
         // only when the hidden sizes differ (idefics2-8b: equal, so the perceiver keeps eps 1e-6).
@@ -202,20 +187,13 @@ impl Idefics2Config {
             perceiver_config.hidden_size = text_config.hidden_size;
             perceiver_config.rms_norm_eps = text_config.rms_norm_eps;
         }
-        let image_token_id = get_u64(obj, "image_token_id", "")?.unwrap_or(32001);
         let cfg = Idefics2Config {
             vision_config,
             perceiver_config,
             text_config,
-            image_token_id: u32::try_from(image_token_id).map_err(|_| {
-                Error::Config(format!("image_token_id {image_token_id} is too large"))
-            })?,
-            tie_word_embeddings: get_bool(obj, "tie_word_embeddings", "")?.unwrap_or(false),
-            dtype: obj
-                .get("dtype")
-                .or_else(|| obj.get("torch_dtype"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            image_token_id: file.image_token_id.unwrap_or(32001),
+            tie_word_embeddings: file.tie_word_embeddings.unwrap_or(false),
+            dtype: stored_dtype(file.dtype, file.torch_dtype),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -304,204 +282,80 @@ impl Idefics2Config {
     }
 }
 
-pub(crate) type Obj = serde_json::Map<String, Value>;
-
-pub(crate) fn get_u64(obj: &Obj, key: &str, section: &str) -> Result<Option<u64>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            Error::Config(format!(
-                "{section}{key} must be a non-negative integer, got {v}"
-            ))
-        }),
-    }
+/// Idefics2's `config.json` as written on disk; `model_type` is checked before (its error says which model it is).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Idefics2File {
+    vision_config: Option<VisionFile>,
+    perceiver_config: Option<PerceiverFile>,
+    text_config: Option<TextFile>,
+    image_token_id: Option<u32>,
+    tie_word_embeddings: Option<bool>,
+    dtype: Option<Value>,
+    torch_dtype: Option<Value>,
 }
 
-pub(crate) fn get_usize(obj: &Obj, key: &str, section: &str) -> Result<Option<usize>> {
-    get_u64(obj, key, section)?
-        .map(|x| {
-            usize::try_from(x).map_err(|_| Error::Config(format!("{section}{key} is too large")))
-        })
-        .transpose()
+/// `Idefics2PerceiverConfig` as written on disk.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PerceiverFile {
+    #[serde(deserialize_with = "hf_activation")]
+    hidden_act: Option<Activation>,
+    hidden_size: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    resampler_n_latents: Option<usize>,
+    resampler_depth: Option<usize>,
+    resampler_n_heads: Option<usize>,
+    resampler_head_dim: Option<usize>,
+    num_key_value_heads: Option<usize>,
 }
 
-pub(crate) fn get_f64(obj: &Obj, key: &str, section: &str) -> Result<Option<f64>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| Error::Config(format!("{section}{key} must be a number, got {v}"))),
-    }
-}
-
-pub(crate) fn get_bool(obj: &Obj, key: &str, section: &str) -> Result<Option<bool>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_bool()
-            .map(Some)
-            .ok_or_else(|| Error::Config(format!("{section}{key} must be true or false, got {v}"))),
-    }
-}
-
-pub(crate) fn get_act(obj: &Obj, key: &str, section: &str) -> Result<Option<Activation>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Activation::from_hf_name(s).map(Some).ok_or_else(|| {
-            Error::Config(format!(
-                "{section}{key} \"{s}\" is not supported (expected silu, gelu_pytorch_tanh or gelu)"
-            ))
-        }),
-        Some(v) => Err(Error::Config(format!(
-            "{section}{key} must be a string, got {v}"
-        ))),
-    }
-}
-
-/// `image_size` / `patch_size` may be an int or a square `[a, a]` pair in transformers.
-pub(crate) fn get_side(obj: &Obj, key: &str, section: &str) -> Result<Option<usize>> {
-    match obj.get(key) {
-        Some(Value::Array(items)) => {
-            let sides: Vec<Option<u64>> = items.iter().map(Value::as_u64).collect();
-            match sides.as_slice() {
-                [Some(a), Some(b)] if a == b => Ok(Some(*a as usize)),
-                _ => Err(Error::Config(format!(
-                    "{section}{key} must be an integer or a square [n, n] pair, got {items:?}"
-                ))),
-            }
-        }
-        _ => get_usize(obj, key, section),
-    }
-}
-
-pub(crate) fn as_obj(v: &Value) -> &Obj {
-    static EMPTY: std::sync::OnceLock<Obj> = std::sync::OnceLock::new();
-    v.as_object().unwrap_or_else(|| EMPTY.get_or_init(Obj::new))
-}
-
-pub(crate) fn parse_vision(v: &Value) -> Result<VisionConfig> {
-    let o = as_obj(v);
-    let s = "vision_config.";
-    let d = VisionConfig::default();
-    Ok(VisionConfig {
-        hidden_size: get_usize(o, "hidden_size", s)?.unwrap_or(d.hidden_size),
-        intermediate_size: get_usize(o, "intermediate_size", s)?.unwrap_or(d.intermediate_size),
-        num_hidden_layers: get_usize(o, "num_hidden_layers", s)?.unwrap_or(d.num_hidden_layers),
-        num_attention_heads: get_usize(o, "num_attention_heads", s)?
-            .unwrap_or(d.num_attention_heads),
-        num_channels: get_usize(o, "num_channels", s)?.unwrap_or(d.num_channels),
-        image_size: get_side(o, "image_size", s)?.unwrap_or(d.image_size),
-        patch_size: get_side(o, "patch_size", s)?.unwrap_or(d.patch_size),
-        hidden_act: get_act(o, "hidden_act", s)?.unwrap_or(d.hidden_act),
-        layer_norm_eps: get_f64(o, "layer_norm_eps", s)?.unwrap_or(d.layer_norm_eps),
-    })
-}
-
-fn parse_perceiver(v: &Value) -> Result<PerceiverConfig> {
-    let o = as_obj(v);
-    let s = "perceiver_config.";
-    let d = PerceiverConfig::default();
-    Ok(PerceiverConfig {
-        hidden_act: get_act(o, "hidden_act", s)?.unwrap_or(d.hidden_act),
-        hidden_size: get_usize(o, "hidden_size", s)?.unwrap_or(d.hidden_size),
-        rms_norm_eps: get_f64(o, "rms_norm_eps", s)?.unwrap_or(d.rms_norm_eps),
-        resampler_n_latents: get_usize(o, "resampler_n_latents", s)?
-            .unwrap_or(d.resampler_n_latents),
-        resampler_depth: get_usize(o, "resampler_depth", s)?.unwrap_or(d.resampler_depth),
-        resampler_n_heads: get_usize(o, "resampler_n_heads", s)?.unwrap_or(d.resampler_n_heads),
-        resampler_head_dim: get_usize(o, "resampler_head_dim", s)?.unwrap_or(d.resampler_head_dim),
-        num_key_value_heads: get_usize(o, "num_key_value_heads", s)?
-            .unwrap_or(d.num_key_value_heads),
-    })
-}
-
-/// A `text_config` dict: missing keys take `MistralConfig` class defaults (note rms_norm_eps 1e-6 and
-/// max_position_embeddings 131072 there, unlike the no-text-config default of `Idefics2Config`).
-fn parse_text(v: &Value) -> Result<TextConfig> {
-    let o = as_obj(v);
-    let s = "text_config.";
-    if let Some(mt) = o.get("model_type").and_then(Value::as_str) {
-        if mt != "mistral" {
-            return Err(Error::Config(format!(
-                "text_config.model_type \"{mt}\" is not supported (only \"mistral\")"
-            )));
+impl PerceiverFile {
+    fn resolve(self) -> PerceiverConfig {
+        let d = PerceiverConfig::default();
+        PerceiverConfig {
+            hidden_act: self.hidden_act.unwrap_or(d.hidden_act),
+            hidden_size: self.hidden_size.unwrap_or(d.hidden_size),
+            rms_norm_eps: self.rms_norm_eps.unwrap_or(d.rms_norm_eps),
+            resampler_n_latents: self.resampler_n_latents.unwrap_or(d.resampler_n_latents),
+            resampler_depth: self.resampler_depth.unwrap_or(d.resampler_depth),
+            resampler_n_heads: self.resampler_n_heads.unwrap_or(d.resampler_n_heads),
+            resampler_head_dim: self.resampler_head_dim.unwrap_or(d.resampler_head_dim),
+            num_key_value_heads: self.num_key_value_heads.unwrap_or(d.num_key_value_heads),
         }
     }
-    let hidden_size = get_usize(o, "hidden_size", s)?.unwrap_or(4096);
-    let num_attention_heads = get_usize(o, "num_attention_heads", s)?.unwrap_or(32);
-    if num_attention_heads == 0 {
-        return Err(Error::Config(
-            "text_config.num_attention_heads must be > 0".into(),
-        ));
-    }
-    // 5.x: rope_parameters {rope_theta, rope_type}; 4.x: rope_theta at top level and maybe rope_scaling.
-    let mut rope_theta = get_f64(o, "rope_theta", s)?;
-    let mut rope_type: Option<String> = None;
-    for key in ["rope_parameters", "rope_scaling"] {
-        match o.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(rp)) => {
-                let sec = format!("text_config.{key}.");
-                if let Some(theta) = get_f64(rp, "rope_theta", &sec)? {
-                    rope_theta = Some(theta);
-                }
-                if let Some(t) = rp
-                    .get("rope_type")
-                    .or_else(|| rp.get("type"))
-                    .and_then(Value::as_str)
-                {
-                    rope_type = Some(t.to_string());
-                }
-            }
-            Some(other) => {
+}
+
+impl TextFile {
+    /// A Mistral `text_config`: missing keys take `MistralConfig` class defaults (note rms_norm_eps 1e-6 and
+    /// max_position_embeddings 131072 there, unlike the no-text-config default of `Idefics2Config`).
+    fn mistral(self) -> Result<TextConfig> {
+        self.check_model_type("mistral")?;
+        let (rope_theta, rope) = self.rope();
+        if let Some((_, params)) = rope {
+            let kind = params.kind();
+            if kind != "default" {
                 return Err(Error::Config(format!(
-                    "text_config.{key} must be an object, got {other}"
-                )))
+                    "text_config rope_type \"{kind}\" is not supported (only \"default\")"
+                )));
             }
         }
+        let defaults = TextConfig {
+            max_position_embeddings: 131072,
+            rms_norm_eps: 1e-6,
+            pad_token_id: None,
+            ..TextConfig::default()
+        };
+        let mut text = self.resolve(&defaults, rope_theta)?;
+        text.sliding_window = self.sliding_window.unwrap_or(defaults.sliding_window);
+        Ok(text)
     }
-    if let Some(t) = rope_type {
-        if t != "default" {
-            return Err(Error::Config(format!(
-                "text_config rope_type \"{t}\" is not supported (only \"default\")"
-            )));
-        }
-    }
-    let sliding_window = match o.get("sliding_window") {
-        None => Some(4096),
-        Some(Value::Null) => None,
-        Some(_) => get_usize(o, "sliding_window", s)?,
-    };
-    let opt_u32 = |key: &str, default: Option<u32>| -> Result<Option<u32>> {
-        match o.get(key) {
-            None => Ok(default),
-            Some(Value::Null) => Ok(None),
-            Some(_) => Ok(get_u64(o, key, s)?.map(|x| x as u32)),
-        }
-    };
-    Ok(TextConfig {
-        vocab_size: get_usize(o, "vocab_size", s)?.unwrap_or(32000),
-        hidden_size,
-        intermediate_size: get_usize(o, "intermediate_size", s)?.unwrap_or(14336),
-        num_hidden_layers: get_usize(o, "num_hidden_layers", s)?.unwrap_or(32),
-        num_attention_heads,
-        num_key_value_heads: get_usize(o, "num_key_value_heads", s)?.unwrap_or(8),
-        head_dim: get_usize(o, "head_dim", s)?.unwrap_or(hidden_size / num_attention_heads),
-        hidden_act: get_act(o, "hidden_act", s)?.unwrap_or(Activation::Silu),
-        max_position_embeddings: get_usize(o, "max_position_embeddings", s)?.unwrap_or(131072),
-        rms_norm_eps: get_f64(o, "rms_norm_eps", s)?.unwrap_or(1e-6),
-        rope_theta: rope_theta.unwrap_or(10000.0),
-        sliding_window,
-        pad_token_id: opt_u32("pad_token_id", None)?,
-        bos_token_id: opt_u32("bos_token_id", Some(1))?,
-        eos_token_id: match o.get("eos_token_id") {
-            None => Some(Value::from(2)),
-            Some(Value::Null) => None,
-            Some(v) => Some(v.clone()),
-        },
-    })
 }
+
+use crate::config_file::{
+    deserialize_value, hf_activation, model_type_of, parse_json, read_config_file, stored_dtype,
+    TextFile, VisionFile,
+};
 
 #[cfg(test)]
 mod tests {
@@ -588,6 +442,137 @@ mod tests {
         assert!(e.contains("image_token_id"), "{e}");
         let e = err(r#"{"model_type":"idefics2","vision_config":{"hidden_size":"big"}}"#);
         assert!(e.contains("vision_config.hidden_size"), "{e}");
+    }
+
+    #[test]
+    fn accepts_4x_rope_theta_and_torch_dtype() {
+        let json = r#"{"model_type":"idefics2","torch_dtype":"float16","text_config":{"model_type":"mistral",
+            "rope_theta":1000000.0,"rope_scaling":null,"vocab_size":32003}}"#;
+        let c = Idefics2Config::from_json_str(json).unwrap();
+        assert_eq!(c.text_config.rope_theta, 1000000.0);
+        assert_eq!(c.dtype.as_deref(), Some("float16"));
+        // A 4.x rope_scaling dict of type "default" carrying its own theta: the dict's value wins.
+        let json = r#"{"model_type":"idefics2","text_config":{"rope_theta":1000.0,
+            "rope_scaling":{"type":"default","rope_theta":2000.0},"vocab_size":32003}}"#;
+        assert_eq!(
+            Idefics2Config::from_json_str(json)
+                .unwrap()
+                .text_config
+                .rope_theta,
+            2000.0
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored() {
+        let json = r#"{"model_type":"idefics2","transformers_version":"5.24.0","use_cache":true,
+            "vision_config":{"attention_dropout":0.0,"initializer_range":0.02},
+            "perceiver_config":{"attention_dropout":0.0},
+            "text_config":{"model_type":"mistral","attention_dropout":0.0,"layer_types":["full_attention"],"vocab_size":32003}}"#;
+        let c = Idefics2Config::from_json_str(json).unwrap();
+        assert_eq!(c.vision_config, VisionConfig::default());
+        assert_eq!(c.text_config.max_position_embeddings, 131072);
+    }
+
+    #[test]
+    fn null_means_none_only_where_transformers_says_so() {
+        // sliding_window / pad / bos / eos: null disables, absent takes the default.
+        let json = r#"{"model_type":"idefics2","text_config":{"sliding_window":null,"bos_token_id":null,
+            "eos_token_id":null,"pad_token_id":7,"vocab_size":32003}}"#;
+        let t = Idefics2Config::from_json_str(json).unwrap().text_config;
+        assert_eq!(
+            (
+                t.sliding_window,
+                t.bos_token_id,
+                t.eos_token_id,
+                t.pad_token_id
+            ),
+            (None, None, None, Some(7))
+        );
+        let t = Idefics2Config::from_json_str(
+            r#"{"model_type":"idefics2","text_config":{"vocab_size":32003}}"#,
+        )
+        .unwrap()
+        .text_config;
+        assert_eq!(t.sliding_window, Some(4096));
+        assert_eq!(t.bos_token_id, Some(1));
+        assert_eq!(t.eos_token_id, Some(Value::from(2)));
+        assert_eq!(t.pad_token_id, None);
+        // Elsewhere null is the class default.
+        let json = r#"{"model_type":"idefics2","vision_config":{"hidden_size":null},"image_token_id":null,
+            "text_config":{"vocab_size":32003}}"#;
+        let c = Idefics2Config::from_json_str(json).unwrap();
+        assert_eq!(c.vision_config.hidden_size, 768);
+        assert_eq!(c.image_token_id, 32001);
+    }
+
+    #[test]
+    fn square_pairs_are_sides() {
+        let json = r#"{"model_type":"idefics2","vision_config":{"image_size":[980,980],"patch_size":[14,14]},
+            "text_config":{"vocab_size":32003}}"#;
+        let c = Idefics2Config::from_json_str(json).unwrap();
+        assert_eq!(c.vision_config.num_patches_per_side(), 70);
+        let e = err(r#"{"model_type":"idefics2","vision_config":{"image_size":[980,490]}}"#);
+        assert!(
+            e.contains("vision_config.image_size") && e.contains("[n, n]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_and_the_file() {
+        for (json, key) in [
+            (
+                r#"{"model_type":"idefics2","text_config":{"rope_parameters":{"rope_theta":"big"}}}"#,
+                "text_config.rope_parameters.rope_theta",
+            ),
+            (
+                r#"{"model_type":"idefics2","text_config":{"sliding_window":-1}}"#,
+                "text_config.sliding_window",
+            ),
+            (
+                r#"{"model_type":"idefics2","text_config":{"pad_token_id":5000000000}}"#,
+                "text_config.pad_token_id",
+            ),
+            (
+                r#"{"model_type":"idefics2","perceiver_config":{"resampler_depth":2.5}}"#,
+                "perceiver_config.resampler_depth",
+            ),
+            (
+                r#"{"model_type":"idefics2","tie_word_embeddings":"yes"}"#,
+                "tie_word_embeddings",
+            ),
+            (
+                r#"{"model_type":"idefics2","text_config":7}"#,
+                "text_config",
+            ),
+        ] {
+            let e = err(json);
+            assert!(
+                e.contains(&format!("{key}: ")) && !e.contains('\n'),
+                "{key}: {e}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"model_type":"idefics2","vision_config":{"num_hidden_layers":"many"}}"#,
+        )
+        .unwrap();
+        let e = Idefics2Config::from_file(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string())
+                && e.contains("vision_config.num_hidden_layers")
+                && e.contains("many"),
+            "{e}"
+        );
+        std::fs::write(&path, "{").unwrap();
+        let e = Idefics2Config::from_file(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("not valid JSON"),
+            "{e}"
+        );
     }
 
     #[test]

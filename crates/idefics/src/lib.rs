@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod config;
+mod config_file;
 pub mod error;
 pub mod generate;
 pub mod hub;

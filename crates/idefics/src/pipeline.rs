@@ -126,9 +126,6 @@ impl Pipeline {
         batch: &[PromptInput],
         do_image_splitting: Option<bool>,
     ) -> Result<PreparedBatch> {
-        if batch.is_empty() {
-            return Err(Error::Input("empty batch".into()));
-        }
         let rows: Vec<PromptRow<'_>> = batch
             .iter()
             .map(|input| PromptRow {
@@ -139,9 +136,22 @@ impl Pipeline {
                 images: &input.images,
             })
             .collect();
+        self.prepare_rows(&rows, do_image_splitting)
+    }
+
+    /// [`Pipeline::prepare`] over borrowed rows (a caller that keeps its messages and images, such as the
+    /// server, which may run a request again, hands them over without a copy).
+    pub fn prepare_rows(
+        &self,
+        rows: &[PromptRow<'_>],
+        do_image_splitting: Option<bool>,
+    ) -> Result<PreparedBatch> {
+        if rows.is_empty() {
+            return Err(Error::Input("empty batch".into()));
+        }
         let processed = self
             .processor
-            .process_batch(&rows, true, do_image_splitting)
+            .process_batch(rows, true, do_image_splitting)
             .map_err(|e| match e {
                 ProcessorError::Image(e) => Error::Image(e),
                 other => Error::Input(other.to_string()),

@@ -6,11 +6,11 @@
 mod common;
 
 use candle_core::{DType, IndexOp, Tensor, Var};
-use common::{load_st, mask_rows, masked_logit_diff, max_abs_diff, tolerance};
+use common::{case_inputs, load_st, mask_rows, masked_logit_diff, max_abs_diff, tolerance};
 use idefics::generate::{FinishReason, GenerationConfig, GenerationRequest, Generator};
 use idefics::model::{Idefics3ForConditionalGeneration, ModelFamily, VlmModel};
 use idefics::nn::{Linear, ParamVisitor, RopeScaling, VisitParams};
-use idefics::{LoadOptions, ModelInputs};
+use idefics::LoadOptions;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -60,21 +60,6 @@ fn load(case: &Path) -> Idefics3ForConditionalGeneration {
         .unwrap_or_else(|e| panic!("{}: {e}", case.display()))
 }
 
-fn inputs_of(t: &HashMap<String, Tensor>, with_positions: bool) -> ModelInputs {
-    ModelInputs {
-        input_ids: t.get("input_ids").cloned(),
-        attention_mask: t.get("attention_mask").cloned(),
-        position_ids: if with_positions {
-            t.get("position_ids").cloned()
-        } else {
-            None
-        },
-        pixel_values: t.get("pixel_values").cloned(),
-        pixel_attention_mask: t.get("pixel_attention_mask").cloned(),
-        inputs_embeds: None,
-    }
-}
-
 fn name_of(case: &Path, set: &str) -> String {
     format!("{}{set}", case.file_name().unwrap().to_string_lossy())
 }
@@ -90,7 +75,7 @@ fn logits_match_transformers() {
         let mask = mask_rows(&inputs["attention_mask"]);
         for with_positions in [true, false] {
             let logits = model
-                .forward(&inputs_of(&inputs, with_positions), None)
+                .forward(&case_inputs(&inputs, with_positions), None)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(
                 logits.dims(),
@@ -253,7 +238,7 @@ fn greedy_generation_matches_transformers() {
         ];
         let out = generator
             .generate(
-                &inputs_of(&inputs, false),
+                &case_inputs(&inputs, false),
                 &prompt_ids,
                 &requests,
                 |_, _| true,
@@ -308,7 +293,7 @@ fn wrong_image_token_count_is_an_error_naming_both_counts() {
     let case = root().join("idefics3_llama3");
     let model = load(&case);
     let inputs = load_st(&case.join("inputs.safetensors"));
-    let mut bad = inputs_of(&inputs, false);
+    let mut bad = case_inputs(&inputs, false);
     // Drop the last image slot of sample 0: 27 <image> tokens remain in the prompt for 18 feature rows.
     let pv = inputs["pixel_values"].i((.., 0..1)).unwrap();
     let pm = inputs["pixel_attention_mask"].i((.., 0..1)).unwrap();
@@ -377,7 +362,7 @@ fn every_parameter_is_visited_and_gets_a_gradient() {
         assert_eq!(visited, stored, "{}", case.display());
 
         let inputs = load_st(&case.join("inputs.safetensors"));
-        let logits = model.forward(&inputs_of(&inputs, false), None).unwrap();
+        let logits = model.forward(&case_inputs(&inputs, false), None).unwrap();
         let loss = logits.sqr().unwrap().mean_all().unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in &visitor.vars {
@@ -491,7 +476,7 @@ fn realistic_shape_checkpoint_matches_transformers() {
     let inputs = load_st(&dir.join("parity_inputs.safetensors"));
     let expected = load_st(&dir.join("parity_expected.safetensors"));
     let t0 = std::time::Instant::now();
-    let logits = model.forward(&inputs_of(&inputs, false), None).unwrap();
+    let logits = model.forward(&case_inputs(&inputs, false), None).unwrap();
     let forward_s = t0.elapsed().as_secs_f64();
     let mask = mask_rows(&inputs["attention_mask"]);
     let (diff, ref_max) = masked_logit_diff(&logits, &expected["logits"], &mask);

@@ -23,7 +23,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::processor::{
-    file_err, pack_frames, read, whiten_color_key, ImageBatch, ImageSize, NormalizeLut, PerChannel,
+    pack_frames, whiten_color_key, ImageBatch, ImageSize, NormalizeLut, PerChannel, SettingsFile,
 };
 use super::resize::{resize, ResampleFilter};
 use super::{ImageError, RgbImage};
@@ -142,23 +142,8 @@ impl Idefics3ImageProcessorConfig {
     /// (image_processing_base.py): the `image_processor` object nested in `processor_config.json`, else
     /// `preprocessor_config.json`.
     pub fn from_model_dir(dir: &Path) -> Result<Self, ImageError> {
-        let proc = dir.join("processor_config.json");
-        if proc.is_file() {
-            let value: serde_json::Value =
-                serde_json::from_str(&read(&proc)?).map_err(|e| file_err(&proc, e))?;
-            if let Some(nested) = value.get("image_processor") {
-                return Self::from_json_value(nested).map_err(|e| file_err(&proc, e));
-            }
-        }
-        let pre = dir.join("preprocessor_config.json");
-        if pre.is_file() {
-            let value: serde_json::Value =
-                serde_json::from_str(&read(&pre)?).map_err(|e| file_err(&pre, e))?;
-            return Self::from_json_value(&value).map_err(|e| file_err(&pre, e));
-        }
-        Err(ImageError::NoConfig {
-            dir: dir.to_path_buf(),
-        })
+        SettingsFile::find(dir, SettingsFile::ProcessorNested)?
+            .parse(|value| Self::from_json_value(&value))
     }
 
     fn from_raw(raw: RawConfig) -> Result<Self, ImageError> {

@@ -139,22 +139,17 @@ impl Idefics2ImageProcessorConfig {
     /// Loads the settings of a model directory: `preprocessor_config.json` if present, else the
     /// `image_processor` object of `processor_config.json`.
     pub fn from_model_dir(dir: &Path) -> Result<Self, ImageError> {
-        let pre = dir.join("preprocessor_config.json");
-        if pre.is_file() {
-            let text = read(&pre)?;
-            return Self::from_preprocessor_json(&text).map_err(|e| file_err(&pre, e));
-        }
-        let proc = dir.join("processor_config.json");
-        if proc.is_file() {
-            let text = read(&proc)?;
-            let value: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| file_err(&proc, e))?;
-            if value.get("image_processor").is_some() {
-                return Self::from_processor_json(&text).map_err(|e| file_err(&proc, e));
-            }
-        }
-        Err(ImageError::NoConfig {
-            dir: dir.to_path_buf(),
+        let found = SettingsFile::find(dir, SettingsFile::Preprocessor)?;
+        let field = match found.file {
+            SettingsFile::Preprocessor => "preprocessor_config.json",
+            SettingsFile::ProcessorNested => "image_processor",
+        };
+        found.parse(|value| {
+            let raw: RawConfig = serde_json::from_value(value).map_err(|e| ImageError::Config {
+                field,
+                message: e.to_string(),
+            })?;
+            Self::from_raw(raw)
         })
     }
 
@@ -229,6 +224,66 @@ impl Idefics2ImageProcessorConfig {
             });
         }
         Ok(())
+    }
+}
+
+/// Where a model directory keeps its image-processor settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SettingsFile {
+    /// `preprocessor_config.json`, the whole document.
+    Preprocessor,
+    /// The `image_processor` object nested in `processor_config.json` (what transformers 5.x writes).
+    ProcessorNested,
+}
+
+/// The settings object found in a model directory, with the file it came from.
+pub(crate) struct FoundSettings {
+    pub file: SettingsFile,
+    pub path: std::path::PathBuf,
+    pub value: serde_json::Value,
+}
+
+impl SettingsFile {
+    /// Looks for the settings, trying `first` before the other file; errors name the file, and a directory with
+    /// neither is [`ImageError::NoConfig`]. The families differ in which file wins when both exist.
+    pub(crate) fn find(dir: &Path, first: SettingsFile) -> Result<FoundSettings, ImageError> {
+        let order = match first {
+            Self::Preprocessor => [Self::Preprocessor, Self::ProcessorNested],
+            Self::ProcessorNested => [Self::ProcessorNested, Self::Preprocessor],
+        };
+        for file in order {
+            let path = dir.join(match file {
+                Self::Preprocessor => "preprocessor_config.json",
+                Self::ProcessorNested => "processor_config.json",
+            });
+            if !path.is_file() {
+                continue;
+            }
+            let value: serde_json::Value =
+                serde_json::from_str(&read(&path)?).map_err(|e| file_err(&path, e))?;
+            let value = match file {
+                Self::Preprocessor => value,
+                Self::ProcessorNested => match value.get("image_processor") {
+                    Some(nested) => nested.clone(),
+                    None => continue,
+                },
+            };
+            return Ok(FoundSettings { file, path, value });
+        }
+        Err(ImageError::NoConfig {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl FoundSettings {
+    /// Parses the settings object; errors are prefixed with the file's path.
+    pub(crate) fn parse<T>(
+        self,
+        parse: impl FnOnce(serde_json::Value) -> Result<T, ImageError>,
+    ) -> Result<T, ImageError> {
+        let path = self.path;
+        parse(self.value).map_err(|e| file_err(&path, e))
     }
 }
 

@@ -1,10 +1,14 @@
 //! What limits a benchmark figure: the machine's measured peak arithmetic and memory bandwidth ([`machine`]), and
 //! the work each phase of `idefics bench` does for a given checkpoint ([`work`]), so a time becomes a fraction of
-//! the bound that applies (arithmetic for the vision tower and prefill, bandwidth for decoding).
+//! the bound that applies (arithmetic for the vision tower and prefill, bandwidth for decoding); and the
+//! measuring run of `idefics bench` itself ([`inference`]).
 
+pub mod inference;
 pub mod machine;
 pub mod quant;
 pub mod work;
+
+pub use inference::{run as run_inference, BenchError, BenchOptions, BenchReport, BenchRow};
 
 pub use machine::{probe_bandwidth, probe_peak_flops, BandwidthProbe, PeakFlopsProbe};
 pub use work::{decode_bytes_per_token, prefill_flops, vision_connector_flops};

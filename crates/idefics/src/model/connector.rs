@@ -8,6 +8,8 @@ use crate::nn::{
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::parts::{builders, visit_parts, Part};
+
 /// Cross-attention of the latents over `[context, latents]` (context FIRST), grouped kv heads, no positions.
 #[derive(Debug, Clone)]
 pub struct PerceiverAttention {
@@ -22,6 +24,18 @@ pub struct PerceiverAttention {
 }
 
 impl PerceiverAttention {
+    /// Checkpoint names of the parts, in field order (loading and `visit_params` both read this list).
+    const PARTS: [&'static str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+
+    fn parts_mut(&mut self) -> [Part<'_>; 4] {
+        [
+            Part::Linear(&mut self.q_proj),
+            Part::Linear(&mut self.k_proj),
+            Part::Linear(&mut self.v_proj),
+            Part::Linear(&mut self.o_proj),
+        ]
+    }
+
     pub fn load(cfg: &PerceiverConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
         let (d, h, kv, hd) = (
             cfg.hidden_size,
@@ -29,11 +43,12 @@ impl PerceiverAttention {
             cfg.num_key_value_heads,
             cfg.resampler_head_dim,
         );
+        let [q, k, v, o] = builders(&vb, Self::PARTS);
         Ok(Self {
-            q_proj: Linear::load(vb.pp("q_proj"), d, h * hd, false)?,
-            k_proj: Linear::load(vb.pp("k_proj"), d, kv * hd, false)?,
-            v_proj: Linear::load(vb.pp("v_proj"), d, kv * hd, false)?,
-            o_proj: Linear::load(vb.pp("o_proj"), h * hd, d, false)?,
+            q_proj: Linear::load(q, d, h * hd, false)?,
+            k_proj: Linear::load(k, d, kv * hd, false)?,
+            v_proj: Linear::load(v, d, kv * hd, false)?,
+            o_proj: Linear::load(o, h * hd, d, false)?,
             num_heads: h,
             num_kv_heads: kv,
             head_dim: hd,
@@ -83,20 +98,35 @@ pub struct PerceiverLayer {
 }
 
 impl PerceiverLayer {
+    /// Checkpoint names of the parts, in field order (loading and `visit_params` both read this list).
+    const PARTS: [&'static str; 5] = [
+        "input_latents_norm",
+        "input_context_norm",
+        "self_attn",
+        "post_attention_layernorm",
+        "mlp",
+    ];
+
+    fn parts_mut(&mut self) -> [Part<'_>; 5] {
+        [
+            Part::Block(&mut self.input_latents_norm),
+            Part::Block(&mut self.input_context_norm),
+            Part::Block(&mut self.self_attn),
+            Part::Block(&mut self.post_attention_layernorm),
+            Part::Block(&mut self.mlp),
+        ]
+    }
+
     pub fn load(cfg: &PerceiverConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let [latents_norm, context_norm, attn, post_norm, mlp] = builders(&vb, Self::PARTS);
         Ok(Self {
-            input_latents_norm: RmsNorm::load(vb.pp("input_latents_norm"), d, eps, kernels)?,
-            input_context_norm: RmsNorm::load(vb.pp("input_context_norm"), d, eps, kernels)?,
-            self_attn: PerceiverAttention::load(cfg, vb.pp("self_attn"), kernels)?,
-            post_attention_layernorm: RmsNorm::load(
-                vb.pp("post_attention_layernorm"),
-                d,
-                eps,
-                kernels,
-            )?,
+            input_latents_norm: RmsNorm::load(latents_norm, d, eps, kernels)?,
+            input_context_norm: RmsNorm::load(context_norm, d, eps, kernels)?,
+            self_attn: PerceiverAttention::load(cfg, attn, kernels)?,
+            post_attention_layernorm: RmsNorm::load(post_norm, d, eps, kernels)?,
             // The perceiver MLP is 4x wide and uses the perceiver's own activation.
-            mlp: GatedMlp::load(vb.pp("mlp"), d, 4 * d, d, cfg.hidden_act)?,
+            mlp: GatedMlp::load(mlp, d, 4 * d, d, cfg.hidden_act)?,
         })
     }
 
@@ -178,12 +208,23 @@ pub struct Connector {
 }
 
 impl Connector {
+    /// Checkpoint names of the parts, in field order (loading and `visit_params` both read this list).
+    const PARTS: [&'static str; 2] = ["modality_projection", "perceiver_resampler"];
+
+    fn parts_mut(&mut self) -> [Part<'_>; 2] {
+        [
+            Part::Block(&mut self.modality_projection),
+            Part::Block(&mut self.perceiver_resampler),
+        ]
+    }
+
     pub fn load(cfg: &Idefics2Config, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
         let t = &cfg.text_config;
+        let [projection, resampler] = builders(&vb, Self::PARTS);
         Ok(Self {
             // The projection uses the TEXT config's width and activation (transformers' Idefics2Connector).
             modality_projection: GatedMlp::load(
-                vb.pp("modality_projection"),
+                projection,
                 cfg.vision_config.hidden_size,
                 t.intermediate_size,
                 t.hidden_size,
@@ -191,7 +232,7 @@ impl Connector {
             )?,
             perceiver_resampler: PerceiverResampler::load(
                 &cfg.perceiver_config,
-                vb.pp("perceiver_resampler"),
+                resampler,
                 kernels,
             )?,
         })
@@ -206,24 +247,13 @@ impl Connector {
 
 impl VisitParams for PerceiverAttention {
     fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
-        v.linear(&join_path(prefix, "q_proj"), &mut self.q_proj)?;
-        v.linear(&join_path(prefix, "k_proj"), &mut self.k_proj)?;
-        v.linear(&join_path(prefix, "v_proj"), &mut self.v_proj)?;
-        v.linear(&join_path(prefix, "o_proj"), &mut self.o_proj)
+        visit_parts(prefix, v, Self::PARTS, self.parts_mut())
     }
 }
 
 impl VisitParams for PerceiverLayer {
     fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
-        self.input_latents_norm
-            .visit_params(&join_path(prefix, "input_latents_norm"), v)?;
-        self.input_context_norm
-            .visit_params(&join_path(prefix, "input_context_norm"), v)?;
-        self.self_attn
-            .visit_params(&join_path(prefix, "self_attn"), v)?;
-        self.post_attention_layernorm
-            .visit_params(&join_path(prefix, "post_attention_layernorm"), v)?;
-        self.mlp.visit_params(&join_path(prefix, "mlp"), v)
+        visit_parts(prefix, v, Self::PARTS, self.parts_mut())
     }
 }
 
@@ -239,9 +269,6 @@ impl VisitParams for PerceiverResampler {
 
 impl VisitParams for Connector {
     fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
-        self.modality_projection
-            .visit_params(&join_path(prefix, "modality_projection"), v)?;
-        self.perceiver_resampler
-            .visit_params(&join_path(prefix, "perceiver_resampler"), v)
+        visit_parts(prefix, v, Self::PARTS, self.parts_mut())
     }
 }

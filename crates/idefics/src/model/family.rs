@@ -22,8 +22,45 @@ pub trait DecodeModel: Send + Sync {
     fn decode_step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor>;
 }
 
-macro_rules! impl_decode_model {
+/// The logits entry points of a model, written once from its `forward_hidden`, `lm_head()` and `device()`: the
+/// inherent `forward` / `forward_last` / `decode_step` of every family and of [`VlmModel`], and their
+/// [`DecodeModel`] impl.
+macro_rules! impl_logits {
     ($t:ty) => {
+        impl $t {
+            /// Logits `[B, L, V]` for the new tokens. With a cache, its keys/values and mask are extended (prefill
+            /// when empty, then decoding steps).
+            pub fn forward(
+                &self,
+                inputs: &ModelInputs,
+                cache: Option<&mut KvCache>,
+            ) -> Result<Tensor> {
+                let hidden = self.forward_hidden(inputs, cache)?;
+                Ok(self.lm_head().forward(&hidden)?)
+            }
+
+            /// Prefill (or continue) with `inputs` and return the logits of the last position of each row,
+            /// `[B, V]`. Use left padding so that the last position is a real token in every row.
+            pub fn forward_last(
+                &self,
+                inputs: &ModelInputs,
+                cache: &mut KvCache,
+            ) -> Result<Tensor> {
+                let hidden = self.forward_hidden(inputs, Some(cache))?;
+                let l = hidden.dim(1)?;
+                Ok(self
+                    .lm_head()
+                    .forward(&hidden.narrow(1, l - 1, 1)?.squeeze(1)?)?)
+            }
+
+            /// One decoding step: appends `tokens` (one per row, all real) and returns the next-token logits
+            /// `[B, V]`.
+            pub fn decode_step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+                let inputs = super::step::decode_inputs(tokens, cache, self.device())?;
+                self.forward_last(&inputs, cache)
+            }
+        }
+
         impl DecodeModel for $t {
             fn new_cache(&self) -> KvCache {
                 <$t>::new_cache(self)
@@ -38,9 +75,9 @@ macro_rules! impl_decode_model {
     };
 }
 
-impl_decode_model!(Idefics2ForConditionalGeneration);
-impl_decode_model!(Idefics3ForConditionalGeneration);
-impl_decode_model!(VlmModel);
+impl_logits!(Idefics2ForConditionalGeneration);
+impl_logits!(Idefics3ForConditionalGeneration);
+impl_logits!(VlmModel);
 
 /// The architecture families, one definition for the processor and the model.
 pub use idefics_processor::ModelFamily;
@@ -81,14 +118,6 @@ impl VlmModel {
         }
     }
 
-    /// Logits `[B, L, V]` of the new tokens (see the families' `forward`).
-    pub fn forward(&self, inputs: &ModelInputs, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        match self {
-            Self::Idefics2(m) => m.forward(inputs, cache),
-            Self::Idefics3(m) => m.forward(inputs, cache),
-        }
-    }
-
     /// Final-normed hidden states `[B, L, Dt]`.
     pub fn forward_hidden(
         &self,
@@ -98,22 +127,6 @@ impl VlmModel {
         match self {
             Self::Idefics2(m) => m.forward_hidden(inputs, cache),
             Self::Idefics3(m) => m.forward_hidden(inputs, cache),
-        }
-    }
-
-    /// Prefill and return the last position's logits `[B, V]`.
-    pub fn forward_last(&self, inputs: &ModelInputs, cache: &mut KvCache) -> Result<Tensor> {
-        match self {
-            Self::Idefics2(m) => m.forward_last(inputs, cache),
-            Self::Idefics3(m) => m.forward_last(inputs, cache),
-        }
-    }
-
-    /// One decoding step, `[B, V]`.
-    pub fn decode_step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        match self {
-            Self::Idefics2(m) => m.decode_step(tokens, cache),
-            Self::Idefics3(m) => m.decode_step(tokens, cache),
         }
     }
 

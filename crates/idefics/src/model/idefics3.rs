@@ -344,29 +344,6 @@ impl Idefics3ForConditionalGeneration {
         })
     }
 
-    /// Logits `[B, L, V]` for the new tokens. With a cache, its keys/values and mask are extended (prefill when
-    /// empty, then decoding steps).
-    pub fn forward(&self, inputs: &ModelInputs, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let hidden = self.forward_hidden(inputs, cache)?;
-        Ok(self.lm_head.forward(&hidden)?)
-    }
-
-    /// Prefill (or continue) with `inputs` and return the logits of the last position of each row, `[B, V]`.
-    /// Use left padding so that the last position is a real token in every row.
-    pub fn forward_last(&self, inputs: &ModelInputs, cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.forward_hidden(inputs, Some(cache))?;
-        let l = hidden.dim(1)?;
-        Ok(self
-            .lm_head
-            .forward(&hidden.narrow(1, l - 1, 1)?.squeeze(1)?)?)
-    }
-
-    /// One decoding step: appends `tokens` (one per row, all real) and returns the next-token logits `[B, V]`.
-    pub fn decode_step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let inputs = super::step::decode_inputs(tokens, cache, &self.device)?;
-        self.forward_last(&inputs, cache)
-    }
-
     /// Final-normed hidden states `[B, L, Dt]` (before the lm head).
     pub fn forward_hidden(
         &self,

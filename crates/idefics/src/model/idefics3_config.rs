@@ -6,11 +6,13 @@
 //! `SmolVLMVisionConfig`, `LlamaConfig`; src/transformers/models/{idefics3,smolvlm,llama}/configuration_*.py).
 
 use super::text::DecoderOptions;
-use crate::config::{
-    as_obj, get_act, get_bool, get_f64, get_side, get_u64, get_usize, Obj, TextConfig, VisionConfig,
+use crate::config::{TextConfig, VisionConfig};
+use crate::config_file::{
+    deserialize_value, model_type_of, parse_json, read_config_file, stored_dtype, RopeFile,
+    TextFile, VisionFile,
 };
 use crate::error::{Error, Result};
-use crate::nn::{Activation, RopeScaling};
+use crate::nn::RopeScaling;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
@@ -55,27 +57,16 @@ pub struct Idefics3Config {
 impl Idefics3Config {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", path.display())))?;
-        Self::from_json_value(&value).map_err(|e| match e {
-            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
-            other => other,
-        })
+        read_config_file(path, Self::from_json_value)
     }
 
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| Error::Config(format!("not valid JSON: {e}")))?;
-        Self::from_json_value(&value)
+        Self::from_json_value(&parse_json(text)?)
     }
 
     /// Parses a config from a JSON value, applying transformers' defaults and validating it.
     pub fn from_json_value(v: &Value) -> Result<Self> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| Error::Config("config.json must be a JSON object".into()))?;
-        let model_type = match obj.get("model_type").and_then(Value::as_str) {
+        let model_type = match model_type_of(v)? {
             Some("idefics3") => Idefics3Family::Idefics3,
             Some("smolvlm") => Idefics3Family::Smolvlm,
             Some(other) => {
@@ -89,31 +80,25 @@ impl Idefics3Config {
                 ))
             }
         };
-        let sub = |key: &str| -> Result<Option<&Obj>> {
-            match obj.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::Object(o)) => Ok(Some(o)),
-                Some(_) => Err(Error::Config(format!("{key} must be an object"))),
-            }
-        };
-        let vision_config = parse_vision(sub("vision_config")?)?;
-        let (text_config, decoder) = parse_llama(sub("text_config")?)?;
-        let image_token_id = get_u64(obj, "image_token_id", "")?.unwrap_or(128257);
+        let file: Idefics3File = deserialize_value(v)?;
+        let vision_config = file
+            .vision_config
+            .unwrap_or_default()
+            .resolve(VisionConfig {
+                hidden_size: 1152,
+                num_attention_heads: 16,
+                ..VisionConfig::default()
+            });
+        let (text_config, decoder) = llama(file.text_config)?;
         let cfg = Self {
             model_type,
             vision_config,
             text_config,
             decoder,
-            scale_factor: get_usize(obj, "scale_factor", "")?.unwrap_or(2),
-            image_token_id: u32::try_from(image_token_id).map_err(|_| {
-                Error::Config(format!("image_token_id {image_token_id} is too large"))
-            })?,
-            tie_word_embeddings: get_bool(obj, "tie_word_embeddings", "")?.unwrap_or(false),
-            dtype: obj
-                .get("dtype")
-                .or_else(|| obj.get("torch_dtype"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            scale_factor: file.scale_factor.unwrap_or(2),
+            image_token_id: file.image_token_id.unwrap_or(128257),
+            tie_word_embeddings: file.tie_word_embeddings.unwrap_or(false),
+            dtype: stored_dtype(file.dtype, file.torch_dtype),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -183,142 +168,71 @@ impl Idefics3Config {
     }
 }
 
-/// `Idefics3VisionConfig` / `SmolVLMVisionConfig` class defaults (wider than `Idefics2VisionConfig`'s).
-fn parse_vision(o: Option<&Obj>) -> Result<VisionConfig> {
-    let empty = Obj::new();
-    let o = o.unwrap_or(&empty);
-    let s = "vision_config.";
-    Ok(VisionConfig {
-        hidden_size: get_usize(o, "hidden_size", s)?.unwrap_or(1152),
-        intermediate_size: get_usize(o, "intermediate_size", s)?.unwrap_or(3072),
-        num_hidden_layers: get_usize(o, "num_hidden_layers", s)?.unwrap_or(12),
-        num_attention_heads: get_usize(o, "num_attention_heads", s)?.unwrap_or(16),
-        num_channels: get_usize(o, "num_channels", s)?.unwrap_or(3),
-        image_size: get_side(o, "image_size", s)?.unwrap_or(224),
-        patch_size: get_side(o, "patch_size", s)?.unwrap_or(32),
-        hidden_act: get_act(o, "hidden_act", s)?.unwrap_or(Activation::GeluPytorchTanh),
-        layer_norm_eps: get_f64(o, "layer_norm_eps", s)?.unwrap_or(1e-6),
-    })
+/// Idefics3's / SmolVLM's `config.json` as written on disk; `model_type` is checked before.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Idefics3File {
+    vision_config: Option<VisionFile>,
+    text_config: Option<TextFile>,
+    scale_factor: Option<usize>,
+    image_token_id: Option<u32>,
+    tie_word_embeddings: Option<bool>,
+    dtype: Option<Value>,
+    torch_dtype: Option<Value>,
 }
 
 /// A Llama `text_config`: missing keys take `LlamaConfig` class defaults; a missing `text_config` is
 /// `LlamaConfig(rms_norm_eps=1e-5)` (the composite config's `sub_configs_defaults`).
-fn parse_llama(o: Option<&Obj>) -> Result<(TextConfig, DecoderOptions)> {
-    let absent = o.is_none();
-    let empty = Obj::new();
-    let o = o.unwrap_or(&empty);
-    let s = "text_config.";
-    if let Some(mt) = o.get("model_type").and_then(Value::as_str) {
-        if mt != "llama" {
-            return Err(Error::Config(format!(
-                "text_config.model_type \"{mt}\" is not supported (only \"llama\")"
-            )));
-        }
-    }
-    let hidden_size = get_usize(o, "hidden_size", s)?.unwrap_or(4096);
-    let num_attention_heads = get_usize(o, "num_attention_heads", s)?.unwrap_or(32);
-    if num_attention_heads == 0 {
-        return Err(Error::Config(
-            "text_config.num_attention_heads must be > 0".into(),
-        ));
-    }
-    let max_position_embeddings = get_usize(o, "max_position_embeddings", s)?.unwrap_or(2048);
-    let (rope_theta, rope_scaling) = parse_rope(o, max_position_embeddings)?;
-    let opt_u32 = |key: &str, default: Option<u32>| -> Result<Option<u32>> {
-        match o.get(key) {
-            None => Ok(default),
-            Some(Value::Null) => Ok(None),
-            Some(_) => get_u64(o, key, s)?
-                .map(|x| {
-                    u32::try_from(x).map_err(|_| Error::Config(format!("{s}{key} is too large")))
-                })
-                .transpose(),
-        }
-    };
-    let text = TextConfig {
-        vocab_size: get_usize(o, "vocab_size", s)?.unwrap_or(32000),
-        hidden_size,
-        intermediate_size: get_usize(o, "intermediate_size", s)?.unwrap_or(11008),
-        num_hidden_layers: get_usize(o, "num_hidden_layers", s)?.unwrap_or(32),
-        num_attention_heads,
-        num_key_value_heads: get_usize(o, "num_key_value_heads", s)?.unwrap_or(num_attention_heads),
-        head_dim: get_usize(o, "head_dim", s)?.unwrap_or(hidden_size / num_attention_heads),
-        hidden_act: get_act(o, "hidden_act", s)?.unwrap_or(Activation::Silu),
-        max_position_embeddings,
-        rms_norm_eps: get_f64(o, "rms_norm_eps", s)?.unwrap_or(if absent { 1e-5 } else { 1e-6 }),
-        rope_theta,
+fn llama(file: Option<TextFile>) -> Result<(TextConfig, DecoderOptions)> {
+    let absent = file.is_none();
+    let file = file.unwrap_or_default();
+    file.check_model_type("llama")?;
+    let num_attention_heads = file.num_attention_heads.unwrap_or(32);
+    let defaults = TextConfig {
+        intermediate_size: 11008,
+        num_key_value_heads: num_attention_heads,
+        max_position_embeddings: 2048,
+        rms_norm_eps: if absent { 1e-5 } else { 1e-6 },
         sliding_window: None,
-        pad_token_id: opt_u32("pad_token_id", None)?,
-        bos_token_id: opt_u32("bos_token_id", Some(1))?,
-        eos_token_id: match o.get("eos_token_id") {
-            None => Some(Value::from(2)),
-            Some(Value::Null) => None,
-            Some(v) => Some(v.clone()),
-        },
+        pad_token_id: None,
+        ..TextConfig::default()
     };
+    let (rope_theta, rope) = file.rope();
+    let text = file.resolve(&defaults, rope_theta)?;
     let decoder = DecoderOptions {
-        attention_bias: get_bool(o, "attention_bias", s)?.unwrap_or(false),
-        mlp_bias: get_bool(o, "mlp_bias", s)?.unwrap_or(false),
-        rope_scaling,
+        attention_bias: file.attention_bias.unwrap_or(false),
+        mlp_bias: file.mlp_bias.unwrap_or(false),
+        rope_scaling: match rope {
+            None => RopeScaling::Default,
+            Some((key, params)) => rope_scaling(key, params, text.max_position_embeddings)?,
+        },
     };
     Ok((text, decoder))
 }
 
-/// `rope_theta` and the frequency scaling, as transformers 5.x standardises them
-/// (`RotaryEmbeddingConfigMixin.convert_rope_params_to_dict`): a 4.x `rope_scaling` dict replaces
-/// `rope_parameters`; `rope_theta` inside the dict wins over the top-level one; `rope_type` falls back to `type`;
-/// llama3's `original_max_position_embeddings` defaults to `max_position_embeddings`.
-fn parse_rope(o: &Obj, max_position_embeddings: usize) -> Result<(f64, RopeScaling)> {
-    let mut theta = get_f64(o, "rope_theta", "text_config.")?.unwrap_or(10000.0);
-    let (key, params) = match (o.get("rope_scaling"), o.get("rope_parameters")) {
-        (Some(Value::Object(p)), _) => ("rope_scaling", Some(p)),
-        (_, Some(Value::Object(p))) => ("rope_parameters", Some(p)),
-        (Some(v), _) if !v.is_null() => {
-            return Err(Error::Config(format!(
-                "text_config.rope_scaling must be an object, got {v}"
-            )))
-        }
-        (_, Some(v)) if !v.is_null() => {
-            return Err(Error::Config(format!(
-                "text_config.rope_parameters must be an object, got {v}"
-            )))
-        }
-        _ => ("rope_parameters", None),
-    };
-    let Some(p) = params else {
-        return Ok((theta, RopeScaling::Default));
-    };
-    let sec = format!("text_config.{key}.");
-    if let Some(t) = get_f64(p, "rope_theta", &sec)? {
-        theta = t;
-    }
-    let rope_type = p
-        .get("rope_type")
-        .or_else(|| p.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let need = |name: &str| -> Result<f64> {
-        get_f64(p, name, &sec)?.ok_or_else(|| {
+/// The frequency scaling of `rope_parameters` / `rope_scaling` (`key`); llama3's
+/// `original_max_position_embeddings` defaults to `max_position_embeddings`.
+fn rope_scaling(key: &str, p: &RopeFile, max_position_embeddings: usize) -> Result<RopeScaling> {
+    let rope_type = p.kind();
+    let need = |name: &str, value: Option<f64>| -> Result<f64> {
+        value.ok_or_else(|| {
             Error::Config(format!(
-                "{sec}{name} is required for rope_type \"{rope_type}\""
+                "text_config.{key}.{name} is required for rope_type \"{rope_type}\""
             ))
         })
     };
     let scaling = match rope_type {
         "default" => RopeScaling::Default,
         "linear" => RopeScaling::Linear {
-            factor: need("factor")?,
+            factor: need("factor", p.factor)?,
         },
         "llama3" => RopeScaling::Llama3 {
-            factor: need("factor")?,
-            low_freq_factor: need("low_freq_factor")?,
-            high_freq_factor: need("high_freq_factor")?,
-            original_max_position_embeddings: get_usize(
-                p,
-                "original_max_position_embeddings",
-                &sec,
-            )?
-            .unwrap_or(max_position_embeddings),
+            factor: need("factor", p.factor)?,
+            low_freq_factor: need("low_freq_factor", p.low_freq_factor)?,
+            high_freq_factor: need("high_freq_factor", p.high_freq_factor)?,
+            original_max_position_embeddings: p
+                .original_max_position_embeddings
+                .unwrap_or(max_position_embeddings),
         },
         other => {
             return Err(Error::Config(format!(
@@ -334,24 +248,21 @@ fn parse_rope(o: &Obj, max_position_embeddings: usize) -> Result<(f64, RopeScali
     {
         if high_freq_factor <= low_freq_factor {
             return Err(Error::Config(format!(
-                "{sec}high_freq_factor ({high_freq_factor}) must exceed low_freq_factor ({low_freq_factor})"
+                "text_config.{key}.high_freq_factor ({high_freq_factor}) must exceed low_freq_factor ({low_freq_factor})"
             )));
         }
     }
-    Ok((theta, scaling))
+    Ok(scaling)
 }
 
 /// `model_type` of a checkpoint directory's config.json (to pick the family before loading).
 pub fn read_model_type(dir: &Path) -> Result<String> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", path.display())))?;
-    as_obj(&value)
-        .get("model_type")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| Error::Config(format!("{}: model_type is missing", path.display())))
+    read_config_file(&path, |v| {
+        model_type_of(v)?
+            .map(str::to_string)
+            .ok_or_else(|| Error::Config("model_type is missing".into()))
+    })
 }
 
 #[cfg(test)]
@@ -454,6 +365,34 @@ mod tests {
             r#"{"model_type": "smolvlm", "image_token_id": 40000, "text_config": {"vocab_size": 300}}"#,
         );
         assert!(e.contains("image_token_id"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_and_wrong_types_named() {
+        let c = Idefics3Config::from_json_str(
+            r#"{"model_type": "smolvlm", "image_token_id": 7, "vision_config": {"max_image_size": {"longest_edge": 512}},
+            "text_config": {"model_type": "llama", "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 1.0}},
+            "transformers_version": "5.24.0"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.decoder.rope_scaling, RopeScaling::Default);
+        let e = err(
+            r#"{"model_type": "smolvlm", "text_config": {"rope_scaling": {"type": "linear", "factor": "2"}}}"#,
+        );
+        assert!(e.contains("text_config.rope_scaling.factor: "), "{e}");
+        let e = err(r#"{"model_type": "smolvlm", "text_config": {"attention_bias": 1}}"#);
+        assert!(e.contains("text_config.attention_bias: "), "{e}");
+        let e = err(r#"{"model_type": "smolvlm", "scale_factor": -2}"#);
+        assert!(e.contains("scale_factor: "), "{e}");
+        // Both spellings present: the 4.x rope_scaling dict replaces rope_parameters, as in transformers.
+        let c = Idefics3Config::from_json_str(
+            r#"{"model_type": "idefics3", "image_token_id": 7, "text_config": {"rope_theta": 50.0,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 60.0},
+            "rope_scaling": {"type": "linear", "factor": 4.0}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.text_config.rope_theta, 50.0);
+        assert_eq!(c.decoder.rope_scaling, RopeScaling::Linear { factor: 4.0 });
     }
 
     #[test]

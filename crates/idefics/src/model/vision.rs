@@ -15,6 +15,8 @@ use crate::nn::{
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::parts::{builders, visit_parts, Part};
+
 /// How fractional patch coordinates are bucketed into the position-embedding grid (changed across transformers
 /// versions: 5.x clamps, 4.55-4.57 used a ceiling division).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -231,13 +233,26 @@ pub struct VisionAttention {
 }
 
 impl VisionAttention {
+    /// Checkpoint names of the parts, in field order (loading and `visit_params` both read this list).
+    const PARTS: [&'static str; 4] = ["q_proj", "k_proj", "v_proj", "out_proj"];
+
+    fn parts_mut(&mut self) -> [Part<'_>; 4] {
+        [
+            Part::Linear(&mut self.q_proj),
+            Part::Linear(&mut self.k_proj),
+            Part::Linear(&mut self.v_proj),
+            Part::Linear(&mut self.out_proj),
+        ]
+    }
+
     pub fn load(cfg: &VisionConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
         let d = cfg.hidden_size;
+        let [q, k, v, out] = builders(&vb, Self::PARTS);
         Ok(Self {
-            q_proj: Linear::load(vb.pp("q_proj"), d, d, true)?,
-            k_proj: Linear::load(vb.pp("k_proj"), d, d, true)?,
-            v_proj: Linear::load(vb.pp("v_proj"), d, d, true)?,
-            out_proj: Linear::load(vb.pp("out_proj"), d, d, true)?,
+            q_proj: Linear::load(q, d, d, true)?,
+            k_proj: Linear::load(k, d, d, true)?,
+            v_proj: Linear::load(v, d, d, true)?,
+            out_proj: Linear::load(out, d, d, true)?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
             kernels: kernels.clone(),
@@ -273,10 +288,18 @@ pub struct VisionMlp {
 }
 
 impl VisionMlp {
+    /// Checkpoint names of the parts, in field order (loading and `visit_params` both read this list).
+    const PARTS: [&'static str; 2] = ["fc1", "fc2"];
+
+    fn parts_mut(&mut self) -> [Part<'_>; 2] {
+        [Part::Linear(&mut self.fc1), Part::Linear(&mut self.fc2)]
+    }
+
     pub fn load(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let [fc1, fc2] = builders(&vb, Self::PARTS);
         Ok(Self {
-            fc1: Linear::load(vb.pp("fc1"), cfg.hidden_size, cfg.intermediate_size, true)?,
-            fc2: Linear::load(vb.pp("fc2"), cfg.intermediate_size, cfg.hidden_size, true)?,
+            fc1: Linear::load(fc1, cfg.hidden_size, cfg.intermediate_size, true)?,
+            fc2: Linear::load(fc2, cfg.intermediate_size, cfg.hidden_size, true)?,
             act: cfg.hidden_act,
         })
     }
@@ -296,22 +319,26 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
+    /// Checkpoint names of the parts, in field order (loading and `visit_params` both read this list).
+    const PARTS: [&'static str; 4] = ["layer_norm1", "self_attn", "layer_norm2", "mlp"];
+
+    fn parts_mut(&mut self) -> [Part<'_>; 4] {
+        [
+            Part::Block(&mut self.layer_norm1),
+            Part::Block(&mut self.self_attn),
+            Part::Block(&mut self.layer_norm2),
+            Part::Block(&mut self.mlp),
+        ]
+    }
+
     pub fn load(cfg: &VisionConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let [ln1, attn, ln2, mlp] = builders(&vb, Self::PARTS);
         Ok(Self {
-            layer_norm1: LayerNorm::load(
-                vb.pp("layer_norm1"),
-                cfg.hidden_size,
-                cfg.layer_norm_eps,
-                kernels,
-            )?,
-            self_attn: VisionAttention::load(cfg, vb.pp("self_attn"), kernels)?,
-            layer_norm2: LayerNorm::load(
-                vb.pp("layer_norm2"),
-                cfg.hidden_size,
-                cfg.layer_norm_eps,
-                kernels,
-            )?,
-            mlp: VisionMlp::load(cfg, vb.pp("mlp"))?,
+            layer_norm1: LayerNorm::load(ln1, d, eps, kernels)?,
+            self_attn: VisionAttention::load(cfg, attn, kernels)?,
+            layer_norm2: LayerNorm::load(ln2, d, eps, kernels)?,
+            mlp: VisionMlp::load(cfg, mlp)?,
         })
     }
 
@@ -452,29 +479,19 @@ impl VisitParams for VisionEmbeddings {
 
 impl VisitParams for VisionAttention {
     fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
-        v.linear(&join_path(prefix, "q_proj"), &mut self.q_proj)?;
-        v.linear(&join_path(prefix, "k_proj"), &mut self.k_proj)?;
-        v.linear(&join_path(prefix, "v_proj"), &mut self.v_proj)?;
-        v.linear(&join_path(prefix, "out_proj"), &mut self.out_proj)
+        visit_parts(prefix, v, Self::PARTS, self.parts_mut())
     }
 }
 
 impl VisitParams for VisionMlp {
     fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
-        v.linear(&join_path(prefix, "fc1"), &mut self.fc1)?;
-        v.linear(&join_path(prefix, "fc2"), &mut self.fc2)
+        visit_parts(prefix, v, Self::PARTS, self.parts_mut())
     }
 }
 
 impl VisitParams for EncoderLayer {
     fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
-        self.layer_norm1
-            .visit_params(&join_path(prefix, "layer_norm1"), v)?;
-        self.self_attn
-            .visit_params(&join_path(prefix, "self_attn"), v)?;
-        self.layer_norm2
-            .visit_params(&join_path(prefix, "layer_norm2"), v)?;
-        self.mlp.visit_params(&join_path(prefix, "mlp"), v)
+        visit_parts(prefix, v, Self::PARTS, self.parts_mut())
     }
 }
 

@@ -5,7 +5,7 @@
 //! `[heads, Lq, Lk]` tensor (1.15 GB a layer for a 980x980 image), and runs `x W^T` with one row as a GEMM. These
 //! kernels replace both when no input takes part in autograd and every tensor is f32 on the CPU; elsewhere
 //! (training, CUDA, half precision) the composed ops remain, and they stay the reference the tests compare to.
-//! Set `IDEFICS_CPU_KERNELS=composed` to force the composed ops (benchmarks, bisecting).
+//! [`super::kernel_choice`] can force the composed ops (`idefics bench --kernels composed`; benchmarks, bisecting).
 //!
 //! The vector loops are plain Rust over fixed-width lane arrays, compiled once per instruction set (AVX2 + FMA
 //! and the baseline) and chosen at run time, so the binary still runs on any x86-64 CPU. AVX-512 is left to the
@@ -23,13 +23,12 @@ pub use flash_attention::flash_attention;
 pub use gemv::{gemv_applies, linear_gemv};
 pub use simd::sum;
 
+use super::kernel_choice::{kernels, KernelChoice, KernelFamily};
 use candle_core::{DType, Device, Tensor};
-use std::sync::OnceLock;
 
-/// Whether `IDEFICS_CPU_KERNELS` leaves these kernels on (anything but `composed`).
+/// Whether these kernels are on ([`super::kernel_choice`], inference family).
 pub fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("IDEFICS_CPU_KERNELS").map_or(true, |v| v != "composed"))
+    kernels(KernelFamily::Inference) == KernelChoice::Fused
 }
 
 /// True when the inference kernels may replace the composed ops for `inputs`: enabled, every input f32 on the CPU,

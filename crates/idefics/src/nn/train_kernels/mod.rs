@@ -8,25 +8,23 @@
 //! backward (`CustomOp*::bwd`). No crate provides differentiable fused CPU kernels for candle, hence these.
 //!
 //! Scope: contiguous f32 tensors on the CPU, where we train. Elsewhere (CUDA, half precision) the callers keep
-//! the composed ops. Set `IDEFICS_TRAIN_KERNELS=composed` to force the composed ops (benchmarks, bisecting).
+//! the composed ops. [`super::kernel_choice`] can force the composed ops (`idefics bench-train --kernels
+//! composed`; benchmarks, bisecting).
 //! The backward passes are not differentiable again (no second-order gradients, as in candle).
 
+use super::kernel_choice::{kernels, KernelChoice, KernelFamily};
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
-use std::sync::OnceLock;
 
 /// Rows smaller than this many elements in total are not worth rayon's dispatch.
 const PAR_MIN_ELEMS: usize = 1 << 14;
 
 /// Whether these kernels should replace the composed ops for `inputs`: every input is an f32 tensor on the
-/// CPU, at least one takes part in autograd, and `IDEFICS_TRAIN_KERNELS` is not `composed`.
+/// CPU, at least one takes part in autograd, and the training kernels are chosen ([`super::kernel_choice`]).
 pub fn applies(inputs: &[&Tensor]) -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    let enabled = *ENABLED
-        .get_or_init(|| std::env::var("IDEFICS_TRAIN_KERNELS").map_or(true, |v| v != "composed"));
-    enabled
+    kernels(KernelFamily::Training) == KernelChoice::Fused
         && inputs
             .iter()
             .all(|t| t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu))

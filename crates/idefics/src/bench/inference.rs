@@ -1,0 +1,670 @@
+//! `idefics bench`: speed and memory of one Idefics2 checkpoint on fixed requests, timed the way
+//! `tools/reference/bench_transformers.py` times transformers, so the two JSON reports compare figure by figure.
+//!
+//! Every figure is the median of `repeat` timed runs after `warmup` untimed ones. The requests (input ids,
+//! images, splitting flag) come from `bench_inputs.json`; the checkpoint needs no tokenizer. The JSON report is
+//! rewritten after every phase (`complete: false` until the end), so a run cut short keeps what it measured.
+
+use super::{decode_bytes_per_token, prefill_flops, vision_connector_flops, MachineLimits};
+use crate::model::ImageFeatures;
+use crate::nn::{set_kernels, KernelChoice, KernelFamily};
+use crate::pipeline::image_tensors;
+use crate::{Idefics2ForConditionalGeneration, LoadOptions, ModelInputs};
+use candle_core::{Device, Tensor, D};
+use idefics_processor::{decode_image_file, DecodeLimits, Idefics2ImageProcessor, ImageBatch};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Cheapest first, as the Python script, so a run cut short still has the small-image figures.
+const VISION_ORDER: [&str; 4] = [
+    "photo_640x480_nosplit",
+    "photo_640x480_split",
+    "photo_980x980_nosplit",
+    "photo_980x980_split",
+];
+const TTFT_ORDER: [&str; 3] = [
+    "photo_640x480_nosplit",
+    "photo_640x480_split",
+    "photo_980x980_split",
+];
+const TEXT_REQUEST: &str = "text_512";
+
+/// What to measure and where to write it (the CLI's `idefics bench` arguments).
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Checkpoint directory (config.json, *.safetensors, processor_config.json or preprocessor_config.json).
+    pub model: PathBuf,
+    /// Request file (default MODEL/bench_inputs.json); image paths are relative to its directory.
+    pub inputs: Option<PathBuf>,
+    /// Untimed runs before the timed ones.
+    pub warmup: usize,
+    /// Timed runs; every figure is their median.
+    pub repeat: usize,
+    /// Warmup for the vision / TTFT figures (default `warmup`).
+    pub image_warmup: Option<usize>,
+    /// Repeat for the vision / TTFT figures (default `repeat`).
+    pub image_repeat: Option<usize>,
+    /// Single-token decoding steps after the 512-token prefill.
+    pub decode_tokens: usize,
+    /// Request keys to leave out of the vision / TTFT timings.
+    pub skip: Vec<String>,
+    /// Also measure the machine's peak FLOP/s and memory bandwidth and report fractions of them.
+    pub machine: bool,
+    /// Result file (default benches/results/<date>-idefics-rs.json).
+    pub json: Option<PathBuf>,
+    /// This crate's inference kernels or candle's composed ops (set for the whole process).
+    pub kernels: KernelChoice,
+    /// Quantize the text decoder while loading (`--quant`).
+    pub quant: Option<crate::quant::QuantConfig>,
+    /// The command line, recorded in the report.
+    pub command: Vec<String>,
+}
+
+/// One line of the summary table: what was measured, its figure, and a note.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchRow {
+    pub what: String,
+    pub value: String,
+    pub note: String,
+}
+
+/// The finished run: the table to print and where the JSON report was written.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// Version, build, threads, statistic, CPU and load average.
+    pub heading: String,
+    pub rows: Vec<BenchRow>,
+    pub json_path: PathBuf,
+}
+
+/// Why a benchmark stopped; each message names the file or step.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A bad option or request file.
+    #[error("{0}")]
+    Invalid(String),
+    /// A step failed (`what` names it, e.g. `loading DIR`); the cause is part of the message.
+    #[error("{what}: {message}")]
+    Failed { what: String, message: String },
+    #[error(transparent)]
+    Model(#[from] crate::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Image(#[from] idefics_processor::ImageError),
+}
+
+type Result<T> = std::result::Result<T, BenchError>;
+
+/// Turns an error into [`BenchError::Failed`] for the step `what`.
+fn failed<E: Display>(what: String) -> impl FnOnce(E) -> BenchError {
+    move |e| BenchError::Failed {
+        what,
+        message: e.to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+struct BenchInputs {
+    requests: BTreeMap<String, Request>,
+}
+
+#[derive(Deserialize)]
+struct Request {
+    images: Vec<String>,
+    do_image_splitting: bool,
+    input_ids: Vec<u32>,
+    n_tokens: usize,
+}
+
+pub fn run(args: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchReport> {
+    if args.repeat == 0 {
+        return Err(BenchError::Invalid("--repeat must be at least 1".into()));
+    }
+    set_kernels(KernelFamily::Inference, args.kernels);
+    let (w, n) = (args.warmup, args.repeat);
+    let vw = args.image_warmup.unwrap_or(w);
+    let vn = args.image_repeat.unwrap_or(n);
+    if vn == 0 {
+        return Err(BenchError::Invalid(
+            "--image-repeat must be at least 1".into(),
+        ));
+    }
+    let inputs_path = args
+        .inputs
+        .clone()
+        .unwrap_or_else(|| args.model.join("bench_inputs.json"));
+    let text = std::fs::read_to_string(&inputs_path)
+        .map_err(failed(format!("reading {}", inputs_path.display())))?;
+    let bench: BenchInputs = serde_json::from_str(&text)
+        .map_err(failed(format!("parsing {}", inputs_path.display())))?;
+    let image_root = inputs_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let request = |key: &str| {
+        bench.requests.get(key).ok_or_else(|| {
+            BenchError::Invalid(format!("{} has no request {key:?}", inputs_path.display()))
+        })
+    };
+    let out_path = args.json.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "benches/results/{}-idefics-rs.json",
+            &utc_now()[..10]
+        ))
+    });
+
+    let mut machine = machine_info();
+    let command = &args.command;
+    // Probed before the model loads, on as many threads as candle's and our kernels use.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limits = args.machine.then(|| MachineLimits::measure(threads));
+    if let Some(l) = &limits {
+        machine.insert("measured_limits".into(), json!({
+            "peak_gflops": l.peak.flops / 1e9, "fma_lanes": l.peak.lanes, "threads": l.peak.threads,
+            "copy_gb_s": l.bandwidth.copy / 1e9, "read_gb_s": l.bandwidth.read / 1e9,
+            "bandwidth_buffer_mib": l.bandwidth.buffer_bytes >> 20,
+            "method": "peak: 12 independent FMA chains per thread on the widest vectors, best of 3; bandwidth: copy (2n bytes) and read passes over 256 MiB, best of 3",
+        }));
+        progress(&format!(
+            "machine: peak {:.1} GFLOP/s ({} threads, {}-lane FMA), copy {:.1} GB/s, read {:.1} GB/s",
+            l.peak.flops / 1e9, l.peak.threads, l.peak.lanes, l.bandwidth.copy / 1e9, l.bandwidth.read / 1e9
+        ));
+    }
+    let t0 = Instant::now();
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        use_fused_kernels: true,
+        quant: args.quant,
+        ..LoadOptions::default()
+    };
+    let model = Idefics2ForConditionalGeneration::load(&args.model, &opts)
+        .map_err(failed(format!("loading {}", args.model.display())))?;
+    let images = Idefics2ImageProcessor::from_model_dir(&args.model).map_err(failed(format!(
+        "image processor of {}",
+        args.model.display()
+    )))?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let rss_after_load = peak_rss_mb();
+    let mut res = Map::new();
+    res.insert("load_s".into(), json!(load_s));
+    res.insert("rss_after_load_mb".into(), json!(rss_after_load));
+    let mut rows = Rows {
+        rows: Vec::new(),
+        progress,
+    };
+
+    let save = |res: &Map<String, Value>, machine: &mut Map<String, Value>, complete: bool| {
+        machine.insert("loadavg_1_5_15_now".into(), json!(loadavg()));
+        let mut res = res.clone();
+        res.insert("peak_rss_mb".into(), json!(peak_rss_mb()));
+        let out = json!({
+            "tool": "idefics-rs",
+            "command": command.join(" "),
+            "complete": complete,
+            "checkpoint": args.model.display().to_string(),
+            "date_utc": utc_now(),
+            "settings": {
+                "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                "dtype": "float32", "device": "cpu", "use_fused_kernels": true,
+                "quant": args.quant.map(|q| q.weights.name()), "quant_vision": args.quant.is_some_and(|q| q.vision),
+                "warmup": w, "repeat": n, "image_warmup": vw, "image_repeat": vn,
+                "statistic": "median", "decode_tokens": args.decode_tokens, "skipped": args.skip,
+            },
+            "versions": {"idefics-rs": env!("CARGO_PKG_VERSION"), "build_profile": build_profile()},
+            "machine": machine,
+            "results": res,
+        });
+        write_json(&out_path, &out)
+    };
+
+    // --- prefill: one forward over the 512-token text prompt with a fresh cache. Full logits, as
+    // transformers' `model(input_ids, use_cache=True)` computes the lm head at every position.
+    let req = request(TEXT_REQUEST)?;
+    let ids = Tensor::new(req.input_ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+    let text_inputs = ModelInputs {
+        input_ids: Some(ids),
+        ..Default::default()
+    };
+    let (pre_s, runs) = timed(w, n, || {
+        let mut cache = model.new_cache();
+        model.forward(&text_inputs, Some(&mut cache))?;
+        Ok(())
+    })?;
+    let tps = req.n_tokens as f64 / pre_s;
+    let cfg = model.config();
+    let pre_frac = limits
+        .map(|l| l.compute_fraction(prefill_flops(cfg, 0, req.n_tokens, req.n_tokens), pre_s));
+    res.insert(
+        "prefill_text_512".into(),
+        json!({"s": pre_s, "tokens_per_s": tps, "runs_s": runs, "fraction_of_peak_flops": pre_frac}),
+    );
+    rows.push(
+        "prefill 512 text tokens",
+        format!("{:9.1} ms", pre_s * 1e3),
+        format!("{tps:8.1} tok/s{}", of_limit(pre_frac, "peak FLOP/s")),
+    );
+    save(&res, &mut machine, false)?;
+
+    // --- decode: prefill once, then N greedy single-token steps with the cache (no eos: a fixed N); each step
+    // is timed and the figure is the median over all steps of all repeats.
+    let steps_n = args.decode_tokens;
+    let decode_run = || -> Result<Vec<f64>> {
+        let mut cache = model.new_cache();
+        let logits = model.forward_last(&text_inputs, &mut cache)?;
+        let mut tok = argmax(&logits)?;
+        let mut steps = Vec::with_capacity(steps_n);
+        for _ in 0..steps_n {
+            let t = Instant::now();
+            let logits = model.decode_step(&[tok], &mut cache)?;
+            tok = argmax(&logits)?;
+            steps.push(t.elapsed().as_secs_f64());
+        }
+        Ok(steps)
+    };
+    for _ in 0..w {
+        decode_run()?;
+    }
+    let mut all_steps = Vec::new();
+    for _ in 0..n {
+        all_steps.extend(decode_run()?);
+    }
+    if !all_steps.is_empty() {
+        let mean = all_steps.iter().sum::<f64>() / all_steps.len() as f64;
+        let med = median(&mut all_steps);
+        // Mean context over the steps: the prompt plus half the new tokens.
+        let bytes = decode_bytes_per_token(cfg, req.n_tokens + steps_n / 2, 4);
+        let dec_frac = limits.map(|l| l.bandwidth_fraction(bytes, med));
+        res.insert("decode".into(), json!({
+            "bytes_per_token": bytes, "fraction_of_bandwidth": dec_frac,
+            "request": TEXT_REQUEST, "prompt_tokens": req.n_tokens, "new_tokens": steps_n,
+            "median_step_s": med, "tokens_per_s": 1.0 / med, "ms_per_token": med * 1e3, "mean_step_s": mean,
+            "method": "prefill once, then N greedy single-token forwards with the KV cache; median over all steps of all repeats",
+        }));
+        rows.push(
+            &format!("decode {steps_n} tokens (ctx {})", req.n_tokens),
+            format!("{:9.1} ms/tok", med * 1e3),
+            format!("{:8.1} tok/s{}", 1.0 / med, of_limit(dec_frac, "bandwidth")),
+        );
+        save(&res, &mut machine, false)?;
+    }
+
+    // --- image processor (file decode + split + resize + normalise + pad) and vision tower + connector.
+    let preprocess = |req: &Request| -> Result<ImageBatch> {
+        let mut sample = Vec::with_capacity(req.images.len());
+        for p in &req.images {
+            let path = image_root.join(p);
+            sample.push(
+                decode_image_file(&path, &DecodeLimits::default())
+                    .map_err(failed(format!("decoding {}", path.display())))?,
+            );
+        }
+        Ok(images.preprocess(&[sample], Some(req.do_image_splitting))?)
+    };
+    let mut vision = Map::new();
+    for key in VISION_ORDER {
+        if args.skip.iter().any(|s| s == key) {
+            continue;
+        }
+        let req = request(key)?;
+        let (prep_s, _) = timed(vw, vn, || preprocess(req).map(|_| ()))?;
+        let batch = preprocess(req)?;
+        let (pv, pm) = image_tensors(&batch, &Device::Cpu)?;
+        let mut feats: Option<ImageFeatures> = None;
+        let (vis_s, runs) = timed(vw, vn, || {
+            feats = Some(model.image_features(&pv, Some(&pm))?);
+            Ok(())
+        })?;
+        let patches: usize = feats
+            .as_ref()
+            .map(|f| f.patch_grids.iter().map(|(h, w)| h * w).sum())
+            .unwrap_or(0);
+        let shape = batch.pixel_values_shape;
+        let per_image: Vec<usize> = feats
+            .as_ref()
+            .map(|f| f.patch_grids.iter().map(|(h, w)| h * w).collect())
+            .unwrap_or_default();
+        let vis_flops = vision_connector_flops(cfg, &per_image);
+        let vis_frac = limits.map(|l| l.compute_fraction(vis_flops, vis_s));
+        vision.insert(
+            key.into(),
+            json!({
+                "preprocess_s": prep_s, "vision_encode_s": vis_s, "vision_runs_s": runs,
+                "pixel_values_shape": shape, "valid_patches_total": patches,
+                "flops": vis_flops, "fraction_of_peak_flops": vis_frac,
+            }),
+        );
+        rows.push(
+            &format!("preprocess {key}"),
+            format!("{:9.1} ms", prep_s * 1e3),
+            String::new(),
+        );
+        rows.push(
+            &format!("vision+connector {key}"),
+            format!("{:9.1} ms", vis_s * 1e3),
+            format!(
+                "{shape:?}, {patches} patches{}",
+                of_limit(vis_frac, "peak FLOP/s")
+            ),
+        );
+        res.insert("vision".into(), Value::Object(vision.clone()));
+        save(&res, &mut machine, false)?;
+    }
+
+    // --- time to first token: image processor + vision + prefill + first (greedy) token, fresh cache.
+    let mut ttft = Map::new();
+    for key in TTFT_ORDER {
+        if args.skip.iter().any(|s| s == key) {
+            continue;
+        }
+        let req = request(key)?;
+        let mut per_image = Vec::new();
+        let (s, runs) = timed(vw, vn, || {
+            let batch = preprocess(req)?;
+            per_image = batch_patches(&batch, cfg.vision_config.patch_size);
+            let (pv, pm) = image_tensors(&batch, &Device::Cpu)?;
+            let inputs = ModelInputs {
+                input_ids: Some(Tensor::new(req.input_ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?),
+                pixel_values: Some(pv),
+                pixel_attention_mask: Some(pm),
+                ..Default::default()
+            };
+            let mut cache = model.new_cache();
+            argmax(&model.forward_last(&inputs, &mut cache)?)?;
+            Ok(())
+        })?;
+        let flops =
+            vision_connector_flops(cfg, &per_image) + prefill_flops(cfg, 0, req.n_tokens, 1);
+        let frac = limits.map(|l| l.compute_fraction(flops, s));
+        ttft.insert(
+            key.into(),
+            json!({"s": s, "prompt_tokens": req.n_tokens, "runs_s": runs, "fraction_of_peak_flops": frac}),
+        );
+        rows.push(
+            &format!("TTFT {key}"),
+            format!("{:9.1} ms", s * 1e3),
+            format!(
+                "{} prompt tokens{}",
+                req.n_tokens,
+                of_limit(frac, "peak FLOP/s")
+            ),
+        );
+        res.insert("ttft".into(), Value::Object(ttft.clone()));
+        save(&res, &mut machine, false)?;
+    }
+
+    let peak = peak_rss_mb();
+    rows.push(
+        "peak RSS",
+        format!("{peak:9.0} MB"),
+        format!("after load {rss_after_load:.0} MB"),
+    );
+    let heading = format!(
+        "idefics-rs {} ({} build), candle CPU f32, {} threads, median of {n} after {w} warmup; machine: {}, load {:?}",
+        env!("CARGO_PKG_VERSION"),
+        build_profile(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        machine.get("cpu").and_then(Value::as_str).unwrap_or("?"),
+        loadavg(),
+    );
+    save(&res, &mut machine, true)?;
+    Ok(BenchReport {
+        heading,
+        rows: rows.rows,
+        json_path: out_path,
+    })
+}
+
+/// `", 42.0% of peak FLOP/s"` when the machine was probed.
+fn of_limit(fraction: Option<f64>, limit: &str) -> String {
+    fraction.map_or(String::new(), |f| format!(", {:.1}% of {limit}", f * 100.0))
+}
+
+/// Valid patches of every (sub-)image of a preprocessed batch, as the vision tower counts them.
+fn batch_patches(batch: &ImageBatch, patch: usize) -> Vec<usize> {
+    batch
+        .frame_sizes
+        .iter()
+        .flatten()
+        .map(|&(h, w)| (h / patch) * (w / patch))
+        .collect()
+}
+
+/// The table being built; each row is also reported as it is measured.
+struct Rows<'a> {
+    rows: Vec<BenchRow>,
+    progress: &'a mut dyn FnMut(&str),
+}
+
+impl Rows<'_> {
+    fn push(&mut self, what: &str, value: String, note: String) {
+        (self.progress)(&format!("{what}: {value} {note}"));
+        self.rows.push(BenchRow {
+            what: what.to_string(),
+            value,
+            note,
+        });
+    }
+}
+
+/// Median of `repeat` timed calls after `warmup` untimed ones, and the timed runs (seconds).
+fn timed(
+    warmup: usize,
+    repeat: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, Vec<f64>)> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut runs = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let t = Instant::now();
+        f()?;
+        runs.push(t.elapsed().as_secs_f64());
+    }
+    let mut sorted = runs.clone();
+    Ok((median(&mut sorted), runs))
+}
+
+/// Python's `statistics.median` (mean of the two middle values for an even count); 0 for no values.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn argmax(logits: &Tensor) -> Result<u32> {
+    let ids: Vec<u32> = logits.argmax(D::Minus1)?.flatten_all()?.to_vec1()?;
+    ids.first()
+        .copied()
+        .ok_or_else(|| BenchError::Invalid("empty logits".into()))
+}
+
+/// Peak resident set (VmHWM) in MiB; the same quantity as Python's `ru_maxrss`.
+pub fn peak_rss_mb() -> f64 {
+    crate::weights::peak_rss_bytes().map_or(0.0, |b| b as f64 / (1024.0 * 1024.0))
+}
+
+pub fn loadavg() -> Vec<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| {
+            s.split_whitespace()
+                .take(3)
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn machine_info() -> Map<String, Value> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| (kb / (1u64 << 20) as f64 * 10.0).round() / 10.0);
+    let mut m = Map::new();
+    m.insert("cpu".into(), json!(cpu));
+    m.insert(
+        "logical_cpus".into(),
+        json!(std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)),
+    );
+    m.insert("mem_total_gib".into(), json!(mem_gib));
+    m.insert(
+        "platform".into(),
+        json!(format!(
+            "{}-{}",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        )),
+    );
+    m.insert("loadavg_1_5_15_at_start".into(), json!(loadavg()));
+    m
+}
+
+pub fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "dev"
+    } else {
+        "release"
+    }
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(failed(format!("creating {}", dir.display())))?;
+    }
+    let text = serde_json::to_string_pretty(value)
+        .map_err(failed(format!("writing {}", path.display())))?
+        + "\n";
+    std::fs::write(path, text).map_err(failed(format!("writing {}", path.display())))
+}
+
+/// Current UTC time as `YYYY-MM-DDTHH:MM:SS+00:00` (no date crate needed: civil-from-days).
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_matches_python_statistics() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut []), 0.0);
+    }
+
+    /// A whole run on the tiny committed checkpoint (text requests only: it has no bench images): the report keys
+    /// that tools/ and docs/ read, and the printed rows.
+    #[test]
+    fn runs_on_a_tiny_checkpoint_and_writes_the_report() {
+        let model =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/e2e/tiny-chat");
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = dir.path().join("bench_inputs.json");
+        let ids: Vec<u32> = (0..40).map(|i| 5 + i % 50).collect();
+        std::fs::write(
+            &inputs,
+            json!({"requests": {TEXT_REQUEST: {"images": [], "do_image_splitting": false,
+                "input_ids": ids, "n_tokens": ids.len()}}})
+            .to_string(),
+        )
+        .unwrap();
+        let options = BenchOptions {
+            model,
+            inputs: Some(inputs),
+            warmup: 0,
+            repeat: 1,
+            image_warmup: None,
+            image_repeat: None,
+            decode_tokens: 2,
+            skip: VISION_ORDER.iter().map(|k| k.to_string()).collect(),
+            machine: false,
+            json: Some(dir.path().join("out.json")),
+            kernels: KernelChoice::Fused,
+            quant: None,
+            command: vec!["idefics".into(), "bench".into()],
+        };
+        let mut progress = Vec::new();
+        let report = run(&options, &mut |line| progress.push(line.to_string())).unwrap();
+        let what: Vec<&str> = report.rows.iter().map(|r| r.what.as_str()).collect();
+        assert_eq!(
+            what,
+            [
+                "prefill 512 text tokens",
+                "decode 2 tokens (ctx 40)",
+                "peak RSS"
+            ]
+        );
+        assert_eq!(progress.len(), 3);
+        let out: Value =
+            serde_json::from_str(&std::fs::read_to_string(&report.json_path).unwrap()).unwrap();
+        assert_eq!(out["complete"], true);
+        assert_eq!(out["command"], "idefics bench");
+        for key in [
+            "load_s",
+            "rss_after_load_mb",
+            "peak_rss_mb",
+            "prefill_text_512",
+            "decode",
+        ] {
+            assert!(out["results"].get(key).is_some(), "results.{key}");
+        }
+        assert_eq!(out["results"]["decode"]["new_tokens"], 2);
+        assert!(out["results"]["prefill_text_512"]["s"].as_f64().unwrap() > 0.0);
+        let mut bad = options.clone();
+        bad.repeat = 0;
+        assert!(run(&bad, &mut |_| {})
+            .unwrap_err()
+            .to_string()
+            .contains("--repeat"));
+    }
+
+    #[test]
+    fn utc_now_is_iso_shaped() {
+        let s = utc_now();
+        assert_eq!(s.len(), 25, "{s}");
+        assert!(s.starts_with("20"), "{s}");
+        assert_eq!(&s[10..11], "T");
+    }
+}
