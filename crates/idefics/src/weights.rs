@@ -146,17 +146,7 @@ impl Checkpoint {
                 "missing tensor {name} (not in any checkpoint file)"
             ))
         })?;
-        let path = &self.files[entry.file];
-        let mut buf = vec![0u8; entry.len];
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        f.seek(SeekFrom::Start(entry.offset))
-            .map_err(|e| Error::io(path, e))?;
-        f.read_exact(&mut buf).map_err(|e| {
-            Error::Weights(format!(
-                "tensor {name}: cannot read its data from {}: {e}",
-                path.display()
-            ))
-        })?;
+        let buf = self.read_bytes(name, entry, 0, entry.len)?;
         let t = Tensor::from_raw_buffer(&buf, entry.dtype, &entry.shape, device)?;
         drop(buf);
         Ok(t.to_dtype(dtype)?)
@@ -184,10 +174,23 @@ impl Checkpoint {
             )));
         }
         let row_bytes = cols * entry.dtype.size_in_bytes();
+        let buf = self.read_bytes(name, entry, start * row_bytes, n * row_bytes)?;
+        let t = Tensor::from_raw_buffer(&buf, entry.dtype, &[n, cols], &Device::Cpu)?;
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// `len` bytes of tensor `name`'s data from byte `from` of it: one positioned read.
+    fn read_bytes(
+        &self,
+        name: &str,
+        entry: &TensorEntry,
+        from: usize,
+        len: usize,
+    ) -> Result<Vec<u8>> {
         let path = &self.files[entry.file];
-        let mut buf = vec![0u8; n * row_bytes];
+        let mut buf = vec![0u8; len];
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        f.seek(SeekFrom::Start(entry.offset + (start * row_bytes) as u64))
+        f.seek(SeekFrom::Start(entry.offset + from as u64))
             .map_err(|e| Error::io(path, e))?;
         f.read_exact(&mut buf).map_err(|e| {
             Error::Weights(format!(
@@ -195,8 +198,7 @@ impl Checkpoint {
                 path.display()
             ))
         })?;
-        let t = Tensor::from_raw_buffer(&buf, entry.dtype, &[n, cols], &Device::Cpu)?;
-        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        Ok(buf)
     }
 
     /// Marks a tensor as consumed by the model (for the unexpected-tensor check).

@@ -8,7 +8,7 @@ use crate::config::Idefics2Config;
 use crate::error::{Error, Result};
 use crate::nn::{join_path, Kernels, Linear, ParamVisitor, VisitParams};
 use crate::quant::{
-    quantize_block, quantize_head, reborrow, InSituQuantizer, QuantConfig, QuantReport, QuantSource,
+    build_in_situ, quantize_block, quantize_head, reborrow, QuantConfig, QuantReport, QuantSource,
 };
 use crate::weights::ModelWeights;
 use candle_core::{DType, Device, IndexOp, Tensor, D};
@@ -115,11 +115,10 @@ impl Idefics2ForConditionalGeneration {
     /// Builds the model from any `VarBuilder` (checkpoint, `VarMap` for training, ...), quantized in place as
     /// `opts.quant` asks.
     pub fn new(config: &Idefics2Config, vb: VarBuilder, opts: &LoadOptions) -> Result<Self> {
-        let mut quantizer = opts.quant.map(|q| InSituQuantizer::new(q.weights));
-        let vision = opts.quant.is_some_and(|q| q.vision);
-        let source = quantizer.as_mut().map(|q| q as &mut dyn QuantSource);
-        let mut model = Self::build(config, vb, opts, source, vision)?;
-        model.quant_report = quantizer.map(|q| q.report);
+        let (mut model, report) = build_in_situ(opts.quant, |source, vision| {
+            Self::build(config, vb, opts, source, vision)
+        })?;
+        model.quant_report = report;
         Ok(model)
     }
 

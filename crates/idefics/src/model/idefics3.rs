@@ -14,7 +14,7 @@ use super::vision::{patch_valid_mask_with, PatchRule, PositionIdRule, VisionTran
 use crate::error::{Error, Result};
 use crate::nn::{join_path, Kernels, Linear, ParamVisitor, VisitParams};
 use crate::quant::{
-    quantize_block, quantize_head, reborrow, InSituQuantizer, QuantReport, QuantSource,
+    build_in_situ, quantize_block, quantize_head, reborrow, QuantReport, QuantSource,
 };
 use crate::weights::ModelWeights;
 use candle_core::{DType, Device, Tensor, D};
@@ -108,11 +108,10 @@ impl Idefics3ForConditionalGeneration {
     /// Builds the model from any `VarBuilder` (checkpoint, `VarMap` for training, ...), quantized in place as
     /// `opts.quant` asks.
     pub fn new(config: &Idefics3Config, vb: VarBuilder, opts: &LoadOptions) -> Result<Self> {
-        let mut quantizer = opts.quant.map(|q| InSituQuantizer::new(q.weights));
-        let vision = opts.quant.is_some_and(|q| q.vision);
-        let source = quantizer.as_mut().map(|q| q as &mut dyn QuantSource);
-        let mut model = Self::build(config, vb, opts, source, vision)?;
-        model.quant_report = quantizer.map(|q| q.report);
+        let (mut model, report) = build_in_situ(opts.quant, |source, vision| {
+            Self::build(config, vb, opts, source, vision)
+        })?;
+        model.quant_report = report;
         Ok(model)
     }
 

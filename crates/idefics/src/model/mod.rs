@@ -7,7 +7,7 @@ pub mod family;
 pub mod idefics2;
 pub mod idefics3;
 pub mod idefics3_config;
-mod parts;
+pub(crate) mod parts;
 pub mod pixel_shuffle;
 pub mod step;
 pub mod text;

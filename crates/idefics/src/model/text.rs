@@ -2,6 +2,7 @@
 //! left-padding mask and a KV cache for incremental decoding. The Llama decoder of Idefics3 / SmolVLM is the same
 //! network without the sliding window, with the options of [`DecoderOptions`] (transformers' `LlamaModel`).
 
+use super::parts::{builders, visit_parts, Part};
 use crate::config::TextConfig;
 use crate::nn::rope::RopeTables;
 use crate::nn::{
@@ -183,6 +184,18 @@ impl TextAttention {
     }
 
     /// As [`Self::load`], with biases on the four projections when `bias`.
+    /// Checkpoint names of the parts, in field order (loading and `visit_params` both use this list).
+    const PARTS: [&'static str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+
+    fn parts_mut(&mut self) -> [Part<'_>; 4] {
+        [
+            Part::Linear(&mut self.q_proj),
+            Part::Linear(&mut self.k_proj),
+            Part::Linear(&mut self.v_proj),
+            Part::Linear(&mut self.o_proj),
+        ]
+    }
+
     pub fn load_with(
         cfg: &TextConfig,
         vb: VarBuilder,
@@ -195,11 +208,12 @@ impl TextAttention {
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
+        let [q, k, v, o] = builders(&vb, Self::PARTS);
         Ok(Self {
-            q_proj: Linear::load(vb.pp("q_proj"), d, h * hd, bias)?,
-            k_proj: Linear::load(vb.pp("k_proj"), d, kv * hd, bias)?,
-            v_proj: Linear::load(vb.pp("v_proj"), d, kv * hd, bias)?,
-            o_proj: Linear::load(vb.pp("o_proj"), h * hd, d, bias)?,
+            q_proj: Linear::load(q, d, h * hd, bias)?,
+            k_proj: Linear::load(k, d, kv * hd, bias)?,
+            v_proj: Linear::load(v, d, kv * hd, bias)?,
+            o_proj: Linear::load(o, h * hd, d, bias)?,
             num_heads: h,
             num_kv_heads: kv,
             head_dim: hd,
@@ -253,6 +267,23 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// Checkpoint names of the parts, in field order (loading and `visit_params` both use this list).
+    const PARTS: [&'static str; 4] = [
+        "input_layernorm",
+        "self_attn",
+        "post_attention_layernorm",
+        "mlp",
+    ];
+
+    fn parts_mut(&mut self) -> [Part<'_>; 4] {
+        [
+            Part::Block(&mut self.input_layernorm),
+            Part::Block(&mut self.self_attn),
+            Part::Block(&mut self.post_attention_layernorm),
+            Part::Block(&mut self.mlp),
+        ]
+    }
+
     pub fn load(cfg: &TextConfig, vb: VarBuilder, kernels: &Kernels) -> Result<Self> {
         Self::load_with(cfg, vb, kernels, &DecoderOptions::default())
     }
@@ -264,22 +295,13 @@ impl DecoderLayer {
         opts: &DecoderOptions,
     ) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let [ln1, attn, ln2, mlp] = builders(&vb, Self::PARTS);
         Ok(Self {
-            input_layernorm: RmsNorm::load(vb.pp("input_layernorm"), d, eps, kernels)?,
-            self_attn: TextAttention::load_with(
-                cfg,
-                vb.pp("self_attn"),
-                kernels,
-                opts.attention_bias,
-            )?,
-            post_attention_layernorm: RmsNorm::load(
-                vb.pp("post_attention_layernorm"),
-                d,
-                eps,
-                kernels,
-            )?,
+            input_layernorm: RmsNorm::load(ln1, d, eps, kernels)?,
+            self_attn: TextAttention::load_with(cfg, attn, kernels, opts.attention_bias)?,
+            post_attention_layernorm: RmsNorm::load(ln2, d, eps, kernels)?,
             mlp: GatedMlp::load_with_bias(
-                vb.pp("mlp"),
+                mlp,
                 d,
                 cfg.intermediate_size,
                 d,
@@ -487,22 +509,13 @@ impl TextModel {
 
 impl VisitParams for TextAttention {
     fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
-        v.linear(&join_path(prefix, "q_proj"), &mut self.q_proj)?;
-        v.linear(&join_path(prefix, "k_proj"), &mut self.k_proj)?;
-        v.linear(&join_path(prefix, "v_proj"), &mut self.v_proj)?;
-        v.linear(&join_path(prefix, "o_proj"), &mut self.o_proj)
+        visit_parts(prefix, v, Self::PARTS, self.parts_mut())
     }
 }
 
 impl VisitParams for DecoderLayer {
     fn visit_params(&mut self, prefix: &str, v: &mut dyn ParamVisitor) -> Result<()> {
-        self.input_layernorm
-            .visit_params(&join_path(prefix, "input_layernorm"), v)?;
-        self.self_attn
-            .visit_params(&join_path(prefix, "self_attn"), v)?;
-        self.post_attention_layernorm
-            .visit_params(&join_path(prefix, "post_attention_layernorm"), v)?;
-        self.mlp.visit_params(&join_path(prefix, "mlp"), v)
+        visit_parts(prefix, v, Self::PARTS, self.parts_mut())
     }
 }
 

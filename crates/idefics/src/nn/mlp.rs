@@ -2,6 +2,7 @@
 //! projection and the perceiver's MLP (`Idefics2MLP` / `MistralMLP` / `LlamaMLP`); biases only with Llama's `mlp_bias`.
 
 use super::{Activation, Linear};
+use crate::model::parts::{builders, visit_parts, Part};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -15,6 +16,9 @@ pub struct GatedMlp {
 }
 
 impl GatedMlp {
+    /// Checkpoint names of the parts, in field order (loading and `visit_params` both use this list).
+    const PARTS: [&'static str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
     pub fn load(
         vb: VarBuilder,
         in_dim: usize,
@@ -34,10 +38,11 @@ impl GatedMlp {
         act: Activation,
         bias: bool,
     ) -> Result<Self> {
+        let [gate, up, down] = builders(&vb, Self::PARTS);
         Ok(Self {
-            gate_proj: Linear::load(vb.pp("gate_proj"), in_dim, hidden, bias)?,
-            up_proj: Linear::load(vb.pp("up_proj"), in_dim, hidden, bias)?,
-            down_proj: Linear::load(vb.pp("down_proj"), hidden, out_dim, bias)?,
+            gate_proj: Linear::load(gate, in_dim, hidden, bias)?,
+            up_proj: Linear::load(up, in_dim, hidden, bias)?,
+            down_proj: Linear::load(down, hidden, out_dim, bias)?,
             act,
         })
     }
@@ -51,9 +56,11 @@ impl GatedMlp {
 
 impl super::VisitParams for GatedMlp {
     fn visit_params(&mut self, prefix: &str, v: &mut dyn super::ParamVisitor) -> Result<()> {
-        use super::join_path;
-        v.linear(&join_path(prefix, "gate_proj"), &mut self.gate_proj)?;
-        v.linear(&join_path(prefix, "up_proj"), &mut self.up_proj)?;
-        v.linear(&join_path(prefix, "down_proj"), &mut self.down_proj)
+        let parts = [
+            Part::Linear(&mut self.gate_proj),
+            Part::Linear(&mut self.up_proj),
+            Part::Linear(&mut self.down_proj),
+        ];
+        visit_parts(prefix, v, Self::PARTS, parts)
     }
 }

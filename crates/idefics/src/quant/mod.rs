@@ -258,6 +258,21 @@ impl QuantSource for InSituQuantizer {
     }
 }
 
+/// Builds with an in-place quantizer when `quant` asks for one (the `VarMap` / `VarBuilder` path of the models'
+/// `new`): `build` gets the source and whether the vision side is included; returns what it built and the report.
+pub fn build_in_situ<T, E>(
+    quant: Option<QuantConfig>,
+    build: impl FnOnce(Option<&mut dyn QuantSource>, bool) -> std::result::Result<T, E>,
+) -> std::result::Result<(T, Option<QuantReport>), E> {
+    let mut quantizer = quant.map(|q| InSituQuantizer::new(q.weights));
+    let vision = quant.is_some_and(|q| q.vision);
+    let built = build(
+        quantizer.as_mut().map(|q| q as &mut dyn QuantSource),
+        vision,
+    )?;
+    Ok((built, quantizer.map(|q| q.report)))
+}
+
 /// Reborrows an optional source for one call (`Option::as_deref_mut` cannot shorten the trait object's lifetime).
 pub fn reborrow<'a>(
     source: &'a mut Option<&mut dyn QuantSource>,
