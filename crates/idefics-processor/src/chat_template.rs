@@ -103,10 +103,12 @@ impl ChatMessage {
     }
 }
 
-/// Instructions one render may run (minijinja's fuel). Real chat templates use a few dozen per message, so this
-/// allows conversations of tens of thousands of messages while stopping an endless template within about a
-/// second.
-pub const TEMPLATE_FUEL: u64 = 20_000_000;
+/// Work one render may do (minijinja's fuel: one unit per instruction, and one per 64 bytes of text a template
+/// produces, see minijinja's src/vm/fuel.rs). Real chat templates use a few dozen instructions per message, so
+/// this allows conversations of well over ten thousand messages (the server accepts 512 by default), while a
+/// hostile template stops within a fraction of a second having produced at most ~64 MB of text: 20 million let
+/// a template that doubles a string build 1.3 GB (found by tests/fuzz_chat_template.rs).
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
 
 /// A rendered chat split into trusted control tokens and plain text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +147,8 @@ pub struct ChatTemplate {
     pub origin: String,
     /// Added-token strings with their ids, longest first.
     control_tokens: Vec<(String, u32)>,
+    /// First characters of the control tokens.
+    control_token_starts: Vec<char>,
     /// `bos_token`, `eos_token`, ... as transformers passes `tokenizer.special_tokens_map` to the template.
     special_strings: Vec<(&'static str, String)>,
     image_id: u32,
@@ -180,11 +184,17 @@ impl ChatTemplate {
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| PromptError::Template(format!("{origin}: {e}")))?;
 
-        let control_tokens = tokenizer
+        let control_tokens: Vec<(String, u32)> = tokenizer
             .added_token_strings()
             .into_iter()
             .filter_map(|s| tokenizer.token_to_id(&s).map(|id| (s, id)))
             .collect();
+        let mut control_token_starts: Vec<char> = control_tokens
+            .iter()
+            .filter_map(|(t, _)| t.chars().next())
+            .collect();
+        control_token_starts.sort_unstable();
+        control_token_starts.dedup();
         let cfg = tokenizer.config();
         let special_strings = [
             ("bos_token", cfg.bos_token()),
@@ -199,6 +209,7 @@ impl ChatTemplate {
             env,
             origin: origin.to_string(),
             control_tokens,
+            control_token_starts,
             special_strings,
             image_id: tokenizer.special_ids().image,
         })
@@ -314,9 +325,13 @@ impl ChatTemplate {
                 rest = &rest[c.len_utf8()..];
                 continue;
             }
+            // Only characters that start a control token are compared with the tokens: a rendered prompt can
+            // be tens of megabytes (checked by tests/fuzz_chat_template.rs), the token list hundreds long.
+            let starts_token = self.control_token_starts.contains(&c);
             if let Some((tok, id)) = self
                 .control_tokens
                 .iter()
+                .filter(|_| starts_token)
                 .find(|(t, _)| rest.starts_with(t.as_str()))
             {
                 if !buf.is_empty() {
