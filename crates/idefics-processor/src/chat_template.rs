@@ -110,6 +110,16 @@ impl ChatMessage {
 /// a template that doubles a string build 1.3 GB (found by tests/fuzz_chat_template.rs).
 pub const TEMPLATE_FUEL: u64 = 1_000_000;
 
+/// Longest rendered prompt, in bytes: 4 MiB is about a million tokens, beyond the context of the models served
+/// (and 4x the server's default cap on a request's text). minijinja charges fuel for printed text only once it
+/// is written, so without this cap one `{{ list * 30000000 }}` writes hundreds of megabytes within the fuel,
+/// for seconds (found by tests/fuzz_chat_template.rs); `tojson` output is capped the same way.
+pub const MAX_RENDERED_BYTES: usize = 4 << 20;
+
+/// Stack of the rendering thread: printing a list nested 100k deep (what the fuel allows) takes ~40 MB of stack
+/// in minijinja; 512 MiB leaves room for its deeper-recursing operations. Address space only, not memory.
+const RENDER_STACK_BYTES: usize = 512 << 20;
+
 /// A rendered chat split into trusted control tokens and plain text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedChat {
@@ -177,6 +187,7 @@ impl ChatTemplate {
         env.set_syntax(syntax);
         // The template comes with the checkpoint: bound its work so that a hostile one cannot hang a thread.
         env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_formatter(bounded_formatter);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
@@ -286,23 +297,57 @@ impl ChatTemplate {
             ctx.push((k, JValue::from(v.as_str())));
         }
         let ctx = map(ctx);
-        let template = self
-            .env
-            .get_template("chat")
-            .map_err(|e| RenderError::Other(e.to_string()))?;
-        template.render(ctx).map_err(|e| {
-            let raised = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-                .filter_map(|e| e.downcast_ref::<JError>())
-                .find_map(|e| {
-                    e.detail()
-                        .and_then(|d| d.strip_prefix(RAISE_PREFIX))
-                        .map(str::to_string)
-                });
-            match raised {
-                Some(msg) => RenderError::Raised(msg),
-                None => RenderError::Other(format!("{}: {e:#}", self.origin)),
+        let render = move || -> Result<String, RenderError> {
+            let template = self
+                .env
+                .get_template("chat")
+                .map_err(|e| RenderError::Other(e.to_string()))?;
+            let mut out = CappedOutput::default();
+            let rendered = template.render_captured_to(ctx, &mut out).map(drop);
+            if out.overflowed {
+                return Err(RenderError::Other(format!(
+                    "{}: the rendered prompt is over {MAX_RENDERED_BYTES} bytes",
+                    self.origin
+                )));
             }
+            rendered.map_err(|e| self.render_error(e))?;
+            String::from_utf8(out.bytes).map_err(|e| {
+                RenderError::Other(format!("{}: rendered text is not UTF-8: {e}", self.origin))
+            })
+        };
+        // minijinja recurses over nested values (to print, compare and drop them), and a template can nest lists
+        // ~100k deep within its fuel (`{% set ns.x = [ns.x] %}` in a loop): that overflows an ordinary thread's
+        // stack and aborts the process (found by tests/fuzz_chat_template.rs). Rendering runs on a thread whose
+        // stack is large enough for that depth (only the pages touched are committed), and a panic there is an
+        // error, not the caller's crash.
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("chat-template".into())
+                .stack_size(RENDER_STACK_BYTES)
+                .spawn_scoped(scope, render)
+                .map_err(|e| RenderError::Other(format!("cannot start the template thread: {e}")))?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(RenderError::Other(format!(
+                        "{}: the template renderer panicked",
+                        self.origin
+                    )))
+                })
         })
+    }
+
+    fn render_error(&self, e: JError) -> RenderError {
+        let raised = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .filter_map(|e| e.downcast_ref::<JError>())
+            .find_map(|e| {
+                e.detail()
+                    .and_then(|d| d.strip_prefix(RAISE_PREFIX))
+                    .map(str::to_string)
+            });
+        match raised {
+            Some(msg) => RenderError::Raised(msg),
+            None => RenderError::Other(format!("{}: {e:#}", self.origin)),
+        }
     }
 
     /// Split rendered text: control tokens outside marked spans become token ids, everything else text.
@@ -430,6 +475,99 @@ fn raise_exception(message: String) -> Result<JValue, JError> {
     ))
 }
 
+/// The rendered text, refusing to grow past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + data.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered prompt too long"));
+        }
+        self.bytes.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Deepest nesting `tojson` serialises (Python's json stops at its recursion limit, 1000 by default).
+const MAX_JSON_DEPTH: usize = 500;
+
+/// minijinja's formatter, except that a list or map whose printed form cannot fit [`MAX_RENDERED_BYTES`] is an
+/// error before it is printed: minijinja's `Display` visits every item of `{{ ['abc'] * 30000000 }}` (seconds),
+/// whatever the output does with the text (found by tests/fuzz_chat_template.rs).
+fn bounded_formatter(
+    out: &mut minijinja::Output,
+    state: &mut minijinja::State,
+    value: &JValue,
+) -> Result<(), JError> {
+    if matches!(
+        value.kind(),
+        ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
+    ) && !printed_size_fits(value)
+    {
+        return Err(JError::new(
+            ErrorKind::InvalidOperation,
+            format!("a printed value is over {MAX_RENDERED_BYTES} bytes"),
+        ));
+    }
+    minijinja::escape_formatter(out, state, value)
+}
+
+/// Whether `value` may print within [`MAX_RENDERED_BYTES`], from a lower bound on its printed size (every item
+/// at least one byte, strings at least their length). The walk stops once the bound passes the cap, so it visits
+/// at most that many items.
+fn printed_size_fits(value: &JValue) -> bool {
+    let mut budget = MAX_RENDERED_BYTES;
+    let mut pending = vec![value.clone()];
+    while let Some(v) = pending.pop() {
+        let own = match v.kind() {
+            ValueKind::String => v.as_str().map_or(1, str::len),
+            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable => v.len().unwrap_or(0).max(1),
+            _ => 1,
+        };
+        let Some(left) = budget.checked_sub(own) else {
+            return false;
+        };
+        budget = left;
+        if !matches!(
+            v.kind(),
+            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
+        ) {
+            continue;
+        }
+        let Ok(items) = v.try_iter() else {
+            continue;
+        };
+        let is_map = v.kind() == ValueKind::Map;
+        for item in items {
+            if pending.len() >= budget {
+                return false;
+            }
+            let child = if is_map {
+                v.get_item(&item).unwrap_or_default()
+            } else {
+                item
+            };
+            pending.push(child);
+        }
+    }
+    true
+}
+
+fn too_long_json() -> JError {
+    JError::new(
+        ErrorKind::InvalidOperation,
+        format!("tojson: output over {MAX_RENDERED_BYTES} bytes"),
+    )
+}
+
 /// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent, sort_keys=sort_keys)` - Python's
 /// separators (", " and ": "), no HTML escaping.
 fn tojson(value: JValue, kwargs: Kwargs) -> Result<JValue, JError> {
@@ -448,12 +586,29 @@ fn python_json(
     depth: usize,
     out: &mut String,
 ) -> Result<(), JError> {
-    let newline = |out: &mut String, depth: usize| {
+    // Every push is checked against the cap: a lazily repeated list (`x * 30000000`) or a huge indent would
+    // otherwise build a string of any size before minijinja charges fuel for it.
+    let newline = |out: &mut String, depth: usize| -> Result<(), JError> {
         if let Some(n) = indent {
+            let width = n.saturating_mul(depth);
+            if out.len().saturating_add(width) >= MAX_RENDERED_BYTES {
+                return Err(too_long_json());
+            }
             out.push('\n');
-            out.push_str(&" ".repeat(n * depth));
+            out.push_str(&" ".repeat(width));
         }
+        Ok(())
     };
+    if out.len() >= MAX_RENDERED_BYTES {
+        return Err(too_long_json());
+    }
+    // A template can nest lists in a loop (`{% set ns.x = [ns.x] %}`): recursion must stop before the stack does.
+    if depth > MAX_JSON_DEPTH {
+        return Err(JError::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: value nested deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
     let item_sep = if indent.is_some() { "," } else { ", " };
     let json_str = |s: &str| Value::String(s.to_string()).to_string();
     match v.kind() {
@@ -466,17 +621,18 @@ fn python_json(
         }
         ValueKind::String => out.push_str(&json_str(v.as_str().unwrap_or_default())),
         ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<JValue> = v.try_iter()?.collect();
             out.push('[');
-            for (i, x) in items.iter().enumerate() {
+            let mut empty = true;
+            for (i, x) in v.try_iter()?.enumerate() {
                 if i > 0 {
                     out.push_str(item_sep);
                 }
-                newline(out, depth + 1);
-                python_json(x, indent, sort, depth + 1, out)?;
+                newline(out, depth + 1)?;
+                python_json(&x, indent, sort, depth + 1, out)?;
+                empty = false;
             }
-            if !items.is_empty() {
-                newline(out, depth);
+            if !empty {
+                newline(out, depth)?;
             }
             out.push(']');
         }
@@ -490,13 +646,13 @@ fn python_json(
                 if i > 0 {
                     out.push_str(item_sep);
                 }
-                newline(out, depth + 1);
+                newline(out, depth + 1)?;
                 out.push_str(&json_str(&k.to_string()));
                 out.push_str(": ");
                 python_json(&v.get_item(k)?, indent, sort, depth + 1, out)?;
             }
             if !keys.is_empty() {
-                newline(out, depth);
+                newline(out, depth)?;
             }
             out.push('}');
         }

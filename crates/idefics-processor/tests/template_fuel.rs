@@ -64,3 +64,16 @@ fn fuel_stops_templates_that_build_huge_strings() {
         );
     }
 }
+
+/// A loop can nest a list ~100k deep within the fuel; printing, serialising or merely dropping it recursed past
+/// the stack and aborted the process (found by fuzz_chat_template). Each must end in a prompt or an error.
+#[test]
+fn deeply_nested_values_do_not_overflow_the_stack() {
+    let tok = TextTokenizer::from_dir(&tok_dir()).unwrap();
+    let nest = "{% set ns = namespace(s=[]) %}{% for i in range(1000000) %}{% set ns.s = [ns.s] %}{% endfor %}";
+    for tail in ["x", "{{ ns.s }}", "{{ ns.s|tojson }}", "{{ ns.s == ns.s }}"] {
+        let t = ChatTemplate::from_source(&format!("{nest}{tail}"), "hostile", &tok).unwrap();
+        // Fuel runs out inside the loop or later; either way the result is an error or a prompt, not an abort.
+        let _ = t.render(&[ChatMessage::text("user", "hi")], true);
+    }
+}
