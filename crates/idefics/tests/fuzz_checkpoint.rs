@@ -67,7 +67,8 @@ fn from_bytes(bytes: &[u8]) -> Option<Case> {
     let line = std::str::from_utf8(&bytes[..nl]).ok()?;
     let mut words = line.split(' ');
     (words.next()? == MAGIC).then_some(())?;
-    let base = BASES.iter().position(|b| Some(*b) == words.next())?;
+    let base_name = words.next()?;
+    let base = BASES.iter().position(|b| *b == base_name)?;
     Some(Case {
         base,
         file: words.next()?.to_string(),
@@ -238,7 +239,7 @@ fn fuzz_checkpoint_loading() {
             .filter_map(|(_, c)| split_safetensors(&c.bytes).map(|(h, _)| h))
             .collect(),
     };
-    assert!(donors.configs.len() == BASES.len() && !donors.indexes.is_empty());
+    assert!(donors.configs.len() >= BASES.len() && !donors.indexes.is_empty());
     let settings = harness::Settings {
         name: "checkpoint",
         bounded_execs: 600,
