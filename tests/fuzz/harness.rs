@@ -298,7 +298,11 @@ pub fn mutate_json(rng: &mut Rng, v: &mut Value, donors: &[&Value], dict: &[&str
                     a.remove(i);
                 }
                 Value::Object(o) if !o.is_empty() => {
-                    let key = o.keys().nth(rng.below(o.len())).cloned().unwrap_or_default();
+                    let key = o
+                        .keys()
+                        .nth(rng.below(o.len()))
+                        .cloned()
+                        .unwrap_or_default();
                     o.remove(&key);
                 }
                 _ => *node = Value::Null,
@@ -401,7 +405,12 @@ fn env_u64(key: &str) -> Option<u64> {
 }
 
 /// Starts the watchdog: if one input runs for `limit`, it is saved and the process aborts.
-fn watchdog(name: &'static str, current: Arc<Mutex<Vec<u8>>>, started_ms: Arc<AtomicU64>, out: PathBuf) {
+fn watchdog(
+    name: &'static str,
+    current: Arc<Mutex<Vec<u8>>>,
+    started_ms: Arc<AtomicU64>,
+    out: PathBuf,
+) {
     let limit = Duration::from_secs(env_u64("IDEFICS_FUZZ_ABORT_SECS").unwrap_or(120));
     let origin = Instant::now();
     std::thread::spawn(move || loop {
@@ -410,7 +419,9 @@ fn watchdog(name: &'static str, current: Arc<Mutex<Vec<u8>>>, started_ms: Arc<At
         if since == u64::MAX {
             continue;
         }
-        let running = origin.elapsed().saturating_sub(Duration::from_millis(since));
+        let running = origin
+            .elapsed()
+            .saturating_sub(Duration::from_millis(since));
         if running >= limit {
             let path = out.join(format!("idefics-fuzz-{name}-hang.bin"));
             let bytes = current.lock().map(|b| b.clone()).unwrap_or_default();
@@ -443,7 +454,12 @@ pub fn fuzz<I>(
         .unwrap_or_else(std::env::temp_dir);
     let current = Arc::new(Mutex::new(Vec::new()));
     let started_ms = Arc::new(AtomicU64::new(u64::MAX));
-    watchdog(settings.name, current.clone(), started_ms.clone(), out_dir.clone());
+    watchdog(
+        settings.name,
+        current.clone(),
+        started_ms.clone(),
+        out_dir.clone(),
+    );
     let origin = Instant::now();
     let previous_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|info| {

@@ -85,15 +85,7 @@ pub(crate) async fn load_prompt(
     st: &Arc<AppState>,
     req: &ChatRequest,
 ) -> Result<(ChatPrompt, Option<ImageReservation>), ApiError> {
-    // One splitting flag per request (the first `detail` that names one), as the engine applies it.
-    let split = req
-        .messages
-        .iter()
-        .flat_map(|m| &m.parts)
-        .find_map(|p| match p {
-            RawPart::Image { split, .. } => *split,
-            RawPart::Text(_) => None,
-        });
+    let split = request_split(req);
     let mut tasks = tokio::task::JoinSet::new();
     let mut n = 0usize;
     for part in req.messages.iter().flat_map(|m| &m.parts) {
@@ -150,7 +142,38 @@ pub(crate) async fn load_prompt(
             ))
         })?)
     };
-    let mut decoded = loaded.into_iter().enumerate();
+    let images = loaded
+        .into_iter()
+        .map(|image| image.ok_or_else(|| ApiError::internal("image count changed while loading")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((assemble_prompt(req, images)?, reservation))
+}
+
+/// One splitting flag per request (the first `detail` that names one), as the engine applies it.
+pub fn request_split(req: &ChatRequest) -> Option<bool> {
+    req.messages
+        .iter()
+        .flat_map(|m| &m.parts)
+        .find_map(|p| match p {
+            RawPart::Image { split, .. } => *split,
+            RawPart::Text(_) => None,
+        })
+}
+
+/// The prompt of a parsed request, given its images decoded in message order (one per image part). Public so
+/// that the request -> prompt path can be driven without a socket (tests/fuzz_chat_request.rs).
+pub fn assemble_prompt(
+    req: &ChatRequest,
+    images: Vec<image::RgbImage>,
+) -> Result<ChatPrompt, ApiError> {
+    if images.len() != req.image_count() {
+        return Err(ApiError::internal(format!(
+            "{} images loaded for {} image parts",
+            images.len(),
+            req.image_count()
+        )));
+    }
+    let mut decoded = images.into_iter().enumerate();
     let mut messages = Vec::with_capacity(req.messages.len());
     for m in &req.messages {
         let mut content = Vec::with_capacity(m.parts.len());
@@ -160,7 +183,6 @@ pub(crate) async fn load_prompt(
                 RawPart::Image { split, .. } => {
                     let (index, image) = decoded
                         .next()
-                        .and_then(|(i, img)| img.map(|img| (i, img)))
                         .ok_or_else(|| ApiError::internal("image count changed while loading"))?;
                     content.push(Part::Image(ImageInput {
                         index,
@@ -175,5 +197,5 @@ pub(crate) async fn load_prompt(
             content,
         });
     }
-    Ok((ChatPrompt { messages }, reservation))
+    Ok(ChatPrompt { messages })
 }

@@ -297,7 +297,10 @@ impl Idefics2Config {
         }
         let n_latents = p.resampler_n_latents;
         check_tensor_sizes(&[
-            ("perceiver_config attention", &[p.resampler_n_heads, p.resampler_head_dim, p.hidden_size]),
+            (
+                "perceiver_config attention",
+                &[p.resampler_n_heads, p.resampler_head_dim, p.hidden_size],
+            ),
             ("perceiver_config latents", &[n_latents, p.hidden_size]),
             ("connector MLP", &[t.intermediate_size, v.hidden_size]),
         ])?;
@@ -335,7 +338,10 @@ pub(crate) fn check_tensor_sizes(shapes: &[(&str, &[usize])]) -> Result<()> {
 pub(crate) fn check_text_and_vision_sizes(v: &VisionConfig, t: &TextConfig) -> Result<()> {
     let side = v.image_size / v.patch_size.max(1);
     check_tensor_sizes(&[
-        ("vision_config position embedding", &[side, side, v.hidden_size]),
+        (
+            "vision_config position embedding",
+            &[side, side, v.hidden_size],
+        ),
         (
             "vision_config patch embedding",
             &[v.hidden_size, v.num_channels, v.patch_size, v.patch_size],

@@ -43,10 +43,37 @@ const MAGIC: &str = "idefics-fuzz-checkpoint";
 
 /// Tokens for text-level edits of JSON files.
 const JSON_TOKENS: &[&str] = &[
-    "{", "}", "[", "]", ",", ":", "\"", "null", "true", "-1", "0", "1e999", "18446744073709551616",
-    "\"F16\"", "\"BF16\"", "\"I64\"", "\"BOOL\"", "\"F8_E4M3\"", "\"dtype\":", "\"shape\":", "\"data_offsets\":",
-    "\"__metadata__\":", "\"weight_map\":", "\"model_type\":", "\"idefics2\"", "\"idefics3\"", "\"smolvlm\"",
-    "\"../config.json\"", "\"/etc/passwd\"", "\"..\"", "\"\"",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    "\"",
+    "null",
+    "true",
+    "-1",
+    "0",
+    "1e999",
+    "18446744073709551616",
+    "\"F16\"",
+    "\"BF16\"",
+    "\"I64\"",
+    "\"BOOL\"",
+    "\"F8_E4M3\"",
+    "\"dtype\":",
+    "\"shape\":",
+    "\"data_offsets\":",
+    "\"__metadata__\":",
+    "\"weight_map\":",
+    "\"model_type\":",
+    "\"idefics2\"",
+    "\"idefics3\"",
+    "\"smolvlm\"",
+    "\"../config.json\"",
+    "\"/etc/passwd\"",
+    "\"..\"",
+    "\"\"",
 ];
 
 #[derive(Clone)]
@@ -96,7 +123,8 @@ fn seeds() -> Vec<(String, Case)> {
         }
     }
     for (name, bytes) in harness::files_in("fuzz_regressions/checkpoint", 4 << 20) {
-        let case = from_bytes(&bytes).unwrap_or_else(|| panic!("{name}: not a saved checkpoint case"));
+        let case =
+            from_bytes(&bytes).unwrap_or_else(|| panic!("{name}: not a saved checkpoint case"));
         seeds.push((name, case));
     }
     seeds
