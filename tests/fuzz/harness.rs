@@ -9,11 +9,11 @@
 //!   [`mutate_json`] (structural edits of a `serde_json::Value`: interesting numbers and strings, deleted and
 //!   duplicated members, nodes grafted from other seeds).
 //! * [`fuzz`], the loop: every seed as is, then mutants of random seeds until the budget is spent; each input
-//!   runs under `catch_unwind`, timed, with the peak of live heap bytes measured by [`CountingAlloc`]. A
-//!   failure is a panic, a run over the hang bound, or a peak over the allocation bound; failing inputs are
-//!   written to `$IDEFICS_FUZZ_OUT` (default: the system temp dir). A watchdog thread writes the running input
-//!   and aborts the process when one input runs for `IDEFICS_FUZZ_ABORT_SECS` (default 120 s): a true hang
-//!   would otherwise never be reported.
+//!   runs under `catch_unwind`, timed in process CPU time (see [`cpu_time`]), with the peak of live heap bytes
+//!   measured by [`CountingAlloc`]. A failure is a panic, a run over the hang bound, or a peak over the
+//!   allocation bound; failing inputs are written to `$IDEFICS_FUZZ_OUT` (default: the system temp dir). A
+//!   watchdog thread writes the running input and aborts the process when one input runs for
+//!   `IDEFICS_FUZZ_ABORT_SECS` (default 120 s): a true hang (or deadlock) would otherwise never be reported.
 //!
 //! Budget: `IDEFICS_FUZZ_SECS` (seconds of mutants; unset = a short bounded pass for CI),
 //! `IDEFICS_FUZZ_SEED` (the mutator's seed).
@@ -368,7 +368,7 @@ pub struct Settings {
     pub name: &'static str,
     /// Mutants run without `IDEFICS_FUZZ_SECS` (the CI pass); keep it to a few seconds.
     pub bounded_execs: u64,
-    /// An input running longer than this is a failure.
+    /// An input using more CPU time than this (all threads) is a failure.
     pub hang: Duration,
     /// Peak of live heap bytes one input may add.
     pub max_extra_bytes: usize,
@@ -404,33 +404,50 @@ fn env_u64(key: &str) -> Option<u64> {
     std::env::var(key).ok().and_then(|s| s.parse().ok())
 }
 
-/// Starts the watchdog: if one input runs for `limit`, it is saved and the process aborts.
+/// CPU time of the whole process (every thread), from /proc/self/stat (`utime` + `stime`, in clock ticks of
+/// 10 ms). Inputs are timed with it rather than the wall clock: the machine is shared, and other jobs stop
+/// niced processes while they take timings (a stopped run would otherwise count as a hang).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// Starts the watchdog: if one input runs for `IDEFICS_FUZZ_ABORT_SECS` of the watchdog's own ticks (which stop
+/// while the process is stopped), it is saved and the process aborts. `running` holds the number of the input
+/// being run, 0 between inputs.
 fn watchdog(
     name: &'static str,
     current: Arc<Mutex<Vec<u8>>>,
-    started_ms: Arc<AtomicU64>,
+    running: Arc<AtomicU64>,
     out: PathBuf,
 ) {
+    const TICK: Duration = Duration::from_millis(500);
     let limit = Duration::from_secs(env_u64("IDEFICS_FUZZ_ABORT_SECS").unwrap_or(120));
-    let origin = Instant::now();
-    std::thread::spawn(move || loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let since = started_ms.load(Ordering::Relaxed);
-        if since == u64::MAX {
-            continue;
-        }
-        let running = origin
-            .elapsed()
-            .saturating_sub(Duration::from_millis(since));
-        if running >= limit {
-            let path = out.join(format!("idefics-fuzz-{name}-hang.bin"));
-            let bytes = current.lock().map(|b| b.clone()).unwrap_or_default();
-            let _ = std::fs::write(&path, bytes);
-            eprintln!(
-                "fuzz {name}: one input ran for {running:?}; saved to {}; aborting",
-                path.display()
-            );
-            std::process::abort();
+    std::thread::spawn(move || {
+        let (mut seen, mut ticks) = (0u64, 0u32);
+        loop {
+            std::thread::sleep(TICK);
+            let now = running.load(Ordering::Relaxed);
+            if now == 0 || now != seen {
+                (seen, ticks) = (now, 0);
+                continue;
+            }
+            ticks += 1;
+            if TICK * ticks >= limit {
+                let path = out.join(format!("idefics-fuzz-{name}-hang.bin"));
+                let bytes = current.lock().map(|b| b.clone()).unwrap_or_default();
+                let _ = std::fs::write(&path, bytes);
+                eprintln!(
+                    "fuzz {name}: input {now} ran for {limit:?}; saved to {}; aborting",
+                    path.display()
+                );
+                std::process::abort();
+            }
         }
     });
 }
@@ -453,11 +470,11 @@ pub fn fuzz<I>(
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let current = Arc::new(Mutex::new(Vec::new()));
-    let started_ms = Arc::new(AtomicU64::new(u64::MAX));
+    let running = Arc::new(AtomicU64::new(0));
     watchdog(
         settings.name,
         current.clone(),
-        started_ms.clone(),
+        running.clone(),
         out_dir.clone(),
     );
     let origin = Instant::now();
@@ -486,12 +503,16 @@ pub fn fuzz<I>(
         let base = LIVE.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);
         let start = Instant::now();
-        started_ms.store(origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let cpu_start = cpu_time();
+        running.store(stats.execs + 1, Ordering::Relaxed);
         IN_RUN.with(|r| r.set(true));
         let outcome = catch_unwind(AssertUnwindSafe(|| run(input)));
         IN_RUN.with(|r| r.set(false));
-        let took = start.elapsed();
-        started_ms.store(u64::MAX, Ordering::Relaxed);
+        running.store(0, Ordering::Relaxed);
+        let took = match (cpu_start, cpu_time()) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => start.elapsed(),
+        };
         let extra = PEAK.load(Ordering::Relaxed).saturating_sub(base);
         stats.execs += 1;
         stats.slowest = stats.slowest.max(took);
