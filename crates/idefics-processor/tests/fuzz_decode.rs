@@ -5,7 +5,7 @@
 //! with the harness's byte mutator (bit flips, interesting bytes, 16-bit field overwrites such as image
 //! sizes, chunk insert / delete / duplicate, truncation, splicing two inputs) and checks, for each input:
 //! no panic (decoders run under `catch_unwind`, which reports a panic as a "decoder panicked" error), no
-//! run longer than 1 s, and no allocation beyond a bound derived from the decode limits (a counting
+//! run longer than 1 s of CPU time, and no allocation beyond a bound derived from the decode limits (a counting
 //! global allocator measures the peak of live bytes).
 //!
 //! `cargo test -p idefics-processor --test fuzz_decode` runs a short bounded pass (CI). For a long run:
