@@ -17,13 +17,14 @@
 
 use std::path::Path;
 
-use minijinja::value::{Kwargs, Value as JValue, ValueKind};
+use minijinja::value::Value as JValue;
 use minijinja::{Environment, Error as JError, ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::processor_config::read_json_if_exists;
 use crate::prompt::PromptError;
+use crate::template_output::{bounded_formatter, tojson, CappedOutput};
 use crate::tokenizer::{Piece, TextTokenizer};
 
 /// Marks the start / end of a control-token string typed by a user. Removed from user text beforehand so that
@@ -103,10 +104,22 @@ impl ChatMessage {
     }
 }
 
-/// Instructions one render may run (minijinja's fuel). Real chat templates use a few dozen per message, so this
-/// allows conversations of tens of thousands of messages while stopping an endless template within about a
-/// second.
-pub const TEMPLATE_FUEL: u64 = 20_000_000;
+/// Work one render may do (minijinja's fuel: one unit per instruction, and one per 64 bytes of text a template
+/// produces, see minijinja's src/vm/fuel.rs). Real chat templates use a few dozen instructions per message, so
+/// this allows conversations of well over ten thousand messages (the server accepts 512 by default), while a
+/// hostile template stops within a fraction of a second having produced at most ~64 MB of text: 20 million let
+/// a template that doubles a string build 1.3 GB (found by tests/fuzz_chat_template.rs).
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+
+/// Longest rendered prompt, in bytes: 4 MiB is about a million tokens, beyond the context of the models served
+/// (and 4x the server's default cap on a request's text). minijinja charges fuel for printed text only once it
+/// is written, so without this cap one `{{ list * 30000000 }}` writes hundreds of megabytes within the fuel,
+/// for seconds (found by tests/fuzz_chat_template.rs); `tojson` output is capped the same way.
+pub const MAX_RENDERED_BYTES: usize = 4 << 20;
+
+/// Stack of the rendering thread: printing a list nested 100k deep (what the fuel allows) takes ~40 MB of stack
+/// in minijinja; 512 MiB leaves room for its deeper-recursing operations. Address space only, not memory.
+const RENDER_STACK_BYTES: usize = 512 << 20;
 
 /// A rendered chat split into trusted control tokens and plain text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +158,8 @@ pub struct ChatTemplate {
     pub origin: String,
     /// Added-token strings with their ids, longest first.
     control_tokens: Vec<(String, u32)>,
+    /// First characters of the control tokens.
+    control_token_starts: Vec<char>,
     /// `bos_token`, `eos_token`, ... as transformers passes `tokenizer.special_tokens_map` to the template.
     special_strings: Vec<(&'static str, String)>,
     image_id: u32,
@@ -173,6 +188,7 @@ impl ChatTemplate {
         env.set_syntax(syntax);
         // The template comes with the checkpoint: bound its work so that a hostile one cannot hang a thread.
         env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_formatter(bounded_formatter);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
@@ -180,11 +196,17 @@ impl ChatTemplate {
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| PromptError::Template(format!("{origin}: {e}")))?;
 
-        let control_tokens = tokenizer
+        let control_tokens: Vec<(String, u32)> = tokenizer
             .added_token_strings()
             .into_iter()
             .filter_map(|s| tokenizer.token_to_id(&s).map(|id| (s, id)))
             .collect();
+        let mut control_token_starts: Vec<char> = control_tokens
+            .iter()
+            .filter_map(|(t, _)| t.chars().next())
+            .collect();
+        control_token_starts.sort_unstable();
+        control_token_starts.dedup();
         let cfg = tokenizer.config();
         let special_strings = [
             ("bos_token", cfg.bos_token()),
@@ -199,6 +221,7 @@ impl ChatTemplate {
             env,
             origin: origin.to_string(),
             control_tokens,
+            control_token_starts,
             special_strings,
             image_id: tokenizer.special_ids().image,
         })
@@ -275,23 +298,57 @@ impl ChatTemplate {
             ctx.push((k, JValue::from(v.as_str())));
         }
         let ctx = map(ctx);
-        let template = self
-            .env
-            .get_template("chat")
-            .map_err(|e| RenderError::Other(e.to_string()))?;
-        template.render(ctx).map_err(|e| {
-            let raised = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-                .filter_map(|e| e.downcast_ref::<JError>())
-                .find_map(|e| {
-                    e.detail()
-                        .and_then(|d| d.strip_prefix(RAISE_PREFIX))
-                        .map(str::to_string)
-                });
-            match raised {
-                Some(msg) => RenderError::Raised(msg),
-                None => RenderError::Other(format!("{}: {e:#}", self.origin)),
+        let render = move || -> Result<String, RenderError> {
+            let template = self
+                .env
+                .get_template("chat")
+                .map_err(|e| RenderError::Other(e.to_string()))?;
+            let mut out = CappedOutput::default();
+            let rendered = template.render_captured_to(ctx, &mut out).map(drop);
+            if out.overflowed {
+                return Err(RenderError::Other(format!(
+                    "{}: the rendered prompt is over {MAX_RENDERED_BYTES} bytes",
+                    self.origin
+                )));
             }
+            rendered.map_err(|e| self.render_error(e))?;
+            String::from_utf8(out.bytes).map_err(|e| {
+                RenderError::Other(format!("{}: rendered text is not UTF-8: {e}", self.origin))
+            })
+        };
+        // minijinja recurses over nested values (to print, compare and drop them), and a template can nest lists
+        // ~100k deep within its fuel (`{% set ns.x = [ns.x] %}` in a loop): that overflows an ordinary thread's
+        // stack and aborts the process (found by tests/fuzz_chat_template.rs). Rendering runs on a thread whose
+        // stack is large enough for that depth (only the pages touched are committed), and a panic there is an
+        // error, not the caller's crash.
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("chat-template".into())
+                .stack_size(RENDER_STACK_BYTES)
+                .spawn_scoped(scope, render)
+                .map_err(|e| RenderError::Other(format!("cannot start the template thread: {e}")))?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(RenderError::Other(format!(
+                        "{}: the template renderer panicked",
+                        self.origin
+                    )))
+                })
         })
+    }
+
+    fn render_error(&self, e: JError) -> RenderError {
+        let raised = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .filter_map(|e| e.downcast_ref::<JError>())
+            .find_map(|e| {
+                e.detail()
+                    .and_then(|d| d.strip_prefix(RAISE_PREFIX))
+                    .map(str::to_string)
+            });
+        match raised {
+            Some(msg) => RenderError::Raised(msg),
+            None => RenderError::Other(format!("{}: {e:#}", self.origin)),
+        }
     }
 
     /// Split rendered text: control tokens outside marked spans become token ids, everything else text.
@@ -314,9 +371,13 @@ impl ChatTemplate {
                 rest = &rest[c.len_utf8()..];
                 continue;
             }
+            // Only characters that start a control token are compared with the tokens: a rendered prompt can
+            // be tens of megabytes (checked by tests/fuzz_chat_template.rs), the token list hundreds long.
+            let starts_token = self.control_token_starts.contains(&c);
             if let Some((tok, id)) = self
                 .control_tokens
                 .iter()
+                .filter(|_| starts_token)
                 .find(|(t, _)| rest.starts_with(t.as_str()))
             {
                 if !buf.is_empty() {
@@ -413,81 +474,6 @@ fn raise_exception(message: String) -> Result<JValue, JError> {
         ErrorKind::InvalidOperation,
         format!("{RAISE_PREFIX}{message}"),
     ))
-}
-
-/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent, sort_keys=sort_keys)` - Python's
-/// separators (", " and ": "), no HTML escaping.
-fn tojson(value: JValue, kwargs: Kwargs) -> Result<JValue, JError> {
-    let indent: Option<usize> = kwargs.get("indent")?;
-    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
-    kwargs.assert_all_used()?;
-    let mut out = String::new();
-    python_json(&value, indent, sort_keys.unwrap_or(false), 0, &mut out)?;
-    Ok(JValue::from_safe_string(out))
-}
-
-fn python_json(
-    v: &JValue,
-    indent: Option<usize>,
-    sort: bool,
-    depth: usize,
-    out: &mut String,
-) -> Result<(), JError> {
-    let newline = |out: &mut String, depth: usize| {
-        if let Some(n) = indent {
-            out.push('\n');
-            out.push_str(&" ".repeat(n * depth));
-        }
-    };
-    let item_sep = if indent.is_some() { "," } else { ", " };
-    let json_str = |s: &str| Value::String(s.to_string()).to_string();
-    match v.kind() {
-        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
-        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
-        ValueKind::Number => {
-            let n: Value = serde_json::to_value(v)
-                .map_err(|e| JError::new(ErrorKind::InvalidOperation, e.to_string()))?;
-            out.push_str(&n.to_string());
-        }
-        ValueKind::String => out.push_str(&json_str(v.as_str().unwrap_or_default())),
-        ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<JValue> = v.try_iter()?.collect();
-            out.push('[');
-            for (i, x) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_sep);
-                }
-                newline(out, depth + 1);
-                python_json(x, indent, sort, depth + 1, out)?;
-            }
-            if !items.is_empty() {
-                newline(out, depth);
-            }
-            out.push(']');
-        }
-        ValueKind::Map => {
-            let mut keys: Vec<JValue> = v.try_iter()?.collect();
-            if sort {
-                keys.sort();
-            }
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_sep);
-                }
-                newline(out, depth + 1);
-                out.push_str(&json_str(&k.to_string()));
-                out.push_str(": ");
-                python_json(&v.get_item(k)?, indent, sort, depth + 1, out)?;
-            }
-            if !keys.is_empty() {
-                newline(out, depth);
-            }
-            out.push('}');
-        }
-        _ => out.push_str(&json_str(&v.to_string())),
-    }
-    Ok(())
 }
 
 /// The template text and the file it came from.

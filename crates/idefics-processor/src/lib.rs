@@ -7,6 +7,7 @@ pub mod idefics3_prompt;
 pub mod image;
 pub mod processor_config;
 pub mod prompt;
+mod template_output;
 pub mod tokenizer;
 pub mod tokenizer_train;
 pub mod video;

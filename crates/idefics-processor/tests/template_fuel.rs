@@ -41,3 +41,39 @@ fn long_conversations_stay_within_the_fuel() {
     let out = t.render(&msgs, true).unwrap();
     assert!(out.ends_with("Assistant:"));
 }
+
+/// Fuel also bounds memory: minijinja charges one unit per 64 bytes a template produces. Before the limit was
+/// lowered to 1 million, both of these built strings of hundreds of megabytes (found by fuzz_chat_template).
+#[test]
+fn fuel_stops_templates_that_build_huge_strings() {
+    let tok = TextTokenizer::from_dir(&tok_dir()).unwrap();
+    for hostile in [
+        "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+        "{{ 'abc' * 30000000 }}",
+    ] {
+        let t = ChatTemplate::from_source(hostile, "hostile", &tok).unwrap();
+        let started = Instant::now();
+        let err = t
+            .render(&[ChatMessage::text("user", "hi")], true)
+            .unwrap_err();
+        assert!(err.to_string().contains("fuel"), "{hostile}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{hostile}: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// A loop can nest a list ~100k deep within the fuel; printing, serialising or merely dropping it recursed past
+/// the stack and aborted the process (found by fuzz_chat_template). Each must end in a prompt or an error.
+#[test]
+fn deeply_nested_values_do_not_overflow_the_stack() {
+    let tok = TextTokenizer::from_dir(&tok_dir()).unwrap();
+    let nest = "{% set ns = namespace(s=[]) %}{% for i in range(1000000) %}{% set ns.s = [ns.s] %}{% endfor %}";
+    for tail in ["x", "{{ ns.s }}", "{{ ns.s|tojson }}", "{{ ns.s == ns.s }}"] {
+        let t = ChatTemplate::from_source(&format!("{nest}{tail}"), "hostile", &tok).unwrap();
+        // Fuel runs out inside the loop or later; either way the result is an error or a prompt, not an abort.
+        let _ = t.render(&[ChatMessage::text("user", "hi")], true);
+    }
+}

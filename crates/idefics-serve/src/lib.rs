@@ -47,4 +47,5 @@ pub use engine::{
 };
 pub use error::ApiError;
 pub use lifecycle::{run, serve_until_signal, spawn, ServerHandle};
+pub use loader::{assemble_prompt, request_split};
 pub use mock::MockEngine;

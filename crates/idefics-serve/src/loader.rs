@@ -156,6 +156,30 @@ pub(crate) async fn load_prompt(
         .into_iter()
         .collect::<Option<_>>()
         .ok_or_else(|| ApiError::internal("image count changed while loading"))?;
+    Ok((assemble_prompt(req, images)?, reservation))
+}
+
+/// One splitting flag per request (the first `detail` that names one), as the engine applies it.
+pub fn request_split(req: &ChatRequest) -> Option<bool> {
+    req.messages
+        .iter()
+        .flat_map(|m| &m.parts)
+        .find_map(|p| match p {
+            RawPart::Image { split, .. } => *split,
+            RawPart::Text(_) => None,
+        })
+}
+
+/// The prompt of a parsed request, given its images decoded in message order (one per image part). Public so
+/// that the request -> prompt path can be driven without a socket (tests/fuzz_chat_request.rs).
+pub fn assemble_prompt(req: &ChatRequest, images: Vec<RgbImage>) -> Result<ChatPrompt, ApiError> {
+    if images.len() != req.image_count() {
+        return Err(ApiError::internal(format!(
+            "{} images loaded for {} image parts",
+            images.len(),
+            req.image_count()
+        )));
+    }
     let mut image_splits = Vec::with_capacity(images.len());
     let messages = req
         .messages
@@ -175,12 +199,9 @@ pub(crate) async fn load_prompt(
             ChatMessage::parts(m.role.as_str(), parts)
         })
         .collect();
-    Ok((
-        ChatPrompt {
-            messages,
-            images,
-            image_splits,
-        },
-        reservation,
-    ))
+    Ok(ChatPrompt {
+        messages,
+        images,
+        image_splits,
+    })
 }

@@ -39,11 +39,13 @@ impl PipelineEngine {
     }
 
     /// Generates for items that share one splitting flag.
+    /// `Err` is a failure of the whole group (a request that cannot be prepared, the model); a row's own failure
+    /// (e.g. sampling) is that row's `Err` only.
     fn generate_group(
         &self,
         items: &mut [&mut BatchItem],
         split: Option<bool>,
-    ) -> Result<Vec<Generation>, EngineError> {
+    ) -> Result<Vec<Result<Generation, EngineError>>, EngineError> {
         // The requests' messages and images are lent as they are: a failed batch may run them again.
         let rows: Vec<PromptRow<'_>> = items
             .iter()
@@ -60,7 +62,7 @@ impl PipelineEngine {
         let requests: Vec<GenerationRequest> = items.iter().map(|i| i.params.clone()).collect();
         let out = self
             .pipeline
-            .generate(&prepared, &requests, |row, delta| {
+            .generate_rows(&prepared, &requests, |row, delta| {
                 match items.get_mut(row) {
                     Some(item) => item.emit(delta) == Flow::Continue && !item.is_cancelled(),
                     None => false,
@@ -69,13 +71,16 @@ impl PipelineEngine {
             .map_err(engine_error)?;
         Ok(out
             .into_iter()
-            .map(|row| Generation {
-                completion_tokens: row.token_ids.len(),
-                finish: match row.finish_reason {
-                    FinishReason::Stop => EngineFinish::EndOfTurn,
-                    FinishReason::Length => EngineFinish::MaxTokens,
-                    FinishReason::Cancelled => EngineFinish::StoppedByCaller,
-                },
+            .map(|row| {
+                let row = row.map_err(engine_error)?;
+                Ok(Generation {
+                    completion_tokens: row.token_ids.len(),
+                    finish: match row.finish_reason {
+                        FinishReason::Stop => EngineFinish::EndOfTurn,
+                        FinishReason::Length => EngineFinish::MaxTokens,
+                        FinishReason::Cancelled => EngineFinish::StoppedByCaller,
+                    },
+                })
             })
             .collect())
     }
@@ -257,14 +262,15 @@ impl ChatEngine for PipelineEngine {
             };
             match outcome {
                 Ok(generations) => {
+                    // A row that failed on its own (sampling, decoding) fails alone; the others are complete.
                     for (i, g) in members.iter().zip(generations) {
-                        results[*i] = Some(Ok(g));
+                        results[*i] = Some(g);
                     }
                 }
                 Err(e) if members.len() > 1 => {
                     isolate_failure(batch, &members, &e, &mut results, |item| {
                         self.generate_group(&mut [item], split)
-                            .map(|mut g| g.remove(0))
+                            .and_then(|mut g| g.remove(0))
                     });
                 }
                 Err(e) => {
@@ -329,5 +335,82 @@ mod tests {
             sent.push_str(&t);
         }
         assert_eq!(sent, "hello ");
+    }
+}
+
+#[cfg(test)]
+mod row_error_tests {
+    use super::*;
+    use crate::engine::{test_item, Event};
+    use idefics::LoadOptions;
+    use idefics_processor::{ChatMessage, ContentPart};
+
+    fn engine() -> PipelineEngine {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/e2e/tiny-chat");
+        PipelineEngine::new(
+            Pipeline::load(&dir, &LoadOptions::default()).unwrap(),
+            "tiny".into(),
+            4,
+        )
+    }
+
+    fn item(
+        id: &str,
+        text: &str,
+        temperature: f32,
+    ) -> (BatchItem, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+        let (mut item, rx) = test_item(id);
+        item.prompt.messages = vec![ChatMessage::parts(
+            "user",
+            vec![ContentPart::Text { text: text.into() }],
+        )];
+        item.params.max_new_tokens = 6;
+        item.params.sampling.temperature = Some(temperature);
+        (item, rx)
+    }
+
+    fn streamed(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> String {
+        let mut text = String::new();
+        while let Ok(event) = rx.try_recv() {
+            if let Event::Delta(t) = event {
+                text.push_str(&t);
+            }
+        }
+        text
+    }
+
+    /// The server validates temperatures, so a row error is injected here with a NaN the API would refuse: that
+    /// row fails with a 400, the two others finish as they do alone, their text streamed once.
+    #[test]
+    fn a_row_error_fails_only_its_row() {
+        let engine = engine();
+        let (a, mut rx_a) = item("a", "Hello there", 0.0);
+        let (b, mut rx_b) = item("b", "What is this?", f32::NAN);
+        let (c, mut rx_c) = item("c", "Tell me more", 0.0);
+        let mut batch = vec![a, b, c];
+        let results = engine.generate(&mut batch);
+        assert!(
+            matches!(results[1], Err(EngineError::BadInput(_))),
+            "{:?}",
+            results[1]
+        );
+        assert!(streamed(&mut rx_b).is_empty());
+        let (text_a, text_c) = (streamed(&mut rx_a), streamed(&mut rx_c));
+        for (id, prompt, text, result) in [
+            ("a", "Hello there", text_a, &results[0]),
+            ("c", "Tell me more", text_c, &results[2]),
+        ] {
+            let (solo, mut rx) = item(id, prompt, 0.0);
+            let mut solo_batch = vec![solo];
+            let solo_result = engine.generate(&mut solo_batch).remove(0).unwrap();
+            assert_eq!(result.as_ref().unwrap(), &solo_result, "{id}");
+            assert_eq!(
+                text,
+                streamed(&mut rx),
+                "{id}: streamed text differs from a solo run"
+            );
+            assert!(!text.is_empty(), "{id}");
+        }
     }
 }

@@ -273,7 +273,16 @@ impl Idefics2Config {
                 "text_config.sliding_window must be > 0 or null".into(),
             ));
         }
-        Ok(())
+        let n_latents = p.resampler_n_latents;
+        check_tensor_sizes(&[
+            (
+                "perceiver_config attention",
+                &[p.resampler_n_heads, p.resampler_head_dim, p.hidden_size],
+            ),
+            ("perceiver_config latents", &[n_latents, p.hidden_size]),
+            ("connector MLP", &[t.intermediate_size, v.hidden_size]),
+        ])?;
+        check_text_and_vision_sizes(v, t)
     }
 
     /// Number of `<image>` tokens each image occupies in the prompt (`resampler_n_latents`).
@@ -293,6 +302,53 @@ struct Idefics2File {
     tie_word_embeddings: Option<bool>,
     dtype: Option<Value>,
     torch_dtype: Option<Value>,
+}
+
+/// Most elements one weight tensor may have (2^40, terabytes: beyond any checkpoint). Weight shapes are products
+/// of config sizes, so a corrupt config.json could otherwise overflow them while the model is built (found by
+/// crates/idefics/tests/fuzz_checkpoint.rs).
+const MAX_TENSOR_ELEMENTS: u64 = 1 << 40;
+
+/// Refuses configs whose implied tensor shapes (`(what, dims)`) have more than [`MAX_TENSOR_ELEMENTS`] elements.
+pub(crate) fn check_tensor_sizes(shapes: &[(&str, &[usize])]) -> Result<()> {
+    for (what, dims) in shapes {
+        let elements = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .filter(|&n| n <= MAX_TENSOR_ELEMENTS);
+        if elements.is_none() {
+            return Err(Error::Config(format!(
+                "{what}: sizes {dims:?} give a tensor of more than 2^40 elements; is config.json corrupt?"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The tensor sizes the vision tower and the text model of both families imply.
+pub(crate) fn check_text_and_vision_sizes(v: &VisionConfig, t: &TextConfig) -> Result<()> {
+    let side = v.image_size / v.patch_size.max(1);
+    check_tensor_sizes(&[
+        (
+            "vision_config position embedding",
+            &[side, side, v.hidden_size],
+        ),
+        (
+            "vision_config patch embedding",
+            &[v.hidden_size, v.num_channels, v.patch_size, v.patch_size],
+        ),
+        ("vision_config MLP", &[v.intermediate_size, v.hidden_size]),
+        ("text_config embedding", &[t.vocab_size, t.hidden_size]),
+        (
+            "text_config attention",
+            &[t.num_attention_heads, t.head_dim, t.hidden_size],
+        ),
+        (
+            "text_config key / value",
+            &[t.num_key_value_heads, t.head_dim, t.hidden_size],
+        ),
+        ("text_config MLP", &[t.intermediate_size, t.hidden_size]),
+    ])
 }
 
 /// `Idefics2PerceiverConfig` as written on disk.

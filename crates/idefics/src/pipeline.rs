@@ -4,7 +4,9 @@
 //! `idefics chat`, `idefics forward --prompt`) and the server call it and never re-implement a step.
 
 use crate::error::{Error, Result};
-use crate::generate::{GeneratedSequence, GenerationConfig, GenerationRequest, Generator};
+use crate::generate::{
+    GeneratedSequence, GenerationConfig, GenerationRequest, Generator, RowResult,
+};
 use crate::model::{LoadOptions, ModelInputs, VlmModel};
 use candle_core::{Device, Tensor};
 use idefics_processor::{
@@ -266,6 +268,19 @@ impl Pipeline {
         requests: &[GenerationRequest],
         on_delta: impl FnMut(usize, &str) -> bool,
     ) -> Result<Vec<GeneratedSequence>> {
+        self.generate_rows(batch, requests, on_delta)?
+            .into_iter()
+            .collect()
+    }
+
+    /// [`Pipeline::generate`] with per-row errors (see [`Generator::generate_rows`]): one row's sampling or
+    /// decoding failure ends that row only.
+    pub fn generate_rows(
+        &self,
+        batch: &PreparedBatch,
+        requests: &[GenerationRequest],
+        on_delta: impl FnMut(usize, &str) -> bool,
+    ) -> Result<Vec<RowResult>> {
         for (row, (prompt, request)) in batch.prompt_ids.iter().zip(requests).enumerate() {
             if prompt.len() + request.max_new_tokens > self.context_length() {
                 return Err(Error::Input(format!(
@@ -283,7 +298,7 @@ impl Pipeline {
             extra_eos_token_ids: vec![special.end_of_utterance],
             tokenizer: Some(self.processor.tokenizer().inner()),
         };
-        generator.generate(&batch.inputs, &batch.prompt_ids, requests, on_delta)
+        generator.generate_rows(&batch.inputs, &batch.prompt_ids, requests, on_delta)
     }
 
     /// The image and fake-image tokens are never generated (idefics2-8b's `bad_words_ids`). We ban them even when

@@ -58,16 +58,36 @@ pub struct Generator<'a> {
     pub tokenizer: Option<&'a Tokenizer>,
 }
 
+/// One row's outcome in [`Generator::generate_rows`]: its sequence, or the error that ended that row alone.
+pub type RowResult = std::result::Result<GeneratedSequence, Error>;
+
 impl Generator<'_> {
     /// Generates for a left-padded batch. `prompt_ids[row]` are the row's real prompt tokens (for the repetition
-    /// penalty). `on_delta(row, text)` receives streamed text; returning `false` cancels that row.
+    /// penalty). `on_delta(row, text)` receives streamed text; returning `false` cancels that row. Any row's
+    /// error is the result (see [`Generator::generate_rows`] to keep the other rows).
     pub fn generate(
         &self,
         inputs: &ModelInputs,
         prompt_ids: &[Vec<u32>],
         requests: &[GenerationRequest],
-        mut on_delta: impl FnMut(usize, &str) -> bool,
+        on_delta: impl FnMut(usize, &str) -> bool,
     ) -> Result<Vec<GeneratedSequence>> {
+        self.generate_rows(inputs, prompt_ids, requests, on_delta)?
+            .into_iter()
+            .collect()
+    }
+
+    /// [`Generator::generate`], with per-row errors: a row's own failure (its sampling parameters, a sampling
+    /// error on its logits, decoding its text) ends that row only, with the text it already streamed left as it
+    /// is. The other rows go on exactly as before: the failed row is fed the pad token like a finished row, and
+    /// a row's logits depend on its own tokens only. Errors of the model itself fail the whole batch (`Err`).
+    pub fn generate_rows(
+        &self,
+        inputs: &ModelInputs,
+        prompt_ids: &[Vec<u32>],
+        requests: &[GenerationRequest],
+        mut on_delta: impl FnMut(usize, &str) -> bool,
+    ) -> Result<Vec<RowResult>> {
         let batch = prompt_ids.len();
         if requests.len() != batch {
             return Err(Error::Input(format!(
@@ -79,8 +99,10 @@ impl Generator<'_> {
         eos.extend(&self.extra_eos_token_ids);
         let mut rows = Vec::with_capacity(batch);
         for (prompt, request) in prompt_ids.iter().zip(requests) {
-            let sampler =
-                Sampler::new(request.sampling.clone()).map_err(|e| Error::Input(e.to_string()))?;
+            let (sampler, error) = match Sampler::new(request.sampling.clone()) {
+                Ok(s) => (Some(s), None),
+                Err(e) => (None, Some(Error::Input(e.to_string()))),
+            };
             rows.push(RowState {
                 history: prompt.clone(),
                 new_tokens: Vec::new(),
@@ -88,16 +110,17 @@ impl Generator<'_> {
                 stops: StopStrings::new(request.stop_strings.iter().cloned()),
                 decoder: self.tokenizer.map(IncrementalDecoder::new),
                 finished: None,
+                error,
                 max_new_tokens: request.max_new_tokens,
             });
         }
         for (i, row) in rows.iter_mut().enumerate() {
-            if row.max_new_tokens == 0 {
+            if row.max_new_tokens == 0 && row.error.is_none() {
                 row.finished = Some(FinishReason::Length);
                 let _ = on_delta(i, "");
             }
         }
-        if rows.iter().all(|r| r.finished.is_some()) {
+        if rows.iter().all(RowState::done) {
             return Ok(rows.into_iter().map(RowState::into_result).collect());
         }
 
@@ -108,46 +131,17 @@ impl Generator<'_> {
             let scores: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
             let mut next = vec![pad; batch];
             for (i, row) in rows.iter_mut().enumerate() {
-                if row.finished.is_some() {
+                if row.done() {
                     continue;
                 }
                 let banned = self.generation_config.banned_after(&row.history);
-                let token = row
-                    .sampler
-                    .next_token(&scores[i], &row.history, &banned)
-                    .map_err(|e| Error::Input(format!("sampling row {i}: {e}")))?;
-                next[i] = token;
-                row.history.push(token);
-                if eos.contains(&token) {
-                    row.finished = Some(FinishReason::Stop);
-                    let tail = row.flush()?;
-                    if !on_delta(i, &tail) {
-                        row.finished = Some(FinishReason::Cancelled);
-                    }
-                    continue;
-                }
-                row.new_tokens.push(token);
-                let delta = match row.decoder.as_mut() {
-                    Some(decoder) => decoder
-                        .push(token)
-                        .map_err(|e| Error::Input(format!("decoding: {e}")))?,
-                    None => String::new(),
-                };
-                let (visible, stopped) = row.stops.push(&delta);
-                if stopped {
-                    row.finished = Some(FinishReason::Stop);
-                } else if row.new_tokens.len() >= row.max_new_tokens {
-                    row.finished = Some(FinishReason::Length);
-                }
-                let mut shown = visible;
-                if row.finished == Some(FinishReason::Length) {
-                    shown.push_str(&row.flush()?);
-                }
-                if !on_delta(i, &shown) {
-                    row.finished = Some(FinishReason::Cancelled);
+                match row.step(i, &scores[i], &banned, &eos, &mut on_delta) {
+                    Ok(token) => next[i] = token,
+                    // This row ends here; it is fed the pad token from now on, like a finished row.
+                    Err(e) => row.error = Some(e),
                 }
             }
-            if rows.iter().all(|r| r.finished.is_some()) {
+            if rows.iter().all(RowState::done) {
                 break;
             }
             logits = self.model.decode_step(&next, &mut cache)?;
@@ -159,14 +153,69 @@ impl Generator<'_> {
 struct RowState<'a> {
     history: Vec<u32>,
     new_tokens: Vec<u32>,
-    sampler: Sampler,
+    /// `None` when the row's sampling parameters were refused (then `error` says why).
+    sampler: Option<Sampler>,
     stops: StopStrings,
     decoder: Option<IncrementalDecoder<'a>>,
     finished: Option<FinishReason>,
+    /// The error that ended this row (and only this row).
+    error: Option<Error>,
     max_new_tokens: usize,
 }
 
 impl RowState<'_> {
+    fn done(&self) -> bool {
+        self.finished.is_some() || self.error.is_some()
+    }
+
+    /// Picks row `i`'s next token from its logits and streams its text; returns the token to feed back.
+    fn step(
+        &mut self,
+        i: usize,
+        scores: &[f32],
+        banned: &[u32],
+        eos: &[u32],
+        on_delta: &mut impl FnMut(usize, &str) -> bool,
+    ) -> Result<u32> {
+        let sampler = self
+            .sampler
+            .as_mut()
+            .ok_or_else(|| Error::Input(format!("row {i} has no sampler")))?;
+        let token = sampler
+            .next_token(scores, &self.history, banned)
+            .map_err(|e| Error::Input(format!("sampling row {i}: {e}")))?;
+        self.history.push(token);
+        if eos.contains(&token) {
+            self.finished = Some(FinishReason::Stop);
+            let tail = self.flush()?;
+            if !on_delta(i, &tail) {
+                self.finished = Some(FinishReason::Cancelled);
+            }
+            return Ok(token);
+        }
+        self.new_tokens.push(token);
+        let delta = match self.decoder.as_mut() {
+            Some(decoder) => decoder
+                .push(token)
+                .map_err(|e| Error::Input(format!("decoding: {e}")))?,
+            None => String::new(),
+        };
+        let (visible, stopped) = self.stops.push(&delta);
+        if stopped {
+            self.finished = Some(FinishReason::Stop);
+        } else if self.new_tokens.len() >= self.max_new_tokens {
+            self.finished = Some(FinishReason::Length);
+        }
+        let mut shown = visible;
+        if self.finished == Some(FinishReason::Length) {
+            shown.push_str(&self.flush()?);
+        }
+        if !on_delta(i, &shown) {
+            self.finished = Some(FinishReason::Cancelled);
+        }
+        Ok(token)
+    }
+
     /// The row ended without a stop string: release the text held back by the decoder and the stop matcher.
     fn flush(&mut self) -> Result<String> {
         let held = match self.decoder.as_mut() {
@@ -180,12 +229,15 @@ impl RowState<'_> {
         Ok(visible)
     }
 
-    fn into_result(self) -> GeneratedSequence {
-        GeneratedSequence {
+    fn into_result(self) -> RowResult {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        Ok(GeneratedSequence {
             token_ids: self.new_tokens,
             text: self.stops.text().to_string(),
             finish_reason: self.finished.unwrap_or(FinishReason::Length),
-        }
+        })
     }
 }
 

@@ -12,5 +12,5 @@ pub use sampling::{Sampler, SamplingError, SamplingParams};
 pub use stopping::StopStrings;
 
 pub use engine::{
-    left_padded_batch, FinishReason, GeneratedSequence, GenerationRequest, Generator,
+    left_padded_batch, FinishReason, GeneratedSequence, GenerationRequest, Generator, RowResult,
 };

@@ -157,7 +157,12 @@ impl Idefics3Config {
                 self.image_token_id, t.vocab_size
             )));
         }
-        Ok(())
+        let sf = self.scale_factor;
+        crate::config::check_tensor_sizes(&[(
+            "connector projection",
+            &[v.hidden_size, sf, sf, t.hidden_size],
+        )])?;
+        crate::config::check_text_and_vision_sizes(v, t)
     }
 
     /// `<image>` tokens per image (tile): `(image_size / patch_size)^2 / scale_factor^2`

@@ -457,7 +457,7 @@ impl TextModel {
                 let i = t + q;
                 let row = &mut mask[(bi * l + q) * total..(bi * l + q + 1) * total];
                 for (j, m) in row.iter_mut().enumerate() {
-                    let in_window = self.sliding_window.is_none_or(|w| j + w > i);
+                    let in_window = self.sliding_window.is_none_or(|w| j.saturating_add(w) > i);
                     if !(j <= i && in_window && key_real(j)) {
                         *m = min;
                     }
