@@ -112,15 +112,6 @@ fn child(args: &BenchQuantArgs, name: &str) -> Result<()> {
         next = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?[0];
     }
     steps.remove(0);
-    if std::env::var("IDEFICS_BENCH_STEPS").is_ok() {
-        eprintln!(
-            "{:?}",
-            steps
-                .iter()
-                .map(|s| (s * 1e4).round() / 10.0)
-                .collect::<Vec<_>>()
-        );
-    }
     let prefill_s = median(&mut prefill);
     let decode_s = median(&mut steps);
     let report = model.quant_report().cloned();

@@ -23,7 +23,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::processor::{
-    pack_frames, whiten_color_key, ImageBatch, ImageSize, NormalizeLut, PerChannel, SettingsFile,
+    check_processor_type, pack_frames, resample_or, whiten_color_key, ImageBatch, ImageSize,
+    NormalizeLut, PerChannel, SettingsFile,
 };
 use super::resize::{resize, ResampleFilter};
 use super::{ImageError, RgbImage};
@@ -147,25 +148,13 @@ impl Idefics3ImageProcessorConfig {
     }
 
     fn from_raw(raw: RawConfig) -> Result<Self, ImageError> {
-        if let Some(t) = &raw.image_processor_type {
-            if !(t.starts_with("Idefics3ImageProcessor") || t.starts_with("SmolVLMImageProcessor"))
-            {
-                return Err(ImageError::Config {
-                    field: "image_processor_type",
-                    message: format!(
-                        "{t} is not an Idefics3 / SmolVLM image processor (expected Idefics3ImageProcessor* or SmolVLMImageProcessor*)"
-                    ),
-                });
-            }
-        }
+        check_processor_type(
+            raw.image_processor_type.as_deref(),
+            &["Idefics3ImageProcessor", "SmolVLMImageProcessor"],
+            "Idefics3 / SmolVLM",
+        )?;
         let d = Self::default();
-        let resample = match raw.resample {
-            None => d.resample,
-            Some(code) => ResampleFilter::from_pil_code(code).ok_or(ImageError::Config {
-                field: "resample",
-                message: format!("{code} is not a PIL resampling code (0-5)"),
-            })?,
-        };
+        let resample = resample_or(raw.resample, d.resample)?;
         let cfg = Self {
             do_convert_rgb: raw.do_convert_rgb.unwrap_or(d.do_convert_rgb),
             do_resize: raw.do_resize.unwrap_or(d.do_resize),
@@ -178,16 +167,8 @@ impl Idefics3ImageProcessorConfig {
             do_rescale: raw.do_rescale.unwrap_or(d.do_rescale),
             rescale_factor: raw.rescale_factor.unwrap_or(d.rescale_factor),
             do_normalize: raw.do_normalize.unwrap_or(d.do_normalize),
-            image_mean: raw
-                .image_mean
-                .map(|m| m.to3("image_mean"))
-                .transpose()?
-                .unwrap_or(d.image_mean),
-            image_std: raw
-                .image_std
-                .map(|s| s.to3("image_std"))
-                .transpose()?
-                .unwrap_or(d.image_std),
+            image_mean: PerChannel::or(raw.image_mean.as_ref(), "image_mean", d.image_mean)?,
+            image_std: PerChannel::or(raw.image_std.as_ref(), "image_std", d.image_std)?,
             do_pad: raw.do_pad.unwrap_or(d.do_pad),
             do_image_splitting: raw.do_image_splitting.unwrap_or(d.do_image_splitting),
             max_tiles: None,

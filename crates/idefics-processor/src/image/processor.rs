@@ -37,6 +37,15 @@ pub(crate) enum PerChannel {
 }
 
 impl PerChannel {
+    /// The configured value of `field`, or `default` when the config does not set it.
+    pub(crate) fn or(
+        value: Option<&Self>,
+        field: &'static str,
+        default: [f64; 3],
+    ) -> Result<[f64; 3], ImageError> {
+        value.map_or(Ok(default), |v| v.to3(field))
+    }
+
     pub(crate) fn to3(&self, field: &'static str) -> Result<[f64; 3], ImageError> {
         match self {
             Self::One(v) => Ok([*v; 3]),
@@ -154,24 +163,13 @@ impl Idefics2ImageProcessorConfig {
     }
 
     fn from_raw(raw: RawConfig) -> Result<Self, ImageError> {
-        if let Some(t) = &raw.image_processor_type {
-            if !t.starts_with("Idefics2ImageProcessor") {
-                return Err(ImageError::Config {
-                    field: "image_processor_type",
-                    message: format!(
-                        "{t} is not an Idefics2 image processor (expected Idefics2ImageProcessor*)"
-                    ),
-                });
-            }
-        }
+        check_processor_type(
+            raw.image_processor_type.as_deref(),
+            &["Idefics2ImageProcessor"],
+            "Idefics2",
+        )?;
         let d = Self::default();
-        let resample = match raw.resample {
-            None => d.resample,
-            Some(code) => ResampleFilter::from_pil_code(code).ok_or(ImageError::Config {
-                field: "resample",
-                message: format!("{code} is not a PIL resampling code (0-5)"),
-            })?,
-        };
+        let resample = resample_or(raw.resample, d.resample)?;
         let cfg = Self {
             do_convert_rgb: raw.do_convert_rgb.unwrap_or(d.do_convert_rgb),
             do_resize: raw.do_resize.unwrap_or(d.do_resize),
@@ -180,16 +178,8 @@ impl Idefics2ImageProcessorConfig {
             do_rescale: raw.do_rescale.unwrap_or(d.do_rescale),
             rescale_factor: raw.rescale_factor.unwrap_or(d.rescale_factor),
             do_normalize: raw.do_normalize.unwrap_or(d.do_normalize),
-            image_mean: raw
-                .image_mean
-                .map(|m| m.to3("image_mean"))
-                .transpose()?
-                .unwrap_or(d.image_mean),
-            image_std: raw
-                .image_std
-                .map(|s| s.to3("image_std"))
-                .transpose()?
-                .unwrap_or(d.image_std),
+            image_mean: PerChannel::or(raw.image_mean.as_ref(), "image_mean", d.image_mean)?,
+            image_std: PerChannel::or(raw.image_std.as_ref(), "image_std", d.image_std)?,
             do_pad: raw.do_pad.unwrap_or(d.do_pad),
             do_image_splitting: raw.do_image_splitting.unwrap_or(d.do_image_splitting),
         };
@@ -306,6 +296,43 @@ pub fn read_image_seq_len(dir: &Path) -> Result<Option<usize>, ImageError> {
                 path,
                 message: format!("image_seq_len must be a positive integer, got {v}"),
             }),
+    }
+}
+
+/// Refuses an `image_processor_type` that names another family's processor (`expected`: the accepted class-name
+/// prefixes, `family`: how the error names this one).
+pub(crate) fn check_processor_type(
+    found: Option<&str>,
+    expected: &[&str],
+    family: &str,
+) -> Result<(), ImageError> {
+    match found {
+        Some(t) if !expected.iter().any(|e| t.starts_with(e)) => Err(ImageError::Config {
+            field: "image_processor_type",
+            message: format!(
+                "{t} is not an {family} image processor (expected {})",
+                expected
+                    .iter()
+                    .map(|e| format!("{e}*"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The configured PIL resampling code as a filter, or `default` when the config does not set one.
+pub(crate) fn resample_or(
+    code: Option<i64>,
+    default: ResampleFilter,
+) -> Result<ResampleFilter, ImageError> {
+    match code {
+        None => Ok(default),
+        Some(code) => ResampleFilter::from_pil_code(code).ok_or(ImageError::Config {
+            field: "resample",
+            message: format!("{code} is not a PIL resampling code (0-5)"),
+        }),
     }
 }
 

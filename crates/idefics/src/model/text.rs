@@ -339,8 +339,10 @@ impl TextModel {
         Self::load_quantized(cfg, vb, kernels, opts, None)
     }
 
-    /// As [`Self::load_with`]; with `quant`, every layer is quantized right after it is read (its f32 tensors
-    /// are dropped before the next layer loads), and so are the token embeddings.
+    /// As [`Self::load_with`]; with `quant`, every layer's linears and the token embeddings take their quantized
+    /// weights from `quant` right after they are read. Loading a checkpoint, the `VarBuilder` has already
+    /// quantized each weight as it was read (`crate::quant::streaming`) and `quant` hands over its blocks; on other
+    /// `VarBuilder`s `quant` quantizes the layer's dense tensors, which are then dropped.
     pub fn load_quantized(
         cfg: &TextConfig,
         vb: VarBuilder,

@@ -145,19 +145,6 @@ impl PendingQuant {
             taken: QuantReport::default(),
         }
     }
-
-    /// Names set aside but never taken by a layer (a selection bug: their placeholders would be zeros).
-    pub fn unclaimed(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .pending
-            .lock()
-            .expect("poisoned")
-            .keys()
-            .cloned()
-            .collect();
-        names.sort();
-        names
-    }
 }
 
 impl QuantSource for PendingQuant {
@@ -181,7 +168,16 @@ impl QuantSource for PendingQuant {
         }
     }
 
+    /// Names set aside but never taken by a layer (a selection bug: their placeholders would be zeros).
     fn unclaimed(&self) -> Vec<String> {
-        PendingQuant::unclaimed(self)
+        let mut names: Vec<String> = self
+            .pending
+            .lock()
+            .expect("poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
     }
 }
