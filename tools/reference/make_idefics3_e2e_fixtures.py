@@ -10,6 +10,10 @@ Writes tests/fixtures/idefics3/e2e/:
                                pixel_values shape + sha256, logits positions, generated ids and decoded text
   <case>/outputs.safetensors   per request `<name>/pixel_values` (only if small), `<name>/logits_last` [V],
                                `<name>/logits_at` [P, V] (the rows at requests.json's logits_positions)
+  <case>/batch.json            one batched call (two conversations, left padding): per row the unpadded
+                               input_ids, generated ids and text; pixel_values shape + sha256
+  <case>/batch.safetensors     the padded call tensors (input_ids, attention_mask, pixel_attention_mask as u8)
+                               and `logits_last` [B, V], `logits_at` [B, P, V] at batch.json's logits_positions
   VERSIONS.json
 
 Tokenizer: tests/fixtures/idefics3/processor/tokenizer (make_idefics3_processor_fixtures.py, byte-level BPE with the
@@ -19,7 +23,8 @@ tests/fixtures/images_e2e (Pillow and the Rust decoder agree exactly on PNG).
 Run with the project venv plus `num2words` (SmolVLMProcessor imports it; keep it out of /work/.venv), e.g. the venv
 described in make_idefics3_processor_fixtures.py:
     /tmp/venv-n2w/bin/python tools/reference/make_idefics3_e2e_fixtures.py
-Deterministic on one machine (one torch thread).
+Deterministic on one machine (one torch thread). `--batch-only` writes only batch.json / batch.safetensors from
+the committed checkpoints (the other files stay as they are).
 """
 
 from __future__ import annotations
@@ -240,6 +245,81 @@ def run_request(req: dict, proc, model, tensors: dict) -> dict:
     return out
 
 
+BATCH = [
+    [{"role": "user", "content": [image(LAND), text("What is in the image?")]}],
+    [{"role": "user", "content": [text("Compare the two images."), image(SQ), image(GRAY)]}],
+]
+
+
+@torch.no_grad()
+def make_batch(d: Path, proc, model) -> None:
+    """Two conversations in one processor call with padding_side='left' (1 image vs 2 images, splitting on):
+    pixel_values padded with all-zero images to the longest row's image count, the model run with the position
+    ids generate() uses (count of real tokens so far - 1)."""
+    prompts = [proc.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in BATCH]
+    names = [[Path(it["path"]).name for m in c for it in m["content"] if it["type"] == "image"] for c in BATCH]
+    bos = proc.tokenizer.bos_token
+    add_special = not (bos is not None and prompts[0].startswith(bos))
+    images = [[Image.open(IMAGES / n) for n in row] for row in names]
+    inputs = dict(proc(text=prompts, images=images, padding=True, padding_side="left", return_tensors="pt",
+                       add_special_tokens=add_special))
+    mask = inputs["attention_mask"]
+    assert (mask[:, 0] == 0).any(), "one row must be left-padded"
+    fwd = {k: inputs[k] for k in ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")}
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    logits = model(**fwd, position_ids=position_ids).logits.float()
+    gen = model.generate(**fwd, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    length = fwd["input_ids"].shape[1]
+    eos = set(model.generation_config.eos_token_id)
+    rows, at = [], []
+    for b in range(len(BATCH)):
+        real = mask[b].nonzero().flatten().tolist()
+        ids = inputs["input_ids"][b][mask[b] == 1].tolist()
+        positions = sorted({real[round(i * (len(real) - 1) / (LOGIT_POSITIONS - 1))] for i in range(LOGIT_POSITIONS)})
+        at.append(logits[b, positions])
+        trimmed = []
+        for t in gen[b, length:].tolist():
+            trimmed.append(t)
+            if t in eos:
+                break
+        # The same conversation alone (no padding) must give the same tokens: padding never changes real outputs.
+        alone = dict(proc(text=[prompts[b]], images=[images[b]], return_tensors="pt", add_special_tokens=add_special))
+        alone_gen = model.generate(**alone, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        alone_new = alone_gen[0, alone["input_ids"].shape[1]:].tolist()[: len(trimmed)]
+        rows.append({
+            "conversation": BATCH[b],
+            "images": [str((IMAGES / n).relative_to(REPO)) for n in names[b]],
+            "prompt": prompts[b],
+            "input_ids": ids,
+            "n_padding": length - len(ids),
+            "logits_positions": positions,
+            "max_abs_logit": float(logits[b, real].abs().max()),
+            "generated_ids": trimmed,
+            "stopped_on_eos": bool(trimmed and trimmed[-1] in eos),
+            "generated_text": proc.decode(trimmed, skip_special_tokens=True),
+            "matches_unbatched_generation": alone_new == trimmed,
+        })
+    pv, pm = inputs["pixel_values"], inputs["pixel_attention_mask"]
+    save_file({
+        "input_ids": inputs["input_ids"].to(torch.int64).contiguous(),
+        "attention_mask": mask.to(torch.int64).contiguous(),
+        "pixel_attention_mask": pm.to(torch.uint8).contiguous(),
+        "logits_last": logits[:, -1].contiguous(),
+        "logits_at": torch.stack(at).contiguous(),
+    }, d / "batch.safetensors")
+    R.write_json(d / "batch.json", {
+        "description": make_batch.__doc__.strip(),
+        "do_image_splitting": True,
+        "padding_side": "left",
+        "pixel_values_shape": list(pv.shape),
+        "pixel_values_sha256_le_f32": sha256_f32(pv),
+        "image_slot_is_padding": [[bool(not pv[b, m].any()) for m in range(pv.shape[1])] for b in range(pv.shape[0])],
+        "rows": rows,
+    })
+    print(d.name, "batch", list(pv.shape), [(r["n_padding"], r["generated_ids"], r["matches_unbatched_generation"])
+                                            for r in rows])
+
+
 def make_case(name: str, spec: dict) -> dict:
     d = OUT / name
     if d.exists():
@@ -263,6 +343,7 @@ def make_case(name: str, spec: dict) -> dict:
         print(name, r["name"], len(r["input_ids"]), r.get("pixel_values_shape"), r["generated_ids"],
               repr(r["generated_text"]), round(r["max_abs_logit"], 2))
     save_file(tensors, d / "outputs.safetensors")
+    make_batch(d, proc, ref)
     R.write_json(d / "requests.json", {
         "description": spec["description"],
         "model_type": spec["model_type"],
@@ -282,8 +363,20 @@ def make_case(name: str, spec: dict) -> dict:
     return {"case": name, "bytes": R.dir_size(d)}
 
 
+def batch_only() -> None:
+    for name, spec in CASES.items():
+        d = OUT / name
+        _, model_cls = (None, SmolVLMForConditionalGeneration) if spec["model_type"] == "smolvlm" else (
+            None, Idefics3ForConditionalGeneration)
+        model = model_cls.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+        make_batch(d, load_processor(spec, d), model)
+
+
 def main() -> None:
     R.setup_torch()
+    if "--batch-only" in sys.argv[1:]:
+        batch_only()
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     for name, spec in CASES.items():
         print(json.dumps(make_case(name, spec)))

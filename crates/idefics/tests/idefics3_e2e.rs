@@ -174,3 +174,135 @@ fn smolvlm_requests_match_transformers_end_to_end() {
 fn idefics3_requests_match_transformers_end_to_end() {
     check_case("idefics3_llama3");
 }
+
+fn u32_rows(t: &Tensor) -> Vec<Vec<u32>> {
+    t.to_dtype(DType::I64)
+        .unwrap()
+        .to_vec2::<i64>()
+        .unwrap()
+        .iter()
+        .map(|r| r.iter().map(|&v| v as u32).collect())
+        .collect()
+}
+
+/// Two conversations in one call, left-padded (batch.json, made by the same script): padded input_ids and masks,
+/// pixel_values (with an all-zero padding image), logits at real positions with generate()'s position rule, and
+/// each row's greedy generation.
+fn check_batch(case: &str) {
+    let dir = root().join("tests/fixtures/idefics3/e2e").join(case);
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("batch.json")).unwrap()).unwrap();
+    let tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("batch.safetensors"), &Device::Cpu).unwrap();
+    let requests: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("requests.json")).unwrap()).unwrap();
+    let max_new_tokens = requests["generate"]["max_new_tokens"].as_u64().unwrap() as usize;
+    let pipeline = Pipeline::load(&dir, &LoadOptions::default()).unwrap();
+    let rows = fixture["rows"].as_array().unwrap();
+    let batch: Vec<PromptInput> = rows
+        .iter()
+        .map(|row| PromptInput {
+            prompt: Prompt::Chat(serde_json::from_value(row["conversation"].clone()).unwrap()),
+            images: row["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    decode_image_file(&root().join(p.as_str().unwrap()), &DecodeLimits::default())
+                        .unwrap()
+                })
+                .collect(),
+        })
+        .collect();
+    let prepared = pipeline.prepare(&batch, Some(true)).unwrap();
+    for (b, row) in rows.iter().enumerate() {
+        assert_eq!(
+            prepared.prompt_ids[b],
+            ids(&row["input_ids"]),
+            "{case} row {b}: input_ids"
+        );
+    }
+    let inputs = &prepared.inputs;
+    assert_eq!(
+        u32_rows(inputs.input_ids.as_ref().unwrap()),
+        u32_rows(&tensors["input_ids"]),
+        "{case}: padded input_ids (left padding)"
+    );
+    let mask = inputs.attention_mask.as_ref().expect("a padded batch has a mask");
+    assert_eq!(
+        u32_rows(mask),
+        u32_rows(&tensors["attention_mask"]),
+        "{case}: attention_mask"
+    );
+    let pv = inputs.pixel_values.as_ref().unwrap();
+    let shape: Vec<usize> = ids(&fixture["pixel_values_shape"])
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
+    assert_eq!(pv.dims(), shape.as_slice(), "{case}: pixel_values shape");
+    let bytes: Vec<u8> = flat(pv).iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert_eq!(
+        format!("{:x}", Sha256::digest(&bytes)),
+        fixture["pixel_values_sha256_le_f32"].as_str().unwrap(),
+        "{case}: pixel_values sha256"
+    );
+    let pm = inputs.pixel_attention_mask.as_ref().unwrap();
+    assert_eq!(
+        flat(pm),
+        flat(&tensors["pixel_attention_mask"]),
+        "{case}: pixel_attention_mask"
+    );
+
+    let logits = pipeline.model.forward(inputs, None).unwrap();
+    let logits_last = tensors["logits_last"].clone();
+    let logits_at = tensors["logits_at"].clone();
+    let (_, len, _) = logits.dims3().unwrap();
+    for (b, row) in rows.iter().enumerate() {
+        check_close(
+            &format!("{case} row {b}: last-position logits"),
+            &flat(&logits.i((b, len - 1)).unwrap()),
+            &flat(&logits_last.i(b).unwrap()),
+        );
+        let positions = ids(&row["logits_positions"]);
+        let picked = logits
+            .i(b)
+            .unwrap()
+            .index_select(&Tensor::new(positions.as_slice(), &Device::Cpu).unwrap(), 0)
+            .unwrap();
+        check_close(
+            &format!("{case} row {b}: logits at {positions:?}"),
+            &flat(&picked),
+            &flat(&logits_at.i(b).unwrap()),
+        );
+    }
+
+    let request = GenerationRequest {
+        max_new_tokens,
+        ..Default::default()
+    };
+    let out = pipeline
+        .generate(&prepared, &vec![request; rows.len()], |_, _| true)
+        .unwrap();
+    for (b, row) in rows.iter().enumerate() {
+        let mut want = ids(&row["generated_ids"]);
+        if row["stopped_on_eos"].as_bool().unwrap() {
+            want.pop();
+        }
+        assert_eq!(out[b].token_ids, want, "{case} row {b}: generated tokens");
+        assert_eq!(
+            out[b].text,
+            row["generated_text"].as_str().unwrap(),
+            "{case} row {b}: decoded text"
+        );
+    }
+}
+
+#[test]
+fn smolvlm_left_padded_batch_matches_transformers() {
+    check_batch("smolvlm_tied");
+}
+
+#[test]
+fn idefics3_left_padded_batch_matches_transformers() {
+    check_batch("idefics3_llama3");
+}
