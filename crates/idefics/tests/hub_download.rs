@@ -604,3 +604,121 @@ fn hub_rejects_bad_model_ids_and_accepts_local_dirs() {
     assert_eq!(got.files, vec!["config.json".to_string()]);
     assert!(got.commit.is_none());
 }
+
+/// The tiny SmolVLM of tests/fixtures/idefics3/e2e/smolvlm_tied served in the Hub's layout (image processor in
+/// `preprocessor_config.json`, the template in `chat_template.json`, as HuggingFaceTB/SmolVLM-256M-Instruct has
+/// them) under that model id: it downloads, loads and answers exactly as transformers did on the local folder.
+#[test]
+fn hub_smolvlm_repo_downloads_loads_and_generates_like_transformers() {
+    use idefics::generate::GenerationRequest;
+    use idefics::pipeline::{Pipeline, Prompt, PromptInput};
+    use idefics::processor::{decode_image_file, ChatMessage, DecodeLimits};
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let fixture = root.join("tests/fixtures/idefics3/e2e/smolvlm_tied");
+    let read = |f: &str| std::fs::read(fixture.join(f)).unwrap();
+    let text = |s: String| FileSpec {
+        content: s.into_bytes(),
+        ..Default::default()
+    };
+    let processor: serde_json::Value =
+        serde_json::from_slice(&read("processor_config.json")).unwrap();
+    let mut image_processor = processor["image_processor"].clone();
+    image_processor["processor_class"] = "SmolVLMProcessor".into();
+    let template = String::from_utf8(read("chat_template.jinja")).unwrap();
+
+    let mut repo = HashMap::new();
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        repo.insert(f.to_string(), text(String::from_utf8(read(f)).unwrap()));
+    }
+    repo.insert(
+        "model.safetensors".into(),
+        FileSpec {
+            content: read("model.safetensors"),
+            lfs: true,
+            ..Default::default()
+        },
+    );
+    repo.insert(
+        "preprocessor_config.json".into(),
+        text(image_processor.to_string()),
+    );
+    repo.insert(
+        "processor_config.json".into(),
+        text(
+            serde_json::json!({"image_seq_len": processor["image_seq_len"],
+                               "processor_class": "SmolVLMProcessor"})
+            .to_string(),
+        ),
+    );
+    repo.insert(
+        "chat_template.json".into(),
+        text(serde_json::json!({ "chat_template": template }).to_string()),
+    );
+    let mut state = State::default();
+    state
+        .repos
+        .insert("HuggingFaceTB/SmolVLM-256M-Instruct".into(), repo);
+    let server = Server::start(state);
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = config(cache.path(), &server.endpoint);
+    let got = resolve_model(
+        "HuggingFaceTB/SmolVLM-256M-Instruct",
+        None,
+        &cfg,
+        &mut |_| {},
+    )
+    .unwrap();
+    for f in ["preprocessor_config.json", "chat_template.json"] {
+        assert!(got.files.iter().any(|x| x == f), "{f} in {:?}", got.files);
+    }
+    assert!(!got.dir.join("chat_template.jinja").exists());
+
+    let pipeline = Pipeline::load(&got.dir, &idefics::LoadOptions::default()).unwrap();
+    assert_eq!(pipeline.model.family().model_type(), "smolvlm");
+    let requests: serde_json::Value = serde_json::from_slice(&read("requests.json")).unwrap();
+    let request = &requests["requests"][0];
+    assert_eq!(request["name"], "chat_one_image");
+    let images = request["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            decode_image_file(&root.join(p.as_str().unwrap()), &DecodeLimits::default()).unwrap()
+        })
+        .collect();
+    let conversation: Vec<ChatMessage> =
+        serde_json::from_value(request["conversation"].clone()).unwrap();
+    let prepared = pipeline
+        .prepare(
+            &[PromptInput {
+                prompt: Prompt::Chat(conversation),
+                images,
+            }],
+            None,
+        )
+        .unwrap();
+    let want_ids: Vec<u32> = serde_json::from_value(request["input_ids"].clone()).unwrap();
+    assert_eq!(
+        prepared.prompt_ids[0], want_ids,
+        "input_ids from the Hub layout"
+    );
+    let generation = GenerationRequest {
+        max_new_tokens: requests["generate"]["max_new_tokens"].as_u64().unwrap() as usize,
+        ..Default::default()
+    };
+    let out = pipeline
+        .generate(&prepared, &[generation], |_, _| true)
+        .unwrap();
+    let mut want: Vec<u32> = serde_json::from_value(request["generated_ids"].clone()).unwrap();
+    if request["stopped_on_eos"].as_bool().unwrap() {
+        want.pop();
+    }
+    assert_eq!(out[0].token_ids, want);
+    assert_eq!(out[0].text, request["generated_text"].as_str().unwrap());
+}

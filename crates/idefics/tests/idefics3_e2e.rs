@@ -228,7 +228,10 @@ fn check_batch(case: &str) {
         u32_rows(&tensors["input_ids"]),
         "{case}: padded input_ids (left padding)"
     );
-    let mask = inputs.attention_mask.as_ref().expect("a padded batch has a mask");
+    let mask = inputs
+        .attention_mask
+        .as_ref()
+        .expect("a padded batch has a mask");
     assert_eq!(
         u32_rows(mask),
         u32_rows(&tensors["attention_mask"]),
