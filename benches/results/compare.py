@@ -3,9 +3,45 @@
 
 Usage: python3 benches/results/compare.py OURS.json TRANSFORMERS.json
 Ratio = transformers time / idefics-rs time (> 1: idefics-rs is faster); for tokens/s the same direction.
+Then checks that both reports have the same result keys (besides those only one tool writes) and that they counted
+the same frames, image tokens and valid patches for every image request; exits 1 when they differ.
 """
 import json
 import sys
+
+# Written by idefics-rs only (work counts and fractions of the measured machine limits) or by transformers only.
+OURS_ONLY = {"flops", "fraction_of_peak_flops", "fraction_of_bandwidth", "bytes_per_token"}
+REF_ONLY = {"parameters"}
+# Counts both tools must agree on for the same request.
+SAME_COUNTS = ("pixel_values_shape", "frames", "image_tokens", "valid_patches_total", "prompt_tokens")
+
+
+def key_paths(d, prefix=""):
+    """Dotted paths of every key of nested dicts (lists are leaves)."""
+    out = set()
+    for k, v in d.items():
+        if k in OURS_ONLY or k in REF_ONLY:
+            continue
+        out.add(prefix + k)
+        if isinstance(v, dict):
+            out |= key_paths(v, prefix + k + ".")
+    return out
+
+
+def check_same_keys(ours: dict, ref: dict) -> list[str]:
+    """Differences in the result keys and in the per-request counts of the two reports."""
+    problems = []
+    for name, a, b in (("idefics-rs only", ours, ref), ("transformers only", ref, ours)):
+        extra = sorted(key_paths(a) - key_paths(b))
+        if extra:
+            problems.append(f"{name}: {', '.join(extra)}")
+    for phase in ("vision", "ttft"):
+        for req, fig in (ours.get(phase) or {}).items():
+            other = (ref.get(phase) or {}).get(req) or {}
+            for key in SAME_COUNTS:
+                if key in fig and key in other and fig[key] != other[key]:
+                    problems.append(f"{phase}.{req}.{key}: idefics-rs {fig[key]}, transformers {other[key]}")
+    return problems
 
 
 def main() -> None:
@@ -48,6 +84,11 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    problems = check_same_keys(ours, ref)
+    for p in problems:
+        print(f"MISMATCH {p}", file=sys.stderr)
+    if problems:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Checkpoint directory (config.json, *.safetensors, processor_config.json or preprocessor_config.json).
+    /// Checkpoint directory of any family (config.json model_type idefics2, idefics3 or smolvlm; *.safetensors;
+    /// processor_config.json or preprocessor_config.json). No tokenizer: the requests are token ids.
     #[arg(long)]
     model: PathBuf,
     /// Request file (default MODEL/bench_inputs.json); image paths are relative to its directory.

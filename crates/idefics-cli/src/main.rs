@@ -45,7 +45,8 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Synthetic data generation and dataset inspection.
     Data(data_cmd::DataArgs),
-    /// Time vision encode, prefill, decode and time to first token on fixed requests (bench_inputs.json).
+    /// Time vision encode, prefill, decode and time to first token on fixed requests (bench_inputs.json), for
+    /// Idefics2, Idefics3 and SmolVLM checkpoints.
     Bench(bench::BenchArgs),
     /// Train a tokenizer for a new model on dataset text.
     Tokenizer(build_cmd::TokenizerArgs),

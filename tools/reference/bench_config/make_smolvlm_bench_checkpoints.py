@@ -11,16 +11,21 @@ Writes into OUT_ROOT/bench-smolvlm-<name> (default OUT_ROOT /work):
                                                            checkpoints are stored; about 0.5 / 1.0 / 4.5 GB)
   preprocessor_config.json                                 the checkpoint family's image settings (longest edge,
                                                            tile size, LANCZOS, splitting on)
-  bench_images/photo_640x480.png                           a generated photo-like image
-  bench_inputs.json                                        token ids of the timed requests (no tokenizer: ids only)
+  bench_images/photo_640x480.png, photo_980x980.png        generated photo-like images
+  bench_inputs.json                                        token ids of the timed requests (no tokenizer: ids only);
+                                                           the tile grids come from transformers' image processor
+
+--inputs-only rewrites bench_images/ and bench_inputs.json of existing directories (weights untouched); requests
+that were already there keep their exact ids (checked).
 
 Usage: /work/.venv/bin/python tools/reference/bench_config/make_smolvlm_bench_checkpoints.py [--only 256m 500m 2.2b]
-       [--out-root /work] [--dtype bfloat16|float32] [--count-only]
+       [--out-root /work] [--dtype bfloat16|float32] [--count-only] [--inputs-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -36,6 +41,7 @@ from transformers import (  # noqa: E402
     GenerationConfig,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessorPil,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
 )
@@ -131,6 +137,79 @@ def bench_image(w: int, h: int, seed: int) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
 
 
+def preprocessor_config(shape: dict) -> dict:
+    tile, longest = shape["image"]["tile"], shape["image"]["longest_edge"]
+    return {
+        "do_convert_rgb": True, "do_image_splitting": True, "do_normalize": True, "do_pad": True,
+        "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "image_processor_type": "Idefics3ImageProcessor", "max_image_size": {"longest_edge": tile},
+        "resample": 1, "rescale_factor": 1 / 255, "size": {"longest_edge": longest},
+        "processor_class": "Idefics3Processor",
+    }
+
+
+def tile_grid(shape: dict, image: Image.Image) -> tuple[int, int]:
+    """(rows, cols) of the split image, as transformers' Idefics3 image processor computes them."""
+    cfg = {k: v for k, v in preprocessor_config(shape).items() if k not in ("image_processor_type", "processor_class")}
+    out = Idefics3ImageProcessorPil(**cfg)([[image]], return_row_col_info=True)
+    return int(out["rows"][0][0]), int(out["cols"][0][0])
+
+
+# The timed photos: (name, width, height, image seed).
+PHOTOS = (("photo_640x480", 640, 480, 1000), ("photo_980x980", 980, 980, 1001))
+
+
+def write_inputs(name: str, shape: dict, out: str, seed: int) -> None:
+    """bench_images/ and bench_inputs.json; requests already in an existing bench_inputs.json must not change."""
+    counts = param_count(shape)
+    img_dir = os.path.join(out, "bench_images")
+    os.makedirs(img_dir, exist_ok=True)
+    side = shape["vision"]["image_size"] // shape["vision"]["patch_size"]
+    seq = side * side // shape["scale_factor"] ** 2
+    g = torch.Generator().manual_seed(seed)
+    question = torch.randint(3, 49152, (24,), generator=g).tolist()
+    long_text = torch.randint(3, 49152, (511,), generator=g).tolist()
+    requests, images = {}, {}
+    for photo, w, h, image_seed in PHOTOS:
+        image = bench_image(w, h, image_seed)
+        path = f"bench_images/{photo}.png"
+        images[path] = image
+        rows, cols = tile_grid(shape, image)
+        requests[f"{photo}_split"] = {"images": [path], "do_image_splitting": True, "tiles": rows * cols + 1,
+                                      "input_ids": [BOS] + image_tokens(rows, cols, seq) + question + [EOU]}
+        requests[f"{photo}_nosplit"] = {"images": [path], "do_image_splitting": False, "tiles": 1,
+                                        "input_ids": [BOS] + image_tokens(0, 0, seq) + question + [EOU]}
+    requests["text_512"] = {"images": [], "do_image_splitting": True, "tiles": 0, "input_ids": [BOS] + long_text}
+    for r in requests.values():
+        r["n_tokens"] = len(r["input_ids"])
+    inputs_path = os.path.join(out, "bench_inputs.json")
+    if os.path.exists(inputs_path):
+        with open(inputs_path) as f:
+            old = json.load(f)["requests"]
+        changed = [k for k in old if old[k] != requests.get(k)]
+        if changed:
+            raise SystemExit(f"{inputs_path}: requests {changed} would change; not rewriting it")
+    for path, image in images.items():
+        # An identical file is left alone (a benchmark may be reading it).
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        full = os.path.join(out, path)
+        if not (os.path.exists(full) and open(full, "rb").read() == buf.getvalue()):
+            with open(full, "wb") as f:
+                f.write(buf.getvalue())
+    R.write_json(inputs_path, {
+        "description": f"Requests for the SmolVLM-{name} shapes: Idefics3Processor's token layout, ids only.",
+        "parameters": counts,
+        "assumed": shape["assumed"],
+        "image_seq_len": seq,
+        "tokens": {"bos": BOS, "eos": [IM_END, EOU], "global_img": GLOBAL_IMG, "row_1_col_1": ROW_COL0,
+                   "fake_token_around_image": FAKE, "image": IMAGE, "end_of_utterance": EOU, "newline": NEWLINE},
+        "requests": requests,
+    })
+    print(f"{out}: " + ", ".join(f"{k} {r['n_tokens']} tokens / {r['tiles']} tiles" for k, r in requests.items()),
+          flush=True)
+
+
 def write_one(name: str, shape: dict, out: str, dtype: torch.dtype, seed: int) -> None:
     counts = param_count(shape)
     print(f"{name}: {counts['total'] / 1e6:.1f} M parameters {json.dumps(counts)}", flush=True)
@@ -144,53 +223,8 @@ def write_one(name: str, shape: dict, out: str, dtype: torch.dtype, seed: int) -
     os.makedirs(out, exist_ok=True)
     R.save_checkpoint(model, out, dtype, "2GB")
     del model
-    tile, longest = shape["image"]["tile"], shape["image"]["longest_edge"]
-    R.write_json(os.path.join(out, "preprocessor_config.json"), {
-        "do_convert_rgb": True, "do_image_splitting": True, "do_normalize": True, "do_pad": True,
-        "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-        "image_processor_type": "Idefics3ImageProcessor", "max_image_size": {"longest_edge": tile},
-        "resample": 1, "rescale_factor": 1 / 255, "size": {"longest_edge": longest},
-        "processor_class": "Idefics3Processor",
-    })
-    img_dir = os.path.join(out, "bench_images")
-    os.makedirs(img_dir, exist_ok=True)
-    bench_image(640, 480, 1000).save(os.path.join(img_dir, "photo_640x480.png"))
-
-    side = shape["vision"]["image_size"] // shape["vision"]["patch_size"]
-    seq = side * side // shape["scale_factor"] ** 2
-    # 640x480 -> longest edge `longest` -> tiles: rows = ceil(h / tile), cols = ceil(w / tile) after the
-    # processor's two resizes (3x4 for 2048 / 512 and for 1536 / 384).
-    def ceil_div(x: int, y: int) -> int:
-        return -(-x // y)
-
-    w2 = longest
-    h2 = int(longest / (640 / 480))
-    h2 += h2 % 2
-    w3 = ceil_div(w2, tile) * tile
-    h3 = ceil_div(int(w3 / (w2 / h2)), tile) * tile
-    rows, cols = h3 // tile, w3 // tile
-    g = torch.Generator().manual_seed(seed)
-    question = torch.randint(3, 49152, (24,), generator=g).tolist()
-    long_text = torch.randint(3, 49152, (511,), generator=g).tolist()
-    requests = {
-        "photo_640x480_split": {"images": ["bench_images/photo_640x480.png"], "do_image_splitting": True,
-                                "tiles": rows * cols + 1,
-                                "input_ids": [BOS] + image_tokens(rows, cols, seq) + question + [EOU]},
-        "photo_640x480_nosplit": {"images": ["bench_images/photo_640x480.png"], "do_image_splitting": False,
-                                  "tiles": 1, "input_ids": [BOS] + image_tokens(0, 0, seq) + question + [EOU]},
-        "text_512": {"images": [], "do_image_splitting": True, "tiles": 0, "input_ids": [BOS] + long_text},
-    }
-    for r in requests.values():
-        r["n_tokens"] = len(r["input_ids"])
-    R.write_json(os.path.join(out, "bench_inputs.json"), {
-        "description": f"Requests for the SmolVLM-{name} shapes: Idefics3Processor's token layout, ids only.",
-        "parameters": counts,
-        "assumed": shape["assumed"],
-        "image_seq_len": seq,
-        "tokens": {"bos": BOS, "eos": [IM_END, EOU], "global_img": GLOBAL_IMG, "row_1_col_1": ROW_COL0,
-                   "fake_token_around_image": FAKE, "image": IMAGE, "end_of_utterance": EOU, "newline": NEWLINE},
-        "requests": requests,
-    })
+    R.write_json(os.path.join(out, "preprocessor_config.json"), preprocessor_config(shape))
+    write_inputs(name, shape, out, seed)
     print(f"wrote {out}: {R.dir_size(out) / 1e6:.0f} MB", flush=True)
 
 
@@ -200,16 +234,23 @@ def main() -> None:
     ap.add_argument("--out-root", default="/work")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--count-only", action="store_true", help="print parameter counts, write nothing")
+    ap.add_argument("--inputs-only", action="store_true",
+                    help="rewrite bench_images/ and bench_inputs.json of existing directories only")
     args = ap.parse_args()
     R.setup_torch()
     torch.set_num_threads(2)
-    for i, name in enumerate(args.only):
+    # One seed for every shape, so that a directory does not depend on which others the same run writes.
+    seed = 250
+    for name in args.only:
         if args.count_only:
             counts = param_count(SHAPES[name])
             print(f"{name}: {counts['total'] / 1e6:.1f} M parameters {json.dumps(counts)}")
             continue
-        write_one(name, SHAPES[name], os.path.join(args.out_root, f"bench-smolvlm-{name}"),
-                  getattr(torch, args.dtype), 250 + i)
+        out = os.path.join(args.out_root, f"bench-smolvlm-{name}")
+        if args.inputs_only:
+            write_inputs(name, SHAPES[name], out, seed)
+            continue
+        write_one(name, SHAPES[name], out, getattr(torch, args.dtype), seed)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,21 @@
-//! `idefics bench`: speed and memory of one Idefics2 checkpoint on fixed requests, timed the way
-//! `tools/reference/bench_transformers.py` times transformers, so the two JSON reports compare figure by figure.
+//! `idefics bench`: speed and memory of one checkpoint (Idefics2, Idefics3 or SmolVLM, chosen from `config.json`'s
+//! `model_type`) on fixed requests, timed the way `tools/reference/bench_transformers.py` times transformers, so
+//! the two JSON reports compare figure by figure. What differs between the families (image processor, image
+//! tokens, FLOP counts) is in [`super::model`].
 //!
 //! Every figure is the median of `repeat` timed runs after `warmup` untimed ones. The requests (input ids,
 //! images, splitting flag) come from `bench_inputs.json`; the checkpoint needs no tokenizer. The JSON report is
 //! rewritten after every phase (`complete: false` until the end), so a run cut short keeps what it measured.
 
-use super::{decode_bytes_per_token, prefill_flops, vision_connector_flops, MachineLimits};
-use crate::model::ImageFeatures;
+use super::model::{BenchModel, VisionWork};
+use super::report::write_json;
+pub use super::report::{build_profile, loadavg, machine_info, median, peak_rss_mb, utc_now};
+use super::{decode_bytes_per_token, prefill_flops, MachineLimits};
 use crate::nn::{set_kernels, KernelChoice, KernelFamily};
 use crate::pipeline::image_tensors;
-use crate::{Idefics2ForConditionalGeneration, LoadOptions, ModelInputs};
+use crate::{LoadOptions, ModelInputs};
 use candle_core::{Device, Tensor, D};
-use idefics_processor::{decode_image_file, DecodeLimits, Idefics2ImageProcessor, ImageBatch};
+use idefics_processor::{decode_image_file, DecodeLimits, ImageBatch};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -101,7 +105,7 @@ pub enum BenchError {
 type Result<T> = std::result::Result<T, BenchError>;
 
 /// Turns an error into [`BenchError::Failed`] for the step `what`.
-fn failed<E: Display>(what: String) -> impl FnOnce(E) -> BenchError {
+pub(crate) fn failed<E: Display>(what: String) -> impl FnOnce(E) -> BenchError {
     move |e| BenchError::Failed {
         what,
         message: e.to_string(),
@@ -182,12 +186,9 @@ pub fn run(args: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
         quant: args.quant,
         ..LoadOptions::default()
     };
-    let model = Idefics2ForConditionalGeneration::load(&args.model, &opts)
+    let bench_model = BenchModel::load(&args.model, &opts)
         .map_err(failed(format!("loading {}", args.model.display())))?;
-    let images = Idefics2ImageProcessor::from_model_dir(&args.model).map_err(failed(format!(
-        "image processor of {}",
-        args.model.display()
-    )))?;
+    let model = &bench_model.model;
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mb();
     let mut res = Map::new();
@@ -207,6 +208,7 @@ pub fn run(args: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
             "command": command.join(" "),
             "complete": complete,
             "checkpoint": args.model.display().to_string(),
+            "model_type": bench_model.family().model_type(),
             "date_utc": utc_now(),
             "settings": {
                 "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -236,7 +238,7 @@ pub fn run(args: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
         Ok(())
     })?;
     let tps = req.n_tokens as f64 / pre_s;
-    let cfg = model.config();
+    let cfg = bench_model.text_config();
     let pre_frac = limits
         .map(|l| l.compute_fraction(prefill_flops(cfg, 0, req.n_tokens, req.n_tokens), pre_s));
     res.insert(
@@ -303,7 +305,24 @@ pub fn run(args: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
                     .map_err(failed(format!("decoding {}", path.display())))?,
             );
         }
-        Ok(images.preprocess(&[sample], Some(req.do_image_splitting))?)
+        Ok(bench_model.preprocess(sample, req.do_image_splitting)?)
+    };
+    // The request's prompt must hold as many `<image>` tokens as the processor's frames give (a
+    // bench_inputs.json written for another processor setting or family fails here, not inside the model).
+    let check_tokens = |key: &str, req: &Request, work: &VisionWork| -> Result<()> {
+        let found = bench_model.count_image_tokens(&req.input_ids);
+        if found == work.image_tokens {
+            return Ok(());
+        }
+        Err(BenchError::Invalid(format!(
+            "{}: request {key:?} has {found} <image> tokens, but the {} image processor makes {} frames \
+             x {} tokens = {} (rewrite bench_inputs.json for this checkpoint)",
+            inputs_path.display(),
+            bench_model.family().model_type(),
+            work.frames,
+            model.image_seq_len(),
+            work.image_tokens
+        )))
     };
     let mut vision = Map::new();
     for key in VISION_ORDER {
@@ -313,28 +332,25 @@ pub fn run(args: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
         let req = request(key)?;
         let (prep_s, _) = timed(vw, vn, || preprocess(req).map(|_| ()))?;
         let batch = preprocess(req)?;
+        check_tokens(key, req, &bench_model.planned_work(&batch))?;
         let (pv, pm) = image_tensors(&batch, &Device::Cpu)?;
-        let mut feats: Option<ImageFeatures> = None;
+        let mut work = None;
         let (vis_s, runs) = timed(vw, vn, || {
-            feats = Some(model.image_features(&pv, Some(&pm))?);
+            work = Some(bench_model.encode_images(&pv, &pm)?);
             Ok(())
         })?;
-        let patches: usize = feats
-            .as_ref()
-            .map(|f| f.patch_grids.iter().map(|(h, w)| h * w).sum())
-            .unwrap_or(0);
+        let work =
+            work.ok_or_else(|| BenchError::Invalid("--image-repeat must be at least 1".into()))?;
         let shape = batch.pixel_values_shape;
-        let per_image: Vec<usize> = feats
-            .as_ref()
-            .map(|f| f.patch_grids.iter().map(|(h, w)| h * w).collect())
-            .unwrap_or_default();
-        let vis_flops = vision_connector_flops(cfg, &per_image);
+        let patches = work.valid_patches;
+        let vis_flops = bench_model.vision_flops(&work.patches);
         let vis_frac = limits.map(|l| l.compute_fraction(vis_flops, vis_s));
         vision.insert(
             key.into(),
             json!({
                 "preprocess_s": prep_s, "vision_encode_s": vis_s, "vision_runs_s": runs,
                 "pixel_values_shape": shape, "valid_patches_total": patches,
+                "frames": work.frames, "image_tokens": work.image_tokens,
                 "flops": vis_flops, "fraction_of_peak_flops": vis_frac,
             }),
         );
@@ -347,7 +363,9 @@ pub fn run(args: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
             &format!("vision+connector {key}"),
             format!("{:9.1} ms", vis_s * 1e3),
             format!(
-                "{shape:?}, {patches} patches{}",
+                "{shape:?}, {} frames, {patches} patches, {} image tokens{}",
+                work.frames,
+                work.image_tokens,
                 of_limit(vis_frac, "peak FLOP/s")
             ),
         );
@@ -362,10 +380,10 @@ pub fn run(args: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
             continue;
         }
         let req = request(key)?;
-        let mut per_image = Vec::new();
+        let work = bench_model.planned_work(&preprocess(req)?);
+        check_tokens(key, req, &work)?;
         let (s, runs) = timed(vw, vn, || {
             let batch = preprocess(req)?;
-            per_image = batch_patches(&batch, cfg.vision_config.patch_size);
             let (pv, pm) = image_tensors(&batch, &Device::Cpu)?;
             let inputs = ModelInputs {
                 input_ids: Some(Tensor::new(req.input_ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?),
@@ -378,11 +396,12 @@ pub fn run(args: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
             Ok(())
         })?;
         let flops =
-            vision_connector_flops(cfg, &per_image) + prefill_flops(cfg, 0, req.n_tokens, 1);
+            bench_model.vision_flops(&work.patches) + prefill_flops(cfg, 0, req.n_tokens, 1);
         let frac = limits.map(|l| l.compute_fraction(flops, s));
         ttft.insert(
             key.into(),
-            json!({"s": s, "prompt_tokens": req.n_tokens, "runs_s": runs, "fraction_of_peak_flops": frac}),
+            json!({"s": s, "prompt_tokens": req.n_tokens, "image_tokens": work.image_tokens, "runs_s": runs,
+                   "flops": flops, "fraction_of_peak_flops": frac}),
         );
         rows.push(
             &format!("TTFT {key}"),
@@ -424,16 +443,6 @@ fn of_limit(fraction: Option<f64>, limit: &str) -> String {
     fraction.map_or(String::new(), |f| format!(", {:.1}% of {limit}", f * 100.0))
 }
 
-/// Valid patches of every (sub-)image of a preprocessed batch, as the vision tower counts them.
-fn batch_patches(batch: &ImageBatch, patch: usize) -> Vec<usize> {
-    batch
-        .frame_sizes
-        .iter()
-        .flatten()
-        .map(|&(h, w)| (h / patch) * (w / patch))
-        .collect()
-}
-
 /// The table being built; each row is also reported as it is measured.
 struct Rows<'a> {
     rows: Vec<BenchRow>,
@@ -470,17 +479,6 @@ fn timed(
     Ok((median(&mut sorted), runs))
 }
 
-/// Python's `statistics.median` (mean of the two middle values for an even count); 0 for no values.
-pub fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => 0.0,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn argmax(logits: &Tensor) -> Result<u32> {
     let ids: Vec<u32> = logits.argmax(D::Minus1)?.flatten_all()?.to_vec1()?;
     ids.first()
@@ -488,183 +486,6 @@ fn argmax(logits: &Tensor) -> Result<u32> {
         .ok_or_else(|| BenchError::Invalid("empty logits".into()))
 }
 
-/// Peak resident set (VmHWM) in MiB; the same quantity as Python's `ru_maxrss`.
-pub fn peak_rss_mb() -> f64 {
-    crate::weights::peak_rss_bytes().map_or(0.0, |b| b as f64 / (1024.0 * 1024.0))
-}
-
-pub fn loadavg() -> Vec<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| {
-            s.split_whitespace()
-                .take(3)
-                .filter_map(|x| x.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub fn machine_info() -> Map<String, Value> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_default();
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| (kb / (1u64 << 20) as f64 * 10.0).round() / 10.0);
-    let mut m = Map::new();
-    m.insert("cpu".into(), json!(cpu));
-    m.insert(
-        "logical_cpus".into(),
-        json!(std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)),
-    );
-    m.insert("mem_total_gib".into(), json!(mem_gib));
-    m.insert(
-        "platform".into(),
-        json!(format!(
-            "{}-{}",
-            std::env::consts::OS,
-            std::env::consts::ARCH
-        )),
-    );
-    m.insert("loadavg_1_5_15_at_start".into(), json!(loadavg()));
-    m
-}
-
-pub fn build_profile() -> &'static str {
-    if cfg!(debug_assertions) {
-        "dev"
-    } else {
-        "release"
-    }
-}
-
-fn write_json(path: &Path, value: &Value) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(failed(format!("creating {}", dir.display())))?;
-    }
-    let text = serde_json::to_string_pretty(value)
-        .map_err(failed(format!("writing {}", path.display())))?
-        + "\n";
-    std::fs::write(path, text).map_err(failed(format!("writing {}", path.display())))
-}
-
-/// Current UTC time as `YYYY-MM-DDTHH:MM:SS+00:00` (no date crate needed: civil-from-days).
-pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn median_matches_python_statistics() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert_eq!(median(&mut []), 0.0);
-    }
-
-    /// A whole run on the tiny committed checkpoint (text requests only: it has no bench images): the report keys
-    /// that tools/ and docs/ read, and the printed rows.
-    #[test]
-    fn runs_on_a_tiny_checkpoint_and_writes_the_report() {
-        let model =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/e2e/tiny-chat");
-        let dir = tempfile::tempdir().unwrap();
-        let inputs = dir.path().join("bench_inputs.json");
-        let ids: Vec<u32> = (0..40).map(|i| 5 + i % 50).collect();
-        std::fs::write(
-            &inputs,
-            json!({"requests": {TEXT_REQUEST: {"images": [], "do_image_splitting": false,
-                "input_ids": ids, "n_tokens": ids.len()}}})
-            .to_string(),
-        )
-        .unwrap();
-        let options = BenchOptions {
-            model,
-            inputs: Some(inputs),
-            warmup: 0,
-            repeat: 1,
-            image_warmup: None,
-            image_repeat: None,
-            decode_tokens: 2,
-            skip: VISION_ORDER.iter().map(|k| k.to_string()).collect(),
-            machine: false,
-            json: Some(dir.path().join("out.json")),
-            kernels: KernelChoice::Fused,
-            quant: None,
-            command: vec!["idefics".into(), "bench".into()],
-        };
-        let mut progress = Vec::new();
-        let report = run(&options, &mut |line| progress.push(line.to_string())).unwrap();
-        let what: Vec<&str> = report.rows.iter().map(|r| r.what.as_str()).collect();
-        assert_eq!(
-            what,
-            [
-                "prefill 512 text tokens",
-                "decode 2 tokens (ctx 40)",
-                "peak RSS"
-            ]
-        );
-        assert_eq!(progress.len(), 3);
-        let out: Value =
-            serde_json::from_str(&std::fs::read_to_string(&report.json_path).unwrap()).unwrap();
-        assert_eq!(out["complete"], true);
-        assert_eq!(out["command"], "idefics bench");
-        for key in [
-            "load_s",
-            "rss_after_load_mb",
-            "peak_rss_mb",
-            "prefill_text_512",
-            "decode",
-        ] {
-            assert!(out["results"].get(key).is_some(), "results.{key}");
-        }
-        assert_eq!(out["results"]["decode"]["new_tokens"], 2);
-        assert!(out["results"]["prefill_text_512"]["s"].as_f64().unwrap() > 0.0);
-        let mut bad = options.clone();
-        bad.repeat = 0;
-        assert!(run(&bad, &mut |_| {})
-            .unwrap_err()
-            .to_string()
-            .contains("--repeat"));
-    }
-
-    #[test]
-    fn utc_now_is_iso_shaped() {
-        let s = utc_now();
-        assert_eq!(s.len(), 25, "{s}");
-        assert!(s.starts_with("20"), "{s}");
-        assert_eq!(&s[10..11], "T");
-    }
-}
+#[path = "inference_tests.rs"]
+mod tests;

@@ -1,17 +1,23 @@
 //! What limits a benchmark figure: the machine's measured peak arithmetic and memory bandwidth ([`machine`]), and
 //! the work each phase of `idefics bench` does for a given checkpoint ([`work`]), so a time becomes a fraction of
-//! the bound that applies (arithmetic for the vision tower and prefill, bandwidth for decoding); and the
-//! measuring run of `idefics bench` itself ([`inference`]).
+//! the bound that applies (arithmetic for the vision tower and prefill, bandwidth for decoding); the measuring run
+//! of `idefics bench` itself ([`inference`]) over a checkpoint of any family ([`model`]), and the report parts it
+//! shares with `idefics bench-quant` ([`report`]).
 
 pub mod inference;
 pub mod machine;
+pub mod model;
 pub mod quant;
+pub mod report;
 pub mod work;
 
 pub use inference::{run as run_inference, BenchError, BenchOptions, BenchReport, BenchRow};
 
 pub use machine::{probe_bandwidth, probe_peak_flops, BandwidthProbe, PeakFlopsProbe};
-pub use work::{decode_bytes_per_token, prefill_flops, vision_connector_flops};
+pub use model::{BenchModel, VisionWork};
+pub use work::{
+    decode_bytes_per_token, pixel_shuffle_vision_flops, prefill_flops, vision_connector_flops,
+};
 
 /// The measured limits the phases of a benchmark are compared with.
 #[derive(Debug, Clone, Copy, PartialEq)]
