@@ -62,10 +62,7 @@ impl CustomOp1 for QuantFrozenLinearOp {
         let (n, k) = (self.weight.out_dim(), self.weight.in_dim());
         let m = x.elem_count() / k.max(1);
         let w = self.weight.dequantize()?;
-        let grad_x = grad_y
-            .to_dtype(DType::F32)?
-            .reshape((m, n))?
-            .matmul(&w)?;
+        let grad_x = grad_y.to_dtype(DType::F32)?.reshape((m, n))?.matmul(&w)?;
         Ok(Some(grad_x.reshape(x.shape())?))
     }
 }

@@ -58,10 +58,10 @@ use super::collate::CollateConfig;
 use super::data::SourceSpec;
 use super::optimizer::{AdamWConfig, LrScales};
 use super::schedule::{Decay, LrSchedule};
+use super::trainable::Tuning;
 use super::trainable::{AdapterSpec, TrainablePlan};
 use super::trainer::LoopConfig;
 use super::TrainError;
-use super::trainable::Tuning;
 use candle_core::DType;
 use idefics::quant::{QuantConfig, QuantType};
 use serde::{Deserialize, Serialize};
@@ -394,24 +394,45 @@ steps = 10
     #[test]
     fn a_quantized_base_refuses_full_fine_tuning() {
         let with = |extra: &str| MINIMAL.replace("path = \"m\"", &format!("path = \"m\"\n{extra}"));
-        let lora = format!("{}\n[trainable]\ntext = \"lora\"\n", with("quant = \"q4k\""));
+        let lora = format!(
+            "{}\n[trainable]\ntext = \"lora\"\n",
+            with("quant = \"q4k\"")
+        );
         let r = Recipe::from_toml(&lora).unwrap();
-        assert_eq!(r.quant_config().map(|q| (q.weights, q.vision)), Some((QuantType::Q4K, false)));
-        let full = format!("{}\n[trainable]\ntext = \"full\"\nembeddings = \"full\"\n", with("quant = \"q8_0\""));
+        assert_eq!(
+            r.quant_config().map(|q| (q.weights, q.vision)),
+            Some((QuantType::Q4K, false))
+        );
+        let full = format!(
+            "{}\n[trainable]\ntext = \"full\"\nembeddings = \"full\"\n",
+            with("quant = \"q8_0\"")
+        );
         let err = Recipe::from_toml(&full).unwrap_err().to_string();
-        assert!(err.contains("text, embeddings") && err.contains("q8_0"), "{err}");
+        assert!(
+            err.contains("text, embeddings") && err.contains("q8_0"),
+            "{err}"
+        );
         // The vision side is not quantized unless asked: training it fully beside a quantized text model is fine.
-        let vision_full = format!("{}\n[trainable]\nvision = \"full\"\ntext = \"dora\"\n", with("quant = \"q8_0\""));
+        let vision_full = format!(
+            "{}\n[trainable]\nvision = \"full\"\ntext = \"dora\"\n",
+            with("quant = \"q8_0\"")
+        );
         assert!(Recipe::from_toml(&vision_full).is_ok());
         let quantized_vision = format!(
             "{}\n[trainable]\nvision = \"full\"\ntext = \"dora\"\n",
             with("quant = \"q8_0\"\nquant_vision = true")
         );
-        let err = Recipe::from_toml(&quantized_vision).unwrap_err().to_string();
+        let err = Recipe::from_toml(&quantized_vision)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("vision"), "{err}");
-        let err = Recipe::from_toml(&with("quant_vision = true")).unwrap_err().to_string();
+        let err = Recipe::from_toml(&with("quant_vision = true"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("quant_vision needs quant"), "{err}");
-        let err = Recipe::from_toml(&with("quant = \"q5\"")).unwrap_err().to_string();
+        let err = Recipe::from_toml(&with("quant = \"q5\""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("q5"), "{err}");
     }
 }

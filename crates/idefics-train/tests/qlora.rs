@@ -68,13 +68,19 @@ fn input_gradient_through_a_quantized_linear_matches_the_dequantized_dense_one()
                 .broadcast_matmul(&w.t()?)?
                 .broadcast_add(&bias)?;
             // The k-quant product rounds the activation to 8 bits; the GEMM path is the dense product.
-            let tol = if rows >= idefics::quant::GEMM_MIN_ROWS { 1e-5 } else { 2e-2 };
+            let tol = if rows >= idefics::quant::GEMM_MIN_ROWS {
+                1e-5
+            } else {
+                2e-2
+            };
             let r = rel_diff(&y, &y_ref);
             assert!(r <= tol, "{ty} rows {rows}: forward rel diff {r}");
             let grads = (y * &probe)?.sum_all()?.backward()?;
             let grads_ref = (y_ref * &probe)?.sum_all()?.backward()?;
             let g = grads.get(x.as_tensor()).expect("input gradient");
-            let g_ref = grads_ref.get(x.as_tensor()).expect("reference input gradient");
+            let g_ref = grads_ref
+                .get(x.as_tensor())
+                .expect("reference input gradient");
             let r = rel_diff(g, g_ref);
             assert!(r <= 1e-5, "{ty} rows {rows}: input gradient rel diff {r}");
             // No weight-sized gradient anywhere: the store holds the input's, the output's and the loss's.
@@ -180,7 +186,11 @@ fn load(dir: &Path, quant: Option<QuantType>) -> Result<VlmModel, Box<dyn std::e
 }
 
 /// A text-only batch of seeded token ids, every position labelled.
-fn text_batch(vocab: usize, len: usize, seed: u64) -> Result<TrainBatch, Box<dyn std::error::Error>> {
+fn text_batch(
+    vocab: usize,
+    len: usize,
+    seed: u64,
+) -> Result<TrainBatch, Box<dyn std::error::Error>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let ids: Vec<u32> = (0..2 * len)
         .map(|_| rng.random_range(4..vocab as u32 - 8))
@@ -197,7 +207,12 @@ fn text_batch(vocab: usize, len: usize, seed: u64) -> Result<TrainBatch, Box<dyn
     })
 }
 
-fn trainer(model: TrainableModel, steps: u64, lr: f64, out: &Path) -> Result<Trainer, Box<dyn std::error::Error>> {
+fn trainer(
+    model: TrainableModel,
+    steps: u64,
+    lr: f64,
+    out: &Path,
+) -> Result<Trainer, Box<dyn std::error::Error>> {
     let cfg: LoopConfig = serde_json::from_value(serde_json::json!({ "steps": steps, "seed": 3 }))?;
     let schedule = LrSchedule {
         peak_lr: lr,
@@ -206,14 +221,29 @@ fn trainer(model: TrainableModel, steps: u64, lr: f64, out: &Path) -> Result<Tra
         decay: Decay::Constant,
         min_ratio: 0.0,
     };
-    Ok(Trainer::new(model, AdamWConfig::default(), Some(1.0), schedule, cfg, out)?)
+    Ok(Trainer::new(
+        model,
+        AdamWConfig::default(),
+        Some(1.0),
+        schedule,
+        cfg,
+        out,
+    )?)
 }
 
 /// QLoRA steps on `model`: finite losses that fall, only adapter tensors in the optimizer and every one of them
 /// moved, and the quantized base byte for byte as loaded. Returns the losses.
-fn qlora_steps(model: VlmModel, tuning: Tuning, steps: u64) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+fn qlora_steps(
+    model: VlmModel,
+    tuning: Tuning,
+    steps: u64,
+) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
     let before = QuantBytes::of(&model)?;
-    assert!(before.0.len() > 8, "too few quantized tensors: {:?}", before.0.keys());
+    assert!(
+        before.0.len() > 8,
+        "too few quantized tensors: {:?}",
+        before.0.keys()
+    );
     let vocab = model.vocab_size();
     let plan = TrainablePlan {
         text: tuning,
@@ -233,7 +263,9 @@ fn qlora_steps(model: VlmModel, tuning: Tuning, steps: u64) -> Result<Vec<f64>, 
         .collect();
     for (name, _) in &start {
         assert!(
-            name.contains(".lora_A.") || name.contains(".lora_B.") || name.ends_with(".lora_magnitude_vector"),
+            name.contains(".lora_A.")
+                || name.contains(".lora_B.")
+                || name.ends_with(".lora_magnitude_vector"),
             "{name} trains but is not an adapter tensor"
         );
     }
@@ -247,7 +279,11 @@ fn qlora_steps(model: VlmModel, tuning: Tuning, steps: u64) -> Result<Vec<f64>, 
         losses.push(m.loss);
     }
     for ((name, was), (_, var)) in start.iter().zip(t.model().params()) {
-        let moved = (var.as_tensor() - was)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let moved = (var.as_tensor() - was)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
         assert!(moved > 0.0, "{name} did not move in {steps} steps");
     }
     let after = QuantBytes::of(t.model().model())?;
@@ -257,7 +293,10 @@ fn qlora_steps(model: VlmModel, tuning: Tuning, steps: u64) -> Result<Vec<f64>, 
         "the quantized tensors changed"
     );
     for (name, bytes) in &before.0 {
-        assert!(after.0[name] == *bytes, "{name}: the quantized blocks changed");
+        assert!(
+            after.0[name] == *bytes,
+            "{name}: the quantized blocks changed"
+        );
     }
     let (first, last) = (losses[0], losses[losses.len() - 1]);
     assert!(last < first - 0.05, "the loss did not fall: {losses:?}");
