@@ -43,8 +43,8 @@ impl CustomOp1 for QuantFrozenLinearOp {
                 other.dtype()
             ),
         };
-        // One copy of the activation into a tensor for QWeight's product (its cost is k/n-th of the product's
-        // output, far below the product itself).
+        // One copy of the activation (m * k floats) into a tensor for QWeight's product: small against the
+        // product's 2 * m * k * n operations.
         let xt = Tensor::from_slice(data, (m, k), &Device::Cpu)?;
         let y = self.weight.matmul_t(&xt)?;
         let y = match &self.bias {
