@@ -54,6 +54,10 @@ pub struct BenchTrainArgs {
     /// `composed`: candle's composed ops, as before those kernels existed.
     #[arg(long, default_value = "fused")]
     pub kernels: idefics::nn::KernelChoice,
+    /// Train the adapters on a quantized frozen base (QLoRA): q8_0, q4k or q6k for the text decoder (lora / dora
+    /// only).
+    #[arg(long, value_parser = |s: &str| s.parse::<idefics::quant::QuantType>())]
+    pub quant: Option<idefics::quant::QuantType>,
 }
 
 /// Peak and current resident memory of this process, in bytes (0 where the system does not tell).
@@ -147,7 +151,17 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     super::train_cmd::single_threaded_ops_for(args.parallel);
     idefics::nn::set_kernels(idefics::nn::KernelFamily::Training, args.kernels);
     let t0 = Instant::now();
-    let model = VlmModel::load(&args.model, &LoadOptions::default())
+    if tuning == Tuning::Full && args.quant.is_some() {
+        bail!("--mode full with --quant: a quantized base trains adapters only (use lora or dora)");
+    }
+    let opts = LoadOptions {
+        quant: args.quant.map(|weights| idefics::quant::QuantConfig {
+            weights,
+            vision: false,
+        }),
+        ..Default::default()
+    };
+    let model = VlmModel::load(&args.model, &opts)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     let batch = synthetic_batch(&model, &args)?;
@@ -254,6 +268,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     let report = serde_json::json!({
         "impl": "idefics-rs",
         "mode": args.mode,
+        "quant": args.quant.map(|q| q.name()),
         "batch_size": args.batch_size,
         "micro_batches": args.micro_batches,
         "parallel_micro_batches": args.parallel,

@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Args;
+use idefics::quant::QuantType;
 use idefics_train::export::merge_adapter;
 use idefics_train::recipe::Recipe;
 use idefics_train::run::run_recipe;
@@ -22,6 +23,14 @@ pub struct TrainArgs {
     /// RNG, data position).
     #[arg(long)]
     pub resume: bool,
+    /// Train LoRA / DoRA adapters on a quantized frozen base (QLoRA): q8_0, q4k or q6k for the text decoder's
+    /// linear layers, embeddings and head, adapters in f32 (sets the recipe's `[model] quant`). A recipe that
+    /// trains a quantized component fully is refused. Writes `adapter/`, no merged `final/`.
+    #[arg(long, value_parser = |s: &str| s.parse::<QuantType>())]
+    pub quant: Option<QuantType>,
+    /// With --quant: quantize the vision tower and connector too.
+    #[arg(long, requires = "quant")]
+    pub quant_vision: bool,
 }
 
 #[derive(Args, Debug)]
@@ -134,7 +143,14 @@ pub fn single_threaded_ops_for(worker_threads: usize) {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let recipe = Recipe::from_file(&args.config)?;
+    let mut recipe = Recipe::from_file(&args.config)?;
+    if let Some(quant) = args.quant {
+        recipe.model.quant = Some(quant);
+        recipe.model.quant_vision = args.quant_vision;
+        recipe
+            .validate()
+            .with_context(|| format!("{} with --quant {quant}", args.config.display()))?;
+    }
     single_threaded_ops_for(recipe.run.parallel_micro_batches);
     let device = super::model_source::device()?;
     let bar = ProgressBar::new(recipe.run.steps);
@@ -162,11 +178,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
             summary.skipped
         );
     }
-    println!(
-        "done: {} steps; merged checkpoint in {}, metrics in {}",
-        summary.steps,
-        summary.final_dir.display(),
-        summary.metrics_path.display()
-    );
+    let mut outputs = Vec::new();
+    if let Some(dir) = &summary.final_dir {
+        outputs.push(format!("merged checkpoint in {}", dir.display()));
+    }
+    if let Some(dir) = &summary.adapter_dir {
+        outputs.push(format!("adapter in {}", dir.display()));
+    }
+    outputs.push(format!("metrics in {}", summary.metrics_path.display()));
+    println!("done: {} steps; {}", summary.steps, outputs.join(", "));
     Ok(())
 }

@@ -95,7 +95,7 @@ impl LoraLinear {
         let a: Vec<f32> = (0..r * in_dim)
             .map(|_| rng.random_range(-bound..bound))
             .collect();
-        let dev = base.weight().device().clone();
+        let dev = base.device();
         let a = Tensor::from_vec(a, (r, in_dim), &dev)?;
         let b = Tensor::zeros((out_dim, r), DType::F32, &dev)?;
         Self::from_weights(base, a, b, settings)
@@ -182,7 +182,7 @@ impl LoraLinear {
 
     /// `W + s B A` in f32 (merge in f32, cast once: huggingface/peft#1388).
     pub fn merged_weight_f32(&self) -> Result<Tensor> {
-        self.base.weight().to_dtype(DType::F32)? + self.delta_weight_f32()?
+        self.base.weight_f32()? + self.delta_weight_f32()?
     }
 }
 
@@ -218,14 +218,9 @@ impl DoraLinear {
     }
 
     fn from_lora(lora: LoraLinear, magnitude: Option<Tensor>) -> Result<Self> {
-        let base_row_norm_sq = lora
-            .base
-            .weight()
-            .to_dtype(DType::F32)?
-            .sqr()?
-            .sum(D::Minus1)?;
+        let base_row_norm_sq = lora.base.weight_f32()?.sqr()?.sum(D::Minus1)?;
         let mut layer = Self {
-            magnitude: Var::zeros(lora.base.out_dim(), DType::F32, lora.base.weight().device())?,
+            magnitude: Var::zeros(lora.base.out_dim(), DType::F32, &lora.base.device())?,
             lora,
             base_row_norm_sq,
         };
@@ -258,14 +253,21 @@ impl DoraLinear {
 
     /// `||W + s B A||` per output row, f32 and detached (DoRA §4.3 treats it as a constant).
     pub fn weight_norm(&self) -> Result<Tensor> {
-        let w = self.lora.base.weight();
+        let base = &self.lora.base;
         let a = self.lora.a.as_tensor().detach();
         let b = self.lora.b.as_tensor().detach();
         let s = self.lora.scaling;
         // <B_i, (W A^T)_i> without forming B A: W A^T is [out, r].
-        let wa = w
-            .matmul(&as_dtype(&a, w.dtype())?.t()?)?
-            .to_dtype(DType::F32)?;
+        let wa = match base.quantized_weight() {
+            // peft dequantizes a quantized (bitsandbytes) base for the norm (`dequantize_module_weight` in
+            // tuners/lora/dora.py); the f32 copy lives for this one product.
+            Some(_) => base.weight_f32()?.matmul(&a.t()?)?,
+            None => {
+                let w = base.weight()?;
+                w.matmul(&as_dtype(&a, w.dtype())?.t()?)?
+                    .to_dtype(DType::F32)?
+            }
+        };
         let cross = (&b * &wa)?.sum(D::Minus1)?;
         let gram = a.matmul(&a.t()?)?; // [r, r]
         let ba_sq = (b.matmul(&gram)? * &b)?.sum(D::Minus1)?;
@@ -377,7 +379,7 @@ impl AdaptedLinear {
     /// The dense weight with the adapter merged, in f32 (the bias is unchanged by LoRA and DoRA).
     pub fn merged_weight_f32(&self) -> Result<Tensor> {
         match self {
-            Self::Frozen(l) => l.weight().to_dtype(DType::F32),
+            Self::Frozen(l) => l.weight_f32(),
             Self::Lora(l) => l.merged_weight_f32(),
             Self::Dora(l) => l.merged_weight_f32(),
         }
@@ -419,8 +421,11 @@ impl LinearHook for AdapterHook {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.layer.forward_t(xs, self.mode.is_training())
     }
-    fn weight(&self) -> &Tensor {
+    fn weight(&self) -> Result<&Tensor> {
         self.layer.base().weight()
+    }
+    fn out_dim(&self) -> usize {
+        self.layer.base().out_dim()
     }
     fn bias(&self) -> Option<&Tensor> {
         self.layer.base().bias()
@@ -556,7 +561,7 @@ mod tests {
         // Magnitude from the effective weight: DoRA output == LoRA output.
         let x = Tensor::randn(0f32, 1.0, (4, 5), &dev)?;
         let lora = LoraLinear::from_weights(
-            FrozenLinear::new(layer.lora().base().weight().clone(), None)?,
+            FrozenLinear::new(layer.lora().base().weight()?.clone(), None)?,
             a,
             b,
             &settings(false),

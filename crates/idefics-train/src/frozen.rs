@@ -7,18 +7,31 @@
 //! whose backward returns only `dL/dx = dL/dy W`, so the `GradStore` never holds an entry for `W`
 //! or `b`. The same trick adds a frozen bias without the zero-filled gradient buffer that
 //! `broadcast_add` would leave behind for it.
+//!
+//! A quantized base (QLoRA) goes through the same layer: `crate::frozen_quant` runs the product on the GGUF
+//! blocks and gives the input gradient through the dequantized weight.
 
+use crate::frozen_quant::{check_quant_input, QuantFrozenLinearOp};
 use candle_core::backend::BackendStorage;
 use candle_core::op::Add;
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor,
+    CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Storage,
+    Tensor,
 };
+use idefics::quant::QWeight;
 
-/// A linear layer `y = x W^T (+ b)` whose weight and bias never receive gradients.
+/// A linear layer `y = x W^T (+ b)` whose weight and bias never receive gradients. The weight is a dense tensor
+/// or, for training on a quantized base (QLoRA), GGUF blocks ([`QWeight`], f32 activations on the CPU).
 #[derive(Clone, Debug)]
 pub struct FrozenLinear {
-    weight: Tensor,
+    weight: FrozenWeight,
     bias: Option<Tensor>,
+}
+
+#[derive(Clone, Debug)]
+enum FrozenWeight {
+    Dense(Tensor),
+    Quantized(QWeight),
 }
 
 impl FrozenLinear {
@@ -31,31 +44,73 @@ impl FrozenLinear {
             ))
         })?;
         let weight = weight.detach().contiguous()?;
-        let bias = match bias {
-            Some(b) => {
-                if b.dims() != [out_dim] {
-                    candle_core::bail!(
-                        "FrozenLinear: bias shape {:?} does not match weight rows {out_dim}",
-                        b.dims()
-                    );
-                }
-                if b.dtype() != weight.dtype() {
-                    candle_core::bail!(
-                        "FrozenLinear: bias dtype {:?} differs from weight dtype {:?}",
-                        b.dtype(),
-                        weight.dtype()
-                    );
-                }
-                Some(b.detach().contiguous()?)
-            }
-            None => None,
-        };
-        Ok(Self { weight, bias })
+        let bias = Self::checked_bias(bias, out_dim, weight.dtype())?;
+        Ok(Self {
+            weight: FrozenWeight::Dense(weight),
+            bias,
+        })
     }
 
-    /// The `[out, in]` weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// Wraps a quantized `[out, in]` weight (kept in its blocks) and an optional `[out]` bias (made f32). The
+    /// layer then takes f32 inputs on the CPU.
+    pub fn quantized(weight: QWeight, bias: Option<Tensor>) -> Result<Self> {
+        let bias = match bias {
+            Some(b) => Some(b.detach().to_dtype(DType::F32)?),
+            None => None,
+        };
+        let bias = Self::checked_bias(bias, weight.out_dim(), DType::F32)?;
+        Ok(Self {
+            weight: FrozenWeight::Quantized(weight),
+            bias,
+        })
+    }
+
+    fn checked_bias(bias: Option<Tensor>, out_dim: usize, dtype: DType) -> Result<Option<Tensor>> {
+        let Some(b) = bias else {
+            return Ok(None);
+        };
+        if b.dims() != [out_dim] {
+            candle_core::bail!(
+                "FrozenLinear: bias shape {:?} does not match weight rows {out_dim}",
+                b.dims()
+            );
+        }
+        if b.dtype() != dtype {
+            candle_core::bail!(
+                "FrozenLinear: bias dtype {:?} differs from weight dtype {dtype:?}",
+                b.dtype(),
+            );
+        }
+        Ok(Some(b.detach().contiguous()?))
+    }
+
+    /// The dense `[out, in]` weight; an error for a quantized layer (see [`Self::weight_f32`]).
+    pub fn weight(&self) -> Result<&Tensor> {
+        match &self.weight {
+            FrozenWeight::Dense(w) => Ok(w),
+            FrozenWeight::Quantized(q) => candle_core::bail!(
+                "this frozen [{}, {}] layer is quantized ({}): it has no dense weight",
+                q.out_dim(),
+                q.in_dim(),
+                q.quant_type()
+            ),
+        }
+    }
+
+    /// The quantized weight, when the layer is quantized.
+    pub fn quantized_weight(&self) -> Option<&QWeight> {
+        match &self.weight {
+            FrozenWeight::Dense(_) => None,
+            FrozenWeight::Quantized(q) => Some(q),
+        }
+    }
+
+    /// The weight in f32, `[out, in]`, detached: converted, or dequantized (a fresh tensor each call).
+    pub fn weight_f32(&self) -> Result<Tensor> {
+        match &self.weight {
+            FrozenWeight::Dense(w) => w.to_dtype(DType::F32),
+            FrozenWeight::Quantized(q) => q.dequantize(),
+        }
     }
 
     /// The `[out]` bias, if any.
@@ -63,53 +118,87 @@ impl FrozenLinear {
         self.bias.as_ref()
     }
 
+    /// The dtype inputs must have (f32 for a quantized weight).
+    pub fn dtype(&self) -> DType {
+        match &self.weight {
+            FrozenWeight::Dense(w) => w.dtype(),
+            FrozenWeight::Quantized(_) => DType::F32,
+        }
+    }
+
+    /// The device the layer runs on.
+    pub fn device(&self) -> Device {
+        match &self.weight {
+            FrozenWeight::Dense(w) => w.device().clone(),
+            FrozenWeight::Quantized(_) => Device::Cpu,
+        }
+    }
+
     /// Number of input features.
     pub fn in_dim(&self) -> usize {
-        self.weight.dims()[1]
+        match &self.weight {
+            FrozenWeight::Dense(w) => w.dims()[1],
+            FrozenWeight::Quantized(q) => q.in_dim(),
+        }
     }
 
     /// Number of output features.
     pub fn out_dim(&self) -> usize {
-        self.weight.dims()[0]
+        match &self.weight {
+            FrozenWeight::Dense(w) => w.dims()[0],
+            FrozenWeight::Quantized(q) => q.out_dim(),
+        }
     }
 
-    fn check_input(&self, x: &Tensor) -> Result<()> {
-        if x.rank() == 0 || x.dims()[x.rank() - 1] != self.in_dim() {
+    fn check_input(weight: &Tensor, x: &Tensor) -> Result<()> {
+        let in_dim = weight.dims()[1];
+        if x.rank() == 0 || x.dims()[x.rank() - 1] != in_dim {
             candle_core::bail!(
-                "FrozenLinear: input shape {:?} does not end in {} features",
+                "FrozenLinear: input shape {:?} does not end in {in_dim} features",
                 x.dims(),
-                self.in_dim()
             );
         }
-        if x.dtype() != self.weight.dtype() {
+        if x.dtype() != weight.dtype() {
             candle_core::bail!(
                 "FrozenLinear: input dtype {:?} differs from weight dtype {:?}",
                 x.dtype(),
-                self.weight.dtype()
+                weight.dtype()
             );
         }
-        if !x.device().same_device(self.weight.device()) {
+        if !x.device().same_device(weight.device()) {
             candle_core::bail!("FrozenLinear: input and weight are on different devices");
         }
         Ok(())
     }
 
+    fn apply(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let bias = bias.cloned();
+        match &self.weight {
+            FrozenWeight::Dense(weight) => {
+                Self::check_input(weight, x)?;
+                x.contiguous()?.apply_op1(FrozenLinearOp {
+                    weight: weight.clone(),
+                    bias,
+                })
+            }
+            FrozenWeight::Quantized(weight) => {
+                check_quant_input(weight, x)?;
+                x.contiguous()?.apply_op1(QuantFrozenLinearOp {
+                    weight: weight.clone(),
+                    bias,
+                })
+            }
+        }
+    }
+
     /// `x W^T + b` with gradient flowing to `x` only.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.check_input(x)?;
-        x.contiguous()?.apply_op1(FrozenLinearOp {
-            weight: self.weight.clone(),
-            bias: self.bias.clone(),
-        })
+        self.apply(x, self.bias.as_ref())
     }
 
     /// `x W^T` without the bias (DoRA rescales this part only), gradient to `x` only.
     pub fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
-        self.check_input(x)?;
-        x.contiguous()?.apply_op1(FrozenLinearOp {
-            weight: self.weight.clone(),
-            bias: None,
-        })
+        self.apply(x, None)
     }
 }
 

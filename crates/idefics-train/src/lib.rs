@@ -14,6 +14,7 @@ pub mod data;
 mod error;
 pub mod export;
 pub mod frozen;
+mod frozen_quant;
 pub mod grad_check;
 pub mod hf_checkpoint;
 pub mod init;

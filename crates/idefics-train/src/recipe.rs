@@ -6,6 +6,9 @@
 //! [model]
 //! path = "runs/tiny/init"            # a Hugging Face checkpoint directory: Idefics2, Idefics3 or SmolVLM
 //!                                    # (config.json model_type)
+//! quant = "q4k"                      # optional: train adapters on a quantized frozen base (QLoRA): q8_0 | q4k
+//!                                    # | q6k, the text decoder's linears, embeddings and head (`idefics train
+//!                                    # --quant` sets it); `quant_vision = true` quantizes the vision side too
 //!
 //! [output]
 //! dir = "runs/tiny/sft"              # checkpoints/, metrics.jsonl, loss.png, final/ (merged), adapter/
@@ -55,10 +58,12 @@ use super::collate::CollateConfig;
 use super::data::SourceSpec;
 use super::optimizer::{AdamWConfig, LrScales};
 use super::schedule::{Decay, LrSchedule};
+use super::trainable::Tuning;
 use super::trainable::{AdapterSpec, TrainablePlan};
 use super::trainer::LoopConfig;
 use super::TrainError;
 use candle_core::DType;
+use idefics::quant::{QuantConfig, QuantType};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -84,6 +89,13 @@ pub struct Recipe {
 pub struct ModelSection {
     /// Hugging Face checkpoint directory to start from.
     pub path: PathBuf,
+    /// Quantize the frozen base while loading (QLoRA): the text decoder's linear layers, token embeddings and
+    /// head, as `--quant` does for inference. Only adapters (and unquantized components) can train then.
+    #[serde(default)]
+    pub quant: Option<QuantType>,
+    /// With `quant`: quantize the vision tower and connector too.
+    #[serde(default)]
+    pub quant_vision: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -210,10 +222,59 @@ impl Recipe {
                 "[data] needs at least one [[data.sources]] entry".into(),
             ));
         }
+        self.validate_quant()?;
         if self.eval.is_some() && self.run.eval_every.is_none() {
             return Err(TrainError::Invalid(
                 "[eval] is set but [run] eval_every is not: say how often to evaluate".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// What the base is quantized to while loading (QLoRA), if anything.
+    pub fn quant_config(&self) -> Option<QuantConfig> {
+        self.model.quant.map(|weights| QuantConfig {
+            weights,
+            vision: self.model.quant_vision,
+        })
+    }
+
+    /// A quantized base trains adapters only: full fine-tuning of a quantized component is refused here, before
+    /// anything loads (the model conversion refuses it per tensor as well).
+    fn validate_quant(&self) -> Result<(), TrainError> {
+        let Some(ty) = self.model.quant else {
+            if self.model.quant_vision {
+                return Err(TrainError::Invalid(
+                    "[model] quant_vision needs quant (q8_0, q4k or q6k)".into(),
+                ));
+            }
+            return Ok(());
+        };
+        let t = &self.trainable;
+        let mut quantized = vec![
+            ("text", t.text),
+            ("embeddings", t.embeddings),
+            ("lm_head", t.lm_head),
+        ];
+        if self.model.quant_vision {
+            quantized.extend([
+                ("vision", t.vision),
+                ("projection", t.projection),
+                ("perceiver", t.perceiver),
+            ]);
+        }
+        let full: Vec<&str> = quantized
+            .iter()
+            .filter(|(_, tuning)| *tuning == Tuning::Full)
+            .map(|(name, _)| *name)
+            .collect();
+        if !full.is_empty() {
+            return Err(TrainError::Invalid(format!(
+                "[trainable] {} = \"full\" on a {ty} base: full fine-tuning needs dense weights; a quantized base \
+                 trains LoRA / DoRA adapters (set them to \"lora\" or \"dora\", or \"frozen\"), or drop the \
+                 quantization",
+                full.join(", ")
+            )));
         }
         Ok(())
     }
@@ -328,5 +389,50 @@ steps = 10
         let negative = format!("{MINIMAL}\n[optim.lr_scale]\ntext = -1.0\n");
         let err = Recipe::from_toml(&negative).unwrap_err().to_string();
         assert!(err.contains("optim.lr_scale.text"), "{err}");
+    }
+
+    #[test]
+    fn a_quantized_base_refuses_full_fine_tuning() {
+        let with = |extra: &str| MINIMAL.replace("path = \"m\"", &format!("path = \"m\"\n{extra}"));
+        let lora = format!(
+            "{}\n[trainable]\ntext = \"lora\"\n",
+            with("quant = \"q4k\"")
+        );
+        let r = Recipe::from_toml(&lora).unwrap();
+        assert_eq!(
+            r.quant_config().map(|q| (q.weights, q.vision)),
+            Some((QuantType::Q4K, false))
+        );
+        let full = format!(
+            "{}\n[trainable]\ntext = \"full\"\nembeddings = \"full\"\n",
+            with("quant = \"q8_0\"")
+        );
+        let err = Recipe::from_toml(&full).unwrap_err().to_string();
+        assert!(
+            err.contains("text, embeddings") && err.contains("q8_0"),
+            "{err}"
+        );
+        // The vision side is not quantized unless asked: training it fully beside a quantized text model is fine.
+        let vision_full = format!(
+            "{}\n[trainable]\nvision = \"full\"\ntext = \"dora\"\n",
+            with("quant = \"q8_0\"")
+        );
+        assert!(Recipe::from_toml(&vision_full).is_ok());
+        let quantized_vision = format!(
+            "{}\n[trainable]\nvision = \"full\"\ntext = \"dora\"\n",
+            with("quant = \"q8_0\"\nquant_vision = true")
+        );
+        let err = Recipe::from_toml(&quantized_vision)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vision"), "{err}");
+        let err = Recipe::from_toml(&with("quant_vision = true"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("quant_vision needs quant"), "{err}");
+        let err = Recipe::from_toml(&with("quant = \"q5\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("q5"), "{err}");
     }
 }

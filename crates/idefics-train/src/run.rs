@@ -4,6 +4,12 @@
 //! Output directory of a run: `recipe.toml` (the copy it ran with), `metrics.jsonl` (one line per step, with
 //! evaluations beside the loss), `checkpoints/step-N/` (resumable), `loss.png`, `final/` (a full Hugging Face
 //! checkpoint, adapters merged) and `adapter/` (peft files, when something trains with LoRA / DoRA).
+//!
+//! On a quantized base (`[model] quant`, QLoRA) there is no `final/`: merged into the dequantized base it would
+//! carry the rounding of the quantization into a full f32 checkpoint (and need the f32 memory the quantization
+//! saved). The adapter is the result; `idefics merge --base MODEL --adapter OUT/adapter` merges it into the
+//! original f32 weights, as peft users merge a QLoRA adapter into the unquantized model. `quant.json` records
+//! the quantization, and `--resume` refuses a different one.
 
 use crate::collate::Collator;
 use crate::data::{MixtureStream, SkipCounts};
@@ -24,8 +30,8 @@ use std::path::{Path, PathBuf};
 pub struct RunSummary {
     /// Optimizer steps done in all (a resumed run counts the steps before it).
     pub steps: u64,
-    /// The merged Hugging Face checkpoint.
-    pub final_dir: PathBuf,
+    /// The merged Hugging Face checkpoint (`None` on a quantized base, see the module docs).
+    pub final_dir: Option<PathBuf>,
     /// The PEFT adapter, when something trained with LoRA / DoRA.
     pub adapter_dir: Option<PathBuf>,
     pub metrics_path: PathBuf,
@@ -70,6 +76,7 @@ pub fn run_recipe(
         None
     };
     std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
+    check_run_quant(&out, recipe.quant_config(), resume_from.is_some())?;
     let recipe_copy = out.join("recipe.toml");
     std::fs::copy(recipe_path, &recipe_copy).map_err(|e| TrainError::io(&recipe_copy, e))?;
 
@@ -79,9 +86,13 @@ pub fn run_recipe(
         &LoadOptions {
             device: device.clone(),
             dtype: DType::F32,
+            quant: recipe.quant_config(),
             ..Default::default()
         },
     )?;
+    if let Some(report) = model.quant_report() {
+        observer.on_message(&format!("frozen base quantized: {}", report.summary()));
+    }
     let loaded = match &resume_from {
         Some(ck) => Some(crate::checkpoint::load_checkpoint(ck, device)?),
         None => None,
@@ -137,13 +148,20 @@ pub fn run_recipe(
     }
     result?;
 
-    let final_dir = out.join("final");
-    export_trained(
-        trainer.model(),
-        &model_dir,
-        &final_dir,
-        recipe.save_dtype()?,
-    )?;
+    let final_dir = if recipe.quant_config().is_some() {
+        observer.on_message(&format!(
+            "quantized base: no merged final/ (merge {} into the f32 weights with `idefics merge --base {} \
+             --adapter {} --out DIR`)",
+            out.join("adapter").display(),
+            model_dir.display(),
+            out.join("adapter").display()
+        ));
+        None
+    } else {
+        let dir = out.join("final");
+        export_trained(trainer.model(), &model_dir, &dir, recipe.save_dtype()?)?;
+        Some(dir)
+    };
     let adapter_dir = match trainer.model().peft_adapter()? {
         Some(adapter) => {
             let dir = out.join("adapter");
@@ -159,6 +177,53 @@ pub fn run_recipe(
         metrics_path: out.join("metrics.jsonl"),
         skipped: data.stream.skips().clone(),
     })
+}
+
+/// Records the base's quantization in `out/quant.json` on a fresh run; on a resumed one, refuses a quantization
+/// other than the one the run was started with (the adapters were trained against that base).
+fn check_run_quant(
+    out: &Path,
+    quant: Option<idefics::quant::QuantConfig>,
+    resume: bool,
+) -> Result<(), TrainError> {
+    let path = out.join("quant.json");
+    if resume {
+        let recorded: Option<idefics::quant::QuantConfig> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| TrainError::Json {
+                path: path.clone(),
+                source,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(TrainError::io(&path, e)),
+        };
+        if recorded != quant {
+            let name = |q: Option<idefics::quant::QuantConfig>| match q {
+                Some(q) => format!("{}{}", q.weights, if q.vision { " + vision" } else { "" }),
+                None => "unquantized".to_string(),
+            };
+            return Err(TrainError::Invalid(format!(
+                "--resume: the run was trained on a {} base, this recipe / command asks for {}; resume with the \
+                 same quantization",
+                name(recorded),
+                name(quant)
+            )));
+        }
+        return Ok(());
+    }
+    match quant {
+        Some(q) => {
+            let json = serde_json::to_vec_pretty(&q).map_err(|source| TrainError::Json {
+                path: path.clone(),
+                source,
+            })?;
+            std::fs::write(&path, json).map_err(|e| TrainError::io(&path, e))
+        }
+        None => match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(TrainError::io(&path, e)),
+        },
+    }
 }
 
 /// `loss.png` from the whole `metrics.jsonl` of `out` (a resumed run plots its full curve), with evaluation

@@ -8,6 +8,10 @@
 //! - lora / dora: the component's linear layers (those the target selector picks; by default all of them but
 //!   the conv patch embedding) get a peft-compatible adapter over a frozen base; its other tensors are frozen.
 //!
+//! - on a quantized model (QLoRA: `LoadOptions::quant`), a quantized linear layer stays in its blocks as the
+//!   frozen base (frozen, or under a LoRA / DoRA adapter in f32); a quantized layer or embedding table cannot
+//!   train fully, and a plan that asks for it is refused.
+//!
 //! Trainable names: checkpoint names for full tensors (`model.text_model.norm.weight`), peft keys for adapter
 //! tensors (`base_model.model.<path>.lora_A.weight`), so optimizer state and checkpoints read like the files
 //! others write.
@@ -19,6 +23,7 @@ use super::TrainError;
 use candle_core::{DType, Tensor, Var};
 use idefics::model::{Component, VlmModel};
 use idefics::nn::{Linear, ParamVisitor, VisitParams};
+use idefics::quant::QWeight;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -446,6 +451,9 @@ impl<R: Rng + ?Sized> Converter<'_, R> {
                 return Ok(());
             }
         } else if tuning == Tuning::Full {
+            if let Some(q) = layer.quantized() {
+                return Err(refuse_full_on_quantized(&format!("{path}.weight"), q));
+            }
             let w = self.make_var(format!("{path}.weight"), layer.weight()?)?;
             let b = match layer.bias().cloned() {
                 Some(b) => Some(self.make_var(format!("{path}.bias"), &b)?),
@@ -454,7 +462,11 @@ impl<R: Rng + ?Sized> Converter<'_, R> {
             layer.set_dense(w, b);
             return Ok(());
         }
-        let base = FrozenLinear::new(layer.weight()?.detach(), layer.bias().map(|b| b.detach()))?;
+        let bias = layer.bias().map(|b| b.detach());
+        let base = match layer.quantized() {
+            Some(q) => FrozenLinear::quantized(q.clone(), bias)?,
+            None => FrozenLinear::new(layer.weight()?.detach(), bias)?,
+        };
         let adapted = if self.wants_adapter(path, layer)? {
             let a = match &mut self.adapters {
                 AdapterSource::Fresh(rng) => {
@@ -492,6 +504,17 @@ impl<R: Rng + ?Sized> ParamVisitor for Converter<'_, R> {
         Ok(())
     }
 
+    fn quantized(&mut self, name: &str, weight: &QWeight) -> candle_core::Result<()> {
+        // A quantized embedding table stays frozen in its blocks (its looked-up rows carry no gradient).
+        if self.tuning(name) == Tuning::Full {
+            let e = refuse_full_on_quantized(name, weight);
+            let msg = e.to_string();
+            self.error = Some(e);
+            candle_core::bail!("{msg}");
+        }
+        Ok(())
+    }
+
     fn tensor(&mut self, name: &str, tensor: &mut Tensor) -> candle_core::Result<()> {
         *tensor = if self.tuning(name) == Tuning::Full {
             self.make_var(name.to_string(), tensor)?
@@ -500,6 +523,15 @@ impl<R: Rng + ?Sized> ParamVisitor for Converter<'_, R> {
         };
         Ok(())
     }
+}
+
+/// The error for a plan that trains a quantized tensor fully.
+fn refuse_full_on_quantized(name: &str, weight: &QWeight) -> TrainError {
+    TrainError::Invalid(format!(
+        "{name} is quantized ({}): full fine-tuning needs dense weights; on a quantized base train adapters \
+         (lora / dora) or keep the component frozen, or load the model without quantization",
+        weight.quant_type()
+    ))
 }
 
 /// Collects the adapted layers by module path.
@@ -545,6 +577,10 @@ impl ParamVisitor for StateDictCollector {
     fn tensor(&mut self, name: &str, tensor: &mut Tensor) -> candle_core::Result<()> {
         self.out
             .insert(name.to_string(), tensor.detach().to_dtype(DType::F32)?);
+        Ok(())
+    }
+    fn quantized(&mut self, name: &str, weight: &QWeight) -> candle_core::Result<()> {
+        self.out.insert(name.to_string(), weight.dequantize()?);
         Ok(())
     }
 }

@@ -16,8 +16,11 @@ use std::sync::Arc;
 pub trait LinearHook: std::fmt::Debug + Send + Sync + 'static {
     /// `[.., in] -> [.., out]`.
     fn forward(&self, xs: &Tensor) -> Result<Tensor>;
-    /// The base weight `[out, in]`, without any adapter update.
-    fn weight(&self) -> &Tensor;
+    /// The base weight `[out, in]`, without any adapter update; an error when the base has no dense weight (a
+    /// quantized base).
+    fn weight(&self) -> Result<&Tensor>;
+    /// Output features.
+    fn out_dim(&self) -> usize;
     /// The base bias `[out]`.
     fn bias(&self) -> Option<&Tensor>;
     /// The weight with any adapter update merged, in f32, `[out, in]`.
@@ -85,7 +88,7 @@ impl Linear {
     pub fn weight(&self) -> Result<&Tensor> {
         match &self.kind {
             Kind::Dense { weight, .. } => Ok(weight),
-            Kind::Hooked(hook) => Ok(hook.weight()),
+            Kind::Hooked(hook) => hook.weight(),
             Kind::Quantized { weight, .. } => candle_core::bail!(
                 "this [{}, {}] layer is quantized ({}): it has no dense weight",
                 weight.out_dim(),
@@ -115,7 +118,7 @@ impl Linear {
     pub fn out_dim(&self) -> Result<usize> {
         match &self.kind {
             Kind::Dense { weight, .. } => weight.dim(0),
-            Kind::Hooked(hook) => hook.weight().dim(0),
+            Kind::Hooked(hook) => Ok(hook.out_dim()),
             Kind::Quantized { weight, .. } => Ok(weight.out_dim()),
         }
     }
