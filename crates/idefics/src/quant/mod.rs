@@ -9,6 +9,7 @@
 //! Quantization is streamed: the text decoder quantizes each layer right after loading it, so peak memory is
 //! the quantized model plus one layer in f32 (see `docs/quantization.md`).
 
+pub mod kernels;
 mod qweight;
 pub mod store;
 pub mod streaming;

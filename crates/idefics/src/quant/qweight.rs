@@ -10,7 +10,7 @@
 //! - many rows (prefill, images): the weight is dequantized to f32 once per call and multiplied with the f32
 //!   GEMM, which is compute-bound and as fast as the dense layer; the dequantized copy lives for one product.
 
-use super::QuantType;
+use super::{kernels, QuantType};
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
@@ -131,9 +131,16 @@ impl QWeight {
         }
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         let lhs = x.flatten_all()?.to_vec1::<f32>()?;
+        let data = self.tensor.data()?;
+        if let Some(isa) = kernels::Isa::detect() {
+            if self.quant_type() == QuantType::Q8_0 {
+                let dst =
+                    kernels::matmul_q8_0(isa, &lhs, rows, &data, self.out_dim, self.in_dim)?;
+                return Tensor::from_vec(dst, (rows, self.out_dim), &Device::Cpu);
+            }
+        }
         let mut dst = vec![0f32; rows * self.out_dim];
         let mkn = (rows, self.in_dim, self.out_dim);
-        let data = self.tensor.data()?;
         match self.quant_type() {
             QuantType::Q8_0 => candle_core::quantized::k_quants::matmul(
                 mkn,
@@ -233,7 +240,7 @@ fn quantize_blocks<T: GgmlType + Send + Sync + 'static>(
 
 /// The stored bytes of a CPU `QTensor` seen as its blocks. candle keeps CPU blocks in a `Vec<T>`, so the bytes
 /// are aligned for `T`; both the alignment and the length are checked anyway.
-fn blocks<T: GgmlType>(data: &[u8]) -> Result<&[T]> {
+pub(crate) fn blocks<T: GgmlType>(data: &[u8]) -> Result<&[T]> {
     let size = std::mem::size_of::<T>();
     if !data.len().is_multiple_of(size)
         || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
