@@ -3,6 +3,7 @@
 //! the bound that applies (arithmetic for the vision tower and prefill, bandwidth for decoding); and the
 //! measuring run of `idefics bench` itself ([`inference`]).
 
+pub mod gemv;
 pub mod inference;
 pub mod machine;
 pub mod quant;

@@ -14,7 +14,7 @@ mod qweight;
 pub mod store;
 pub mod streaming;
 
-pub use qweight::{QWeight, GEMM_MIN_ROWS};
+pub use qweight::{DecodePath, QWeight, GEMM_MIN_ROWS};
 
 use crate::nn::{Linear, ParamVisitor};
 use candle_core::quantized::GgmlDType;
