@@ -209,7 +209,9 @@ mod tests {
         // f32, then candle and each of our kernels for every type.
         assert_eq!(figures.len(), 1 + 3 * (1 + kernels));
         assert_eq!(figures[0].weight_bytes, 256 * 8 * 4);
-        assert!(figures.iter().all(|f| f.seconds > 0.0 && f.bytes_per_second > 0.0));
+        assert!(figures
+            .iter()
+            .all(|f| f.seconds > 0.0 && f.bytes_per_second > 0.0));
         assert_eq!(figures[1].weight_bytes, 8 * 8 * 34);
     }
 }

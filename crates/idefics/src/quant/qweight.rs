@@ -189,15 +189,24 @@ impl QWeight {
         let mut dst = vec![0f32; rows * out_dim];
         let mkn = (rows, in_dim, out_dim);
         match ty {
-            QuantType::Q8_0 => {
-                candle_core::quantized::k_quants::matmul(mkn, x, blocks::<BlockQ8_0>(&data)?, &mut dst)?
-            }
-            QuantType::Q4K => {
-                candle_core::quantized::k_quants::matmul(mkn, x, blocks::<BlockQ4K>(&data)?, &mut dst)?
-            }
-            QuantType::Q6K => {
-                candle_core::quantized::k_quants::matmul(mkn, x, blocks::<BlockQ6K>(&data)?, &mut dst)?
-            }
+            QuantType::Q8_0 => candle_core::quantized::k_quants::matmul(
+                mkn,
+                x,
+                blocks::<BlockQ8_0>(&data)?,
+                &mut dst,
+            )?,
+            QuantType::Q4K => candle_core::quantized::k_quants::matmul(
+                mkn,
+                x,
+                blocks::<BlockQ4K>(&data)?,
+                &mut dst,
+            )?,
+            QuantType::Q6K => candle_core::quantized::k_quants::matmul(
+                mkn,
+                x,
+                blocks::<BlockQ6K>(&data)?,
+                &mut dst,
+            )?,
         }
         Ok(dst)
     }

@@ -40,11 +40,7 @@ impl Isa {
     /// The fastest path this CPU runs; `None` where candle's kernels should be used instead (no AVX2).
     pub fn detect() -> Option<Isa> {
         static DETECTED: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
-        *DETECTED.get_or_init(|| {
-            Isa::available()
-                .into_iter()
-                .find(|&isa| isa != Isa::Scalar)
-        })
+        *DETECTED.get_or_init(|| Isa::available().into_iter().find(|&isa| isa != Isa::Scalar))
     }
 
     /// Every path this CPU can run, fastest first (always ends with [`Isa::Scalar`]).
@@ -222,7 +218,14 @@ impl Format for Q8_0 {
                 // SAFETY: as above, for AVX2, FMA and F16C.
                 unsafe { q8_0::x86::rows_avx2(w, nb, x, out) }
             }
-            _ => tiled_rows(w, nb, x, out, q8_0::tile_scalar::<TILE>, q8_0::tile_scalar::<1>),
+            _ => tiled_rows(
+                w,
+                nb,
+                x,
+                out,
+                q8_0::tile_scalar::<TILE>,
+                q8_0::tile_scalar::<1>,
+            ),
         }
     }
 }
@@ -251,7 +254,14 @@ impl Format for Q4K {
                 // SAFETY: as above, for AVX2, FMA and F16C.
                 unsafe { q4k::x86::rows_avx2(w, nb, x, out) }
             }
-            _ => tiled_rows(w, nb, x, out, q4k::tile_scalar::<TILE>, q4k::tile_scalar::<1>),
+            _ => tiled_rows(
+                w,
+                nb,
+                x,
+                out,
+                q4k::tile_scalar::<TILE>,
+                q4k::tile_scalar::<1>,
+            ),
         }
     }
 }
@@ -280,7 +290,14 @@ impl Format for Q6K {
                 // SAFETY: as above, for AVX2, FMA and F16C.
                 unsafe { q6k::x86::rows_avx2(w, nb, x, out) }
             }
-            _ => tiled_rows(w, nb, x, out, q6k::tile_scalar::<TILE>, q6k::tile_scalar::<1>),
+            _ => tiled_rows(
+                w,
+                nb,
+                x,
+                out,
+                q6k::tile_scalar::<TILE>,
+                q6k::tile_scalar::<1>,
+            ),
         }
     }
 }
@@ -390,10 +407,16 @@ where
     let w = cast_blocks::<F::Block>(weight, name)?;
     let nb = in_dim / F::BLOCK;
     if w.len() != out_dim * nb {
-        bail!("{name} product: {} blocks for a [{out_dim}, {in_dim}] weight", w.len());
+        bail!(
+            "{name} product: {} blocks for a [{out_dim}, {in_dim}] weight",
+            w.len()
+        );
     }
     if !Isa::available().contains(&isa) {
-        bail!("{name} product: this CPU cannot run the {} kernels", isa.name());
+        bail!(
+            "{name} product: this CPU cannot run the {} kernels",
+            isa.name()
+        );
     }
     let xq: Vec<F::Row> = x.chunks_exact(in_dim).map(F::quantize).collect();
     let row_bytes = nb * std::mem::size_of::<F::Block>();

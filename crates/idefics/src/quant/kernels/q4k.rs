@@ -31,7 +31,14 @@ fn scales_mins(b: &Q4KBlock) -> ([u8; 8], [u8; 8]) {
     const KMASK1: u32 = 0x3f3f3f3f;
     const KMASK2: u32 = 0x0f0f0f0f;
     const KMASK3: u32 = 0x03030303;
-    let word = |i: usize| u32::from_le_bytes([b.scales[i], b.scales[i + 1], b.scales[i + 2], b.scales[i + 3]]);
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            b.scales[i],
+            b.scales[i + 1],
+            b.scales[i + 2],
+            b.scales[i + 3],
+        ])
+    };
     let (u0, u1, u2) = (word(0), word(4), word(8));
     let u3 = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
     let m_lo = u1 & KMASK1;
@@ -64,7 +71,8 @@ pub(super) fn tile_scalar<const NW: usize>(w: &[Q4KBlock], nb: usize, x: &Q8KRow
             let (sc, m) = scales_mins(wb);
             let sums = &x.sums32[b];
             for (l, a) in acc_m.iter_mut().enumerate() {
-                let prod = m[2 * l] as i32 * sums[2 * l] as i32 + m[2 * l + 1] as i32 * sums[2 * l + 1] as i32;
+                let prod = m[2 * l] as i32 * sums[2 * l] as i32
+                    + m[2 * l + 1] as i32 * sums[2 * l + 1] as i32;
                 *a = dmin.mul_add(prod as f32, *a);
             }
             let q = &x.qs[b * 256..(b + 1) * 256];
@@ -189,10 +197,7 @@ pub(super) mod x86 {
         "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
         |sumi, s, p| _mm256_dpwssd_epi32(sumi, s, p)
     );
-    q4k_kernels!(
-        tile_avx2,
-        rows_avx2,
-        "avx2,fma,f16c",
-        |sumi, s, p| _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p))
-    );
+    q4k_kernels!(tile_avx2, rows_avx2, "avx2,fma,f16c", |sumi, s, p| {
+        _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p))
+    });
 }

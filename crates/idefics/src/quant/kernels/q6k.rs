@@ -198,10 +198,7 @@ pub(super) mod x86 {
         "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
         |sumi, s, p| _mm256_dpwssd_epi32(sumi, s, p)
     );
-    q6k_kernels!(
-        tile_avx2,
-        rows_avx2,
-        "avx2,fma,f16c",
-        |sumi, s, p| _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p))
-    );
+    q6k_kernels!(tile_avx2, rows_avx2, "avx2,fma,f16c", |sumi, s, p| {
+        _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p))
+    });
 }

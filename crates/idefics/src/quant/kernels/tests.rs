@@ -82,7 +82,9 @@ fn candle_matmul(qw: &QTensor, x: &[f32], rows: usize) -> Vec<f32> {
     let mut dst = vec![0f32; rows * out_dim];
     let mkn = (rows, in_dim, out_dim);
     match qw.dtype() {
-        GgmlDType::Q8_0 => k_quants::matmul(mkn, x, blocks_of::<BlockQ8_0>(&data).unwrap(), &mut dst),
+        GgmlDType::Q8_0 => {
+            k_quants::matmul(mkn, x, blocks_of::<BlockQ8_0>(&data).unwrap(), &mut dst)
+        }
         GgmlDType::Q4K => k_quants::matmul(mkn, x, blocks_of::<BlockQ4K>(&data).unwrap(), &mut dst),
         GgmlDType::Q6K => k_quants::matmul(mkn, x, blocks_of::<BlockQ6K>(&data).unwrap(), &mut dst),
         other => panic!("no reference for {other:?}"),
@@ -94,7 +96,12 @@ fn candle_matmul(qw: &QTensor, x: &[f32], rows: usize) -> Vec<f32> {
 /// Our kernel of type `ty` on every path against candle (bit for bit where candle runs AVX2, else 1e-5 of the
 /// sum of `|w x|`), each path against the scalar one (bit for bit), and against the dequantized weight in f32
 /// (`f32_tol` of the sum of `|w x|`: the activation's 8-bit rounding).
-fn check_against_candle(ty: GgmlDType, kernel: Kernel, cases: &[(usize, usize, usize)], f32_tol: f32) {
+fn check_against_candle(
+    ty: GgmlDType,
+    kernel: Kernel,
+    cases: &[(usize, usize, usize)],
+    f32_tol: f32,
+) {
     let paths = Isa::available();
     assert_eq!(paths.last(), Some(&Isa::Scalar));
     for (case, &(out_dim, in_dim, rows)) in cases.iter().enumerate() {
@@ -107,7 +114,13 @@ fn check_against_candle(ty: GgmlDType, kernel: Kernel, cases: &[(usize, usize, u
         let scale = abs_products(&x, &w, rows, out_dim, in_dim);
         let what = format!("{ty:?} [{rows}, {in_dim}] x [{out_dim}, {in_dim}]^T");
         let reference = kernel(Isa::Scalar, &x, rows, &data, out_dim, in_dim).unwrap();
-        assert_close(&reference, &theirs, &scale, 1e-5, &format!("{what} scalar vs candle"));
+        assert_close(
+            &reference,
+            &theirs,
+            &scale,
+            1e-5,
+            &format!("{what} scalar vs candle"),
+        );
         if candle_runs_avx2() {
             assert_eq!(reference, theirs, "{what}: scalar vs candle's AVX2 kernel");
         }
@@ -115,7 +128,11 @@ fn check_against_candle(ty: GgmlDType, kernel: Kernel, cases: &[(usize, usize, u
             let ours = kernel(isa, &x, rows, &data, out_dim, in_dim).unwrap();
             assert_eq!(ours, reference, "{what}: {} vs scalar", isa.name());
         }
-        let dq = qw.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let dq = qw
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let dq: Vec<f32> = dq.concat();
         let mut dense = vec![0f32; rows * out_dim];
         for r in 0..rows {
@@ -125,7 +142,13 @@ fn check_against_candle(ty: GgmlDType, kernel: Kernel, cases: &[(usize, usize, u
                     .sum();
             }
         }
-        assert_close(&reference, &dense, &scale, f32_tol, &format!("{what} vs f32"));
+        assert_close(
+            &reference,
+            &dense,
+            &scale,
+            f32_tol,
+            &format!("{what} vs f32"),
+        );
     }
 }
 
@@ -147,13 +170,25 @@ fn q8_0_matches_candle_on_every_path() {
 
 #[test]
 fn q4k_matches_candle_on_every_path() {
-    let cases = [(1, 256, 1), (6, 512, 1), (37, 256, 3), (258, 1536, 1), (131, 512, 15)];
+    let cases = [
+        (1, 256, 1),
+        (6, 512, 1),
+        (37, 256, 3),
+        (258, 1536, 1),
+        (131, 512, 15),
+    ];
     check_against_candle(GgmlDType::Q4K, matmul_q4k, &cases, 1e-2);
 }
 
 #[test]
 fn q6k_matches_candle_on_every_path() {
-    let cases = [(1, 256, 1), (6, 512, 1), (37, 256, 3), (258, 1536, 1), (131, 512, 15)];
+    let cases = [
+        (1, 256, 1),
+        (6, 512, 1),
+        (37, 256, 3),
+        (258, 1536, 1),
+        (131, 512, 15),
+    ];
     check_against_candle(GgmlDType::Q6K, matmul_q6k, &cases, 1e-2);
 }
 
@@ -188,7 +223,10 @@ fn q8_0_rejects_mismatched_shapes() {
     let x = random(64, 8);
     assert!(matmul_q8_0(Isa::Scalar, &x, 1, &data, 8, 64).is_ok());
     let err = matmul_q8_0(Isa::Scalar, &x, 1, &data, 9, 64).unwrap_err();
-    assert!(err.to_string().contains("blocks for a [9, 64] weight"), "{err}");
+    assert!(
+        err.to_string().contains("blocks for a [9, 64] weight"),
+        "{err}"
+    );
     let err = matmul_q8_0(Isa::Scalar, &x[..60], 1, &data, 8, 64).unwrap_err();
     assert!(err.to_string().contains("60 inputs"), "{err}");
     let err = matmul_q8_0(Isa::Scalar, &x, 1, &data[1..], 8, 64).unwrap_err();
