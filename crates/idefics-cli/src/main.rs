@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod ask;
 mod bench;
+mod bench_gemv;
 mod bench_quant;
 mod bench_train;
 mod build_cmd;
@@ -64,6 +65,8 @@ enum Command {
     Merge(train_cmd::MergeArgs),
     /// The text decoder in f32 and each quantized type side by side: peak RSS, prefill, decode, KL / top-1 / perplexity.
     BenchQuant(bench_quant::BenchQuantArgs),
+    /// Decoding's matrix-vector products per weight shape: f32, candle's and our quantized kernels, GB/s.
+    BenchGemv(bench_gemv::BenchGemvArgs),
     /// Quantize a checkpoint (q8_0 / q4k / q6k) once and save it as model.gguf, loadable with --model OUT.
     Quantize(quantize_cmd::QuantizeArgs),
 }
@@ -90,6 +93,7 @@ fn main() {
         Command::BenchTrain(args) => bench_train::run(args),
         Command::Quantize(args) => quantize_cmd::run(args),
         Command::BenchQuant(args) => bench_quant::run(args),
+        Command::BenchGemv(args) => bench_gemv::run(args),
     };
     if let Err(err) = result {
         // One clear line (with its causes) instead of a panic or a debug dump.

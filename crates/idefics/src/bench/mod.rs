@@ -4,6 +4,7 @@
 //! of `idefics bench` itself ([`inference`]) over a checkpoint of any family ([`model`]), and the report parts it
 //! shares with `idefics bench-quant` ([`report`]).
 
+pub mod gemv;
 pub mod inference;
 pub mod machine;
 pub mod model;

@@ -1,14 +1,15 @@
 //! Which implementation runs where this crate has CPU kernels of its own: the forward-only inference kernels
 //! ([`super::cpu_kernels`]: fused attention, decoding GEMV) and the training kernels with their own backward
-//! ([`super::train_kernels`]: norms, activations, rope, softmax). Both default to the kernels; `Composed` runs
+//! ([`super::train_kernels`]: norms, activations, rope, softmax), and the quantized matrix-vector products of
+//! decoding ([`crate::quant::kernels`]). All default to the kernels; `Composed` runs
 //! candle's composed ops, which the kernels are tested against (benchmarks, bisecting a numerical difference).
 //!
 //! The choice is made by the program (`idefics bench --kernels`, `idefics bench-train --kernels`) through
 //! [`set_kernels`], and read here only. It is one setting for the process, not a model option, because the ops
 //! that consult it (`Linear`, `RmsNorm`, `Activation`, ...) carry no per-model handle.
 //!
-//! Debugging override: the environment variables `IDEFICS_CPU_KERNELS=composed|fused` and
-//! `IDEFICS_TRAIN_KERNELS=composed|fused`, read once here, win over the program's choice (other values are
+//! Debugging override: the environment variables `IDEFICS_CPU_KERNELS=composed|fused`,
+//! `IDEFICS_TRAIN_KERNELS=composed|fused` and `IDEFICS_QUANT_KERNELS=composed|fused`, read once here, win over the program's choice (other values are
 //! ignored). They exist to switch a process that has no `--kernels` flag (a test, the server).
 
 use std::str::FromStr;
@@ -43,6 +44,8 @@ pub enum KernelFamily {
     Inference,
     /// [`super::train_kernels`] (autograd on the CPU).
     Training,
+    /// [`crate::quant::kernels`] (`Composed`: candle's `k_quants::matmul`).
+    Quantized,
 }
 
 impl KernelFamily {
@@ -50,15 +53,18 @@ impl KernelFamily {
         match self {
             Self::Inference => "IDEFICS_CPU_KERNELS",
             Self::Training => "IDEFICS_TRAIN_KERNELS",
+            Self::Quantized => "IDEFICS_QUANT_KERNELS",
         }
     }
 
     fn slot(self) -> &'static AtomicU8 {
         static INFERENCE: AtomicU8 = AtomicU8::new(FUSED);
         static TRAINING: AtomicU8 = AtomicU8::new(FUSED);
+        static QUANTIZED: AtomicU8 = AtomicU8::new(FUSED);
         match self {
             Self::Inference => &INFERENCE,
             Self::Training => &TRAINING,
+            Self::Quantized => &QUANTIZED,
         }
     }
 
@@ -66,9 +72,11 @@ impl KernelFamily {
     fn env_override(self) -> Option<KernelChoice> {
         static INFERENCE: OnceLock<Option<KernelChoice>> = OnceLock::new();
         static TRAINING: OnceLock<Option<KernelChoice>> = OnceLock::new();
+        static QUANTIZED: OnceLock<Option<KernelChoice>> = OnceLock::new();
         let cell = match self {
             Self::Inference => &INFERENCE,
             Self::Training => &TRAINING,
+            Self::Quantized => &QUANTIZED,
         };
         *cell.get_or_init(|| {
             std::env::var(self.env_var())

@@ -9,11 +9,12 @@
 //! Quantization is streamed: the text decoder quantizes each layer right after loading it, so peak memory is
 //! the quantized model plus one layer in f32 (see `docs/quantization.md`).
 
+pub mod kernels;
 mod qweight;
 pub mod store;
 pub mod streaming;
 
-pub use qweight::{QWeight, GEMM_MIN_ROWS};
+pub use qweight::{DecodePath, QWeight, GEMM_MIN_ROWS};
 
 use crate::nn::{Linear, ParamVisitor};
 use candle_core::quantized::GgmlDType;

@@ -4,13 +4,15 @@
 //! is. The product does not go through candle's `QMatMul`: on x86 with AVX-512 VNNI that op builds a second,
 //! repacked copy of every weight on first use and keeps both, which doubles the memory quantization is for.
 //! Instead:
-//! - few rows (decode): candle's `k_quants::matmul` on the blocks as stored (the activation quantized to the
-//!   block type's dot-product partner, AVX2 dot products picked at run time, rows split over candle's threads);
-//!   memory-bound, so its speed follows the bytes per weight;
+//! - few rows (decode): a matrix-vector product on the blocks as stored, the activation quantized to the block
+//!   type's dot-product partner: this crate's kernels ([`super::kernels`]: AVX-512 VNNI or AVX2, picked at run
+//!   time) where they exist for the type and CPU, else candle's `k_quants::matmul`; memory-bound, so its speed
+//!   follows the bytes per weight;
 //! - many rows (prefill, images): the weight is dequantized to f32 once per call and multiplied with the f32
 //!   GEMM, which is compute-bound and as fast as the dense layer; the dequantized copy lives for one product.
 
-use super::QuantType;
+use super::{kernels, QuantType};
+use crate::nn::{KernelChoice, KernelFamily};
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
@@ -18,6 +20,36 @@ use std::sync::Arc;
 
 /// From this many rows on, a product dequantizes and uses the f32 GEMM (see the module docs).
 pub const GEMM_MIN_ROWS: usize = 16;
+
+/// How a product with few rows runs on the stored blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodePath {
+    /// candle's `k_quants::matmul` (its AVX2 / NEON / scalar dot products, rows split over its threads).
+    Candle,
+    /// This crate's kernels ([`kernels`]) on the given instruction set.
+    Kernel(kernels::Isa),
+}
+
+impl DecodePath {
+    /// This crate's kernel on the fastest instruction set the CPU has, where one exists for `ty`; else candle's.
+    /// `Composed` for [`KernelFamily::Quantized`] (`IDEFICS_QUANT_KERNELS=composed`) picks candle's always.
+    pub fn best(ty: QuantType) -> Self {
+        if crate::nn::kernel_choice::kernels(KernelFamily::Quantized) == KernelChoice::Composed {
+            return DecodePath::Candle;
+        }
+        match kernels::Isa::detect() {
+            Some(isa) if kernels::TYPES.contains(&ty) => DecodePath::Kernel(isa),
+            _ => DecodePath::Candle,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodePath::Candle => "candle",
+            DecodePath::Kernel(isa) => isa.name(),
+        }
+    }
+}
 
 /// A quantized `[out, in]` weight (shared: a tied head and the embedding use one copy).
 #[derive(Debug, Clone)]
@@ -131,30 +163,52 @@ impl QWeight {
         }
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         let lhs = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut dst = vec![0f32; rows * self.out_dim];
-        let mkn = (rows, self.in_dim, self.out_dim);
+        let dst = self.matvec(&lhs, rows, DecodePath::best(self.quant_type()))?;
+        Tensor::from_vec(dst, (rows, self.out_dim), &Device::Cpu)
+    }
+
+    /// `x [rows, in]` (row-major f32) times the transposed weight on the blocks as stored, by `path`:
+    /// `[rows, out]` row-major. Any number of rows; [`Self::matmul_t`] uses it below [`GEMM_MIN_ROWS`].
+    pub fn matvec(&self, x: &[f32], rows: usize, path: DecodePath) -> Result<Vec<f32>> {
+        if x.len() != rows * self.in_dim {
+            candle_core::bail!(
+                "quantized product: {} inputs for {rows} rows of {}",
+                x.len(),
+                self.in_dim
+            );
+        }
         let data = self.tensor.data()?;
-        match self.quant_type() {
+        let (ty, out_dim, in_dim) = (self.quant_type(), self.out_dim, self.in_dim);
+        if let DecodePath::Kernel(isa) = path {
+            return match ty {
+                QuantType::Q8_0 => kernels::matmul_q8_0(isa, x, rows, &data, out_dim, in_dim),
+                QuantType::Q4K => kernels::matmul_q4k(isa, x, rows, &data, out_dim, in_dim),
+                QuantType::Q6K => kernels::matmul_q6k(isa, x, rows, &data, out_dim, in_dim),
+            };
+        }
+        let mut dst = vec![0f32; rows * out_dim];
+        let mkn = (rows, in_dim, out_dim);
+        match ty {
             QuantType::Q8_0 => candle_core::quantized::k_quants::matmul(
                 mkn,
-                &lhs,
+                x,
                 blocks::<BlockQ8_0>(&data)?,
                 &mut dst,
             )?,
             QuantType::Q4K => candle_core::quantized::k_quants::matmul(
                 mkn,
-                &lhs,
+                x,
                 blocks::<BlockQ4K>(&data)?,
                 &mut dst,
             )?,
             QuantType::Q6K => candle_core::quantized::k_quants::matmul(
                 mkn,
-                &lhs,
+                x,
                 blocks::<BlockQ6K>(&data)?,
                 &mut dst,
             )?,
         }
-        Tensor::from_vec(dst, (rows, self.out_dim), &Device::Cpu)
+        Ok(dst)
     }
 
     /// Rows `ids` of the weight, dequantized: `[n] -> [n, in]` (an embedding lookup).
@@ -233,7 +287,7 @@ fn quantize_blocks<T: GgmlType + Send + Sync + 'static>(
 
 /// The stored bytes of a CPU `QTensor` seen as its blocks. candle keeps CPU blocks in a `Vec<T>`, so the bytes
 /// are aligned for `T`; both the alignment and the length are checked anyway.
-fn blocks<T: GgmlType>(data: &[u8]) -> Result<&[T]> {
+pub(crate) fn blocks<T: GgmlType>(data: &[u8]) -> Result<&[T]> {
     let size = std::mem::size_of::<T>();
     if !data.len().is_multiple_of(size)
         || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
