@@ -1,8 +1,10 @@
 //! Which implementation runs where this crate has CPU kernels of its own: the forward-only inference kernels
 //! ([`super::cpu_kernels`]: fused attention, decoding GEMV) and the training kernels with their own backward
 //! ([`super::train_kernels`]: norms, activations, rope, softmax), and the quantized matrix-vector products of
-//! decoding ([`crate::quant::kernels`]). All default to the kernels; `Composed` runs
-//! candle's composed ops, which the kernels are tested against (benchmarks, bisecting a numerical difference).
+//! decoding ([`crate::quant::kernels`]). The first two default to the kernels; `Composed` runs candle's composed
+//! ops, which the kernels are tested against (benchmarks, bisecting a numerical difference). The quantized products
+//! default to candle's `k_quants::matmul`, which measured faster than ours on an idle machine
+//! (docs/quantization.md); `fused` opts in to ours.
 //!
 //! The choice is made by the program (`idefics bench --kernels`, `idefics bench-train --kernels`) through
 //! [`set_kernels`], and read here only. It is one setting for the process, not a model option, because the ops
@@ -60,7 +62,8 @@ impl KernelFamily {
     fn slot(self) -> &'static AtomicU8 {
         static INFERENCE: AtomicU8 = AtomicU8::new(FUSED);
         static TRAINING: AtomicU8 = AtomicU8::new(FUSED);
-        static QUANTIZED: AtomicU8 = AtomicU8::new(FUSED);
+        // candle's k-quant products decode faster than this crate's kernels (docs/quantization.md).
+        static QUANTIZED: AtomicU8 = AtomicU8::new(COMPOSED);
         match self {
             Self::Inference => &INFERENCE,
             Self::Training => &TRAINING,

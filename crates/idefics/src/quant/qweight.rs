@@ -31,8 +31,8 @@ pub enum DecodePath {
 }
 
 impl DecodePath {
-    /// This crate's kernel on the fastest instruction set the CPU has, where one exists for `ty`; else candle's.
-    /// `Composed` for [`KernelFamily::Quantized`] (`IDEFICS_QUANT_KERNELS=composed`) picks candle's always.
+    /// candle's by default ([`KernelFamily::Quantized`] is `Composed` unless `IDEFICS_QUANT_KERNELS=fused`);
+    /// with `fused`, this crate's kernel on the fastest instruction set the CPU has, where one exists for `ty`.
     pub fn best(ty: QuantType) -> Self {
         if crate::nn::kernel_choice::kernels(KernelFamily::Quantized) == KernelChoice::Composed {
             return DecodePath::Candle;
