@@ -14,7 +14,8 @@
 # SONAME libcuda.so.1: no wheel ships the driver, and candle 0.11 builds cudarc with `dynamic-linking`, so the
 # executable links `-lcuda`; at run time the GPU machine's driver provides libcuda.so.1 and the stub is never
 # loaded); (4) `cargo build --release -p idefics-cli --features cuda` and the CUDA parity test binary; (5) checks
-# that every driver symbol the binaries import is declared by CUDA 13.0's cuda.h; (6) writes the bundle.
+# that every driver symbol the binaries import is declared by CUDA 13.0's cuda.h; (6) checks the error path without
+# a GPU; (7) writes the bundle.
 # CUDA 13.0, not a newer 13.x: the GPU machines run driver 580 (CUDA 13.0), whose JIT refuses PTX of a newer ISA.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -103,7 +104,24 @@ for bin in "$TARGET/release/idefics" "$TEST_BIN"; do
   [[ -z $missing ]] || { log "$bin imports driver functions that CUDA 13.0's cuda.h lacks: $missing"; exit 1; }
 done
 
-# (6) The bundle: the two binaries, the fixtures of the parity test and the GPU bench, the run script, versions.
+# (6) The error path, here where there is no GPU: with the stub standing in for the driver (cuInit then fails with
+# CUDA_ERROR_STUB_LIBRARY), `idefics forward --device cuda` must end with an error that names the device, not a
+# panic, and the same executable must still run on the CPU.
+FAKE=$(mktemp -d)
+trap 'rm -rf "$FAKE"' EXIT
+ln -s "$ROOT/lib/stubs/libcuda.so" "$FAKE/libcuda.so.1"
+CASE=tests/fixtures/idefics2/cfg_a
+fwd() { # DEVICE: forward pass of a parity fixture with the stub driver
+  LD_LIBRARY_PATH=$FAKE:$CU13/lib "$TARGET/release/idefics" forward --model $CASE/model \
+    --inputs $CASE/inputs.safetensors --out "$FAKE/logits.safetensors" --device "$1"
+}
+if fwd cuda > "$FAKE/log" 2>&1 || grep -q panicked "$FAKE/log" || ! grep -q 'opening cuda' "$FAKE/log"; then
+  log "error path: expected an error naming cuda, got:"; cat "$FAKE/log" >&2; exit 1
+fi
+log "error path without a GPU: $(tail -n 1 "$FAKE/log")"
+fwd cpu > "$FAKE/log" 2>&1 || { log "the CUDA build failed on the CPU:"; cat "$FAKE/log" >&2; exit 1; }
+
+# (7) The bundle: the two binaries, the fixtures of the parity test and the GPU bench, the run script, versions.
 rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE/bin"
 strip --strip-debug -o "$BUNDLE/bin/idefics" "$TARGET/release/idefics"
