@@ -86,7 +86,10 @@ export CARGO_TARGET_DIR=$TARGET
 log "nvcc: $(nvcc --version | tail -n 2 | head -n 1); CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP; target $TARGET"
 start=$(date +%s)
 cargo build --release --locked -p idefics-cli --features cuda
-TEST_BIN=$(cargo test --release --locked -p idefics --features cuda --test cuda_parity --no-run \
+# The same package and feature selection as the build above (plus the test), so that candle-kernels is not
+# compiled a second time under another feature unification (`-p idefics` alone did that).
+TEST_BIN=$(cargo test --release --locked -p idefics-cli -p idefics --features idefics-cli/cuda,idefics/cuda \
+  --test cuda_parity --no-run \
   --message-format=json | "$VENV/bin/python" -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -124,8 +127,13 @@ fwd cpu > "$FAKE/log" 2>&1 || { log "the CUDA build failed on the CPU:"; cat "$F
 # (7) The bundle: the two binaries, the fixtures of the parity test and the GPU bench, the run script, versions.
 rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE/bin"
-strip --strip-debug -o "$BUNDLE/bin/idefics" "$TARGET/release/idefics"
-strip --strip-debug -o "$BUNDLE/bin/cuda_parity" "$TEST_BIN"
+# Without debug info the CLI is still 96 MB (candle's quantized-matmul kernels as sm_90a code, its PTX): xz'd to
+# ~15 MB; run-on-gpu.sh unpacks them.
+for exe in "$TARGET/release/idefics" "$TEST_BIN"; do
+  name=$(basename "$exe" | sed 's/-[0-9a-f]*$//')
+  strip --strip-debug -o "$BUNDLE/bin/$name" "$exe"
+  xz -T2 -6 "$BUNDLE/bin/$name"
+done
 cp tools/cuda/run-on-gpu.sh "$BUNDLE/"
 if [[ ${BUNDLE_FIXTURES:-1} == 1 ]]; then
   mkdir -p "$BUNDLE/fixtures"
@@ -140,7 +148,7 @@ fi
   echo "built $(date -u +%FT%TZ) on $(uname -m), rustc $(rustc --version | cut -d' ' -f2), CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
   echo "wheels ${WHEELS[*]}"
   echo "needs at run time (dynamic libraries):"
-  readelf -d "$BUNDLE/bin/idefics" | sed -n 's/.*Shared library: \[\(.*\)\]/  \1/p'
+  readelf -d "$TARGET/release/idefics" | sed -n 's/.*Shared library: \[\(.*\)\]/  \1/p'
 } > "$BUNDLE/VERSIONS.txt"
 du -sb "$BUNDLE"/* "$BUNDLE" | awk '{printf "%8.1f MiB  %s\n", $1 / 1048576, $2}' | tee "$BUNDLE/SIZES.txt" >&2
 size=$(du -sb "$BUNDLE" | cut -f1)

@@ -3,8 +3,8 @@
 # Idefics3 fixtures: logits and greedy generation against transformers) and a small bench (`idefics ask --json` on a
 # random checkpoint of the bench-150m shape, GPU then CPU with the same binary).
 #   bash BUNDLE/run-on-gpu.sh [OUT_DIR]        results in OUT_DIR [$OUT, else BUNDLE/gpu-results]
-# Environment: CUDA_LIBS  a folder with libcudart.so.13, libcublas.so.13, libcublasLt.so.13, libcurand.so.10 and
-#   libnvrtc.so.13 (found by itself in python3's nvidia/cu13/lib or /usr/local/cuda/lib64 otherwise);
+# Environment: CUDA_LIBS  a folder with libcudart.so.13, libcublas.so.13, libcublasLt.so.13 and libcurand.so.10
+#   (found by itself in python3's nvidia/cu13/lib or /usr/local/cuda/lib64 otherwise);
 #   IDEFICS_FIXTURES  the tests/fixtures folder of a checkout, when the bundle was built with BUNDLE_FIXTURES=0;
 #   BENCH_ROUNDS  runs of each bench setting [3].
 # Exit status: 0 all passed; 1 a parity test or the bench failed; 3 no NVIDIA driver or CUDA libraries here.
@@ -12,6 +12,8 @@ set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${1:-${OUT:-$HERE/gpu-results}}
 mkdir -p "$OUT"
+BIN=$(mktemp -d)
+trap 'rm -rf "$BIN"' EXIT
 say() { printf '[run-on-gpu] %s\n' "$*" | tee -a "$OUT/summary.txt" >&2; }
 
 # The driver (libcuda.so.1) comes with the GPU machine; the binaries were linked against a stub of it.
@@ -26,7 +28,7 @@ if [[ -z $driver ]]; then
   exit 3
 fi
 # The CUDA 13 libraries: not shipped in the bundle (cuBLASLt alone is 540 MB).
-NEEDED=(libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13)
+NEEDED=(libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10)
 candidates=("${CUDA_LIBS:-}")
 if command -v python3 > /dev/null; then
   candidates+=("$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))' 2>/dev/null)")
@@ -46,7 +48,12 @@ for lib in "${NEEDED[@]}"; do
 done
 export LD_LIBRARY_PATH=${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 say "driver $driver; CUDA libraries from ${libdirs#:}"
-if missing=$(ldd "$HERE/bin/idefics" | grep 'not found'); then
+for exe in idefics cuda_parity; do  # xz'd by build.sh (96 MB each unpacked)
+  if command -v xz > /dev/null; then xz -dc "$HERE/bin/$exe.xz" > "$BIN/$exe"
+  else python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$HERE/bin/$exe.xz" > "$BIN/$exe"; fi
+  chmod +x "$BIN/$exe"
+done
+if missing=$(ldd "$BIN/idefics" | grep 'not found'); then
   say "unresolved libraries: $missing"
   exit 3
 fi
@@ -56,7 +63,7 @@ FIX=${IDEFICS_FIXTURES:?no fixtures in the bundle: set IDEFICS_FIXTURES to the t
 status=0
 
 # Parity: every fixture case on cuda:0 against transformers' logits and generated tokens.
-if "$HERE/bin/cuda_parity" --test-threads 1 --nocapture > "$OUT/parity.txt" 2>&1; then
+if "$BIN/cuda_parity" --test-threads 1 --nocapture > "$OUT/parity.txt" 2>&1; then
   say "parity: passed ($(grep -c 'as transformers\|max|cuda' "$OUT/parity.txt") lines of results in parity.txt)"
 else
   say "parity: FAILED (see $OUT/parity.txt)"
@@ -66,7 +73,7 @@ fi
 
 # Bench: a random bench-150m-shaped Idefics2 (vocabulary of the tiny tokenizer), one image, 64 new tokens.
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+trap 'rm -rf "$WORK" "$BIN"' EXIT
 BENCH=$HERE/fixtures/bench
 [[ -d $BENCH ]] || BENCH=$WORK/bench-inputs
 if [[ ! -d $BENCH ]]; then
@@ -74,7 +81,7 @@ if [[ ! -d $BENCH ]]; then
   cp "$FIX/../../tools/reference/bench_config/bench-150m/config.json" "$BENCH/bench-150m.json"
   cp -r "$FIX/e2e/tiny-chat" "$BENCH/tokenizer"
 fi
-if ! "$HERE/bin/idefics" init --config "$BENCH/bench-150m.json" --tokenizer "$BENCH/tokenizer" \
+if ! "$BIN/idefics" init --config "$BENCH/bench-150m.json" --tokenizer "$BENCH/tokenizer" \
   --out "$WORK/model" --image-splitting > "$OUT/bench-init.txt" 2>&1; then
   say "bench: idefics init failed (see $OUT/bench-init.txt)"
   exit 1
@@ -88,7 +95,7 @@ say "bench image: $(python3 -c 'import sys; from PIL import Image; print(Image.o
 for round in $(seq "${BENCH_ROUNDS:-3}"); do
   for dev in cuda cpu; do
     for split in --no-split --split; do
-      if IDEFICS_DEVICE=$dev "$HERE/bin/idefics" ask --model "$WORK/model" --image "$image" $split \
+      if IDEFICS_DEVICE=$dev "$BIN/idefics" ask --model "$WORK/model" --image "$image" $split \
         --max-new-tokens 64 --json "Describe the image." > "$WORK/ask.json" 2> "$WORK/ask.err"; then
         python3 -c 'import json, sys
 r = json.load(open(sys.argv[1]))
