@@ -53,20 +53,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         )
     };
     let dtype = parse_dtype(&args.dtype)?;
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        other => match other
-            .strip_prefix("cuda")
-            .map(|n| n.trim_start_matches(':'))
-        {
-            Some("") => Device::new_cuda(0).context("--device cuda")?,
-            Some(n) => {
-                let ordinal: usize = n.parse().with_context(|| format!("--device {other:?}"))?;
-                Device::new_cuda(ordinal).with_context(|| format!("--device {other}"))?
-            }
-            None => bail!("--device {other:?}: expected cpu or cuda:N"),
-        },
-    };
+    let device = crate::model_source::parse_device(&args.device).context("--device")?;
     let opts = LoadOptions {
         device: device.clone(),
         dtype,

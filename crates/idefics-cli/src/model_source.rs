@@ -109,12 +109,58 @@ impl ModelArgs {
     }
 }
 
-/// The first CUDA GPU when built with `--features cuda`, else the CPU.
+/// The device of `ask`, `chat`, `serve`, `eval` and `train`: `$IDEFICS_DEVICE` (`cpu`, `cuda`, `cuda:N`) when set,
+/// else the first CUDA GPU when built with `--features cuda`, else the CPU.
 pub fn device() -> Result<candle_core::Device> {
+    if let Ok(spec) = std::env::var("IDEFICS_DEVICE") {
+        return parse_device(&spec).context("IDEFICS_DEVICE");
+    }
     #[cfg(feature = "cuda")]
     {
-        return Ok(candle_core::Device::cuda_if_available(0)?);
+        return candle_core::Device::new_cuda(0).context(
+            "opening cuda:0 (this binary is built with --features cuda; IDEFICS_DEVICE=cpu runs it on the CPU)",
+        );
     }
     #[allow(unreachable_code)]
     Ok(candle_core::Device::Cpu)
+}
+
+/// `cpu`, `cuda` (= `cuda:0`) or `cuda:N`; opening a GPU fails with candle's error (no GPU or driver, or a
+/// binary built without the `cuda` feature).
+pub fn parse_device(spec: &str) -> Result<candle_core::Device> {
+    if spec == "cpu" {
+        return Ok(candle_core::Device::Cpu);
+    }
+    let ordinal = match spec.strip_prefix("cuda").map(|n| n.trim_start_matches(':')) {
+        Some("") => 0,
+        Some(n) => n
+            .parse::<usize>()
+            .with_context(|| format!("device {spec:?}: expected cpu or cuda:N"))?,
+        None => bail!("device {spec:?}: expected cpu or cuda:N"),
+    };
+    candle_core::Device::new_cuda(ordinal).with_context(|| format!("opening {spec}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_device;
+
+    #[test]
+    fn device_specs_parse_or_fail_with_the_expected_forms() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        for bad in ["gpu", "cuda:x", "cuda:-1", ""] {
+            let err = format!("{:#}", parse_device(bad).unwrap_err());
+            assert!(err.contains("expected cpu or cuda:N"), "{bad:?}: {err}");
+        }
+    }
+
+    /// Without the `cuda` feature, asking for a GPU is an error that names it, not a panic.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_gpu_is_an_error_in_a_cpu_build() {
+        for spec in ["cuda", "cuda:1"] {
+            let err = format!("{:#}", parse_device(spec).unwrap_err());
+            assert!(err.contains(&format!("opening {spec}")), "{spec}: {err}");
+        }
+    }
 }
