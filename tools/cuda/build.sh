@@ -121,7 +121,7 @@ fwd() { # DEVICE: forward pass of a parity fixture with the stub driver
 if fwd cuda > "$FAKE/log" 2>&1 || grep -q panicked "$FAKE/log" || ! grep -q 'opening cuda' "$FAKE/log"; then
   log "error path: expected an error naming cuda, got:"; cat "$FAKE/log" >&2; exit 1
 fi
-log "error path without a GPU: $(tail -n 1 "$FAKE/log")"
+log "error path without a GPU: $(grep -m1 'opening cuda' "$FAKE/log")"
 fwd cpu > "$FAKE/log" 2>&1 || { log "the CUDA build failed on the CPU:"; cat "$FAKE/log" >&2; exit 1; }
 
 # (7) The bundle: the two binaries, the fixtures of the parity test and the GPU bench, the run script, versions.
