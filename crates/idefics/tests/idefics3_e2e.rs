@@ -34,6 +34,24 @@ fn flat(t: &Tensor) -> Vec<f32> {
         .unwrap()
 }
 
+/// sha256 of f32 values as little-endian bytes (how the fixtures record pixel_values too large to store).
+fn sha256_le_f32(values: &[f32]) -> String {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    format!("{:x}", Sha256::digest(&bytes))
+}
+
+/// The image files of a fixture request (paths relative to the repository root), decoded.
+fn load_images(paths: &serde_json::Value) -> Vec<idefics::processor::RgbImage> {
+    paths
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            decode_image_file(&root().join(p.as_str().unwrap()), &DecodeLimits::default()).unwrap()
+        })
+        .collect()
+}
+
 /// Largest |ours - theirs| and the tolerance 1e-4 x max(1, max|theirs|).
 fn check_close(what: &str, ours: &[f32], theirs: &[f32]) {
     assert_eq!(ours.len(), theirs.len(), "{what}: length");
@@ -63,15 +81,7 @@ fn check_case(case: &str) {
     let eos = ids(&fixture["generate"]["eos_token_id"]);
     for request in fixture["requests"].as_array().unwrap() {
         let name = format!("{case}/{}", request["name"].as_str().unwrap());
-        let images = request["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                decode_image_file(&root().join(p.as_str().unwrap()), &DecodeLimits::default())
-                    .unwrap()
-            })
-            .collect();
+        let images = load_images(&request["images"]);
         let prompt = match request["raw_prompt"].as_str() {
             Some(raw) => Prompt::Raw(raw.to_string()),
             None => Prompt::Chat(
@@ -102,10 +112,8 @@ fn check_case(case: &str) {
                     );
                     assert_eq!(values, theirs, "{name}: pixel_values differ");
                 }
-                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                let digest = format!("{:x}", Sha256::digest(&bytes));
                 assert_eq!(
-                    digest,
+                    sha256_le_f32(&values),
                     request["pixel_values_sha256_le_f32"].as_str().unwrap(),
                     "{name}: pixel_values sha256"
                 );
@@ -203,15 +211,7 @@ fn check_batch(case: &str) {
         .iter()
         .map(|row| PromptInput {
             prompt: Prompt::Chat(serde_json::from_value(row["conversation"].clone()).unwrap()),
-            images: row["images"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| {
-                    decode_image_file(&root().join(p.as_str().unwrap()), &DecodeLimits::default())
-                        .unwrap()
-                })
-                .collect(),
+            images: load_images(&row["images"]),
         })
         .collect();
     let prepared = pipeline.prepare(&batch, Some(true)).unwrap();
@@ -243,9 +243,8 @@ fn check_batch(case: &str) {
         .map(|&d| d as usize)
         .collect();
     assert_eq!(pv.dims(), shape.as_slice(), "{case}: pixel_values shape");
-    let bytes: Vec<u8> = flat(pv).iter().flat_map(|v| v.to_le_bytes()).collect();
     assert_eq!(
-        format!("{:x}", Sha256::digest(&bytes)),
+        sha256_le_f32(&flat(pv)),
         fixture["pixel_values_sha256_le_f32"].as_str().unwrap(),
         "{case}: pixel_values sha256"
     );

@@ -194,113 +194,60 @@ pub(crate) trait Format {
     fn dot_rows(isa: Isa, w: &[Self::Block], nb: usize, x: &Self::Row, out: &mut [f32]);
 }
 
-/// The q8_0 format (`q8_0.rs`).
-pub(crate) struct Q8_0;
+/// A block format: its block and activation types, and the dispatch of its row kernels to the instruction set.
+/// `$module` provides `tile_scalar` and, on x86, `x86::rows_vnni` / `x86::rows_avx2`.
+macro_rules! block_format {
+    ($(#[$doc:meta])* $name:ident, $module:ident, $block:ty, $row:ty, $size:expr, $label:literal) => {
+        $(#[$doc])*
+        pub(crate) struct $name;
 
-impl Format for Q8_0 {
-    type Block = Q8Block;
-    type Row = Q8Row;
-    const BLOCK: usize = 32;
-    const NAME: &'static str = "q8_0";
-    fn quantize(x: &[f32]) -> Q8Row {
-        Q8Row::quantize(x)
-    }
-    fn dot_rows(isa: Isa, w: &[Q8Block], nb: usize, x: &Q8Row, out: &mut [f32]) {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => {
-                // SAFETY: `Avx512Vnni` is only constructed by `Isa::available` after detecting every feature
-                // `q8_0::x86::rows_vnni` enables.
-                unsafe { q8_0::x86::rows_vnni(w, nb, x, out) }
+        impl Format for $name {
+            type Block = $block;
+            type Row = $row;
+            const BLOCK: usize = $size;
+            const NAME: &'static str = $label;
+            fn quantize(x: &[f32]) -> $row {
+                <$row>::quantize(x)
             }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                // SAFETY: as above, for AVX2, FMA and F16C.
-                unsafe { q8_0::x86::rows_avx2(w, nb, x, out) }
+            fn dot_rows(isa: Isa, w: &[$block], nb: usize, x: &$row, out: &mut [f32]) {
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512Vnni => {
+                        // SAFETY: `Avx512Vnni` is only constructed by `Isa::available` after detecting every
+                        // feature the module's `x86::rows_vnni` enables.
+                        unsafe { $module::x86::rows_vnni(w, nb, x, out) }
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => {
+                        // SAFETY: as above, for AVX2, FMA and F16C.
+                        unsafe { $module::x86::rows_avx2(w, nb, x, out) }
+                    }
+                    _ => tiled_rows(
+                        w,
+                        nb,
+                        x,
+                        out,
+                        $module::tile_scalar::<TILE>,
+                        $module::tile_scalar::<1>,
+                    ),
+                }
             }
-            _ => tiled_rows(
-                w,
-                nb,
-                x,
-                out,
-                q8_0::tile_scalar::<TILE>,
-                q8_0::tile_scalar::<1>,
-            ),
         }
-    }
+    };
 }
 
-/// The q4k format (`q4k.rs`), with q8k activations.
-pub(crate) struct Q4K;
-
-impl Format for Q4K {
-    type Block = q4k::Q4KBlock;
-    type Row = Q8KRow;
-    const BLOCK: usize = 256;
-    const NAME: &'static str = "q4k";
-    fn quantize(x: &[f32]) -> Q8KRow {
-        Q8KRow::quantize(x)
-    }
-    fn dot_rows(isa: Isa, w: &[q4k::Q4KBlock], nb: usize, x: &Q8KRow, out: &mut [f32]) {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => {
-                // SAFETY: `Avx512Vnni` is only constructed by `Isa::available` after detecting every feature
-                // `q4k::x86::rows_vnni` enables.
-                unsafe { q4k::x86::rows_vnni(w, nb, x, out) }
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                // SAFETY: as above, for AVX2, FMA and F16C.
-                unsafe { q4k::x86::rows_avx2(w, nb, x, out) }
-            }
-            _ => tiled_rows(
-                w,
-                nb,
-                x,
-                out,
-                q4k::tile_scalar::<TILE>,
-                q4k::tile_scalar::<1>,
-            ),
-        }
-    }
-}
-
-/// The q6k format (`q6k.rs`), with q8k activations.
-pub(crate) struct Q6K;
-
-impl Format for Q6K {
-    type Block = q6k::Q6KBlock;
-    type Row = Q8KRow;
-    const BLOCK: usize = 256;
-    const NAME: &'static str = "q6k";
-    fn quantize(x: &[f32]) -> Q8KRow {
-        Q8KRow::quantize(x)
-    }
-    fn dot_rows(isa: Isa, w: &[q6k::Q6KBlock], nb: usize, x: &Q8KRow, out: &mut [f32]) {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => {
-                // SAFETY: `Avx512Vnni` is only constructed by `Isa::available` after detecting every feature
-                // `q6k::x86::rows_vnni` enables.
-                unsafe { q6k::x86::rows_vnni(w, nb, x, out) }
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                // SAFETY: as above, for AVX2, FMA and F16C.
-                unsafe { q6k::x86::rows_avx2(w, nb, x, out) }
-            }
-            _ => tiled_rows(
-                w,
-                nb,
-                x,
-                out,
-                q6k::tile_scalar::<TILE>,
-                q6k::tile_scalar::<1>,
-            ),
-        }
-    }
-}
+block_format!(
+    /// The q8_0 format (`q8_0.rs`).
+    Q8_0, q8_0, Q8Block, Q8Row, 32, "q8_0"
+);
+block_format!(
+    /// The q4k format (`q4k.rs`), with q8k activations.
+    Q4K, q4k, q4k::Q4KBlock, Q8KRow, 256, "q4k"
+);
+block_format!(
+    /// The q6k format (`q6k.rs`), with q8k activations.
+    Q6K, q6k, q6k::Q6KBlock, Q8KRow, 256, "q6k"
+);
 
 /// The row loop shared by every format and path: tiles of [`TILE`] rows, then single rows. Inlined into each
 /// path's `#[target_feature]` wrapper so that the tile kernels inline with it.
