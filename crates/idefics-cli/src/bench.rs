@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// `fused`: this crate's CPU inference kernels (fused attention, decoding GEMV); `composed`: candle's ops.
     #[arg(long, default_value = "fused")]
     kernels: KernelChoice,
+    /// Keep the linear weights in the checkpoint's memory order instead of storing them transposed for the CPU
+    /// GEMM (to measure what the transposed layout buys).
+    #[arg(long)]
+    checkpoint_layout: bool,
     #[command(flatten)]
     quant: crate::model_source::QuantArgs,
 }
@@ -61,6 +65,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         machine: args.machine,
         json: args.json,
         kernels: args.kernels,
+        transposed_weights: !args.checkpoint_layout,
         quant: args.quant.config(),
         command: std::env::args().collect(),
     };

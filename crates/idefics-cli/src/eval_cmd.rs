@@ -153,6 +153,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let opts = LoadOptions {
         device: crate::model_source::device()?,
         quant: args.quant.config(),
+        cpu_inference_layout: true,
         ..LoadOptions::default()
     };
     let pipeline =

@@ -103,6 +103,7 @@ impl ModelArgs {
         let opts = LoadOptions {
             device: device()?,
             quant: self.quant.config(),
+            cpu_inference_layout: true,
             ..LoadOptions::default()
         };
         Pipeline::load(&dir, &opts).with_context(|| format!("loading {}", dir.display()))

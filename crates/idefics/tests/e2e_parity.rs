@@ -50,7 +50,7 @@ fn load_image(path: &Path, pillow: &HashMap<String, Tensor>) -> RgbImage {
     ours
 }
 
-fn check_checkpoint(checkpoint: &Path) {
+fn check_checkpoint(checkpoint: &Path, opts: &LoadOptions) {
     let pillow: HashMap<String, Tensor> = candle_core::safetensors::load(
         root().join("tests/fixtures/images_e2e/decoded.safetensors"),
         &Device::Cpu,
@@ -60,7 +60,7 @@ fn check_checkpoint(checkpoint: &Path) {
         &std::fs::read_to_string(root().join("tests/fixtures/e2e/cases.json")).unwrap(),
     )
     .unwrap();
-    let pipeline = Pipeline::load(checkpoint, &LoadOptions::default()).unwrap();
+    let pipeline = Pipeline::load(checkpoint, opts).unwrap();
     let max_new_tokens = cases["generate"]["max_new_tokens"].as_u64().unwrap() as usize;
     for case in cases["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -205,10 +205,27 @@ fn check_checkpoint(checkpoint: &Path) {
 
 #[test]
 fn chat_processing_and_generation_match_transformers() {
-    check_checkpoint(&root().join("tests/fixtures/e2e/tiny-chat"));
+    check_checkpoint(
+        &root().join("tests/fixtures/e2e/tiny-chat"),
+        &LoadOptions::default(),
+    );
+}
+
+/// The layout the inference commands load with (weights stored transposed for the CPU GEMM): same tokens and
+/// logits within the same tolerance.
+#[test]
+fn transposed_weight_layout_matches_transformers_too() {
+    let opts = LoadOptions {
+        cpu_inference_layout: true,
+        ..LoadOptions::default()
+    };
+    check_checkpoint(&root().join("tests/fixtures/e2e/tiny-chat"), &opts);
 }
 
 #[test]
 fn hub_layout_checkpoint_gives_the_same_results() {
-    check_checkpoint(&root().join("tests/fixtures/e2e/tiny-chat-hub-layout"));
+    check_checkpoint(
+        &root().join("tests/fixtures/e2e/tiny-chat-hub-layout"),
+        &LoadOptions::default(),
+    );
 }

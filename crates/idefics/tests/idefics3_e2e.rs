@@ -66,13 +66,13 @@ fn check_close(what: &str, ours: &[f32], theirs: &[f32]) {
     );
 }
 
-fn check_case(case: &str) {
+fn check_case(case: &str, opts: &LoadOptions) {
     let dir = root().join("tests/fixtures/idefics3/e2e").join(case);
     let fixture: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("requests.json")).unwrap()).unwrap();
     let outputs: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("outputs.safetensors"), &Device::Cpu).unwrap();
-    let pipeline = Pipeline::load(&dir, &LoadOptions::default()).unwrap();
+    let pipeline = Pipeline::load(&dir, opts).unwrap();
     assert_eq!(
         pipeline.model.family().model_type(),
         fixture["model_type"].as_str().unwrap()
@@ -175,12 +175,12 @@ fn check_case(case: &str) {
 
 #[test]
 fn smolvlm_requests_match_transformers_end_to_end() {
-    check_case("smolvlm_tied");
+    check_case("smolvlm_tied", &LoadOptions::default());
 }
 
 #[test]
 fn idefics3_requests_match_transformers_end_to_end() {
-    check_case("idefics3_llama3");
+    check_case("idefics3_llama3", &LoadOptions::default());
 }
 
 fn u32_rows(t: &Tensor) -> Vec<Vec<u32>> {
@@ -297,6 +297,17 @@ fn check_batch(case: &str) {
             "{case} row {b}: decoded text"
         );
     }
+}
+
+/// The layout the inference commands load with (weights stored transposed; the tied head stays as it is).
+#[test]
+fn transposed_weight_layout_matches_transformers_too() {
+    let opts = LoadOptions {
+        cpu_inference_layout: true,
+        ..LoadOptions::default()
+    };
+    check_case("smolvlm_tied", &opts);
+    check_case("idefics3_llama3", &opts);
 }
 
 #[test]

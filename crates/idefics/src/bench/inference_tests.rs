@@ -30,6 +30,7 @@ fn runs_on_a_tiny_checkpoint_and_writes_the_report() {
         machine: false,
         json: Some(dir.path().join("out.json")),
         kernels: KernelChoice::Fused,
+        transposed_weights: true,
         quant: None,
         command: vec!["idefics".into(), "bench".into()],
     };
@@ -115,6 +116,7 @@ fn image_run_options(model: PathBuf, dir: &Path, image: u32, tokens: [usize; 2])
         machine: false,
         json: Some(dir.join("out.json")),
         kernels: KernelChoice::Fused,
+        transposed_weights: true,
         quant: None,
         command: vec!["idefics".into(), "bench".into()],
     }

@@ -6,7 +6,7 @@ use super::idefics3::Idefics3ForConditionalGeneration;
 use super::idefics3_config::read_model_type;
 use super::text::KvCache;
 use crate::error::{Error, Result};
-use crate::nn::{ParamVisitor, VisitParams};
+use crate::nn::{Linear, ParamVisitor, VisitParams};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 
@@ -94,18 +94,54 @@ impl VlmModel {
     /// Loads the checkpoint in `dir`, picking the family from `config.json`'s `model_type`.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let model_type = read_model_type(dir)?;
-        match ModelFamily::from_model_type(&model_type) {
-            Some(ModelFamily::Idefics2) => Ok(Self::Idefics2(Box::new(
-                Idefics2ForConditionalGeneration::load(dir, opts)?,
-            ))),
-            Some(ModelFamily::Idefics3 | ModelFamily::SmolVlm) => Ok(Self::Idefics3(Box::new(
-                Idefics3ForConditionalGeneration::load(dir, opts)?,
-            ))),
-            None => Err(Error::Config(format!(
-                "{}: model_type \"{model_type}\" is not supported (idefics2, idefics3 and smolvlm are)",
-                dir.join("config.json").display()
-            ))),
+        let mut model = match ModelFamily::from_model_type(&model_type) {
+            Some(ModelFamily::Idefics2) => {
+                Self::Idefics2(Box::new(Idefics2ForConditionalGeneration::load(dir, opts)?))
+            }
+            Some(ModelFamily::Idefics3 | ModelFamily::SmolVlm) => {
+                Self::Idefics3(Box::new(Idefics3ForConditionalGeneration::load(dir, opts)?))
+            }
+            None => {
+                return Err(Error::Config(format!(
+                    "{}: model_type \"{model_type}\" is not supported (idefics2, idefics3 and smolvlm are)",
+                    dir.join("config.json").display()
+                )))
+            }
+        };
+        if opts.cpu_inference_layout {
+            let n = model.use_transposed_layout()?;
+            tracing::debug!(
+                layers = n,
+                "linear weights stored transposed for the CPU GEMM"
+            );
         }
+        Ok(model)
+    }
+
+    /// Stores every eligible linear weight transposed ([`crate::nn::Linear::use_transposed_layout`]), except a
+    /// head tied to the embeddings (the lookup needs the rows). Inference only; returns how many layers changed.
+    pub fn use_transposed_layout(&mut self) -> Result<usize> {
+        struct Transpose {
+            skip: Option<&'static str>,
+            changed: usize,
+        }
+        impl ParamVisitor for Transpose {
+            fn linear(&mut self, path: &str, layer: &mut Linear) -> candle_core::Result<()> {
+                if Some(path) != self.skip && layer.use_transposed_layout()? {
+                    self.changed += 1;
+                }
+                Ok(())
+            }
+            fn tensor(&mut self, _: &str, _: &mut Tensor) -> candle_core::Result<()> {
+                Ok(())
+            }
+        }
+        let mut visitor = Transpose {
+            skip: self.is_tied().then_some("lm_head"),
+            changed: 0,
+        };
+        self.visit_params("", &mut visitor)?;
+        Ok(visitor.changed)
     }
 
     pub fn family(&self) -> ModelFamily {

@@ -27,6 +27,10 @@ pub struct LoadOptions {
     pub use_fused_kernels: bool,
     /// Quantize the text decoder (and optionally the vision side) while loading; CPU only.
     pub quant: Option<QuantConfig>,
+    /// Store the dense f32 linear weights transposed for the CPU GEMM ([`crate::nn::Linear::use_transposed_layout`]):
+    /// faster inference, same results. Off by default because training and export want the checkpoint's memory
+    /// order; the inference commands turn it on. Ignored off the CPU and for other dtypes.
+    pub cpu_inference_layout: bool,
 }
 
 impl Default for LoadOptions {
@@ -37,6 +41,7 @@ impl Default for LoadOptions {
             position_id_rule: PositionIdRule::Hf5,
             use_fused_kernels: true,
             quant: None,
+            cpu_inference_layout: false,
         }
     }
 }

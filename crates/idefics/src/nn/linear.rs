@@ -162,6 +162,28 @@ impl Linear {
         self.kind = Kind::Hooked(hook);
     }
 
+    /// Stores a dense f32 CPU weight transposed, `W^T [in, out]` in memory behind the same `[out, in]` view, so
+    /// that [`Self::forward`] runs the faster transposed product (`crate::nn::cpu_kernels::transposed`). For
+    /// inference: a trainer's ops and anything that needs the checkpoint's memory order should get the layer as
+    /// loaded. Layers that are hooked, quantized, trainable, not 2-D or stored in another shape (the conv patch
+    /// embedding) are left alone. Returns whether the layer changed.
+    pub fn use_transposed_layout(&mut self) -> Result<bool> {
+        let Kind::Dense { weight, .. } = &mut self.kind else {
+            return Ok(false);
+        };
+        let eligible = self.stored_shape.is_none()
+            && weight.rank() == 2
+            && weight.dims().iter().all(|&d| d > 1)
+            && weight.dtype() == candle_core::DType::F32
+            && weight.device().is_cpu()
+            && !weight.track_op()
+            && weight.is_contiguous();
+        if eligible {
+            *weight = super::cpu_kernels::to_transposed_layout(weight)?;
+        }
+        Ok(eligible)
+    }
+
     /// The weight with any adapter merged, in f32 (peft's merge), `[out, in]`.
     pub fn merged_weight_f32(&self) -> Result<Tensor> {
         match &self.kind {
@@ -187,7 +209,13 @@ impl Linear {
         };
         let rows: usize = lead.iter().product();
         let x2 = xs.reshape((rows, in_dim))?;
-        let y = if super::cpu_kernels::gemv_applies(&x2, weight, bias.as_ref()) {
+        let mut inputs = vec![&x2, weight];
+        inputs.extend(bias);
+        let y = if super::cpu_kernels::is_transposed_layout(weight)
+            && super::cpu_kernels::applies(&inputs)
+        {
+            super::cpu_kernels::linear_transposed(&x2, weight, bias.as_ref())?
+        } else if super::cpu_kernels::gemv_applies(&x2, weight, bias.as_ref()) {
             super::cpu_kernels::linear_gemv(&x2, weight, bias.as_ref())?
         } else {
             let y = x2.matmul(&weight.t()?)?;
@@ -219,4 +247,54 @@ fn quantized_forward(weight: &QWeight, bias: Option<&Tensor>, xs: &Tensor) -> Re
     let mut out_dims = lead.to_vec();
     out_dims.push(weight.out_dim());
     y.reshape(out_dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn ramp(shape: &[usize], step: f32) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n)
+            .map(|i| ((i * 37) % 101) as f32 * step - 1.0)
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu)
+    }
+
+    #[test]
+    fn transposed_layout_gives_the_same_layer() -> Result<()> {
+        let (w, b) = (ramp(&[24, 40], 0.02)?, ramp(&[24], 0.05)?);
+        let x = ramp(&[2, 9, 40], 0.013)?;
+        let plain = Linear::new(w.clone(), Some(b.clone()));
+        let mut moved = plain.clone();
+        assert!(moved.use_transposed_layout()?);
+        let got = moved.weight()?;
+        assert_eq!(got.dims(), w.dims());
+        assert_eq!(got.to_vec2::<f32>()?, w.to_vec2::<f32>()?);
+        let (want, have) = (plain.forward(&x)?, moved.forward(&x)?);
+        assert_eq!(have.dims(), &[2, 9, 24]);
+        let err = (want - have)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-5, "max error {err}");
+        // One row (decoding) as well.
+        let x1 = ramp(&[1, 1, 40], 0.011)?;
+        let err = (plain.forward(&x1)? - moved.forward(&x1)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(err < 1e-5, "max error {err}");
+        Ok(())
+    }
+
+    #[test]
+    fn transposed_layout_leaves_trainable_and_conv_weights_alone() -> Result<()> {
+        let var = Var::from_tensor(&ramp(&[8, 6], 0.1)?)?;
+        let mut trainable = Linear::new(var.as_tensor().clone(), None);
+        assert!(!trainable.use_transposed_layout()?);
+        assert!(trainable.weight()?.is_contiguous());
+        let mut conv = Linear::new(ramp(&[8, 12], 0.1)?, None).with_stored_shape(vec![8, 3, 2, 2]);
+        assert!(!conv.use_transposed_layout()?);
+        assert!(conv.weight()?.is_contiguous());
+        Ok(())
+    }
 }

@@ -15,6 +15,7 @@
 pub mod flash_attention;
 pub mod gemv;
 mod simd;
+pub mod transposed;
 
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ mod tests;
 pub use flash_attention::flash_attention;
 pub use gemv::{gemv_applies, linear_gemv};
 pub use simd::sum;
+pub use transposed::{is_transposed_layout, linear_transposed, to_transposed_layout};
 
 use super::kernel_choice::{kernels, KernelChoice, KernelFamily};
 use candle_core::{DType, Device, Tensor};

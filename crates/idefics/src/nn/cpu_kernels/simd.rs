@@ -127,6 +127,48 @@ fn sum_impl(a: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
+/// The terms `p0 .. p1` of `y = x W^T` for `rows` rows of `x [rows, in]`, with `W^T [in, out]` row-major:
+/// `acc [rows, out] += x[r][p] * W^T[p]` for p in order. Four weight rows per pass over `acc`, so it is loaded
+/// and stored a quarter as often; each output still sums its terms sequentially in p.
+#[inline(always)]
+fn gemv_t_rows_impl<const FMA: bool>(
+    x: &[f32],
+    rows: usize,
+    in_dim: usize,
+    wt: &[f32],
+    out_dim: usize,
+    (p0, p1): (usize, usize),
+    acc: &mut [f32],
+) {
+    let row = |p: usize| &wt[p * out_dim..(p + 1) * out_dim];
+    let mut p = p0;
+    while p + 4 <= p1 {
+        let (w0, w1, w2, w3) = (row(p), row(p + 1), row(p + 2), row(p + 3));
+        for r in 0..rows {
+            let xr = &x[r * in_dim + p..r * in_dim + p + 4];
+            let (a0, a1, a2, a3) = (xr[0], xr[1], xr[2], xr[3]);
+            let ys = &mut acc[r * out_dim..(r + 1) * out_dim];
+            for j in 0..out_dim {
+                let v = fma::<FMA>(a0, w0[j], ys[j]);
+                let v = fma::<FMA>(a1, w1[j], v);
+                let v = fma::<FMA>(a2, w2[j], v);
+                ys[j] = fma::<FMA>(a3, w3[j], v);
+            }
+        }
+        p += 4;
+    }
+    while p < p1 {
+        let w = row(p);
+        for r in 0..rows {
+            let a = x[r * in_dim + p];
+            for (y, &wv) in acc[r * out_dim..(r + 1) * out_dim].iter_mut().zip(w) {
+                *y = fma::<FMA>(a, wv, *y);
+            }
+        }
+        p += 1;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     #[target_feature(enable = "avx2,fma")]
@@ -144,6 +186,18 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         super::dot_impl::<true>(a, b)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemv_t_rows(
+        x: &[f32],
+        rows: usize,
+        in_dim: usize,
+        wt: &[f32],
+        out_dim: usize,
+        terms: (usize, usize),
+        acc: &mut [f32],
+    ) {
+        super::gemv_t_rows_impl::<true>(x, rows, in_dim, wt, out_dim, terms, acc)
     }
 }
 
@@ -193,6 +247,25 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         return unsafe { avx2::dot(a, b) };
     }
     dot_impl::<false>(a, b)
+}
+
+/// `acc [rows, out] += sum over p in terms.0 .. terms.1 of x[r][p] * W^T[p]`, with `x [rows, in]` and
+/// `W^T [in, out]` row-major.
+pub fn gemv_t_rows(
+    x: &[f32],
+    rows: usize,
+    in_dim: usize,
+    wt: &[f32],
+    out_dim: usize,
+    terms: (usize, usize),
+    acc: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { avx2::gemv_t_rows(x, rows, in_dim, wt, out_dim, terms, acc) };
+    }
+    gemv_t_rows_impl::<false>(x, rows, in_dim, wt, out_dim, terms, acc)
 }
 
 /// Sum of `a` (partial sums: the order differs from a sequential loop).

@@ -194,3 +194,55 @@ fn gemv_skips_autograd_inputs() -> Result<()> {
     assert!(super::gemv_applies(&x, &w.as_tensor().detach(), None));
     Ok(())
 }
+
+#[test]
+fn transposed_layout_keeps_values_and_matches_matmul() -> Result<()> {
+    use super::{is_transposed_layout, linear_transposed, to_transposed_layout};
+    // Rows 1-4 take the streaming GEMV, more the GEMM; inputs not a multiple of its four-row passes or of 128.
+    for (rows, in_dim, out_dim) in [
+        (1, 77, 131),
+        (2, 130, 3),
+        (4, 513, 200),
+        (5, 33, 65),
+        (17, 64, 48),
+        (600, 96, 130),
+    ] {
+        let x = rand(&[rows, in_dim], 21)?;
+        let w = rand(&[out_dim, in_dim], 22)?;
+        let b = rand(&[out_dim], 23)?;
+        let wt = to_transposed_layout(&w)?;
+        assert!(is_transposed_layout(&wt) && !is_transposed_layout(&w));
+        assert_eq!(wt.dims(), w.dims());
+        assert_eq!(
+            wt.flatten_all()?.to_vec1::<f32>()?,
+            w.flatten_all()?.to_vec1::<f32>()?
+        );
+        let want = x.matmul(&w.t()?)?;
+        let got = linear_transposed(&x, &wt, None)?;
+        assert!(rel_err(&got, &want)? < 1e-5, "{rows}x{in_dim}x{out_dim}");
+        let got = linear_transposed(&x, &wt, Some(&b))?;
+        assert!(
+            rel_err(&got, &want.broadcast_add(&b)?)? < 1e-5,
+            "{rows}x{in_dim}x{out_dim} + bias"
+        );
+        if rows > super::transposed::MAX_GEMV_ROWS {
+            // The GEMM path gives candle's GEMM results exactly (the same microkernel over the same sums).
+            assert_eq!(
+                got.flatten_all()?.to_vec1::<f32>()?,
+                want.broadcast_add(&b)?.flatten_all()?.to_vec1::<f32>()?
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn transposed_layout_refuses_mismatched_inputs() -> Result<()> {
+    use super::{linear_transposed, to_transposed_layout};
+    let wt = to_transposed_layout(&rand(&[6, 8], 24)?)?;
+    assert!(linear_transposed(&rand(&[2, 7], 25)?, &wt, None).is_err());
+    assert!(linear_transposed(&rand(&[2, 8], 25)?, &wt, Some(&rand(&[5], 26)?)).is_err());
+    // A plain row-major weight is not the transposed layout.
+    assert!(linear_transposed(&rand(&[2, 8], 25)?, &rand(&[6, 8], 24)?, None).is_err());
+    Ok(())
+}
