@@ -1,5 +1,5 @@
-//! Forward-only CPU kernels for f32 inference: fused attention ([`flash_attention`]) and the matrix-vector
-//! product of decoding ([`gemv`]).
+//! Forward-only CPU kernels for f32 inference: fused attention ([`flash_attention`]), the matrix-vector
+//! product of decoding ([`gemv`]) and the linear layer over a weight stored transposed ([`transposed`]).
 //!
 //! candle composes attention from a score matmul, a mask add, a softmax and a second matmul, each pass writing a
 //! `[heads, Lq, Lk]` tensor (1.15 GB a layer for a 980x980 image), and runs `x W^T` with one row as a GEMM. These
@@ -9,8 +9,8 @@
 //!
 //! The vector loops are plain Rust over fixed-width lane arrays, compiled once per instruction set (AVX2 + FMA
 //! and the baseline) and chosen at run time, so the binary still runs on any x86-64 CPU. AVX-512 is left to the
-//! `gemm` crate (its `x86-v4` feature), which the attention tiles call: Rust 1.88, the workspace's minimum, does
-//! not accept AVX-512 in `#[target_feature]`.
+//! `gemm` crate (its `x86-v4` feature), which the attention tiles and the linear layers call: 512-bit builds of
+//! these loops measured no faster on a Zen 4 VM (`docs/benchmarks.md`).
 
 pub mod flash_attention;
 pub mod gemv;

@@ -61,8 +61,9 @@ fn text_mask(real: &[Vec<bool>], past: usize, lq: usize, window: Option<usize>) 
 
 #[test]
 fn vision_unmasked_strided_heads() -> Result<()> {
-    // As vision.rs: [B, S, H, D] projections viewed as [B, H, S, D] (not contiguous); S spans several tiles.
-    let (b, s, h, d) = (2, 301, 3, 24);
+    // As vision.rs: [B, S, H, D] projections viewed as [B, H, S, D] (not contiguous); S spans several query
+    // blocks and key tiles (256 x 512), the last of each partial.
+    let (b, s, h, d) = (2, 1100, 3, 24);
     let view = |seed| -> Result<Tensor> { rand(&[b, s, h, d], seed)?.transpose(1, 2) };
     check(&view(1)?, &view(2)?, &view(3)?, None, "vision")
 }
@@ -88,13 +89,14 @@ fn perceiver_key_mask_grouped_heads() -> Result<()> {
 
 #[test]
 fn text_prefill_causal_left_padding_sliding_window() -> Result<()> {
-    // Prefill of 2 rows, the second left-padded by 37 (fully masked query rows), rows longer than a tile.
-    let (b, l, h, hkv, d) = (2, 300, 4, 2, 32);
+    // Prefill of 2 rows, the second left-padded by 37 (fully masked query rows), rows longer than a key tile:
+    // the causal mask and the window skip whole tiles.
+    let (b, l, h, hkv, d) = (2, 1100, 4, 2, 32);
     let real: Vec<Vec<bool>> = vec![vec![true; l], (0..l).map(|j| j >= 37).collect()];
     let q = rand(&[b, h, l, d], 7)?;
     let k = rand(&[b, hkv, l, d], 8)?;
     let v = rand(&[b, hkv, l, d], 9)?;
-    for window in [None, Some(70), Some(4096)] {
+    for window in [None, Some(70), Some(600), Some(4096)] {
         let mask = text_mask(&real, 0, l, window)?;
         check(
             &q,
@@ -109,8 +111,9 @@ fn text_prefill_causal_left_padding_sliding_window() -> Result<()> {
 
 #[test]
 fn text_decode_with_cache_offset() -> Result<()> {
-    // 1 and 3 new tokens after 261 cached ones, keys read from a cache buffer with spare capacity (strided view).
-    let (b, past, h, hkv, d, cap) = (2, 261, 6, 3, 16, 400);
+    // 1 and 3 new tokens after 1030 cached ones (three key tiles), keys read from a cache buffer with spare
+    // capacity (strided view).
+    let (b, past, h, hkv, d, cap) = (2, 1030, 6, 3, 16, 1200);
     let real: Vec<Vec<bool>> = vec![
         (0..past + 3).map(|j| j >= 5).collect(),
         vec![true; past + 3],
