@@ -44,12 +44,30 @@ pub struct BenchArgs {
     /// `fused`: this crate's CPU inference kernels (fused attention, decoding GEMV); `composed`: candle's ops.
     #[arg(long, default_value = "fused")]
     kernels: KernelChoice,
-    /// Keep the linear weights in the checkpoint's memory order instead of storing them transposed for the CPU
-    /// GEMM (to measure what the transposed layout buys).
-    #[arg(long)]
-    checkpoint_layout: bool,
+    /// Which linear weights to store transposed for the CPU GEMM: `checkpoint` (none), `except-decoder` (vision
+    /// tower, connector, untied head: what ask / chat / serve load), `all` (also the text decoder: what eval and
+    /// forward load).
+    #[arg(long, default_value = "except-decoder")]
+    weight_layout: WeightLayoutArg,
     #[command(flatten)]
     quant: crate::model_source::QuantArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WeightLayoutArg {
+    Checkpoint,
+    ExceptDecoder,
+    All,
+}
+
+impl From<WeightLayoutArg> for idefics::model::CpuWeightLayout {
+    fn from(arg: WeightLayoutArg) -> Self {
+        match arg {
+            WeightLayoutArg::Checkpoint => Self::Checkpoint,
+            WeightLayoutArg::ExceptDecoder => Self::TransposedExceptDecoder,
+            WeightLayoutArg::All => Self::Transposed,
+        }
+    }
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -65,7 +83,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         machine: args.machine,
         json: args.json,
         kernels: args.kernels,
-        transposed_weights: !args.checkpoint_layout,
+        weight_layout: args.weight_layout.into(),
         quant: args.quant.config(),
         command: std::env::args().collect(),
     };

@@ -153,7 +153,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let opts = LoadOptions {
         device: crate::model_source::device()?,
         quant: args.quant.config(),
-        cpu_inference_layout: true,
+        cpu_weight_layout: idefics::model::CpuWeightLayout::Transposed,
         ..LoadOptions::default()
     };
     let pipeline =

@@ -216,7 +216,7 @@ fn chat_processing_and_generation_match_transformers() {
 #[test]
 fn transposed_weight_layout_matches_transformers_too() {
     let opts = LoadOptions {
-        cpu_inference_layout: true,
+        cpu_weight_layout: idefics::model::CpuWeightLayout::Transposed,
         ..LoadOptions::default()
     };
     check_checkpoint(&root().join("tests/fixtures/e2e/tiny-chat"), &opts);

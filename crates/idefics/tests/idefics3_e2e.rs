@@ -303,7 +303,7 @@ fn check_batch(case: &str) {
 #[test]
 fn transposed_weight_layout_matches_transformers_too() {
     let opts = LoadOptions {
-        cpu_inference_layout: true,
+        cpu_weight_layout: idefics::model::CpuWeightLayout::Transposed,
         ..LoadOptions::default()
     };
     check_case("smolvlm_tied", &opts);

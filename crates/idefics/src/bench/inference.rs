@@ -62,8 +62,8 @@ pub struct BenchOptions {
     pub json: Option<PathBuf>,
     /// This crate's inference kernels or candle's composed ops (set for the whole process).
     pub kernels: KernelChoice,
-    /// Store the dense linear weights transposed for the CPU GEMM (`LoadOptions::cpu_inference_layout`).
-    pub transposed_weights: bool,
+    /// Which linear weights to store transposed for the CPU GEMM (`LoadOptions::cpu_weight_layout`).
+    pub weight_layout: crate::model::CpuWeightLayout,
     /// Quantize the text decoder while loading (`--quant`).
     pub quant: Option<crate::quant::QuantConfig>,
     /// The command line, recorded in the report.
@@ -186,7 +186,7 @@ pub fn run(args: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
         device: Device::Cpu,
         use_fused_kernels: true,
         quant: args.quant,
-        cpu_inference_layout: args.transposed_weights,
+        cpu_weight_layout: args.weight_layout,
         ..LoadOptions::default()
     };
     let bench_model = BenchModel::load(&args.model, &opts)
@@ -216,7 +216,7 @@ pub fn run(args: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
             "settings": {
                 "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
                 "dtype": "float32", "device": "cpu", "use_fused_kernels": true,
-                "transposed_weights": args.transposed_weights,
+                "weight_layout": format!("{:?}", args.weight_layout),
                 "quant": args.quant.map(|q| q.weights.name()), "quant_vision": args.quant.is_some_and(|q| q.vision),
                 "warmup": w, "repeat": n, "image_warmup": vw, "image_repeat": vn,
                 "statistic": "median", "decode_tokens": args.decode_tokens, "skipped": args.skip,

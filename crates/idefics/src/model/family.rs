@@ -1,7 +1,9 @@
 //! One handle over the model families, chosen from `config.json`'s `model_type`, for code that only runs a
 //! model (generation, pipeline, forward, bench): every family takes the same [`ModelInputs`] and [`KvCache`].
 
-use super::idefics2::{Idefics2ForConditionalGeneration, LoadOptions, ModelInputs};
+use super::idefics2::{
+    CpuWeightLayout, Idefics2ForConditionalGeneration, LoadOptions, ModelInputs,
+};
 use super::idefics3::Idefics3ForConditionalGeneration;
 use super::idefics3_config::read_model_type;
 use super::text::KvCache;
@@ -108,26 +110,28 @@ impl VlmModel {
                 )))
             }
         };
-        if opts.cpu_inference_layout {
-            let n = model.use_transposed_layout()?;
-            tracing::debug!(
-                layers = n,
-                "linear weights stored transposed for the CPU GEMM"
-            );
+        if opts.cpu_weight_layout != CpuWeightLayout::Checkpoint {
+            let n = model.use_transposed_layout(opts.cpu_weight_layout)?;
+            tracing::debug!(layers = n, layout = ?opts.cpu_weight_layout,
+                "linear weights stored transposed for the CPU GEMM");
         }
         Ok(model)
     }
 
-    /// Stores every eligible linear weight transposed ([`crate::nn::Linear::use_transposed_layout`]), except a
-    /// head tied to the embeddings (the lookup needs the rows). Inference only; returns how many layers changed.
-    pub fn use_transposed_layout(&mut self) -> Result<usize> {
+    /// Stores the eligible linear weights that `layout` names transposed
+    /// ([`crate::nn::Linear::use_transposed_layout`]), never a head tied to the embeddings (the lookup needs the
+    /// rows). Inference only; returns how many layers changed.
+    pub fn use_transposed_layout(&mut self, layout: CpuWeightLayout) -> Result<usize> {
         struct Transpose {
-            skip: Option<&'static str>,
+            skip_head: bool,
+            skip_decoder: bool,
             changed: usize,
         }
         impl ParamVisitor for Transpose {
             fn linear(&mut self, path: &str, layer: &mut Linear) -> candle_core::Result<()> {
-                if Some(path) != self.skip && layer.use_transposed_layout()? {
+                let skip = (self.skip_head && path == "lm_head")
+                    || (self.skip_decoder && path.starts_with("model.text_model."));
+                if !skip && layer.use_transposed_layout()? {
                     self.changed += 1;
                 }
                 Ok(())
@@ -137,9 +141,13 @@ impl VlmModel {
             }
         }
         let mut visitor = Transpose {
-            skip: self.is_tied().then_some("lm_head"),
+            skip_head: self.is_tied() || layout == CpuWeightLayout::Checkpoint,
+            skip_decoder: layout != CpuWeightLayout::Transposed,
             changed: 0,
         };
+        if layout == CpuWeightLayout::Checkpoint {
+            return Ok(0);
+        }
         self.visit_params("", &mut visitor)?;
         Ok(visitor.changed)
     }

@@ -27,10 +27,25 @@ pub struct LoadOptions {
     pub use_fused_kernels: bool,
     /// Quantize the text decoder (and optionally the vision side) while loading; CPU only.
     pub quant: Option<QuantConfig>,
-    /// Store the dense f32 linear weights transposed for the CPU GEMM ([`crate::nn::Linear::use_transposed_layout`]):
-    /// faster inference, same results. Off by default because training and export want the checkpoint's memory
-    /// order; the inference commands turn it on. Ignored off the CPU and for other dtypes.
-    pub cpu_inference_layout: bool,
+    /// Which dense f32 linear weights to store transposed for the CPU GEMM
+    /// ([`crate::nn::Linear::use_transposed_layout`]). The checkpoint's order by default: training and export
+    /// want it; the inference commands choose. Ignored off the CPU and for other dtypes.
+    pub cpu_weight_layout: CpuWeightLayout,
+}
+
+/// Which linear weights inference stores transposed (`W^T` in memory) for the CPU GEMM. The values are the
+/// same either way; only speed differs (`docs/benchmarks.md`, "Weights stored transposed").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuWeightLayout {
+    /// As the checkpoint stores them.
+    #[default]
+    Checkpoint,
+    /// The vision tower, the connector and an untied head transposed (faster image encoding and prefill head);
+    /// the text decoder's layers as stored, because decoding reads them one token at a time faster in that order.
+    TransposedExceptDecoder,
+    /// Every linear layer transposed: the fastest prefill, slower decoding on narrow models (SmolVLM-256M:
+    /// about a quarter). For prompt-heavy work with short answers (evaluation, `forward`).
+    Transposed,
 }
 
 impl Default for LoadOptions {
@@ -41,7 +56,7 @@ impl Default for LoadOptions {
             position_id_rule: PositionIdRule::Hf5,
             use_fused_kernels: true,
             quant: None,
-            cpu_inference_layout: false,
+            cpu_weight_layout: CpuWeightLayout::Checkpoint,
         }
     }
 }

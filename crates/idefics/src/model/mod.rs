@@ -16,7 +16,9 @@ pub mod vision;
 pub use component::Component;
 pub use connector::{Connector, PerceiverResampler};
 pub use family::{DecodeModel, ModelFamily, VlmModel};
-pub use idefics2::{Idefics2ForConditionalGeneration, ImageFeatures, LoadOptions, ModelInputs};
+pub use idefics2::{
+    CpuWeightLayout, Idefics2ForConditionalGeneration, ImageFeatures, LoadOptions, ModelInputs,
+};
 pub use idefics3::{Idefics3ForConditionalGeneration, Idefics3ImageFeatures};
 pub use idefics3_config::{Idefics3Config, Idefics3Family};
 pub use text::{DecoderOptions, KvCache, TextModel};

@@ -148,11 +148,12 @@ fn gemv_t_rows_impl<const FMA: bool>(
             let xr = &x[r * in_dim + p..r * in_dim + p + 4];
             let (a0, a1, a2, a3) = (xr[0], xr[1], xr[2], xr[3]);
             let ys = &mut acc[r * out_dim..(r + 1) * out_dim];
-            for j in 0..out_dim {
-                let v = fma::<FMA>(a0, w0[j], ys[j]);
-                let v = fma::<FMA>(a1, w1[j], v);
-                let v = fma::<FMA>(a2, w2[j], v);
-                ys[j] = fma::<FMA>(a3, w3[j], v);
+            // Zipped iterators carry no bounds checks, so the loop vectorises.
+            for ((((y, &v0), &v1), &v2), &v3) in ys.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
+                let v = fma::<FMA>(a0, v0, *y);
+                let v = fma::<FMA>(a1, v1, v);
+                let v = fma::<FMA>(a2, v2, v);
+                *y = fma::<FMA>(a3, v3, v);
             }
         }
         p += 4;
