@@ -321,12 +321,13 @@ impl DoraLinear {
         let scale = as_dtype(&scale, x.dtype())?;
         let base = &self.lora.base;
         match self.lora.dropped(x, train)? {
+            None if allow_fused && self.lora.fused_applies(x) => {
+                // One node for x W^T + s B A x, one for the column scale and the bias (crate::fused_lora).
+                let z = self.lora.fused(x, false, None)?;
+                fused_lora::scale_columns_add_bias(&z, &scale, base.bias())
+            }
             None => {
-                let y = if allow_fused && self.lora.fused_applies(x) {
-                    self.lora.fused(x, false, None)?
-                } else {
-                    (base.forward_no_bias(x)? + self.lora.lora_path(x)?)?
-                };
+                let y = (base.forward_no_bias(x)? + self.lora.lora_path(x)?)?;
                 let y = scale_columns(&y, &scale)?;
                 match base.bias() {
                     Some(bias) => add_frozen_bias(&y, bias),

@@ -20,7 +20,9 @@
 //! composed ops, which the tests compare against.
 
 use crate::frozen::FrozenLinear;
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
 use idefics::quant::{QWeight, GEMM_MIN_ROWS};
 
 /// Whether the fused op should run `base + s B A` on `x`: f32 on the CPU, a trainable adapter, the training
@@ -426,6 +428,98 @@ impl CustomOp3 for LoraLinearOp {
             None
         };
         Ok((dx, da, db))
+    }
+}
+
+/// `z * k + b` with `k [n]` broadcast over the rows of `z [.., n]` and a frozen bias `b [n]`: DoRA's column scale
+/// and bias as one node, so that only `z` (for `dk`) stays alive where `scale_columns` then `add_frozen_bias`
+/// would keep the scaled product too. Backward: `dz = dy * k`, `dk = sum over rows of dy * z`. f32 on the CPU
+/// (the caller checked [`applies`]).
+pub(crate) fn scale_columns_add_bias(
+    z: &Tensor,
+    k: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let n = z.dims().last().copied().unwrap_or(0);
+    if k.dims() != [n] || bias.is_some_and(|b| b.dims() != [n]) {
+        bail!(
+            "DoRA column scale {:?} or bias {:?} does not fit an output {:?}",
+            k.dims(),
+            bias.map(|b| b.dims().to_vec()),
+            z.dims()
+        );
+    }
+    let bias = match bias {
+        Some(b) => Some(b.detach().contiguous()?),
+        None => None,
+    };
+    z.contiguous()?
+        .apply_op2(&k.contiguous()?, ScaleColumnsAddBias { bias })
+}
+
+struct ScaleColumnsAddBias {
+    bias: Option<Tensor>,
+}
+
+impl CustomOp2 for ScaleColumnsAddBias {
+    fn name(&self) -> &'static str {
+        "dora-scale-columns-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        zs: &CpuStorage,
+        zl: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let z = contiguous_slice(zs, zl, "the product")?;
+        let k = contiguous_slice(ks, kl, "the scale")?;
+        let n = k.len();
+        let mut y = match &self.bias {
+            Some(b) => with_values(b, |b| Ok(b.repeat(z.len() / n.max(1))))?,
+            None => vec![0f32; z.len()],
+        };
+        for (y, z) in y.chunks_mut(n.max(1)).zip(z.chunks(n.max(1))) {
+            for ((y, &z), &k) in y.iter_mut().zip(z).zip(k) {
+                *y += z * k;
+            }
+        }
+        Ok((CpuStorage::F32(y), zl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        z: &Tensor,
+        k: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = k.elem_count();
+        let dy = dy.detach().contiguous()?;
+        let dz = if z.track_op() {
+            Some(dy.broadcast_mul(&k.detach())?)
+        } else {
+            None
+        };
+        let dk = if k.track_op() {
+            // Rows summed in order, one thread: the same bits on every run (an m * n pass, small next to the GEMMs).
+            let sum = with_values(&dy, |g| {
+                with_values(z, |z| {
+                    let mut acc = vec![0f32; n];
+                    for (g, z) in g.chunks(n.max(1)).zip(z.chunks(n.max(1))) {
+                        for ((a, &g), &z) in acc.iter_mut().zip(g).zip(z) {
+                            *a += g * z;
+                        }
+                    }
+                    Ok(acc)
+                })
+            })?;
+            Some(Tensor::from_vec(sum, n, k.device())?)
+        } else {
+            None
+        };
+        Ok((dz, dk))
     }
 }
 
