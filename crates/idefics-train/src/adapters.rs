@@ -16,6 +16,7 @@
 //! with `||W_i||^2` cached, all in f32.
 
 use crate::frozen::{add_frozen_bias, FrozenLinear};
+use crate::fused_lora;
 use candle_core::{DType, Result, Tensor, Var, D};
 use idefics::nn::{Linear, LinearHook};
 use rand::Rng;
@@ -168,8 +169,35 @@ impl LoraLinear {
         }
     }
 
-    /// `base(x) + s * B(A(dropout(x)))`; dropout only when `train`.
+    /// `base(x) + s * B(A(dropout(x)))`; dropout only when `train`. One fused autograd node for f32 on the CPU
+    /// (`crate::fused_lora`), else the composed ops.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if self.fused_applies(x) {
+            let dropout = (train && self.dropout > 0.0).then_some(self.dropout);
+            return self.fused(x, true, dropout);
+        }
+        self.forward_composed(x, train)
+    }
+
+    fn fused_applies(&self, x: &Tensor) -> bool {
+        fused_lora::applies(&self.base, x, self.a.as_tensor(), self.b.as_tensor())
+    }
+
+    /// `x W^T (+ b) + s B(A(dropout(x)))` as one autograd node; the caller checked [`Self::fused_applies`].
+    fn fused(&self, x: &Tensor, with_bias: bool, dropout: Option<f32>) -> Result<Tensor> {
+        fused_lora::forward(
+            &self.base,
+            x,
+            self.a.as_tensor(),
+            self.b.as_tensor(),
+            self.scaling,
+            with_bias,
+            dropout,
+        )
+    }
+
+    /// [`Self::forward_t`] through candle's ops whatever the kernel choice (the fused op's reference).
+    pub(crate) fn forward_composed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.base.forward(x)?;
         let xd = self.dropped(x, train)?;
         y + self.lora_path(xd.as_ref().unwrap_or(x))?
@@ -276,12 +304,28 @@ impl DoraLinear {
         norm_sq.relu()?.sqrt()
     }
 
-    /// The DoRA output; dropout on the adapter input only when `train`.
+    /// The DoRA output; dropout on the adapter input only when `train`. Without dropout, `x W^T + s B A x` is one
+    /// fused autograd node for f32 on the CPU (`crate::fused_lora`); with dropout, the composed ops.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, true)
+    }
+
+    /// [`Self::forward_t`] through candle's ops whatever the kernel choice (the fused op's reference).
+    #[cfg(test)]
+    pub(crate) fn forward_composed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, false)
+    }
+
+    fn forward_impl(&self, x: &Tensor, train: bool, allow_fused: bool) -> Result<Tensor> {
         let scale = (self.magnitude.as_tensor() / self.weight_norm()?)?; // [out]
         let scale = as_dtype(&scale, x.dtype())?;
         let base = &self.lora.base;
         match self.lora.dropped(x, train)? {
+            None if allow_fused && self.lora.fused_applies(x) => {
+                // One node for x W^T + s B A x, one for the column scale and the bias (crate::fused_lora).
+                let z = self.lora.fused(x, false, None)?;
+                fused_lora::scale_columns_add_bias(&z, &scale, base.bias())
+            }
             None => {
                 let y = (base.forward_no_bias(x)? + self.lora.lora_path(x)?)?;
                 let y = scale_columns(&y, &scale)?;

@@ -15,6 +15,7 @@ mod error;
 pub mod export;
 pub mod frozen;
 mod frozen_quant;
+mod fused_lora;
 pub mod grad_check;
 pub mod hf_checkpoint;
 pub mod init;
