@@ -4,7 +4,7 @@
 //! only add traffic. Here each output row of `W` is read once, from start to end, and dotted with every row of
 //! `x` while it sits in L1; rayon splits the output rows between threads so that all cores pull from memory.
 
-use super::simd;
+use super::{contiguous_f32, simd};
 use candle_core::{bail, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -22,15 +22,6 @@ pub fn gemv_applies(x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool
     (1..=MAX_ROWS).contains(&rows) && weight.is_contiguous() && super::applies(&inputs)
 }
 
-fn contiguous_f32(t: &Tensor, what: &str) -> Result<Vec<f32>> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(s), Some((a, z))) => Ok(s.as_slice::<f32>()?[a..z].to_vec()),
-        _ => bail!("gemv: {what} must be a contiguous CPU tensor"),
-    }
-}
-
 /// `x2 [rows, in] W^T + b` with `weight [out, in]`, `bias [out]`; returns `[rows, out]`.
 pub fn linear_gemv(x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (rows, in_dim) = x2.dims2()?;
@@ -41,9 +32,9 @@ pub fn linear_gemv(x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resul
             weight.dims()
         );
     }
-    let x = contiguous_f32(x2, "x")?;
+    let x = contiguous_f32(x2, "gemv: x")?;
     let bias = match bias {
-        Some(b) if b.dims() == [out_dim] => Some(contiguous_f32(b, "bias")?),
+        Some(b) if b.dims() == [out_dim] => Some(contiguous_f32(b, "gemv: bias")?),
         Some(b) => bail!("gemv: bias {:?} does not match {out_dim} outputs", b.dims()),
         None => None,
     };

@@ -26,7 +26,7 @@ pub use simd::sum;
 pub use transposed::{is_transposed_layout, linear_transposed, to_transposed_layout};
 
 use super::kernel_choice::{kernels, KernelChoice, KernelFamily};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{bail, DType, Device, Result, Storage, Tensor};
 
 /// Whether these kernels are on ([`super::kernel_choice`], inference family).
 pub fn enabled() -> bool {
@@ -40,4 +40,14 @@ pub fn applies(inputs: &[&Tensor]) -> bool {
         && inputs
             .iter()
             .all(|t| t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu) && !t.track_op())
+}
+
+/// The values of `t` as one contiguous f32 vector (copied); `what` names it in the error.
+fn contiguous_f32(t: &Tensor, what: &str) -> Result<Vec<f32>> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(s), Some((a, z))) => Ok(s.as_slice::<f32>()?[a..z].to_vec()),
+        _ => bail!("{what} must be an f32 CPU tensor"),
+    }
 }

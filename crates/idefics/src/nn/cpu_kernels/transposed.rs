@@ -15,7 +15,7 @@
 //! decoding 28-29 against 33-37 tokens/s), so the chat commands keep the text decoder in the checkpoint's order
 //! (`crate::model::CpuWeightLayout`).
 
-use super::simd;
+use super::{contiguous_f32, simd};
 use candle_core::{bail, Device, Layout, Result, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -93,15 +93,6 @@ fn transposed_slice<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f3
     }
 }
 
-fn contiguous_f32(t: &Tensor, what: &str) -> Result<Vec<f32>> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(s), Some((a, z))) => Ok(s.as_slice::<f32>()?[a..z].to_vec()),
-        _ => bail!("transposed linear: {what} must be a CPU tensor"),
-    }
-}
-
 /// `x2 [rows, in] W^T + b` for a weight in the transposed layout; returns `[rows, out]`.
 pub fn linear_transposed(x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (rows, in_dim) = x2.dims2()?;
@@ -115,14 +106,14 @@ pub fn linear_transposed(x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>) ->
         );
     }
     let bias = match bias {
-        Some(b) if b.dims() == [out_dim] => Some(contiguous_f32(b, "bias")?),
+        Some(b) if b.dims() == [out_dim] => Some(contiguous_f32(b, "transposed linear: bias")?),
         Some(b) => bail!(
             "transposed linear: bias {:?} does not match {out_dim} outputs",
             b.dims()
         ),
         None => None,
     };
-    let x = contiguous_f32(x2, "x")?;
+    let x = contiguous_f32(x2, "transposed linear: x")?;
     let (ws, wl) = weight.storage_and_layout();
     let wt = transposed_slice(&ws, wl)?;
     let y = if rows <= MAX_GEMV_ROWS {
