@@ -140,14 +140,14 @@ impl VlmModel {
                 Ok(())
             }
         }
-        let mut visitor = Transpose {
-            skip_head: self.is_tied() || layout == CpuWeightLayout::Checkpoint,
-            skip_decoder: layout != CpuWeightLayout::Transposed,
-            changed: 0,
-        };
         if layout == CpuWeightLayout::Checkpoint {
             return Ok(0);
         }
+        let mut visitor = Transpose {
+            skip_head: self.is_tied(),
+            skip_decoder: layout == CpuWeightLayout::TransposedExceptDecoder,
+            changed: 0,
+        };
         self.visit_params("", &mut visitor)?;
         Ok(visitor.changed)
     }

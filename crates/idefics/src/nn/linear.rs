@@ -209,11 +209,7 @@ impl Linear {
         };
         let rows: usize = lead.iter().product();
         let x2 = xs.reshape((rows, in_dim))?;
-        let mut inputs = vec![&x2, weight];
-        inputs.extend(bias);
-        let y = if super::cpu_kernels::is_transposed_layout(weight)
-            && super::cpu_kernels::applies(&inputs)
-        {
+        let y = if super::cpu_kernels::transposed_applies(&x2, weight, bias.as_ref()) {
             super::cpu_kernels::linear_transposed(&x2, weight, bias.as_ref())?
         } else if super::cpu_kernels::gemv_applies(&x2, weight, bias.as_ref()) {
             super::cpu_kernels::linear_gemv(&x2, weight, bias.as_ref())?

@@ -23,7 +23,9 @@ mod tests;
 pub use flash_attention::flash_attention;
 pub use gemv::{gemv_applies, linear_gemv};
 pub use simd::sum;
-pub use transposed::{is_transposed_layout, linear_transposed, to_transposed_layout};
+pub use transposed::{
+    is_transposed_layout, linear_transposed, to_transposed_layout, transposed_applies,
+};
 
 use super::kernel_choice::{kernels, KernelChoice, KernelFamily};
 use candle_core::{bail, DType, Device, Result, Storage, Tensor};

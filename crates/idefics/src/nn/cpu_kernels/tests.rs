@@ -247,5 +247,11 @@ fn transposed_layout_refuses_mismatched_inputs() -> Result<()> {
     assert!(linear_transposed(&rand(&[2, 8], 25)?, &wt, Some(&rand(&[5], 26)?)).is_err());
     // A plain row-major weight is not the transposed layout.
     assert!(linear_transposed(&rand(&[2, 8], 25)?, &rand(&[6, 8], 24)?, None).is_err());
+    // The kernel applies to plain f32 CPU tensors in the transposed layout, never to autograd inputs.
+    let x = rand(&[2, 8], 25)?;
+    assert!(super::transposed_applies(&x, &wt, None));
+    assert!(!super::transposed_applies(&x, &rand(&[6, 8], 24)?, None));
+    let tracked = candle_core::Var::from_tensor(&x)?;
+    assert!(!super::transposed_applies(tracked.as_tensor(), &wt, None));
     Ok(())
 }

@@ -5,8 +5,8 @@
 //! for `x W^T` with `x` (row-major activations) on the left, so every call repacks `x` once per column panel
 //! and thread. Asking for the transposed product `y^T = W x^T` instead, with `W` column-major (that is, `W^T`
 //! stored row-major), puts a constant, already-laid-out operand on the left and the activations on the right,
-//! where the crate reads them in place. On the bench-150m shapes (512 tokens) the products run 1.1-1.5x faster
-//! (`docs/benchmarks.md`, "Weights stored transposed"), with the same results bit for bit.
+//! where the crate reads them in place, with the same results bit for bit. Prefill on bench-150m runs ~1.25x
+//! faster (`docs/benchmarks.md`, "Weights stored transposed").
 //!
 //! Decoding (1-4 rows) reads the weight once per token. With `W^T` rows the product is a sum of scaled weight
 //! rows, `y += x[p] * W^T[p]`: each rayon task takes a fixed run of [`TERMS_PER_TASK`] consecutive weight rows,
@@ -38,6 +38,16 @@ pub fn is_transposed_layout(weight: &Tensor) -> bool {
 /// Side of the square tiles the transpose copies: 16 x 16 f32 = 1 KiB read and written per tile, in L1 even
 /// when a power-of-two row stride maps every row of a tile to the same cache sets.
 const TRANSPOSE_TILE: usize = 16;
+
+/// Whether [`linear_transposed`] should compute this layer: a transposed-layout weight, every tensor f32 on the
+/// CPU without autograd (the twin of [`super::gemv_applies`] for the checkpoint layout).
+pub fn transposed_applies(x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    is_transposed_layout(weight)
+        && match bias {
+            Some(b) => super::applies(&[x2, weight, b]),
+            None => super::applies(&[x2, weight]),
+        }
+}
 
 /// The same `[out, in]` weight stored as `W^T [in, out]` contiguous (one copy, the original is dropped by the
 /// caller). Values are unchanged; only the memory order differs. A contiguous f32 CPU weight is copied by tiles
@@ -113,15 +123,21 @@ pub fn linear_transposed(x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>) ->
         ),
         None => None,
     };
-    let x = contiguous_f32(x2, "transposed linear: x")?;
+    // The activations are read in place when contiguous (the usual case), not copied on every call.
+    let x2 = x2.contiguous()?;
+    let (xs, xl) = x2.storage_and_layout();
+    let x = match (&*xs, xl.contiguous_offsets()) {
+        (Storage::Cpu(s), Some((a, z))) => &s.as_slice::<f32>()?[a..z],
+        _ => bail!("transposed linear: x must be an f32 CPU tensor"),
+    };
     let (ws, wl) = weight.storage_and_layout();
     let wt = transposed_slice(&ws, wl)?;
     let y = if rows <= MAX_GEMV_ROWS {
-        gemv(&x, rows, in_dim, wt, out_dim, bias.as_deref())
+        gemv(x, rows, in_dim, wt, out_dim, bias.as_deref())
     } else {
-        gemm_rows(&x, rows, in_dim, wt, out_dim, bias.as_deref())
+        gemm_rows(x, rows, in_dim, wt, out_dim, bias.as_deref())
     };
-    drop(ws);
+    drop((ws, xs));
     Tensor::from_vec(y, (rows, out_dim), &Device::Cpu)
 }
 
