@@ -2,7 +2,7 @@
 //! candle's quantized path and this crate's quantized kernels side by side in one run, as weight bytes per
 //! second and as a fraction of the machine's measured memory bandwidth.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use idefics::bench::gemv::{self, GemvShape};
 use idefics::bench::inference::{build_profile, loadavg, machine_info, utc_now};
@@ -105,11 +105,7 @@ pub fn run(args: BenchGemvArgs) -> Result<()> {
         "figures": rows,
     });
     if let Some(path) = &args.json {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        std::fs::write(path, serde_json::to_string_pretty(&out)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        idefics::bench::report::write_json(path, &out)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

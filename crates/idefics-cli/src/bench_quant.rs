@@ -277,11 +277,7 @@ pub fn run(args: BenchQuantArgs) -> Result<()> {
         "quality": quality,
     });
     if let Some(path) = &args.json {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        std::fs::write(path, serde_json::to_string_pretty(&out)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        idefics::bench::report::write_json(path, &out)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

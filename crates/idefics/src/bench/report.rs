@@ -78,7 +78,8 @@ pub fn build_profile() -> &'static str {
     }
 }
 
-pub(crate) fn write_json(path: &Path, value: &Value) -> Result<(), BenchError> {
+/// Writes `value` as pretty JSON to `path`, creating its folder (every bench command's result file).
+pub fn write_json(path: &Path, value: &Value) -> Result<(), BenchError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(failed(format!("creating {}", dir.display())))?;
     }
