@@ -1,4 +1,5 @@
-//! Matrix-vector products of decoding, one weight shape at a time: the f32 GEMV, candle's quantized
+//! Matrix-vector products of decoding, one weight shape at a time: the f32 GEMV (over the checkpoint's `[out, in]`
+//! and over the transposed layout `W^T [in, out]`), candle's quantized
 //! `k_quants::matmul` and this crate's quantized kernels (`quant::kernels`) side by side, as weight bytes read
 //! per second, for `idefics bench-gemv`.
 //!
@@ -6,7 +7,7 @@
 //! cycles through enough copies of its weight to exceed them (`working_set` bytes per variant); a product on a
 //! single small weight would run from L2/L3 and overstate what decoding sees.
 
-use crate::nn::cpu_kernels::linear_gemv;
+use crate::nn::cpu_kernels::{linear_gemv, linear_transposed, to_transposed_layout};
 use crate::quant::kernels::Isa;
 use crate::quant::{DecodePath, QWeight, QuantType};
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
@@ -148,6 +149,18 @@ fn variants(
         run: Box::new(move |i| linear_gemv(&xd, &dense[i], None).map(|_| ())),
         copies,
     });
+    // The same product over the weight stored transposed (`W^T [in, out]`, the layout prefill prefers).
+    let transposed: Vec<Tensor> = (0..copies)
+        .map(|_| to_transposed_layout(&w))
+        .collect::<Result<_>>()?;
+    let xt = x.clone();
+    out.push(Variant {
+        dtype: "f32".into(),
+        path: "gemv-transposed".into(),
+        weight_bytes: f32_bytes,
+        run: Box::new(move |i| linear_transposed(&xt, &transposed[i], None).map(|_| ())),
+        copies,
+    });
 
     let x_vec = x.flatten_all()?.to_vec1::<f32>()?;
     for &ty in types.iter().filter(|ty| ty.fits(shape.in_dim)) {
@@ -206,12 +219,13 @@ mod tests {
         };
         let figures = run(&[shape], &QuantType::ALL, 1, 64 << 10, 1, 0.0).unwrap();
         let kernels = Isa::available().len() - 1;
-        // f32, then candle and each of our kernels for every type.
-        assert_eq!(figures.len(), 1 + 3 * (1 + kernels));
+        // f32 in both layouts, then candle and each of our kernels for every type.
+        assert_eq!(figures.len(), 2 + 3 * (1 + kernels));
         assert_eq!(figures[0].weight_bytes, 256 * 8 * 4);
         assert!(figures
             .iter()
             .all(|f| f.seconds > 0.0 && f.bytes_per_second > 0.0));
-        assert_eq!(figures[1].weight_bytes, 8 * 8 * 34);
+        assert_eq!(figures[1].path, "gemv-transposed");
+        assert_eq!(figures[2].weight_bytes, 8 * 8 * 34);
     }
 }

@@ -11,9 +11,10 @@
 //! Decoding (1-4 rows) reads the weight once per token. With `W^T` rows the product is a sum of scaled weight
 //! rows, `y += x[p] * W^T[p]`: each rayon task takes a fixed run of [`TERMS_PER_TASK`] consecutive weight rows,
 //! one contiguous stretch of memory, into partial sums that are then added in task order (so the result does not
-//! depend on the number of threads). It streams more slowly than the row-major GEMV of [`super::gemv`] (SmolVLM-256M
-//! decoding 28-29 against 33-37 tokens/s), so the chat commands keep the text decoder in the checkpoint's order
-//! (`crate::model::CpuWeightLayout`).
+//! depend on the number of threads). Reading four rows at a time from four places, it streams at 0.65-1.0x the
+//! row-major GEMV of [`super::gemv`], which reads each weight row start to end (`idefics bench-gemv` shows both;
+//! `docs/benchmarks.md`, "Decoding over the transposed layout"), so the chat commands keep the text decoder in the
+//! checkpoint's order (`crate::model::CpuWeightLayout`).
 
 use super::{contiguous_f32, simd};
 use candle_core::{bail, Device, Layout, Result, Storage, Tensor};
@@ -142,7 +143,8 @@ pub fn linear_transposed(x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>) ->
 }
 
 /// `y^T [out, rows] = W [out, in] x^T`, written straight into row-major `y [rows, out]` through the output
-/// strides; the bias is placed in `y` first and the product added to it.
+/// strides; the bias is placed in `y` first and the product added to it. Without a bias `y` is not zeroed first:
+/// the GEMM overwrites every element.
 fn gemm_rows(
     x: &[f32],
     rows: usize,
@@ -151,9 +153,10 @@ fn gemm_rows(
     out_dim: usize,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
+    let len = rows * out_dim;
     let mut y = match bias {
         Some(b) => b.repeat(rows),
-        None => vec![0f32; rows * out_dim],
+        None => Vec::with_capacity(len),
     };
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 {
@@ -161,8 +164,10 @@ fn gemm_rows(
     } else {
         Parallelism::None
     };
-    // SAFETY: the pointers cover `rows * out_dim` (y), `out_dim * in_dim` (wt) and `rows * in_dim` (x) f32s, the
-    // strides stay inside them: y^T[o][r] = y[r * out + o], W[o][p] = wt[p * out + o], x^T[p][r] = x[r * in + p].
+    // SAFETY: the pointers cover `rows * out_dim` (y's capacity), `out_dim * in_dim` (wt) and `rows * in_dim` (x)
+    // f32s, the strides stay inside them: y^T[o][r] = y[r * out + o], W[o][p] = wt[p * out + o],
+    // x^T[p][r] = x[r * in + p]. With `read_dst` false (no bias) the GEMM only writes `y`, every element of it
+    // (in_dim >= 1), so its length can be set afterwards.
     unsafe {
         gemm::gemm(
             out_dim,
@@ -185,6 +190,7 @@ fn gemm_rows(
             false,
             parallelism,
         );
+        y.set_len(len);
     }
     y
 }
