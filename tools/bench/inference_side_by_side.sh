@@ -9,7 +9,10 @@
 #       --image-warmup 0 --image-repeat 1 --decode-tokens 32
 # Writes benches/results/NAME-rs-R.json, NAME-tf-eager-R.json and NAME-tf-sdpa-R.json (R = round), then prints
 # benches/results/compare.py's table of each round's idefics-rs report against each transformers report (which
-# also fails when the two reports' keys or per-request counts differ).
+# also fails when the two reports' keys or per-request counts differ), and with several rounds
+# benches/results/medians.py's medians over the rounds.
+# LAYOUTS="all except-decoder" runs idefics-rs once per weight layout in each round (NAME-rs-LAYOUT-R.json; the
+# order within a round is idefics-rs first layout, transformers eager, idefics-rs next layout, transformers sdpa).
 # Needs a release build: cargo build --release -p idefics-cli
 set -euo pipefail
 MODEL=${1:?model dir}
@@ -20,12 +23,28 @@ BIN=${IDEFICS_BIN:-target/release/idefics}
 PY=${PYTHON:-/work/.venv/bin/python}
 DIR=${RESULTS:-benches/results}
 mkdir -p "$DIR"
+read -r -a layouts <<< "${LAYOUTS:-}"
+[ ${#layouts[@]} = 0 ] && layouts=("")
+rs_report() { echo "$DIR/$NAME-rs${1:+-$1}-$2.json"; }
 for r in $(seq "$ROUNDS"); do
   machine=()
   [ "$r" = 1 ] && machine=(--machine)
-  echo "== round $r: idefics-rs" >&2
-  "$BIN" bench --model "$MODEL" "$@" "${machine[@]}" --json "$DIR/$NAME-rs-$r.json"
-  for attn in eager sdpa; do
+  attns=(eager sdpa)
+  for i in "${!layouts[@]}"; do
+    layout=${layouts[$i]}
+    echo "== round $r: idefics-rs ${layout}" >&2
+    "$BIN" bench --model "$MODEL" "$@" "${machine[@]}" ${layout:+--weight-layout "$layout"} \
+      --json "$(rs_report "$layout" "$r")"
+    machine=()
+    # Interleave transformers between the layouts; whatever is left runs after the last one.
+    if [ $((i + 1)) -lt ${#layouts[@]} ] && [ ${#attns[@]} -gt 0 ]; then
+      attn=${attns[0]}; attns=("${attns[@]:1}")
+      echo "== round $r: transformers $attn" >&2
+      "$PY" -u tools/reference/bench_transformers.py --ckpt "$MODEL" "$@" --attn "$attn" \
+        --json "$DIR/$NAME-tf-$attn-$r.json"
+    fi
+  done
+  for attn in "${attns[@]}"; do
     echo "== round $r: transformers $attn" >&2
     "$PY" -u tools/reference/bench_transformers.py --ckpt "$MODEL" "$@" --attn "$attn" \
       --json "$DIR/$NAME-tf-$attn-$r.json"
@@ -33,10 +52,16 @@ for r in $(seq "$ROUNDS"); do
 done
 status=0
 for r in $(seq "$ROUNDS"); do
-  for attn in eager sdpa; do
-    echo
-    echo "round $r: idefics-rs vs transformers $attn"
-    python3 benches/results/compare.py "$DIR/$NAME-rs-$r.json" "$DIR/$NAME-tf-$attn-$r.json" || status=1
+  for layout in "${layouts[@]}"; do
+    for attn in eager sdpa; do
+      echo
+      echo "round $r: idefics-rs ${layout:-default layout} vs transformers $attn"
+      python3 benches/results/compare.py "$(rs_report "$layout" "$r")" "$DIR/$NAME-tf-$attn-$r.json" || status=1
+    done
   done
 done
+if [ "$ROUNDS" -gt 1 ]; then
+  echo
+  python3 benches/results/medians.py "$DIR" "$NAME" || status=1
+fi
 exit $status

@@ -1,4 +1,5 @@
-//! `idefics bench-gemv`: decoding's matrix-vector products on their own, per weight shape: the f32 GEMV,
+//! `idefics bench-gemv`: decoding's matrix-vector products on their own, per weight shape: the f32 GEMV in both
+//! weight layouts beside a plain read of the same bytes,
 //! candle's quantized path and this crate's quantized kernels side by side in one run, as weight bytes per
 //! second and as a fraction of the machine's measured memory bandwidth.
 

@@ -1,5 +1,5 @@
 //! Matrix-vector products of decoding, one weight shape at a time: the f32 GEMV (over the checkpoint's `[out, in]`
-//! and over the transposed layout `W^T [in, out]`), candle's quantized
+//! and over the transposed layout `W^T [in, out]`) beside a plain read of the same bytes, candle's quantized
 //! `k_quants::matmul` and this crate's quantized kernels (`quant::kernels`) side by side, as weight bytes read
 //! per second, for `idefics bench-gemv`.
 //!
@@ -7,7 +7,7 @@
 //! cycles through enough copies of its weight to exceed them (`working_set` bytes per variant); a product on a
 //! single small weight would run from L2/L3 and overstate what decoding sees.
 
-use crate::nn::cpu_kernels::{linear_gemv, linear_transposed, to_transposed_layout};
+use crate::nn::cpu_kernels::{linear_gemv, linear_transposed, sum, to_transposed_layout};
 use crate::quant::kernels::Isa;
 use crate::quant::{DecodePath, QWeight, QuantType};
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
@@ -161,6 +161,24 @@ fn variants(
         run: Box::new(move |i| linear_transposed(&xt, &transposed[i], None).map(|_| ())),
         copies,
     });
+    // A plain read of the same bytes in calls of the same size, split between the threads: the ceiling a
+    // memory-bound product can reach on this machine at this moment (the one-buffer probe reads 256 MiB per call).
+    let plain: Vec<Vec<f32>> = (0..copies)
+        .map(|_| w.flatten_all()?.to_vec1::<f32>())
+        .collect::<Result<_>>()?;
+    out.push(Variant {
+        dtype: "f32".into(),
+        path: "plain-read".into(),
+        weight_bytes: f32_bytes,
+        run: Box::new(move |i| {
+            use rayon::prelude::*;
+            let part = plain[i].len().div_ceil(rayon::current_num_threads());
+            let total: f32 = plain[i].par_chunks(part.max(1)).map(sum).sum();
+            std::hint::black_box(total);
+            Ok(())
+        }),
+        copies,
+    });
 
     let x_vec = x.flatten_all()?.to_vec1::<f32>()?;
     for &ty in types.iter().filter(|ty| ty.fits(shape.in_dim)) {
@@ -219,13 +237,14 @@ mod tests {
         };
         let figures = run(&[shape], &QuantType::ALL, 1, 64 << 10, 1, 0.0).unwrap();
         let kernels = Isa::available().len() - 1;
-        // f32 in both layouts, then candle and each of our kernels for every type.
-        assert_eq!(figures.len(), 2 + 3 * (1 + kernels));
+        // f32 in both layouts and the plain read, then candle and each of our kernels for every type.
+        assert_eq!(figures.len(), 3 + 3 * (1 + kernels));
         assert_eq!(figures[0].weight_bytes, 256 * 8 * 4);
         assert!(figures
             .iter()
             .all(|f| f.seconds > 0.0 && f.bytes_per_second > 0.0));
         assert_eq!(figures[1].path, "gemv-transposed");
-        assert_eq!(figures[2].weight_bytes, 8 * 8 * 34);
+        assert_eq!(figures[2].path, "plain-read");
+        assert_eq!(figures[3].weight_bytes, 8 * 8 * 34);
     }
 }
