@@ -17,10 +17,11 @@ SAME_COUNTS = ("pixel_values_shape", "frames", "image_tokens", "valid_patches_to
 
 
 def key_paths(d, prefix=""):
-    """Dotted paths of every key of nested dicts (lists are leaves)."""
+    """Dotted paths of every key of nested dicts (lists are leaves); an empty dict (every request of its kind
+    skipped) counts as absent."""
     out = set()
     for k, v in d.items():
-        if k in OURS_ONLY or k in REF_ONLY:
+        if k in OURS_ONLY or k in REF_ONLY or v == {}:
             continue
         out.add(prefix + k)
         if isinstance(v, dict):

@@ -11,7 +11,7 @@
 # benches/results/compare.py's table of each round's idefics-rs report against each transformers report (which
 # also fails when the two reports' keys or per-request counts differ), and with several rounds
 # benches/results/medians.py's medians over the rounds.
-# LAYOUTS="all except-decoder" runs idefics-rs once per weight layout in each round (NAME-rs-LAYOUT-R.json; the
+# LAYOUTS="panels transposed" runs idefics-rs once per weight layout in each round (NAME-rs-LAYOUT-R.json; the
 # order within a round is idefics-rs first layout, transformers eager, idefics-rs next layout, transformers sdpa).
 # Needs a release build: cargo build --release -p idefics-cli
 set -euo pipefail

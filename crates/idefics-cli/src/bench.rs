@@ -44,10 +44,10 @@ pub struct BenchArgs {
     /// `fused`: this crate's CPU inference kernels (fused attention, decoding GEMV); `composed`: candle's ops.
     #[arg(long, default_value = "fused")]
     kernels: KernelChoice,
-    /// Which linear weights to store transposed for the CPU GEMM: `checkpoint` (none), `except-decoder` (vision
-    /// tower, connector, untied head: what ask / chat / serve load), `all` (also the text decoder: what eval and
-    /// forward load).
-    #[arg(long, default_value = "except-decoder")]
+    /// How to store the linear weights in memory: `panels` (vision tower and connector transposed, text decoder
+    /// and untied head in column panels: what ask / chat / serve / eval / forward load), `transposed` (every layer
+    /// transposed), `checkpoint` (as stored).
+    #[arg(long, default_value = "panels")]
     weight_layout: WeightLayoutArg,
     #[command(flatten)]
     quant: crate::model_source::QuantArgs,
@@ -56,16 +56,16 @@ pub struct BenchArgs {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum WeightLayoutArg {
     Checkpoint,
-    ExceptDecoder,
-    All,
+    Transposed,
+    Panels,
 }
 
 impl From<WeightLayoutArg> for idefics::model::CpuWeightLayout {
     fn from(arg: WeightLayoutArg) -> Self {
         match arg {
             WeightLayoutArg::Checkpoint => Self::Checkpoint,
-            WeightLayoutArg::ExceptDecoder => Self::TransposedExceptDecoder,
-            WeightLayoutArg::All => Self::Transposed,
+            WeightLayoutArg::Transposed => Self::Transposed,
+            WeightLayoutArg::Panels => Self::Panels,
         }
     }
 }

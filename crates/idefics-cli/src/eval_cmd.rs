@@ -153,7 +153,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let opts = LoadOptions {
         device: crate::model_source::device()?,
         quant: args.quant.config(),
-        cpu_weight_layout: idefics::model::CpuWeightLayout::Transposed,
+        cpu_weight_layout: idefics::model::CpuWeightLayout::Panels,
         ..LoadOptions::default()
     };
     let pipeline =

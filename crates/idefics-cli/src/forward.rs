@@ -60,7 +60,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         position_id_rule: rule,
         use_fused_kernels: true,
         quant: args.quant.config(),
-        cpu_weight_layout: idefics::model::CpuWeightLayout::Transposed,
+        cpu_weight_layout: idefics::model::CpuWeightLayout::Panels,
     };
     let splitting = match (args.split, args.no_split) {
         (true, _) => Some(true),

@@ -103,7 +103,7 @@ impl ModelArgs {
         let opts = LoadOptions {
             device: device()?,
             quant: self.quant.config(),
-            cpu_weight_layout: idefics::model::CpuWeightLayout::TransposedExceptDecoder,
+            cpu_weight_layout: idefics::model::CpuWeightLayout::Panels,
             ..LoadOptions::default()
         };
         Pipeline::load(&dir, &opts).with_context(|| format!("loading {}", dir.display()))

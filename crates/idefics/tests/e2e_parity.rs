@@ -211,15 +211,20 @@ fn chat_processing_and_generation_match_transformers() {
     );
 }
 
-/// The layout the inference commands load with (weights stored transposed for the CPU GEMM): same tokens and
-/// logits within the same tolerance.
+/// Weights stored transposed for the CPU GEMM, and the layout the inference commands load with (vision side
+/// transposed, text decoder in column panels): same tokens and logits within the same tolerance.
 #[test]
-fn transposed_weight_layout_matches_transformers_too() {
-    let opts = LoadOptions {
-        cpu_weight_layout: idefics::model::CpuWeightLayout::Transposed,
-        ..LoadOptions::default()
-    };
-    check_checkpoint(&root().join("tests/fixtures/e2e/tiny-chat"), &opts);
+fn transposed_and_panel_weight_layouts_match_transformers_too() {
+    for layout in [
+        idefics::model::CpuWeightLayout::Transposed,
+        idefics::model::CpuWeightLayout::Panels,
+    ] {
+        let opts = LoadOptions {
+            cpu_weight_layout: layout,
+            ..LoadOptions::default()
+        };
+        check_checkpoint(&root().join("tests/fixtures/e2e/tiny-chat"), &opts);
+    }
 }
 
 #[test]

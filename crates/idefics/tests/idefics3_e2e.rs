@@ -299,15 +299,21 @@ fn check_batch(case: &str) {
     }
 }
 
-/// The layout the inference commands load with (weights stored transposed; the tied head stays as it is).
+/// Weights stored transposed, and the layout the inference commands load with (text decoder and an untied head
+/// in column panels); a tied head stays as it is.
 #[test]
-fn transposed_weight_layout_matches_transformers_too() {
-    let opts = LoadOptions {
-        cpu_weight_layout: idefics::model::CpuWeightLayout::Transposed,
-        ..LoadOptions::default()
-    };
-    check_case("smolvlm_tied", &opts);
-    check_case("idefics3_llama3", &opts);
+fn transposed_and_panel_weight_layouts_match_transformers_too() {
+    for layout in [
+        idefics::model::CpuWeightLayout::Transposed,
+        idefics::model::CpuWeightLayout::Panels,
+    ] {
+        let opts = LoadOptions {
+            cpu_weight_layout: layout,
+            ..LoadOptions::default()
+        };
+        check_case("smolvlm_tied", &opts);
+        check_case("idefics3_llama3", &opts);
+    }
 }
 
 #[test]

@@ -62,7 +62,7 @@ pub struct BenchOptions {
     pub json: Option<PathBuf>,
     /// This crate's inference kernels or candle's composed ops (set for the whole process).
     pub kernels: KernelChoice,
-    /// Which linear weights to store transposed for the CPU GEMM (`LoadOptions::cpu_weight_layout`).
+    /// How to store the linear weights for CPU inference (`LoadOptions::cpu_weight_layout`).
     pub weight_layout: crate::model::CpuWeightLayout,
     /// Quantize the text decoder while loading (`--quant`).
     pub quant: Option<crate::quant::QuantConfig>,

@@ -30,7 +30,7 @@ fn runs_on_a_tiny_checkpoint_and_writes_the_report() {
         machine: false,
         json: Some(dir.path().join("out.json")),
         kernels: KernelChoice::Fused,
-        weight_layout: crate::model::CpuWeightLayout::TransposedExceptDecoder,
+        weight_layout: crate::model::CpuWeightLayout::Panels,
         quant: None,
         command: vec!["idefics".into(), "bench".into()],
     };
@@ -116,7 +116,7 @@ fn image_run_options(model: PathBuf, dir: &Path, image: u32, tokens: [usize; 2])
         machine: false,
         json: Some(dir.join("out.json")),
         kernels: KernelChoice::Fused,
-        weight_layout: crate::model::CpuWeightLayout::TransposedExceptDecoder,
+        weight_layout: crate::model::CpuWeightLayout::Panels,
         quant: None,
         command: vec!["idefics".into(), "bench".into()],
     }

@@ -113,27 +113,35 @@ impl VlmModel {
         if opts.cpu_weight_layout != CpuWeightLayout::Checkpoint {
             let n = model.use_transposed_layout(opts.cpu_weight_layout)?;
             tracing::debug!(layers = n, layout = ?opts.cpu_weight_layout,
-                "linear weights stored transposed for the CPU GEMM");
+                "linear weights stored for CPU inference");
         }
         Ok(model)
     }
 
-    /// Stores the eligible linear weights that `layout` names transposed
-    /// ([`crate::nn::Linear::use_transposed_layout`]), never a head tied to the embeddings (the lookup needs the
-    /// rows). Inference only; returns how many layers changed.
+    /// Stores the eligible linear weights as `layout` says (transposed or in panels: [`CpuWeightLayout`]), never
+    /// a head tied to the embeddings (the lookup needs the rows). Inference only; returns how many layers changed.
     pub fn use_transposed_layout(&mut self, layout: CpuWeightLayout) -> Result<usize> {
-        struct Transpose {
+        struct Relayout {
+            layout: CpuWeightLayout,
             skip_head: bool,
-            skip_decoder: bool,
             changed: usize,
         }
-        impl ParamVisitor for Transpose {
+        impl ParamVisitor for Relayout {
             fn linear(&mut self, path: &str, layer: &mut Linear) -> candle_core::Result<()> {
-                let skip = (self.skip_head && path == "lm_head")
-                    || (self.skip_decoder && path.starts_with("model.text_model."));
-                if !skip && layer.use_transposed_layout()? {
-                    self.changed += 1;
+                let is_head = path == "lm_head";
+                if is_head && self.skip_head {
+                    return Ok(());
                 }
+                // The text decoder and the head decode one token at a time: panels serve that and the prefill.
+                let decodes = is_head || path.starts_with("model.text_model.");
+                let changed = match self.layout {
+                    CpuWeightLayout::Checkpoint => false,
+                    CpuWeightLayout::Panels if decodes => layer.use_panel_layout()?,
+                    CpuWeightLayout::Panels | CpuWeightLayout::Transposed => {
+                        layer.use_transposed_layout()?
+                    }
+                };
+                self.changed += usize::from(changed);
                 Ok(())
             }
             fn tensor(&mut self, _: &str, _: &mut Tensor) -> candle_core::Result<()> {
@@ -143,9 +151,9 @@ impl VlmModel {
         if layout == CpuWeightLayout::Checkpoint {
             return Ok(0);
         }
-        let mut visitor = Transpose {
+        let mut visitor = Relayout {
+            layout,
             skip_head: self.is_tied(),
-            skip_decoder: layout == CpuWeightLayout::TransposedExceptDecoder,
             changed: 0,
         };
         self.visit_params("", &mut visitor)?;

@@ -27,25 +27,26 @@ pub struct LoadOptions {
     pub use_fused_kernels: bool,
     /// Quantize the text decoder (and optionally the vision side) while loading; CPU only.
     pub quant: Option<QuantConfig>,
-    /// Which dense f32 linear weights to store transposed for the CPU GEMM
-    /// ([`crate::nn::Linear::use_transposed_layout`]). The checkpoint's order by default: training and export
-    /// want it; the inference commands choose. Ignored off the CPU and for other dtypes.
+    /// How to store the dense f32 linear weights for CPU inference ([`CpuWeightLayout`]). The checkpoint's order by
+    /// default: training and export want it; the inference commands choose. Ignored off the CPU and for other
+    /// dtypes.
     pub cpu_weight_layout: CpuWeightLayout,
 }
 
-/// Which linear weights inference stores transposed (`W^T` in memory) for the CPU GEMM. The values are the
-/// same either way; only speed differs (`docs/benchmarks.md`, "Weights stored transposed").
+/// How inference stores the dense f32 linear weights in memory on the CPU. The values are the same either way;
+/// only speed differs (`docs/benchmarks.md`, "Weights stored transposed" and "Weights in column panels").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CpuWeightLayout {
-    /// As the checkpoint stores them.
+    /// As the checkpoint stores them (`[out, in]` row-major): what training and export need.
     #[default]
     Checkpoint,
-    /// The vision tower, the connector and an untied head transposed (faster image encoding and prefill head);
-    /// the text decoder's layers as stored, because decoding reads them one token at a time faster in that order.
-    TransposedExceptDecoder,
-    /// Every linear layer transposed: the fastest prefill, slower decoding on narrow models (SmolVLM-256M:
-    /// about a quarter). For prompt-heavy work with short answers (evaluation, `forward`).
+    /// Every linear layer transposed (`W^T` in memory, [`crate::nn::Linear::use_transposed_layout`]): the
+    /// fastest prefill and image encoding, slower decoding (0.63-0.92x per product).
     Transposed,
+    /// The vision tower and connector transposed, the text decoder and an untied head in column panels
+    /// ([`crate::nn::Linear::use_panel_layout`]): the transposed layout's prefill and image encoding with the
+    /// fastest decoding. What the inference commands load.
+    Panels,
 }
 
 impl Default for LoadOptions {

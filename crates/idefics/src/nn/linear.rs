@@ -5,6 +5,7 @@
 //! fine-tuning just swaps the tensors for trainable ones ([`Linear::set_dense`]). Quantized inference swaps the
 //! weight for its GGUF-block form ([`Linear::set_quantized`], see `crate::quant`).
 
+use super::cpu_kernels::PanelWeight;
 use crate::quant::QWeight;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -41,6 +42,11 @@ enum Kind {
     /// A quantized weight (inference only: no gradient flows through it).
     Quantized {
         weight: QWeight,
+        bias: Option<Tensor>,
+    },
+    /// An f32 weight stored in column panels for CPU inference (`cpu_kernels::panels`).
+    Panels {
+        weight: Arc<PanelWeight>,
         bias: Option<Tensor>,
     },
 }
@@ -95,6 +101,12 @@ impl Linear {
                 weight.in_dim(),
                 weight.quant_type()
             ),
+            Kind::Panels { weight, .. } => candle_core::bail!(
+                "this [{}, {}] layer is stored in panels for CPU inference: load the model with \
+                 CpuWeightLayout::Checkpoint for its dense weight",
+                weight.out_dim(),
+                weight.in_dim()
+            ),
         }
     }
 
@@ -102,7 +114,7 @@ impl Linear {
     pub fn dense_weight(&self) -> Option<&Tensor> {
         match &self.kind {
             Kind::Dense { weight, .. } => Some(weight),
-            Kind::Hooked(_) | Kind::Quantized { .. } => None,
+            Kind::Hooked(_) | Kind::Quantized { .. } | Kind::Panels { .. } => None,
         }
     }
 
@@ -110,7 +122,7 @@ impl Linear {
     pub fn quantized(&self) -> Option<&QWeight> {
         match &self.kind {
             Kind::Quantized { weight, .. } => Some(weight),
-            Kind::Dense { .. } | Kind::Hooked(_) => None,
+            Kind::Dense { .. } | Kind::Hooked(_) | Kind::Panels { .. } => None,
         }
     }
 
@@ -120,12 +132,15 @@ impl Linear {
             Kind::Dense { weight, .. } => weight.dim(0),
             Kind::Hooked(hook) => Ok(hook.out_dim()),
             Kind::Quantized { weight, .. } => Ok(weight.out_dim()),
+            Kind::Panels { weight, .. } => Ok(weight.out_dim()),
         }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
         match &self.kind {
-            Kind::Dense { bias, .. } | Kind::Quantized { bias, .. } => bias.as_ref(),
+            Kind::Dense { bias, .. } | Kind::Quantized { bias, .. } | Kind::Panels { bias, .. } => {
+                bias.as_ref()
+            }
             Kind::Hooked(hook) => hook.bias(),
         }
     }
@@ -134,7 +149,7 @@ impl Linear {
     pub fn hook(&self) -> Option<&dyn LinearHook> {
         match &self.kind {
             Kind::Hooked(hook) => Some(hook.as_ref()),
-            Kind::Dense { .. } | Kind::Quantized { .. } => None,
+            Kind::Dense { .. } | Kind::Quantized { .. } | Kind::Panels { .. } => None,
         }
     }
 
@@ -184,12 +199,41 @@ impl Linear {
         Ok(eligible)
     }
 
+    /// Stores a dense f32 CPU weight in column panels (`crate::nn::cpu_kernels::panels`): the layout that serves
+    /// both the prefill GEMM and the decoding GEMV at full speed, for inference only (the layer then has no
+    /// [`Self::weight`]; [`Self::merged_weight_f32`] rebuilds it). The same layers as
+    /// [`Self::use_transposed_layout`] are eligible, while the CPU inference kernels are on (with candle's
+    /// composed ops forced, `crate::nn::kernel_choice`, the layer stays as loaded). Returns whether it changed.
+    pub fn use_panel_layout(&mut self) -> Result<bool> {
+        let Kind::Dense { weight, bias } = &self.kind else {
+            return Ok(false);
+        };
+        let eligible = super::cpu_kernels::enabled()
+            && self.stored_shape.is_none()
+            && weight.rank() == 2
+            && weight.dims().iter().all(|&d| d > 1)
+            && weight.dtype() == candle_core::DType::F32
+            && weight.device().is_cpu()
+            && !weight.track_op()
+            && bias.as_ref().is_none_or(|b| !b.track_op());
+        if eligible {
+            let panels = PanelWeight::from_weight(weight)?;
+            let bias = bias.clone();
+            self.kind = Kind::Panels {
+                weight: Arc::new(panels),
+                bias,
+            };
+        }
+        Ok(eligible)
+    }
+
     /// The weight with any adapter merged, in f32 (peft's merge), `[out, in]`.
     pub fn merged_weight_f32(&self) -> Result<Tensor> {
         match &self.kind {
             Kind::Dense { weight, .. } => weight.detach().to_dtype(candle_core::DType::F32),
             Kind::Hooked(hook) => hook.merged_weight_f32(),
             Kind::Quantized { weight, .. } => weight.dequantize(),
+            Kind::Panels { weight, .. } => weight.to_tensor(),
         }
     }
 
@@ -201,6 +245,7 @@ impl Linear {
             Kind::Quantized { weight, bias } => {
                 return quantized_forward(weight, bias.as_ref(), xs)
             }
+            Kind::Panels { weight, bias } => return panel_forward(weight, bias.as_ref(), xs),
         };
         let dims = xs.dims().to_vec();
         let (lead, in_dim) = match dims.split_last() {
@@ -224,6 +269,24 @@ impl Linear {
         out_dims.push(weight.dim(0)?);
         y.reshape(out_dims)
     }
+}
+
+/// `[.., in] -> [.., out]` through a panel-stored weight (f32 CPU inputs only).
+fn panel_forward(weight: &PanelWeight, bias: Option<&Tensor>, xs: &Tensor) -> Result<Tensor> {
+    let dims = xs.dims().to_vec();
+    let Some((&in_dim, lead)) = dims.split_last() else {
+        candle_core::bail!("linear: input must have at least one dimension")
+    };
+    if xs.track_op() {
+        candle_core::bail!(
+            "linear: this layer is stored in panels for CPU inference and has no backward pass"
+        );
+    }
+    let rows: usize = lead.iter().product();
+    let y = weight.forward(&xs.reshape((rows, in_dim))?, bias)?;
+    let mut out_dims = lead.to_vec();
+    out_dims.push(weight.out_dim());
+    y.reshape(out_dims)
 }
 
 /// `[.., in] -> [.., out]` through a quantized weight, in the input's dtype.
@@ -279,6 +342,43 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(err < 1e-5, "max error {err}");
+        Ok(())
+    }
+
+    #[test]
+    fn panel_layout_gives_the_same_layer_for_inference_only() -> Result<()> {
+        let (w, b) = (ramp(&[70, 24], 0.01)?, ramp(&[70], 0.02)?);
+        let plain = Linear::new(w.clone(), Some(b.clone()));
+        let mut packed = plain.clone();
+        if !crate::nn::cpu_kernels::enabled() {
+            // candle's composed ops forced: nothing is packed.
+            assert!(!packed.use_panel_layout()?);
+            return Ok(());
+        }
+        assert!(packed.use_panel_layout()?);
+        assert!(!packed.use_panel_layout()?, "already packed");
+        for rows in [1usize, 3, 9] {
+            let x = ramp(&[rows, 24], 0.03)?;
+            let diff = (packed.forward(&x)? - plain.forward(&x)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "{rows} rows: {diff}");
+        }
+        assert_eq!(packed.out_dim()?, 70);
+        assert!(packed.bias().is_some());
+        assert!(packed.weight().is_err() && packed.dense_weight().is_none());
+        let merged = packed.merged_weight_f32()?;
+        assert_eq!(
+            merged.flatten_all()?.to_vec1::<f32>()?,
+            w.flatten_all()?.to_vec1::<f32>()?
+        );
+        // No backward pass: an input that takes part in autograd is refused with an error, not run.
+        let tracked = Var::from_tensor(&ramp(&[2, 24], 0.03)?)?;
+        assert!(packed.forward(tracked.as_tensor()).is_err());
+        // Trainable weights stay as they are.
+        let mut trainable = Linear::new(Var::from_tensor(&w)?.as_tensor().clone(), None);
+        assert!(!trainable.use_panel_layout()?);
         Ok(())
     }
 

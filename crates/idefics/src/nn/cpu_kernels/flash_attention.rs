@@ -10,7 +10,7 @@
 //! are all masked gets eager's result, the mean of every value (its scores all round to the same `min`): such a
 //! row turns off the skipping for its block.
 
-use super::simd;
+use super::{simd, Strided};
 use candle_core::{bail, Device, Layout, Result, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -215,25 +215,25 @@ unsafe fn run_block(
         let width = BLOCK_K.min(hi - start);
         let tile = &mut scores[..n * width];
         // tile = scale * Q K[start..start + width]^T; gemm reads K transposed through its strides.
-        gemm::gemm(
-            n,
-            width,
-            d,
-            tile.as_mut_ptr(),
-            1,
-            width as isize,
+        super::gemm_f32(
+            (n, width, d),
+            Strided {
+                ptr: tile.as_mut_ptr(),
+                rs: width as isize,
+                cs: 1,
+            },
             false,
-            qbuf.as_ptr(),
-            1,
-            d as isize,
-            k.data.as_ptr().add(k_base + start * k.stride[2]),
-            k.stride[2] as isize,
-            k.stride[3] as isize,
-            0.0,
+            Strided {
+                ptr: qbuf.as_ptr(),
+                rs: d as isize,
+                cs: 1,
+            },
+            Strided {
+                ptr: k.data.as_ptr().add(k_base + start * k.stride[2]),
+                rs: k.stride[3] as isize,
+                cs: k.stride[2] as isize,
+            },
             s.scale,
-            false,
-            false,
-            false,
             Parallelism::None,
         );
         for r in 0..n {
@@ -251,25 +251,25 @@ unsafe fn run_block(
             run_max[r] = new_max;
         }
         // acc += P V[start..start + width].
-        gemm::gemm(
-            n,
-            d,
-            width,
-            acc.as_mut_ptr(),
-            1,
-            d as isize,
+        super::gemm_f32(
+            (n, d, width),
+            Strided {
+                ptr: acc.as_mut_ptr(),
+                rs: d as isize,
+                cs: 1,
+            },
             true,
-            tile.as_ptr(),
-            1,
-            width as isize,
-            v.data.as_ptr().add(v_base + start * v.stride[2]),
-            v.stride[3] as isize,
-            v.stride[2] as isize,
+            Strided {
+                ptr: tile.as_ptr(),
+                rs: width as isize,
+                cs: 1,
+            },
+            Strided {
+                ptr: v.data.as_ptr().add(v_base + start * v.stride[2]),
+                rs: v.stride[2] as isize,
+                cs: v.stride[3] as isize,
+            },
             1.0,
-            1.0,
-            false,
-            false,
-            false,
             Parallelism::None,
         );
         start += width;

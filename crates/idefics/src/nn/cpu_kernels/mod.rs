@@ -1,5 +1,6 @@
 //! Forward-only CPU kernels for f32 inference: fused attention ([`flash_attention`]), the matrix-vector
-//! product of decoding ([`gemv`]) and the linear layer over a weight stored transposed ([`transposed`]).
+//! product of decoding ([`gemv`]), and the linear layer over a weight stored transposed ([`transposed`]: the vision
+//! side) or in column panels ([`panels`]: the text decoder, which both prefills and decodes).
 //!
 //! candle composes attention from a score matmul, a mask add, a softmax and a second matmul, each pass writing a
 //! `[heads, Lq, Lk]` tensor (1.15 GB a layer for a 980x980 image), and runs `x W^T` with one row as a GEMM. These
@@ -14,6 +15,7 @@
 
 pub mod flash_attention;
 pub mod gemv;
+pub mod panels;
 mod simd;
 pub mod transposed;
 
@@ -22,6 +24,7 @@ mod tests;
 
 pub use flash_attention::flash_attention;
 pub use gemv::{gemv_applies, linear_gemv};
+pub use panels::PanelWeight;
 pub use simd::sum;
 pub use transposed::{
     is_transposed_layout, linear_transposed, to_transposed_layout, transposed_applies,
@@ -42,6 +45,52 @@ pub fn applies(inputs: &[&Tensor]) -> bool {
         && inputs
             .iter()
             .all(|t| t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu) && !t.track_op())
+}
+
+/// A strided f32 matrix operand of [`gemm_f32`]: element `(i, j)` at `ptr + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+struct Strided<P> {
+    ptr: P,
+    rs: isize,
+    cs: isize,
+}
+
+/// `dst (m x n) = [dst +] beta * lhs (m x k) rhs (k x n)`, `dst` read only when `accumulate`: the `gemm` crate's
+/// f32 product without its conjugation flags.
+///
+/// # Safety
+/// Every pointer must cover its matrix under its strides, and `dst` must not overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    dst: Strided<*mut f32>,
+    accumulate: bool,
+    lhs: Strided<*const f32>,
+    rhs: Strided<*const f32>,
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.ptr,
+        dst.cs,
+        dst.rs,
+        accumulate,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        if accumulate { 1.0 } else { 0.0 },
+        beta,
+        false,
+        false,
+        false,
+        parallelism,
+    )
 }
 
 /// The values of `t` as one contiguous f32 vector (copied); `what` names it in the error.

@@ -170,6 +170,23 @@ fn gemv_t_rows_impl<const FMA: bool>(
     }
 }
 
+/// `acc[l] = sum_p x[p] * panel[p * 64 + l]`: one panel of [`super::panels`], read start to end into 64 lane
+/// accumulators (each output sums its terms in p order).
+#[inline(always)]
+fn panel_gemv_impl<const FMA: bool>(panel: &[f32], x: &[f32], acc: &mut [f32]) {
+    const P: usize = super::panels::PANEL;
+    let mut a = [0f32; P];
+    for (w, &xv) in panel.chunks_exact(P).zip(x) {
+        let Ok(w) = <&[f32; P]>::try_from(w) else {
+            continue;
+        };
+        for l in 0..P {
+            a[l] = fma::<FMA>(xv, w[l], a[l]);
+        }
+    }
+    acc.copy_from_slice(&a[..acc.len()]);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     #[target_feature(enable = "avx2,fma")]
@@ -187,6 +204,10 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         super::dot_impl::<true>(a, b)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn panel_gemv(panel: &[f32], x: &[f32], acc: &mut [f32]) {
+        super::panel_gemv_impl::<true>(panel, x, acc)
     }
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gemv_t_rows(
@@ -267,6 +288,16 @@ pub fn gemv_t_rows(
         return unsafe { avx2::gemv_t_rows(x, rows, in_dim, wt, out_dim, terms, acc) };
     }
     gemv_t_rows_impl::<false>(x, rows, in_dim, wt, out_dim, terms, acc)
+}
+
+/// `acc = x . panel` for one weight panel `[in][64]` (`acc`: 64 outputs, or fewer for the last panel).
+pub fn panel_gemv(panel: &[f32], x: &[f32], acc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { avx2::panel_gemv(panel, x, acc) };
+    }
+    panel_gemv_impl::<false>(panel, x, acc)
 }
 
 /// Sum of `a` (partial sums: the order differs from a sequential loop).

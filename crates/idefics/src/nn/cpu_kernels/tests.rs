@@ -255,3 +255,65 @@ fn transposed_layout_refuses_mismatched_inputs() -> Result<()> {
     assert!(!super::transposed_applies(tracked.as_tensor(), &wt, None));
     Ok(())
 }
+
+#[test]
+fn panel_layout_matches_matmul_and_round_trips() -> Result<()> {
+    use super::PanelWeight;
+    // Rows 1-4 take the panel GEMV, more the per-panel GEMM; outputs below, at and across the 64-wide panels
+    // (a zero-padded last panel), inputs not a multiple of the vector width, more rows than one GEMM task.
+    for (rows, in_dim, out_dim) in [
+        (1, 77, 131),
+        (2, 130, 3),
+        (3, 33, 64),
+        (4, 513, 200),
+        (5, 33, 65),
+        (17, 64, 48),
+        (300, 96, 130),
+    ] {
+        let x = rand(&[rows, in_dim], 31)?;
+        let w = rand(&[out_dim, in_dim], 32)?;
+        let b = rand(&[out_dim], 33)?;
+        let panels = PanelWeight::from_weight(&w)?;
+        assert_eq!((panels.out_dim(), panels.in_dim()), (out_dim, in_dim));
+        assert_eq!(
+            panels.to_tensor()?.flatten_all()?.to_vec1::<f32>()?,
+            w.flatten_all()?.to_vec1::<f32>()?
+        );
+        let want = x.matmul(&w.t()?)?;
+        let got = panels.forward(&x, None)?;
+        assert!(rel_err(&got, &want)? < 1e-5, "{rows}x{in_dim}x{out_dim}");
+        let want_b = want.broadcast_add(&b)?;
+        let got_b = panels.forward(&x, Some(&b))?;
+        assert!(
+            rel_err(&got_b, &want_b)? < 1e-5,
+            "{rows}x{in_dim}x{out_dim} + bias"
+        );
+        if rows > super::panels::MAX_GEMV_ROWS {
+            // The per-panel GEMM gives candle's GEMM results exactly (the same microkernel over the same sums).
+            for (g, w) in [(&got, &want), (&got_b, &want_b)] {
+                assert_eq!(
+                    g.flatten_all()?.to_vec1::<f32>()?,
+                    w.flatten_all()?.to_vec1::<f32>()?,
+                    "{rows}x{in_dim}x{out_dim}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn panel_layout_refuses_mismatched_inputs() -> Result<()> {
+    use super::PanelWeight;
+    let panels = PanelWeight::from_weight(&rand(&[6, 8], 34)?)?;
+    assert!(panels.forward(&rand(&[2, 7], 35)?, None).is_err());
+    assert!(panels
+        .forward(&rand(&[2, 8], 35)?, Some(&rand(&[5], 36)?))
+        .is_err());
+    let half = rand(&[2, 8], 35)?.to_dtype(candle_core::DType::F16)?;
+    assert!(panels.forward(&half, None).is_err());
+    assert!(
+        PanelWeight::from_weight(&rand(&[6, 8], 34)?.to_dtype(candle_core::DType::F16)?).is_err()
+    );
+    Ok(())
+}

@@ -16,7 +16,7 @@
 //! `docs/benchmarks.md`, "Decoding over the transposed layout"), so the chat commands keep the text decoder in the
 //! checkpoint's order (`crate::model::CpuWeightLayout`).
 
-use super::{contiguous_f32, simd};
+use super::{contiguous_f32, simd, Strided};
 use candle_core::{bail, Device, Layout, Result, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -169,25 +169,25 @@ fn gemm_rows(
     // x^T[p][r] = x[r * in + p]. With `read_dst` false (no bias) the GEMM only writes `y`, every element of it
     // (in_dim >= 1), so its length can be set afterwards.
     unsafe {
-        gemm::gemm(
-            out_dim,
-            rows,
-            in_dim,
-            y.as_mut_ptr(),
-            out_dim as isize,
-            1,
+        super::gemm_f32(
+            (out_dim, rows, in_dim),
+            Strided {
+                ptr: y.as_mut_ptr(),
+                rs: 1,
+                cs: out_dim as isize,
+            },
             bias.is_some(),
-            wt.as_ptr(),
-            out_dim as isize,
-            1,
-            x.as_ptr(),
-            in_dim as isize,
-            1,
+            Strided {
+                ptr: wt.as_ptr(),
+                rs: 1,
+                cs: out_dim as isize,
+            },
+            Strided {
+                ptr: x.as_ptr(),
+                rs: 1,
+                cs: in_dim as isize,
+            },
             1.0,
-            1.0,
-            false,
-            false,
-            false,
             parallelism,
         );
         y.set_len(len);
