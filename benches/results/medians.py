@@ -3,7 +3,8 @@
 
 Usage: python3 benches/results/medians.py DIR NAME
 Reads DIR/NAME-rs[-LAYOUT]-R.json and DIR/NAME-tf-{eager,sdpa}-R.json; prints one markdown table per figure that
-every report has (prefill and decoding tokens/s, vision and time-to-first-token seconds per request, peak RSS):
+every report has (prefill and decoding tokens/s; image processor, vision + connector and time to first token
+seconds per request; peak RSS):
 each side's per-round values, their median, and transformers' median over ours (> 1: idefics-rs is faster or
 leaner). Exits 1 when no report is found.
 """
@@ -22,10 +23,13 @@ def figures(report):
         out.append(("prefill 512 tokens (tokens/s)", r["prefill_text_512"]["tokens_per_s"], True))
     if "decode" in r:
         out.append(("decode at context 512 (tokens/s)", r["decode"]["tokens_per_s"], True))
-    for kind in ("vision", "ttft"):
-        for req, v in sorted((r.get(kind) or {}).items()):
-            if isinstance(v, dict) and "s" in v:
-                out.append((f"{kind} {req} (s)", v["s"], False))
+    for kind, key in (("vision + connector", "vision_encode_s"), ("image processor", "preprocess_s")):
+        for req, v in sorted((r.get("vision") or {}).items()):
+            if isinstance(v, dict) and key in v:
+                out.append((f"{kind} {req} (s)", v[key], False))
+    for req, v in sorted((r.get("ttft") or {}).items()):
+        if isinstance(v, dict) and "s" in v:
+            out.append((f"time to first token {req} (s)", v["s"], False))
     if r.get("peak_rss_mb"):
         out.append(("peak RSS (MB)", r["peak_rss_mb"], False))
     return out
