@@ -23,6 +23,7 @@ use crate::frozen::FrozenLinear;
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
 };
+use idefics::nn::cpu_kernels::{gemm_f32, Strided};
 use idefics::quant::{QWeight, GEMM_MIN_ROWS};
 
 /// Whether the fused op should run `base + s B A` on `x`: f32 on the CPU, a trainable adapter, the training
@@ -223,35 +224,29 @@ fn gemm_into(
         }
         return Ok(());
     }
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: every index the product touches is in bounds (checked above for lhs and rhs; dst is [m, n]
     // row-major and exclusively borrowed), and the three buffers do not overlap (dst is a `&mut`).
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
+        gemm_f32(
+            (m, n, k),
+            Strided {
+                ptr: dst.as_mut_ptr(),
+                rs: n as isize,
+                cs: 1,
+            },
             accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
+            Strided {
+                ptr: lhs.data.as_ptr(),
+                rs: lhs.rs as isize,
+                cs: lhs.cs as isize,
+            },
+            Strided {
+                ptr: rhs.data.as_ptr(),
+                rs: rhs.rs as isize,
+                cs: rhs.cs as isize,
+            },
             beta,
-            false,
-            false,
-            false,
-            parallelism,
+            candle_core::utils::get_num_threads(),
         );
     }
     Ok(())

@@ -110,17 +110,15 @@ impl VlmModel {
                 )))
             }
         };
-        if opts.cpu_weight_layout != CpuWeightLayout::Checkpoint {
-            let n = model.use_transposed_layout(opts.cpu_weight_layout)?;
-            tracing::debug!(layers = n, layout = ?opts.cpu_weight_layout,
-                "linear weights stored for CPU inference");
-        }
+        let n = model.use_cpu_weight_layout(opts.cpu_weight_layout)?;
+        tracing::debug!(layers = n, layout = ?opts.cpu_weight_layout,
+            "linear weights stored for CPU inference");
         Ok(model)
     }
 
     /// Stores the eligible linear weights as `layout` says (transposed or in panels: [`CpuWeightLayout`]), never
     /// a head tied to the embeddings (the lookup needs the rows). Inference only; returns how many layers changed.
-    pub fn use_transposed_layout(&mut self, layout: CpuWeightLayout) -> Result<usize> {
+    pub fn use_cpu_weight_layout(&mut self, layout: CpuWeightLayout) -> Result<usize> {
         struct Relayout {
             layout: CpuWeightLayout,
             skip_head: bool,
@@ -134,12 +132,10 @@ impl VlmModel {
                 }
                 // The text decoder and the head decode one token at a time: panels serve that and the prefill.
                 let decodes = is_head || path.starts_with("model.text_model.");
-                let changed = match self.layout {
-                    CpuWeightLayout::Checkpoint => false,
-                    CpuWeightLayout::Panels if decodes => layer.use_panel_layout()?,
-                    CpuWeightLayout::Panels | CpuWeightLayout::Transposed => {
-                        layer.use_transposed_layout()?
-                    }
+                let changed = if self.layout == CpuWeightLayout::Panels && decodes {
+                    layer.use_panel_layout()?
+                } else {
+                    layer.use_transposed_layout()?
                 };
                 self.changed += usize::from(changed);
                 Ok(())

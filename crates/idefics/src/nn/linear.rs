@@ -183,17 +183,11 @@ impl Linear {
     /// loaded. Layers that are hooked, quantized, trainable, not 2-D or stored in another shape (the conv patch
     /// embedding) are left alone. Returns whether the layer changed.
     pub fn use_transposed_layout(&mut self) -> Result<bool> {
-        let Kind::Dense { weight, .. } = &mut self.kind else {
-            return Ok(false);
-        };
-        let eligible = self.stored_shape.is_none()
-            && weight.rank() == 2
-            && weight.dims().iter().all(|&d| d > 1)
-            && weight.dtype() == candle_core::DType::F32
-            && weight.device().is_cpu()
-            && !weight.track_op()
-            && weight.is_contiguous();
-        if eligible {
+        // A weight already transposed is not contiguous, so it is not transposed twice.
+        let eligible = self
+            .relayout_candidate()
+            .is_some_and(|(w, _)| w.is_contiguous());
+        if let (true, Kind::Dense { weight, .. }) = (eligible, &mut self.kind) {
             *weight = super::cpu_kernels::to_transposed_layout(weight)?;
         }
         Ok(eligible)
@@ -205,26 +199,34 @@ impl Linear {
     /// [`Self::use_transposed_layout`] are eligible, while the CPU inference kernels are on (with candle's
     /// composed ops forced, `crate::nn::kernel_choice`, the layer stays as loaded). Returns whether it changed.
     pub fn use_panel_layout(&mut self) -> Result<bool> {
-        let Kind::Dense { weight, bias } = &self.kind else {
+        if !super::cpu_kernels::enabled() {
+            return Ok(false);
+        }
+        let Some((weight, bias)) = self.relayout_candidate() else {
             return Ok(false);
         };
-        let eligible = super::cpu_kernels::enabled()
-            && self.stored_shape.is_none()
+        let (panels, bias) = (PanelWeight::from_weight(weight)?, bias.cloned());
+        self.kind = Kind::Panels {
+            weight: Arc::new(panels),
+            bias,
+        };
+        Ok(true)
+    }
+
+    /// The weight and bias when the layer may be stored differently for CPU inference: dense, a 2-D f32 CPU
+    /// weight in its `[out, in]` shape (not the conv patch embedding), nothing taking part in autograd.
+    fn relayout_candidate(&self) -> Option<(&Tensor, Option<&Tensor>)> {
+        let Kind::Dense { weight, bias } = &self.kind else {
+            return None;
+        };
+        let eligible = self.stored_shape.is_none()
             && weight.rank() == 2
             && weight.dims().iter().all(|&d| d > 1)
             && weight.dtype() == candle_core::DType::F32
             && weight.device().is_cpu()
             && !weight.track_op()
             && bias.as_ref().is_none_or(|b| !b.track_op());
-        if eligible {
-            let panels = PanelWeight::from_weight(weight)?;
-            let bias = bias.clone();
-            self.kind = Kind::Panels {
-                weight: Arc::new(panels),
-                bias,
-            };
-        }
-        Ok(eligible)
+        eligible.then_some((weight, bias.as_ref()))
     }
 
     /// The weight with any adapter merged, in f32 (peft's merge), `[out, in]`.
@@ -240,71 +242,56 @@ impl Linear {
     /// `[.., in] -> [.., out]`: leading dims are flattened into one GEMM.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (weight, bias) = match &self.kind {
-            Kind::Dense { weight, bias } => (weight, bias),
+            Kind::Dense { weight, bias } => (weight, bias.as_ref()),
             Kind::Hooked(hook) => return hook.forward(xs),
             Kind::Quantized { weight, bias } => {
-                return quantized_forward(weight, bias.as_ref(), xs)
+                return over_rows(xs, weight.out_dim(), |x2| {
+                    let y = weight.matmul_t(x2)?.to_dtype(xs.dtype())?;
+                    match bias {
+                        Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+                        None => Ok(y),
+                    }
+                })
             }
-            Kind::Panels { weight, bias } => return panel_forward(weight, bias.as_ref(), xs),
-        };
-        let dims = xs.dims().to_vec();
-        let (lead, in_dim) = match dims.split_last() {
-            Some((last, lead)) => (lead.to_vec(), *last),
-            None => candle_core::bail!("linear: input must have at least one dimension"),
-        };
-        let rows: usize = lead.iter().product();
-        let x2 = xs.reshape((rows, in_dim))?;
-        let y = if super::cpu_kernels::transposed_applies(&x2, weight, bias.as_ref()) {
-            super::cpu_kernels::linear_transposed(&x2, weight, bias.as_ref())?
-        } else if super::cpu_kernels::gemv_applies(&x2, weight, bias.as_ref()) {
-            super::cpu_kernels::linear_gemv(&x2, weight, bias.as_ref())?
-        } else {
-            let y = x2.matmul(&weight.t()?)?;
-            match bias {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
+            Kind::Panels { weight, bias } => {
+                if xs.track_op() {
+                    candle_core::bail!(
+                        "linear: this layer is stored in panels for CPU inference and has no backward pass"
+                    );
+                }
+                return over_rows(xs, weight.out_dim(), |x2| weight.forward(x2, bias.as_ref()));
             }
         };
-        let mut out_dims = lead;
-        out_dims.push(weight.dim(0)?);
-        y.reshape(out_dims)
+        over_rows(xs, weight.dim(0)?, |x2| {
+            if super::cpu_kernels::transposed_applies(x2, weight, bias) {
+                super::cpu_kernels::linear_transposed(x2, weight, bias)
+            } else if super::cpu_kernels::gemv_applies(x2, weight, bias) {
+                super::cpu_kernels::linear_gemv(x2, weight, bias)
+            } else {
+                let y = x2.matmul(&weight.t()?)?;
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+        })
     }
 }
 
-/// `[.., in] -> [.., out]` through a panel-stored weight (f32 CPU inputs only).
-fn panel_forward(weight: &PanelWeight, bias: Option<&Tensor>, xs: &Tensor) -> Result<Tensor> {
-    let dims = xs.dims().to_vec();
-    let Some((&in_dim, lead)) = dims.split_last() else {
-        candle_core::bail!("linear: input must have at least one dimension")
-    };
-    if xs.track_op() {
-        candle_core::bail!(
-            "linear: this layer is stored in panels for CPU inference and has no backward pass"
-        );
-    }
-    let rows: usize = lead.iter().product();
-    let y = weight.forward(&xs.reshape((rows, in_dim))?, bias)?;
-    let mut out_dims = lead.to_vec();
-    out_dims.push(weight.out_dim());
-    y.reshape(out_dims)
-}
-
-/// `[.., in] -> [.., out]` through a quantized weight, in the input's dtype.
-fn quantized_forward(weight: &QWeight, bias: Option<&Tensor>, xs: &Tensor) -> Result<Tensor> {
-    let dims = xs.dims().to_vec();
-    let Some((&in_dim, lead)) = dims.split_last() else {
+/// `xs [.., in]` seen as `[rows, in]` for `product` (`[rows, in] -> [rows, out_dim]`), the result given back the
+/// leading dims `[.., out_dim]`.
+fn over_rows(
+    xs: &Tensor,
+    out_dim: usize,
+    product: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let Some((&in_dim, lead)) = xs.dims().split_last() else {
         candle_core::bail!("linear: input must have at least one dimension")
     };
     let rows: usize = lead.iter().product();
-    let y = weight
-        .matmul_t(&xs.reshape((rows, in_dim))?)?
-        .to_dtype(xs.dtype())?;
-    let y = match bias {
-        Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
-        None => y,
-    };
+    let y = product(&xs.reshape((rows, in_dim))?)?;
     let mut out_dims = lead.to_vec();
-    out_dims.push(weight.out_dim());
+    out_dims.push(out_dim);
     y.reshape(out_dims)
 }
 

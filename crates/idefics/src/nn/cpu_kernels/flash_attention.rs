@@ -12,7 +12,6 @@
 
 use super::{simd, Strided};
 use candle_core::{bail, Device, Layout, Result, Storage, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Query rows per task (rows of one kv head's group: `n_rep` query heads x `Lq` queries). Larger blocks make
@@ -234,7 +233,7 @@ unsafe fn run_block(
                 cs: k.stride[2] as isize,
             },
             s.scale,
-            Parallelism::None,
+            1,
         );
         for r in 0..n {
             let row = &mut tile[r * width..(r + 1) * width];
@@ -270,7 +269,7 @@ unsafe fn run_block(
                 cs: v.stride[3] as isize,
             },
             1.0,
-            Parallelism::None,
+            1,
         );
         start += width;
     }

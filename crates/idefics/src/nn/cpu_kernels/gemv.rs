@@ -4,8 +4,8 @@
 //! only add traffic. Here each output row of `W` is read once, from start to end, and dotted with every row of
 //! `x` while it sits in L1; rayon splits the output rows between threads so that all cores pull from memory.
 
-use super::{contiguous_f32, simd};
-use candle_core::{bail, Device, Result, Storage, Tensor};
+use super::{contiguous_f32, f32_slice, simd};
+use candle_core::{bail, Device, Result, Tensor};
 use rayon::prelude::*;
 
 /// At most this many rows of `x` take the GEMV path; more rows reuse each weight enough for a GEMM to win.
@@ -39,10 +39,7 @@ pub fn linear_gemv(x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resul
         None => None,
     };
     let (ws, wl) = weight.storage_and_layout();
-    let w = match (&*ws, wl.contiguous_offsets()) {
-        (Storage::Cpu(s), Some((a, z))) => &s.as_slice::<f32>()?[a..z],
-        _ => bail!("gemv: the weight must be a contiguous CPU tensor"),
-    };
+    let w = f32_slice(&ws, wl, "gemv: the weight")?;
     // Output-major: task t owns y_t[o][r] for its output rows o, so tasks write disjoint slices.
     let mut y_t = vec![0f32; out_dim * rows];
     y_t.par_chunks_mut(ROWS_PER_TASK * rows)

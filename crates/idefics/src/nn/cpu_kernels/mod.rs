@@ -31,7 +31,7 @@ pub use transposed::{
 };
 
 use super::kernel_choice::{kernels, KernelChoice, KernelFamily};
-use candle_core::{bail, DType, Device, Result, Storage, Tensor};
+use candle_core::{bail, DType, Device, Layout, Result, Storage, Tensor};
 
 /// Whether these kernels are on ([`super::kernel_choice`], inference family).
 pub fn enabled() -> bool {
@@ -49,27 +49,32 @@ pub fn applies(inputs: &[&Tensor]) -> bool {
 
 /// A strided f32 matrix operand of [`gemm_f32`]: element `(i, j)` at `ptr + i * rs + j * cs`.
 #[derive(Clone, Copy)]
-struct Strided<P> {
-    ptr: P,
-    rs: isize,
-    cs: isize,
+pub struct Strided<P> {
+    pub ptr: P,
+    pub rs: isize,
+    pub cs: isize,
 }
 
 /// `dst (m x n) = [dst +] beta * lhs (m x k) rhs (k x n)`, `dst` read only when `accumulate`: the `gemm` crate's
-/// f32 product without its conjugation flags.
+/// f32 product (the one candle's CPU matmul calls) without its conjugation flags, on `threads` rayon threads
+/// (1: on the calling thread). Every direct GEMM call of the workspace goes through here.
 ///
 /// # Safety
 /// Every pointer must cover its matrix under its strides, and `dst` must not overlap `lhs` or `rhs`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_f32(
+pub unsafe fn gemm_f32(
     (m, n, k): (usize, usize, usize),
     dst: Strided<*mut f32>,
     accumulate: bool,
     lhs: Strided<*const f32>,
     rhs: Strided<*const f32>,
     beta: f32,
-    parallelism: gemm::Parallelism,
+    threads: usize,
 ) {
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     gemm::gemm(
         m,
         n,
@@ -93,12 +98,22 @@ unsafe fn gemm_f32(
     )
 }
 
+/// The values of a contiguous f32 CPU tensor, borrowed from its storage (`let (storage, layout) =
+/// t.storage_and_layout()`); `what` names the tensor in the error.
+fn f32_slice<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(s), Some((a, z))) if storage.dtype() == DType::F32 => {
+            Ok(&s.as_slice::<f32>()?[a..z])
+        }
+        (Storage::Cpu(_), Some(_)) => bail!("{what} must be f32, not {:?}", storage.dtype()),
+        (Storage::Cpu(_), None) => bail!("{what} must be contiguous"),
+        _ => bail!("{what} must be a CPU tensor"),
+    }
+}
+
 /// The values of `t` as one contiguous f32 vector (copied); `what` names it in the error.
 fn contiguous_f32(t: &Tensor, what: &str) -> Result<Vec<f32>> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(s), Some((a, z))) => Ok(s.as_slice::<f32>()?[a..z].to_vec()),
-        _ => bail!("{what} must be an f32 CPU tensor"),
-    }
+    Ok(f32_slice(&storage, layout, what)?.to_vec())
 }

@@ -12,9 +12,8 @@
 //! so it serves inference only (`crate::nn::Linear::use_panel_layout`), and [`PanelWeight::to_tensor`] rebuilds
 //! the plain weight when something asks for it.
 
-use super::{simd, Strided};
-use candle_core::{bail, Device, Result, Storage, Tensor};
-use gemm::Parallelism;
+use super::{f32_slice, simd, Strided};
+use candle_core::{bail, Device, Result, Tensor};
 use rayon::prelude::*;
 
 /// Outputs per panel: the `gemm` crate's f32 AVX-512 microkernel height (4 registers of 16), and 64 accumulators
@@ -55,10 +54,7 @@ impl PanelWeight {
         }
         let weight = weight.contiguous()?;
         let (storage, layout) = weight.storage_and_layout();
-        let w = match (&*storage, layout.contiguous_offsets()) {
-            (Storage::Cpu(s), Some((a, z))) => &s.as_slice::<f32>()?[a..z],
-            _ => bail!("panel weight: the weight must be an f32 CPU tensor"),
-        };
+        let w = f32_slice(&storage, layout, "panel weight")?;
         let panels = out_dim.div_ceil(PANEL);
         let mut data = vec![0f32; panels * in_dim * PANEL];
         data.par_chunks_mut(in_dim * PANEL)
@@ -127,16 +123,11 @@ impl PanelWeight {
         };
         let x2 = x2.contiguous()?;
         let (xs, xl) = x2.storage_and_layout();
-        let x = match (&*xs, xl.contiguous_offsets()) {
-            (Storage::Cpu(s), Some((a, z))) if x2.dtype() == candle_core::DType::F32 => {
-                &s.as_slice::<f32>()?[a..z]
-            }
-            _ => bail!(
-                "panel linear: x must be an f32 CPU tensor (this layer is stored for CPU inference), got {:?} on {:?}",
-                x2.dtype(),
-                x2.device()
-            ),
-        };
+        let x = f32_slice(
+            &xs,
+            xl,
+            "panel linear: x (this layer is stored for CPU inference)",
+        )?;
         let y = if rows == 0 {
             Vec::new()
         } else if rows <= MAX_GEMV_ROWS {
@@ -223,7 +214,7 @@ impl PanelWeight {
                         cs: in_dim as isize,
                     },
                     1.0,
-                    Parallelism::None,
+                    1,
                 );
             }
         });

@@ -13,12 +13,11 @@
 //! one contiguous stretch of memory, into partial sums that are then added in task order (so the result does not
 //! depend on the number of threads). Reading four rows at a time from four places, it streams at 0.65-1.0x the
 //! row-major GEMV of [`super::gemv`], which reads each weight row start to end (`idefics bench-gemv` shows both;
-//! `docs/benchmarks.md`, "Decoding over the transposed layout"), so the chat commands keep the text decoder in the
-//! checkpoint's order (`crate::model::CpuWeightLayout`).
+//! `docs/benchmarks.md`, "Decoding over the transposed layout"), so the text decoder, which decodes, is stored in
+//! column panels instead (`super::panels`, `crate::model::CpuWeightLayout`).
 
-use super::{contiguous_f32, simd, Strided};
+use super::{contiguous_f32, f32_slice, simd, Strided};
 use candle_core::{bail, Device, Layout, Result, Storage, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// At most this many rows take the streaming GEMV; more reuse each weight enough for the GEMM.
@@ -127,10 +126,7 @@ pub fn linear_transposed(x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>) ->
     // The activations are read in place when contiguous (the usual case), not copied on every call.
     let x2 = x2.contiguous()?;
     let (xs, xl) = x2.storage_and_layout();
-    let x = match (&*xs, xl.contiguous_offsets()) {
-        (Storage::Cpu(s), Some((a, z))) => &s.as_slice::<f32>()?[a..z],
-        _ => bail!("transposed linear: x must be an f32 CPU tensor"),
-    };
+    let x = f32_slice(&xs, xl, "transposed linear: x")?;
     let (ws, wl) = weight.storage_and_layout();
     let wt = transposed_slice(&ws, wl)?;
     let y = if rows <= MAX_GEMV_ROWS {
@@ -158,12 +154,6 @@ fn gemm_rows(
         Some(b) => b.repeat(rows),
         None => Vec::with_capacity(len),
     };
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
     // SAFETY: the pointers cover `rows * out_dim` (y's capacity), `out_dim * in_dim` (wt) and `rows * in_dim` (x)
     // f32s, the strides stay inside them: y^T[o][r] = y[r * out + o], W[o][p] = wt[p * out + o],
     // x^T[p][r] = x[r * in + p]. With `read_dst` false (no bias) the GEMM only writes `y`, every element of it
@@ -188,7 +178,7 @@ fn gemm_rows(
                 cs: in_dim as isize,
             },
             1.0,
-            parallelism,
+            rayon::current_num_threads(),
         );
         y.set_len(len);
     }
