@@ -25,6 +25,24 @@ pub const MAX_GEMV_ROWS: usize = 4;
 /// narrow projection (SmolVLM's k / v: 3 panels).
 const GEMM_ROWS_PER_TASK: usize = 128;
 
+/// Lets the `gemm` crate's microkernel read a full panel where it lies. On AVX-512 the panel already has the
+/// layout the crate packs its left operand into (`[k][64]`, the microkernel 64 rows high), so the packing is a
+/// copy for nothing: 5 % of a SmolVLM-256M prefill profile, and prefill 3-15 % faster without it (four alternated
+/// pairs, `docs/benchmarks.md`). The crate reads a column-major left operand in place only below a process-wide
+/// width threshold (default 8 microkernel widths, 48 rows of `x`); this raises it to the crate's maximum once,
+/// when the first panel weight is built. The sums do not change (the same microkernel reads the same values); the
+/// setting reaches every single-threaded GEMM of the process whose left operand is column-major with a multiple
+/// of 16 rows. Left as it is on machines without AVX-512, where it was not measured.
+fn read_panels_in_place() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            gemm::set_lhs_packing_threshold_single_thread(256);
+        }
+    });
+}
+
 /// A linear weight `[out, in]` stored as column panels (module docs).
 pub struct PanelWeight {
     data: Vec<f32>,
@@ -52,6 +70,7 @@ impl PanelWeight {
         if out_dim == 0 || in_dim == 0 {
             bail!("panel weight: empty weight {:?}", weight.dims());
         }
+        read_panels_in_place();
         let weight = weight.contiguous()?;
         let (storage, layout) = weight.storage_and_layout();
         let w = f32_slice(&storage, layout, "panel weight")?;
