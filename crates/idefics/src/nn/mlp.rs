@@ -48,9 +48,14 @@ impl GatedMlp {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = self.act.forward(&self.gate_proj.forward(xs)?)?;
+        let gate = self.gate_proj.forward(xs)?;
         let up = self.up_proj.forward(xs)?;
-        self.down_proj.forward(&(gate * up)?)
+        if self.act == Activation::Silu && super::cpu_kernels::applies(&[&gate, &up]) {
+            return self
+                .down_proj
+                .forward(&super::cpu_kernels::silu_mul(&gate, &up)?);
+        }
+        self.down_proj.forward(&(self.act.forward(&gate)? * up)?)
     }
 }
 

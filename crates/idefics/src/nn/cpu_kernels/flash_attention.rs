@@ -151,8 +151,10 @@ struct Shape {
     scale: f32,
 }
 
-/// Rows `rows` of kv head `kv_head`'s group in batch `b`: row r is query `r % Lq` of head
-/// `kv_head * n_rep + r / Lq`.
+/// Rows `rows` of kv head `kv_head`'s group in batch `b`: row r is query `r / n_rep` of head
+/// `kv_head * n_rep + r % n_rep`. Query-major, so that a block holds few query positions: under a causal mask its
+/// key range (the union of its rows') then wastes less (SmolVLM's 3 heads a group: 1.16x the needed scores instead
+/// of 1.5x for a 512-token prefill).
 struct Block {
     b: usize,
     kv_head: usize,
@@ -185,7 +187,7 @@ unsafe fn run_block(
     let mut mask_rows = Vec::with_capacity(n);
     let (mut lo, mut hi) = (lk, 0);
     for (r, row) in blk.rows.clone().enumerate() {
-        let (head, query) = (blk.kv_head * s.n_rep + row / s.lq, row % s.lq);
+        let (head, query) = (blk.kv_head * s.n_rep + row % s.n_rep, row / s.n_rep);
         heads.push((head, query));
         let src = q.offset(blk.b, head, query);
         for (j, x) in qbuf[r * d..(r + 1) * d].iter_mut().enumerate() {

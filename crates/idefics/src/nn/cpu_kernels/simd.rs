@@ -194,6 +194,15 @@ fn panel_gemv_impl<const FMA: bool>(panel: &[f32], x: &[f32], acc: &mut [f32]) {
     acc.copy_from_slice(&a[..acc.len()]);
 }
 
+/// `out = silu(gate) * up` element-wise, `silu(g) = g / (1 + exp(-g))` with [`exp_lane`] (candle's formula, whose
+/// libm `expf` is a call per element).
+#[inline(always)]
+fn silu_mul_impl<const FMA: bool>(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + exp_lane::<FMA>(-g)) * u;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     #[target_feature(enable = "avx2,fma")]
@@ -215,6 +224,10 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn panel_gemv(panel: &[f32], x: &[f32], acc: &mut [f32]) {
         super::panel_gemv_impl::<true>(panel, x, acc)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        super::silu_mul_impl::<true>(gate, up, out)
     }
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gemv_t_rows(
@@ -305,6 +318,16 @@ pub fn panel_gemv(panel: &[f32], x: &[f32], acc: &mut [f32]) {
         return unsafe { avx2::panel_gemv(panel, x, acc) };
     }
     panel_gemv_impl::<false>(panel, x, acc)
+}
+
+/// `out = silu(gate) * up` over the common length.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { avx2::silu_mul(gate, up, out) };
+    }
+    silu_mul_impl::<false>(gate, up, out)
 }
 
 /// Sum of `a` (partial sums: the order differs from a sequential loop).

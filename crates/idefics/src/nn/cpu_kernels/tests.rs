@@ -1,6 +1,6 @@
 //! The inference kernels against the composed ops they replace, on random inputs of odd sizes.
 
-use super::{flash_attention, linear_gemv, simd};
+use super::{flash_attention, linear_gemv, silu_mul, simd};
 use crate::nn::{eager_attention, mask_min_value, Kernels};
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -181,6 +181,37 @@ fn exp_matches_std() {
     with_nan[17] = f32::NAN;
     assert!(simd::exp_sub_sum(&mut with_nan, 0.0).is_nan());
     assert!(with_nan[17].is_nan() && with_nan[16] == 1.0);
+}
+
+#[test]
+fn silu_mul_matches_candle() -> Result<()> {
+    // Gate values across the whole range: saturated negative (exp(-g) clamped), around 0, large positive; an odd
+    // length so the vector loop leaves a tail, and several rayon chunks.
+    let n = 3 * 16 * 1024 + 13;
+    let gate: Vec<f32> = (0..n)
+        .map(|i| -120.0 + 240.0 * i as f32 / n as f32)
+        .collect();
+    let gate = Tensor::from_vec(gate, (1, n), &Device::Cpu)?;
+    let up = rand(&[1, n], 11)?;
+    let want = (gate.silu()? * &up)?;
+    let got = silu_mul(&gate, &up)?;
+    assert_eq!(got.dims(), want.dims());
+    let (g, w) = (
+        got.flatten_all()?.to_vec1::<f32>()?,
+        want.flatten_all()?.to_vec1::<f32>()?,
+    );
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        assert!(
+            (a - b).abs() <= 4.0 * f32::EPSILON * b.abs() + 1e-30,
+            "{i}: {a} vs {b}"
+        );
+    }
+    // A strided (transposed) operand is made contiguous first; mismatched shapes are refused.
+    let (a, b) = (rand(&[5, 7], 12)?, rand(&[7, 5], 13)?.t()?);
+    let want = (a.silu()? * &b)?;
+    assert!(rel_err(&silu_mul(&a, &b)?, &want)? < 1e-6);
+    assert!(silu_mul(&a, &rand(&[5, 8], 14)?).is_err());
+    Ok(())
 }
 
 #[test]
