@@ -2,8 +2,10 @@
 //!
 //! Logits are upcast to f32; labels are shifted left by one (position t predicts label t+1, the last
 //! position predicts nothing); label `-100` is ignored; the loss is the mean over the remaining
-//! tokens. Built from differentiable candle ops only (candle 0.11's fused `softmax_last_dim` has no backward):
-//! `nll_i = logsumexp(z_i) - z_i[y_i]` with the row max subtracted for stability.
+//! tokens. `nll_i = logsumexp(z_i) - z_i[y_i]` with the row max subtracted for stability: for f32 on the CPU one
+//! fused op with its own backward (`idefics::nn::train_kernels::token_nll`, which keeps no `[tokens, vocab]`
+//! intermediate alive for the backward pass), elsewhere composed from differentiable candle ops (candle 0.11's
+//! fused `softmax_last_dim` has no backward).
 //!
 //! When every label is ignored, torch returns NaN (0 / 0). We return [`TrainError::Invalid`]
 //! instead, so a training loop can skip the batch knowingly; use [`causal_lm_loss_sum`] to
@@ -75,6 +77,11 @@ fn nll_sum(z: &Tensor, targets: Vec<u32>, weight: Option<Vec<f32>>) -> Result<Te
     let (n, _) = z.dims2()?;
     let dev = z.device();
     let z = z.to_dtype(DType::F32)?;
+    if idefics::nn::train_kernels::applies(&[&z]) {
+        // One fused op: no `[n, vocab]` intermediates kept for the backward pass (`token_nll`).
+        let weight = weight.unwrap_or_else(|| vec![1.0; n]);
+        return Ok(idefics::nn::train_kernels::token_nll(&z, targets, weight)?.sum_all()?);
+    }
     // The max only stabilises exp(); it cancels in the gradient, so it is taken off the graph.
     let max = z.max_keepdim(D::Minus1)?.detach();
     let shifted = z.broadcast_sub(&max)?;
@@ -137,8 +144,28 @@ pub fn causal_lm_loss_sum_from_hidden(
     let n_tokens = shifted.n_tokens();
     let n = shifted.targets.len();
     // No label at all keeps the full path: its zero sum stays attached to the graph, as before.
-    if n_tokens == 0 || n_tokens * 4 >= n * 3 {
+    if n_tokens == 0 || t < 2 {
         return causal_lm_loss_sum(&head(hidden)?, labels);
+    }
+    if n_tokens * 4 >= n * 3 {
+        // The last position predicts nothing: leaving it out before the head spares a copy of the logits in
+        // the forward pass and a zero-padded one of their gradient in the backward pass.
+        let z = head(&hidden.narrow(1, 0, t - 1)?)?;
+        if z.dims() != [b, t - 1, vocab] {
+            return Err(TrainError::Invalid(format!(
+                "the output head gave {:?} for {b} x {} positions, expected [{b}, {}, {vocab}]",
+                z.dims(),
+                t - 1,
+                t - 1
+            )));
+        }
+        let weight = shifted
+            .keep
+            .iter()
+            .map(|&k| f32::from(u8::from(k)))
+            .collect();
+        let sum = nll_sum(&z.reshape((n, vocab))?, shifted.targets, Some(weight))?;
+        return Ok(LossSum { sum, n_tokens });
     }
     // Predicting position `pos` of `row` is row `row * t + pos` of the flattened hidden states.
     let mut rows = Vec::with_capacity(n_tokens);

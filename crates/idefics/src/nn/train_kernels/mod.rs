@@ -133,10 +133,12 @@ fn grad_if(t: &Tensor, g: impl FnOnce() -> Result<Tensor>) -> Result<Option<Tens
 }
 
 mod attention;
+mod cross_entropy;
 mod norm;
 mod pointwise;
 
 pub use attention::{rope, softmax_last_dim};
+pub use cross_entropy::token_nll;
 pub use norm::{layer_norm, rms_norm};
 pub use pointwise::{gelu_tanh, scale_columns, silu};
 

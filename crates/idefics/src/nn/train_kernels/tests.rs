@@ -333,3 +333,34 @@ fn parameter_gradients_do_not_depend_on_the_thread_count() {
         );
     }
 }
+
+#[test]
+fn token_nll_matches_composed_cross_entropy() {
+    // One thread ([5, 37]) and rayon ([300, 1000]); logits wide enough that an unshifted exp would overflow.
+    for (n, v) in [(5usize, 37usize), (300, 1000)] {
+        let z = random(&[n, v], 7, 30.0);
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
+        let weights: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
+        let (t, w) = (targets.clone(), weights.clone());
+        let fused = move |x: &[Tensor]| token_nll(&x[0], t.clone(), w.clone());
+        let composed = move |x: &[Tensor]| -> Result<Tensor> {
+            let z = &x[0];
+            let max = z.max_keepdim(D::Minus1)?.detach();
+            let shifted = z.broadcast_sub(&max)?;
+            let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+            let idx = Tensor::from_vec(targets.clone(), (n, 1), &Device::Cpu)?;
+            let nll = (lse - shifted.gather(&idx, D::Minus1)?)?.squeeze(1)?;
+            nll * Tensor::from_vec(weights.clone(), n, &Device::Cpu)?
+        };
+        assert_same("token-nll", &[z], &fused, &composed, 2e-5);
+    }
+    let z = random(&[2, 4], 1, 1.0);
+    assert!(
+        token_nll(&z, vec![0, 4], vec![1.0, 1.0]).is_err(),
+        "target outside the vocabulary"
+    );
+    assert!(
+        token_nll(&z, vec![0], vec![1.0]).is_err(),
+        "one target for two rows"
+    );
+}
