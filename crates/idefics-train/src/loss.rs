@@ -70,6 +70,11 @@ impl ShiftedLabels {
     fn n_tokens(&self) -> usize {
         self.keep.iter().filter(|&&k| k).count()
     }
+
+    /// Per predicting position: 1 where the label counts, 0 where it is ignored.
+    fn weights(&self) -> Vec<f32> {
+        self.keep.iter().map(|&k| f32::from(u8::from(k))).collect()
+    }
 }
 
 /// Sum over rows of `logits [n, v]` of `logsumexp(z) - z[target]`, each row weighted by `weight` (1 or 0).
@@ -113,11 +118,7 @@ pub fn causal_lm_loss_sum(logits: &Tensor, labels: &Tensor) -> Result<LossSum, T
         });
     }
     let z = logits.narrow(1, 0, t - 1)?.reshape((n, v))?;
-    let weight = shifted
-        .keep
-        .iter()
-        .map(|&k| f32::from(u8::from(k)))
-        .collect();
+    let weight = shifted.weights();
     let sum = nll_sum(&z, shifted.targets, Some(weight))?;
     Ok(LossSum { sum, n_tokens })
 }
@@ -159,11 +160,7 @@ pub fn causal_lm_loss_sum_from_hidden(
                 t - 1
             )));
         }
-        let weight = shifted
-            .keep
-            .iter()
-            .map(|&k| f32::from(u8::from(k)))
-            .collect();
+        let weight = shifted.weights();
         let sum = nll_sum(&z.reshape((n, vocab))?, shifted.targets, Some(weight))?;
         return Ok(LossSum { sum, n_tokens });
     }

@@ -22,12 +22,18 @@ pub fn token_nll(z: &Tensor, targets: Vec<u32>, weights: Vec<f32>) -> Result<Ten
     if let Some(t) = targets.iter().find(|&&t| t as usize >= v) {
         bail!("token-nll: target {t} is outside the vocabulary of {v}");
     }
-    z.contiguous()?.apply_op1(TokenNll { targets, weights })
+    z.contiguous()?.apply_op1(TokenNll {
+        targets,
+        weights,
+        row_stats: std::sync::OnceLock::new(),
+    })
 }
 
 struct TokenNll {
     targets: Vec<u32>,
     weights: Vec<f32>,
+    /// Each row's `(max, logsumexp)` from the forward pass, so the backward pass reads the logits once.
+    row_stats: std::sync::OnceLock<Vec<(f32, f32)>>,
 }
 
 /// `(max, log(sum(exp(z - max))))` of one row.
@@ -45,16 +51,21 @@ impl CustomOp1 for TokenNll {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let z = slice(s, l, self.name())?;
         let (n, v) = rows_of(l, self.name())?;
-        let row = |i: usize| {
-            let zi = &z[i * v..(i + 1) * v];
-            let (max, lse) = shifted_logsumexp(zi);
-            self.weights[i] * (lse - (zi[self.targets[i] as usize] - max))
-        };
-        let out: Vec<f32> = if z.len() >= PAR_MIN_ELEMS {
+        let row = |i: usize| shifted_logsumexp(&z[i * v..(i + 1) * v]);
+        let stats: Vec<(f32, f32)> = if z.len() >= PAR_MIN_ELEMS {
             (0..n).into_par_iter().map(row).collect()
         } else {
             (0..n).map(row).collect()
         };
+        let out = stats
+            .iter()
+            .enumerate()
+            .map(|(i, &(max, lse))| {
+                self.weights[i] * (lse - (z[i * v + self.targets[i] as usize] - max))
+            })
+            .collect();
+        // `token_nll` makes a new op per call, and candle runs its forward pass once.
+        let _ = self.row_stats.set(stats);
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 
@@ -68,10 +79,13 @@ impl CustomOp1 for TokenNll {
             };
             let z = slice(zs, zl, self.name())?;
             let (n, v) = rows_of(zl, self.name())?;
+            let Some(stats) = self.row_stats.get().filter(|s| s.len() == n) else {
+                bail!("{}: backward pass without its forward pass", self.name());
+            };
             let mut out = vec![0f32; n * v];
             let row = |(i, o): (usize, &mut [f32])| {
                 let zi = &z[i * v..(i + 1) * v];
-                let (max, lse) = shifted_logsumexp(zi);
+                let (max, lse) = stats[i];
                 let scale = g[i] * self.weights[i];
                 for (o, &x) in o.iter_mut().zip(zi) {
                     *o = scale * (x - max - lse).exp();
