@@ -33,7 +33,12 @@ impl GradAccumulator {
             let Some(g) = grads.get(v.as_tensor()) else {
                 continue;
             };
-            let g = g.affine(weight, 0.0)?;
+            // A weight of 1 (one micro-batch, or losses already normalised) needs no scaled copy.
+            let g = if weight == 1.0 {
+                g.clone()
+            } else {
+                g.affine(weight, 0.0)?
+            };
             let sum = match self.sums.remove(&v.id()) {
                 Some(s) => (s + g)?,
                 None => g,

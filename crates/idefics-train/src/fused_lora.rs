@@ -23,7 +23,7 @@ use crate::frozen::FrozenLinear;
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
 };
-use idefics::nn::cpu_kernels::{gemm_f32, Strided};
+use idefics::nn::cpu_kernels::{gemm_into, MatRef};
 use idefics::quant::{QWeight, GEMM_MIN_ROWS};
 
 /// Whether the fused op should run `base + s B A` on `x`: f32 on the CPU, a trainable adapter, the training
@@ -159,99 +159,6 @@ fn contiguous_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a
     }
 }
 
-/// A row-major matrix view: element `(i, j)` at `i * rs + j * cs`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> View<'a> {
-    fn rows(data: &'a [f32], cols: usize) -> Self {
-        Self {
-            data,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    /// The transpose of a row-major `[rows, cols]` matrix.
-    fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Self {
-            data,
-            rs: 1,
-            cs: cols,
-        }
-    }
-
-    fn check(&self, rows: usize, cols: usize, what: &str) -> Result<()> {
-        if rows == 0 || cols == 0 {
-            return Ok(());
-        }
-        let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
-        if last >= self.data.len() {
-            bail!(
-                "fused LoRA: {what} holds {} values, too few for [{rows}, {cols}]",
-                self.data.len()
-            );
-        }
-        Ok(())
-    }
-}
-
-/// `dst [m, n] = (accumulate ? dst : 0) + beta * lhs [m, k] rhs [k, n]`, on candle's thread count, with the `gemm`
-/// crate candle's CPU matmul calls.
-fn gemm_into(
-    dst: &mut [f32],
-    (m, n, k): (usize, usize, usize),
-    lhs: View,
-    rhs: View,
-    beta: f32,
-    accumulate: bool,
-) -> Result<()> {
-    if dst.len() != m * n {
-        bail!("fused LoRA: output buffer of {} for [{m}, {n}]", dst.len());
-    }
-    lhs.check(m, k, "lhs")?;
-    rhs.check(k, n, "rhs")?;
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        return Ok(());
-    }
-    // SAFETY: every index the product touches is in bounds (checked above for lhs and rhs; dst is [m, n]
-    // row-major and exclusively borrowed), and the three buffers do not overlap (dst is a `&mut`).
-    unsafe {
-        gemm_f32(
-            (m, n, k),
-            Strided {
-                ptr: dst.as_mut_ptr(),
-                rs: n as isize,
-                cs: 1,
-            },
-            accumulate,
-            Strided {
-                ptr: lhs.data.as_ptr(),
-                rs: lhs.rs as isize,
-                cs: lhs.cs as isize,
-            },
-            Strided {
-                ptr: rhs.data.as_ptr(),
-                rs: rhs.rs as isize,
-                cs: rhs.cs as isize,
-            },
-            beta,
-            candle_core::utils::get_num_threads(),
-        );
-    }
-    Ok(())
-}
-
 impl LoraLinearOp {
     /// `x W^T (+ b)` for `x [m, k]`, as a fresh `[m, n]` buffer.
     fn base_product(&self, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
@@ -266,8 +173,8 @@ impl LoraLinearOp {
                 gemm_into(
                     &mut y,
                     (m, n, k),
-                    View::rows(x, k),
-                    View::transposed(w, k),
+                    MatRef::rows(x, k),
+                    MatRef::transposed(w, k),
                     1.0,
                     accumulate,
                 )
@@ -279,8 +186,8 @@ impl LoraLinearOp {
                     gemm_into(
                         &mut y,
                         (m, n, k),
-                        View::rows(x, k),
-                        View::transposed(w, k),
+                        MatRef::rows(x, k),
+                        MatRef::transposed(w, k),
                         1.0,
                         accumulate,
                     )
@@ -309,8 +216,8 @@ impl LoraLinearOp {
             gemm_into(
                 &mut dx,
                 (m, k, n),
-                View::rows(dy, n),
-                View::rows(w, k),
+                MatRef::rows(dy, n),
+                MatRef::rows(w, k),
                 1.0,
                 false,
             )
@@ -348,8 +255,8 @@ impl CustomOp3 for LoraLinearOp {
             gemm_into(
                 &mut y,
                 (m, n, r),
-                View::rows(xa, r),
-                View::transposed(b, r),
+                MatRef::rows(xa, r),
+                MatRef::transposed(b, r),
                 self.scaling,
                 true,
             )
@@ -384,8 +291,8 @@ impl CustomOp3 for LoraLinearOp {
                         gemm_into(
                             &mut dx,
                             (m, k, r),
-                            View::rows(dyb, r),
-                            View::rows(a, k),
+                            MatRef::rows(dyb, r),
+                            MatRef::rows(a, k),
                             self.scaling,
                             true,
                         )

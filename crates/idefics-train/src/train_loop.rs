@@ -13,7 +13,7 @@ use crate::accumulate::GradAccumulator;
 use crate::checkpoint::{
     load_checkpoint, save_checkpoint, verify_checkpoint, CheckpointContents, TrainerState,
 };
-use crate::optimizer::{clip_grad_norm, grad_norm, AdamW};
+use crate::optimizer::{clip_coefficient, grad_norm, AdamW};
 use crate::peft::PeftAdapter;
 use crate::rng::TrainRng;
 use crate::schedule::LrSchedule;
@@ -404,12 +404,9 @@ impl<T: TrainTask> TrainLoop<T> {
         }
         drop(prepared);
         self.task.finish_step();
-        let mut grads = acc.take();
+        let grads = acc.take();
         let var_refs: Vec<&Var> = vars.iter().collect();
-        let norm = match self.max_grad_norm {
-            Some(max) => clip_grad_norm(&mut grads, &var_refs, max)?,
-            None => grad_norm(&grads, &var_refs)?,
-        };
+        let norm = grad_norm(&grads, &var_refs)?;
         if !norm.is_finite() {
             return Err(TrainError::NonFinite {
                 what: format!("gradient norm at step {}", self.step + 1),
@@ -417,7 +414,11 @@ impl<T: TrainTask> TrainLoop<T> {
             });
         }
         let lr = self.schedule.lr(self.step);
-        self.optimizer.step(&grads, lr)?;
+        // Clipping as torch's `clip_grad_norm_`, applied inside the update (no scaled copy of the gradients).
+        let grad_scale = self
+            .max_grad_norm
+            .map_or(1.0, |max| clip_coefficient(norm, max));
+        self.optimizer.step_scaled(&grads, lr, grad_scale)?;
         self.step += 1;
         self.tokens_seen += counts.tokens as u64;
         let dt = start.elapsed().as_secs_f64();

@@ -53,8 +53,20 @@ pub fn eager_attention(
     let dtype = q.dtype();
     // Grouped heads without copying the cache: fold the n_rep query heads of a group into its rows.
     let qg = q.contiguous()?.reshape((b, hkv, n_rep * lq, d))?;
-    let scores = qg.matmul(&k.contiguous()?.t()?)?;
-    let mut scores = (scores.reshape((b, h, lq, lk))? * scale)?;
+    let scores = qg.matmul(&k.contiguous()?.t()?)?.reshape((b, h, lq, lk))?;
+    // Training on the CPU: scale, mask and softmax as one node (see `train_kernels::scaled_masked_softmax`).
+    let mask_is_constant = mask
+        .is_none_or(|m| !m.track_op() && m.dtype() == DType::F32 && m.dims().last() == Some(&lk));
+    if mask_is_constant
+        && !kernels.use_fused(&[&scores])
+        && super::train_kernels::applies(&[&scores])
+    {
+        let probs = super::train_kernels::scaled_masked_softmax(&scores, mask, scale)?
+            .reshape((b, hkv, n_rep * lq, lk))?;
+        let out = probs.matmul(&v.contiguous()?)?.reshape((b, h, lq, d))?;
+        return out.transpose(1, 2)?.reshape((b, lq, h * d));
+    }
+    let mut scores = (scores * scale)?;
     if let Some(mask) = mask {
         scores = scores.broadcast_add(mask)?;
     }

@@ -267,6 +267,8 @@ impl Linear {
                 super::cpu_kernels::linear_transposed(x2, weight, bias)
             } else if super::cpu_kernels::gemv_applies(x2, weight, bias) {
                 super::cpu_kernels::linear_gemv(x2, weight, bias)
+            } else if train_linear_applies(x2, weight, bias) {
+                super::train_kernels::linear(x2, weight, bias)
             } else {
                 let y = x2.matmul(&weight.t()?)?;
                 match bias {
@@ -276,6 +278,16 @@ impl Linear {
             }
         })
     }
+}
+
+/// Whether the product is part of autograd and should be one node with its own backward
+/// ([`super::train_kernels::linear`]): f32 CPU tensors, the training kernels chosen, a tracked weight or bias
+/// (a frozen layer's products need no weight gradient, and its owner gives it its own hook).
+fn train_linear_applies(x2: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    let mut inputs = vec![x2, weight];
+    inputs.extend(bias);
+    (weight.track_op() || bias.is_some_and(|b| b.track_op()))
+        && super::train_kernels::applies(&inputs)
 }
 
 /// `xs [.., in]` seen as `[rows, in]` for `product` (`[rows, in] -> [rows, out_dim]`), the result given back the

@@ -17,7 +17,7 @@
 pub mod flash_attention;
 pub mod gemv;
 pub mod panels;
-mod simd;
+pub(crate) mod simd;
 pub mod transposed;
 
 #[cfg(test)]
@@ -97,6 +97,90 @@ pub unsafe fn gemm_f32(
         false,
         parallelism,
     )
+}
+
+/// A row-major matrix over a slice: element `(i, j)` at `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major `[rows, cols]` matrix.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major `[rows, cols]` matrix, read in place.
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// [`gemm_f32`] over slices, bounds-checked: `dst [m, n] = (accumulate ? dst : 0) + beta * lhs [m, k] rhs [k, n]`,
+/// on candle's thread count.
+pub fn gemm_into(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    lhs: MatRef,
+    rhs: MatRef,
+    beta: f32,
+    accumulate: bool,
+) -> Result<()> {
+    if dst.len() != m * n || !lhs.covers(m, k) || !rhs.covers(k, n) {
+        bail!(
+            "gemm: buffers of {} / {} / {} values for a [{m}, {k}] x [{k}, {n}] product",
+            lhs.data.len(),
+            rhs.data.len(),
+            dst.len()
+        );
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return Ok(());
+    }
+    let operand = |a: MatRef| Strided {
+        ptr: a.data.as_ptr(),
+        rs: a.rs as isize,
+        cs: a.cs as isize,
+    };
+    // SAFETY: every index the product touches is in bounds (checked above for lhs and rhs; dst is an exclusive
+    // `[m, n]` row-major buffer, so it overlaps neither input).
+    unsafe {
+        gemm_f32(
+            (m, n, k),
+            Strided {
+                ptr: dst.as_mut_ptr(),
+                rs: n as isize,
+                cs: 1,
+            },
+            accumulate,
+            operand(lhs),
+            operand(rhs),
+            beta,
+            candle_core::utils::get_num_threads(),
+        );
+    }
+    Ok(())
 }
 
 /// The values of a contiguous f32 CPU tensor, borrowed from its storage (`let (storage, layout) =

@@ -203,8 +203,41 @@ fn silu_mul_impl<const FMA: bool>(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `out = g * silu'(x)`, `silu'(x) = s (1 + x (1 - s))` with `s = 1 / (1 + exp(-x))`.
+#[inline(always)]
+fn silu_grad_impl<const FMA: bool>(x: &[f32], g: &[f32], out: &mut [f32]) {
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(g) {
+        let s = 1.0 / (1.0 + exp_lane::<FMA>(-v));
+        *o = g * (s * (1.0 + v * (1.0 - s)));
+    }
+}
+
+#[inline(always)]
+fn map_unary_impl(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
+    out.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v));
+}
+
+#[inline(always)]
+fn map_binary_impl(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = f(x, y);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_grad(x: &[f32], g: &[f32], out: &mut [f32]) {
+        super::silu_grad_impl::<true>(x, g, out)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn map_unary(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
+        super::map_unary_impl(x, out, f)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn map_binary(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+        super::map_binary_impl(a, b, out, f)
+    }
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn sum(a: &[f32]) -> f32 {
         super::sum_impl(a)
@@ -328,6 +361,38 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         return unsafe { avx2::silu_mul(gate, up, out) };
     }
     silu_mul_impl::<false>(gate, up, out)
+}
+
+/// `out = g * silu'(x)` over the common length: SiLU's backward pass.
+pub fn silu_grad(x: &[f32], g: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { avx2::silu_grad(x, g, out) };
+    }
+    silu_grad_impl::<false>(x, g, out)
+}
+
+/// `out[i] = f(x[i])`, compiled with AVX2 when the CPU has it so that LLVM can vectorise `f` eight lanes wide.
+/// `f` should be plain lane arithmetic that inlines (no calls); separate multiplies and adds are not fused, so
+/// the values are those of the scalar loop.
+pub fn map_unary(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { avx2::map_unary(x, out, f) };
+    }
+    map_unary_impl(x, out, f)
+}
+
+/// `out[i] = f(a[i], b[i])`, as [`map_unary`].
+pub fn map_binary(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { avx2::map_binary(a, b, out, f) };
+    }
+    map_binary_impl(a, b, out, f)
 }
 
 /// Sum of `a` (partial sums: the order differs from a sequential loop).

@@ -134,11 +134,13 @@ fn grad_if(t: &Tensor, g: impl FnOnce() -> Result<Tensor>) -> Result<Option<Tens
 
 mod attention;
 mod cross_entropy;
+mod linear;
 mod norm;
 mod pointwise;
 
-pub use attention::{rope, softmax_last_dim};
+pub use attention::{rope, scaled_masked_softmax, softmax_last_dim};
 pub use cross_entropy::token_nll;
+pub use linear::linear;
 pub use norm::{layer_norm, rms_norm};
 pub use pointwise::{gelu_tanh, scale_columns, silu};
 

@@ -1,6 +1,7 @@
 //! Element-wise kernels: the activations (tanh GELU, SiLU) and DoRA's per-column scale.
 
 use super::*;
+use crate::nn::cpu_kernels::simd;
 
 /// The tanh approximation of GELU, candle's `gelu` (transformers' `gelu_pytorch_tanh`).
 pub fn gelu_tanh(xs: &Tensor) -> Result<Tensor> {
@@ -17,6 +18,7 @@ const SQRT_TWO_OVER_PI: f32 = 0.797_884_560_802_865_4;
 const GELU_CUBIC: f32 = 0.044_715;
 
 /// `tanh(sqrt(2/pi) (x + 0.044715 x^3))`, the inner term of the tanh GELU.
+#[inline(always)]
 fn gelu_tanh_inner(x: f32) -> f32 {
     fast_tanh(SQRT_TWO_OVER_PI * x * (1.0 + GELU_CUBIC * x * x))
 }
@@ -25,6 +27,7 @@ fn gelu_tanh_inner(x: f32) -> f32 {
 /// `tanhf`). libm's `tanhf` is a call per element and took most of the tanh GELU's time forward and backward;
 /// this one is a few multiply-adds and a division, with no call.
 #[allow(clippy::excessive_precision)]
+#[inline(always)]
 pub(super) fn fast_tanh(x: f32) -> f32 {
     // Past this bound tanh is 1 in f32.
     const CLAMP: f32 = 7.905_311_107_635_498_05;
@@ -69,36 +72,33 @@ enum Activation {
 }
 
 impl Activation {
-    fn value(self, x: f32) -> f32 {
+    /// `out = f(x)` over one chunk; GELU vectorised (`cpu_kernels::simd`, the scalar loop's values).
+    fn values(self, x: &[f32], out: &mut [f32]) {
         match self {
-            Self::GeluTanh => 0.5 * x * (1.0 + gelu_tanh_inner(x)),
-            // Written as candle's CPU kernel writes it, so the forward pass matches it to the bit.
-            Self::Silu => x / (1.0 + (-x).exp()),
+            Self::GeluTanh => simd::map_unary(x, out, |v| 0.5 * v * (1.0 + gelu_tanh_inner(v))),
+            // Written as candle's CPU kernel writes it (libm `expf`), so the forward pass matches it to the bit.
+            Self::Silu => out
+                .iter_mut()
+                .zip(x)
+                .for_each(|(o, &v)| *o = v / (1.0 + (-v).exp())),
         }
     }
 
-    fn derivative(self, x: f32) -> f32 {
+    /// `out = g * f'(x)` over one chunk, vectorised (SiLU's `exp` is the vector one, ~2 ulp).
+    fn grads(self, x: &[f32], g: &[f32], out: &mut [f32]) {
         match self {
-            Self::GeluTanh => {
+            Self::GeluTanh => simd::map_binary(x, g, out, |x, g| {
                 let t = gelu_tanh_inner(x);
-                0.5 * (1.0 + t)
-                    + 0.5 * x * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x)
-            }
-            Self::Silu => {
-                let s = 1.0 / (1.0 + (-x).exp());
-                s * (1.0 + x * (1.0 - s))
-            }
+                g * (0.5 * (1.0 + t)
+                    + 0.5 * x * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x))
+            }),
+            Self::Silu => simd::silu_grad(x, g, out),
         }
     }
 }
 
-fn elementwise(input: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; input.len()];
-    map_rows(input, 4096.min(input.len().max(1)), &mut out, |i, o| {
-        o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x))
-    });
-    out
-}
+/// Chunks of this many elements are the unit of rayon's split.
+const CHUNK: usize = 4096;
 
 impl CustomOp1 for Activation {
     fn name(&self) -> &'static str {
@@ -112,7 +112,13 @@ impl CustomOp1 for Activation {
         let x = slice(s, l, self.name())?;
         let act = *self;
         Ok((
-            CpuStorage::F32(elementwise(x, |v| act.value(v))),
+            CpuStorage::F32({
+                let mut out = vec![0f32; x.len()];
+                map_rows(x, CHUNK.min(x.len().max(1)), &mut out, |x, o| {
+                    act.values(x, o)
+                });
+                out
+            }),
             l.shape().clone(),
         ))
     }
@@ -147,11 +153,8 @@ impl CustomOp2 for ActivationGrad {
         }
         let act = self.0;
         let mut out = vec![0f32; x.len()];
-        let chunk = 4096.min(x.len().max(1));
-        map_rows2(x, g, chunk, &mut out, |x, g, o| {
-            for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                *o = g * act.derivative(x);
-            }
+        map_rows2(x, g, CHUNK.min(x.len().max(1)), &mut out, |x, g, o| {
+            act.grads(x, g, o)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

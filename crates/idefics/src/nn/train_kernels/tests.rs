@@ -364,3 +364,167 @@ fn token_nll_matches_composed_cross_entropy() {
         "one target for two rows"
     );
 }
+
+#[test]
+fn linear_matches_candle_matmul_values_and_gradients() {
+    // Shapes below and above the GEMM's blocking; the second one's bias sum spans several row blocks.
+    for (m, k, n) in [(3usize, 5usize, 7usize), (300, 96, 130)] {
+        let (x, w, b) = (
+            random(&[m, k], 31, 1.0),
+            random(&[n, k], 32, 0.5),
+            random(&[n], 33, 1.0),
+        );
+        assert_same(
+            "linear with bias",
+            &[x.clone(), w.clone(), b.clone()],
+            &|t| linear(&t[0], &t[1], Some(&t[2])),
+            &|t| t[0].matmul(&t[1].t()?)?.broadcast_add(&t[2]),
+            1e-4,
+        );
+        assert_same(
+            "linear without bias",
+            &[x.clone(), w.clone()],
+            &|t| linear(&t[0], &t[1], None),
+            &|t| t[0].matmul(&t[1].t()?),
+            1e-4,
+        );
+        // The weight's gradient comes in the weight's own layout, contiguous.
+        let (_, g) = value_and_grads(&[x.clone(), w.clone()], &|t| linear(&t[0], &t[1], None));
+        assert!(g[1].is_contiguous() && g[1].dims() == [n, k]);
+    }
+}
+
+#[test]
+fn linear_gives_gradients_only_to_tracked_inputs_and_refuses_bad_shapes() {
+    let x = random(&[4, 6], 34, 1.0);
+    let w = Var::from_tensor(&random(&[5, 6], 35, 1.0)).unwrap();
+    let frozen_bias = random(&[5], 36, 1.0);
+    let y = linear(&x, w.as_tensor(), Some(&frozen_bias)).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(w.as_tensor()).is_some());
+    assert!(grads.get(&x).is_none() && grads.get(&frozen_bias).is_none());
+    // dL/dW of sum(x W^T) is the column sums of x repeated for every output.
+    let expect = x
+        .sum(0)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+        .repeat((5, 1))
+        .unwrap();
+    assert!(max_abs_diff(grads.get(w.as_tensor()).unwrap(), &expect) < 1e-5);
+    let err = linear(&x, &random(&[5, 7], 37, 1.0), None).unwrap_err();
+    assert!(err.to_string().contains("expects 7"), "{err}");
+    let err = linear(&x, w.as_tensor(), Some(&random(&[4], 38, 1.0))).unwrap_err();
+    assert!(
+        err.to_string().contains("bias must have shape [5]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn vectorised_activations_match_the_scalar_formulas() {
+    // The whole range (saturated negative, around 0 where tanh(x) == x, large positive), an odd length so the
+    // vector loop leaves a tail, and several rayon chunks.
+    let n = 5 * 4096 + 13;
+    let xs: Vec<f32> = (0..n)
+        .map(|i| -100.0 + 200.0 * i as f32 / n as f32)
+        .collect();
+    let x = Tensor::from_vec(xs.clone(), n, &Device::Cpu).unwrap();
+    let g = random(&[n], 41, 1.0);
+    let gs = g.to_vec1::<f32>().unwrap();
+    let sig = |v: f32| 1.0 / (1.0 + (-v as f64).exp());
+    let gelu_inner = |v: f32| fast_tanh(0.797_884_6 * v * (1.0 + 0.044_715 * v * v));
+    let close = |what: &str, got: &[f32], want: &dyn Fn(usize) -> f64, ulps: f64| {
+        for (i, &a) in got.iter().enumerate() {
+            let b = want(i);
+            assert!(
+                (a as f64 - b).abs() <= ulps * f32::EPSILON as f64 * b.abs().max(1e-30) + 1e-30,
+                "{what} at x = {}: {a} vs {b}",
+                xs[i]
+            );
+        }
+    };
+    let var = Var::from_tensor(&x).unwrap();
+    for (act, name) in [
+        (silu as fn(&Tensor) -> Result<Tensor>, "silu"),
+        (gelu_tanh, "gelu"),
+    ] {
+        let y = act(var.as_tensor()).unwrap();
+        let dx = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let (y, dx) = (
+            y.to_vec1::<f32>().unwrap(),
+            dx.get(var.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
+        );
+        if name == "silu" {
+            close("silu", &y, &|i| xs[i] as f64 * sig(xs[i]), 8.0);
+            // `s (1 + x (1 - s))` cancels near x = -1.28, and `1 - s` in f32 is off by up to an ulp of 1 (times x)
+            // for large x: bound the error by the size of the terms.
+            for (i, &v) in xs.iter().enumerate() {
+                let (x64, s) = (v as f64, sig(v));
+                let want = gs[i] as f64 * s * (1.0 + x64 * (1.0 - s));
+                let eps = f32::EPSILON as f64;
+                let tol = (gs[i] as f64).abs()
+                    * (8.0 * eps * s * (1.0 + x64.abs() * (1.0 - s)) + x64.abs() * eps);
+                assert!(
+                    (dx[i] as f64 - want).abs() <= tol + 1e-30,
+                    "silu' at x = {v}: {} vs {want}",
+                    dx[i]
+                );
+            }
+        } else {
+            // The scalar loop's own arithmetic: the vector loop fuses nothing, so the values are the same bits.
+            for (i, &v) in xs.iter().enumerate() {
+                let t = gelu_inner(v);
+                assert_eq!(y[i], 0.5 * v * (1.0 + t), "gelu at {v}");
+                let d = 0.5 * (1.0 + t)
+                    + 0.5 * v * (1.0 - t * t) * 0.797_884_6 * (1.0 + 3.0 * 0.044_715 * v * v);
+                assert_eq!(dx[i], gs[i] * d, "gelu' at {v}");
+            }
+        }
+    }
+}
+
+#[test]
+fn scaled_masked_softmax_matches_the_composed_ops() {
+    // Masks broadcast over batch / heads / queries, of lower rank, and none; one thread and rayon shapes.
+    let scale = 0.125;
+    for (shape, mask_shape) in [
+        ([2usize, 3, 5, 7], Some(vec![2usize, 1, 5, 7])),
+        ([2, 3, 5, 7], Some(vec![1, 3, 1, 7])),
+        ([2, 3, 5, 7], Some(vec![5, 7])),
+        ([2, 4, 40, 130], Some(vec![2, 1, 1, 130])),
+        ([2, 4, 40, 130], None),
+    ] {
+        let x = random(&shape, 51, 8.0);
+        let mask = mask_shape.map(|m| {
+            // Large negative entries where the pattern says so, as attention masks have.
+            let r = random(&m, 52, 1.0);
+            r.ge(0.6)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .affine(-1e9, 0.0)
+                .unwrap()
+        });
+        let m = mask.clone();
+        assert_same(
+            "scaled masked softmax",
+            std::slice::from_ref(&x),
+            &|t| scaled_masked_softmax(&t[0], m.as_ref(), scale),
+            &|t| {
+                let s = (&t[0] * scale)?;
+                let s = match &mask {
+                    Some(m) => s.broadcast_add(m)?,
+                    None => s,
+                };
+                candle_nn::ops::softmax(&s, D::Minus1)
+            },
+            1e-5,
+        );
+    }
+    let x = random(&[1, 2, 3, 4], 53, 1.0);
+    let err = scaled_masked_softmax(&x, Some(&random(&[1, 2, 3, 5], 54, 1.0)), 1.0).unwrap_err();
+    assert!(err.to_string().contains("does not broadcast"), "{err}");
+    let tracked = Var::from_tensor(&random(&[1, 1, 3, 4], 55, 1.0)).unwrap();
+    assert!(scaled_masked_softmax(&x, Some(tracked.as_tensor()), 1.0).is_err());
+}

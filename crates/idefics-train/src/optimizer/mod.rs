@@ -10,10 +10,14 @@
 //! modality projection its own rate: a parameter's lr (and with it its weight decay) is the schedule's times
 //! its component's scale.
 
+mod cpu_update;
+
 use super::TrainError;
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Storage, Tensor, Var};
+use cpu_update::{fused_cpu_step, PAR_CHUNK};
 use idefics::model::Component;
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -117,11 +121,16 @@ struct StepHyper {
     decay: f64,
     step_size: f64,
     bc2_sqrt: f64,
+    /// Multiplies the gradient before the update (gradient clipping).
+    grad_scale: f64,
 }
 
 /// The update as candle tensor ops (any device).
 fn composed_step(slot: &mut Slot, g: &Tensor, h: &StepHyper) -> Result<(), TrainError> {
-    let g = g.to_dtype(DType::F32)?;
+    let mut g = g.to_dtype(DType::F32)?;
+    if h.grad_scale != 1.0 {
+        g = g.affine(h.grad_scale, 0.0)?;
+    }
     let mut p = slot.var.as_tensor().detach().to_dtype(DType::F32)?;
     if h.decay != 0.0 {
         p = p.affine(1.0 - h.lr * h.decay, 0.0)?;
@@ -132,47 +141,6 @@ fn composed_step(slot: &mut Slot, g: &Tensor, h: &StepHyper) -> Result<(), Train
     let denom = slot.exp_avg_sq.sqrt()?.affine(1.0 / h.bc2_sqrt, h.eps)?;
     let update = (&slot.exp_avg / denom)?.affine(h.step_size, 0.0)?;
     let p = (p - update)?;
-    slot.var.set(&p.to_dtype(slot.var.dtype())?)?;
-    Ok(())
-}
-
-/// The same update in one pass over host memory: the composed form allocates about a dozen temporaries per
-/// parameter, which dominates full fine-tuning's optimizer time on CPU (a fused kernel candle lacks).
-fn fused_cpu_step(slot: &mut Slot, g: &Tensor, h: &StepHyper) -> Result<(), TrainError> {
-    let shape = slot.var.shape().clone();
-    let dev = slot.var.device().clone();
-    let mut p: Vec<f32> = slot
-        .var
-        .as_tensor()
-        .detach()
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()?;
-    let g: Vec<f32> = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let mut m: Vec<f32> = slot.exp_avg.flatten_all()?.to_vec1()?;
-    let mut v: Vec<f32> = slot.exp_avg_sq.flatten_all()?.to_vec1()?;
-    let keep = (1.0 - h.lr * h.decay) as f32;
-    let (b1, b2) = (h.beta1 as f32, h.beta2 as f32);
-    let (one_b1, one_b2) = ((1.0 - h.beta1) as f32, (1.0 - h.beta2) as f32);
-    let (inv_bc2, eps, step) = ((1.0 / h.bc2_sqrt) as f32, h.eps as f32, h.step_size as f32);
-    if let Some(bad) = g.iter().find(|x| !x.is_finite()) {
-        return Err(TrainError::NonFinite {
-            what: format!("gradient of {}", slot.name),
-            value: *bad as f64,
-        });
-    }
-    for (((p, &g), m), v) in p.iter_mut().zip(&g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        if h.decay != 0.0 {
-            *p *= keep;
-        }
-        *m = b1 * *m + one_b1 * g;
-        *v = b2 * *v + one_b2 * (g * g);
-        let denom = v.sqrt() * inv_bc2 + eps;
-        *p -= step * (*m / denom);
-    }
-    slot.exp_avg = Tensor::from_vec(m, shape.clone(), &dev)?;
-    slot.exp_avg_sq = Tensor::from_vec(v, shape.clone(), &dev)?;
-    let p = Tensor::from_vec(p, shape, &dev)?;
     slot.var.set(&p.to_dtype(slot.var.dtype())?)?;
     Ok(())
 }
@@ -238,7 +206,9 @@ impl AdamW {
                         "duplicate parameter name {name}"
                     )));
                 }
-                let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                // Two tensors, not two handles of one: the update writes the moments in place.
+                let zeros = || Tensor::zeros(var.shape(), DType::F32, var.device());
+                let (exp_avg, exp_avg_sq) = (zeros()?, zeros()?);
                 slots.push(Slot {
                     decay: !no_weight_decay(&name),
                     lr_scale: cfg.lr_scales.of(&name),
@@ -246,8 +216,8 @@ impl AdamW {
                     group_lr_scale: group.lr_scale,
                     name,
                     var,
-                    exp_avg: zeros.clone(),
-                    exp_avg_sq: zeros,
+                    exp_avg,
+                    exp_avg_sq,
                 });
             }
         }
@@ -281,6 +251,17 @@ impl AdamW {
     /// skips `p.grad is None`); on CPU a non-finite gradient stops with an error naming the parameter (the
     /// training loop checks the global gradient norm on every device).
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<(), TrainError> {
+        self.step_scaled(grads, lr, 1.0)
+    }
+
+    /// [`AdamW::step`] on the gradients times `grad_scale`, without writing the scaled gradients: how the
+    /// training loop applies gradient clipping ([`clip_coefficient`]).
+    pub fn step_scaled(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<(), TrainError> {
         let AdamWConfig {
             beta1, beta2, eps, ..
         } = self.cfg;
@@ -303,6 +284,7 @@ impl AdamW {
                 decay: if slot.decay { slot.weight_decay } else { 0.0 },
                 step_size: step_size * slot.lr_scale,
                 bc2_sqrt,
+                grad_scale,
             };
             if slot.var.device().is_cpu() {
                 fused_cpu_step(slot, g, &h)?;
@@ -313,8 +295,17 @@ impl AdamW {
         Ok(())
     }
 
-    /// The moments as named f32 tensors (`exp_avg.<name>`, `exp_avg_sq.<name>`).
-    pub fn state_tensors(&self) -> HashMap<String, Tensor> {
+    /// The moments as named f32 tensors (`exp_avg.<name>`, `exp_avg_sq.<name>`): copies, since the next
+    /// step updates the optimizer's own in place.
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>, TrainError> {
+        self.state_views()
+            .into_iter()
+            .map(|(name, t)| Ok((name, t.copy()?)))
+            .collect()
+    }
+
+    /// The moments themselves (valid until the next step).
+    fn state_views(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
         for s in &self.slots {
             out.insert(format!("exp_avg.{}", s.name), s.exp_avg.clone());
@@ -344,7 +335,8 @@ impl AdamW {
                         s.var.dims()
                     )));
                 }
-                *dst = t.to_dtype(DType::F32)?.to_device(s.var.device())?;
+                // A copy of its own: the update writes the moments in place.
+                *dst = t.to_dtype(DType::F32)?.to_device(s.var.device())?.copy()?;
             }
         }
         self.step = step;
@@ -354,7 +346,7 @@ impl AdamW {
     /// Saves moments and step count to a safetensors file (atomically).
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
         let meta = HashMap::from([("step".to_string(), self.step.to_string())]);
-        let bytes = super::peft::safetensors_bytes(&self.state_tensors(), Some(meta), path)?;
+        let bytes = super::peft::safetensors_bytes(&self.state_views(), Some(meta), path)?;
         super::atomic::atomic_write(path, &bytes)
     }
 
@@ -379,9 +371,15 @@ impl AdamW {
     }
 }
 
+/// The factor `torch.nn.utils.clip_grad_norm_` scales gradients by: `max_norm / (norm + 1e-6)`, capped at 1.
+pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
+    (max_norm / (norm + 1e-6)).min(1.0)
+}
+
 /// Scales `grads` of `vars` so their global L2 norm is at most `max_norm`, as
-/// `torch.nn.utils.clip_grad_norm_` does (coefficient `max_norm / (norm + 1e-6)`, capped at 1).
-/// Returns the norm before clipping; a NaN/inf norm is an error (a diverged step, not a silent one).
+/// `torch.nn.utils.clip_grad_norm_` does ([`clip_coefficient`]). Returns the norm before clipping; a NaN/inf
+/// norm is an error (a diverged step, not a silent one). The training loop does not write the scaled gradients
+/// but hands the coefficient to [`AdamW::step_scaled`].
 pub fn clip_grad_norm(
     grads: &mut GradStore,
     vars: &[&Var],
@@ -394,7 +392,7 @@ pub fn clip_grad_norm(
             value: norm,
         });
     }
-    let coef = (max_norm / (norm + 1e-6)).min(1.0);
+    let coef = clip_coefficient(norm, max_norm);
     if coef < 1.0 {
         for v in vars {
             if let Some(g) = grads.get(v.as_tensor()) {
@@ -406,125 +404,33 @@ pub fn clip_grad_norm(
     Ok(norm)
 }
 
-/// The global L2 norm of the gradients of `vars` (computed in f32; missing gradients count as 0).
+/// The global L2 norm of the gradients of `vars` (missing gradients count as 0). Squares are summed in f64 on
+/// the CPU, chunk by chunk in a fixed order (the same bits on every run), in f32 by candle elsewhere.
 pub fn grad_norm(grads: &GradStore, vars: &[&Var]) -> Result<f64, TrainError> {
     let mut sum_sq = 0f64;
     for v in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            let s = g
-                .to_dtype(DType::F32)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f32>()?;
-            sum_sq += s as f64;
+        let Some(g) = grads.get(v.as_tensor()) else {
+            continue;
+        };
+        let g = g.to_dtype(DType::F32)?;
+        if g.device().is_cpu() {
+            let g = g.contiguous()?;
+            let (storage, layout) = g.storage_and_layout();
+            if let (Storage::Cpu(cpu), Some((start, end))) =
+                (&*storage, layout.contiguous_offsets())
+            {
+                let chunks: Vec<f64> = cpu.as_slice::<f32>()?[start..end]
+                    .par_chunks(PAR_CHUNK)
+                    .map(|c| c.iter().map(|&x| x as f64 * x as f64).sum::<f64>())
+                    .collect();
+                sum_sq += chunks.iter().sum::<f64>();
+                continue;
+            }
         }
+        sum_sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
     }
     Ok(sum_sq.sqrt())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The fused CPU update and the composed one (used on other devices) agree.
-    #[test]
-    fn fused_and_composed_updates_agree() {
-        let dev = Device::Cpu;
-        let make = || -> Slot {
-            let p = Tensor::arange(0f32, 12.0, &dev)
-                .unwrap()
-                .affine(0.1, -0.5)
-                .unwrap();
-            Slot {
-                name: "w".into(),
-                var: Var::from_tensor(&p.reshape((3, 4)).unwrap()).unwrap(),
-                decay: true,
-                lr_scale: 1.0,
-                weight_decay: 0.1,
-                group_lr_scale: 1.0,
-                exp_avg: Tensor::full(0.01f32, (3, 4), &dev).unwrap(),
-                exp_avg_sq: Tensor::full(0.002f32, (3, 4), &dev).unwrap(),
-            }
-        };
-        let g = Tensor::arange(0f32, 12.0, &dev)
-            .unwrap()
-            .affine(-0.03, 0.2)
-            .unwrap()
-            .reshape((3, 4))
-            .unwrap();
-        let h = StepHyper {
-            lr: 1e-2,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            decay: 0.1,
-            step_size: 1e-2 / (1.0 - 0.9f64.powi(3)),
-            bc2_sqrt: (1.0 - 0.999f64.powi(3)).sqrt(),
-        };
-        let (mut a, mut b) = (make(), make());
-        fused_cpu_step(&mut a, &g, &h).unwrap();
-        composed_step(&mut b, &g, &h).unwrap();
-        for (x, y) in [
-            (a.var.as_tensor(), b.var.as_tensor()),
-            (&a.exp_avg, &b.exp_avg),
-            (&a.exp_avg_sq, &b.exp_avg_sq),
-        ] {
-            let d = (x - y).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
-        }
-        let bad = Tensor::new(&[[f32::NAN; 4]; 3], &dev).unwrap();
-        let err = fused_cpu_step(&mut a, &bad, &h).unwrap_err().to_string();
-        assert!(err.contains("gradient of w"), "{err}");
-    }
-
-    /// A component's scale multiplies its update (weight decay included); 0 leaves it where it was.
-    #[test]
-    fn lr_scales_multiply_each_components_update() {
-        let dev = Device::Cpu;
-        let names = [
-            "model.text_model.layers.0.mlp.up_proj.weight",
-            "model.connector.perceiver_resampler.latents",
-            "model.vision_model.embeddings.patch_embedding.weight",
-        ];
-        let start = Tensor::new(&[[0.5f32, -1.0], [2.0, 0.25]], &dev).unwrap();
-        let params: Vec<(String, Var)> = names
-            .iter()
-            .map(|n| (n.to_string(), Var::from_tensor(&start).unwrap()))
-            .collect();
-        let cfg = AdamWConfig {
-            weight_decay: 0.1,
-            lr_scales: LrScales {
-                perceiver: 0.25,
-                vision: 0.0,
-                ..LrScales::default()
-            },
-            ..AdamWConfig::default()
-        };
-        let mut opt = AdamW::new(params.clone(), cfg).unwrap();
-        let loss = params
-            .iter()
-            .map(|(_, v)| v.as_tensor().sqr().unwrap().sum_all().unwrap())
-            .reduce(|a, b| (a + b).unwrap())
-            .unwrap();
-        opt.step(&loss.backward().unwrap(), 1e-2).unwrap();
-        let moved = |i: usize| -> Vec<f32> {
-            let d = (params[i].1.as_tensor() - &start).unwrap();
-            d.flatten_all().unwrap().to_vec1().unwrap()
-        };
-        let (full, quarter, frozen) = (moved(0), moved(1), moved(2));
-        assert!(full.iter().all(|d| d.abs() > 1e-3), "{full:?}");
-        for (f, q) in full.iter().zip(&quarter) {
-            assert!((q - 0.25 * f).abs() < 1e-7, "{q} is not a quarter of {f}");
-        }
-        assert!(frozen.iter().all(|d| *d == 0.0), "{frozen:?}");
-
-        let bad = AdamWConfig {
-            lr_scales: LrScales {
-                text: f64::NAN,
-                ..LrScales::default()
-            },
-            ..AdamWConfig::default()
-        };
-        assert!(AdamW::new(params, bad).is_err());
-    }
-}
+mod tests;
