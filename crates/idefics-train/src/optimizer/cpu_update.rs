@@ -133,7 +133,9 @@ fn with_values_mut<R>(
             else {
                 candle_core::bail!("AdamW: the optimizer's tensors must be contiguous f32");
             };
-            let f = self.f.take().expect("cpu_fwd runs once");
+            let Some(f) = self.f.take() else {
+                candle_core::bail!("AdamW: the in-place update ran twice");
+            };
             self.out.set(Some(f(&mut values[start..end])));
             Ok(())
         }
