@@ -273,6 +273,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         "micro_batches": args.micro_batches,
         "parallel_micro_batches": args.parallel,
         "candle_threads": candle_core::utils::get_num_threads(),
+        "candle_elementwise_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
         "seq_len": batch.labels.dim(1)?,
         "image_size": image_size,
         "trainable_params": n_trainable,

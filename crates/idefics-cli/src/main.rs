@@ -18,6 +18,7 @@ mod malloc;
 mod model_source;
 mod quantize_cmd;
 mod serve_cmd;
+mod threads;
 mod train_cmd;
 mod train_eval;
 
@@ -73,8 +74,10 @@ enum Command {
 
 fn main() {
     let malloc = malloc::tune();
+    let threads = threads::tune();
     init_logging();
     tracing::debug!(?malloc, "glibc malloc tuning");
+    tracing::debug!(?threads, "candle element-wise threads");
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Ask(args) => ask::run(args),
