@@ -3,39 +3,10 @@
 use super::*;
 use crate::nn::cpu_kernels::simd;
 
-/// Softmax over the last dimension (`max`-shifted, as candle's composed `softmax`; values within a few ulp of it).
+/// Softmax over the last dimension (`max`-shifted, as candle's composed `softmax`; values within a few ulp of it):
+/// [`scaled_masked_softmax`] without scale or mask, for any rank.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    xs.contiguous()?.apply_op1(Softmax)
-}
-
-struct Softmax;
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "train-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, self.name())?;
-        let (_, d) = rows_of(l, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        map_rows(x, d, &mut out, |x, o| {
-            // The vector loops of the inference attention (`cpu_kernels::simd`: exp within ~2 ulp of libm's,
-            // lane-parallel sums); libm's `expf`, a call per score, took ~2 % of a training step.
-            o.copy_from_slice(x);
-            let max = simd::add_max(o, None);
-            let sum = simd::exp_sub_sum(o, max);
-            o.iter_mut().for_each(|o| *o /= sum);
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        grad_if(arg, || {
-            res.detach()
-                .apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad { scale: 1.0 })
-        })
-    }
+    xs.contiguous()?.apply_op1(ScaledSoftmax { scale: 1.0 })
 }
 
 /// `y * (g - sum(g * y)) * scale` per row (the scale of [`scaled_masked_softmax`]; 1 for the plain softmax).
@@ -116,7 +87,9 @@ struct ScaledSoftmax {
 impl ScaledSoftmax {
     const NAME: &'static str = "train-scaled-softmax";
 
-    /// One row: `o = softmax(x * scale + m)`.
+    /// One row: `o = softmax(x * scale + m)`, with the vector loops of the inference attention
+    /// (`cpu_kernels::simd`: exp within ~2 ulp of libm's, lane-parallel sums; libm's `expf`, a call per score, took
+    /// ~2 % of a training step).
     fn row(self, x: &[f32], m: Option<&[f32]>, o: &mut [f32]) {
         o.iter_mut().zip(x).for_each(|(o, &x)| *o = x * self.scale);
         let max = simd::add_max(o, m);

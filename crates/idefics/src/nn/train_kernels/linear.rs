@@ -75,8 +75,8 @@ impl Linear {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Tensor)> {
         let (xd, wd, dy) = (x.detach(), w.detach(), grad.contiguous()?);
-        let dx = grad_if(x, || dy.apply_op2_no_bwd(&wd, &LinearGradInput))?;
-        let dw = grad_if(w, || dy.apply_op2_no_bwd(&xd, &LinearGradWeight))?;
+        let dx = grad_if(x, || dy.apply_op2_no_bwd(&wd, &LinearGrad::Input))?;
+        let dw = grad_if(w, || dy.apply_op2_no_bwd(&xd, &LinearGrad::Weight))?;
         Ok((dx, dw, dy))
     }
 }
@@ -139,43 +139,20 @@ impl CustomOp3 for Linear {
     }
 }
 
-/// `dy [m, n] W [n, k]`: the input's gradient.
-struct LinearGradInput;
-
-impl CustomOp2 for LinearGradInput {
-    fn name(&self) -> &'static str {
-        "train-linear-grad-input"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (dy, w) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let (m, n) = l1.shape().dims2()?;
-        let (_, k) = l2.shape().dims2()?;
-        let mut dx = vec![0f32; m * k];
-        gemm_into(
-            &mut dx,
-            (m, k, n),
-            MatRef::rows(dy, n),
-            MatRef::rows(w, k),
-            1.0,
-            false,
-        )?;
-        Ok((CpuStorage::F32(dx), Shape::from((m, k))))
-    }
+/// The gradients that are products with `dy [m, n]`: the input's, `dy W [n, k]` (`[m, k]`), or the weight's,
+/// `dy^T x [m, k]` (`[n, k]`, in the weight's `[out, in]` layout).
+#[derive(Clone, Copy)]
+enum LinearGrad {
+    Input,
+    Weight,
 }
 
-/// `dy^T [n, m] x [m, k]`: the weight's gradient, in the weight's `[out, in]` layout.
-struct LinearGradWeight;
-
-impl CustomOp2 for LinearGradWeight {
+impl CustomOp2 for LinearGrad {
     fn name(&self) -> &'static str {
-        "train-linear-grad-weight"
+        match self {
+            Self::Input => "train-linear-grad-input",
+            Self::Weight => "train-linear-grad-weight",
+        }
     }
 
     fn cpu_fwd(
@@ -185,19 +162,24 @@ impl CustomOp2 for LinearGradWeight {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (dy, x) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let (dy, other) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
         let (m, n) = l1.shape().dims2()?;
         let (_, k) = l2.shape().dims2()?;
-        let mut dw = vec![0f32; n * k];
+        // (output rows, the product's inner dimension, dy or its transpose)
+        let (rows, inner, lhs) = match self {
+            Self::Input => (m, n, MatRef::rows(dy, n)),
+            Self::Weight => (n, m, MatRef::transposed(dy, n)),
+        };
+        let mut out = vec![0f32; rows * k];
         gemm_into(
-            &mut dw,
-            (n, k, m),
-            MatRef::transposed(dy, n),
-            MatRef::rows(x, k),
+            &mut out,
+            (rows, k, inner),
+            lhs,
+            MatRef::rows(other, k),
             1.0,
             false,
         )?;
-        Ok((CpuStorage::F32(dw), Shape::from((n, k))))
+        Ok((CpuStorage::F32(out), Shape::from((rows, k))))
     }
 }
 
