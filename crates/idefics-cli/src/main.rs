@@ -74,11 +74,12 @@ enum Command {
 
 fn main() {
     let malloc = malloc::tune();
-    let threads = threads::tune();
+    // Parsing starts no thread, so the thread split can still depend on the command.
+    let cli = Cli::parse();
+    let threads = threads::tune(cli.command.workload());
     init_logging();
     tracing::debug!(?malloc, "glibc malloc tuning");
     tracing::debug!(?threads, "candle element-wise threads");
-    let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Ask(args) => ask::run(args),
         Command::Chat(args) => chat::run(args),
@@ -105,6 +106,17 @@ fn main() {
     }
 }
 
+impl Command {
+    fn workload(&self) -> threads::Workload {
+        match self {
+            Command::Train(_) | Command::BenchTrain(_) | Command::PretrainVision(_) => {
+                threads::Workload::Training
+            }
+            _ => threads::Workload::Inference,
+        }
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IDEFICS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -112,4 +124,28 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(args: &[&str]) -> threads::Workload {
+        let cli = Cli::try_parse_from(std::iter::once("idefics").chain(args.iter().copied()))
+            .expect("arguments parse");
+        cli.command.workload()
+    }
+
+    #[test]
+    fn only_training_commands_take_candles_pool_down_to_one_thread() {
+        use threads::Workload::{Inference, Training};
+        assert_eq!(workload(&["train", "--config", "r.toml"]), Training);
+        assert_eq!(
+            workload(&["bench-train", "--model", "m", "--mode", "lora"]),
+            Training
+        );
+        // Quantized decoding runs on candle's pool: these must keep it.
+        assert_eq!(workload(&["bench-quant", "--model", "m"]), Inference);
+        assert_eq!(workload(&["ask", "--image", "a.png", "q"]), Inference);
+    }
 }
