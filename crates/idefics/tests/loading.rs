@@ -180,3 +180,57 @@ fn half_precision_weights_are_converted() {
         Idefics2ForConditionalGeneration::load(&dir, &LoadOptions::default()).unwrap();
     }
 }
+
+/// Every stored float dtype reads into f32 exactly as candle converts it (bit for bit, specials included), across
+/// the loader's read chunks (a tensor of more than a million elements) and for a block of rows in the middle.
+#[test]
+fn stored_dtypes_convert_like_candle_across_read_chunks() {
+    let (rows, cols) = (1031, 1024 + 3);
+    let mut values: Vec<f32> = (0..rows * cols)
+        .map(|i| (i as f32 * 0.618_034).sin() * 3.0e4_f32.powf((i % 7) as f32 / 7.0 - 0.5))
+        .collect();
+    let specials = [
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1.0e-41,
+        -3.0e-39,
+        65504.0,
+        7.0e4,
+        f32::MAX,
+    ];
+    for (i, v) in specials.iter().enumerate() {
+        values[i * 104_729 % (rows * cols)] = *v;
+    }
+    let dense = Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let mut stored = HashMap::new();
+    for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64] {
+        stored.insert(format!("{dtype:?}"), dense.to_dtype(dtype).unwrap());
+    }
+    candle_core::safetensors::save(&stored, &path).unwrap();
+    let ck = idefics::weights::Checkpoint::open(dir.path()).unwrap();
+    let bits = |t: &Tensor| -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    };
+    for (name, t) in &stored {
+        let expected = t.to_dtype(DType::F32).unwrap();
+        let loaded = ck.load(name, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(loaded.dims(), &[rows, cols], "{name}");
+        assert!(bits(&loaded) == bits(&expected), "{name}: values differ");
+        let (start, n) = (517, 300);
+        let block = ck.load_rows_f32(name, start, n).unwrap();
+        let expected_block = bits(&expected.narrow(0, start, n).unwrap());
+        let block_bits: Vec<u32> = block.iter().map(|x| x.to_bits()).collect();
+        assert!(block_bits == expected_block, "{name}: rows differ");
+    }
+    let err = ck
+        .load_rows_f32("F32", rows - 2, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rows"), "{err}");
+}
