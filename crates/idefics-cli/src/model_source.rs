@@ -44,7 +44,8 @@ pub struct ModelArgs {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct QuantArgs {
     /// Quantize the text decoder (linear layers, embeddings, head) while loading: q8_0, q4k or q6k (GGUF block
-    /// formats). Leaves exact parity with transformers; see the README's quantization table for the cost.
+    /// formats), or bf16 (16 bits a weight, f32 activations). Leaves exact parity with transformers; see the
+    /// README's quantization table for the cost.
     #[arg(long, value_parser = parse_quant)]
     pub quant: Option<QuantType>,
     /// With --quant: quantize the vision tower and connector too (default: they stay f32).

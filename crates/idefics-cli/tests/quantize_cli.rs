@@ -55,7 +55,7 @@ fn bad_quant_arguments_are_one_clear_error() {
     let out = idefics(&["ask", "--quant", "q3k", QUESTION]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("expected q8_0, q4k or q6k"),
+        !out.status.success() && err.contains("expected q8_0, q4k, q6k or bf16"),
         "{err}"
     );
     let out = idefics(&["ask", "--quant-vision", QUESTION]);

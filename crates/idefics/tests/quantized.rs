@@ -87,6 +87,7 @@ fn every_type_quantizes_the_whole_text_model_and_stays_close_to_f32() {
         (QuantType::Q8_0, 1e-3, 0.95),
         (QuantType::Q6K, 2e-2, 0.9),
         (QuantType::Q4K, 0.1, 0.75),
+        (QuantType::Bf16, 1e-4, 0.98),
     ] {
         let model = load(&dir, Some(QuantConfig::new(ty)));
         let report = model.quant_report().expect("quantized").clone();
@@ -112,8 +113,14 @@ fn every_type_quantizes_the_whole_text_model_and_stays_close_to_f32() {
 
 #[test]
 fn a_saved_quantized_model_loads_bit_identical_and_refuses_another_type() {
+    for ty in [QuantType::Q4K, QuantType::Bf16] {
+        save_and_reload(ty);
+    }
+}
+
+fn save_and_reload(ty: QuantType) {
     let dir = bundled();
-    let quant = QuantConfig::new(QuantType::Q4K);
+    let quant = QuantConfig::new(ty);
     let mut model = load(&dir, Some(quant));
     let ids = prompt(model.vocab_size() as u32, model.image_token_id(), 20);
     let want = logits(&model, &ids);
@@ -163,7 +170,7 @@ fn a_saved_quantized_model_loads_bit_identical_and_refuses_another_type() {
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("quantized as q4k") && err.contains("as q8_0"),
+        err.contains(&format!("quantized as {ty}")) && err.contains("as q8_0"),
         "{err}"
     );
 }

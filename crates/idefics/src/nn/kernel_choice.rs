@@ -3,8 +3,8 @@
 //! ([`super::train_kernels`]: norms, activations, rope, softmax), and the quantized matrix-vector products of
 //! decoding ([`crate::quant::kernels`]). The first two default to the kernels; `Composed` runs candle's composed
 //! ops, which the kernels are tested against (benchmarks, bisecting a numerical difference). The quantized products
-//! default to candle's `k_quants::matmul`, which measured faster than ours on an idle machine
-//! (docs/quantization.md); `fused` opts in to ours.
+//! default per type to whichever decoded faster on an idle machine (docs/quantization.md: ours for q8_0 and bf16,
+//! candle's `k_quants::matmul` for q4k and q6k); `fused` or `composed` forces one for every type.
 //!
 //! The choice is made by the program (`idefics bench --kernels`, `idefics bench-train --kernels`) through
 //! [`set_kernels`], and read here only. It is one setting for the process, not a model option, because the ops
@@ -62,8 +62,8 @@ impl KernelFamily {
     fn slot(self) -> &'static AtomicU8 {
         static INFERENCE: AtomicU8 = AtomicU8::new(FUSED);
         static TRAINING: AtomicU8 = AtomicU8::new(FUSED);
-        // candle's k-quant products decode faster than this crate's kernels (docs/quantization.md).
-        static QUANTIZED: AtomicU8 = AtomicU8::new(COMPOSED);
+        // Per quant type unless chosen (`crate::quant::DecodePath::best`).
+        static QUANTIZED: AtomicU8 = AtomicU8::new(UNSET);
         match self {
             Self::Inference => &INFERENCE,
             Self::Training => &TRAINING,
@@ -91,6 +91,8 @@ impl KernelFamily {
 
 const FUSED: u8 = 0;
 const COMPOSED: u8 = 1;
+/// Neither the program nor the environment chose (only the quantized family starts so).
+const UNSET: u8 = 2;
 
 /// Chooses the implementation of one kernel family for this process (the environment override still wins).
 pub fn set_kernels(family: KernelFamily, choice: KernelChoice) {
@@ -104,12 +106,19 @@ pub fn set_kernels(family: KernelFamily, choice: KernelChoice) {
 /// The implementation in force for a kernel family: the environment override, else the program's choice, else
 /// [`KernelChoice::Fused`].
 pub fn kernels(family: KernelFamily) -> KernelChoice {
+    chosen(family).unwrap_or(KernelChoice::Fused)
+}
+
+/// The environment override, else the program's choice; `None` where neither chose (the quantized family's
+/// default, decided per type by its caller).
+pub fn chosen(family: KernelFamily) -> Option<KernelChoice> {
     if let Some(forced) = family.env_override() {
-        return forced;
+        return Some(forced);
     }
     match family.slot().load(Ordering::Relaxed) {
-        COMPOSED => KernelChoice::Composed,
-        _ => KernelChoice::Fused,
+        COMPOSED => Some(KernelChoice::Composed),
+        FUSED => Some(KernelChoice::Fused),
+        _ => None,
     }
 }
 

@@ -34,16 +34,26 @@ pub enum QuantType {
     /// 6-bit k-quant, super-blocks of 256 with 8-bit scales: 6.5625 bits per weight.
     #[serde(rename = "q6k")]
     Q6K,
+    /// bfloat16: each weight rounded to its f32's upper 16 bits (8-bit exponent, 7-bit mantissa), 16 bits per
+    /// weight; any row width. Products keep f32 activations and sums.
+    #[serde(rename = "bf16")]
+    Bf16,
 }
 
 impl QuantType {
-    pub const ALL: [QuantType; 3] = [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K];
+    pub const ALL: [QuantType; 4] = [
+        QuantType::Q8_0,
+        QuantType::Q4K,
+        QuantType::Q6K,
+        QuantType::Bf16,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             QuantType::Q8_0 => "q8_0",
             QuantType::Q4K => "q4k",
             QuantType::Q6K => "q6k",
+            QuantType::Bf16 => "bf16",
         }
     }
 
@@ -56,6 +66,7 @@ impl QuantType {
             GgmlDType::Q8_0 => Some(QuantType::Q8_0),
             GgmlDType::Q4K => Some(QuantType::Q4K),
             GgmlDType::Q6K => Some(QuantType::Q6K),
+            GgmlDType::BF16 => Some(QuantType::Bf16),
             _ => None,
         }
     }
@@ -103,8 +114,9 @@ impl FromStr for QuantType {
             "q8_0" | "q8" => Ok(QuantType::Q8_0),
             "q4k" | "q4_k" | "q4_k_m" => Ok(QuantType::Q4K),
             "q6k" | "q6_k" => Ok(QuantType::Q6K),
+            "bf16" => Ok(QuantType::Bf16),
             other => Err(format!(
-                "unknown quantization {other:?}: expected q8_0, q4k or q6k"
+                "unknown quantization {other:?}: expected q8_0, q4k, q6k or bf16"
             )),
         }
     }

@@ -16,6 +16,7 @@ use crate::nn::{KernelChoice, KernelFamily};
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
+use half::bf16;
 use std::sync::Arc;
 
 /// From this many rows on, a product dequantizes and uses the f32 GEMM (see the module docs).
@@ -31,14 +32,21 @@ pub enum DecodePath {
 }
 
 impl DecodePath {
-    /// candle's by default ([`KernelFamily::Quantized`] is `Composed` unless `IDEFICS_QUANT_KERNELS=fused`);
-    /// with `fused`, this crate's kernel on the fastest instruction set the CPU has, where one exists for `ty`.
+    /// The faster path for `ty` on this CPU unless `IDEFICS_QUANT_KERNELS` (or the program) forces one: this
+    /// crate's kernel for q8_0 (streams 1.3-1.7x faster than candle's, `docs/quantization.md`), candle's for q4k
+    /// and q6k (as fast or faster). bf16 always runs this crate's kernel (candle's would round the activations
+    /// to bf16), on any CPU.
     pub fn best(ty: QuantType) -> Self {
-        if crate::nn::kernel_choice::kernels(KernelFamily::Quantized) == KernelChoice::Composed {
-            return DecodePath::Candle;
+        let isa = kernels::Isa::detect();
+        if ty == QuantType::Bf16 {
+            return DecodePath::Kernel(isa.unwrap_or(kernels::Isa::Scalar));
         }
-        match kernels::Isa::detect() {
-            Some(isa) if kernels::TYPES.contains(&ty) => DecodePath::Kernel(isa),
+        let ours = match crate::nn::kernel_choice::chosen(KernelFamily::Quantized) {
+            Some(choice) => choice == KernelChoice::Fused,
+            None => ty == QuantType::Q8_0,
+        };
+        match isa {
+            Some(isa) if ours && kernels::TYPES.contains(&ty) => DecodePath::Kernel(isa),
             _ => DecodePath::Candle,
         }
     }
@@ -92,6 +100,7 @@ impl QWeight {
             QuantType::Q8_0 => quantize_blocks::<BlockQ8_0>(out_dim, in_dim, read)?,
             QuantType::Q4K => quantize_blocks::<BlockQ4K>(out_dim, in_dim, read)?,
             QuantType::Q6K => quantize_blocks::<BlockQ6K>(out_dim, in_dim, read)?,
+            QuantType::Bf16 => quantize_blocks::<bf16>(out_dim, in_dim, read)?,
         };
         Self::from_qtensor(q)
     }
@@ -101,7 +110,7 @@ impl QWeight {
         let (out_dim, in_dim) = tensor.shape().dims2()?;
         if QuantType::from_ggml(tensor.dtype()).is_none() {
             candle_core::bail!(
-                "quantized weight of type {:?} is not supported (q8_0, q4k, q6k)",
+                "quantized weight of type {:?} is not supported (q8_0, q4k, q6k, bf16)",
                 tensor.dtype()
             );
         }
@@ -144,6 +153,7 @@ impl QWeight {
             QuantType::Q8_0 => dequantize_rows(blocks::<BlockQ8_0>(&data)?, self.in_dim),
             QuantType::Q4K => dequantize_rows(blocks::<BlockQ4K>(&data)?, self.in_dim),
             QuantType::Q6K => dequantize_rows(blocks::<BlockQ6K>(&data)?, self.in_dim),
+            QuantType::Bf16 => dequantize_rows(blocks::<bf16>(&data)?, self.in_dim),
         };
         Tensor::from_vec(out, (self.out_dim, self.in_dim), &Device::Cpu)
     }
@@ -184,6 +194,7 @@ impl QWeight {
                 QuantType::Q8_0 => kernels::matmul_q8_0(isa, x, rows, &data, out_dim, in_dim),
                 QuantType::Q4K => kernels::matmul_q4k(isa, x, rows, &data, out_dim, in_dim),
                 QuantType::Q6K => kernels::matmul_q6k(isa, x, rows, &data, out_dim, in_dim),
+                QuantType::Bf16 => kernels::matmul_bf16(isa, x, rows, &data, out_dim, in_dim),
             };
         }
         let mut dst = vec![0f32; rows * out_dim];
@@ -207,6 +218,10 @@ impl QWeight {
                 blocks::<BlockQ6K>(&data)?,
                 &mut dst,
             )?,
+            // candle's bf16 dot product rounds the activations to bf16 too.
+            QuantType::Bf16 => {
+                candle_core::quantized::k_quants::matmul(mkn, x, blocks::<bf16>(&data)?, &mut dst)?
+            }
         }
         Ok(dst)
     }
@@ -225,6 +240,7 @@ impl QWeight {
             QuantType::Q8_0 => gather_rows(blocks::<BlockQ8_0>(&data)?, self.in_dim, ids, &mut out),
             QuantType::Q4K => gather_rows(blocks::<BlockQ4K>(&data)?, self.in_dim, ids, &mut out),
             QuantType::Q6K => gather_rows(blocks::<BlockQ6K>(&data)?, self.in_dim, ids, &mut out),
+            QuantType::Bf16 => gather_rows(blocks::<bf16>(&data)?, self.in_dim, ids, &mut out),
         }
         Tensor::from_vec(out, (ids.len(), self.in_dim), &Device::Cpu)
     }
@@ -309,5 +325,6 @@ pub(crate) fn ggml_of(ty: QuantType) -> GgmlDType {
         QuantType::Q8_0 => GgmlDType::Q8_0,
         QuantType::Q4K => GgmlDType::Q4K,
         QuantType::Q6K => GgmlDType::Q6K,
+        QuantType::Bf16 => GgmlDType::BF16,
     }
 }

@@ -34,8 +34,11 @@ fn names_parse_and_sizes_are_gguf_s() {
     }
     assert_eq!("Q4_K_M".parse::<QuantType>().unwrap(), QuantType::Q4K);
     let err = "q3k".parse::<QuantType>().unwrap_err();
-    assert!(err.contains("q8_0, q4k or q6k"), "{err}");
+    assert!(err.contains("q8_0, q4k, q6k or bf16"), "{err}");
     assert_eq!(QuantType::Q8_0.bits_per_weight(), 8.5);
+    assert_eq!(QuantType::Bf16.bits_per_weight(), 16.0);
+    assert_eq!(QuantType::Bf16.for_width(40), Some(QuantType::Bf16));
+    assert_eq!(QuantType::Bf16.head_type(), QuantType::Bf16);
     assert_eq!(QuantType::Q4K.bits_per_weight(), 4.5);
     assert_eq!(QuantType::Q6K.bits_per_weight(), 6.5625);
     assert_eq!(QuantType::Q4K.for_width(512), Some(QuantType::Q4K));
@@ -48,12 +51,15 @@ fn names_parse_and_sizes_are_gguf_s() {
 fn rounding_error_follows_the_bits() {
     let w = gaussian(64, 512, 1);
     let err = |t| rel_err(&QWeight::quantize(&w, t).unwrap().dequantize().unwrap(), &w);
-    let (q8, q6, q4) = (
+    let (bf16, q8, q6, q4) = (
+        err(QuantType::Bf16),
         err(QuantType::Q8_0),
         err(QuantType::Q6K),
         err(QuantType::Q4K),
     );
-    assert!(q8 < 0.01, "q8_0 {q8}");
+    // bf16 keeps 8 significant bits: a relative rounding error of at most 2^-9 per weight.
+    assert!(bf16 < 2f32.powi(-9) && bf16 > 0.0, "bf16 {bf16}");
+    assert!(q8 < 0.01 && q8 > bf16, "q8_0 {q8}");
     assert!(q6 < 0.03 && q6 > q8, "q6k {q6}");
     assert!(q4 < 0.12 && q4 > q6, "q4k {q4}");
 }
@@ -70,8 +76,8 @@ fn both_product_paths_agree_with_the_dequantized_weight() {
             let got = q.matmul_t(&x).unwrap();
             assert_eq!(got.dims(), [rows, 300]);
             let e = rel_err(&got, &want);
-            if rows >= GEMM_MIN_ROWS {
-                // Same f32 GEMM on the same dequantized weight.
+            if rows >= GEMM_MIN_ROWS || t == QuantType::Bf16 {
+                // Same f32 GEMM on the same dequantized weight; bf16's own product keeps f32 activations.
                 assert!(e < 1e-6, "{t} rows {rows}: {e}");
             } else {
                 // The activation is rounded to 8 bits for the integer dot products.
@@ -157,4 +163,25 @@ fn in_situ_policy_falls_back_and_reports() {
         &x.matmul(&w64.t().unwrap()).unwrap(),
     );
     assert!(e < 0.02, "{e}");
+}
+
+#[test]
+fn decoding_takes_the_faster_path_per_type_unless_forced() {
+    use crate::nn::{kernel_choice, KernelFamily};
+    let forced = kernel_choice::chosen(KernelFamily::Quantized);
+    match (kernels::Isa::detect(), forced) {
+        (Some(isa), None) => {
+            assert_eq!(DecodePath::best(QuantType::Q8_0), DecodePath::Kernel(isa));
+            assert_eq!(DecodePath::best(QuantType::Q4K), DecodePath::Candle);
+            assert_eq!(DecodePath::best(QuantType::Q6K), DecodePath::Candle);
+        }
+        (None, _) => assert_eq!(DecodePath::best(QuantType::Q8_0), DecodePath::Candle),
+        // IDEFICS_QUANT_KERNELS is set for this run: nothing to check about the default.
+        (Some(_), Some(_)) => {}
+    }
+    // bf16 always runs this crate's kernel (candle's rounds the activations), on any CPU.
+    assert!(matches!(
+        DecodePath::best(QuantType::Bf16),
+        DecodePath::Kernel(_)
+    ));
 }

@@ -10,8 +10,9 @@
 //! - pick the instruction set at run time ([`Isa::detect`]): AVX-512 VNNI, else AVX2, else candle's own kernels
 //!   (which have NEON and WASM paths); a scalar path with the same arithmetic serves as reference in tests;
 //! - split the output rows over rayon's threads, each task reading its rows of the weight once, front to back,
-//!   four rows side by side (four independent FMA chains).
+//!   one row at a time (see [`TILE`]).
 
+mod bf16;
 mod q4k;
 mod q6k;
 mod q8_0;
@@ -22,8 +23,8 @@ use candle_core::{bail, Result};
 use half::f16;
 use rayon::prelude::*;
 
-/// The weight types these kernels cover (the others run candle's `k_quants::matmul`).
-pub const TYPES: [crate::quant::QuantType; 3] = crate::quant::QuantType::ALL;
+/// The weight types these kernels cover (all of them).
+pub const TYPES: [crate::quant::QuantType; 4] = crate::quant::QuantType::ALL;
 
 /// An instruction set a kernel runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,8 +178,11 @@ impl Q8KRow {
     }
 }
 
-/// Weight rows per tile: four independent accumulator chains, and four sequential streams for the prefetcher.
-pub(crate) const TILE: usize = 4;
+/// Weight rows per call of a tile kernel. One: a task then reads its weight as a single sequential stream.
+/// Four rows side by side (four streams, four independent accumulator chains, and each activation block loaded
+/// once for four rows) streamed 1.3-2.3x slower from memory (`idefics bench-gemv`, docs/quantization.md); the
+/// kernels stay generic over the count.
+pub(crate) const TILE: usize = 1;
 
 /// A weight block format with its kernels.
 pub(crate) trait Format {
@@ -278,6 +282,7 @@ pub(crate) trait PlainBlock: Copy {}
 impl PlainBlock for Q8Block {}
 impl PlainBlock for q4k::Q4KBlock {}
 impl PlainBlock for q6k::Q6KBlock {}
+impl PlainBlock for u16 {}
 
 /// The stored bytes of a weight seen as blocks (length and alignment checked).
 fn cast_blocks<'a, B: PlainBlock>(data: &'a [u8], name: &str) -> Result<&'a [B]> {
@@ -329,6 +334,19 @@ pub fn matmul_q6k(
     in_dim: usize,
 ) -> Result<Vec<f32>> {
     matmul::<Q6K>(isa, x, rows, weight, out_dim, in_dim)
+}
+
+/// `x [rows, in] W^T -> [rows, out]` for a bf16 weight `[out, in]` given as its stored bytes (f32 activations
+/// and sums: `bf16.rs`).
+pub fn matmul_bf16(
+    isa: Isa,
+    x: &[f32],
+    rows: usize,
+    weight: &[u8],
+    out_dim: usize,
+    in_dim: usize,
+) -> Result<Vec<f32>> {
+    matmul::<bf16::Bf16>(isa, x, rows, weight, out_dim, in_dim)
 }
 
 /// `x [rows, in] W^T -> [rows, out]` for a weight `[out, in]` of format `F` given as its stored bytes.

@@ -232,3 +232,38 @@ fn q8_0_rejects_mismatched_shapes() {
     let err = matmul_q8_0(Isa::Scalar, &x, 1, &data[1..], 8, 64).unwrap_err();
     assert!(err.to_string().contains("not a whole, aligned"), "{err}");
 }
+
+/// bf16: every path this CPU runs equals the f64 product of the f32 activations with the widened weights (to 1e-6
+/// of the sum of `|w x|`: f32 sums in another order), on widths that are and are not a multiple of the 16 lanes,
+/// and an output count that is not a multiple of the four-row tile.
+#[test]
+fn bf16_products_keep_f32_activations_on_every_path() {
+    for in_dim in [300, 512] {
+        let (out_dim, rows) = (67, 3);
+        let w = random(out_dim * in_dim, 41);
+        let qw = quantize(&w, out_dim, in_dim, GgmlDType::BF16);
+        let data = qw.data().unwrap();
+        let widened: Vec<f32> = blocks_of::<half::bf16>(&data)
+            .unwrap()
+            .iter()
+            .map(|b| b.to_f32())
+            .collect();
+        let x = random(rows * in_dim, 42);
+        let mut want = vec![0f32; rows * out_dim];
+        for r in 0..rows {
+            for o in 0..out_dim {
+                want[r * out_dim + o] = (0..in_dim)
+                    .map(|k| x[r * in_dim + k] as f64 * widened[o * in_dim + k] as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        let scale = abs_products(&x, &widened, rows, out_dim, in_dim);
+        for isa in Isa::available() {
+            for r in [1, rows] {
+                let got = matmul_bf16(isa, &x[..r * in_dim], r, &data, out_dim, in_dim).unwrap();
+                let what = format!("bf16 {} in {in_dim} rows {r}", isa.name());
+                assert_close(&got, &want[..r * out_dim], &scale, 1e-6, &what);
+            }
+        }
+    }
+}
