@@ -185,3 +185,24 @@ fn decoding_takes_the_faster_path_per_type_unless_forced() {
         DecodePath::Kernel(_)
     ));
 }
+
+#[test]
+fn a_many_row_product_by_slabs_equals_the_whole_weights() {
+    let w = gaussian(300, 256, 21);
+    let x = gaussian(GEMM_MIN_ROWS + 3, 256, 22);
+    for t in [QuantType::Q8_0, QuantType::Q4K] {
+        let q = QWeight::quantize(&w, t).unwrap();
+        let whole = x.matmul(&q.dequantize().unwrap().t().unwrap()).unwrap();
+        // Slabs of 64 and 128 rows (the last one shorter), and one slab for everything; a slab below 64 rows
+        // is rounded up to 64.
+        for slab_rows in [64, 128, 300, 7] {
+            let got = q.matmul_t_slabs(&x, slab_rows * 256).unwrap();
+            assert_eq!(got.dims(), [GEMM_MIN_ROWS + 3, 300]);
+            assert_eq!(rel_err(&got, &whole), 0.0, "{t}, slabs of {slab_rows} rows");
+        }
+        let rows = q.dequantize_rows(290, 10).unwrap();
+        let tail = q.dequantize().unwrap().narrow(0, 290, 10).unwrap();
+        assert_eq!(rel_err(&rows, &tail), 0.0, "{t}");
+        assert!(q.dequantize_rows(295, 10).is_err());
+    }
+}

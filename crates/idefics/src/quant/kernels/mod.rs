@@ -180,8 +180,8 @@ impl Q8KRow {
 
 /// Weight rows per call of a tile kernel. One: a task then reads its weight as a single sequential stream.
 /// Four rows side by side (four streams, four independent accumulator chains, and each activation block loaded
-/// once for four rows) streamed 1.3-2.3x slower from memory (`idefics bench-gemv`, docs/quantization.md); the
-/// kernels stay generic over the count.
+/// once for four rows) streamed up to 2.7x (q8_0) and 3x (q6k) slower from memory (`idefics bench-gemv`,
+/// docs/quantization.md, "One row at a time"); the kernels stay generic over the count.
 pub(crate) const TILE: usize = 1;
 
 /// A weight block format with its kernels.
