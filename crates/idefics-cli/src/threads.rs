@@ -1,7 +1,7 @@
 //! How candle's CPU work is split between its two thread pools.
 //!
 //! candle 0.11 runs its element-wise ops (adds, copies, the backward pass's gradient sums) and its quantized
-//! products (`k_quants::matmul`, what `--quant` decodes with) on a pool of its own (`CANDLE_NUM_THREADS` threads,
+//! products (`k_quants::matmul`, what `--quant q4k / q6k` decode with) on a pool of its own (`CANDLE_NUM_THREADS` threads,
 //! by default as many as rayon's), whose workers spin up to 25,000 pause loops after each op before they park; its
 //! GEMMs (the `gemm` crate) and this project's CPU kernels run on rayon's pool.
 //!
@@ -10,9 +10,10 @@
 //! bench-150m and the tiny model) running candle's element-wise ops on the calling thread alone made training
 //! steps 7-13 % faster (bench-150m full and LoRA, tiny full: 9 of 9 pairs; tiny LoRA 1-3 %).
 //!
-//! Inference keeps candle's pool: a one-thread pool makes every quantized decode product single-threaded
-//! (bench-150m q8_0 decoding fell from 1.7-1.8x to 0.9-1.2x of f32), and f32 inference moved within noise either
-//! way. A `CANDLE_NUM_THREADS` set by the user is left alone.
+//! Inference keeps candle's pool: a one-thread pool makes each of candle's quantized decode products
+//! single-threaded (bench-150m decoding, when every type used them: q8_0 fell from 1.4-1.8x to 1.2x of f32, q4k
+//! from 2.3-2.8x to 1.6-1.9x), and f32 inference moved within noise either way. A `CANDLE_NUM_THREADS` set by the
+//! user is left alone.
 
 /// The variable candle reads once, when its pool is first used.
 const CANDLE_NUM_THREADS: &str = "CANDLE_NUM_THREADS";

@@ -21,7 +21,7 @@ fn ask(extra: &[&str]) -> String {
 fn quantized_models_answer_like_the_f32_model() {
     let dense = ask(&[]);
     assert!(!dense.is_empty());
-    for q in ["q8_0", "q6k", "q4k"] {
+    for q in ["q8_0", "q6k", "q4k", "bf16"] {
         assert_eq!(ask(&["--quant", q]), dense, "--quant {q}");
     }
     // Vision tower and connector quantized too (its 128-wide layers fall back to q8_0).

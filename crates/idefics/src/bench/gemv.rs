@@ -238,7 +238,7 @@ mod tests {
         let figures = run(&[shape], &QuantType::ALL, 1, 64 << 10, 1, 0.0).unwrap();
         let kernels = Isa::available().len() - 1;
         // f32 in both layouts and the plain read, then candle and each of our kernels for every type.
-        assert_eq!(figures.len(), 3 + 3 * (1 + kernels));
+        assert_eq!(figures.len(), 3 + QuantType::ALL.len() * (1 + kernels));
         assert_eq!(figures[0].weight_bytes, 256 * 8 * 4);
         assert!(figures
             .iter()
