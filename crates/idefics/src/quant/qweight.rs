@@ -4,10 +4,10 @@
 //! is. The product does not go through candle's `QMatMul`: on x86 with AVX-512 VNNI that op builds a second,
 //! repacked copy of every weight on first use and keeps both, which doubles the memory quantization is for.
 //! Instead:
-//! - few rows (decode): a matrix-vector product on the blocks as stored, the activation quantized to the block
-//!   type's dot-product partner: this crate's kernels ([`super::kernels`]: AVX-512 VNNI or AVX2, picked at run
-//!   time) where they exist for the type and CPU, else candle's `k_quants::matmul`; memory-bound, so its speed
-//!   follows the bytes per weight;
+//! - few rows (decode): a matrix-vector product on the weight as stored, the activation quantized to the block
+//!   type's dot-product partner (bf16: kept in f32): this crate's kernels ([`super::kernels`]: AVX-512 VNNI or
+//!   AVX2, picked at run time) for q8_0 and bf16, candle's `k_quants::matmul` for q4k and q6k, whichever decoded
+//!   faster ([`DecodePath::best`]); memory-bound, so its speed follows the bytes per weight;
 //! - many rows (prefill, images): the weight is dequantized to f32 (a large one slab by slab, 16 MB of output rows
 //!   at a time) and multiplied with the f32 GEMM, which is compute-bound and as fast as the dense layer; the
 //!   dequantized copy lives for one product.
@@ -38,7 +38,7 @@ pub enum DecodePath {
 
 impl DecodePath {
     /// The faster path for `ty` on this CPU unless `IDEFICS_QUANT_KERNELS` (or the program) forces one: this
-    /// crate's kernel for q8_0 (streams 1.3-1.7x faster than candle's, `docs/quantization.md`), candle's for q4k
+    /// crate's kernel for q8_0 (streams 1.3-2.0x faster than candle's, `docs/quantization.md`), candle's for q4k
     /// and q6k (as fast or faster). bf16 always runs this crate's kernel (candle's would round the activations
     /// to bf16), on any CPU.
     pub fn best(ty: QuantType) -> Self {
@@ -249,12 +249,7 @@ impl QWeight {
         let data = self.tensor.data()?;
         let (ty, out_dim, in_dim) = (self.quant_type(), self.out_dim, self.in_dim);
         if let DecodePath::Kernel(isa) = path {
-            return match ty {
-                QuantType::Q8_0 => kernels::matmul_q8_0(isa, x, rows, &data, out_dim, in_dim),
-                QuantType::Q4K => kernels::matmul_q4k(isa, x, rows, &data, out_dim, in_dim),
-                QuantType::Q6K => kernels::matmul_q6k(isa, x, rows, &data, out_dim, in_dim),
-                QuantType::Bf16 => kernels::matmul_bf16(isa, x, rows, &data, out_dim, in_dim),
-            };
+            return kernels::matmul(ty, isa, x, rows, &data, (out_dim, in_dim));
         }
         let mut dst = vec![0f32; rows * out_dim];
         let mkn = (rows, in_dim, out_dim);

@@ -7,6 +7,7 @@
 //! `k = l (mod width)`, and the lanes are added at the end of the row.
 
 use super::{Format, Isa, TILE};
+use crate::nn::cpu_kernels::simd::fma;
 
 /// The bf16 format: a "block" is one weight (its 16 stored bits).
 pub(crate) struct Bf16;
@@ -48,15 +49,6 @@ const LANES: usize = 16;
 #[inline(always)]
 fn widen(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
-}
-
-#[inline(always)]
-fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
 }
 
 /// `out[o] = w[o] . x` for the rows of `w` (`nb` weights each), four at a time. No closures: everything here

@@ -19,12 +19,13 @@ mod q8_0;
 #[cfg(test)]
 mod tests;
 
+use crate::quant::QuantType;
 use candle_core::{bail, Result};
 use half::f16;
 use rayon::prelude::*;
 
 /// The weight types these kernels cover (all of them).
-pub const TYPES: [crate::quant::QuantType; 4] = crate::quant::QuantType::ALL;
+pub const TYPES: [QuantType; 4] = QuantType::ALL;
 
 /// An instruction set a kernel runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,57 +301,25 @@ fn cast_blocks<'a, B: PlainBlock>(data: &'a [u8], name: &str) -> Result<&'a [B]>
     Ok(unsafe { std::slice::from_raw_parts(data.as_ptr() as *const B, data.len() / size) })
 }
 
-/// `x [rows, in] W^T -> [rows, out]` for a q8_0 weight `[out, in]` given as its stored bytes.
-pub fn matmul_q8_0(
+/// `x [rows, in] W^T -> [rows, out]` for a weight `[out, in]` of type `ty` given as its stored bytes.
+pub fn matmul(
+    ty: QuantType,
     isa: Isa,
     x: &[f32],
     rows: usize,
     weight: &[u8],
-    out_dim: usize,
-    in_dim: usize,
+    (out_dim, in_dim): (usize, usize),
 ) -> Result<Vec<f32>> {
-    matmul::<Q8_0>(isa, x, rows, weight, out_dim, in_dim)
-}
-
-/// `x [rows, in] W^T -> [rows, out]` for a q4k weight `[out, in]` given as its stored bytes.
-pub fn matmul_q4k(
-    isa: Isa,
-    x: &[f32],
-    rows: usize,
-    weight: &[u8],
-    out_dim: usize,
-    in_dim: usize,
-) -> Result<Vec<f32>> {
-    matmul::<Q4K>(isa, x, rows, weight, out_dim, in_dim)
-}
-
-/// `x [rows, in] W^T -> [rows, out]` for a q6k weight `[out, in]` given as its stored bytes.
-pub fn matmul_q6k(
-    isa: Isa,
-    x: &[f32],
-    rows: usize,
-    weight: &[u8],
-    out_dim: usize,
-    in_dim: usize,
-) -> Result<Vec<f32>> {
-    matmul::<Q6K>(isa, x, rows, weight, out_dim, in_dim)
-}
-
-/// `x [rows, in] W^T -> [rows, out]` for a bf16 weight `[out, in]` given as its stored bytes (f32 activations
-/// and sums: `bf16.rs`).
-pub fn matmul_bf16(
-    isa: Isa,
-    x: &[f32],
-    rows: usize,
-    weight: &[u8],
-    out_dim: usize,
-    in_dim: usize,
-) -> Result<Vec<f32>> {
-    matmul::<bf16::Bf16>(isa, x, rows, weight, out_dim, in_dim)
+    match ty {
+        QuantType::Q8_0 => matmul_format::<Q8_0>(isa, x, rows, weight, out_dim, in_dim),
+        QuantType::Q4K => matmul_format::<Q4K>(isa, x, rows, weight, out_dim, in_dim),
+        QuantType::Q6K => matmul_format::<Q6K>(isa, x, rows, weight, out_dim, in_dim),
+        QuantType::Bf16 => matmul_format::<bf16::Bf16>(isa, x, rows, weight, out_dim, in_dim),
+    }
 }
 
 /// `x [rows, in] W^T -> [rows, out]` for a weight `[out, in]` of format `F` given as its stored bytes.
-pub(crate) fn matmul<F: Format>(
+fn matmul_format<F: Format>(
     isa: Isa,
     x: &[f32],
     rows: usize,

@@ -73,8 +73,6 @@ fn activation_blocks_are_candles() {
     }
 }
 
-type Kernel = fn(Isa, &[f32], usize, &[u8], usize, usize) -> candle_core::Result<Vec<f32>>;
-
 /// candle's `k_quants::matmul` on the stored blocks of `qw`.
 fn candle_matmul(qw: &QTensor, x: &[f32], rows: usize) -> Vec<f32> {
     let (out_dim, in_dim) = qw.shape().dims2().unwrap();
@@ -96,19 +94,17 @@ fn candle_matmul(qw: &QTensor, x: &[f32], rows: usize) -> Vec<f32> {
 /// Our kernel of type `ty` on every path against candle (bit for bit where candle runs AVX2, else 1e-5 of the
 /// sum of `|w x|`), each path against the scalar one (bit for bit), and against the dequantized weight in f32
 /// (`f32_tol` of the sum of `|w x|`: the activation's 8-bit rounding).
-fn check_against_candle(
-    ty: GgmlDType,
-    kernel: Kernel,
-    cases: &[(usize, usize, usize)],
-    f32_tol: f32,
-) {
+fn check_against_candle(ty: QuantType, cases: &[(usize, usize, usize)], f32_tol: f32) {
+    let kernel = |isa, x: &[f32], rows, data: &[u8], out_dim, in_dim| {
+        matmul(ty, isa, x, rows, data, (out_dim, in_dim))
+    };
     let paths = Isa::available();
     assert_eq!(paths.last(), Some(&Isa::Scalar));
     for (case, &(out_dim, in_dim, rows)) in cases.iter().enumerate() {
         let seed = 100 + case as u64;
         let w = random(out_dim * in_dim, seed);
         let x = random(rows * in_dim, seed + 1000);
-        let qw = quantize(&w, out_dim, in_dim, ty);
+        let qw = quantize(&w, out_dim, in_dim, ty.ggml());
         let data = qw.data().unwrap();
         let theirs = candle_matmul(&qw, &x, rows);
         let scale = abs_products(&x, &w, rows, out_dim, in_dim);
@@ -165,7 +161,7 @@ fn q8_0_matches_candle_on_every_path() {
         (1001, 576, 15),
         (66, 1536, 5),
     ];
-    check_against_candle(GgmlDType::Q8_0, matmul_q8_0, &cases, 1e-2);
+    check_against_candle(QuantType::Q8_0, &cases, 1e-2);
 }
 
 #[test]
@@ -177,7 +173,7 @@ fn q4k_matches_candle_on_every_path() {
         (258, 1536, 1),
         (131, 512, 15),
     ];
-    check_against_candle(GgmlDType::Q4K, matmul_q4k, &cases, 1e-2);
+    check_against_candle(QuantType::Q4K, &cases, 1e-2);
 }
 
 #[test]
@@ -189,7 +185,7 @@ fn q6k_matches_candle_on_every_path() {
         (258, 1536, 1),
         (131, 512, 15),
     ];
-    check_against_candle(GgmlDType::Q6K, matmul_q6k, &cases, 1e-2);
+    check_against_candle(QuantType::Q6K, &cases, 1e-2);
 }
 
 #[test]
@@ -221,15 +217,15 @@ fn q8_0_rejects_mismatched_shapes() {
     let qw = quantize(&w, 8, 64, GgmlDType::Q8_0);
     let data = qw.data().unwrap();
     let x = random(64, 8);
-    assert!(matmul_q8_0(Isa::Scalar, &x, 1, &data, 8, 64).is_ok());
-    let err = matmul_q8_0(Isa::Scalar, &x, 1, &data, 9, 64).unwrap_err();
+    assert!(matmul(QuantType::Q8_0, Isa::Scalar, &x, 1, &data, (8, 64)).is_ok());
+    let err = matmul(QuantType::Q8_0, Isa::Scalar, &x, 1, &data, (9, 64)).unwrap_err();
     assert!(
         err.to_string().contains("blocks for a [9, 64] weight"),
         "{err}"
     );
-    let err = matmul_q8_0(Isa::Scalar, &x[..60], 1, &data, 8, 64).unwrap_err();
+    let err = matmul(QuantType::Q8_0, Isa::Scalar, &x[..60], 1, &data, (8, 64)).unwrap_err();
     assert!(err.to_string().contains("60 inputs"), "{err}");
-    let err = matmul_q8_0(Isa::Scalar, &x, 1, &data[1..], 8, 64).unwrap_err();
+    let err = matmul(QuantType::Q8_0, Isa::Scalar, &x, 1, &data[1..], (8, 64)).unwrap_err();
     assert!(err.to_string().contains("not a whole, aligned"), "{err}");
 }
 
@@ -260,7 +256,15 @@ fn bf16_products_keep_f32_activations_on_every_path() {
         let scale = abs_products(&x, &widened, rows, out_dim, in_dim);
         for isa in Isa::available() {
             for r in [1, rows] {
-                let got = matmul_bf16(isa, &x[..r * in_dim], r, &data, out_dim, in_dim).unwrap();
+                let got = matmul(
+                    QuantType::Bf16,
+                    isa,
+                    &x[..r * in_dim],
+                    r,
+                    &data,
+                    (out_dim, in_dim),
+                )
+                .unwrap();
                 let what = format!("bf16 {} in {in_dim} rows {r}", isa.name());
                 assert_close(&got, &want[..r * out_dim], &scale, 1e-6, &what);
             }
