@@ -38,7 +38,7 @@ pub enum DecodePath {
 
 impl DecodePath {
     /// The faster path for `ty` on this CPU unless `IDEFICS_QUANT_KERNELS` (or the program) forces one: this
-    /// crate's kernel for q8_0 (streams 1.3-2.0x faster than candle's, `docs/quantization.md`), candle's for q4k
+    /// crate's kernel for q8_0 (streams 1.2-2.3x faster than candle's, `docs/quantization.md`), candle's for q4k
     /// and q6k (as fast or faster). bf16 always runs this crate's kernel (candle's would round the activations
     /// to bf16), on any CPU.
     pub fn best(ty: QuantType) -> Self {
