@@ -9,7 +9,7 @@ const EXP_LO: f32 = -87.336_54;
 const EXP_HI: f32 = 88.0;
 
 #[inline(always)]
-pub(crate) fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     // `mul_add` is one instruction with FMA and a slow library call without it.
     if FMA {
         a.mul_add(b, c)

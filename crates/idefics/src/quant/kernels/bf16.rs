@@ -6,8 +6,7 @@
 //! start to end (one stream) into four accumulator registers; lane `l` of a register sums the terms
 //! `k = l (mod width)`, and the lanes are added at the end of the row.
 
-use super::{Format, Isa, TILE};
-use crate::nn::cpu_kernels::simd::fma;
+use super::{Format, Isa};
 
 /// The bf16 format: a "block" is one weight (its 16 stored bits).
 pub(crate) struct Bf16;
@@ -38,68 +37,26 @@ impl Format for Bf16 {
                 // SAFETY: as above, for AVX2 and FMA.
                 unsafe { x86::rows_avx2(w, nb, &x.0, out) }
             }
-            _ => rows::<false>(w, nb, &x.0, out),
+            _ => rows_scalar(w, nb, &x.0, out),
         }
     }
 }
-
-/// Accumulator lanes per row (one AVX-512 register).
-const LANES: usize = 16;
 
 #[inline(always)]
 fn widen(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
-/// `out[o] = w[o] . x` for the rows of `w` (`nb` weights each), four at a time. No closures: everything here
-/// inlines into the `#[target_feature]` callers, so `mul_add` becomes an FMA instruction.
-#[inline(always)]
-fn rows<const FMA: bool>(w: &[u16], nb: usize, x: &[f32], out: &mut [f32]) {
-    let full = out.len() / TILE * TILE;
-    for (t, ys) in out[..full].chunks_exact_mut(TILE).enumerate() {
-        ys.copy_from_slice(&tile::<FMA, TILE>(
-            &w[t * TILE * nb..(t + 1) * TILE * nb],
-            nb,
-            x,
-        ));
-    }
-    for o in full..out.len() {
-        out[o] = tile::<FMA, 1>(&w[o * nb..(o + 1) * nb], nb, x)[0];
+/// `out[o] = w[o] . x` for the rows of `w` (`nb` weights each), in plain Rust: the reference the SIMD paths are
+/// tested against, and the path of CPUs without AVX2.
+fn rows_scalar(w: &[u16], nb: usize, x: &[f32], out: &mut [f32]) {
+    for (y, row) in out.iter_mut().zip(w.chunks_exact(nb)) {
+        *y = row.iter().zip(x).map(|(&b, &xk)| xk * widen(b)).sum();
     }
 }
 
-/// The dot products of `T` consecutive rows of `w` (`nb` weights each) with `x`.
-#[inline(always)]
-fn tile<const FMA: bool, const T: usize>(w: &[u16], nb: usize, x: &[f32]) -> [f32; T] {
-    let full = nb / LANES * LANES;
-    let xf = &x[..full];
-    let rows: [&[u16]; T] = std::array::from_fn(|t| &w[t * nb..t * nb + full]);
-    let mut acc = [[0f32; LANES]; T];
-    for k in (0..full).step_by(LANES) {
-        let xs = &xf[k..k + LANES];
-        for t in 0..T {
-            let ws = &rows[t][k..k + LANES];
-            for l in 0..LANES {
-                acc[t][l] = fma::<FMA>(xs[l], widen(ws[l]), acc[t][l]);
-            }
-        }
-    }
-    let mut out = [0f32; T];
-    for t in 0..T {
-        let mut sum = 0f32;
-        for v in acc[t] {
-            sum += v;
-        }
-        for k in full..nb {
-            sum = fma::<FMA>(x[k], widen(w[t * nb + k]), sum);
-        }
-        out[t] = sum;
-    }
-    out
-}
-
-/// Explicit SIMD (the compiler left a four-row version of [`tile`] scalar): one row at a time, four registers
-/// along it.
+/// Explicit SIMD (the compiler left a four-row tile of this loop scalar): one row at a time, four registers along
+/// it. The AVX-512 and AVX2 functions differ only in register width.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
