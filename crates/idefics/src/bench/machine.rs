@@ -126,21 +126,38 @@ fn scalar_fma_loop(iters: u64) {
 
 /// Runs `work(thread)` on `threads` threads started together; returns the wall time from the common start.
 fn run_threads(threads: usize, work: impl Fn(usize) + Sync) -> Duration {
-    let barrier = std::sync::Barrier::new(threads + 1);
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let (barrier, work) = (&barrier, &work);
-            s.spawn(move || {
-                barrier.wait();
-                work(t);
-                barrier.wait();
-            });
-        }
-        barrier.wait();
-        let start = Instant::now();
-        barrier.wait();
-        start.elapsed()
-    })
+    let barrier = std::sync::Barrier::new(threads);
+    // Each thread times its own work, from the common start to its end: the span from the first start to the
+    // last end. (Timing from the spawning thread instead failed when that thread was descheduled between the start
+    // barrier and reading the clock: on 2 cores with 2 workers the copy then seemed to take a microsecond.)
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (barrier, work) = (&barrier, &work);
+                s.spawn(move || {
+                    barrier.wait();
+                    let start = Instant::now();
+                    work(t);
+                    (start, Instant::now())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("probe thread panicked"))
+            .collect()
+    });
+    let first = spans
+        .iter()
+        .map(|s| s.0)
+        .min()
+        .expect("at least one thread");
+    let last = spans
+        .iter()
+        .map(|s| s.1)
+        .max()
+        .expect("at least one thread");
+    last.duration_since(first)
 }
 
 /// Peak f32 FLOP/s on `threads` threads: best of `trials` runs of about `seconds` each.
