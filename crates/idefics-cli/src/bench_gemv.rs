@@ -23,7 +23,7 @@ pub struct BenchGemvArgs {
     )]
     shapes: Vec<GemvShape>,
     /// Quantized types (a type is skipped for a shape whose input width does not fit its block).
-    #[arg(long, value_delimiter = ',', default_value = "q8_0,q4k,q6k,bf16")]
+    #[arg(long, value_delimiter = ',', default_value = "q8_0,q5_0,q4k,q6k,bf16")]
     types: Vec<String>,
     /// Rows of the input (1: decoding one sequence).
     #[arg(long, default_value_t = 1)]

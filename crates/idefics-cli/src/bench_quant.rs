@@ -22,7 +22,11 @@ pub struct BenchQuantArgs {
     #[arg(long)]
     model: PathBuf,
     /// Variants to compare; `f32` is the reference and is always included.
-    #[arg(long, value_delimiter = ',', default_value = "f32,q8_0,q4k,q6k,bf16")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "f32,q8_0,q5_0,q4k,q6k,bf16"
+    )]
     types: Vec<String>,
     /// Rounds of all variants (alternating); speed figures are medians over rounds.
     #[arg(long, default_value_t = 2)]

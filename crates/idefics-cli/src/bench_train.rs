@@ -54,7 +54,7 @@ pub struct BenchTrainArgs {
     /// `composed`: candle's composed ops, as before those kernels existed.
     #[arg(long, default_value = "fused")]
     pub kernels: idefics::nn::KernelChoice,
-    /// Train the adapters on a quantized frozen base (QLoRA): q8_0, q4k, q6k or bf16 for the text decoder (lora /
+    /// Train the adapters on a quantized frozen base (QLoRA): q8_0, q5_0, q4k, q6k or bf16 for the text decoder (lora /
     /// dora only).
     #[arg(long, value_parser = |s: &str| s.parse::<idefics::quant::QuantType>())]
     pub quant: Option<idefics::quant::QuantType>,

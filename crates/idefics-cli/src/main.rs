@@ -68,7 +68,7 @@ enum Command {
     BenchQuant(bench_quant::BenchQuantArgs),
     /// Decoding's matrix-vector products per weight shape: f32, candle's and our quantized kernels, GB/s.
     BenchGemv(bench_gemv::BenchGemvArgs),
-    /// Quantize a checkpoint (q8_0 / q4k / q6k) once and save it as model.gguf, loadable with --model OUT.
+    /// Quantize a checkpoint (q8_0 / q5_0 / q4k / q6k / bf16) once and save it as model.gguf, loadable with --model OUT.
     Quantize(quantize_cmd::QuantizeArgs),
 }
 

@@ -43,7 +43,7 @@ pub struct ModelArgs {
 /// Quantized loading (CPU): `--quant` and `--quant-vision`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct QuantArgs {
-    /// Quantize the text decoder (linear layers, embeddings, head) while loading: q8_0, q4k or q6k (GGUF block
+    /// Quantize the text decoder (linear layers, embeddings, head) while loading: q8_0, q5_0, q4k or q6k (GGUF block
     /// formats), or bf16 (16 bits a weight, f32 activations). Leaves exact parity with transformers; see the
     /// README's quantization table for the cost.
     #[arg(long, value_parser = parse_quant)]

@@ -20,7 +20,7 @@ pub struct QuantizeArgs {
 pub fn run(args: QuantizeArgs) -> Result<()> {
     let QuantArgs { quant, .. } = &args.model.quant;
     if quant.is_none() {
-        bail!("--quant is required: q8_0, q4k, q6k or bf16");
+        bail!("--quant is required: q8_0, q5_0, q4k, q6k or bf16");
     }
     let quant = args.model.quant.config().context("--quant")?;
     let dir = args.model.resolve()?;

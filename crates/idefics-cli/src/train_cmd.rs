@@ -23,7 +23,7 @@ pub struct TrainArgs {
     /// RNG, data position).
     #[arg(long)]
     pub resume: bool,
-    /// Train LoRA / DoRA adapters on a quantized frozen base (QLoRA): q8_0, q4k, q6k or bf16 for the text decoder's
+    /// Train LoRA / DoRA adapters on a quantized frozen base (QLoRA): q8_0, q5_0, q4k, q6k or bf16 for the text decoder's
     /// linear layers, embeddings and head, adapters in f32 (sets the recipe's `[model] quant`). A recipe that
     /// trains a quantized component fully is refused. Writes `adapter/`, no merged `final/`.
     #[arg(long, value_parser = |s: &str| s.parse::<QuantType>())]

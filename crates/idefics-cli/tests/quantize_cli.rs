@@ -21,10 +21,10 @@ fn ask(extra: &[&str]) -> String {
 fn quantized_models_answer_like_the_f32_model() {
     let dense = ask(&[]);
     assert!(!dense.is_empty());
-    for q in ["q8_0", "q6k", "q4k", "bf16"] {
+    for q in ["q8_0", "q5_0", "q6k", "q4k", "bf16"] {
         assert_eq!(ask(&["--quant", q]), dense, "--quant {q}");
     }
-    // Vision tower and connector quantized too (its 128-wide layers fall back to q8_0).
+    // Vision tower and connector quantized too.
     assert_eq!(ask(&["--quant", "q8_0", "--quant-vision"]), dense);
 
     let dir = tempfile::tempdir().unwrap();
@@ -55,7 +55,7 @@ fn bad_quant_arguments_are_one_clear_error() {
     let out = idefics(&["ask", "--quant", "q3k", QUESTION]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("expected q8_0, q4k, q6k or bf16"),
+        !out.status.success() && err.contains("expected q8_0, q5_0, q4k, q6k or bf16"),
         "{err}"
     );
     let out = idefics(&["ask", "--quant-vision", QUESTION]);

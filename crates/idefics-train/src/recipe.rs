@@ -6,7 +6,7 @@
 //! [model]
 //! path = "runs/tiny/init"            # a Hugging Face checkpoint directory: Idefics2, Idefics3 or SmolVLM
 //!                                    # (config.json model_type)
-//! quant = "q4k"                      # optional: train adapters on a quantized frozen base (QLoRA): q8_0 | q4k
+//! quant = "q4k"                      # optional: train adapters on a quantized frozen base (QLoRA): q8_0 | q5_0 | q4k
 //!                                    # | q6k | bf16, the text decoder's linears, embeddings and head (`idefics train
 //!                                    # --quant` sets it); `quant_vision = true` quantizes the vision side too
 //!
@@ -245,7 +245,7 @@ impl Recipe {
         let Some(ty) = self.model.quant else {
             if self.model.quant_vision {
                 return Err(TrainError::Invalid(
-                    "[model] quant_vision needs quant (q8_0, q4k, q6k or bf16)".into(),
+                    "[model] quant_vision needs quant (q8_0, q5_0, q4k, q6k or bf16)".into(),
                 ));
             }
             return Ok(());

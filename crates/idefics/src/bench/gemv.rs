@@ -45,7 +45,7 @@ impl std::fmt::Display for GemvShape {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GemvFigure {
     pub shape: String,
-    /// `f32`, `q8_0`, `q4k` or `q6k`.
+    /// `f32` or a quantized type name (`q8_0`, `q5_0`, `q4k`, `q6k`, `bf16`).
     pub dtype: String,
     /// `gemv` (f32), `candle`, or one of this crate's instruction sets (`avx512-vnni`, `avx2`).
     pub path: String,

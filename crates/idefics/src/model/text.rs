@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 
 /// Keys and values of one layer: buffers `[B, Hkv, capacity, D]` of which the first `len` positions are filled.
 ///
-/// New positions are written in place (`slice_set`); the buffers grow geometrically, so decoding copies the cache
+/// New positions are written in place (`slice_set`); the buffers grow geometrically ([`grown_capacity`]), so decoding copies the cache
 /// only when it outgrows its capacity instead of concatenating all of it at every token. Clones share the buffers
 /// until one of them appends: `owner` counts the sharers, and a shared buffer is copied before it is written
 /// (copy on write), so clones never see each other's tokens.
@@ -60,7 +60,8 @@ impl LayerKv {
         let needed = self.len + l;
         if needed > self.capacity() || std::sync::Arc::strong_count(&self.owner) > 1 {
             let (pk, pv) = self.filled()?;
-            *self = Self::with_capacity(&pk, &pv, grown_capacity(needed))?;
+            let capacity = grown_capacity(self.capacity(), needed);
+            *self = Self::with_capacity(&pk, &pv, capacity)?;
         }
         self.k.slice_set(&k.contiguous()?, 2, self.len)?;
         self.v.slice_set(&v.contiguous()?, 2, self.len)?;
@@ -69,9 +70,19 @@ impl LayerKv {
     }
 }
 
-/// Capacity for `needed` positions: powers of two from 256, so a generation of n tokens copies O(n) positions.
-fn grown_capacity(needed: usize) -> usize {
-    needed.max(256).next_power_of_two()
+/// Positions are allocated in steps of this many.
+const KV_STEP: usize = 256;
+
+/// Capacity of a new cache for `needed` positions (a prompt): the next whole step.
+fn initial_capacity(needed: usize) -> usize {
+    needed.max(1).next_multiple_of(KV_STEP)
+}
+
+/// Capacity when `needed` positions outgrow `current`: a quarter more (then the next whole step), so a generation
+/// of n tokens copies O(n) positions, while the unused tail stays under a quarter of the cache plus a step (powers
+/// of two left up to half of it unused: a 4097-token context took the memory of 8192).
+fn grown_capacity(current: usize, needed: usize) -> usize {
+    needed.max(current + current / 4).next_multiple_of(KV_STEP)
 }
 
 /// What a Llama decoder has beyond a Mistral one (`LlamaConfig.attention_bias`, `mlp_bias`, `rope_parameters`).
@@ -144,7 +155,7 @@ impl KvCache {
         };
         match slot {
             None => {
-                let layer = LayerKv::with_capacity(k, v, grown_capacity(k.dim(2)?))?;
+                let layer = LayerKv::with_capacity(k, v, initial_capacity(k.dim(2)?))?;
                 let filled = layer.filled()?;
                 *slot = Some(layer);
                 Ok(filled)
@@ -541,6 +552,28 @@ mod tests {
 
     fn kv(b: usize, l: usize, start: f32) -> Result<Tensor> {
         Tensor::arange(start, start + (b * 2 * l * 3) as f32, &Device::Cpu)?.reshape((b, 2, l, 3))
+    }
+
+    #[test]
+    fn cache_capacity_leaves_at_most_a_quarter_and_a_step_unused() {
+        assert_eq!(initial_capacity(1), 256);
+        assert_eq!(initial_capacity(512), 512);
+        assert_eq!(grown_capacity(512, 513), 768);
+        assert_eq!(grown_capacity(4096, 4097), 5120);
+        // Decoding one token at a time from a 300-token prompt to 20k: every capacity leaves less than a quarter
+        // of it plus a step unused, and the copies on growth add up to O(n) positions.
+        let (mut capacity, mut copied) = (initial_capacity(300), 0);
+        for len in 301..=20_000 {
+            if len > capacity {
+                copied += len - 1;
+                capacity = grown_capacity(capacity, len);
+            }
+            assert!(
+                capacity >= len && capacity - len < len / 4 + KV_STEP,
+                "{len}: {capacity}"
+            );
+        }
+        assert!(copied < 5 * 20_000, "{copied}");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! What is quantized (as llama.cpp's and mistral.rs's in-situ quantization do): every linear layer of the text
 //! decoder, the token embeddings and the output head. The vision tower and the connector stay in f32 unless
 //! [`QuantConfig::vision`] is set: they are a small part of the weights, compute-bound, and the most sensitive
-//! to rounding. A layer whose input width is not a multiple of the type's block falls back to q8_0 (block 32),
-//! or stays in f32 when even that does not fit; [`QuantReport`] counts them.
+//! to rounding. A layer whose input width is not a multiple of the type's block falls back as llama.cpp's do
+//! (q4k to q5_0, q6k to q8_0: block 32), or stays dense when even that does not fit; [`QuantReport`] counts them.
 //!
 //! Quantization is streamed: the text decoder quantizes each layer right after loading it, so peak memory is
 //! the quantized model plus one layer in f32 (see `docs/quantization.md`).
@@ -14,7 +14,7 @@ mod qweight;
 pub mod store;
 pub mod streaming;
 
-pub use qweight::{DecodePath, QWeight, GEMM_MIN_ROWS};
+pub use qweight::{DecodePath, QWeight, GEMM_MIN_ROWS, STREAMED_BYTES};
 
 use crate::nn::{Linear, ParamVisitor};
 use candle_core::quantized::GgmlDType;
@@ -28,6 +28,10 @@ pub enum QuantType {
     /// 8-bit, one f16 scale per 32 weights: 8.5 bits per weight.
     #[serde(rename = "q8_0")]
     Q8_0,
+    /// 5-bit, one f16 scale per 32 weights: 5.5 bits per weight. llama.cpp's stand-in for q4k where rows fit no
+    /// super-block of 256 (SmolVLM's 576 / 960).
+    #[serde(rename = "q5_0")]
+    Q5_0,
     /// 4-bit k-quant, super-blocks of 256 with 6-bit scales and mins: 4.5 bits per weight.
     #[serde(rename = "q4k")]
     Q4K,
@@ -41,8 +45,9 @@ pub enum QuantType {
 }
 
 impl QuantType {
-    pub const ALL: [QuantType; 4] = [
+    pub const ALL: [QuantType; 5] = [
         QuantType::Q8_0,
+        QuantType::Q5_0,
         QuantType::Q4K,
         QuantType::Q6K,
         QuantType::Bf16,
@@ -51,6 +56,7 @@ impl QuantType {
     pub fn name(self) -> &'static str {
         match self {
             QuantType::Q8_0 => "q8_0",
+            QuantType::Q5_0 => "q5_0",
             QuantType::Q4K => "q4k",
             QuantType::Q6K => "q6k",
             QuantType::Bf16 => "bf16",
@@ -64,6 +70,7 @@ impl QuantType {
     pub fn from_ggml(dtype: GgmlDType) -> Option<Self> {
         match dtype {
             GgmlDType::Q8_0 => Some(QuantType::Q8_0),
+            GgmlDType::Q5_0 => Some(QuantType::Q5_0),
             GgmlDType::Q4K => Some(QuantType::Q4K),
             GgmlDType::Q6K => Some(QuantType::Q6K),
             GgmlDType::BF16 => Some(QuantType::Bf16),
@@ -86,9 +93,23 @@ impl QuantType {
         in_dim > 0 && in_dim.is_multiple_of(self.block_size())
     }
 
-    /// The type a layer with rows of `in_dim` gets when `self` is asked for: `self`, else q8_0, else none (f32).
+    /// The type a layer with rows of `in_dim` gets when `self` is asked for: `self`, else its block-32 stand-in
+    /// ([`Self::fallback`]), else none (kept dense).
     pub fn for_width(self, in_dim: usize) -> Option<Self> {
-        [self, QuantType::Q8_0].into_iter().find(|t| t.fits(in_dim))
+        [Some(self), self.fallback()]
+            .into_iter()
+            .flatten()
+            .find(|t| t.fits(in_dim))
+    }
+
+    /// What llama.cpp stores where rows fit no super-block of 256 (`llama_tensor_get_type`): q5_0 for q4k,
+    /// q8_0 for q6k. Block-32 types have none (a row that fits no 32-block fits no other block either).
+    pub fn fallback(self) -> Option<Self> {
+        match self {
+            QuantType::Q4K => Some(QuantType::Q5_0),
+            QuantType::Q6K => Some(QuantType::Q8_0),
+            QuantType::Q8_0 | QuantType::Q5_0 | QuantType::Bf16 => None,
+        }
     }
 
     /// The output head's type: llama.cpp's "_M" mixes keep the head at q6k for 4-bit models (it sets every
@@ -112,11 +133,12 @@ impl FromStr for QuantType {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s.to_ascii_lowercase().replace('-', "_").as_str() {
             "q8_0" | "q8" => Ok(QuantType::Q8_0),
+            "q5_0" | "q5" => Ok(QuantType::Q5_0),
             "q4k" | "q4_k" | "q4_k_m" => Ok(QuantType::Q4K),
             "q6k" | "q6_k" => Ok(QuantType::Q6K),
             "bf16" => Ok(QuantType::Bf16),
             other => Err(format!(
-                "unknown quantization {other:?}: expected q8_0, q4k, q6k or bf16"
+                "unknown quantization {other:?}: expected q8_0, q5_0, q4k, q6k or bf16"
             )),
         }
     }

@@ -6,16 +6,17 @@
 //! Instead:
 //! - few rows (decode): a matrix-vector product on the weight as stored, the activation quantized to the block
 //!   type's dot-product partner (bf16: kept in f32): this crate's kernels ([`super::kernels`]: AVX-512 VNNI or
-//!   AVX2, picked at run time) for q8_0 and bf16, candle's `k_quants::matmul` for q4k and q6k, whichever decoded
-//!   faster ([`DecodePath::best`]); memory-bound, so its speed follows the bytes per weight;
-//! - many rows (prefill, images): the weight is dequantized to f32 (a large one slab by slab, 16 MB of output rows
-//!   at a time) and multiplied with the f32 GEMM, which is compute-bound and as fast as the dense layer; the
-//!   dequantized copy lives for one product.
+//!   AVX2, picked at run time) for q8_0, q5_0 and bf16, candle's `k_quants::matmul` for q4k and q6k, whichever
+//!   decoded faster ([`DecodePath::best`]); memory-bound, so its speed follows the bytes per weight;
+//! - many rows (prefill, images): the f32 GEMM of the dense model's panel layout, each 64-row panel of the weight
+//!   dequantized by the task that multiplies it, into that thread's buffer; compute-bound, so it runs at the dense
+//!   layer's speed plus the dequantization, and never holds a dequantized copy of the weight.
 
 use super::{kernels, QuantType};
-use crate::nn::cpu_kernels::{gemm_into, MatRef};
+use crate::nn::cpu_kernels::f32_slice;
+use crate::nn::cpu_kernels::panels::{gemm_by_panels, PanelLayout, PANEL};
 use crate::nn::{KernelChoice, KernelFamily};
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 use half::bf16;
@@ -24,8 +25,9 @@ use std::sync::Arc;
 /// From this many rows on, a product dequantizes and uses the f32 GEMM (see the module docs).
 pub const GEMM_MIN_ROWS: usize = 16;
 
-/// Most weights dequantized at once by a many-row product (16 MB of f32; [`QWeight::matmul_t`]).
-pub const SLAB_ELEMS: usize = 4 << 20;
+/// From this size on a q4k / q6k weight decodes with this crate's kernel ([`DecodePath::best`]): a weight this
+/// large streams from memory at every token, not from the caches (idefics2-8b's projections: 9-33 MB).
+pub const STREAMED_BYTES: usize = 8 << 20;
 
 /// How a product with few rows runs on the stored blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,18 +39,21 @@ pub enum DecodePath {
 }
 
 impl DecodePath {
-    /// The faster path for `ty` on this CPU unless `IDEFICS_QUANT_KERNELS` (or the program) forces one: this
-    /// crate's kernel for q8_0 (streams 1.2-2.3x faster than candle's, `docs/quantization.md`), candle's for q4k
-    /// and q6k (as fast or faster). bf16 always runs this crate's kernel (candle's would round the activations
-    /// to bf16), on any CPU.
-    pub fn best(ty: QuantType) -> Self {
+    /// The faster path for a weight of `ty` stored in `bytes` on this CPU, unless `IDEFICS_QUANT_KERNELS` (or the
+    /// program) forces one. This crate's kernel for q8_0 (faster products than candle's from memory and from the
+    /// caches, `docs/quantization.md`); for q4k and q6k this crate's kernel when the weight is at least
+    /// [`STREAMED_BYTES`] (it streams from memory 1.3-2x faster than candle's, which decodes the 8B widths 1.3-1.6x
+    /// faster), candle's below (faster where a small model's weights stay in the caches). bf16 and q5_0 always run
+    /// this crate's kernel (candle's bf16 product would round the activations to bf16, its q5_0 one is scalar),
+    /// on any CPU.
+    pub fn best(ty: QuantType, bytes: usize) -> Self {
         let isa = kernels::Isa::detect();
-        if ty == QuantType::Bf16 {
+        if matches!(ty, QuantType::Bf16 | QuantType::Q5_0) {
             return DecodePath::Kernel(isa.unwrap_or(kernels::Isa::Scalar));
         }
         let ours = match crate::nn::kernel_choice::chosen(KernelFamily::Quantized) {
             Some(choice) => choice == KernelChoice::Fused,
-            None => ty == QuantType::Q8_0,
+            None => ty == QuantType::Q8_0 || bytes >= STREAMED_BYTES,
         };
         match isa {
             Some(isa) if ours && kernels::TYPES.contains(&ty) => DecodePath::Kernel(isa),
@@ -103,6 +108,7 @@ impl QWeight {
         }
         let q = match ty {
             QuantType::Q8_0 => quantize_blocks::<BlockQ8_0>(out_dim, in_dim, read)?,
+            QuantType::Q5_0 => quantize_blocks::<BlockQ5_0>(out_dim, in_dim, read)?,
             QuantType::Q4K => quantize_blocks::<BlockQ4K>(out_dim, in_dim, read)?,
             QuantType::Q6K => quantize_blocks::<BlockQ6K>(out_dim, in_dim, read)?,
             QuantType::Bf16 => quantize_blocks::<bf16>(out_dim, in_dim, read)?,
@@ -115,7 +121,7 @@ impl QWeight {
         let (out_dim, in_dim) = tensor.shape().dims2()?;
         if QuantType::from_ggml(tensor.dtype()).is_none() {
             candle_core::bail!(
-                "quantized weight of type {:?} is not supported (q8_0, q4k, q6k, bf16)",
+                "quantized weight of type {:?} is not supported (q8_0, q5_0, q4k, q6k, bf16)",
                 tensor.dtype()
             );
         }
@@ -179,6 +185,7 @@ impl QWeight {
         let in_dim = self.in_dim;
         match self.quant_type() {
             QuantType::Q8_0 => dequantize_blocks(&blocks::<BlockQ8_0>(&data)?[range], in_dim, dst),
+            QuantType::Q5_0 => dequantize_blocks(&blocks::<BlockQ5_0>(&data)?[range], in_dim, dst),
             QuantType::Q4K => dequantize_blocks(&blocks::<BlockQ4K>(&data)?[range], in_dim, dst),
             QuantType::Q6K => dequantize_blocks(&blocks::<BlockQ6K>(&data)?[range], in_dim, dst),
             QuantType::Bf16 => dequantize_blocks(&blocks::<bf16>(&data)?[range], in_dim, dst),
@@ -186,16 +193,12 @@ impl QWeight {
         Ok(())
     }
 
-    /// `x [rows, in] -> [rows, out]` (f32). From [`GEMM_MIN_ROWS`] rows on, the weight dequantized and multiplied
-    /// with the f32 GEMM: whole when it has at most [`SLAB_ELEMS`] weights, else by slabs of output rows into one
-    /// reused buffer, so that the transient f32 copy stays ~16 MB whatever the weight's size (a whole 4096 x 14336
-    /// weight would be 235 MB).
+    /// `x [rows, in] -> [rows, out]` (f32). Below [`GEMM_MIN_ROWS`] rows, [`Self::matvec`] on the stored blocks;
+    /// from there on the f32 GEMM of the panel layout (`crate::nn::cpu_kernels::panels`): each task dequantizes
+    /// 64 weight rows into a panel in its own buffer (`[in][64]`, at most a few MB, in the caches) and multiplies
+    /// it with every block of `x` where it lies. No dequantized copy of the weight exists, and the sums are those of
+    /// the f32 model with the dequantized weight stored in panels, bit for bit.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
-        self.matmul_t_slabs(x, SLAB_ELEMS)
-    }
-
-    /// [`Self::matmul_t`] with slabs of at most `slab_elems` weights.
-    pub(crate) fn matmul_t_slabs(&self, x: &Tensor, slab_elems: usize) -> Result<Tensor> {
         let (rows, in_dim) = x.dims2()?;
         if in_dim != self.in_dim {
             candle_core::bail!(
@@ -204,35 +207,27 @@ impl QWeight {
             );
         }
         let x = x.to_dtype(DType::F32)?.contiguous()?;
-        // Whole multiples of 64 rows: the GEMM then tiles each slab as it tiles the whole weight, and the sums
-        // come out bit for bit the same.
+        let (storage, layout) = x.storage_and_layout();
+        let xs = f32_slice(&storage, layout, "quantized linear: x")?;
         let out_dim = self.out_dim;
-        let slab = (slab_elems / in_dim / 64 * 64).max(64).min(out_dim);
-        if rows >= GEMM_MIN_ROWS && slab == out_dim {
-            return x.matmul(&self.dequantize()?.t()?);
-        }
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        if rows < GEMM_MIN_ROWS {
-            let dst = self.matvec(&xs, rows, DecodePath::best(self.quant_type()))?;
-            return Tensor::from_vec(dst, (rows, out_dim), &Device::Cpu);
-        }
-        let mut w = vec![0f32; slab * in_dim];
-        let mut part = vec![0f32; rows * slab];
-        let mut y = vec![0f32; rows * out_dim];
-        for start in (0..out_dim).step_by(slab) {
-            let n = slab.min(out_dim - start);
-            let (w, part) = (&mut w[..n * in_dim], &mut part[..rows * n]);
-            self.dequantize_into(start, n, w)?;
-            // `W x^T`: the slab as the left operand (`n` rows), `x^T` read in place. The other orientation
-            // (`x W^T`, as for a single slab) ran prefill 35 % slower at idefics2-8b's widths.
-            let (lhs, rhs) = (MatRef::rows(w, in_dim), MatRef::transposed(&xs, in_dim));
-            gemm_into(part, (n, rows, in_dim), lhs, rhs, 1.0, false)?;
-            for (i, col) in part.chunks_exact(rows).enumerate() {
-                for (r, &v) in col.iter().enumerate() {
-                    y[r * out_dim + start + i] = v;
-                }
+        let y = if rows < GEMM_MIN_ROWS {
+            self.matvec(
+                xs,
+                rows,
+                DecodePath::best(self.quant_type(), self.size_in_bytes()),
+            )?
+        } else {
+            let data = self.tensor.data()?;
+            let shape = (rows, in_dim, out_dim);
+            match self.quant_type() {
+                QuantType::Q8_0 => panel_product(blocks::<BlockQ8_0>(&data)?, xs, shape),
+                QuantType::Q5_0 => panel_product(blocks::<BlockQ5_0>(&data)?, xs, shape),
+                QuantType::Q4K => panel_product(blocks::<BlockQ4K>(&data)?, xs, shape),
+                QuantType::Q6K => panel_product(blocks::<BlockQ6K>(&data)?, xs, shape),
+                QuantType::Bf16 => panel_product(blocks::<bf16>(&data)?, xs, shape),
             }
-        }
+        };
+        drop(storage);
         Tensor::from_vec(y, (rows, out_dim), &Device::Cpu)
     }
 
@@ -258,6 +253,16 @@ impl QWeight {
                 mkn,
                 x,
                 blocks::<BlockQ8_0>(&data)?,
+                &mut dst,
+            )?,
+            // candle's q5_0 dot product is scalar, and asserts an even block count (in debug builds).
+            QuantType::Q5_0 if (in_dim / 32) % 2 == 1 => candle_core::bail!(
+                "candle's q5_0 product needs rows of an even number of 32-blocks, not {in_dim}"
+            ),
+            QuantType::Q5_0 => candle_core::quantized::k_quants::matmul(
+                mkn,
+                x,
+                blocks::<BlockQ5_0>(&data)?,
                 &mut dst,
             )?,
             QuantType::Q4K => candle_core::quantized::k_quants::matmul(
@@ -292,6 +297,7 @@ impl QWeight {
         let mut out = vec![0f32; ids.len() * self.in_dim];
         match self.quant_type() {
             QuantType::Q8_0 => gather_rows(blocks::<BlockQ8_0>(&data)?, self.in_dim, ids, &mut out),
+            QuantType::Q5_0 => gather_rows(blocks::<BlockQ5_0>(&data)?, self.in_dim, ids, &mut out),
             QuantType::Q4K => gather_rows(blocks::<BlockQ4K>(&data)?, self.in_dim, ids, &mut out),
             QuantType::Q6K => gather_rows(blocks::<BlockQ6K>(&data)?, self.in_dim, ids, &mut out),
             QuantType::Bf16 => gather_rows(blocks::<bf16>(&data)?, self.in_dim, ids, &mut out),
@@ -318,8 +324,40 @@ fn gather_rows<T: GgmlType>(blocks: &[T], in_dim: usize, ids: &[u32], out: &mut 
     }
 }
 
-/// Elements read and quantized per step of [`QWeight::quantize_rows`] (16 MB of f32).
-const ROWS_STEP_ELEMS: usize = 4 << 20;
+/// `x [rows, in] W^T` for a weight of blocks `T`, by panels dequantized on the spot ([`QWeight::matmul_t`]).
+fn panel_product<T: GgmlType + Sync>(
+    blocks: &[T],
+    x: &[f32],
+    (rows, in_dim, out_dim): (usize, usize, usize),
+) -> Vec<f32> {
+    thread_local! {
+        /// One dequantized weight row and one panel per thread, kept between products.
+        static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
+            std::cell::RefCell::new((Vec::new(), Vec::new()))
+        };
+    }
+    let per_row = in_dim / T::BLCK_SIZE;
+    let panels = out_dim.div_ceil(PANEL);
+    // Enough tasks for every thread even where a projection has few panels (SmolVLM-256M's k / v: 3).
+    let groups = (2 * rayon::current_num_threads()).div_ceil(panels);
+    gemm_by_panels(x, (rows, in_dim, out_dim), None, groups, |p, use_panel| {
+        SCRATCH.with_borrow_mut(|(panel, _)| {
+            let o0 = p * PANEL;
+            let m = PANEL.min(out_dim - o0);
+            panel.resize(PANEL * in_dim, 0.0);
+            T::to_float(
+                &blocks[o0 * per_row..(o0 + m) * per_row],
+                &mut panel[..m * in_dim],
+            );
+            use_panel(&panel[..m * in_dim], PanelLayout::Rows);
+        })
+    })
+}
+
+/// Elements read and quantized per step of [`QWeight::quantize_rows`] (4 MB of f32). The step's buffer outlives
+/// the load in the process's heap (glibc keeps freed memory, `idefics-cli`'s `malloc.rs`), so it counts in the
+/// quantized model's peak RSS: 16 MB steps left ~25 MB more than the weights after loading bench-150m.
+const ROWS_STEP_ELEMS: usize = 1 << 20;
 
 /// The blocks of an `[out, in]` weight, rows read a step at a time and quantized in parallel (the k-quants
 /// search for scales is the slow part of loading; candle's `QTensor::quantize` runs on one thread). Each row is
@@ -375,6 +413,7 @@ pub(crate) fn blocks<T: GgmlType>(data: &[u8]) -> Result<&[T]> {
 pub(crate) fn ggml_of(ty: QuantType) -> GgmlDType {
     match ty {
         QuantType::Q8_0 => GgmlDType::Q8_0,
+        QuantType::Q5_0 => GgmlDType::Q5_0,
         QuantType::Q4K => GgmlDType::Q4K,
         QuantType::Q6K => GgmlDType::Q6K,
         QuantType::Bf16 => GgmlDType::BF16,

@@ -185,7 +185,11 @@ pub fn gemm_into(
 
 /// The values of a contiguous f32 CPU tensor, borrowed from its storage (`let (storage, layout) =
 /// t.storage_and_layout()`); `what` names the tensor in the error.
-fn f32_slice<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(
+    storage: &'a Storage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (Storage::Cpu(s), Some((a, z))) if storage.dtype() == DType::F32 => {
             Ok(&s.as_slice::<f32>()?[a..z])

@@ -23,7 +23,7 @@ pub const PANEL: usize = 64;
 pub const MAX_GEMV_ROWS: usize = 4;
 /// Rows of `x` per GEMM task (with one panel): 128 x 64 outputs keep two threads busy on a 512-row prefill of a
 /// narrow projection (SmolVLM's k / v: 3 panels).
-const GEMM_ROWS_PER_TASK: usize = 128;
+pub(crate) const GEMM_ROWS_PER_TASK: usize = 128;
 
 /// Lets the `gemm` crate's microkernel read a full panel where it lies. On AVX-512 the panel already has the
 /// layout the crate packs its left operand into (`[k][64]`, the microkernel 64 rows high), so the packing is a
@@ -193,54 +193,97 @@ impl PanelWeight {
     /// `y^T = W x^T` by blocks: task (panel, block of rows) is one single-threaded GEMM call over the panel in
     /// place, written into its rectangle of `y [rows, out]` (the tasks' rectangles are disjoint).
     fn gemm(&self, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
-        let (in_dim, out_dim) = (self.in_dim, self.out_dim);
-        let len = rows * out_dim;
-        let mut y = match bias {
-            Some(b) => b.repeat(rows),
-            None => Vec::with_capacity(len),
-        };
-        let panels = out_dim.div_ceil(PANEL);
-        let blocks = rows.div_ceil(GEMM_ROWS_PER_TASK);
-        let dst = SendPtr(y.as_mut_ptr());
-        (0..panels * blocks).into_par_iter().for_each(|t| {
-            let (p, b) = (t % panels, t / panels);
-            let (o0, r0) = (p * PANEL, b * GEMM_ROWS_PER_TASK);
-            let m = PANEL.min(out_dim - o0);
-            let n = GEMM_ROWS_PER_TASK.min(rows - r0);
-            let panel = self.panel(p);
-            // SAFETY: `y` has capacity `rows * out_dim`; this task writes only y[r][o] for r in r0..r0+n and o in
-            // o0..o0+m (dst strides: 1 along outputs, `out_dim` along rows), a rectangle no other task touches.
-            // The panel holds `in_dim * PANEL` f32s read as a column-major `m x in_dim` matrix (column stride
-            // PANEL), x rows r0..r0+n as the `in_dim x n` right operand (column stride in_dim). Without a bias
-            // (`read_dst` false) the GEMM writes every element of its rectangle (in_dim >= 1) and reads none.
-            unsafe {
-                super::gemm_f32(
-                    (m, n, in_dim),
-                    Strided {
-                        ptr: dst.get().add(r0 * out_dim + o0),
-                        rs: 1,
-                        cs: out_dim as isize,
-                    },
-                    bias.is_some(),
-                    Strided {
-                        ptr: panel.as_ptr(),
-                        rs: 1,
-                        cs: PANEL as isize,
-                    },
-                    Strided {
-                        ptr: x.as_ptr().add(r0 * in_dim),
-                        rs: 1,
-                        cs: in_dim as isize,
-                    },
-                    1.0,
-                    1,
-                );
+        let shape = (rows, self.in_dim, self.out_dim);
+        let groups = rows.div_ceil(GEMM_ROWS_PER_TASK);
+        gemm_by_panels(x, shape, bias, groups, |p, use_panel| {
+            use_panel(self.panel(p), PanelLayout::Panel)
+        })
+    }
+}
+
+/// How a panel's 64 (or fewer) outputs x `in` weights lie in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PanelLayout {
+    /// `[in][64]`, as [`PanelWeight`] stores them (the GEMM reads it in place).
+    Panel,
+    /// `[m][in]`: the weight's own rows (the GEMM packs them).
+    Rows,
+}
+
+/// `y [rows, out] = x [rows, in] W^T (+ bias)` with `W` given panel by panel (module docs: `[in][64]`, the last
+/// one zero-padded): `with_panel(p, f)` calls `f` with panel `p`, which may be stored ([`PanelWeight`]) or made on
+/// the spot (a quantized weight dequantized into a panel, `crate::quant::QWeight`). The rows are cut into blocks of
+/// [`GEMM_ROWS_PER_TASK`], each block one single-threaded GEMM call over the panel in place into its rectangle of
+/// `y`; the blocks are spread over `groups` tasks per panel (1: one task per panel, so a panel made on the spot is
+/// made once). The sums do not depend on `groups`.
+pub(crate) fn gemm_by_panels(
+    x: &[f32],
+    (rows, in_dim, out_dim): (usize, usize, usize),
+    bias: Option<&[f32]>,
+    groups: usize,
+    with_panel: impl Fn(usize, &mut dyn FnMut(&[f32], PanelLayout)) + Sync,
+) -> Vec<f32> {
+    assert!(x.len() >= rows * in_dim && bias.is_none_or(|b| b.len() == out_dim));
+    read_panels_in_place();
+    let len = rows * out_dim;
+    let mut y = match bias {
+        Some(b) => b.repeat(rows),
+        None => Vec::with_capacity(len),
+    };
+    let panels = out_dim.div_ceil(PANEL);
+    let blocks = rows.div_ceil(GEMM_ROWS_PER_TASK);
+    let groups = groups.clamp(1, blocks.max(1));
+    let per_group = blocks.div_ceil(groups);
+    let dst = SendPtr(y.as_mut_ptr());
+    (0..panels * groups).into_par_iter().for_each(|t| {
+        let (p, g) = (t % panels, t / panels);
+        let o0 = p * PANEL;
+        let m = PANEL.min(out_dim - o0);
+        with_panel(p, &mut |panel: &[f32], layout: PanelLayout| {
+            let (rs, cs, len) = match layout {
+                PanelLayout::Panel => (1, PANEL, in_dim * PANEL),
+                PanelLayout::Rows => (in_dim, 1, m * in_dim),
+            };
+            assert!(panel.len() >= len);
+            for b in (g * per_group..(g + 1) * per_group).take_while(|&b| b < blocks) {
+                let r0 = b * GEMM_ROWS_PER_TASK;
+                let n = GEMM_ROWS_PER_TASK.min(rows - r0);
+                // SAFETY: `y` has capacity `rows * out_dim`; this call writes only y[r][o] for r in r0..r0+n and
+                // o in o0..o0+m (dst strides: 1 along outputs, `out_dim` along rows), a rectangle no other call
+                // touches (each (panel, block) pair belongs to one task). The panel holds at least
+                // `in_dim * PANEL` f32s (asserted) read as a column-major `m x in_dim` matrix (column stride
+                // PANEL), x rows r0..r0+n as the `in_dim x n` right operand (column stride in_dim; `x` covers
+                // `rows * in_dim`, asserted). Without a bias (`accumulate` false) the GEMM writes every element of
+                // its rectangle (in_dim >= 1) and reads none.
+                unsafe {
+                    super::gemm_f32(
+                        (m, n, in_dim),
+                        Strided {
+                            ptr: dst.get().add(r0 * out_dim + o0),
+                            rs: 1,
+                            cs: out_dim as isize,
+                        },
+                        bias.is_some(),
+                        Strided {
+                            ptr: panel.as_ptr(),
+                            rs: rs as isize,
+                            cs: cs as isize,
+                        },
+                        Strided {
+                            ptr: x.as_ptr().add(r0 * in_dim),
+                            rs: 1,
+                            cs: in_dim as isize,
+                        },
+                        1.0,
+                        1,
+                    );
+                }
             }
         });
-        // SAFETY: the tasks above wrote all `rows * out_dim` elements (they tile the output).
-        unsafe { y.set_len(len) };
-        y
-    }
+    });
+    // SAFETY: the calls above wrote all `rows * out_dim` elements (the (panel, block) rectangles tile the output).
+    unsafe { y.set_len(len) };
+    y
 }
 
 /// The output pointer shared by the GEMM tasks, which write disjoint rectangles.

@@ -98,6 +98,8 @@ mod x86 {
             let mut acc = [_mm512_setzero_ps(); 4];
             let mut k = 0;
             while k < full {
+                super::super::prefetch(r.add(k));
+                super::super::prefetch(r.add(k + 32));
                 for (t, acc) in acc.iter_mut().enumerate() {
                     let kk = k + 16 * t;
                     *acc = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(kk)), load(r.add(kk)), *acc);
@@ -135,6 +137,7 @@ mod x86 {
             let mut acc = [_mm256_setzero_ps(); 4];
             let mut k = 0;
             while k < full {
+                super::super::prefetch(r.add(k));
                 for (t, acc) in acc.iter_mut().enumerate() {
                     let kk = k + 8 * t;
                     *acc = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(kk)), load(r.add(kk)), *acc);

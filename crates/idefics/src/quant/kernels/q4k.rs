@@ -131,6 +131,7 @@ pub(super) mod x86 {
                     for i in 0..NW {
                         // SAFETY: `i * nb + b < NW * nb <= w.len()` (asserted above).
                         let wb = unsafe { w.get_unchecked(i * nb + b) };
+                        super::super::prefetch(wb);
                         let d = _mm256_set1_ps(xd * scale(wb.d));
                         let dmin = _mm_set1_ps(-xd * scale(wb.dmin));
                         let (sc, m) = scales_mins(wb);

@@ -98,6 +98,7 @@ pub(super) mod x86 {
                     for i in 0..NW {
                         // SAFETY: `i * nb + b < NW * nb <= w.len()` (asserted above).
                         let wb = unsafe { w.get_unchecked(i * nb + b) };
+                        super::super::prefetch(wb);
                         let d = _mm256_set1_ps(x.d[b] * scale(wb.d));
                         // SAFETY: `scales` is 16 readable bytes.
                         let scales = unsafe { _mm_loadu_si128(wb.scales.as_ptr() as *const __m128i) };

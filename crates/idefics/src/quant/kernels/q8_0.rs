@@ -43,20 +43,20 @@ pub(super) fn tile_scalar<const NW: usize>(w: &[Q8Block], nb: usize, x: &Q8Row) 
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
-    use super::super::{tiled_rows, TILE};
+    use super::super::{prefetch, tiled_rows, TILE};
     use super::{hsum8, Q8Block, Q8Row};
     use std::arch::x86_64::*;
 
     /// The f16 scale of a weight block in f32 (`vcvtph2ps`, exact like `half`'s conversion).
     #[inline]
     #[target_feature(enable = "f16c")]
-    fn scale(bits: u16) -> f32 {
+    pub(in crate::quant::kernels) fn scale(bits: u16) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
 
     #[inline]
     #[target_feature(enable = "avx")]
-    fn hsum(v: __m256) -> f32 {
+    pub(in crate::quant::kernels) fn hsum(v: __m256) -> f32 {
         let mut lanes = [0f32; 8];
         // SAFETY: `lanes` is 8 writable f32s; the store is unaligned.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
@@ -66,7 +66,7 @@ pub(super) mod x86 {
     /// 32 bytes of a block's quants.
     #[inline]
     #[target_feature(enable = "avx")]
-    fn load_qs(b: &Q8Block) -> __m256i {
+    pub(in crate::quant::kernels) fn load_qs(b: &Q8Block) -> __m256i {
         // SAFETY: `qs` is 32 readable bytes; the load is unaligned.
         unsafe { _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i) }
     }
@@ -90,6 +90,7 @@ pub(super) mod x86 {
             for (i, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: `i * nb + b < NW * nb <= w.len()` (asserted above).
                 let wb = unsafe { w.get_unchecked(i * nb + b) };
+                prefetch(wb);
                 let wv = _mm256_xor_si256(load_qs(wb), flip);
                 let lanes = _mm256_dpbusd_epi32(bias, wv, xv);
                 let d = _mm256_set1_ps(scale(wb.d) * dx);
@@ -115,6 +116,7 @@ pub(super) mod x86 {
             for (i, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: `i * nb + b < NW * nb <= w.len()` (asserted above).
                 let wb = unsafe { w.get_unchecked(i * nb + b) };
+                prefetch(wb);
                 let wv = load_qs(wb);
                 let pairs =
                     _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));

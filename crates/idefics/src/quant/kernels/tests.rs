@@ -7,7 +7,7 @@
 
 use super::*;
 use crate::quant::qweight::blocks as blocks_of;
-use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K, BlockQ8_0};
+use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -83,6 +83,9 @@ fn candle_matmul(qw: &QTensor, x: &[f32], rows: usize) -> Vec<f32> {
         GgmlDType::Q8_0 => {
             k_quants::matmul(mkn, x, blocks_of::<BlockQ8_0>(&data).unwrap(), &mut dst)
         }
+        GgmlDType::Q5_0 => {
+            k_quants::matmul(mkn, x, blocks_of::<BlockQ5_0>(&data).unwrap(), &mut dst)
+        }
         GgmlDType::Q4K => k_quants::matmul(mkn, x, blocks_of::<BlockQ4K>(&data).unwrap(), &mut dst),
         GgmlDType::Q6K => k_quants::matmul(mkn, x, blocks_of::<BlockQ6K>(&data).unwrap(), &mut dst),
         other => panic!("no reference for {other:?}"),
@@ -117,7 +120,8 @@ fn check_against_candle(ty: QuantType, cases: &[(usize, usize, usize)], f32_tol:
             1e-5,
             &format!("{what} scalar vs candle"),
         );
-        if candle_runs_avx2() {
+        // candle's q5_0 product is scalar code in its own order: to rounding only.
+        if candle_runs_avx2() && ty != QuantType::Q5_0 {
             assert_eq!(reference, theirs, "{what}: scalar vs candle's AVX2 kernel");
         }
         for &isa in &paths {
@@ -162,6 +166,67 @@ fn q8_0_matches_candle_on_every_path() {
         (66, 1536, 5),
     ];
     check_against_candle(QuantType::Q8_0, &cases, 1e-2);
+}
+
+#[test]
+fn q5_0_matches_candle_on_every_path() {
+    // candle's q5_0 product wants an even number of blocks per row; every width SmolVLM has is.
+    let cases = [
+        (1, 64, 1),
+        (7, 64, 1),
+        (37, 128, 3),
+        (130, 576, 1),
+        (1001, 576, 15),
+        (67, 960, 2),
+    ];
+    check_against_candle(QuantType::Q5_0, &cases, 1e-2);
+}
+
+/// Odd block counts (which candle's q5_0 product refuses in debug builds): every path against the scalar one,
+/// bit for bit, and the scalar one against the dequantized weight; the high bits set and clear on both halves.
+#[test]
+fn q5_0_paths_agree_on_odd_block_counts() {
+    for (out_dim, in_dim, rows) in [(5, 32, 1), (41, 96, 2), (19, 160, 15)] {
+        let w = random(out_dim * in_dim, 61);
+        let x = random(rows * in_dim, 62);
+        let qw = quantize(&w, out_dim, in_dim, GgmlDType::Q5_0);
+        let data = qw.data().unwrap();
+        let reference = matmul(
+            QuantType::Q5_0,
+            Isa::Scalar,
+            &x,
+            rows,
+            &data,
+            (out_dim, in_dim),
+        )
+        .unwrap();
+        for isa in Isa::available() {
+            let ours = matmul(QuantType::Q5_0, isa, &x, rows, &data, (out_dim, in_dim)).unwrap();
+            assert_eq!(
+                ours,
+                reference,
+                "q5_0 [{out_dim}, {in_dim}] {} vs scalar",
+                isa.name()
+            );
+        }
+        let dq: Vec<f32> = qw
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let scale = abs_products(&x, &w, rows, out_dim, in_dim);
+        let mut dense = vec![0f32; rows * out_dim];
+        for r in 0..rows {
+            for o in 0..out_dim {
+                dense[r * out_dim + o] = (0..in_dim)
+                    .map(|k| x[r * in_dim + k] * dq[o * in_dim + k])
+                    .sum();
+            }
+        }
+        assert_close(&reference, &dense, &scale, 1e-2, "q5_0 vs f32");
+    }
 }
 
 #[test]
