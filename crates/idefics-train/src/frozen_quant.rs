@@ -1,8 +1,8 @@
 //! The frozen product through a quantized weight (QLoRA's base path): `y = x W^T (+ b)` with `W` kept in its GGUF
 //! blocks, and a backward that gives the input gradient `dL/dx = dL/dy W` only.
 //!
-//! The forward is [`QWeight::matmul_t`] (candle's k-quant product on the stored blocks for few rows, the weight
-//! dequantized for one f32 GEMM from [`idefics::quant::GEMM_MIN_ROWS`] rows on). The backward dequantizes `W` for
+//! The forward is [`QWeight::matmul_t`] (the quantized product on the stored blocks for few rows, the f32 GEMM
+//! over 64-row panels of the weight dequantized on the spot from [`idefics::quant::GEMM_MIN_ROWS`] rows on). The backward dequantizes `W` for
 //! one GEMM and drops it: nothing weight-sized outlives the op, and the `GradStore` gets no entry for `W` or `b`
 //! (candle 0.11's `QMatMul` is applied with `apply_op*_no_bwd` and gives no gradient at all, not even to the
 //! input; `Op::Matmul` would store a full gradient for the frozen weight, huggingface/candle PR #3773).

@@ -58,7 +58,7 @@ fn input_gradient_through_a_quantized_linear_matches_the_dequantized_dense_one()
         let q = QWeight::quantize(&random_weight(out_dim, in_dim, 3)?, ty)?;
         let w = q.dequantize()?;
         let layer = FrozenLinear::quantized(q.clone(), Some(bias.clone()))?;
-        // 24 rows take the dequantize + GEMM product, 5 rows candle's k-quant product on the blocks.
+        // 24 rows take the GEMM over dequantized panels, 5 rows the quantized product on the blocks.
         for rows in [24usize, 5] {
             let x = Var::randn(0f32, 1.0, (1, rows, in_dim), &dev)?;
             let probe = Tensor::randn(0f32, 1.0, (1, rows, out_dim), &dev)?;
