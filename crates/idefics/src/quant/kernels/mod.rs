@@ -12,6 +12,49 @@
 //! - split the output rows over rayon's threads, each task reading its rows of the weight once, front to back,
 //!   one row at a time (see [`TILE`]).
 
+/// `rows_vnni` and `rows_avx2` of a block format's `x86` module: its `tile_vnni` / `tile_avx2` kernels over the
+/// output rows by [`tiled_rows`], each compiled with the features (`$vnni`, `$avx2`) its tile kernel needs.
+#[cfg(target_arch = "x86_64")]
+macro_rules! row_kernels {
+    ($block:ty, $row:ty, $vnni:literal, $avx2:literal) => {
+        /// Output rows `out` of `w` with [`tile_vnni`].
+        ///
+        /// # Safety
+        /// The CPU must have the features [`tile_vnni`] needs.
+        #[target_feature(enable = $vnni)]
+        pub unsafe fn rows_vnni(w: &[$block], nb: usize, x: &$row, out: &mut [f32]) {
+            use $crate::quant::kernels::{tiled_rows, TILE};
+            // SAFETY: the features are enabled here (the caller's contract); lengths are asserted inside.
+            tiled_rows(
+                w,
+                nb,
+                x,
+                out,
+                |w, nb, x| unsafe { tile_vnni::<TILE>(w, nb, x) },
+                |w, nb, x| unsafe { tile_vnni::<1>(w, nb, x) },
+            )
+        }
+
+        /// Output rows `out` of `w` with [`tile_avx2`].
+        ///
+        /// # Safety
+        /// The CPU must have the features [`tile_avx2`] needs.
+        #[target_feature(enable = $avx2)]
+        pub unsafe fn rows_avx2(w: &[$block], nb: usize, x: &$row, out: &mut [f32]) {
+            use $crate::quant::kernels::{tiled_rows, TILE};
+            // SAFETY: as above.
+            tiled_rows(
+                w,
+                nb,
+                x,
+                out,
+                |w, nb, x| unsafe { tile_avx2::<TILE>(w, nb, x) },
+                |w, nb, x| unsafe { tile_avx2::<1>(w, nb, x) },
+            )
+        }
+    };
+}
+
 mod bf16;
 mod q4k;
 mod q5_0;

@@ -64,8 +64,8 @@ pub(super) fn tile_scalar<const NW: usize>(w: &[Q5Block], nb: usize, x: &Q8Row) 
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
+    use super::super::prefetch;
     use super::super::q8_0::x86::{hsum, load_qs, scale};
-    use super::super::{prefetch, tiled_rows, TILE};
     use super::{Q5Block, Q8Row};
     use std::arch::x86_64::*;
 
@@ -170,37 +170,10 @@ pub(super) mod x86 {
         acc.map(|a| hsum(a))
     }
 
-    /// Output rows `out` of `w` with [`tile_vnni`].
-    ///
-    /// # Safety
-    /// The CPU must have the features [`tile_vnni`] needs.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    pub unsafe fn rows_vnni(w: &[Q5Block], nb: usize, x: &Q8Row, out: &mut [f32]) {
-        tiled_rows(
-            w,
-            nb,
-            x,
-            out,
-            // SAFETY: the features are enabled here (the caller's contract); lengths are asserted inside.
-            |w, nb, x| unsafe { tile_vnni::<TILE>(w, nb, x) },
-            |w, nb, x| unsafe { tile_vnni::<1>(w, nb, x) },
-        )
-    }
-
-    /// Output rows `out` of `w` with [`tile_avx2`].
-    ///
-    /// # Safety
-    /// The CPU must have AVX2, FMA and F16C.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn rows_avx2(w: &[Q5Block], nb: usize, x: &Q8Row, out: &mut [f32]) {
-        tiled_rows(
-            w,
-            nb,
-            x,
-            out,
-            // SAFETY: the features are enabled here (the caller's contract); lengths are asserted inside.
-            |w, nb, x| unsafe { tile_avx2::<TILE>(w, nb, x) },
-            |w, nb, x| unsafe { tile_avx2::<1>(w, nb, x) },
-        )
-    }
+    row_kernels!(
+        Q5Block,
+        Q8Row,
+        "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni",
+        "avx2,fma,f16c"
+    );
 }
