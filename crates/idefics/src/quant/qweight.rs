@@ -6,11 +6,12 @@
 //! Instead:
 //! - few rows (decode): a matrix-vector product on the weight as stored, the activation quantized to the block
 //!   type's dot-product partner (bf16: kept in f32): this crate's kernels ([`super::kernels`]: AVX-512 VNNI or
-//!   AVX2, picked at run time) for q8_0, q5_0 and bf16, candle's `k_quants::matmul` for q4k and q6k, whichever
-//!   decoded faster ([`DecodePath::best`]); memory-bound, so its speed follows the bytes per weight;
-//! - many rows (prefill, images): the f32 GEMM of the dense model's panel layout, each 64-row panel of the weight
-//!   dequantized by the task that multiplies it, into that thread's buffer; compute-bound, so it runs at the dense
-//!   layer's speed plus the dequantization, and never holds a dequantized copy of the weight.
+//!   AVX2, picked at run time) for q8_0, q5_0, bf16 and large q4k / q6k weights, candle's `k_quants::matmul` for
+//!   small q4k / q6k ones, whichever decoded faster ([`DecodePath::best`]); memory-bound, so its speed follows the
+//!   bytes per weight;
+//! - many rows (prefill, images): the f32 GEMM of the dense model's panel split, each 64 rows of the weight
+//!   dequantized by the task that multiplies them, into that thread's buffer; compute-bound, so it runs at the
+//!   dense layer's speed plus the dequantization, and never holds a dequantized copy of the weight.
 
 use super::{kernels, QuantType};
 use crate::nn::cpu_kernels::f32_slice;
@@ -42,8 +43,8 @@ impl DecodePath {
     /// The faster path for a weight of `ty` stored in `bytes` on this CPU, unless `IDEFICS_QUANT_KERNELS` (or the
     /// program) forces one. This crate's kernel for q8_0 (faster products than candle's from memory and from the
     /// caches, `docs/quantization.md`); for q4k and q6k this crate's kernel when the weight is at least
-    /// [`STREAMED_BYTES`] (it streams from memory 1.3-2x faster than candle's, which decodes the 8B widths 1.3-1.6x
-    /// faster), candle's below (faster where a small model's weights stay in the caches). bf16 and q5_0 always run
+    /// [`STREAMED_BYTES`] (streaming from memory it decoded the 8B widths 1.2-1.7x faster than candle's), candle's
+    /// below (faster where a small model's weights stay in the caches). bf16 and q5_0 always run
     /// this crate's kernel (candle's bf16 product would round the activations to bf16, its q5_0 one is scalar),
     /// on any CPU.
     pub fn best(ty: QuantType, bytes: usize) -> Self {
@@ -194,10 +195,11 @@ impl QWeight {
     }
 
     /// `x [rows, in] -> [rows, out]` (f32). Below [`GEMM_MIN_ROWS`] rows, [`Self::matvec`] on the stored blocks;
-    /// from there on the f32 GEMM of the panel layout (`crate::nn::cpu_kernels::panels`): each task dequantizes
-    /// 64 weight rows into a panel in its own buffer (`[in][64]`, at most a few MB, in the caches) and multiplies
-    /// it with every block of `x` where it lies. No dequantized copy of the weight exists, and the sums are those of
-    /// the f32 model with the dequantized weight stored in panels, bit for bit.
+    /// from there on the f32 GEMM split as for the panel layout (`crate::nn::cpu_kernels::panels`): each task
+    /// dequantizes 64 weight rows into its thread's buffer (at most a few MB) and multiplies them with every block
+    /// of `x` (the GEMM packs them; writing them transposed into a panel instead scattered every value, and prefill
+    /// ran at half the speed). No dequantized copy of the weight exists, and the sums are those of the f32 model
+    /// with the dequantized weight stored in panels, bit for bit.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, in_dim) = x.dims2()?;
         if in_dim != self.in_dim {
@@ -331,17 +333,15 @@ fn panel_product<T: GgmlType + Sync>(
     (rows, in_dim, out_dim): (usize, usize, usize),
 ) -> Vec<f32> {
     thread_local! {
-        /// One dequantized weight row and one panel per thread, kept between products.
-        static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
-            std::cell::RefCell::new((Vec::new(), Vec::new()))
-        };
+        /// 64 dequantized weight rows per thread, kept between products.
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     let per_row = in_dim / T::BLCK_SIZE;
     let panels = out_dim.div_ceil(PANEL);
     // Enough tasks for every thread even where a projection has few panels (SmolVLM-256M's k / v: 3).
     let groups = (2 * rayon::current_num_threads()).div_ceil(panels);
     gemm_by_panels(x, (rows, in_dim, out_dim), None, groups, |p, use_panel| {
-        SCRATCH.with_borrow_mut(|(panel, _)| {
+        SCRATCH.with_borrow_mut(|panel| {
             let o0 = p * PANEL;
             let m = PANEL.min(out_dim - o0);
             panel.resize(PANEL * in_dim, 0.0);

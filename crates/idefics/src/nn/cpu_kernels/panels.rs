@@ -23,7 +23,7 @@ pub const PANEL: usize = 64;
 pub const MAX_GEMV_ROWS: usize = 4;
 /// Rows of `x` per GEMM task (with one panel): 128 x 64 outputs keep two threads busy on a 512-row prefill of a
 /// narrow projection (SmolVLM's k / v: 3 panels).
-pub(crate) const GEMM_ROWS_PER_TASK: usize = 128;
+const GEMM_ROWS_PER_TASK: usize = 128;
 
 /// Lets the `gemm` crate's microkernel read a full panel where it lies. On AVX-512 the panel already has the
 /// layout the crate packs its left operand into (`[k][64]`, the microkernel 64 rows high), so the packing is a
@@ -210,9 +210,9 @@ pub(crate) enum PanelLayout {
     Rows,
 }
 
-/// `y [rows, out] = x [rows, in] W^T (+ bias)` with `W` given panel by panel (module docs: `[in][64]`, the last
-/// one zero-padded): `with_panel(p, f)` calls `f` with panel `p`, which may be stored ([`PanelWeight`]) or made on
-/// the spot (a quantized weight dequantized into a panel, `crate::quant::QWeight`). The rows are cut into blocks of
+/// `y [rows, out] = x [rows, in] W^T (+ bias)` with `W` given 64 outputs at a time: `with_panel(p, f)` calls `f`
+/// with panel `p` and its [`PanelLayout`], stored ([`PanelWeight`], `[in][64]` with the last one zero-padded) or
+/// made on the spot (a quantized weight's 64 rows dequantized, `crate::quant::QWeight`). The rows are cut into blocks of
 /// [`GEMM_ROWS_PER_TASK`], each block one single-threaded GEMM call over the panel in place into its rectangle of
 /// `y`; the blocks are spread over `groups` tasks per panel (1: one task per panel, so a panel made on the spot is
 /// made once). The sums do not depend on `groups`.
@@ -250,9 +250,9 @@ pub(crate) fn gemm_by_panels(
                 let n = GEMM_ROWS_PER_TASK.min(rows - r0);
                 // SAFETY: `y` has capacity `rows * out_dim`; this call writes only y[r][o] for r in r0..r0+n and
                 // o in o0..o0+m (dst strides: 1 along outputs, `out_dim` along rows), a rectangle no other call
-                // touches (each (panel, block) pair belongs to one task). The panel holds at least
-                // `in_dim * PANEL` f32s (asserted) read as a column-major `m x in_dim` matrix (column stride
-                // PANEL), x rows r0..r0+n as the `in_dim x n` right operand (column stride in_dim; `x` covers
+                // touches (each (panel, block) pair belongs to one task). The panel covers its `m x in_dim` matrix
+                // under `(rs, cs)` (asserted: `[in][64]` read column-major with column stride PANEL, or `m` rows of
+                // `in_dim`), x rows r0..r0+n are the `in_dim x n` right operand (column stride in_dim; `x` covers
                 // `rows * in_dim`, asserted). Without a bias (`accumulate` false) the GEMM writes every element of
                 // its rectangle (in_dim >= 1) and reads none.
                 unsafe {

@@ -69,7 +69,8 @@ pub(super) mod x86 {
     use super::{Q5Block, Q8Row};
     use std::arch::x86_64::*;
 
-    /// The low nibbles of a block in weight order (bytes 0..16: low nibbles, 16..32: high nibbles).
+    /// The low four bits of the block's weights, in weight order (weights 0..16 from the bytes' low nibbles, 16..32
+    /// from their high nibbles).
     #[inline]
     #[target_feature(enable = "avx2")]
     fn nibbles(b: &Q5Block) -> __m256i {
