@@ -222,11 +222,14 @@ impl QWeight {
             let data = self.tensor.data()?;
             let shape = (rows, in_dim, out_dim);
             match self.quant_type() {
-                QuantType::Q8_0 => panel_product(blocks::<BlockQ8_0>(&data)?, xs, shape),
-                QuantType::Q5_0 => panel_product(blocks::<BlockQ5_0>(&data)?, xs, shape),
-                QuantType::Q4K => panel_product(blocks::<BlockQ4K>(&data)?, xs, shape),
-                QuantType::Q6K => panel_product(blocks::<BlockQ6K>(&data)?, xs, shape),
-                QuantType::Bf16 => panel_product(blocks::<bf16>(&data)?, xs, shape),
+                QuantType::Q8_0 => candle_panels(blocks::<BlockQ8_0>(&data)?, xs, shape),
+                QuantType::Q5_0 => {
+                    let blocks = kernels::q5_0_blocks(&data)?;
+                    panel_product(blocks, 32, xs, shape, kernels::dequantize_q5_0)
+                }
+                QuantType::Q4K => candle_panels(blocks::<BlockQ4K>(&data)?, xs, shape),
+                QuantType::Q6K => candle_panels(blocks::<BlockQ6K>(&data)?, xs, shape),
+                QuantType::Bf16 => candle_panels(blocks::<bf16>(&data)?, xs, shape),
             }
         };
         drop(storage);
@@ -326,17 +329,29 @@ fn gather_rows<T: GgmlType>(blocks: &[T], in_dim: usize, ids: &[u32], out: &mut 
     }
 }
 
-/// `x [rows, in] W^T` for a weight of blocks `T`, by panels dequantized on the spot ([`QWeight::matmul_t`]).
-fn panel_product<T: GgmlType + Sync>(
+/// [`panel_product`] with candle's dequantization of `T`.
+fn candle_panels<T: GgmlType + Sync>(
     blocks: &[T],
     x: &[f32],
+    shape: (usize, usize, usize),
+) -> Vec<f32> {
+    panel_product(blocks, T::BLCK_SIZE, x, shape, T::to_float)
+}
+
+/// `x [rows, in] W^T` for a weight of blocks `B` (`block_size` weights each), by panels dequantized on the spot
+/// with `to_float` ([`QWeight::matmul_t`]).
+fn panel_product<B: Sync>(
+    blocks: &[B],
+    block_size: usize,
+    x: &[f32],
     (rows, in_dim, out_dim): (usize, usize, usize),
+    to_float: impl Fn(&[B], &mut [f32]) + Sync,
 ) -> Vec<f32> {
     thread_local! {
         /// 64 dequantized weight rows per thread, kept between products.
         static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let per_row = in_dim / T::BLCK_SIZE;
+    let per_row = in_dim / block_size;
     let panels = out_dim.div_ceil(PANEL);
     // Enough tasks for every thread even where a projection has few panels (SmolVLM-256M's k / v: 3).
     let groups = (2 * rayon::current_num_threads()).div_ceil(panels);
@@ -345,7 +360,7 @@ fn panel_product<T: GgmlType + Sync>(
             let o0 = p * PANEL;
             let m = PANEL.min(out_dim - o0);
             panel.resize(PANEL * in_dim, 0.0);
-            T::to_float(
+            to_float(
                 &blocks[o0 * per_row..(o0 + m) * per_row],
                 &mut panel[..m * in_dim],
             );

@@ -57,7 +57,7 @@ macro_rules! row_kernels {
 
 mod bf16;
 mod q4k;
-mod q5_0;
+pub(crate) mod q5_0;
 mod q6k;
 mod q8_0;
 #[cfg(test)]
@@ -367,6 +367,17 @@ fn cast_blocks<'a, B: PlainBlock>(data: &'a [u8], name: &str) -> Result<&'a [B]>
     // SAFETY: length and alignment checked above; `B` is plain data valid for any bit pattern (`PlainBlock`),
     // and the slice borrows `data`.
     Ok(unsafe { std::slice::from_raw_parts(data.as_ptr() as *const B, data.len() / size) })
+}
+
+/// A q5_0 weight's stored bytes as blocks, for [`dequantize_q5_0`].
+pub(crate) fn q5_0_blocks(data: &[u8]) -> Result<&[q5_0::Q5Block]> {
+    cast_blocks(data, "q5_0")
+}
+
+/// q5_0 blocks in f32 (32 values per block into `out`), value for value candle's `BlockQ5_0::to_float`, several
+/// times faster (candle's unpacks bit by bit).
+pub(crate) fn dequantize_q5_0(blocks: &[q5_0::Q5Block], out: &mut [f32]) {
+    q5_0::dequantize(blocks, out)
 }
 
 /// `x [rows, in] W^T -> [rows, out]` for a weight `[out, in]` of type `ty` given as its stored bytes.

@@ -42,6 +42,33 @@ fn unpack(b: &Q5Block) -> [u8; 32] {
     q
 }
 
+/// The blocks in f32, `d * (q - 16)` per weight: candle's `BlockQ5_0::to_float` value for value (the same int ->
+/// f32 conversion and one multiply), in a loop the compiler vectorises (candle's extracts bit by bit).
+#[inline(always)]
+fn dequantize_impl(blocks: &[Q5Block], out: &mut [f32]) {
+    for (b, ys) in blocks.iter().zip(out.chunks_exact_mut(32)) {
+        let d = f16::from_bits(b.d).to_f32();
+        let q = unpack(b);
+        for (y, &q) in ys.iter_mut().zip(&q) {
+            *y = (q as i32 - 16) as f32 * d;
+        }
+    }
+}
+
+/// [`dequantize_impl`] compiled for AVX2 where the CPU has it.
+pub(crate) fn dequantize(blocks: &[Q5Block], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
+        #[target_feature(enable = "avx2,f16c")]
+        fn avx2(blocks: &[Q5Block], out: &mut [f32]) {
+            dequantize_impl(blocks, out)
+        }
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { avx2(blocks, out) };
+    }
+    dequantize_impl(blocks, out)
+}
+
 /// `NW` consecutive weight rows (`w`: `NW * nb` blocks, row-major) dotted with the activation row `x`.
 pub(super) fn tile_scalar<const NW: usize>(w: &[Q5Block], nb: usize, x: &Q8Row) -> [f32; NW] {
     let mut out = [0f32; NW];

@@ -336,3 +336,24 @@ fn bf16_products_keep_f32_activations_on_every_path() {
         }
     }
 }
+
+/// The q5_0 dequantization gives candle's `to_float` values bit for bit (both halves, fifth bits set and clear,
+/// a zero block).
+#[test]
+fn q5_0_dequantization_is_candles() {
+    let mut w = random(37 * 96, 71);
+    w[..32].fill(0.0);
+    let qw = quantize(&w, 37, 96, GgmlDType::Q5_0);
+    let data = qw.data().unwrap();
+    let want: Vec<f32> = qw
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut got = vec![f32::NAN; want.len()];
+    dequantize_q5_0(q5_0_blocks(&data).unwrap(), &mut got);
+    assert_eq!(got, want);
+    assert!(q5_0_blocks(&data[1..]).is_err());
+}
