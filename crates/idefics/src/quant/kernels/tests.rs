@@ -73,6 +73,29 @@ fn activation_blocks_are_candles() {
     }
 }
 
+/// `x [rows, in] w^T` in plain f32 sums.
+fn dense_product(x: &[f32], w: &[f32], rows: usize, out_dim: usize, in_dim: usize) -> Vec<f32> {
+    let mut y = vec![0f32; rows * out_dim];
+    for r in 0..rows {
+        for o in 0..out_dim {
+            y[r * out_dim + o] = (0..in_dim)
+                .map(|k| x[r * in_dim + k] * w[o * in_dim + k])
+                .sum();
+        }
+    }
+    y
+}
+
+/// The weight of `qw` in f32, row-major.
+fn dequantized(qw: &QTensor) -> Vec<f32> {
+    qw.dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 /// candle's `k_quants::matmul` on the stored blocks of `qw`.
 fn candle_matmul(qw: &QTensor, x: &[f32], rows: usize) -> Vec<f32> {
     let (out_dim, in_dim) = qw.shape().dims2().unwrap();
@@ -128,20 +151,7 @@ fn check_against_candle(ty: QuantType, cases: &[(usize, usize, usize)], f32_tol:
             let ours = kernel(isa, &x, rows, &data, out_dim, in_dim).unwrap();
             assert_eq!(ours, reference, "{what}: {} vs scalar", isa.name());
         }
-        let dq = qw
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        let dq: Vec<f32> = dq.concat();
-        let mut dense = vec![0f32; rows * out_dim];
-        for r in 0..rows {
-            for o in 0..out_dim {
-                dense[r * out_dim + o] = (0..in_dim)
-                    .map(|k| x[r * in_dim + k] * dq[o * in_dim + k])
-                    .sum();
-            }
-        }
+        let dense = dense_product(&x, &dequantized(&qw), rows, out_dim, in_dim);
         assert_close(
             &reference,
             &dense,
@@ -209,22 +219,8 @@ fn q5_0_paths_agree_on_odd_block_counts() {
                 isa.name()
             );
         }
-        let dq: Vec<f32> = qw
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
         let scale = abs_products(&x, &w, rows, out_dim, in_dim);
-        let mut dense = vec![0f32; rows * out_dim];
-        for r in 0..rows {
-            for o in 0..out_dim {
-                dense[r * out_dim + o] = (0..in_dim)
-                    .map(|k| x[r * in_dim + k] * dq[o * in_dim + k])
-                    .sum();
-            }
-        }
+        let dense = dense_product(&x, &dequantized(&qw), rows, out_dim, in_dim);
         assert_close(&reference, &dense, &scale, 1e-2, "q5_0 vs f32");
     }
 }
@@ -345,13 +341,7 @@ fn q5_0_dequantization_is_candles() {
     w[..32].fill(0.0);
     let qw = quantize(&w, 37, 96, GgmlDType::Q5_0);
     let data = qw.data().unwrap();
-    let want: Vec<f32> = qw
-        .dequantize(&Device::Cpu)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let want = dequantized(&qw);
     let mut got = vec![f32::NAN; want.len()];
     dequantize_q5_0(q5_0_blocks(&data).unwrap(), &mut got);
     assert_eq!(got, want);
