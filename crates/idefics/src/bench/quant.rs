@@ -101,6 +101,22 @@ impl TextOnlyModel {
     /// Appends `ids` (one sequence) to the cache and returns the logits `[L, V]` of the last `logit_rows`
     /// positions.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, logit_rows: usize) -> Result<Tensor> {
+        if ids.len() == 1 {
+            // As the models' `decode_step` does.
+            cache.reserve(1)?;
+            return crate::nn::cpu_kernels::on_compute_threads(|| {
+                self.forward_on_worker(ids, cache, logit_rows)
+            });
+        }
+        self.forward_on_worker(ids, cache, logit_rows)
+    }
+
+    fn forward_on_worker(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        logit_rows: usize,
+    ) -> Result<Tensor> {
         let dev = Device::Cpu;
         let input = Tensor::new(ids, &dev)?.unsqueeze(0)?;
         let embeds = self.text.embed(&input)?;

@@ -58,8 +58,18 @@ macro_rules! impl_logits {
             /// One decoding step: appends `tokens` (one per row, all real) and returns the next-token logits
             /// `[B, V]`.
             pub fn decode_step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-                let inputs = super::step::decode_inputs(tokens, cache, self.device())?;
-                self.forward_last(&inputs, cache)
+                if !self.device().is_cpu() {
+                    let inputs = super::step::decode_inputs(tokens, cache, self.device())?;
+                    return self.forward_last(&inputs, cache);
+                }
+                // Hundreds of short parallel ops a step: run it on a compute thread (`on_compute_threads`).
+                // What outlives the step is allocated here, on the caller's thread, which also runs the prefill:
+                // a worker's malloc arena would hold a grown cache apart from the prefill's freed memory.
+                cache.reserve(1)?;
+                crate::nn::cpu_kernels::on_compute_threads(|| {
+                    let inputs = super::step::decode_inputs(tokens, cache, self.device())?;
+                    self.forward_last(&inputs, cache)
+                })
             }
         }
 

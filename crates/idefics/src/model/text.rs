@@ -55,13 +55,19 @@ impl LayerKv {
         ))
     }
 
+    /// Moves the filled positions into buffers of [`grown_capacity`] for `needed` positions.
+    fn grow(&mut self, needed: usize) -> Result<()> {
+        let (pk, pv) = self.filled()?;
+        let capacity = grown_capacity(self.capacity(), needed);
+        *self = Self::with_capacity(&pk, &pv, capacity)?;
+        Ok(())
+    }
+
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
         let l = k.dim(2)?;
         let needed = self.len + l;
         if needed > self.capacity() || std::sync::Arc::strong_count(&self.owner) > 1 {
-            let (pk, pv) = self.filled()?;
-            let capacity = grown_capacity(self.capacity(), needed);
-            *self = Self::with_capacity(&pk, &pv, capacity)?;
+            self.grow(needed)?;
         }
         self.k.slice_set(&k.contiguous()?, 2, self.len)?;
         self.v.slice_set(&v.contiguous()?, 2, self.len)?;
@@ -146,6 +152,19 @@ impl KvCache {
             .iter()
             .map(|r| r.iter().filter(|&&m| m != 0).count() as i64)
             .collect()
+    }
+
+    /// Grows every filled layer that cannot take `positions` more without reallocating. Appending grows a
+    /// layer anyway; this lets the caller choose the thread, hence the malloc arena, that holds the buffers
+    /// (see `decode_step`).
+    pub fn reserve(&mut self, positions: usize) -> Result<()> {
+        for layer in self.layers.iter_mut().flatten() {
+            let needed = layer.len + positions;
+            if needed > layer.capacity() {
+                layer.grow(needed)?;
+            }
+        }
+        Ok(())
     }
 
     fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -574,6 +593,42 @@ mod tests {
             );
         }
         assert!(copied < 5 * 20_000, "{copied}");
+    }
+
+    #[test]
+    fn reserve_grows_full_layers_only_and_keeps_their_positions() -> Result<()> {
+        let mut cache = KvCache::new(2);
+        cache.reserve(1)?; // nothing filled yet: nothing to grow
+        assert!(cache.layers.iter().all(Option::is_none));
+        let prompt = kv(1, 256, 0.0)?;
+        cache.append(0, &prompt, &prompt)?;
+        let short = kv(1, 10, 0.0)?;
+        cache.append(1, &short, &short)?;
+        cache.reserve(1)?;
+        let capacity = |c: &KvCache, i: usize| c.layers[i].as_ref().map(LayerKv::capacity);
+        // Layer 0 was full (256 of 256): grown; layer 1 has room: left as it was.
+        assert_eq!(capacity(&cache, 0), Some(grown_capacity(256, 257)));
+        assert_eq!(capacity(&cache, 1), Some(256));
+        let (k, v) = cache.layers[0].as_ref().unwrap().filled()?;
+        assert_eq!((&k - &prompt)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        assert_eq!((&v - &prompt)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        // The reserved position is then written in place: same buffer, no second growth.
+        let buffer = |c: &KvCache| -> usize {
+            let (storage, _) = c.layers[0].as_ref().unwrap().k.storage_and_layout();
+            match &*storage {
+                candle_core::Storage::Cpu(s) => s.as_slice::<f32>().unwrap().as_ptr() as usize,
+                _ => unreachable!("a CPU test"),
+            }
+        };
+        let before = buffer(&cache);
+        let new = kv(1, 1, 1.0e4)?;
+        let (k, _) = cache.append(0, &new, &new)?;
+        assert_eq!(buffer(&cache), before);
+        assert_eq!(
+            k.narrow(2, 256, 1)?.flatten_all()?.to_vec1::<f32>()?,
+            new.flatten_all()?.to_vec1::<f32>()?
+        );
+        Ok(())
     }
 
     #[test]

@@ -48,6 +48,20 @@ pub fn applies(inputs: &[&Tensor]) -> bool {
             .all(|t| t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu) && !t.track_op())
 }
 
+/// Runs `f` on one of rayon's threads, or in place when already on one. Every parallel op of inference (these
+/// kernels, the quantized products, candle's GEMMs through the `gemm` crate) splits its work over rayon's pool.
+/// Called from outside the pool, each op is queued and the caller sleeps until a worker has finished it, so both
+/// workers must wake for every op; a decoding step runs hundreds of them. From a worker, the caller starts on the
+/// first share itself and only the other worker wakes: f32 decoding 10-15 % faster on 2 cores
+/// (`docs/benchmarks.md`).
+pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}
+
 /// A strided f32 matrix operand of [`gemm_f32`]: element `(i, j)` at `ptr + i * rs + j * cs`.
 #[derive(Clone, Copy)]
 pub struct Strided<P> {

@@ -357,3 +357,23 @@ fn panel_layout_refuses_mismatched_inputs() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn compute_threads_run_work_on_a_rayon_worker_and_nest_in_place() {
+    assert_eq!(
+        rayon::current_thread_index(),
+        None,
+        "the test harness thread"
+    );
+    let (outer, inner) = super::on_compute_threads(|| {
+        let outer = rayon::current_thread_index();
+        // Already on a worker: runs right there (a nested scope would also be fine, but costs a job).
+        let inner = super::on_compute_threads(rayon::current_thread_index);
+        (outer, inner)
+    });
+    assert!(outer.is_some());
+    assert_eq!(inner, outer);
+    // Errors and values come back to the caller.
+    let r: std::result::Result<u32, String> = super::on_compute_threads(|| Err("refused".into()));
+    assert_eq!(r, Err("refused".to_string()));
+}
