@@ -14,7 +14,7 @@ mod qweight;
 pub mod store;
 pub mod streaming;
 
-pub use qweight::{DecodePath, QWeight, GEMM_MIN_ROWS, STREAMED_BYTES};
+pub use qweight::{DecodePath, QWeight, GEMM_MIN_ROWS, KERNEL_MIN_BYTES};
 
 use crate::nn::{Linear, ParamVisitor};
 use candle_core::quantized::GgmlDType;

@@ -26,9 +26,10 @@ use std::sync::Arc;
 /// From this many rows on, a product dequantizes and uses the f32 GEMM (see the module docs).
 pub const GEMM_MIN_ROWS: usize = 16;
 
-/// From this size on a q4k / q6k weight decodes with this crate's kernel ([`DecodePath::best`]): a weight this
-/// large streams from memory at every token, not from the caches (idefics2-8b's projections: 9-33 MB).
-pub const STREAMED_BYTES: usize = 8 << 20;
+/// From this size on a q4k / q6k weight decodes with this crate's kernel ([`DecodePath::best`]). Below it (one
+/// rayon task's worth of weight, `kernels::BYTES_PER_TASK`) ours runs on one thread, where candle's splits even
+/// the smallest product over its spinning pool: the bundled model's 37-147 KB weights decode faster there.
+pub const KERNEL_MIN_BYTES: usize = 64 << 10;
 
 /// How a product with few rows runs on the stored blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +44,8 @@ impl DecodePath {
     /// The faster path for a weight of `ty` stored in `bytes` on this CPU, unless `IDEFICS_QUANT_KERNELS` (or the
     /// program) forces one. This crate's kernel for q8_0 (faster products than candle's from memory and from the
     /// caches, `docs/quantization.md`); for q4k and q6k this crate's kernel when the weight is at least
-    /// [`STREAMED_BYTES`] (streaming from memory it decoded the 8B widths 1.2-1.7x faster than candle's), candle's
-    /// below (faster where a small model's weights stay in the caches). bf16 and q5_0 always run
+    /// [`KERNEL_MIN_BYTES`] (bench-150m and SmolVLM decode 1.2-1.4x faster than with candle's, and candle's
+    /// spinning pool slows ours down when both run), candle's below. bf16 and q5_0 always run
     /// this crate's kernel (candle's bf16 product would round the activations to bf16, its q5_0 one is scalar),
     /// on any CPU.
     pub fn best(ty: QuantType, bytes: usize) -> Self {
@@ -54,7 +55,7 @@ impl DecodePath {
         }
         let ours = match crate::nn::kernel_choice::chosen(KernelFamily::Quantized) {
             Some(choice) => choice == KernelChoice::Fused,
-            None => ty == QuantType::Q8_0 || bytes >= STREAMED_BYTES,
+            None => ty == QuantType::Q8_0 || bytes >= KERNEL_MIN_BYTES,
         };
         match isa {
             Some(isa) if ours && kernels::TYPES.contains(&ty) => DecodePath::Kernel(isa),

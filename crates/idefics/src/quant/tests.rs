@@ -187,8 +187,14 @@ fn decoding_takes_the_faster_path_per_type_unless_forced() {
                 DecodePath::Kernel(isa)
             );
             for t in [QuantType::Q4K, QuantType::Q6K] {
-                assert_eq!(DecodePath::best(t, STREAMED_BYTES - 1), DecodePath::Candle);
-                assert_eq!(DecodePath::best(t, STREAMED_BYTES), DecodePath::Kernel(isa));
+                assert_eq!(
+                    DecodePath::best(t, KERNEL_MIN_BYTES - 1),
+                    DecodePath::Candle
+                );
+                assert_eq!(
+                    DecodePath::best(t, KERNEL_MIN_BYTES),
+                    DecodePath::Kernel(isa)
+                );
             }
         }
         (None, _) => assert_eq!(
