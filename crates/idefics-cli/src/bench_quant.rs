@@ -256,7 +256,7 @@ pub fn run(args: BenchQuantArgs) -> Result<()> {
             "decode_tok_s": col("decode_tok_s", false), "decode_x_f32": col("decode_tok_s", true),
         });
         eprintln!(
-            "{name:>7}  {:8.1} MB ({:.2}x)  {:10.1} ({:.2}x)  {:10.1} ({:.2}x)",
+            "{name:>7}  {:8.1} MiB ({:.2}x)  {:10.1} ({:.2}x)  {:10.1} ({:.2}x)",
             s["peak_rss_mb"].as_f64().unwrap_or(0.0),
             s["peak_rss_x_f32"].as_f64().unwrap_or(0.0),
             s["prefill_tok_s"].as_f64().unwrap_or(0.0),

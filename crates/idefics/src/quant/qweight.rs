@@ -44,10 +44,10 @@ impl DecodePath {
     /// The faster path for a weight of `ty` stored in `bytes` on this CPU, unless `IDEFICS_QUANT_KERNELS` (or the
     /// program) forces one. This crate's kernel for q8_0 (faster products than candle's from memory and from the
     /// caches, `docs/quantization.md`); for q4k and q6k this crate's kernel when the weight is at least
-    /// [`KERNEL_MIN_BYTES`] (bench-150m and SmolVLM decode 1.2-1.4x faster than with candle's, and candle's
-    /// spinning pool slows ours down when both run), candle's below. bf16 and q5_0 always run
-    /// this crate's kernel (candle's bf16 product would round the activations to bf16, its q5_0 one is scalar),
-    /// on any CPU.
+    /// [`KERNEL_MIN_BYTES`] (a q4k SmolVLM-256M decodes 1.15-1.2x faster than with candle's for its down
+    /// projections, whose spinning pool also slows our q5_0 products; bench-150m ties or gains), candle's below.
+    /// bf16 and q5_0 always run this crate's kernel (candle's bf16 product would round the activations to bf16,
+    /// its q5_0 one is scalar), on any CPU.
     pub fn best(ty: QuantType, bytes: usize) -> Self {
         let isa = kernels::Isa::detect();
         if matches!(ty, QuantType::Bf16 | QuantType::Q5_0) {
