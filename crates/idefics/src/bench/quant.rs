@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::idefics3_config::{read_model_type, Idefics3Config};
 use crate::model::text::{DecoderOptions, KvCache, TextModel};
 use crate::model::ModelFamily;
-use crate::nn::{Kernels, Linear};
+use crate::nn::{Kernels, Linear, ParamVisitor, VisitParams};
 use crate::quant::{quantize_head, QuantConfig, QuantReport};
 use crate::weights::ModelWeights;
 use crate::Idefics2Config;
@@ -53,7 +53,7 @@ impl TextOnlyModel {
         let mut weights = ModelWeights::open(dir, DType::F32, &Device::Cpu, quant)?;
         let vb = weights.vb.clone();
         let kernels = Kernels::default();
-        let text = TextModel::load_quantized(
+        let mut text = TextModel::load_quantized(
             &config,
             vb.pp("model.text_model"),
             &kernels,
@@ -63,7 +63,7 @@ impl TextOnlyModel {
         .map_err(|e| weights.explain(e.into()))?;
         // A tied config uses the embeddings as the head (a stored head that differs, which the full model
         // detects, is not looked at here).
-        let head = if tied {
+        let mut head = if tied {
             text.tied_head()
         } else {
             let mut head = Linear::load(
@@ -78,6 +78,22 @@ impl TextOnlyModel {
             }
             head
         };
+        // Dense f32 layers in column panels, as every inference command stores the text decoder, so that the
+        // reference is the f32 model users run (quantized layers stay as they are; a tied head keeps the rows
+        // of the embedding it shares).
+        struct Panels;
+        impl ParamVisitor for Panels {
+            fn linear(&mut self, _: &str, layer: &mut Linear) -> candle_core::Result<()> {
+                layer.use_panel_layout().map(|_| ())
+            }
+            fn tensor(&mut self, _: &str, _: &mut Tensor) -> candle_core::Result<()> {
+                Ok(())
+            }
+        }
+        text.visit_params("", &mut Panels)?;
+        if !tied {
+            head.use_panel_layout()?;
+        }
         Ok(Self {
             text,
             head,

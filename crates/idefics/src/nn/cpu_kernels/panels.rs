@@ -213,9 +213,10 @@ pub(crate) enum PanelLayout {
 /// `y [rows, out] = x [rows, in] W^T (+ bias)` with `W` given 64 outputs at a time: `with_panel(p, f)` calls `f`
 /// with panel `p` and its [`PanelLayout`], stored ([`PanelWeight`], `[in][64]` with the last one zero-padded) or
 /// made on the spot (a quantized weight's 64 rows dequantized, `crate::quant::QWeight`). The rows are cut into blocks of
-/// [`GEMM_ROWS_PER_TASK`], each block one single-threaded GEMM call over the panel in place into its rectangle of
-/// `y`; the blocks are spread over `groups` tasks per panel (1: one task per panel, so a panel made on the spot is
-/// made once). The sums do not depend on `groups`.
+/// [`GEMM_ROWS_PER_TASK`], spread over `groups` tasks per panel (1: one task per panel, so a panel made on the spot
+/// is made once). A stored panel is read in place by one single-threaded GEMM call per block; a panel of rows,
+/// which the GEMM packs, by one call over all the task's blocks, so that it is packed once (four calls over 512
+/// rows held a quantized prefill at 0.8x of the f32 one). The sums depend on neither `groups` nor the calls.
 pub(crate) fn gemm_by_panels(
     x: &[f32],
     (rows, in_dim, out_dim): (usize, usize, usize),
@@ -245,9 +246,17 @@ pub(crate) fn gemm_by_panels(
                 PanelLayout::Rows => (in_dim, 1, m * in_dim),
             };
             assert!(panel.len() >= len);
-            for b in (g * per_group..(g + 1) * per_group).take_while(|&b| b < blocks) {
-                let r0 = b * GEMM_ROWS_PER_TASK;
-                let n = GEMM_ROWS_PER_TASK.min(rows - r0);
+            // A panel read in place goes block by block; rows the GEMM must pack go in one call, packed once.
+            let step = match layout {
+                PanelLayout::Panel => GEMM_ROWS_PER_TASK,
+                PanelLayout::Rows => per_group * GEMM_ROWS_PER_TASK,
+            };
+            let (start, end) = (
+                g * per_group * GEMM_ROWS_PER_TASK,
+                ((g + 1) * per_group * GEMM_ROWS_PER_TASK).min(rows),
+            );
+            for r0 in (start..end).step_by(step) {
+                let n = step.min(end - r0);
                 // SAFETY: `y` has capacity `rows * out_dim`; this call writes only y[r][o] for r in r0..r0+n and
                 // o in o0..o0+m (dst strides: 1 along outputs, `out_dim` along rows), a rectangle no other call
                 // touches (each (panel, block) pair belongs to one task). The panel covers its `m x in_dim` matrix
