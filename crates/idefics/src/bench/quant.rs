@@ -118,21 +118,15 @@ impl TextOnlyModel {
     /// positions.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, logit_rows: usize) -> Result<Tensor> {
         if ids.len() == 1 {
-            // As the models' `decode_step` does.
-            cache.reserve(1)?;
-            return crate::nn::cpu_kernels::on_compute_threads(|| {
-                self.forward_on_worker(ids, cache, logit_rows)
+            // As the models' `decode_step`.
+            return crate::model::step::on_compute_threads_with_room(cache, |cache| {
+                self.forward_here(ids, cache, logit_rows)
             });
         }
-        self.forward_on_worker(ids, cache, logit_rows)
+        self.forward_here(ids, cache, logit_rows)
     }
 
-    fn forward_on_worker(
-        &self,
-        ids: &[u32],
-        cache: &mut KvCache,
-        logit_rows: usize,
-    ) -> Result<Tensor> {
+    fn forward_here(&self, ids: &[u32], cache: &mut KvCache, logit_rows: usize) -> Result<Tensor> {
         let dev = Device::Cpu;
         let input = Tensor::new(ids, &dev)?.unsqueeze(0)?;
         let embeds = self.text.embed(&input)?;

@@ -62,11 +62,7 @@ macro_rules! impl_logits {
                     let inputs = super::step::decode_inputs(tokens, cache, self.device())?;
                     return self.forward_last(&inputs, cache);
                 }
-                // Hundreds of short parallel ops a step: run it on a compute thread (`on_compute_threads`).
-                // What outlives the step is allocated here, on the caller's thread, which also runs the prefill:
-                // a worker's malloc arena would hold a grown cache apart from the prefill's freed memory.
-                cache.reserve(1)?;
-                crate::nn::cpu_kernels::on_compute_threads(|| {
+                super::step::on_compute_threads_with_room(cache, |cache| {
                     let inputs = super::step::decode_inputs(tokens, cache, self.device())?;
                     self.forward_last(&inputs, cache)
                 })

@@ -89,6 +89,18 @@ impl StepInputs {
     }
 }
 
+/// Runs one single-token step `step(cache)` on the CPU: on a compute thread (`on_compute_threads`: a step is
+/// hundreds of short parallel ops), after growing the cache here, on the caller's thread, which also ran the
+/// prefill (grown on a worker, the cache's buffers came from that worker's malloc arena, apart from the memory
+/// the prefill freed, and peak RSS rose).
+pub fn on_compute_threads_with_room<R: Send>(
+    cache: &mut KvCache,
+    step: impl FnOnce(&mut KvCache) -> Result<R> + Send,
+) -> Result<R> {
+    cache.reserve(1)?;
+    crate::nn::cpu_kernels::on_compute_threads(|| step(cache))
+}
+
 /// The inputs of one decoding step: `tokens` (one per row, all real) after a prefill of the same batch.
 pub fn decode_inputs(tokens: &[u32], cache: &KvCache, device: &Device) -> Result<ModelInputs> {
     if cache.is_empty() || tokens.len() != cache.batch_size() {

@@ -156,7 +156,7 @@ impl KvCache {
 
     /// Grows every filled layer that cannot take `positions` more without reallocating. Appending grows a
     /// layer anyway; this lets the caller choose the thread, hence the malloc arena, that holds the buffers
-    /// (see `decode_step`).
+    /// (see `step::on_compute_threads_with_room`).
     pub fn reserve(&mut self, positions: usize) -> Result<()> {
         for layer in self.layers.iter_mut().flatten() {
             let needed = layer.len + positions;

@@ -241,16 +241,12 @@ pub(crate) fn gemm_by_panels(
         let o0 = p * PANEL;
         let m = PANEL.min(out_dim - o0);
         with_panel(p, &mut |panel: &[f32], layout: PanelLayout| {
-            let (rs, cs, len) = match layout {
-                PanelLayout::Panel => (1, PANEL, in_dim * PANEL),
-                PanelLayout::Rows => (in_dim, 1, m * in_dim),
+            // A panel read in place goes block by block; rows the GEMM must pack go in one call, packed once.
+            let (rs, cs, len, step) = match layout {
+                PanelLayout::Panel => (1, PANEL, in_dim * PANEL, GEMM_ROWS_PER_TASK),
+                PanelLayout::Rows => (in_dim, 1, m * in_dim, per_group * GEMM_ROWS_PER_TASK),
             };
             assert!(panel.len() >= len);
-            // A panel read in place goes block by block; rows the GEMM must pack go in one call, packed once.
-            let step = match layout {
-                PanelLayout::Panel => GEMM_ROWS_PER_TASK,
-                PanelLayout::Rows => per_group * GEMM_ROWS_PER_TASK,
-            };
             let (start, end) = (
                 g * per_group * GEMM_ROWS_PER_TASK,
                 ((g + 1) * per_group * GEMM_ROWS_PER_TASK).min(rows),
