@@ -1,5 +1,6 @@
-//! Measured limits of this machine: peak f32 FLOP/s (an FMA loop on every thread, the widest vectors the CPU has)
-//! and memory bandwidth (copy and read loops over buffers much larger than the caches).
+//! Measured limits of this machine: peak f32 FLOP/s (an FMA loop on every thread, the widest vectors the CPU has),
+//! the f32 GEMM's own ceiling (the product every linear layer calls, on blocks that stay in cache) and memory
+//! bandwidth (copy and read loops over buffers much larger than the caches).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,16 @@ pub struct PeakFlopsProbe {
     pub threads: usize,
     /// Vector width of the loop, in f32 lanes (16: AVX-512, 8: AVX2 + FMA, 1: scalar).
     pub lanes: usize,
+}
+
+/// The f32 GEMM's throughput on cache-resident blocks, measured by [`probe_gemm_ceiling`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GemmCeilingProbe {
+    /// f32 FLOP/s over all threads.
+    pub flops: f64,
+    pub threads: usize,
+    /// `(m, n, k)` of each thread's product.
+    pub shape: (usize, usize, usize),
 }
 
 /// Memory bandwidth measured by [`probe_bandwidth`], in bytes per second over all threads.
@@ -189,6 +200,75 @@ pub fn probe_peak_flops(threads: usize, seconds: f64, trials: usize) -> PeakFlop
     }
 }
 
+/// f32 GEMM FLOP/s on `threads` threads, each repeating one single-threaded product of a column panel (64 weight
+/// rows, `[k][64]`) with 96 rows of `x`, k = 256 (64 + 96 KB: in L2), through the call every f32 linear layer of
+/// inference makes ([`crate::nn::cpu_kernels::gemm_f32`], panels read in place as the loaded model reads them):
+/// best of `trials` runs of about `seconds` each. The FMA peak counts only arithmetic; a GEMM also loads its
+/// operands, and on some CPUs (the Intel Xeon VM of `docs/benchmarks.md`: 75-80 % of the FMA peak, a hand-written
+/// microkernel no faster) that caps every GEMM-bound phase below the peak. This is that cap, measured.
+pub fn probe_gemm_ceiling(threads: usize, seconds: f64, trials: usize) -> GemmCeilingProbe {
+    use crate::nn::cpu_kernels::{gemm_f32, read_panels_in_place, Strided};
+    const PANEL: usize = crate::nn::cpu_kernels::panels::PANEL;
+    let (m, n, k) = (PANEL, 96, 256);
+    read_panels_in_place();
+    let threads = threads.max(1);
+    let product = |calls: u64| {
+        let lhs: Vec<f32> = (0..k * PANEL).map(|i| (i % 7) as f32 * 0.1).collect();
+        let rhs: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.1).collect();
+        let mut dst = vec![0f32; n * m];
+        for _ in 0..calls {
+            // SAFETY: lhs is m x k column-major (column stride 64 = m), rhs k x n with column stride k, dst m x n
+            // with column stride m: each covers its matrix, and the three buffers are distinct.
+            unsafe {
+                gemm_f32(
+                    (m, n, k),
+                    Strided {
+                        ptr: dst.as_mut_ptr(),
+                        rs: 1,
+                        cs: m as isize,
+                    },
+                    false,
+                    Strided {
+                        ptr: lhs.as_ptr(),
+                        rs: 1,
+                        cs: PANEL as isize,
+                    },
+                    Strided {
+                        ptr: rhs.as_ptr(),
+                        rs: 1,
+                        cs: k as isize,
+                    },
+                    1.0,
+                    1,
+                );
+            }
+            std::hint::black_box(&mut dst);
+        }
+    };
+    let flops_per_call = (2 * m * n * k) as f64;
+    let mut calls = 16u64;
+    loop {
+        let t = Instant::now();
+        product(calls);
+        let dt = t.elapsed().as_secs_f64();
+        if dt > 0.02 || calls > 1 << 30 {
+            calls = ((calls as f64) * seconds / dt.max(1e-9)).max(1.0) as u64;
+            break;
+        }
+        calls *= 4;
+    }
+    let mut best = 0f64;
+    for _ in 0..trials.max(1) {
+        let dt = run_threads(threads, |_| product(calls)).as_secs_f64();
+        best = best.max(threads as f64 * calls as f64 * flops_per_call / dt);
+    }
+    GemmCeilingProbe {
+        flops: best,
+        threads,
+        shape: (m, n, k),
+    }
+}
+
 /// Memory bandwidth on `threads` threads over a `buffer_bytes` source (and as much destination): best of `trials`
 /// copy passes and of `trials` read passes, each thread on its own slice.
 pub fn probe_bandwidth(threads: usize, buffer_bytes: usize, trials: usize) -> BandwidthProbe {
@@ -241,6 +321,12 @@ mod tests {
         let peak = probe_peak_flops(1, 0.01, 1);
         // Any machine that runs the tests does more than 100 MFLOP/s and less than 100 TFLOP/s on one thread.
         assert!(peak.flops > 1e8 && peak.flops < 1e14, "{peak:?}");
+        // The GEMM does at most what the FMA units do (a margin for clock changes between the two probes).
+        let gemm = probe_gemm_ceiling(1, 0.01, 1);
+        assert!(
+            gemm.flops > 1e8 && gemm.flops < 1.3 * peak.flops,
+            "{gemm:?} vs {peak:?}"
+        );
         let bw = probe_bandwidth(2, 8 << 20, 1);
         assert!(bw.copy > 1e8 && bw.read > 1e8 && bw.best() < 1e13, "{bw:?}");
         assert_eq!(bw.buffer_bytes, 8 << 20);

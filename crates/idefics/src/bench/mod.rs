@@ -14,7 +14,10 @@ pub mod work;
 
 pub use inference::{run as run_inference, BenchError, BenchOptions, BenchReport, BenchRow};
 
-pub use machine::{probe_bandwidth, probe_peak_flops, BandwidthProbe, PeakFlopsProbe};
+pub use machine::{
+    probe_bandwidth, probe_gemm_ceiling, probe_peak_flops, BandwidthProbe, GemmCeilingProbe,
+    PeakFlopsProbe,
+};
 pub use model::{BenchModel, VisionWork};
 pub use work::{
     decode_bytes_per_token, pixel_shuffle_vision_flops, prefill_flops, vision_connector_flops,
@@ -24,15 +27,17 @@ pub use work::{
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MachineLimits {
     pub peak: PeakFlopsProbe,
+    pub gemm: GemmCeilingProbe,
     pub bandwidth: BandwidthProbe,
 }
 
 impl MachineLimits {
-    /// Probes on `threads` threads: FMA loops of ~0.3 s (best of 3), copy and read passes over 256 MiB (8x the
-    /// largest L3 of current desktop and server parts; best of 3).
+    /// Probes on `threads` threads: FMA loops and cache-resident GEMMs of ~0.3 s (best of 3), copy and read
+    /// passes over 256 MiB (8x the largest L3 of current desktop and server parts; best of 3).
     pub fn measure(threads: usize) -> Self {
         Self {
             peak: probe_peak_flops(threads, 0.3, 3),
+            gemm: probe_gemm_ceiling(threads, 0.3, 3),
             bandwidth: probe_bandwidth(threads, 256 << 20, 3),
         }
     }
@@ -40,6 +45,11 @@ impl MachineLimits {
     /// Achieved FLOP/s of `flops` in `seconds`, as a fraction of the measured peak.
     pub fn compute_fraction(&self, flops: f64, seconds: f64) -> f64 {
         flops / seconds / self.peak.flops
+    }
+
+    /// Achieved FLOP/s of `flops` in `seconds`, as a fraction of the GEMM's measured ceiling.
+    pub fn gemm_fraction(&self, flops: f64, seconds: f64) -> f64 {
+        flops / seconds / self.gemm.flops
     }
 
     /// Achieved bytes/s of `bytes` in `seconds`, as a fraction of the measured bandwidth.

@@ -9,10 +9,11 @@
 //! (training, CUDA, half precision) the composed ops remain, and they stay the reference the tests compare to.
 //! [`super::kernel_choice`] can force the composed ops (`idefics bench --kernels composed`; benchmarks, bisecting).
 //!
-//! The vector loops are plain Rust over fixed-width lane arrays, compiled once per instruction set (AVX2 + FMA
-//! and the baseline) and chosen at run time, so the binary still runs on any x86-64 CPU. AVX-512 is left to the
-//! `gemm` crate (its `x86-v4` feature), which the attention tiles and the linear layers call: 512-bit builds of
-//! these loops measured no faster on a Zen 4 VM (`docs/benchmarks.md`).
+//! The vector loops are plain Rust over fixed-width lane arrays, compiled once per instruction set (AVX-512,
+//! AVX2 + FMA and the baseline) and chosen at run time, so the binary still runs on any x86-64 CPU ([`simd`]). The
+//! GEMMs of the attention tiles and the linear layers are the `gemm` crate's (its `x86-v4` feature: AVX-512
+//! microkernels); a hand-written microkernel for the column panels was no faster in place (`docs/benchmarks.md`,
+//! "The GEMM ceiling").
 
 pub mod flash_attention;
 pub mod gemv;
@@ -25,6 +26,7 @@ mod tests;
 
 pub use flash_attention::flash_attention;
 pub use gemv::{gemv_applies, linear_gemv};
+pub(crate) use panels::read_panels_in_place;
 pub use panels::PanelWeight;
 pub use simd::sum;
 pub use transposed::{

@@ -33,7 +33,7 @@ const GEMM_ROWS_PER_TASK: usize = 128;
 /// when the first panel weight is built. The sums do not change (the same microkernel reads the same values); the
 /// setting reaches every single-threaded GEMM of the process whose left operand is column-major with a multiple
 /// of 16 rows. Left as it is on machines without AVX-512, where it was not measured.
-fn read_panels_in_place() {
+pub(crate) fn read_panels_in_place() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         #[cfg(target_arch = "x86_64")]
