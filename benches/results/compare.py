@@ -10,7 +10,13 @@ import json
 import sys
 
 # Written by idefics-rs only (work counts and fractions of the measured machine limits) or by transformers only.
-OURS_ONLY = {"flops", "fraction_of_peak_flops", "fraction_of_bandwidth", "bytes_per_token"}
+OURS_ONLY = {
+    "flops",
+    "fraction_of_peak_flops",
+    "fraction_of_gemm_ceiling",
+    "fraction_of_bandwidth",
+    "bytes_per_token",
+}
 REF_ONLY = {"parameters"}
 # Counts both tools must agree on for the same request.
 SAME_COUNTS = ("pixel_values_shape", "frames", "image_tokens", "valid_patches_total", "prompt_tokens")
