@@ -6,6 +6,10 @@
 //! - the bare loop such a microkernel runs (4 vector loads, 6 broadcasts and 24 FMAs per step) on a buffer that
 //!   stays in L1, and the FMA peak (FMAs only).
 //!
+//! Then, on two threads, the `gemm` crate on the vision tower's whole products (`x [rows, in] W^T` for bench-150m's
+//! projections, as the transposed layout calls it), to compare with PyTorch's `x @ w` of the same shapes (the
+//! one-liner in `docs/benchmarks.md`).
+//!
 //!   cargo run --release --example panel_microkernel -p idefics -- [ROWS] [K] [REPEATS]
 //!
 //! Findings on the Intel Xeon VM are in `docs/benchmarks.md` ("The GEMM ceiling"): the hand-written kernel was
@@ -27,9 +31,68 @@ fn main() {
                 .unwrap_or(default)
         };
         avx512::run(arg(1, 128), arg(2, 768), arg(3, 300));
+        whole_products();
         return;
     }
     println!("this comparison needs an x86-64 CPU with AVX-512F");
+}
+
+/// `y^T = W x^T` through the `gemm` crate on two threads, as `nn::cpu_kernels::transposed` calls it: best of 3
+/// x 8 products per shape.
+fn whole_products() {
+    println!("two threads, whole products x [rows, in] W^T (the transposed layout's call), best of 3 x 8:");
+    for (rows, in_dim, out_dim) in [
+        (1530, 768, 768),
+        (1530, 768, 3072),
+        (1530, 3072, 768),
+        (4900, 768, 3072),
+    ] {
+        let x: Vec<f32> = (0..rows * in_dim)
+            .map(|i| (i % 997) as f32 / 997.0 - 0.5)
+            .collect();
+        let wt: Vec<f32> = (0..in_dim * out_dim)
+            .map(|i| (i % 991) as f32 / 991.0 - 0.5)
+            .collect();
+        let mut y = vec![0f32; rows * out_dim];
+        let mut product = || {
+            // SAFETY: y^T is out x rows with column stride out (y row-major), W is out x in with column stride out
+            // (W^T row-major), x^T is in x rows with column stride in; the buffers have exactly those sizes.
+            unsafe {
+                gemm::gemm(
+                    out_dim,
+                    rows,
+                    in_dim,
+                    y.as_mut_ptr(),
+                    out_dim as isize,
+                    1,
+                    false,
+                    wt.as_ptr(),
+                    out_dim as isize,
+                    1,
+                    x.as_ptr(),
+                    in_dim as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(2),
+                )
+            }
+        };
+        product();
+        let gflops = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..8 {
+                    product();
+                }
+                (2 * rows * in_dim * out_dim * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
+            })
+            .fold(0f64, f64::max);
+        println!("  {rows} x {in_dim} -> {out_dim}: {gflops:7.1} GFLOP/s");
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -171,30 +171,46 @@ fn run_threads(threads: usize, work: impl Fn(usize) + Sync) -> Duration {
     last.duration_since(first)
 }
 
+/// How many repetitions make one call of `run` last about `seconds` on one thread: from `start`, four times more
+/// until a call lasts over 20 ms (or passes `limit`), then scaled to `seconds`.
+fn calibrate(start: u64, limit: u64, seconds: f64, run: impl Fn(u64)) -> u64 {
+    let mut count = start;
+    loop {
+        let t = Instant::now();
+        run(count);
+        let dt = t.elapsed().as_secs_f64();
+        if dt > 0.02 || count > limit {
+            return ((count as f64) * seconds / dt.max(1e-9)).max(1.0) as u64;
+        }
+        count *= 4;
+    }
+}
+
+/// The best of `trials` runs of `run(count)` on `threads` threads at once, in work per second over all threads
+/// (`work` per repetition).
+fn best_rate(
+    threads: usize,
+    trials: usize,
+    count: u64,
+    work: f64,
+    run: impl Fn(u64) + Sync,
+) -> f64 {
+    (0..trials.max(1))
+        .map(|_| {
+            let dt = run_threads(threads, |_| run(count)).as_secs_f64();
+            threads as f64 * count as f64 * work / dt
+        })
+        .fold(0f64, f64::max)
+}
+
 /// Peak f32 FLOP/s on `threads` threads: best of `trials` runs of about `seconds` each.
 pub fn probe_peak_flops(threads: usize, seconds: f64, trials: usize) -> PeakFlopsProbe {
     let threads = threads.max(1);
     let (lanes, run) = fma_loop();
-    // Calibrate the iteration count on one thread.
-    let mut iters = 1u64 << 16;
-    loop {
-        let t = Instant::now();
-        run(iters);
-        let dt = t.elapsed().as_secs_f64();
-        if dt > 0.02 || iters > 1 << 40 {
-            iters = ((iters as f64) * seconds / dt.max(1e-9)).max(1.0) as u64;
-            break;
-        }
-        iters *= 4;
-    }
-    let mut best = 0f64;
-    for _ in 0..trials.max(1) {
-        let dt = run_threads(threads, |_| run(iters)).as_secs_f64();
-        let flops = (threads as u64 * iters * CHAINS * 2 * lanes as u64) as f64 / dt;
-        best = best.max(flops);
-    }
+    let iters = calibrate(1 << 16, 1 << 40, seconds, run);
+    let flops_per_iter = (CHAINS * 2 * lanes as u64) as f64;
     PeakFlopsProbe {
-        flops: best,
+        flops: best_rate(threads, trials, iters, flops_per_iter, run),
         threads,
         lanes,
     }
@@ -245,25 +261,9 @@ pub fn probe_gemm_ceiling(threads: usize, seconds: f64, trials: usize) -> GemmCe
             std::hint::black_box(&mut dst);
         }
     };
-    let flops_per_call = (2 * m * n * k) as f64;
-    let mut calls = 16u64;
-    loop {
-        let t = Instant::now();
-        product(calls);
-        let dt = t.elapsed().as_secs_f64();
-        if dt > 0.02 || calls > 1 << 30 {
-            calls = ((calls as f64) * seconds / dt.max(1e-9)).max(1.0) as u64;
-            break;
-        }
-        calls *= 4;
-    }
-    let mut best = 0f64;
-    for _ in 0..trials.max(1) {
-        let dt = run_threads(threads, |_| product(calls)).as_secs_f64();
-        best = best.max(threads as f64 * calls as f64 * flops_per_call / dt);
-    }
+    let calls = calibrate(16, 1 << 30, seconds, product);
     GemmCeilingProbe {
-        flops: best,
+        flops: best_rate(threads, trials, calls, (2 * m * n * k) as f64, product),
         threads,
         shape: (m, n, k),
     }

@@ -228,7 +228,7 @@ pub(crate) fn gemm_by_panels(
     read_panels_in_place();
     let len = rows * out_dim;
     let mut y = match bias {
-        Some(b) => b.repeat(rows),
+        Some(b) => super::repeat_rows(b, rows),
         None => Vec::with_capacity(len),
     };
     let panels = out_dim.div_ceil(PANEL);

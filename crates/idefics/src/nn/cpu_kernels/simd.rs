@@ -1,7 +1,7 @@
 //! Vector loops of the inference kernels, written over fixed-width lane arrays so that LLVM vectorises them, and
 //! compiled three times: with AVX-512, with AVX2 + FMA (the widest the CPU has is chosen at run time) and for the
 //! baseline target. The AVX-512 build gives the AVX2 build's values bit for bit (the same lane arithmetic in the
-//! same order) and on the Intel Xeon VM runs decoding 7-24 % and the vision tower 0-10 % faster (the attention's
+//! same order) and on the Intel Xeon VM runs decoding 7-24 % and the vision tower 0-11 % faster (the attention's
 //! `exp`, GELU, the panel GEMV; `docs/benchmarks.md`, "The vector loops in 512 bits"); on a Zen 4 VM, which splits
 //! 512-bit operations in two, it measured no faster.
 

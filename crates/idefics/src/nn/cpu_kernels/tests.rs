@@ -377,3 +377,23 @@ fn compute_threads_run_work_on_a_rayon_worker_and_nest_in_place() {
     let r: std::result::Result<u32, String> = super::on_compute_threads(|| Err("refused".into()));
     assert_eq!(r, Err("refused".to_string()));
 }
+
+#[test]
+fn repeat_rows_is_the_bias_repeated_across_chunk_boundaries() {
+    // Widths that do and do not divide a chunk, more rows than one chunk holds, and the empty cases.
+    for (width, rows) in [
+        (3, 70_000),
+        (768, 200),
+        (1 << 16, 3),
+        (5, 1),
+        (4, 0),
+        (0, 9),
+    ] {
+        let bias: Vec<f32> = (0..width).map(|i| i as f32 * 0.5 - 1.0).collect();
+        assert_eq!(
+            super::repeat_rows(&bias, rows),
+            bias.repeat(rows),
+            "{width} x {rows}"
+        );
+    }
+}

@@ -151,7 +151,7 @@ fn gemm_rows(
 ) -> Vec<f32> {
     let len = rows * out_dim;
     let mut y = match bias {
-        Some(b) => b.repeat(rows),
+        Some(b) => super::repeat_rows(b, rows),
         None => Vec::with_capacity(len),
     };
     // SAFETY: the pointers cover `rows * out_dim` (y's capacity), `out_dim * in_dim` (wt) and `rows * in_dim` (x)
