@@ -34,8 +34,9 @@ pub struct BenchArgs {
     /// Request keys to leave out of the vision / TTFT timings (e.g. photo_980x980_split).
     #[arg(long, num_args = 0..)]
     skip: Vec<String>,
-    /// Also measure the machine's peak FLOP/s and memory bandwidth, and report every phase as a fraction of the
-    /// limit that bounds it (arithmetic for vision / prefill / TTFT, bandwidth for decoding).
+    /// Also measure the machine's peak FLOP/s, the f32 GEMM's ceiling on cache-resident blocks and the memory
+    /// bandwidth, and report every phase as a fraction of the limit that bounds it (arithmetic for vision /
+    /// prefill / TTFT, against both the FMA peak and the GEMM ceiling; bandwidth for decoding).
     #[arg(long)]
     machine: bool,
     /// Result file (default benches/results/<date>-idefics-rs.json).

@@ -56,7 +56,8 @@ pub struct BenchOptions {
     pub decode_tokens: usize,
     /// Request keys to leave out of the vision / TTFT timings.
     pub skip: Vec<String>,
-    /// Also measure the machine's peak FLOP/s and memory bandwidth and report fractions of them.
+    /// Also measure the machine's peak FLOP/s, the f32 GEMM's ceiling and the memory bandwidth, and report
+    /// fractions of them.
     pub machine: bool,
     /// Result file (default benches/results/<date>-idefics-rs.json).
     pub json: Option<PathBuf>,

@@ -220,8 +220,8 @@ pub fn probe_peak_flops(threads: usize, seconds: f64, trials: usize) -> PeakFlop
 /// rows, `[k][64]`) with 96 rows of `x`, k = 256 (64 + 96 KB: in L2), through the call every f32 linear layer of
 /// inference makes ([`crate::nn::cpu_kernels::gemm_f32`], panels read in place as the loaded model reads them):
 /// best of `trials` runs of about `seconds` each. The FMA peak counts only arithmetic; a GEMM also loads its
-/// operands, and on some CPUs (the Intel Xeon VM of `docs/benchmarks.md`: 75-80 % of the FMA peak, a hand-written
-/// microkernel no faster) that caps every GEMM-bound phase below the peak. This is that cap, measured.
+/// operands, and on some CPUs (the Intel Xeon VM of `docs/benchmarks.md`: 73-75 % of the FMA peak, a hand-written
+/// microkernel no faster in place) that caps every GEMM-bound phase below the peak. This is that cap, measured.
 pub fn probe_gemm_ceiling(threads: usize, seconds: f64, trials: usize) -> GemmCeilingProbe {
     use crate::nn::cpu_kernels::{gemm_f32, read_panels_in_place, Strided};
     const PANEL: usize = crate::nn::cpu_kernels::panels::PANEL;

@@ -198,9 +198,9 @@ impl QWeight {
     /// `x [rows, in] -> [rows, out]` (f32). Below [`GEMM_MIN_ROWS`] rows, [`Self::matvec`] on the stored blocks;
     /// from there on the f32 GEMM split as for the panel layout (`crate::nn::cpu_kernels::panels`): each task
     /// dequantizes 64 weight rows into its thread's buffer (at most a few MB) and multiplies them with its rows of
-    /// `x` in one GEMM call (the GEMM packs them once; writing them transposed into a panel instead scattered every
-    /// value, and prefill ran at half the speed). No dequantized copy of the weight exists, and the sums are those of the f32 model
-    /// with the dequantized weight stored in panels, bit for bit.
+    /// `x` in one GEMM call (the GEMM packs them once; writing them transposed into a panel instead scattered
+    /// every value, and prefill ran at half the speed). No dequantized copy of the weight exists, and the sums are
+    /// those of the f32 model with the dequantized weight stored in panels, bit for bit.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, in_dim) = x.dims2()?;
         if in_dim != self.in_dim {

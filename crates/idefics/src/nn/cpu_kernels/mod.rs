@@ -71,8 +71,9 @@ pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 pub(crate) fn repeat_rows(bias: &[f32], rows: usize) -> Vec<f32> {
     let width = bias.len();
     let len = width * rows;
-    if len == 0 {
-        return Vec::new();
+    if len <= ROWS_CHUNK_ELEMS {
+        // One chunk's worth: a trip through rayon's pool would cost more than the copy.
+        return bias.repeat(rows);
     }
     let mut y: Vec<f32> = Vec::with_capacity(len);
     let rows_per_chunk = (ROWS_CHUNK_ELEMS / width).max(1);

@@ -307,11 +307,13 @@ fn isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         // The standard library caches the detection; these are atomic loads.
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        // The AVX-512 module is compiled with AVX2 and FMA too: all three must be present.
+        let avx2_fma = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        if avx2_fma && std::arch::is_x86_feature_detected!("avx512f") {
             return Isa::Avx512;
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if avx2_fma {
             return Isa::Avx2;
         }
     }
